@@ -1,0 +1,73 @@
+// KafkaProducer: a librdkafka producer (idempotent, acks=all,
+// murmur2_random partitioner) whose delivery reports carry the caller's
+// event sequence number in the per-message opaque.
+//
+// Threading: not thread-safe. Produce, Poll and Flush are called from the
+// pipeline thread; delivery callbacks run inside Poll/Flush on that thread,
+// exactly once per successfully produced message.
+#ifndef OUTBOXD_KAFKA_PRODUCER_H_
+#define OUTBOXD_KAFKA_PRODUCER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "outbox/router.h"
+
+namespace outboxd {
+
+struct ProducerOptions {
+  std::string brokers;
+  // Applied after outboxd's defaults, so users can override them
+  // (--kafka-property / --kafka-config). Keys are librdkafka property names.
+  std::vector<std::pair<std::string, std::string>> properties;
+};
+
+// Called once per message: OK when the broker acknowledged it, otherwise the
+// librdkafka error as a Status (retries are exhausted by then).
+using DeliveryCallback = std::function<void(uint64_t sequence, absl::Status)>;
+
+class KafkaProducer {
+ public:
+  // kInvalidArgument for an unknown or malformed property.
+  static absl::StatusOr<std::unique_ptr<KafkaProducer>> Create(
+      const ProducerOptions& options, DeliveryCallback on_delivery);
+  ~KafkaProducer();
+  KafkaProducer(const KafkaProducer&) = delete;
+  KafkaProducer& operator=(const KafkaProducer&) = delete;
+
+  // Enqueues a copy of `record`. kResourceExhausted when librdkafka's queue
+  // is full: that is backpressure, Poll() and try again. Other errors (e.g.
+  // message too large) are returned as they are and the message is not
+  // queued.
+  absl::Status Produce(const KafkaRecord& record, uint64_t sequence);
+
+  // Serves delivery reports and errors, waiting at most `timeout`.
+  void Poll(absl::Duration timeout);
+
+  // Waits until every queued message is delivered or failed, at most
+  // `timeout`; kDeadlineExceeded with the count left otherwise.
+  absl::Status Flush(absl::Duration timeout);
+
+  // Messages queued or in flight, not yet reported.
+  int OutQueueLength() const;
+
+  // Non-OK once librdkafka raised a fatal error (e.g. idempotence broken):
+  // the pipeline must stop without confirming past unacknowledged events.
+  absl::Status fatal_error() const;
+
+ private:
+  struct Impl;
+  explicit KafkaProducer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_KAFKA_PRODUCER_H_

@@ -1,0 +1,42 @@
+// OutboxEvent: one event decoded from the outbox table or from a
+// transactional logical decoding message, before routing to Kafka.
+//
+// A plain value; owns its strings.
+#ifndef OUTBOXD_OUTBOX_EVENT_H_
+#define OUTBOXD_OUTBOX_EVENT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/lsn.h"
+
+namespace outboxd {
+
+// The global sequence number of an event: (commit LSN of its transaction,
+// 0-based index inside the transaction). Strictly increasing over a stream.
+struct EventPosition {
+  Lsn commit_lsn;
+  uint32_t index = 0;
+
+  friend auto operator<=>(const EventPosition&,
+                          const EventPosition&) = default;
+};
+
+struct OutboxEvent {
+  EventPosition position;
+  int64_t commit_time_unix_ms = 0;  // Kafka CreateTime
+  std::string id;
+  std::string aggregate_type;
+  std::string aggregate_id;
+  std::string type;
+  std::optional<std::string> payload;  // nullopt: tombstone
+  // From the optional `headers` column, in the object's order.
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_OUTBOX_EVENT_H_

@@ -1,0 +1,72 @@
+// PgConnection: an owned libpq connection, normal or replication
+// (replication=database), with libpq errors turned into absl::Status.
+//
+// Not thread-safe: one thread uses a connection at a time.
+// Status codes: a lost or refused connection is kUnavailable (retry), a
+// failed statement keeps its SQLSTATE class meaning where it matters
+// (kFailedPrecondition for configuration problems), kInternal otherwise.
+#ifndef OUTBOXD_PG_CONNECTION_H_
+#define OUTBOXD_PG_CONNECTION_H_
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace outboxd {
+
+// Owns a PGresult.
+struct PgResultDeleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using PgResult = std::unique_ptr<PGresult, PgResultDeleter>;
+
+// A conninfo (key=value or URI) with any password replaced by "********",
+// safe for logs.
+std::string RedactConninfo(absl::string_view conninfo);
+
+class PgConnection {
+ public:
+  enum class Mode { kNormal, kReplication };
+
+  // Connects with `conninfo` (libpq key=value string or URI); kReplication
+  // adds replication=database. Errors never contain the password.
+  static absl::StatusOr<std::unique_ptr<PgConnection>> Connect(
+      absl::string_view conninfo, Mode mode);
+  ~PgConnection();
+  PgConnection(const PgConnection&) = delete;
+  PgConnection& operator=(const PgConnection&) = delete;
+
+  // Simple-query protocol (the only one a replication connection speaks).
+  // Succeeds on PGRES_COMMAND_OK / PGRES_TUPLES_OK.
+  absl::StatusOr<PgResult> Exec(absl::string_view sql);
+  // Extended protocol with text parameters (normal connections only);
+  // std::nullopt is SQL NULL.
+  absl::StatusOr<PgResult> ExecParams(
+      absl::string_view sql,
+      const std::vector<std::optional<std::string>>& params);
+
+  // Quoting for identifiers and literals built into simple queries.
+  absl::StatusOr<std::string> QuoteIdentifier(absl::string_view ident);
+  absl::StatusOr<std::string> QuoteLiteral(absl::string_view literal);
+
+  // The libpq error as a Status, prefixed with `context`.
+  absl::Status Error(absl::string_view context) const;
+
+  PGconn* raw() { return conn_; }
+  int server_version() const { return PQserverVersion(conn_); }
+
+ private:
+  explicit PgConnection(PGconn* conn) : conn_(conn) {}
+  PGconn* conn_;
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PG_CONNECTION_H_

@@ -1,0 +1,63 @@
+// ReplicationStream: START_REPLICATION ... LOGICAL on a replication
+// connection, and the CopyBoth loop's I/O: reading XLogData / keepalives and
+// sending standby status updates. Never parses pgoutput (see pgoutput.h).
+//
+// Not thread-safe: one pipeline thread owns it.
+#ifndef OUTBOXD_PG_REPLICATION_STREAM_H_
+#define OUTBOXD_PG_REPLICATION_STREAM_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/lsn.h"
+#include "pg/connection.h"
+#include "pg/replication_protocol.h"
+
+namespace outboxd {
+
+struct ReplicationStreamOptions {
+  std::string conninfo;
+  std::string slot = "outbox_slot";
+  std::string publication = "outbox_pub";
+  bool messages = true;        // pgoutput option `messages`
+};
+
+class ReplicationStream {
+ public:
+  // Connects (replication=database) and starts streaming from `start`
+  // (Lsn() = the slot's confirmed position). kFailedPrecondition when the
+  // slot is missing; kUnavailable when it is active in another process or
+  // the server cannot be reached.
+  static absl::StatusOr<std::unique_ptr<ReplicationStream>> Start(
+      const ReplicationStreamOptions& options, Lsn start = Lsn());
+  ~ReplicationStream();
+
+  // Waits at most `timeout` for one CopyData message. nullopt when none
+  // arrived in time. The returned message (and XLogData::data) stays valid
+  // until the next Read or Stop. kUnavailable when the server ended the
+  // stream or the connection broke (with the server's error message).
+  absl::StatusOr<std::optional<ServerCopyMessage>> Read(absl::Duration timeout);
+
+  // Sends a standby status update (write = flush = apply = `flushed`, except
+  // that `written` may be ahead) and flushes it to the socket.
+  absl::Status SendStatus(Lsn written, Lsn flushed, bool reply_requested);
+
+  // Sends CopyDone and drains the stream so a last ErrorResponse is seen.
+  absl::Status Stop();
+
+  int socket() const;
+
+ private:
+  ReplicationStream(std::unique_ptr<PgConnection> conn);
+  std::unique_ptr<PgConnection> conn_;
+  char* buffer_ = nullptr;  // owned libpq copy buffer (PQfreemem)
+  bool stopped_ = false;
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PG_REPLICATION_STREAM_H_

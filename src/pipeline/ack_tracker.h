@@ -1,0 +1,72 @@
+// AckTracker: turns per-event delivery reports into the LSN that may be
+// confirmed to PostgreSQL (DESIGN.md section 3).
+//
+// Events get consecutive sequence numbers in stream order. Each transaction
+// is confirmable at its commit end LSN once it and every earlier transaction
+// have all their events acknowledged. With nothing open or in flight, the
+// position may move to the newest WAL position the server reported.
+// A failed delivery freezes the confirmable position before its transaction
+// for good.
+//
+// Threading: not thread-safe; used from the pipeline thread only.
+#ifndef OUTBOXD_PIPELINE_ACK_TRACKER_H_
+#define OUTBOXD_PIPELINE_ACK_TRACKER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+
+#include "absl/status/status.h"
+#include "common/lsn.h"
+
+namespace outboxd {
+
+class AckTracker {
+ public:
+  // `start` is where streaming starts (the slot's confirmed position).
+  explicit AckTracker(Lsn start = Lsn());
+
+  // A transaction starts; events added until CommitTransaction belong to it.
+  void BeginTransaction();
+  // Registers one event of the open transaction; returns its sequence number.
+  uint64_t AddEvent();
+  // The open transaction ends; `end_lsn` is its commit record's end LSN.
+  void CommitTransaction(Lsn end_lsn);
+
+  // Delivery reports, in any order.
+  void Acknowledge(uint64_t sequence);
+  void Fail(uint64_t sequence, absl::Status cause);
+
+  // The walsender's position from XLogData / keepalive walEnd.
+  void ObserveServerWalEnd(Lsn wal_end);
+
+  // The flush position to report: never past an unacknowledged event.
+  Lsn ConfirmableLsn() const { return confirmable_; }
+  // Events registered but not yet acknowledged (or failed).
+  size_t EventsInFlight() const { return in_flight_; }
+  // The first delivery failure, OK when none.
+  const absl::Status& failure() const { return failure_; }
+
+ private:
+  struct Transaction {
+    uint64_t first_sequence;
+    uint64_t event_count = 0;
+    uint64_t unacknowledged = 0;
+    bool committed = false;
+    Lsn end_lsn;
+  };
+  Transaction* FindTransaction(uint64_t sequence);
+  void Advance();
+
+  std::deque<Transaction> transactions_;  // oldest first, not yet confirmable
+  bool transaction_open_ = false;
+  uint64_t next_sequence_ = 0;
+  size_t in_flight_ = 0;
+  Lsn confirmable_;
+  Lsn server_wal_end_;
+  absl::Status failure_;
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PIPELINE_ACK_TRACKER_H_
