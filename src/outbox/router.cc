@@ -1,0 +1,28 @@
+#include "outbox/router.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace outboxd {
+
+KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
+  KafkaRecord record;
+  record.topic = options.fixed_topic.empty()
+                     ? absl::StrCat(options.topic_prefix, event.aggregate_type)
+                     : options.fixed_topic;
+  record.key = event.aggregate_id;
+  if (event.payload.has_value()) record.value = *event.payload;
+  record.timestamp_ms = event.commit_time_unix_ms;
+
+  record.headers.reserve(event.headers.size() + 4);
+  record.headers.emplace_back(kHeaderId, event.id);
+  record.headers.emplace_back(kHeaderEventType, event.type);
+  for (const auto& [name, value] : event.headers) {
+    record.headers.emplace_back(name, value);
+  }
+  record.headers.emplace_back(kHeaderLsn,
+                              absl::StrCat(event.position.commit_lsn.value()));
+  record.headers.emplace_back(kHeaderIndex, absl::StrCat(event.position.index));
+  return record;
+}
+
+}  // namespace outboxd

@@ -1,0 +1,110 @@
+#include "outbox/router.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace outboxd {
+namespace {
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+using ::testing::ElementsAre;
+using ::testing::Pair;
+
+OutboxEvent SampleEvent() {
+  OutboxEvent event;
+  event.position = {.commit_lsn = Lsn(23456789), .index = 3};
+  event.commit_time_unix_ms = 1700000000123;
+  event.id = "5f0c2d4e-9a34-4c6b-8f51-0a1b2c3d4e5f";
+  event.aggregate_type = "order";
+  event.aggregate_id = "order-42";
+  event.type = "OrderCreated";
+  event.payload = R"({"total": 10})";
+  event.headers = {{"traceparent", "00-abc-def-01"}, {"tenant", "acme"}};
+  return event;
+}
+
+TEST(RouterTest, RoutesByAggregateTypeWithDefaultPrefix) {
+  OutboxEvent event = SampleEvent();
+  KafkaRecord record = Route(event, RouterOptions{});
+  EXPECT_EQ(record.topic, "outbox.event.order");
+  EXPECT_EQ(record.key, "order-42");
+  ASSERT_TRUE(record.value.has_value());
+  EXPECT_EQ(*record.value, R"({"total": 10})");
+  EXPECT_EQ(record.timestamp_ms, 1700000000123);
+}
+
+TEST(RouterTest, CustomPrefix) {
+  OutboxEvent event = SampleEvent();
+  RouterOptions options;
+  options.topic_prefix = "app.";
+  EXPECT_EQ(Route(event, options).topic, "app.order");
+  options.topic_prefix = "";
+  EXPECT_EQ(Route(event, options).topic, "order");
+}
+
+TEST(RouterTest, FixedTopicOverridesRouting) {
+  OutboxEvent event = SampleEvent();
+  RouterOptions options;
+  options.topic_prefix = "ignored.";
+  options.fixed_topic = "all-events";
+  EXPECT_EQ(Route(event, options).topic, "all-events");
+}
+
+TEST(RouterTest, HeadersInContractOrder) {
+  OutboxEvent event = SampleEvent();
+  KafkaRecord record = Route(event, RouterOptions{});
+  EXPECT_THAT(
+      record.headers,
+      ElementsAre(Pair("id", "5f0c2d4e-9a34-4c6b-8f51-0a1b2c3d4e5f"),
+                  Pair("eventType", "OrderCreated"),
+                  Pair("traceparent", "00-abc-def-01"), Pair("tenant", "acme"),
+                  Pair("outbox.lsn", "23456789"), Pair("outbox.index", "3")));
+}
+
+TEST(RouterTest, NoOwnHeaders) {
+  OutboxEvent event = SampleEvent();
+  event.headers.clear();
+  event.position = {.commit_lsn = Lsn(0xFFFFFFFFFFFFFFFFull), .index = 0};
+  KafkaRecord record = Route(event, RouterOptions{});
+  EXPECT_EQ(record.headers, (Headers{{"id", event.id},
+                                     {"eventType", "OrderCreated"},
+                                     {"outbox.lsn", "18446744073709551615"},
+                                     {"outbox.index", "0"}}));
+}
+
+TEST(RouterTest, NullPayloadIsTombstone) {
+  OutboxEvent event = SampleEvent();
+  event.payload.reset();
+  EXPECT_FALSE(Route(event, RouterOptions{}).value.has_value());
+}
+
+TEST(RouterTest, EmptyPayloadIsNotTombstone) {
+  OutboxEvent event = SampleEvent();
+  event.payload = "";
+  KafkaRecord record = Route(event, RouterOptions{});
+  ASSERT_TRUE(record.value.has_value());
+  EXPECT_EQ(*record.value, "");
+}
+
+TEST(RouterTest, BinaryPayloadAndKeyAreKeptByteForByte) {
+  OutboxEvent event = SampleEvent();
+  event.payload = std::string("\x00\xff\x01", 3);
+  event.aggregate_id = std::string("k\x00y", 3);
+  KafkaRecord record = Route(event, RouterOptions{});
+  EXPECT_EQ(*record.value, std::string("\x00\xff\x01", 3));
+  EXPECT_EQ(record.key, std::string("k\x00y", 3));
+}
+
+TEST(RouterTest, RecordBorrowsFromEvent) {
+  OutboxEvent event = SampleEvent();
+  KafkaRecord record = Route(event, RouterOptions{});
+  EXPECT_EQ(record.key.data(), event.aggregate_id.data());
+  EXPECT_EQ(record.value->data(), event.payload->data());
+}
+
+}  // namespace
+}  // namespace outboxd

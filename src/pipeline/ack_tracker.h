@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "common/lsn.h"
@@ -49,13 +50,23 @@ class AckTracker {
 
  private:
   struct Transaction {
-    uint64_t first_sequence;
+    uint64_t first_sequence = 0;
     uint64_t event_count = 0;
+    // Events neither acknowledged nor failed, plus failed ones: a failed
+    // event is never subtracted, so its transaction never becomes
+    // confirmable.
     uint64_t unacknowledged = 0;
     bool committed = false;
     Lsn end_lsn;
+    // One flag per event (index = sequence - first_sequence): reported
+    // already. Guards against a duplicate report confirming too early.
+    std::vector<bool> reported;
   };
+  // The transaction holding `sequence`, nullptr when it is not tracked
+  // (already confirmed or never registered). O(log n).
   Transaction* FindTransaction(uint64_t sequence);
+  // Marks `sequence` reported; false (and logs) when unknown or duplicate.
+  Transaction* MarkReported(uint64_t sequence);
   void Advance();
 
   std::deque<Transaction> transactions_;  // oldest first, not yet confirmable
@@ -65,6 +76,8 @@ class AckTracker {
   Lsn confirmable_;
   Lsn server_wal_end_;
   absl::Status failure_;
+  // Set when a failure cannot be placed in a transaction: nothing advances.
+  bool frozen_ = false;
 };
 
 }  // namespace outboxd
