@@ -1,0 +1,425 @@
+#include "pg/connection.h"
+
+#include <cctype>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "spdlog/spdlog.h"
+
+namespace outboxd {
+namespace {
+
+constexpr absl::string_view kRedacted = "********";
+
+bool IsConninfoSpace(char c) {
+  return std::isspace(static_cast<unsigned char>(c)) != 0;
+}
+
+bool IsUri(absl::string_view conninfo) {
+  return absl::StartsWith(conninfo, "postgresql://") ||
+         absl::StartsWith(conninfo, "postgres://");
+}
+
+// Percent-decodes `text`, leaving malformed escapes as they are (redaction
+// only needs to recognise the keyword, not to validate the URI).
+std::string PercentDecode(absl::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size() &&
+        std::isxdigit(static_cast<unsigned char>(text[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(text[i + 2]))) {
+      out.push_back(static_cast<char>(
+          std::stoi(std::string(text.substr(i + 1, 2)), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+// URI form: postgresql://[user[:password]@][hosts][/dbname][?key=value&...]
+// `secrets` collects the raw password texts found.
+std::string RedactUri(absl::string_view uri,
+                      std::vector<std::string>* secrets) {
+  size_t scheme_end = uri.find("://") + 3;
+  absl::string_view rest = uri.substr(scheme_end);
+  absl::string_view query;
+  size_t question = rest.find('?');
+  if (question != absl::string_view::npos) {
+    query = rest.substr(question + 1);
+    rest = rest.substr(0, question);
+  }
+  std::string out(uri.substr(0, scheme_end));
+  // The last '@' before the query ends the user info, so that a password
+  // containing an unencoded '@' or '/' is still covered.
+  size_t at = rest.rfind('@');
+  if (at != absl::string_view::npos) {
+    absl::string_view userinfo = rest.substr(0, at);
+    size_t colon = userinfo.find(':');
+    if (colon != absl::string_view::npos) {
+      secrets->emplace_back(userinfo.substr(colon + 1));
+      absl::StrAppend(&out, userinfo.substr(0, colon + 1), kRedacted);
+    } else {
+      absl::StrAppend(&out, userinfo);
+    }
+    absl::StrAppend(&out, rest.substr(at));
+  } else {
+    absl::StrAppend(&out, rest);
+  }
+  if (question != absl::string_view::npos) {
+    out.push_back('?');
+    bool first = true;
+    for (absl::string_view param : absl::StrSplit(query, '&')) {
+      if (!first) out.push_back('&');
+      first = false;
+      size_t eq = param.find('=');
+      absl::string_view key = param.substr(0, eq);
+      std::string decoded_key = absl::AsciiStrToLower(PercentDecode(key));
+      if (eq != absl::string_view::npos && decoded_key == "password") {
+        secrets->emplace_back(param.substr(eq + 1));
+        absl::StrAppend(&out, key, "=", kRedacted);
+      } else {
+        absl::StrAppend(&out, param);
+      }
+    }
+  }
+  return out;
+}
+
+std::string RedactConninfoImpl(absl::string_view conninfo,
+                               std::vector<std::string>* secrets);
+
+// key=value form, tokenised as libpq's conninfo_parse does: values are bare
+// words (a backslash escapes the next character) or single-quoted strings
+// with backslash escapes. Anything malformed is redacted to the end, since
+// we cannot tell where a password would end.
+std::string RedactKeyValue(absl::string_view text,
+                           std::vector<std::string>* secrets) {
+  std::string out;
+  size_t i = 0;
+  const size_t n = text.size();
+  while (i < n) {
+    size_t ws_start = i;
+    while (i < n && IsConninfoSpace(text[i])) ++i;
+    absl::StrAppend(&out, text.substr(ws_start, i - ws_start));
+    if (i >= n) break;
+    size_t key_start = i;
+    while (i < n && text[i] != '=' && !IsConninfoSpace(text[i])) ++i;
+    absl::string_view key = text.substr(key_start, i - key_start);
+    size_t eq_start = i;
+    while (i < n && IsConninfoSpace(text[i])) ++i;
+    if (i >= n || text[i] != '=') {
+      absl::StrAppend(&out, key, " ", kRedacted);
+      return out;
+    }
+    ++i;
+    while (i < n && IsConninfoSpace(text[i])) ++i;
+    absl::string_view separator = text.substr(eq_start, i - eq_start);
+    // Value.
+    size_t value_start = i;
+    std::string value;
+    bool terminated = true;
+    if (i < n && text[i] == '\'') {
+      ++i;
+      terminated = false;
+      while (i < n) {
+        if (text[i] == '\\' && i + 1 < n) {
+          value.push_back(text[i + 1]);
+          i += 2;
+        } else if (text[i] == '\'') {
+          ++i;
+          terminated = true;
+          break;
+        } else {
+          value.push_back(text[i++]);
+        }
+      }
+    } else {
+      while (i < n && !IsConninfoSpace(text[i])) {
+        if (text[i] == '\\' && i + 1 < n) {
+          value.push_back(text[i + 1]);
+          i += 2;
+        } else {
+          value.push_back(text[i++]);
+        }
+      }
+    }
+    absl::string_view raw_value = text.substr(value_start, i - value_start);
+    std::string lower_key = absl::AsciiStrToLower(key);
+    if (!terminated) {
+      if (lower_key == "password") secrets->push_back(value);
+      absl::StrAppend(&out, key, separator, kRedacted);
+      return out;
+    }
+    if (lower_key == "password") {
+      secrets->push_back(value);
+      if (raw_value != value) secrets->emplace_back(raw_value);
+      absl::StrAppend(&out, key, separator, kRedacted);
+    } else if (lower_key == "dbname" &&
+               (IsUri(value) || value.find('=') != std::string::npos)) {
+      std::string redacted = RedactConninfoImpl(value, secrets);
+      if (redacted == value) {
+        absl::StrAppend(&out, key, separator, raw_value);
+      } else {
+        std::string quoted =
+            absl::StrReplaceAll(redacted, {{"\\", "\\\\"}, {"'", "\\'"}});
+        absl::StrAppend(&out, key, separator, "'", quoted, "'");
+      }
+    } else {
+      absl::StrAppend(&out, key, separator, raw_value);
+    }
+  }
+  return out;
+}
+
+std::string RedactConninfoImpl(absl::string_view conninfo,
+                               std::vector<std::string>* secrets) {
+  if (IsUri(conninfo)) return RedactUri(conninfo, secrets);
+  return RedactKeyValue(conninfo, secrets);
+}
+
+// Replaces every occurrence of a known secret in `message`.
+std::string Scrub(std::string message,
+                  const std::vector<std::string>& secrets) {
+  for (const std::string& secret : secrets) {
+    if (secret.empty()) continue;
+    absl::StrReplaceAll({{secret, std::string(kRedacted)}}, &message);
+  }
+  return message;
+}
+
+std::string TrimMessage(absl::string_view message) {
+  return std::string(absl::StripTrailingAsciiWhitespace(
+      absl::StripLeadingAsciiWhitespace(message)));
+}
+
+// libpq reports a failed connection attempt only as text; the server's
+// FATAL SQLSTATE is not exposed. Pick the code from the well-known messages
+// whose remedy is not "retry".
+absl::StatusCode CodeForConnectFailure(absl::string_view message) {
+  if (absl::StrContains(message, "authentication failed") ||
+      absl::StrContains(message, "no password supplied") ||
+      absl::StrContains(message, "no pg_hba.conf entry") ||
+      absl::StrContains(message, "permission denied") ||
+      absl::StrContains(message, "must be superuser or replication role")) {
+    return absl::StatusCode::kPermissionDenied;
+  }
+  if (absl::StrContains(message, "does not exist")) {
+    return absl::StatusCode::kFailedPrecondition;
+  }
+  return absl::StatusCode::kUnavailable;
+}
+
+absl::StatusCode CodeForSqlState(absl::string_view sqlstate) {
+  if (sqlstate.size() != 5) return absl::StatusCode::kInternal;
+  absl::string_view cls = sqlstate.substr(0, 2);
+  if (cls == "08") return absl::StatusCode::kUnavailable;
+  if (sqlstate == "57014") return absl::StatusCode::kCancelled;
+  if (cls == "57") return absl::StatusCode::kUnavailable;  // shutdown, startup
+  if (sqlstate == "53300") return absl::StatusCode::kUnavailable;  // too many
+  if (cls == "53") return absl::StatusCode::kResourceExhausted;
+  if (sqlstate == "55006") return absl::StatusCode::kUnavailable;  // in use
+  if (cls == "55") return absl::StatusCode::kFailedPrecondition;
+  if (cls == "28") return absl::StatusCode::kPermissionDenied;
+  if (sqlstate == "42501") return absl::StatusCode::kPermissionDenied;
+  if (sqlstate == "42710" || sqlstate == "42P07") {
+    return absl::StatusCode::kAlreadyExists;
+  }
+  if (cls == "42") return absl::StatusCode::kFailedPrecondition;
+  if (cls == "3D" || cls == "3F") return absl::StatusCode::kFailedPrecondition;
+  if (cls == "0A") return absl::StatusCode::kFailedPrecondition;
+  if (cls == "25") return absl::StatusCode::kFailedPrecondition;
+  if (sqlstate == "23505") return absl::StatusCode::kAlreadyExists;
+  if (cls == "23") return absl::StatusCode::kFailedPrecondition;
+  if (cls == "22") return absl::StatusCode::kInvalidArgument;
+  if (cls == "40") return absl::StatusCode::kAborted;
+  if (sqlstate == "58P01") return absl::StatusCode::kFailedPrecondition;
+  return absl::StatusCode::kInternal;
+}
+
+}  // namespace
+
+std::string RedactConninfo(absl::string_view conninfo) {
+  std::vector<std::string> secrets;
+  return RedactConninfoImpl(conninfo, &secrets);
+}
+
+absl::Status StatusFromPgResult(absl::string_view context,
+                                const PGresult* result, const PGconn* conn) {
+  const bool connection_bad =
+      conn == nullptr || PQstatus(conn) == CONNECTION_BAD;
+  if (result == nullptr) {
+    std::string message =
+        conn != nullptr ? TrimMessage(PQerrorMessage(conn)) : "no connection";
+    if (message.empty()) message = "unknown libpq error";
+    return absl::Status(connection_bad ? absl::StatusCode::kUnavailable
+                                       : absl::StatusCode::kInternal,
+                        absl::StrCat(context, ": ", message));
+  }
+  const char* sqlstate = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+  const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
+  const char* detail = PQresultErrorField(result, PG_DIAG_MESSAGE_DETAIL);
+  const char* hint = PQresultErrorField(result, PG_DIAG_MESSAGE_HINT);
+  std::string message;
+  if (primary != nullptr) {
+    message = primary;
+    if (detail != nullptr) absl::StrAppend(&message, " (", detail, ")");
+    if (hint != nullptr) absl::StrAppend(&message, "; hint: ", hint);
+  } else {
+    message = TrimMessage(PQresultErrorMessage(result));
+    if (message.empty() && conn != nullptr) {
+      message = TrimMessage(PQerrorMessage(conn));
+    }
+    if (message.empty()) {
+      message = absl::StrCat("unexpected result ",
+                             PQresStatus(PQresultStatus(result)));
+    }
+  }
+  absl::StatusCode code = absl::StatusCode::kInternal;
+  if (sqlstate != nullptr) {
+    absl::StrAppend(&message, " [SQLSTATE ", sqlstate, "]");
+    code = CodeForSqlState(sqlstate);
+  }
+  if (connection_bad) code = absl::StatusCode::kUnavailable;
+  return absl::Status(code, absl::StrCat(context, ": ", message));
+}
+
+absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
+    absl::string_view conninfo, Mode mode) {
+  std::vector<std::string> secrets;
+  const std::string redacted = RedactConninfoImpl(conninfo, &secrets);
+  const std::string conninfo_str(conninfo);
+
+  // Validate first: a parse error is the user's to fix, not a retry, and
+  // the parsed password lets us scrub it from any libpq message.
+  char* parse_error = nullptr;
+  PQconninfoOption* options =
+      PQconninfoParse(conninfo_str.c_str(), &parse_error);
+  if (options == nullptr) {
+    std::string message =
+        parse_error != nullptr ? TrimMessage(parse_error) : "out of memory";
+    if (parse_error != nullptr) PQfreemem(parse_error);
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid PostgreSQL connection string '", redacted,
+                     "': ", Scrub(message, secrets)));
+  }
+  for (PQconninfoOption* opt = options; opt->keyword != nullptr; ++opt) {
+    if (std::strcmp(opt->keyword, "password") == 0 && opt->val != nullptr) {
+      secrets.emplace_back(opt->val);
+    }
+  }
+  PQconninfoFree(options);
+
+  // Later entries override what the expanded conninfo sets, so replication
+  // goes last; fallback_application_name applies only when none is given.
+  std::vector<const char*> keywords = {"dbname", "fallback_application_name"};
+  std::vector<const char*> values = {conninfo_str.c_str(), "outboxd"};
+  if (mode == Mode::kReplication) {
+    keywords.push_back("replication");
+    values.push_back("database");
+  }
+  keywords.push_back(nullptr);
+  values.push_back(nullptr);
+
+  PGconn* conn = PQconnectdbParams(keywords.data(), values.data(),
+                                   /*expand_dbname=*/1);
+  if (conn == nullptr) {
+    return absl::ResourceExhaustedError(
+        "libpq could not allocate a connection");
+  }
+  if (PQstatus(conn) != CONNECTION_OK) {
+    std::string message = Scrub(TrimMessage(PQerrorMessage(conn)), secrets);
+    PQfinish(conn);
+    return absl::Status(CodeForConnectFailure(message),
+                        absl::StrCat("cannot connect to PostgreSQL (", redacted,
+                                     "): ", message));
+  }
+  SPDLOG_DEBUG("connected to PostgreSQL {} ({}, server {})", redacted,
+               mode == Mode::kReplication ? "replication" : "normal",
+               PQserverVersion(conn));
+  return std::unique_ptr<PgConnection>(new PgConnection(conn));
+}
+
+PgConnection::~PgConnection() {
+  if (conn_ != nullptr) PQfinish(conn_);
+}
+
+absl::StatusOr<PgResult> PgConnection::Exec(absl::string_view sql) {
+  const std::string query(sql);
+  PgResult result(PQexec(conn_, query.c_str()));
+  if (result == nullptr) return Error("query failed");
+  ExecStatusType status = PQresultStatus(result.get());
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+    return StatusFromPgResult("query failed", result.get(), conn_);
+  }
+  return result;
+}
+
+absl::StatusOr<PgResult> PgConnection::ExecParams(
+    absl::string_view sql,
+    const std::vector<std::optional<std::string>>& params) {
+  const std::string query(sql);
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const std::optional<std::string>& p : params) {
+    if (p.has_value() && p->find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError("query parameter contains a NUL byte");
+    }
+    values.push_back(p.has_value() ? p->c_str() : nullptr);
+  }
+  PgResult result(PQexecParams(conn_, query.c_str(),
+                               static_cast<int>(values.size()),
+                               /*paramTypes=*/nullptr, values.data(),
+                               /*paramLengths=*/nullptr,
+                               /*paramFormats=*/nullptr, /*resultFormat=*/0));
+  if (result == nullptr) return Error("query failed");
+  ExecStatusType status = PQresultStatus(result.get());
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+    return StatusFromPgResult("query failed", result.get(), conn_);
+  }
+  return result;
+}
+
+absl::StatusOr<std::string> PgConnection::QuoteIdentifier(
+    absl::string_view ident) {
+  if (ident.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError("identifier contains a NUL byte");
+  }
+  char* quoted = PQescapeIdentifier(conn_, ident.data(), ident.size());
+  if (quoted == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot quote identifier: ", TrimMessage(PQerrorMessage(conn_))));
+  }
+  std::string out(quoted);
+  PQfreemem(quoted);
+  return out;
+}
+
+absl::StatusOr<std::string> PgConnection::QuoteLiteral(
+    absl::string_view literal) {
+  if (literal.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError("literal contains a NUL byte");
+  }
+  char* quoted = PQescapeLiteral(conn_, literal.data(), literal.size());
+  if (quoted == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot quote literal: ", TrimMessage(PQerrorMessage(conn_))));
+  }
+  std::string out(quoted);
+  PQfreemem(quoted);
+  return out;
+}
+
+absl::Status PgConnection::Error(absl::string_view context) const {
+  return StatusFromPgResult(context, nullptr, conn_);
+}
+
+}  // namespace outboxd

@@ -31,6 +31,15 @@ using PgResult = std::unique_ptr<PGresult, PgResultDeleter>;
 // safe for logs.
 std::string RedactConninfo(absl::string_view conninfo);
 
+// The error carried by `result` (or by `conn` when `result` is null) as a
+// Status prefixed with `context`, the code chosen from the SQLSTATE: class
+// 08 and 57P0x (connection, shutdown) and 55006 (object in use, e.g. an
+// active slot) are kUnavailable, 28 kPermissionDenied, 42 and 55
+// kFailedPrecondition (42501 kPermissionDenied), XX kInternal; a broken
+// connection is kUnavailable whatever the SQLSTATE.
+absl::Status StatusFromPgResult(absl::string_view context,
+                                const PGresult* result, const PGconn* conn);
+
 class PgConnection {
  public:
   enum class Mode { kNormal, kReplication };

@@ -1,0 +1,487 @@
+#include "pg/replication_setup.h"
+
+#include <algorithm>
+#include <iterator>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace outboxd {
+namespace {
+
+// NAMEDATALEN - 1: PostgreSQL truncates longer identifiers, which would make
+// the name we look up differ from the one the server uses.
+constexpr size_t kMaxIdentifierBytes = 63;
+
+// Keywords that cannot be used as a bare table or schema name (PostgreSQL
+// appendix C, "reserved" and "reserved (can be function or type)").
+constexpr absl::string_view kReservedKeywords[] = {
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+};
+
+bool IsIdentStart(unsigned char c) {
+  return absl::ascii_isalpha(c) || c == '_' || c >= 0x80;
+}
+
+bool IsIdentChar(unsigned char c) {
+  return IsIdentStart(c) || absl::ascii_isdigit(c) || c == '$';
+}
+
+bool NeedsQuoting(absl::string_view ident) {
+  if (ident.empty() || !IsIdentStart(ident[0]) ||
+      absl::ascii_isupper(static_cast<unsigned char>(ident[0]))) {
+    return true;
+  }
+  for (char c : ident) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (!IsIdentChar(u) || absl::ascii_isupper(u) || u >= 0x80) return true;
+  }
+  return std::find(std::begin(kReservedKeywords), std::end(kReservedKeywords),
+                   ident) != std::end(kReservedKeywords);
+}
+
+std::string QuoteForDisplay(absl::string_view ident) {
+  if (!NeedsQuoting(ident)) return std::string(ident);
+  std::string out = "\"";
+  for (char c : ident) {
+    if (c == '"') out.push_back('"');
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+absl::Status BadName(absl::string_view text, absl::string_view why) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("invalid table name '", text, "': ", why));
+}
+
+// Slot names are restricted by the server (ReplicationSlotValidateName);
+// checking here gives a clearer message and a kInvalidArgument.
+absl::Status ValidateSlotName(absl::string_view slot) {
+  if (slot.empty() || slot.size() > kMaxIdentifierBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid replication slot name '", slot,
+                     "': must be 1 to ", kMaxIdentifierBytes, " characters"));
+  }
+  for (char c : slot) {
+    if (!(absl::ascii_islower(static_cast<unsigned char>(c)) ||
+          absl::ascii_isdigit(static_cast<unsigned char>(c)) || c == '_')) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "invalid replication slot name '", slot,
+          "': only lower case letters, digits and underscores are allowed"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePublicationName(absl::string_view publication) {
+  if (publication.empty() || publication.size() > kMaxIdentifierBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid publication name '", publication,
+                     "': must be 1 to ", kMaxIdentifierBytes, " bytes"));
+  }
+  if (publication.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError("publication name contains a NUL byte");
+  }
+  return absl::OkStatus();
+}
+
+std::string FieldOrEmpty(const PGresult* result, int row, int column) {
+  if (PQgetisnull(result, row, column)) return "";
+  return PQgetvalue(result, row, column);
+}
+
+struct TableInfo {
+  std::string oid;
+  std::string namespace_oid;
+};
+
+absl::StatusOr<TableInfo> LookUpTable(PgConnection& conn,
+                                      const QualifiedName& table) {
+  ASSIGN_OR_RETURN(
+      PgResult result,
+      conn.ExecParams(
+          "SELECT c.oid, c.relnamespace, c.relkind FROM pg_catalog.pg_class c "
+          "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+          "WHERE n.nspname = $1 AND c.relname = $2",
+          {table.schema, table.name}));
+  if (PQntuples(result.get()) == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("outbox table ", table.ToString(),
+                     " does not exist: create it (see sql/) or pass --table"));
+  }
+  const std::string relkind = FieldOrEmpty(result.get(), 0, 2);
+  if (relkind != "r" && relkind != "p") {
+    return absl::FailedPreconditionError(
+        absl::StrCat(table.ToString(), " is not a table (relkind '", relkind,
+                     "'): only tables can be published"));
+  }
+  return TableInfo{FieldOrEmpty(result.get(), 0, 0),
+                   FieldOrEmpty(result.get(), 0, 1)};
+}
+
+// Warns when an existing publication does not carry the outbox inserts;
+// it belongs to the user, so outboxd does not alter it.
+absl::Status CheckExistingPublication(PgConnection& conn,
+                                      const ReplicationSetupOptions& options,
+                                      const std::optional<TableInfo>& table) {
+  std::string sql =
+      "SELECT p.pubinsert, p.puballtables, "
+      "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r "
+      "        WHERE r.prpubid = p.oid AND r.prrelid = $2::oid)";
+  if (conn.server_version() >= 150000) {
+    absl::StrAppend(&sql,
+                    " OR EXISTS (SELECT 1 FROM "
+                    "pg_catalog.pg_publication_namespace pn "
+                    "WHERE pn.pnpubid = p.oid AND pn.pnnspid = $3::oid)");
+  } else {
+    absl::StrAppend(&sql, " OR $3::oid IS NULL");
+  }
+  absl::StrAppend(&sql,
+                  " FROM pg_catalog.pg_publication p WHERE p.pubname = $1");
+  std::optional<std::string> oid;
+  std::optional<std::string> nsp;
+  if (table.has_value()) {
+    oid = table->oid;
+    nsp = table->namespace_oid;
+  }
+  ASSIGN_OR_RETURN(PgResult result,
+                   conn.ExecParams(sql, {options.publication, oid, nsp}));
+  if (PQntuples(result.get()) == 0) {
+    return absl::InternalError(absl::StrCat("publication ", options.publication,
+                                            " disappeared while checking it"));
+  }
+  const bool publishes_inserts = FieldOrEmpty(result.get(), 0, 0) == "t";
+  const bool all_tables = FieldOrEmpty(result.get(), 0, 1) == "t";
+  const bool includes_table = FieldOrEmpty(result.get(), 0, 2) == "t";
+  if (!publishes_inserts) {
+    spdlog::warn(
+        "publication {} exists but does not publish inserts: no outbox "
+        "events will arrive (ALTER PUBLICATION ... SET (publish = 'insert'))",
+        options.publication);
+  }
+  if (options.table.has_value() && !all_tables && !includes_table) {
+    spdlog::warn(
+        "publication {} exists but does not include table {}: no outbox "
+        "events will arrive from it (ALTER PUBLICATION ... ADD TABLE ...)",
+        options.publication, options.table->ToString());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string QualifiedName::ToString() const {
+  return absl::StrCat(QuoteForDisplay(schema), ".", QuoteForDisplay(name));
+}
+
+absl::StatusOr<QualifiedName> ParseQualifiedName(absl::string_view text) {
+  std::vector<std::string> parts;
+  size_t i = 0;
+  const size_t n = text.size();
+  auto skip_space = [&] {
+    while (i < n && absl::ascii_isspace(static_cast<unsigned char>(text[i]))) {
+      ++i;
+    }
+  };
+  skip_space();
+  while (true) {
+    std::string part;
+    if (i < n && text[i] == '"') {
+      ++i;
+      bool closed = false;
+      while (i < n) {
+        if (text[i] == '"') {
+          if (i + 1 < n && text[i + 1] == '"') {
+            part.push_back('"');
+            i += 2;
+          } else {
+            ++i;
+            closed = true;
+            break;
+          }
+        } else {
+          part.push_back(text[i++]);
+        }
+      }
+      if (!closed) return BadName(text, "unterminated quoted identifier");
+      if (part.empty()) return BadName(text, "empty quoted identifier");
+      if (part.find('\0') != std::string::npos) {
+        return BadName(text, "identifier contains a NUL byte");
+      }
+    } else if (i < n && IsIdentStart(static_cast<unsigned char>(text[i]))) {
+      while (i < n && IsIdentChar(static_cast<unsigned char>(text[i]))) {
+        part.push_back(
+            absl::ascii_tolower(static_cast<unsigned char>(text[i])));
+        ++i;
+      }
+    } else if (i >= n || text[i] == '.') {
+      return BadName(text, "empty name part");
+    } else {
+      return BadName(
+          text, absl::StrCat("unexpected character '", text.substr(i, 1), "'"));
+    }
+    if (part.size() > kMaxIdentifierBytes) {
+      return BadName(text, absl::StrCat("a part is longer than ",
+                                        kMaxIdentifierBytes, " bytes"));
+    }
+    parts.push_back(std::move(part));
+    skip_space();
+    if (i >= n) break;
+    if (text[i] != '.') {
+      return BadName(
+          text, absl::StrCat("unexpected '", text.substr(i), "' after a name"));
+    }
+    ++i;
+    skip_space();
+  }
+  if (parts.size() > 2) {
+    return BadName(text, "expected [schema.]table, got more than two parts");
+  }
+  QualifiedName result;
+  if (parts.size() == 2) {
+    result.schema = std::move(parts[0]);
+    result.name = std::move(parts[1]);
+  } else {
+    result.name = std::move(parts[0]);
+  }
+  return result;
+}
+
+absl::Status CheckWalLevel(PgConnection& conn) {
+  ASSIGN_OR_RETURN(PgResult result, conn.Exec("SHOW wal_level"));
+  if (PQntuples(result.get()) != 1) {
+    return absl::InternalError("SHOW wal_level returned no row");
+  }
+  const std::string level = FieldOrEmpty(result.get(), 0, 0);
+  if (level != "logical") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "wal_level is '", level,
+        "' but outboxd needs wal_level=logical: set it in postgresql.conf "
+        "(or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EnsurePublication(PgConnection& conn,
+                               const ReplicationSetupOptions& options) {
+  RETURN_IF_ERROR(ValidatePublicationName(options.publication));
+  std::optional<TableInfo> table;
+  if (options.table.has_value()) {
+    ASSIGN_OR_RETURN(table, LookUpTable(conn, *options.table));
+  }
+  ASSIGN_OR_RETURN(
+      PgResult existing,
+      conn.ExecParams(
+          "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+          {options.publication}));
+  if (PQntuples(existing.get()) > 0) {
+    return CheckExistingPublication(conn, options, table);
+  }
+
+  ASSIGN_OR_RETURN(std::string publication,
+                   conn.QuoteIdentifier(options.publication));
+  std::string sql = absl::StrCat("CREATE PUBLICATION ", publication);
+  if (options.table.has_value()) {
+    ASSIGN_OR_RETURN(std::string schema,
+                     conn.QuoteIdentifier(options.table->schema));
+    ASSIGN_OR_RETURN(std::string name,
+                     conn.QuoteIdentifier(options.table->name));
+    absl::StrAppend(&sql, " FOR TABLE ", schema, ".", name);
+  }
+  absl::StrAppend(&sql, " WITH (publish = 'insert')");
+  absl::StatusOr<PgResult> created = conn.Exec(sql);
+  if (created.ok()) {
+    spdlog::info("created publication {}{}", options.publication,
+                 options.table.has_value()
+                     ? absl::StrCat(" for table ", options.table->ToString())
+                     : std::string(" (messages only, no table)"));
+    return absl::OkStatus();
+  }
+  if (absl::IsAlreadyExists(created.status())) {
+    // Another process created it between our check and CREATE.
+    return CheckExistingPublication(conn, options, table);
+  }
+  return absl::Status(
+      created.status().code(),
+      absl::StrCat("cannot create publication ", options.publication, ": ",
+                   created.status().message()));
+}
+
+absl::StatusOr<SlotState> EnsureSlot(PgConnection& conn,
+                                     const ReplicationSetupOptions& options) {
+  RETURN_IF_ERROR(ValidateSlotName(options.slot));
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    ASSIGN_OR_RETURN(
+        PgResult existing,
+        conn.ExecParams(
+            "SELECT s.slot_type, s.plugin, s.database, "
+            "s.confirmed_flush_lsn, pg_catalog.current_database() "
+            "FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
+            {options.slot}));
+    if (PQntuples(existing.get()) > 0) {
+      const PGresult* r = existing.get();
+      const std::string slot_type = FieldOrEmpty(r, 0, 0);
+      const std::string plugin = FieldOrEmpty(r, 0, 1);
+      const std::string database = FieldOrEmpty(r, 0, 2);
+      const std::string confirmed = FieldOrEmpty(r, 0, 3);
+      const std::string current_database = FieldOrEmpty(r, 0, 4);
+      if (slot_type != "logical") {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "replication slot ", options.slot, " is a ", slot_type,
+            " slot, outboxd needs a logical slot using 'pgoutput': drop it "
+            "or choose another --slot"));
+      }
+      if (plugin != "pgoutput") {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "replication slot ", options.slot, " uses plugin '", plugin,
+            "', outboxd needs 'pgoutput': drop the slot "
+            "(SELECT pg_drop_replication_slot('",
+            options.slot, "')) or choose another --slot"));
+      }
+      if (database != current_database) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "replication slot ", options.slot, " belongs to database '",
+            database, "' but outboxd is connected to '", current_database,
+            "': connect to that database or choose another --slot"));
+      }
+      SlotState state;
+      if (!confirmed.empty()) {
+        ASSIGN_OR_RETURN(state.confirmed_flush, Lsn::Parse(confirmed));
+      }
+      return state;
+    }
+
+    absl::StatusOr<PgResult> created = conn.ExecParams(
+        "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot("
+        "$1, 'pgoutput')",
+        {options.slot});
+    if (absl::IsAlreadyExists(created.status())) {
+      continue;  // created concurrently: inspect it
+    }
+    if (!created.ok()) {
+      return absl::Status(
+          created.status().code(),
+          absl::StrCat("cannot create replication slot ", options.slot, ": ",
+                       created.status().message()));
+    }
+    SlotState state;
+    state.created = true;
+    if (PQntuples(created->get()) == 1) {
+      ASSIGN_OR_RETURN(state.confirmed_flush,
+                       Lsn::Parse(FieldOrEmpty(created->get(), 0, 0)));
+    }
+    spdlog::info("created logical replication slot {} (pgoutput) at {}",
+                 options.slot, state.confirmed_flush.ToString());
+    return state;
+  }
+  return absl::UnavailableError(
+      absl::StrCat("replication slot ", options.slot,
+                   " was created and dropped concurrently; try again"));
+}
+
+}  // namespace outboxd
