@@ -1,0 +1,182 @@
+#include "cli/flags.h"
+
+#include <algorithm>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "absl/flags/commandlineflag.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+
+namespace outboxd::cli {
+namespace {
+
+absl::Status ApplyFlag(absl::string_view name, std::optional<std::string> value,
+                       const std::vector<std::string>& repeatable,
+                       ParsedCommandLine* out, std::vector<std::string>* rest,
+                       size_t* next) {
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  bool negated = false;
+  if (flag == nullptr && absl::StartsWith(name, "no")) {
+    flag = absl::FindCommandLineFlag(name.substr(2));
+    negated = flag != nullptr && flag->IsOfType<bool>();
+    if (!negated) flag = nullptr;
+  }
+  if (flag == nullptr || flag->IsRetired()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown flag --", name, " (see --help)"));
+  }
+  if (negated) {
+    if (value.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " takes no value"));
+    }
+    value = "false";
+  } else if (!value.has_value()) {
+    if (flag->IsOfType<bool>()) {
+      value = "true";
+    } else if (*next < rest->size() &&
+               !absl::StartsWith((*rest)[*next], "--")) {
+      value = (*rest)[(*next)++];
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " needs a value"));
+    }
+  }
+  std::string flag_name(flag->Name());
+  if (std::find(repeatable.begin(), repeatable.end(), flag_name) !=
+      repeatable.end()) {
+    out->repeated[flag_name].push_back(*value);
+    return absl::OkStatus();
+  }
+  std::string error;
+  if (!flag->ParseFrom(*value, &error)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad value for --", flag_name, ": ", error));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadFlagFile(const std::string& path,
+                          std::vector<std::string>* args) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read --flagfile ", path));
+  }
+  std::string line;
+  while (std::getline(in, line)) {
+    absl::string_view l = absl::StripAsciiWhitespace(line);
+    if (l.empty() || l[0] == '#') continue;
+    args->emplace_back(l);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ParsedCommandLine> ParseFlags(
+    int argc, char** argv, const std::vector<std::string>& repeatable) {
+  ParsedCommandLine out;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (size_t i = 0; i < args.size();) {
+    std::string arg = args[i++];
+    if (!absl::StartsWith(arg, "-") || arg == "-" || arg == "--") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unexpected argument '", arg, "' (flags only; see --help)"));
+    }
+    absl::string_view body = arg;
+    body.remove_prefix(absl::StartsWith(body, "--") ? 2 : 1);
+    std::optional<std::string> value;
+    absl::string_view name = body;
+    if (size_t eq = body.find('='); eq != absl::string_view::npos) {
+      name = body.substr(0, eq);
+      value = std::string(body.substr(eq + 1));
+    }
+    if (name == "help" || name == "h" || name == "helpfull") {
+      out.help = true;
+      continue;
+    }
+    if (name == "version") {
+      out.version = true;
+      continue;
+    }
+    if (name == "flagfile") {
+      if (!value.has_value()) {
+        if (i >= args.size()) {
+          return absl::InvalidArgumentError("--flagfile needs a value");
+        }
+        value = args[i++];
+      }
+      std::vector<std::string> from_file;
+      RETURN_IF_ERROR(ReadFlagFile(*value, &from_file));
+      args.insert(args.begin() + i, from_file.begin(), from_file.end());
+      continue;
+    }
+    RETURN_IF_ERROR(
+        ApplyFlag(name, std::move(value), repeatable, &out, &args, &i));
+  }
+  return out;
+}
+
+std::string FlagsHelp(absl::string_view usage, absl::string_view file_filter) {
+  std::vector<absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (absl::StrContains(flag->Filename(), file_filter)) flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(),
+            [](auto* a, auto* b) { return a->Name() < b->Name(); });
+  std::ostringstream os;
+  os << usage << "\n\nFlags:\n";
+  for (const auto* flag : flags) {
+    os << "  --" << flag->Name() << "\n      " << flag->Help();
+    std::string def = flag->DefaultValue();
+    if (!def.empty()) os << " (default: " << def << ")";
+    os << "\n";
+  }
+  os << "  --flagfile=FILE\n      read flags from FILE, one per line\n"
+     << "  --help\n      show this help and exit\n"
+     << "  --version\n      print the version and exit\n";
+  return os.str();
+}
+
+absl::StatusOr<std::pair<std::string, std::string>> SplitKeyValue(
+    absl::string_view text) {
+  size_t eq = text.find('=');
+  if (eq == absl::string_view::npos || eq == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected key=value, got '", text, "'"));
+  }
+  return std::make_pair(
+      std::string(absl::StripAsciiWhitespace(text.substr(0, eq))),
+      std::string(absl::StripAsciiWhitespace(text.substr(eq + 1))));
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+ParseKeyValueFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    absl::string_view l = absl::StripAsciiWhitespace(line);
+    if (l.empty() || l[0] == '#') continue;
+    auto kv = SplitKeyValue(l);
+    if (!kv.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", number, ": ", kv.status().message()));
+    }
+    out.push_back(*std::move(kv));
+  }
+  return out;
+}
+
+}  // namespace outboxd::cli

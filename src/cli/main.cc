@@ -1,1 +1,304 @@
-int main() { return 0; }
+// outboxd: publishes transactional-outbox events from PostgreSQL to Kafka.
+//
+// Flags live here (DESIGN.md section 4); libraries take option structs.
+// Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 after a runtime
+// failure (its cause logged), 2 for bad flags.
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "cli/flags.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "pg/connection.h"
+#include "pipeline/cdc_pipeline.h"
+
+ABSL_FLAG(std::string, pg, "",
+          "PostgreSQL libpq conninfo or URI (required); its password is "
+          "never printed. PGPASSWORD / PGPASSFILE work as usual");
+ABSL_FLAG(std::string, brokers, "",
+          "Kafka bootstrap servers, HOST:PORT[,...] (required)");
+ABSL_FLAG(std::string, table, "public.outbox",
+          "outbox table, schema-qualified; \"\" for logical decoding "
+          "messages only");
+ABSL_FLAG(std::string, slot, "outbox_slot",
+          "logical replication slot, created with pgoutput if missing");
+ABSL_FLAG(std::string, publication, "outbox_pub",
+          "publication, created FOR TABLE --table WITH (publish = 'insert') "
+          "if missing");
+ABSL_FLAG(std::string, topic_prefix, "outbox.event.",
+          "topic = prefix + aggregatetype");
+ABSL_FLAG(std::string, topic, "",
+          "one fixed topic for every event (overrides --topic-prefix "
+          "routing)");
+ABSL_FLAG(std::string, source, "cdc",
+          "where events come from: cdc (WAL via logical replication)");
+ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(1),
+          "poll/notify period");
+ABSL_FLAG(std::string, message_prefix, "outbox",
+          "publish transactional logical decoding messages with this prefix "
+          "(pg_logical_emit_message(true, prefix, json)); \"\" disables");
+ABSL_FLAG(std::vector<std::string>, kafka_property, {},
+          "key=value passed to librdkafka; repeatable, applied after "
+          "--kafka-config");
+ABSL_FLAG(std::string, kafka_config, "",
+          "file of librdkafka key=value lines (# comments)");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9187",
+          "host:port for /metrics and /healthz");
+ABSL_FLAG(absl::Duration, status_interval, absl::Seconds(1),
+          "interval of standby status updates to PostgreSQL");
+ABSL_FLAG(std::string, column_id, "id", "outbox column: event id");
+ABSL_FLAG(std::string, column_aggregate_type, "aggregatetype",
+          "outbox column: aggregate type (routes the topic)");
+ABSL_FLAG(std::string, column_aggregate_id, "aggregateid",
+          "outbox column: aggregate id (the Kafka key)");
+ABSL_FLAG(std::string, column_type, "type",
+          "outbox column: event type (header eventType)");
+ABSL_FLAG(std::string, column_payload, "payload",
+          "outbox column: payload (the Kafka value)");
+ABSL_FLAG(std::string, column_headers, "headers",
+          "optional outbox column: jsonb object of string headers; \"\" to "
+          "ignore");
+ABSL_FLAG(std::string, dlq_topic, "outbox.dlq",
+          "dead-letter topic for events that cannot be published");
+ABSL_FLAG(std::string, on_invalid, "dead-letter",
+          "what to do with an invalid event: dead-letter (to --dlq-topic, "
+          "go on) or fail (stop without confirming past it)");
+ABSL_FLAG(std::string, log_level, "info",
+          "trace, debug, info, warn, error, critical or off");
+ABSL_FLAG(absl::Duration, shutdown_timeout, absl::Seconds(8),
+          "on SIGTERM/SIGINT, how long to wait for outstanding "
+          "acknowledgements");
+
+namespace outboxd {
+namespace {
+
+constexpr char kUsage[] =
+    "outboxd: publishes transactional-outbox events from PostgreSQL to "
+    "Kafka\n\n"
+    "usage: outboxd --pg=CONNINFO --brokers=HOST:PORT[,...] [flags]";
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void OnSignal(int) { g_stop.store(true); }
+
+// Flag values that parse but make no sense, as one line each.
+absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
+    const cli::ParsedCommandLine& cmd) {
+  CdcPipelineOptions o;
+  o.conninfo = absl::GetFlag(FLAGS_pg);
+  if (o.conninfo.empty()) {
+    return absl::InvalidArgumentError(
+        "--pg is required (libpq conninfo or URI)");
+  }
+  std::string brokers = absl::GetFlag(FLAGS_brokers);
+  if (brokers.empty()) {
+    return absl::InvalidArgumentError(
+        "--brokers is required (HOST:PORT[,...])");
+  }
+  for (absl::string_view b : absl::StrSplit(brokers, ',')) {
+    size_t colon = b.rfind(':');
+    int port = 0;
+    if (colon == absl::string_view::npos || colon == 0 ||
+        !absl::SimpleAtoi(b.substr(colon + 1), &port) || port <= 0 ||
+        port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--brokers: '", b, "' is not HOST:PORT"));
+    }
+  }
+  std::string source = absl::GetFlag(FLAGS_source);
+  if (source != "cdc") {
+    if (source == "poll" || source == "notify") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--source=", source, " is not available in this version (cdc only)"));
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--source must be cdc, poll or notify, not '", source, "'"));
+  }
+  if (absl::GetFlag(FLAGS_poll_interval) <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--poll-interval must be positive");
+  }
+  o.status_interval = absl::GetFlag(FLAGS_status_interval);
+  if (o.status_interval <= absl::ZeroDuration() ||
+      o.status_interval > absl::Minutes(10)) {
+    return absl::InvalidArgumentError(
+        "--status-interval must be positive and at most 10m");
+  }
+  o.shutdown_timeout = absl::GetFlag(FLAGS_shutdown_timeout);
+  if (o.shutdown_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--shutdown-timeout must not be negative");
+  }
+
+  std::string table = absl::GetFlag(FLAGS_table);
+  if (!table.empty()) {
+    auto name = ParseQualifiedName(table);
+    if (!name.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--table: ", name.status().message()));
+    }
+    o.setup.table = *name;
+    o.mapper.table = *name;
+  }
+  o.setup.slot = absl::GetFlag(FLAGS_slot);
+  o.setup.publication = absl::GetFlag(FLAGS_publication);
+  if (o.setup.slot.empty() || o.setup.publication.empty()) {
+    return absl::InvalidArgumentError(
+        "--slot and --publication must not be empty");
+  }
+  for (char c : o.setup.slot) {
+    // PostgreSQL's rule for slot names.
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--slot: '", o.setup.slot,
+          "' may contain only lower case letters, digits and underscores"));
+    }
+  }
+  o.mapper.message_prefix = absl::GetFlag(FLAGS_message_prefix);
+  o.mapper.columns.id = absl::GetFlag(FLAGS_column_id);
+  o.mapper.columns.aggregate_type = absl::GetFlag(FLAGS_column_aggregate_type);
+  o.mapper.columns.aggregate_id = absl::GetFlag(FLAGS_column_aggregate_id);
+  o.mapper.columns.type = absl::GetFlag(FLAGS_column_type);
+  o.mapper.columns.payload = absl::GetFlag(FLAGS_column_payload);
+  o.mapper.columns.headers = absl::GetFlag(FLAGS_column_headers);
+  for (const std::string* c :
+       {&o.mapper.columns.id, &o.mapper.columns.aggregate_type,
+        &o.mapper.columns.aggregate_id, &o.mapper.columns.type,
+        &o.mapper.columns.payload}) {
+    if (c->empty()) {
+      return absl::InvalidArgumentError(
+          "--column-* flags must not be empty "
+          "(except --column-headers)");
+    }
+  }
+
+  o.router.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
+  o.router.fixed_topic = absl::GetFlag(FLAGS_topic);
+  o.dlq_topic = absl::GetFlag(FLAGS_dlq_topic);
+  if (o.dlq_topic.empty()) {
+    return absl::InvalidArgumentError("--dlq-topic must not be empty");
+  }
+  std::string on_invalid = absl::GetFlag(FLAGS_on_invalid);
+  if (on_invalid == "dead-letter") {
+    o.on_invalid = InvalidEventPolicy::kDeadLetter;
+  } else if (on_invalid == "fail") {
+    o.on_invalid = InvalidEventPolicy::kFail;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--on-invalid must be dead-letter or fail, not '", on_invalid, "'"));
+  }
+
+  o.producer.brokers = brokers;
+  std::string config_file = absl::GetFlag(FLAGS_kafka_config);
+  if (!config_file.empty()) {
+    auto kv = cli::ParseKeyValueFile(config_file);
+    if (!kv.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--kafka-config: ", kv.status().message()));
+    }
+    o.producer.properties = *std::move(kv);
+  }
+  if (auto it = cmd.repeated.find("kafka_property"); it != cmd.repeated.end()) {
+    for (const std::string& p : it->second) {
+      auto kv = cli::SplitKeyValue(p);
+      if (!kv.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--kafka-property: ", kv.status().message()));
+      }
+      o.producer.properties.push_back(*std::move(kv));
+    }
+  }
+  std::string metrics = absl::GetFlag(FLAGS_metrics_address);
+  if (!metrics.empty()) {
+    size_t colon = metrics.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos ||
+        !absl::SimpleAtoi(metrics.substr(colon + 1), &port) || port < 0 ||
+        port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metrics-address: '", metrics, "' is not HOST:PORT"));
+    }
+  }
+  return o;
+}
+
+int Main(int argc, char** argv) {
+  // absl spells flags with underscores; accept the dashed spelling users
+  // expect (--topic-prefix) by normalising names before parsing.
+  std::vector<std::string> storage(argv, argv + argc);
+  for (size_t i = 1; i < storage.size(); ++i) {
+    std::string& a = storage[i];
+    if (!absl::StartsWith(a, "--")) continue;
+    size_t end = a.find('=');
+    if (end == std::string::npos) end = a.size();
+    for (size_t j = 2; j < end; ++j) {
+      if (a[j] == '-') a[j] = '_';
+    }
+  }
+  std::vector<char*> args;
+  for (auto& s : storage) args.push_back(s.data());
+
+  auto cmd = cli::ParseFlags(argc, args.data(), {"kafka_property"});
+  if (!cmd.ok()) {
+    std::cerr << "outboxd: " << cmd.status().message() << "\n";
+    return 2;
+  }
+  if (cmd->help) {
+    std::string help = cli::FlagsHelp(kUsage, "cli/main.cc");
+    // Show flags as users type them: --topic-prefix, not --topic_prefix.
+    bool in_name = false;
+    for (size_t i = 0; i + 1 < help.size(); ++i) {
+      if (help[i] == '-' && help[i + 1] == '-') in_name = true;
+      if (in_name && help[i] == '_') help[i] = '-';
+      if (help[i] == '\n' || help[i] == ' ' || help[i] == '=') in_name = false;
+    }
+    std::cout << help;
+    return 0;
+  }
+  if (cmd->version) {
+    std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
+    return 0;
+  }
+  absl::Status log = InitLogging(absl::GetFlag(FLAGS_log_level), "text");
+  if (!log.ok()) {
+    std::cerr << "outboxd: --log-level: " << log.message() << "\n";
+    return 2;
+  }
+  auto options = OptionsFromFlags(*cmd);
+  if (!options.ok()) {
+    std::cerr << "outboxd: " << options.status().message() << "\n";
+    return 2;
+  }
+
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  spdlog::info("outboxd {} starting: pg {} brokers {} table {} slot {}",
+               OUTBOXD_VERSION, RedactConninfo(options->conninfo),
+               options->producer.brokers, absl::GetFlag(FLAGS_table),
+               options->setup.slot);
+  absl::Status s = RunCdcPipeline(*options, g_stop);
+  if (!s.ok()) {
+    spdlog::critical("stopping: {}", s.ToString());
+    return 1;
+  }
+  spdlog::info("stopped cleanly");
+  return 0;
+}
+
+}  // namespace
+}  // namespace outboxd
+
+int main(int argc, char** argv) { return outboxd::Main(argc, argv); }

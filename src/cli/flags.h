@@ -1,0 +1,47 @@
+// Command-line parsing on top of absl flags, with the exit-code contract of
+// DESIGN.md section 4: a bad flag is one clear line and exit 2 (absl's own
+// ParseCommandLine exits 1), --help and --version exit 0, repeatable flags
+// accumulate (--kafka-property), --flagfile reads one flag per line.
+#ifndef OUTBOXD_CLI_FLAGS_H_
+#define OUTBOXD_CLI_FLAGS_H_
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace outboxd::cli {
+
+struct ParsedCommandLine {
+  bool help = false;
+  bool version = false;
+  // Every value of each repeatable flag, in order.
+  absl::flat_hash_map<std::string, std::vector<std::string>> repeated;
+};
+
+// Sets the registered absl flags from argv[1..]. `repeatable` names flags
+// whose values accumulate instead of overriding. kInvalidArgument with one
+// line for an unknown flag, a missing or malformed value, or a positional
+// argument.
+absl::StatusOr<ParsedCommandLine> ParseFlags(
+    int argc, char** argv, const std::vector<std::string>& repeatable);
+
+// Help text for the flags defined in files whose path contains
+// `file_filter`, sorted by name, with defaults.
+std::string FlagsHelp(absl::string_view usage, absl::string_view file_filter);
+
+// key=value lines; blank lines and lines starting with # are skipped.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
+ParseKeyValueFile(const std::string& path);
+
+// Splits "key=value"; kInvalidArgument when there is no '=' or no key.
+absl::StatusOr<std::pair<std::string, std::string>> SplitKeyValue(
+    absl::string_view text);
+
+}  // namespace outboxd::cli
+
+#endif  // OUTBOXD_CLI_FLAGS_H_

@@ -1,0 +1,65 @@
+// CdcPipeline: the log-tailing publisher. Wires the stages of DESIGN.md
+// section 5 on one thread:
+//
+//   ReplicationStream -> pgoutput::Decode -> OutboxMapper -> Route
+//     -> KafkaProducer -> (delivery reports) AckTracker -> flush position
+//
+// One thread owns every stage, so no stage needs a lock: delivery reports
+// are served by KafkaProducer::Poll on this thread. Backpressure: when
+// librdkafka's queue is full the pipeline stops reading the replication
+// socket (the walsender buffers) but keeps sending status updates.
+#ifndef OUTBOXD_PIPELINE_CDC_PIPELINE_H_
+#define OUTBOXD_PIPELINE_CDC_PIPELINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "kafka/producer.h"
+#include "outbox/outbox_mapper.h"
+#include "outbox/router.h"
+#include "pg/replication_setup.h"
+
+namespace outboxd {
+
+enum class InvalidEventPolicy {
+  kDeadLetter,  // produce it to the dead-letter topic, go on
+  kFail,        // stop without confirming past it
+};
+
+struct CdcPipelineOptions {
+  std::string conninfo;
+  ReplicationSetupOptions setup;
+  OutboxMapperOptions mapper;
+  RouterOptions router;
+  ProducerOptions producer;
+  absl::Duration status_interval = absl::Seconds(1);
+  std::string dlq_topic = "outbox.dlq";
+  InvalidEventPolicy on_invalid = InvalidEventPolicy::kDeadLetter;
+  // How long a stop may wait for outstanding acknowledgements.
+  absl::Duration shutdown_timeout = absl::Seconds(8);
+};
+
+struct PipelineStats {
+  uint64_t events_produced = 0;
+  uint64_t events_acknowledged = 0;
+  uint64_t events_dead_lettered = 0;
+  uint64_t status_updates = 0;
+  Lsn confirmed;
+};
+
+// Streams until `stop` becomes true, then flushes the producer, confirms what
+// is acknowledged, ends the stream cleanly and returns OK. Returns the cause
+// when something fails (never having confirmed past an unacknowledged event):
+// kFailedPrecondition for configuration problems (wal_level, slot plugin,
+// missing table), kUnavailable for a lost connection, kDataLoss for a corrupt
+// stream, the delivery error for a failed delivery.
+absl::Status RunCdcPipeline(const CdcPipelineOptions& options,
+                            const std::atomic<bool>& stop,
+                            PipelineStats* stats = nullptr);
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PIPELINE_CDC_PIPELINE_H_
