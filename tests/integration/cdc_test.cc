@@ -1,0 +1,555 @@
+// End-to-end tests of the CDC core (issue: committed outbox inserts from the
+// WAL to Kafka, the slot confirmed only after acknowledgement). Real
+// PostgreSQL 15 (throwaway cluster), the dev broker, and outboxd as its own
+// process; records are read back by an independent librdkafka consumer.
+#include <libpq-fe.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "common/lsn.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/harness/child_process.h"
+#include "tests/harness/dev_broker.h"
+#include "tests/harness/kafka_reader.h"
+#include "tests/harness/pg_cluster.h"
+
+namespace outboxd::testing {
+namespace {
+
+using ::testing::Test;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Rows of a query as text (NULL as nullopt).
+using Row = std::vector<std::optional<std::string>>;
+std::vector<Row> QueryRows(const std::string& conninfo, const std::string& sql) {
+  std::vector<Row> rows;
+  PGconn* conn = PQconnectdb(conninfo.c_str());
+  EXPECT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
+  PGresult* res = PQexec(conn, sql.c_str());
+  EXPECT_EQ(PQresultStatus(res), PGRES_TUPLES_OK) << PQerrorMessage(conn);
+  for (int r = 0; r < PQntuples(res); ++r) {
+    Row row;
+    for (int c = 0; c < PQnfields(res); ++c) {
+      if (PQgetisnull(res, r, c)) {
+        row.emplace_back();
+      } else {
+        row.emplace_back(std::string(PQgetvalue(res, r, c),
+                                     PQgetlength(res, r, c)));
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+  PQclear(res);
+  PQfinish(conn);
+  return rows;
+}
+
+Lsn ParseLsnOrDie(const std::string& text) {
+  auto lsn = Lsn::Parse(text);
+  EXPECT_TRUE(lsn.ok()) << text;
+  return lsn.ok() ? *lsn : Lsn();
+}
+
+uint64_t HeaderU64(const ConsumedRecord& r, const std::string& name) {
+  uint64_t v = 0;
+  auto h = r.Header(name);
+  EXPECT_TRUE(h.has_value()) << "missing header " << name;
+  if (h.has_value()) EXPECT_TRUE(absl::SimpleAtoi(*h, &v)) << *h;
+  return v;
+}
+
+class CdcTest : public Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto cluster = PgCluster::Start();
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = cluster->release();
+    auto broker = DevBroker::Start(3, 4);
+    ASSERT_TRUE(broker.ok()) << broker.status();
+    broker_ = broker->release();
+  }
+  static void TearDownTestSuite() {
+    delete broker_;
+    delete cluster_;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(cluster_, nullptr);
+    ASSERT_NE(broker_, nullptr);
+    db_ = absl::StrCat("db", ++counter_);
+    prefix_ = absl::StrCat("t", counter_, ".");
+    ASSERT_TRUE(cluster_->CreateDatabase(db_).ok());
+    std::string install =
+        ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
+    ASSERT_FALSE(install.empty());
+    ASSERT_TRUE(Exec(install).ok());
+    ASSERT_TRUE(Exec("CREATE TABLE orders (id bigserial PRIMARY KEY, "
+                     "note text)")
+                    .ok());
+  }
+
+  void TearDown() override {
+    for (auto& p : outboxd_) {
+      if (p->Running()) {
+        p->Signal(SIGTERM);
+        p->Wait(absl::Seconds(15));
+      }
+    }
+    outboxd_.clear();
+  }
+
+  absl::Status Exec(const std::string& sql) { return cluster_->Exec(db_, sql); }
+  std::string Query(const std::string& sql) {
+    auto v = cluster_->Query(db_, sql);
+    EXPECT_TRUE(v.ok()) << v.status();
+    return v.ok() ? *v : "";
+  }
+  std::string ConnInfo() const { return cluster_->ConnInfo(db_); }
+
+  std::string LogPath(int n) const {
+    return absl::StrCat(::testing::TempDir(), "/", db_, "-outboxd-", n, ".log");
+  }
+
+  // Starts outboxd against this test's database and waits until it streams.
+  ChildProcess* StartOutboxd(std::vector<std::string> extra = {},
+                             bool wait_streaming = true) {
+    int n = static_cast<int>(outboxd_.size());
+    ChildOptions o;
+    o.argv = {OUTBOXD_BINARY, "--pg=" + ConnInfo(),
+              "--brokers=" + broker_->bootstrap(), "--topic-prefix=" + prefix_,
+              "--status-interval=200ms", "--metrics-address="};
+    o.argv.insert(o.argv.end(), extra.begin(), extra.end());
+    o.capture_stdout = false;
+    o.stderr_file = LogPath(n);
+    auto child = ChildProcess::Start(o);
+    EXPECT_TRUE(child.ok()) << child.status();
+    if (!child.ok()) return nullptr;
+    outboxd_.push_back(*std::move(child));
+    ChildProcess* p = outboxd_.back().get();
+    if (wait_streaming) {
+      absl::Time deadline = absl::Now() + absl::Seconds(30);
+      while (ReadFile(LogPath(n)).find("streaming from slot") ==
+             std::string::npos) {
+        if (!p->Running() || absl::Now() > deadline) {
+          ADD_FAILURE() << "outboxd did not start streaming:\n"
+                        << ReadFile(LogPath(n));
+          return p;
+        }
+        absl::SleepFor(absl::Milliseconds(50));
+      }
+    }
+    return p;
+  }
+
+  std::vector<ConsumedRecord> Read(const std::string& topic, size_t n,
+                                   absl::Duration timeout = absl::Seconds(60)) {
+    auto records = ReadTopic(broker_->bootstrap(), topic, n, timeout);
+    EXPECT_TRUE(records.ok()) << records.status();
+    return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
+  }
+
+  Lsn ConfirmedFlush(const std::string& slot = "outbox_slot") {
+    return ParseLsnOrDie(Query(absl::StrCat(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '",
+        slot, "'")));
+  }
+
+  static PgCluster* cluster_;
+  static DevBroker* broker_;
+  static int counter_;
+  std::string db_;
+  std::string prefix_;
+  std::vector<std::unique_ptr<ChildProcess>> outboxd_;
+};
+
+PgCluster* CdcTest::cluster_ = nullptr;
+DevBroker* CdcTest::broker_ = nullptr;
+int CdcTest::counter_ = 0;
+
+// 10,000 events over 200 aggregates in transactions of 1 to 100 events: each
+// record exactly as DESIGN.md section 2 says, none missing, none extra, each
+// aggregate in commit order.
+TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
+  StartOutboxd();
+  const int kEvents = 10000;
+  const int kAggregates = 200;
+  const std::vector<std::string> kTypes = {"order", "customer", "invoice",
+                                           "shipment"};
+  std::mt19937 rng(42);
+  std::vector<int> next_n(kAggregates, 0);
+  int written = 0;
+  int tx = 0;
+  absl::Time start = absl::Now();
+  while (written < kEvents) {
+    int size = std::min<int>(kEvents - written,
+                             std::uniform_int_distribution<int>(1, 100)(rng));
+    std::vector<std::string> values;
+    for (int i = 0; i < size; ++i) {
+      int agg = std::uniform_int_distribution<int>(0, kAggregates - 1)(rng);
+      int n = next_n[agg]++;
+      const std::string& type = kTypes[agg % kTypes.size()];
+      values.push_back(absl::StrCat(
+          "('", type, "', 'agg-", agg, "', 'Evt", n % 3, "', ",
+          "jsonb_build_object('agg', ", agg, ", 'n', ", n, ", 'tx', ", tx,
+          ", 'i', ", i, "), jsonb_build_object('tx', '", tx, "'))"));
+    }
+    ASSERT_TRUE(Exec(absl::StrCat(
+                         "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, "
+                         "type, payload, headers) VALUES ",
+                         absl::StrJoin(values, ","), "; COMMIT;"))
+                    .ok());
+    written += size;
+    ++tx;
+  }
+
+  // What the database holds, by event id.
+  std::map<std::string, Row> rows;
+  for (auto& row : QueryRows(ConnInfo(),
+                             "SELECT id::text, aggregatetype, aggregateid, "
+                             "type, payload::text, headers->>'tx' FROM outbox")) {
+    rows[*row[0]] = row;
+  }
+  ASSERT_EQ(rows.size(), static_cast<size_t>(kEvents));
+
+  std::vector<ConsumedRecord> all;
+  std::map<std::string, size_t> per_topic;
+  for (const auto& type : kTypes) {
+    size_t expected = 0;
+    for (auto& [id, row] : rows) expected += (*row[1] == type);
+    auto records = Read(prefix_ + type, expected);
+    per_topic[type] = records.size();
+    EXPECT_EQ(records.size(), expected) << type;
+    all.insert(all.end(), records.begin(), records.end());
+  }
+  double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::printf("[ measure ] %d events in %d transactions: %.2f s from first "
+              "insert to last read, %.0f events/s\n",
+              kEvents, tx, seconds, kEvents / seconds);
+  ASSERT_EQ(all.size(), static_cast<size_t>(kEvents));
+
+  std::set<std::string> seen;
+  std::map<std::string, std::pair<int32_t, int64_t>> last_n;  // agg -> n
+  std::map<std::string, int> last_agg_n;
+  std::map<uint64_t, std::vector<uint64_t>> indexes_by_lsn;
+  std::map<uint64_t, std::set<std::string>> tx_by_lsn;
+  std::map<uint64_t, std::set<int64_t>> ts_by_lsn;
+  int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  for (const auto& r : all) {
+    auto id = r.Header("id");
+    ASSERT_TRUE(id.has_value());
+    ASSERT_TRUE(seen.insert(*id).second) << "duplicate " << *id;
+    auto it = rows.find(*id);
+    ASSERT_NE(it, rows.end()) << "unknown id " << *id;
+    const Row& row = it->second;
+    EXPECT_EQ(r.topic, prefix_ + *row[1]);
+    EXPECT_EQ(r.key, *row[2]);
+    EXPECT_EQ(r.Header("eventType"), *row[3]);
+    EXPECT_EQ(r.value, *row[4]);
+    EXPECT_EQ(r.Header("tx"), *row[5]);
+    EXPECT_TRUE(r.create_time);
+    EXPECT_LT(std::abs(r.timestamp_ms - now_ms), 10 * 60 * 1000);
+    // Header order: id, eventType, the row's headers, outbox.lsn, outbox.index.
+    ASSERT_EQ(r.headers.size(), 5u);
+    EXPECT_EQ(r.headers[0].first, "id");
+    EXPECT_EQ(r.headers[1].first, "eventType");
+    EXPECT_EQ(r.headers[2].first, "tx");
+    EXPECT_EQ(r.headers[3].first, "outbox.lsn");
+    EXPECT_EQ(r.headers[4].first, "outbox.index");
+    uint64_t lsn = HeaderU64(r, "outbox.lsn");
+    indexes_by_lsn[lsn].push_back(HeaderU64(r, "outbox.index"));
+    tx_by_lsn[lsn].insert(*row[5]);
+    ts_by_lsn[lsn].insert(r.timestamp_ms);
+  }
+  // One commit LSN per transaction; indexes 0..k-1; one timestamp each.
+  EXPECT_EQ(indexes_by_lsn.size(), static_cast<size_t>(tx));
+  for (auto& [lsn, idx] : indexes_by_lsn) {
+    std::sort(idx.begin(), idx.end());
+    for (size_t i = 0; i < idx.size(); ++i) ASSERT_EQ(idx[i], i) << lsn;
+    EXPECT_EQ(tx_by_lsn[lsn].size(), 1u);
+    EXPECT_EQ(ts_by_lsn[lsn].size(), 1u);
+  }
+  // Transactions were committed one after another: LSN order = tx order.
+  int previous_tx = -1;
+  for (auto& [lsn, txs] : tx_by_lsn) {
+    int t = std::stoi(*txs.begin());
+    EXPECT_GT(t, previous_tx);
+    previous_tx = t;
+  }
+  // Per aggregate: one partition, payload n strictly increasing by offset,
+  // and (outbox.lsn, outbox.index) strictly increasing too.
+  std::map<std::string, std::vector<const ConsumedRecord*>> by_key;
+  for (const auto& r : all) by_key[r.key].push_back(&r);
+  for (auto& [key, recs] : by_key) {
+    std::sort(recs.begin(), recs.end(), [](auto* a, auto* b) {
+      return std::tie(a->partition, a->offset) < std::tie(b->partition, b->offset);
+    });
+    EXPECT_EQ(recs.front()->partition, recs.back()->partition) << key;
+    for (size_t i = 0; i < recs.size(); ++i) {
+      auto payload = nlohmann::json::parse(*recs[i]->value);
+      ASSERT_EQ(payload["n"].get<int>(), static_cast<int>(i)) << key;
+      if (i > 0) {
+        auto pos = [](const ConsumedRecord* r) {
+          return std::make_pair(HeaderU64(*r, "outbox.lsn"),
+                                HeaderU64(*r, "outbox.index"));
+        };
+        EXPECT_LT(pos(recs[i - 1]), pos(recs[i])) << key;
+      }
+    }
+  }
+}
+
+TEST_F(CdcTest, PayloadKindsJsonbToastedAndTombstone) {
+  StartOutboxd({"--kafka-property=message.max.bytes=4000000"});
+  std::string big(1024 * 1024, 'x');
+  for (size_t i = 0; i < big.size(); i += 97) big[i] = 'a' + (i % 26);
+  ASSERT_TRUE(Exec(absl::StrCat(
+                       "INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                       "payload) VALUES "
+                       "('doc', 'k1', 'Unicode', '{\"name\": \"Zoë 東京 🚀\", "
+                       "\"nested\": {\"a\": [1, {\"b\": null}], \"c\": true}}'),"
+                       "('doc', 'k2', 'Big', jsonb_build_object('blob', '",
+                       big, "')),"
+                       "('doc', 'k3', 'Deleted', NULL)"))
+                  .ok());
+  // The 1 MB value is stored out of line (TOAST).
+  EXPECT_EQ(Query("SELECT count(*) > 0 FROM pg_class c JOIN pg_class t ON "
+                  "t.oid = c.reltoastrelid WHERE c.relname = 'outbox' AND "
+                  "pg_relation_size(t.oid) > 0"),
+            "t");
+  auto records = Read(prefix_ + "doc", 3);
+  ASSERT_EQ(records.size(), 3u);
+  std::map<std::string, const ConsumedRecord*> by_key;
+  for (auto& r : records) by_key[r.key] = &r;
+  ASSERT_EQ(by_key.size(), 3u);
+  auto expected_unicode = Query(
+      "SELECT payload::text FROM outbox WHERE aggregateid = 'k1'");
+  EXPECT_EQ(by_key["k1"]->value, expected_unicode);
+  EXPECT_NE(expected_unicode.find("Zoë 東京 🚀"), std::string::npos);
+  ASSERT_TRUE(by_key["k2"]->value.has_value());
+  EXPECT_EQ(by_key["k2"]->value->size(), big.size() + std::string("{\"blob\": \"\"}").size());
+  EXPECT_NE(by_key["k2"]->value->find(big), std::string::npos);
+  EXPECT_FALSE(by_key["k3"]->value.has_value()) << "NULL payload => tombstone";
+}
+
+TEST_F(CdcTest, TextAndByteaPayloadColumns) {
+  ASSERT_TRUE(Exec(R"sql(
+    CREATE TABLE outbox_text (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+      aggregatetype text NOT NULL, aggregateid text NOT NULL,
+      type text NOT NULL, payload text);
+    CREATE TABLE outbox_bin (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+      aggregatetype text NOT NULL, aggregateid text NOT NULL,
+      type text NOT NULL, payload bytea);
+  )sql").ok());
+  StartOutboxd({"--table=public.outbox_text", "--slot=slot_text",
+                "--publication=pub_text"});
+  StartOutboxd({"--table=outbox_bin", "--slot=slot_bin",
+                "--publication=pub_bin", "--topic=" + prefix_ + "binary"});
+  ASSERT_TRUE(Exec("INSERT INTO outbox_text (aggregatetype, aggregateid, type, "
+                   "payload) VALUES ('txt', 'a', 'T', 'plain text, not JSON: "
+                   "ünïcödé')")
+                  .ok());
+  ASSERT_TRUE(Exec("INSERT INTO outbox_bin (aggregatetype, aggregateid, type, "
+                   "payload) VALUES ('ignored', 'b', 'B', "
+                   "'\\x00ff10804142'::bytea)")
+                  .ok());
+  auto text = Read(prefix_ + "txt", 1);
+  ASSERT_EQ(text.size(), 1u);
+  EXPECT_EQ(text[0].value, "plain text, not JSON: ünïcödé");
+  auto bin = Read(prefix_ + "binary", 1);
+  ASSERT_EQ(bin.size(), 1u);
+  EXPECT_EQ(bin[0].value, std::string("\x00\xff\x10\x80" "AB", 6));
+}
+
+TEST_F(CdcTest, LogicalDecodingMessagesAreEvents) {
+  StartOutboxd();
+  ASSERT_TRUE(Exec(R"sql(
+    BEGIN;
+    INSERT INTO orders (note) VALUES ('with a message');
+    SELECT pg_logical_emit_message(true, 'outbox',
+      '{"id": "11111111-2222-3333-4444-555555555555", "aggregatetype": "msg",
+        "aggregateid": "m-1", "type": "Emitted", "payload": {"x": 1},
+        "headers": {"h": "v"}}');
+    COMMIT;
+    SELECT pg_logical_emit_message(false, 'outbox', '{"id": "non-transactional"}');
+    SELECT pg_logical_emit_message(true, 'other-prefix', '{}');
+  )sql").ok());
+  auto records = Read(prefix_ + "msg", 1, absl::Seconds(30));
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].key, "m-1");
+  EXPECT_EQ(records[0].value, R"({"x":1})");
+  EXPECT_EQ(records[0].Header("id"), "11111111-2222-3333-4444-555555555555");
+  EXPECT_EQ(records[0].Header("eventType"), "Emitted");
+  EXPECT_EQ(records[0].Header("h"), "v");
+  EXPECT_EQ(records[0].Header("outbox.index"), "0");
+}
+
+TEST_F(CdcTest, CleanStopConfirmsAndRestartDeliversOnlyNewEvents) {
+  ChildProcess* first = StartOutboxd();
+  auto insert = [&](int from, int to) {
+    ASSERT_TRUE(Exec(absl::StrCat(
+                         "INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                         "payload) SELECT 'restart', 'r' || (g % 7), 'E', "
+                         "jsonb_build_object('g', g) FROM generate_series(",
+                         from, ", ", to, ") g"))
+                    .ok());
+  };
+  insert(1, 50);
+  auto before = Read(prefix_ + "restart", 50);
+  ASSERT_EQ(before.size(), 50u);
+  uint64_t last_commit = 0;
+  for (auto& r : before) last_commit = std::max(last_commit, HeaderU64(r, "outbox.lsn"));
+
+  first->Signal(SIGTERM);
+  auto code = first->Wait(absl::Seconds(15));
+  ASSERT_TRUE(code.has_value()) << "outboxd did not stop within 15 s";
+  EXPECT_EQ(*code, 0) << ReadFile(LogPath(0));
+  EXPECT_GE(ConfirmedFlush().value(), last_commit);
+
+  insert(51, 80);
+  StartOutboxd();
+  auto after = Read(prefix_ + "restart", 80, absl::Seconds(30));
+  EXPECT_EQ(after.size(), 80u) << "only the 30 new events may be added";
+  std::set<int> gs;
+  for (auto& r : after) gs.insert(nlohmann::json::parse(*r.value)["g"].get<int>());
+  EXPECT_EQ(gs.size(), 80u);
+}
+
+TEST_F(CdcTest, BrokersDownHoldTheSlotAndEverythingArrivesAfter) {
+  StartOutboxd();
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload) VALUES ('down', 'warm', 'E', '{}')")
+                  .ok());
+  ASSERT_EQ(Read(prefix_ + "down", 1).size(), 1u);
+
+  ASSERT_TRUE(broker_->SetAllBrokersDown().ok());
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(Exec(absl::StrCat(
+                         "INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                         "payload) VALUES ('down', 'k", i % 3, "', 'E', "
+                         "jsonb_build_object('i', ", i, "))"))
+                    .ok());
+  }
+  // Unrelated writes too, so the server has WAL to move past.
+  ASSERT_TRUE(Exec("INSERT INTO orders (note) SELECT 'x' FROM "
+                   "generate_series(1, 100)")
+                  .ok());
+  std::vector<Lsn> samples;
+  for (int i = 0; i < 25; ++i) {
+    samples.push_back(ConfirmedFlush());
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(broker_->SetAllBrokersUp().ok());
+  auto records = Read(prefix_ + "down", 21, absl::Seconds(120));
+  ASSERT_EQ(records.size(), 21u);
+  uint64_t first_unacked = UINT64_MAX;
+  for (auto& r : records) {
+    if (r.key != "warm") {
+      first_unacked = std::min(first_unacked, HeaderU64(r, "outbox.lsn"));
+    }
+  }
+  for (Lsn s : samples) {
+    EXPECT_LE(s.value(), first_unacked)
+        << "confirmed_flush_lsn " << s << " passed an unacknowledged commit";
+  }
+  // And once acknowledged, the slot moves past them.
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (ConfirmedFlush().value() <= first_unacked && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_GT(ConfirmedFlush().value(), first_unacked);
+}
+
+TEST_F(CdcTest, IdleOutboxStillAdvancesTheSlot) {
+  StartOutboxd();
+  Lsn start = ConfirmedFlush();
+  Lsn target;
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(Exec("INSERT INTO orders (note) VALUES ('unrelated')").ok());
+    target = ParseLsnOrDie(Query("SELECT pg_current_wal_lsn()"));
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (ConfirmedFlush() < target && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_GE(ConfirmedFlush(), target) << "started at " << start;
+}
+
+TEST_F(CdcTest, AlterTableAddColumnWhileStreaming) {
+  StartOutboxd();
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload) VALUES ('alter', 'a', 'Before', '{}')")
+                  .ok());
+  ASSERT_EQ(Read(prefix_ + "alter", 1).size(), 1u);
+  ASSERT_TRUE(Exec("ALTER TABLE outbox ADD COLUMN tenant text DEFAULT 'x'").ok());
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload, tenant) VALUES ('alter', 'a', 'After', '{}', 't1')")
+                  .ok());
+  auto records = Read(prefix_ + "alter", 2);
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[1].Header("eventType"), "After");
+  EXPECT_TRUE(outboxd_.back()->Running());
+}
+
+TEST_F(CdcTest, SlotWithAnotherPluginIsRefused) {
+  ASSERT_TRUE(Exec("SELECT pg_create_logical_replication_slot('td_slot', "
+                   "'test_decoding')")
+                  .ok());
+  ChildProcess* p = StartOutboxd({"--slot=td_slot"}, /*wait_streaming=*/false);
+  auto code = p->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 1);
+  std::string log = ReadFile(LogPath(0));
+  EXPECT_NE(log.find("test_decoding"), std::string::npos) << log;
+  EXPECT_NE(log.find("pgoutput"), std::string::npos) << log;
+}
+
+TEST_F(CdcTest, MissingBrokersIsExit2) {
+  auto r = RunCommand({OUTBOXD_BINARY, "--pg=" + ConnInfo()}, absl::Seconds(10));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->exit_code, 2);
+  EXPECT_NE(r->output.find("--brokers"), std::string::npos) << r->output;
+}
+
+TEST(CdcWalLevelTest, WalLevelReplicaIsRefused) {
+  PgClusterOptions options;
+  options.wal_level = "replica";
+  auto cluster = PgCluster::Start(options);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  ASSERT_TRUE((*cluster)->Exec("postgres", "CREATE TABLE outbox (id uuid "
+                                           "PRIMARY KEY, aggregatetype text, "
+                                           "aggregateid text, type text, "
+                                           "payload jsonb)")
+                  .ok());
+  auto r = RunCommand({OUTBOXD_BINARY, "--pg=" + (*cluster)->ConnInfo(),
+                       "--brokers=127.0.0.1:9", "--metrics-address="},
+                      absl::Seconds(30));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->exit_code, 1) << r->output;
+  EXPECT_NE(r->output.find("wal_level"), std::string::npos) << r->output;
+  EXPECT_NE(r->output.find("logical"), std::string::npos) << r->output;
+}
+
+}  // namespace
+}  // namespace outboxd::testing
