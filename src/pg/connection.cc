@@ -205,7 +205,9 @@ std::string TrimMessage(absl::string_view message) {
 // FATAL SQLSTATE is not exposed. Pick the code from the well-known messages
 // whose remedy is not "retry".
 absl::StatusCode CodeForConnectFailure(absl::string_view message) {
-  if (absl::StrContains(message, "authentication failed") ||
+  if ((absl::StrContains(message, "role \"") &&
+       absl::StrContains(message, "does not exist")) ||
+      absl::StrContains(message, "authentication failed") ||
       absl::StrContains(message, "no password supplied") ||
       absl::StrContains(message, "no pg_hba.conf entry") ||
       absl::StrContains(message, "permission denied") ||

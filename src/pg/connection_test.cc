@@ -1,0 +1,93 @@
+#include "pg/connection.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace outboxd {
+namespace {
+
+TEST(RedactConninfoTest, KeyValuePassword) {
+  EXPECT_EQ(RedactConninfo("host=db password=s3cret user=app"),
+            "host=db password=******** user=app");
+}
+
+TEST(RedactConninfoTest, KeyValueQuotedPasswordWithSpacesAndEscapes) {
+  std::string redacted =
+      RedactConninfo(R"(host=db password = 'se cr\'et\\' dbname=x)");
+  EXPECT_EQ(redacted, "host=db password = ******** dbname=x");
+}
+
+TEST(RedactConninfoTest, KeyValueWithoutPasswordIsUnchanged) {
+  EXPECT_EQ(RedactConninfo("host=127.0.0.1 port=5432 dbname=app"),
+            "host=127.0.0.1 port=5432 dbname=app");
+}
+
+TEST(RedactConninfoTest, KeyValueUnterminatedQuoteRedactsTheRest) {
+  std::string redacted = RedactConninfo("host=db password='abc def");
+  EXPECT_EQ(redacted.find("abc"), std::string::npos) << redacted;
+  EXPECT_EQ(redacted.find("def"), std::string::npos) << redacted;
+}
+
+TEST(RedactConninfoTest, KeyValueMalformedRedactsTheRest) {
+  std::string redacted = RedactConninfo("host=db junk password=s3cret");
+  EXPECT_EQ(redacted.find("s3cret"), std::string::npos) << redacted;
+  EXPECT_EQ(redacted.rfind("host=db", 0), 0u) << redacted;
+}
+
+TEST(RedactConninfoTest, KeyValueDbnameHoldingUri) {
+  std::string redacted =
+      RedactConninfo("dbname=postgresql://u:s3cret@h/db port=1");
+  EXPECT_EQ(redacted.find("s3cret"), std::string::npos) << redacted;
+  EXPECT_NE(redacted.find("port=1"), std::string::npos) << redacted;
+}
+
+TEST(RedactConninfoTest, UriUserInfoPassword) {
+  EXPECT_EQ(RedactConninfo("postgresql://user:secret@host/db"),
+            "postgresql://user:********@host/db");
+  EXPECT_EQ(RedactConninfo("postgres://user:secret@h1:5432,h2:5433/db"),
+            "postgres://user:********@h1:5432,h2:5433/db");
+}
+
+TEST(RedactConninfoTest, UriPasswordWithAtAndSlash) {
+  std::string redacted = RedactConninfo("postgresql://user:se@c/ret@host/db");
+  EXPECT_EQ(redacted, "postgresql://user:********@host/db");
+}
+
+TEST(RedactConninfoTest, UriQueryPassword) {
+  EXPECT_EQ(RedactConninfo(
+                "postgresql://host/db?sslmode=require&password=secret&user=u"),
+            "postgresql://host/db?sslmode=require&password=********&user=u");
+  EXPECT_EQ(RedactConninfo("postgresql://host/db?pass%77ord=secret"),
+            "postgresql://host/db?pass%77ord=********");
+}
+
+TEST(RedactConninfoTest, UriWithoutPasswordIsUnchanged) {
+  EXPECT_EQ(RedactConninfo("postgresql://user@host:5432/db?sslmode=disable"),
+            "postgresql://user@host:5432/db?sslmode=disable");
+}
+
+TEST(PgConnectionTest, InvalidConninfoIsInvalidArgumentWithoutPassword) {
+  auto conn = PgConnection::Connect("host=db password='s3cret",
+                                    PgConnection::Mode::kNormal);
+  ASSERT_FALSE(conn.ok());
+  EXPECT_EQ(conn.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(conn.status().message().find("s3cret"), absl::string_view::npos)
+      << conn.status();
+}
+
+TEST(PgConnectionTest, RefusedConnectionIsUnavailableWithoutPassword) {
+  for (const char* conninfo :
+       {"host=127.0.0.1 port=1 user=u password=s3cret connect_timeout=2",
+        "postgresql://u:s3cret@127.0.0.1:1/db?connect_timeout=2"}) {
+    auto conn = PgConnection::Connect(conninfo, PgConnection::Mode::kNormal);
+    ASSERT_FALSE(conn.ok());
+    EXPECT_EQ(conn.status().code(), absl::StatusCode::kUnavailable)
+        << conn.status();
+    EXPECT_EQ(conn.status().message().find("s3cret"), absl::string_view::npos)
+        << conn.status();
+  }
+}
+
+}  // namespace
+}  // namespace outboxd
