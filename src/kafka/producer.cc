@@ -1,0 +1,318 @@
+#include "kafka/producer.h"
+
+#include <librdkafka/rdkafka.h>
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "spdlog/spdlog.h"
+
+namespace outboxd {
+namespace {
+
+// The sequence travels in the message's pointer-sized opaque.
+static_assert(sizeof(void*) >= sizeof(uint64_t),
+              "the per-message opaque must hold a 64-bit sequence");
+
+void* SequenceToOpaque(uint64_t sequence) {
+  return reinterpret_cast<void*>(static_cast<uintptr_t>(sequence));
+}
+
+uint64_t OpaqueToSequence(void* opaque) {
+  return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(opaque));
+}
+
+// The one place a librdkafka error code becomes a Status. The code says what
+// the caller should do; the message keeps librdkafka's name and reason.
+absl::Status KafkaErrorToStatus(rd_kafka_resp_err_t err,
+                                absl::string_view context,
+                                const char* reason = nullptr) {
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return absl::OkStatus();
+  std::string message =
+      absl::StrCat(context, ": ", rd_kafka_err2name(err), ": ",
+                   reason != nullptr ? reason : rd_kafka_err2str(err));
+  switch (err) {
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+      return absl::ResourceExhaustedError(message);
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+      return absl::InvalidArgumentError(message);
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+      return absl::NotFoundError(message);
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+      return absl::PermissionDeniedError(message);
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+    case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND:
+      return absl::UnavailableError(message);
+    case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+    case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
+    case RD_KAFKA_RESP_ERR__DESTROY:
+      return absl::CancelledError(message);
+    case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER:
+    case RD_KAFKA_RESP_ERR_DUPLICATE_SEQUENCE_NUMBER:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID:
+    case RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH:
+    case RD_KAFKA_RESP_ERR__GAPLESS_GUARANTEE:
+      // The producer instance is unusable: restart from the confirmed LSN.
+      return absl::AbortedError(message);
+    default:
+      return absl::UnknownError(message);
+  }
+}
+
+// librdkafka takes int milliseconds, -1 meaning forever.
+int ToTimeoutMs(absl::Duration timeout) {
+  if (timeout == absl::InfiniteDuration()) return -1;
+  int64_t ms = absl::ToInt64Milliseconds(timeout);
+  if (ms < 0) return 0;
+  if (ms > std::numeric_limits<int>::max()) {
+    return std::numeric_limits<int>::max();
+  }
+  return static_cast<int>(ms);
+}
+
+struct ConfDeleter {
+  void operator()(rd_kafka_conf_t* conf) const { rd_kafka_conf_destroy(conf); }
+};
+using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
+
+struct HeadersDeleter {
+  void operator()(rd_kafka_headers_t* headers) const {
+    rd_kafka_headers_destroy(headers);
+  }
+};
+using HeadersPtr = std::unique_ptr<rd_kafka_headers_t, HeadersDeleter>;
+
+// outboxd's defaults (DESIGN.md section 2), applied before user properties.
+constexpr std::pair<const char*, const char*> kDefaultProperties[] = {
+    {"client.id", "outboxd"},
+    {"enable.idempotence", "true"},
+    {"acks", "all"},
+    // Keys land on the partition a Java client would choose.
+    {"partitioner", "murmur2_random"},
+    // Latency matters more than batching: commit-to-consumer is the metric.
+    {"linger.ms", "1"},
+    // Bounded memory: a full queue is backpressure on the WAL reader.
+    {"queue.buffering.max.kbytes", "32768"},
+    {"queue.buffering.max.messages", "100000"},
+};
+
+absl::Status SetProperty(rd_kafka_conf_t* conf, const std::string& name,
+                         const std::string& value) {
+  char errstr[512];
+  if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), errstr,
+                        sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kafka property ", name, ": ", errstr));
+  }
+  return absl::OkStatus();
+}
+
+// An empty but present key or value must not become a null one: librdkafka
+// treats a null pointer as "absent" (a tombstone for the value).
+const char* NonNullData(absl::string_view bytes) {
+  static const char kEmpty[1] = {0};
+  return bytes.data() != nullptr ? bytes.data() : kEmpty;
+}
+
+}  // namespace
+
+struct KafkaProducer::Impl {
+  rd_kafka_t* rk = nullptr;
+  DeliveryCallback on_delivery;
+  // The first fatal error seen by the error callback.
+  absl::Status fatal;
+  // Set while the destructor runs: no callbacks into an owner going away.
+  bool destroying = false;
+
+  ~Impl() {
+    if (rk != nullptr) {
+      destroying = true;
+      rd_kafka_destroy(rk);
+    }
+  }
+
+  // librdkafka callbacks: `opaque` is this Impl (rd_kafka_conf_set_opaque).
+  static void OnDelivery(rd_kafka_t* rk, const rd_kafka_message_t* message,
+                         void* opaque) {
+    auto* impl = static_cast<Impl*>(opaque);
+    if (impl->destroying || !impl->on_delivery) return;
+    absl::Status status;
+    if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      // Not rd_kafka_message_errstr(): on a delivery report it returns the
+      // message's payload, which is neither an error text nor terminated.
+      status = KafkaErrorToStatus(
+          message->err,
+          absl::StrCat("delivery to ", rd_kafka_topic_name(message->rkt)));
+    }
+    impl->on_delivery(OpaqueToSequence(message->_private), std::move(status));
+  }
+
+  static void OnError(rd_kafka_t* rk, int err, const char* reason,
+                      void* opaque) {
+    auto* impl = static_cast<Impl*>(opaque);
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+      char fatal_reason[512];
+      rd_kafka_resp_err_t fatal_err =
+          rd_kafka_fatal_error(rk, fatal_reason, sizeof(fatal_reason));
+      absl::Status status = KafkaErrorToStatus(
+          RD_KAFKA_RESP_ERR__FATAL, "kafka fatal error",
+          absl::StrCat(rd_kafka_err2name(fatal_err), ": ", fatal_reason)
+              .c_str());
+      spdlog::error("{}", status.ToString());
+      if (impl->fatal.ok()) impl->fatal = std::move(status);
+      return;
+    }
+    // Informational: librdkafka recovers (reconnects, retries) by itself.
+    spdlog::warn("kafka: {}: {}",
+                 rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)),
+                 reason);
+  }
+
+  // Runs on librdkafka's internal threads: spdlog only, no librdkafka calls.
+  static void OnLog(const rd_kafka_t* rk, int level, const char* facility,
+                    const char* message) {
+    // `level` is a syslog level: 0 emerg .. 7 debug.
+    spdlog::level::level_enum spd_level;
+    if (level <= 2) {
+      spd_level = spdlog::level::critical;
+    } else if (level == 3) {
+      spd_level = spdlog::level::err;
+    } else if (level == 4) {
+      spd_level = spdlog::level::warn;
+    } else if (level <= 6) {
+      spd_level = spdlog::level::info;
+    } else {
+      spd_level = spdlog::level::debug;
+    }
+    spdlog::log(spd_level, "rdkafka {}: {}", facility, message);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
+    const ProducerOptions& options, DeliveryCallback on_delivery) {
+  ConfPtr conf(rd_kafka_conf_new());
+  if (absl::Status s =
+          SetProperty(conf.get(), "bootstrap.servers", options.brokers);
+      !s.ok()) {
+    return s;
+  }
+  for (const auto& [name, value] : kDefaultProperties) {
+    if (absl::Status s = SetProperty(conf.get(), name, value); !s.ok()) {
+      return absl::InternalError(s.message());  // our default is wrong
+    }
+  }
+  for (const auto& [name, value] : options.properties) {
+    if (absl::Status s = SetProperty(conf.get(), name, value); !s.ok()) {
+      return s;
+    }
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->on_delivery = std::move(on_delivery);
+  rd_kafka_conf_set_opaque(conf.get(), impl.get());
+  rd_kafka_conf_set_dr_msg_cb(conf.get(), &Impl::OnDelivery);
+  rd_kafka_conf_set_error_cb(conf.get(), &Impl::OnError);
+  rd_kafka_conf_set_log_cb(conf.get(), &Impl::OnLog);
+
+  char errstr[512];
+  // On success rd_kafka_new takes ownership of the configuration.
+  impl->rk =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), errstr, sizeof(errstr));
+  if (impl->rk == nullptr) {
+    // Conflicting properties (e.g. acks=1 with idempotence) end up here.
+    return absl::InvalidArgumentError(
+        absl::StrCat("kafka producer configuration: ", errstr));
+  }
+  conf.release();
+  return std::unique_ptr<KafkaProducer>(new KafkaProducer(std::move(impl)));
+}
+
+KafkaProducer::KafkaProducer(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+
+KafkaProducer::~KafkaProducer() = default;
+
+absl::Status KafkaProducer::Produce(const KafkaRecord& record,
+                                    uint64_t sequence) {
+  HeadersPtr headers(rd_kafka_headers_new(record.headers.size()));
+  for (const auto& [name, value] : record.headers) {
+    rd_kafka_header_add(headers.get(), name.data(),
+                        static_cast<ssize_t>(name.size()), value.data(),
+                        static_cast<ssize_t>(value.size()));
+  }
+  const void* value = nullptr;  // tombstone
+  size_t value_size = 0;
+  if (record.value.has_value()) {
+    value = NonNullData(*record.value);
+    value_size = record.value->size();
+  }
+  rd_kafka_resp_err_t err = rd_kafka_producev(
+      impl_->rk, RD_KAFKA_V_TOPIC(record.topic.c_str()),
+      RD_KAFKA_V_KEY(NonNullData(record.key), record.key.size()),
+      RD_KAFKA_V_VALUE(const_cast<void*>(value), value_size),
+      RD_KAFKA_V_TIMESTAMP(record.timestamp_ms),
+      RD_KAFKA_V_HEADERS(headers.get()),
+      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+      RD_KAFKA_V_OPAQUE(SequenceToOpaque(sequence)), RD_KAFKA_V_END);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    // `headers` is still ours and is destroyed here.
+    return KafkaErrorToStatus(err, absl::StrCat("produce to ", record.topic));
+  }
+  headers.release();  // owned by the queued message now
+  return absl::OkStatus();
+}
+
+void KafkaProducer::Poll(absl::Duration timeout) {
+  rd_kafka_poll(impl_->rk, ToTimeoutMs(timeout));
+}
+
+absl::Status KafkaProducer::Flush(absl::Duration timeout) {
+  rd_kafka_resp_err_t err = rd_kafka_flush(impl_->rk, ToTimeoutMs(timeout));
+  if (err == RD_KAFKA_RESP_ERR__TIMED_OUT) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("kafka flush: ", rd_kafka_outq_len(impl_->rk),
+                     " message(s) still queued or in flight after ",
+                     absl::FormatDuration(timeout)));
+  }
+  return KafkaErrorToStatus(err, "kafka flush");
+}
+
+int KafkaProducer::OutQueueLength() const {
+  return rd_kafka_outq_len(impl_->rk);
+}
+
+absl::Status KafkaProducer::fatal_error() const {
+  if (!impl_->fatal.ok()) return impl_->fatal;
+  // The error callback may not have been served yet: ask librdkafka.
+  char reason[512];
+  rd_kafka_resp_err_t err =
+      rd_kafka_fatal_error(impl_->rk, reason, sizeof(reason));
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return absl::OkStatus();
+  return KafkaErrorToStatus(
+      RD_KAFKA_RESP_ERR__FATAL, "kafka fatal error",
+      absl::StrCat(rd_kafka_err2name(err), ": ", reason).c_str());
+}
+
+}  // namespace outboxd
