@@ -154,9 +154,15 @@ absl::StatusOr<std::optional<ServerCopyMessage>> ReplicationStream::Read(
       continue;  // interrupted by a signal
     }
     if (PQconsumeInput(conn) == 0) {
-      stopped_ = true;
-      return absl::UnavailableError(
-          absl::StrCat("replication connection lost: ", TrimmedError(conn)));
+      // The socket died; an ErrorResponse read before that (the server's
+      // reason) may still be buffered, and PQgetCopyData reports it below.
+      length = PQgetCopyData(conn, &buffer_, /*async=*/1);
+      if (length == 0) {
+        stopped_ = true;
+        return absl::UnavailableError(
+            absl::StrCat("replication connection lost: ", TrimmedError(conn)));
+      }
+      break;
     }
     length = PQgetCopyData(conn, &buffer_, /*async=*/1);
     if (length == 0 && absl::Now() >= deadline) return std::nullopt;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <variant>
 
 #include "absl/strings/match.h"
@@ -550,6 +551,57 @@ TEST_F(ReplicationTest, TerminatedWalsenderMakesReadUnavailable) {
   // Further calls keep failing without touching the dead connection.
   EXPECT_FALSE((*stream)->Read(absl::Milliseconds(10)).ok());
   EXPECT_FALSE((*stream)->SendStatus(Lsn(), Lsn(), false).ok());
+}
+
+// Runs last: it takes the shared server down and brings it back.
+TEST_F(ReplicationTest, ServerRestartEndsStreamAndStreamingResumes) {
+  ReplicationSetupOptions setup = SetUpSlot("slot_restart");
+  auto stream = ReplicationStream::Start(StreamOptions(setup));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+
+  // A shutting-down walsender waits until the client confirms all it sent,
+  // so keep answering keepalives (as the pipeline does) while it restarts.
+  absl::Status restart_status;
+  std::thread restarter([&] { restart_status = cluster_->Restart(); });
+  absl::Status status;
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (status.ok() && absl::Now() < deadline) {
+    auto message = (*stream)->Read(absl::Milliseconds(200));
+    status = message.status();
+    if (!message.ok() || !message->has_value()) continue;
+    if (auto* keepalive = std::get_if<PrimaryKeepalive>(&**message)) {
+      if (keepalive->reply_requested) {
+        status = (*stream)->SendStatus(keepalive->wal_end, keepalive->wal_end,
+                                       false);
+      }
+    }
+  }
+  restarter.join();
+  ASSERT_TRUE(restart_status.ok()) << restart_status;
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+
+  // While the server is down, connecting is a retryable kUnavailable.
+  ASSERT_TRUE(cluster_->Stop().ok());
+  auto refused = ReplicationStream::Start(StreamOptions(setup));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
+      << refused.status();
+  ASSERT_TRUE(cluster_->StartAgain().ok());
+
+  InsertEvents(2);
+  auto resumed = ReplicationStream::Start(StreamOptions(setup));
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  int inserts = 0;
+  const absl::Time resume_deadline = absl::Now() + absl::Seconds(20);
+  while (inserts < 2 && absl::Now() < resume_deadline) {
+    auto message = (*resumed)->Read(absl::Milliseconds(200));
+    ASSERT_TRUE(message.ok()) << message.status();
+    if (!message->has_value()) continue;
+    if (auto* data = std::get_if<XLogData>(&**message)) {
+      if (data->data[0] == 'I') ++inserts;
+    }
+  }
+  EXPECT_EQ(inserts, 2);
+  EXPECT_TRUE((*resumed)->Stop().ok());
 }
 
 }  // namespace
