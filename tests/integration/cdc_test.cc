@@ -99,6 +99,8 @@ class CdcTest : public Test {
     ASSERT_NE(broker_, nullptr);
     db_ = absl::StrCat("db", ++counter_);
     prefix_ = absl::StrCat("t", counter_, ".");
+    // Slots are cluster-wide: one per test.
+    slot_ = absl::StrCat("slot", counter_);
     ASSERT_TRUE(cluster_->CreateDatabase(db_).ok());
     std::string install =
         ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
@@ -117,6 +119,11 @@ class CdcTest : public Test {
       }
     }
     outboxd_.clear();
+    // Drop this test's slots so they hold no WAL for the next tests.
+    EXPECT_TRUE(Exec(absl::StrCat("SELECT pg_drop_replication_slot(slot_name) "
+                                  "FROM pg_replication_slots WHERE database = '",
+                                  db_, "' AND NOT active"))
+                    .ok());
   }
 
   absl::Status Exec(const std::string& sql) { return cluster_->Exec(db_, sql); }
@@ -138,10 +145,12 @@ class CdcTest : public Test {
     ChildOptions o;
     o.argv = {OUTBOXD_BINARY, "--pg=" + ConnInfo(),
               "--brokers=" + broker_->bootstrap(), "--topic-prefix=" + prefix_,
+              "--slot=" + slot_,
               "--status-interval=200ms", "--metrics-address="};
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
     o.capture_stdout = false;
     o.stderr_file = LogPath(n);
+    std::remove(o.stderr_file.c_str());  // a log of an earlier run misleads
     auto child = ChildProcess::Start(o);
     EXPECT_TRUE(child.ok()) << child.status();
     if (!child.ok()) return nullptr;
@@ -169,10 +178,10 @@ class CdcTest : public Test {
     return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
   }
 
-  Lsn ConfirmedFlush(const std::string& slot = "outbox_slot") {
+  Lsn ConfirmedFlush() {
     return ParseLsnOrDie(Query(absl::StrCat(
         "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '",
-        slot, "'")));
+        slot_, "'")));
   }
 
   static PgCluster* cluster_;
@@ -180,6 +189,7 @@ class CdcTest : public Test {
   static int counter_;
   std::string db_;
   std::string prefix_;
+  std::string slot_;
   std::vector<std::unique_ptr<ChildProcess>> outboxd_;
 };
 
