@@ -67,6 +67,13 @@ ABSL_FLAG(std::string, column_payload, "payload",
 ABSL_FLAG(std::string, column_headers, "headers",
           "optional outbox column: jsonb object of string headers; \"\" to "
           "ignore");
+ABSL_FLAG(std::string, column_depends_on, "depends_on",
+          "optional outbox column: uuid[] of event ids this event depends "
+          "on, published as header outbox.depends-on; \"\" to ignore");
+ABSL_FLAG(std::string, ordering, "aggregate",
+          "aggregate: key = aggregate id, order per aggregate across "
+          "partitions; global: every event to partition 0 of --topic, one "
+          "total order (outbox.lsn, outbox.index)");
 ABSL_FLAG(std::string, dlq_topic, "outbox.dlq",
           "dead-letter topic for events that cannot be published");
 ABSL_FLAG(std::string, on_invalid, "dead-letter",
@@ -169,6 +176,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   o.mapper.columns.type = absl::GetFlag(FLAGS_column_type);
   o.mapper.columns.payload = absl::GetFlag(FLAGS_column_payload);
   o.mapper.columns.headers = absl::GetFlag(FLAGS_column_headers);
+  o.mapper.columns.depends_on = absl::GetFlag(FLAGS_column_depends_on);
   for (const std::string* c :
        {&o.mapper.columns.id, &o.mapper.columns.aggregate_type,
         &o.mapper.columns.aggregate_id, &o.mapper.columns.type,
@@ -182,6 +190,17 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
 
   o.router.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
   o.router.fixed_topic = absl::GetFlag(FLAGS_topic);
+  std::string ordering = absl::GetFlag(FLAGS_ordering);
+  if (ordering == "global") {
+    if (o.router.fixed_topic.empty()) {
+      return absl::InvalidArgumentError(
+          "--ordering=global needs --topic (one topic, one partition)");
+    }
+    o.router.fixed_partition = 0;
+  } else if (ordering != "aggregate") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--ordering must be aggregate or global, not '", ordering, "'"));
+  }
   o.dlq_topic = absl::GetFlag(FLAGS_dlq_topic);
   if (o.dlq_topic.empty()) {
     return absl::InvalidArgumentError("--dlq-topic must not be empty");

@@ -26,7 +26,12 @@ struct EventPosition {
 };
 
 struct OutboxEvent {
+  // CDC events: the position of DESIGN.md section 2.
   EventPosition position;
+  // Polled events (--source=poll|notify) have no commit LSN: the row's
+  // `seq` identity value instead. When set, the router emits `outbox.seq`
+  // in place of `outbox.lsn` / `outbox.index`.
+  std::optional<int64_t> table_seq;
   int64_t commit_time_unix_ms = 0;  // Kafka CreateTime
   std::string id;
   std::string aggregate_type;
@@ -35,6 +40,9 @@ struct OutboxEvent {
   std::optional<std::string> payload;  // nullopt: tombstone
   // From the optional `headers` column, in the object's order.
   std::vector<std::pair<std::string, std::string>> headers;
+  // Event ids this event causally depends on (optional depends-on column,
+  // uuid[]); header outbox.depends-on.
+  std::vector<std::string> depends_on;
 };
 
 }  // namespace outboxd

@@ -3,7 +3,10 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/pg_time.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -119,6 +122,31 @@ absl::StatusOr<std::string> DecodeByteaText(absl::string_view text) {
   return out;
 }
 
+absl::StatusOr<std::vector<std::string>> ParseIdArrayText(
+    absl::string_view text) {
+  if (text.size() < 2 || text.front() != '{' || text.back() != '}') {
+    return absl::InvalidArgumentError("not an array literal '{...}'");
+  }
+  std::vector<std::string> ids;
+  absl::string_view inner = text.substr(1, text.size() - 2);
+  if (inner.empty()) return ids;
+  for (absl::string_view part : absl::StrSplit(inner, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (part.size() >= 2 && part.front() == '"' && part.back() == '"') {
+      part = part.substr(1, part.size() - 2);
+    } else if (part == "NULL") {
+      return absl::InvalidArgumentError("array has a NULL element");
+    }
+    if (part.empty() || absl::StrContains(part, '"') ||
+        absl::StrContains(part, '{') || absl::StrContains(part, '\\')) {
+      return absl::InvalidArgumentError(
+          "array element is empty, nested or escaped");
+    }
+    ids.emplace_back(part);
+  }
+  return ids;
+}
+
 absl::Status ParseMessageEvent(absl::string_view content, OutboxEvent* event) {
   nlohmann::ordered_json doc = nlohmann::ordered_json::parse(
       content.begin(), content.end(), nullptr, /*allow_exceptions=*/false);
@@ -151,6 +179,19 @@ absl::Status ParseMessageEvent(absl::string_view content, OutboxEvent* event) {
   }
   auto headers = doc.find("headers");
   if (headers != doc.end()) RETURN_IF_ERROR(ParseHeaders(*headers, event));
+  auto deps = doc.find("depends_on");
+  if (deps != doc.end() && !deps->is_null()) {
+    if (!deps->is_array()) {
+      return absl::InvalidArgumentError("depends_on is not a JSON array");
+    }
+    for (const auto& d : *deps) {
+      if (!d.is_string() || d.get<std::string>().empty()) {
+        return absl::InvalidArgumentError(
+            "depends_on has an element that is not a non-empty string");
+      }
+      event->depends_on.push_back(d.get<std::string>());
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -255,6 +296,9 @@ absl::StatusOr<MappedMessage> OutboxMapper::OnRelation(
         layout.payload_type_oid = rel.columns[i].type_oid;
       }
       if (!names.headers.empty() && n == names.headers) layout.headers = idx;
+      if (!names.depends_on.empty() && n == names.depends_on) {
+        layout.depends_on = idx;
+      }
     }
     cached.outbox = layout;
   }
@@ -343,6 +387,18 @@ absl::StatusOr<MappedMessage> OutboxMapper::OnInsert(
       if (doc.is_discarded()) return invalid("headers is not valid JSON");
       absl::Status s = ParseHeaders(doc, &event);
       if (!s.ok()) return invalid(std::string(s.message()));
+    }
+  }
+  if (layout.depends_on >= 0) {
+    auto deps = ColumnText(tuple, layout.depends_on, names.depends_on);
+    if (!deps.ok()) return invalid(std::string(deps.status().message()));
+    if (deps->has_value()) {
+      auto ids = ParseIdArrayText(**deps);
+      if (!ids.ok()) {
+        return invalid(absl::StrCat("column '", names.depends_on,
+                                    "': ", ids.status().message()));
+      }
+      event.depends_on = *std::move(ids);
     }
   }
   ++counters_.events;

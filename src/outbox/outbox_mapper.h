@@ -38,6 +38,9 @@ struct OutboxColumns {
   std::string type = "type";
   std::string payload = "payload";
   std::string headers = "headers";  // optional column
+  // Optional uuid[] (or text[]) column of event ids this event depends on;
+  // header outbox.depends-on. "" to ignore.
+  std::string depends_on = "depends_on";
 };
 
 struct OutboxMapperOptions {
@@ -91,6 +94,12 @@ struct MapperCounters {
 // when the content is not such an object.
 absl::Status ParseMessageEvent(absl::string_view content, OutboxEvent* event);
 
+// Parses an array of ids as PostgreSQL prints it ('{a,b}', elements
+// optionally double-quoted) into its elements. kInvalidArgument for a NULL
+// element, an empty element or text that is not a one-dimensional array.
+absl::StatusOr<std::vector<std::string>> ParseIdArrayText(
+    absl::string_view text);
+
 // Decodes a bytea value as PostgreSQL prints it (hex `\x...` or escape
 // format) into raw bytes.
 absl::StatusOr<std::string> DecodeByteaText(absl::string_view text);
@@ -113,6 +122,7 @@ class OutboxMapper {
     int type = -1;
     int payload = -1;
     int headers = -1;
+    int depends_on = -1;
     uint32_t payload_type_oid = 0;
   };
   struct CachedRelation {

@@ -259,6 +259,52 @@ TEST_F(OutboxMapperTest, ProtocolViolationsAreDataLoss) {
             absl::StatusCode::kDataLoss);
 }
 
+TEST_F(OutboxMapperTest, DependsOnColumnBecomesIdList) {
+  pgoutput::Relation rel = OutboxRelation();
+  constexpr uint32_t kUuidArrayOid = 2951;
+  rel.columns.push_back({false, "depends_on", kUuidArrayOid, -1});
+  MustApply(rel);
+  Begin(10);
+  auto m = MustApply(OutboxInsert({Text("i"), Text("a"), Text("k"), Text("t"),
+                                   Text("{}"), Null(), Text("{u1,u2}")}));
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(m));
+  EXPECT_THAT(std::get<OutboxEvent>(m).depends_on, ElementsAre("u1", "u2"));
+
+  m = MustApply(OutboxInsert(
+      {Text("j"), Text("a"), Text("k"), Text("t"), Text("{}"), Null(), Null()}));
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(m));
+  EXPECT_TRUE(std::get<OutboxEvent>(m).depends_on.empty());
+
+  m = MustApply(OutboxInsert({Text("k"), Text("a"), Text("k"), Text("t"),
+                              Text("{}"), Null(), Text("{u1,NULL}")}));
+  ASSERT_TRUE(std::holds_alternative<InvalidEvent>(m));
+  EXPECT_THAT(std::get<InvalidEvent>(m).reason, HasSubstr("depends_on"));
+}
+
+TEST_F(OutboxMapperTest, MessageDependsOn) {
+  Begin(10);
+  auto m = MustApply(pgoutput::Message{
+      true, Lsn(9), "outbox",
+      R"({"id":"m2","aggregatetype":"order","aggregateid":"o-9","type":"X",)"
+      R"("depends_on":["m1"]})"});
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(m));
+  EXPECT_THAT(std::get<OutboxEvent>(m).depends_on, ElementsAre("m1"));
+  EXPECT_TRUE(std::holds_alternative<InvalidEvent>(MustApply(pgoutput::Message{
+      true, Lsn(9), "outbox",
+      R"({"id":"m3","aggregatetype":"o","aggregateid":"o","type":"X",)"
+      R"("depends_on":"m1"})"})));
+}
+
+TEST(ParseIdArrayTextTest, Forms) {
+  EXPECT_THAT(*ParseIdArrayText("{}"), ElementsAre());
+  EXPECT_THAT(*ParseIdArrayText("{a}"), ElementsAre("a"));
+  EXPECT_THAT(*ParseIdArrayText("{a, \"b c\"}"), ElementsAre("a", "b c"));
+  EXPECT_FALSE(ParseIdArrayText("a,b").ok());
+  EXPECT_FALSE(ParseIdArrayText("{a,,b}").ok());
+  EXPECT_FALSE(ParseIdArrayText("{NULL}").ok());
+  EXPECT_FALSE(ParseIdArrayText("{{a}}").ok());
+}
+
 TEST(DecodeByteaTextTest, HexAndEscapeFormats) {
   EXPECT_EQ(*DecodeByteaText("\\x"), "");
   EXPECT_EQ(*DecodeByteaText("\\x41Ff"), std::string("A\xff", 2));

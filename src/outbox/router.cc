@@ -1,6 +1,7 @@
 #include "outbox/router.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace outboxd {
 
@@ -9,6 +10,7 @@ KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
   record.topic = options.fixed_topic.empty()
                      ? absl::StrCat(options.topic_prefix, event.aggregate_type)
                      : options.fixed_topic;
+  record.partition = options.fixed_partition;
   record.key = event.aggregate_id;
   if (event.payload.has_value()) record.value = *event.payload;
   record.timestamp_ms = event.commit_time_unix_ms;
@@ -19,9 +21,21 @@ KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
   for (const auto& [name, value] : event.headers) {
     record.headers.emplace_back(name, value);
   }
-  record.headers.emplace_back(kHeaderLsn,
-                              absl::StrCat(event.position.commit_lsn.value()));
-  record.headers.emplace_back(kHeaderIndex, absl::StrCat(event.position.index));
+  if (event.table_seq.has_value()) {
+    record.headers.emplace_back(kHeaderSeq, absl::StrCat(*event.table_seq));
+  } else {
+    record.headers.emplace_back(
+        kHeaderLsn, absl::StrCat(event.position.commit_lsn.value()));
+    record.headers.emplace_back(kHeaderIndex,
+                                absl::StrCat(event.position.index));
+  }
+  if (!event.depends_on.empty()) {
+    record.headers.emplace_back(kHeaderDependsOn,
+                                absl::StrJoin(event.depends_on, ","));
+  }
+  if (!options.source.empty()) {
+    record.headers.emplace_back(kHeaderSource, options.source);
+  }
   return record;
 }
 

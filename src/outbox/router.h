@@ -20,14 +20,23 @@ struct RouterOptions {
   std::string topic_prefix = "outbox.event.";
   // When not empty, every event goes to this topic.
   std::string fixed_topic;
+  // Global ordering (--ordering=global): when >= 0, every record goes to
+  // this partition (of fixed_topic), so one partition holds the whole stream
+  // in (outbox.lsn, outbox.index) order. -1: the partitioner picks by key.
+  int32_t fixed_partition = -1;
+  // When not empty, the header outbox.source: a stable id of the database
+  // and slot the events come from (see SourceIdentity).
+  std::string source;
 };
 
 struct KafkaRecord {
   std::string topic;
+  int32_t partition = -1;  // -1 (RD_KAFKA_PARTITION_UA): by the partitioner
   absl::string_view key;
   std::optional<absl::string_view> value;  // nullopt: tombstone
   int64_t timestamp_ms = 0;
-  // id, eventType, the event's own headers, outbox.lsn, outbox.index.
+  // id, eventType, the event's own headers, outbox.lsn, outbox.index (or,
+  // for a polled event, outbox.seq).
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
@@ -36,6 +45,12 @@ inline constexpr absl::string_view kHeaderId = "id";
 inline constexpr absl::string_view kHeaderEventType = "eventType";
 inline constexpr absl::string_view kHeaderLsn = "outbox.lsn";
 inline constexpr absl::string_view kHeaderIndex = "outbox.index";
+// Polled events only: the row's seq (unique, not commit order; README).
+inline constexpr absl::string_view kHeaderSeq = "outbox.seq";
+// Causal ordering: the ids this event depends on, comma-separated.
+inline constexpr absl::string_view kHeaderDependsOn = "outbox.depends-on";
+// The stream the position belongs to: "<system id>/<dbname>/<slot>".
+inline constexpr absl::string_view kHeaderSource = "outbox.source";
 
 KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options);
 

@@ -54,6 +54,35 @@ TEST(RouterTest, FixedTopicOverridesRouting) {
   EXPECT_EQ(Route(event, options).topic, "all-events");
 }
 
+TEST(RouterTest, GlobalOrderingFixesThePartition) {
+  OutboxEvent event = SampleEvent();
+  EXPECT_EQ(Route(event, RouterOptions{}).partition, -1);
+  RouterOptions options;
+  options.fixed_topic = "all-events";
+  options.fixed_partition = 0;
+  KafkaRecord record = Route(event, options);
+  EXPECT_EQ(record.topic, "all-events");
+  EXPECT_EQ(record.partition, 0);
+  EXPECT_EQ(record.key, "order-42");  // the key still names the aggregate
+}
+
+TEST(RouterTest, DependsOnAndSourceHeaders) {
+  OutboxEvent event = SampleEvent();
+  event.headers.clear();
+  event.depends_on = {"a1", "b2"};
+  RouterOptions options;
+  options.source = "7301/app/outbox_slot";
+  KafkaRecord record = Route(event, options);
+  ASSERT_GE(record.headers.size(), 2u);
+  EXPECT_THAT(record.headers[record.headers.size() - 2],
+              Pair("outbox.depends-on", "a1,b2"));
+  EXPECT_THAT(record.headers.back(),
+              Pair("outbox.source", "7301/app/outbox_slot"));
+  // Neither header when there is nothing to say.
+  event.depends_on.clear();
+  EXPECT_EQ(Route(event, RouterOptions{}).headers.size(), 4u);
+}
+
 TEST(RouterTest, HeadersInContractOrder) {
   OutboxEvent event = SampleEvent();
   KafkaRecord record = Route(event, RouterOptions{});
@@ -74,6 +103,29 @@ TEST(RouterTest, NoOwnHeaders) {
                                      {"eventType", "OrderCreated"},
                                      {"outbox.lsn", "18446744073709551615"},
                                      {"outbox.index", "0"}}));
+}
+
+TEST(RouterTest, PolledEventCarriesSeqInsteadOfLsnAndIndex) {
+  OutboxEvent event = SampleEvent();
+  event.position = {};
+  event.table_seq = 9007199254740993;  // above 2^53: no float rounding
+  KafkaRecord record = Route(event, RouterOptions{});
+  EXPECT_THAT(
+      record.headers,
+      ElementsAre(Pair("id", "5f0c2d4e-9a34-4c6b-8f51-0a1b2c3d4e5f"),
+                  Pair("eventType", "OrderCreated"),
+                  Pair("traceparent", "00-abc-def-01"), Pair("tenant", "acme"),
+                  Pair("outbox.seq", "9007199254740993")));
+}
+
+TEST(RouterTest, PolledEventSeqZeroIsStillASeq) {
+  OutboxEvent event = SampleEvent();
+  event.headers.clear();
+  event.table_seq = 0;
+  EXPECT_EQ(Route(event, RouterOptions{}).headers,
+            (Headers{{"id", event.id},
+                     {"eventType", "OrderCreated"},
+                     {"outbox.seq", "0"}}));
 }
 
 TEST(RouterTest, NullPayloadIsTombstone) {

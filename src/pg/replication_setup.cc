@@ -484,4 +484,16 @@ absl::StatusOr<SlotState> EnsureSlot(PgConnection& conn,
                    " was created and dropped concurrently; try again"));
 }
 
+absl::StatusOr<std::string> SourceIdentity(PgConnection& conn,
+                                           const std::string& slot) {
+  ASSIGN_OR_RETURN(
+      PgResult r,
+      conn.Exec("SELECT system_identifier::text || '/' || current_database() "
+                "FROM pg_control_system()"));
+  if (PQntuples(r.get()) != 1 || PQgetisnull(r.get(), 0, 0)) {
+    return absl::InternalError("pg_control_system() returned no row");
+  }
+  return absl::StrCat(PQgetvalue(r.get(), 0, 0), "/", slot);
+}
+
 }  // namespace outboxd

@@ -53,6 +53,14 @@ absl::Status EnsurePublication(PgConnection& conn,
 absl::StatusOr<SlotState> EnsureSlot(PgConnection& conn,
                                      const ReplicationSetupOptions& options);
 
+// A stable id of the event stream, "<system identifier>/<database>/<slot>":
+// the cluster's system identifier (pg_control_system(), unique per initdb
+// and kept by physical replicas), the current database and the slot. It is
+// the outbox.source header, so consumers of several databases can keep one
+// position per source.
+absl::StatusOr<std::string> SourceIdentity(PgConnection& conn,
+                                           const std::string& slot);
+
 }  // namespace outboxd
 
 #endif  // OUTBOXD_PG_REPLICATION_SETUP_H_

@@ -63,7 +63,10 @@ InvalidEvent Unproducible(const OutboxEvent& e, const absl::Status& cause) {
 class CdcPipeline {
  public:
   CdcPipeline(const CdcPipelineOptions& options, PipelineStats* stats)
-      : options_(options), stats_(stats), mapper_(options.mapper) {}
+      : options_(options),
+        stats_(stats),
+        mapper_(options.mapper),
+        router_(options.router) {}
 
   absl::Status Run(const std::atomic<bool>& stop) {
     RETURN_IF_ERROR(Setup());
@@ -90,6 +93,9 @@ class CdcPipeline {
                  slot.created ? "created" : "found",
                  slot.confirmed_flush.ToString());
     tracker_ = AckTracker(slot.confirmed_flush);
+    // outbox.source: fetched once; the stream's identity does not change.
+    ASSIGN_OR_RETURN(router_.source, SourceIdentity(*conn, options_.setup.slot));
+    spdlog::info("source {}", router_.source);
     reported_ = slot.confirmed_flush;
 
     ASSIGN_OR_RETURN(
@@ -207,7 +213,7 @@ class CdcPipeline {
   absl::Status TryProducePending() {
     absl::Status s;
     if (auto* event = std::get_if<OutboxEvent>(&pending_->item)) {
-      s = producer_->Produce(Route(*event, options_.router),
+      s = producer_->Produce(Route(*event, router_),
                              pending_->sequence);
       if (s.ok()) {
         ++stats_->events_produced;
@@ -296,6 +302,7 @@ class CdcPipeline {
   const CdcPipelineOptions& options_;
   PipelineStats* stats_;
   OutboxMapper mapper_;
+  RouterOptions router_;  // options.router plus the source identity
   AckTracker tracker_;
   // Declared after the tracker: destroyed first, so no delivery report can
   // reach a destroyed tracker.

@@ -1,0 +1,254 @@
+// outbox-inbox: the idempotent consumer as a command-line tool. Consumes
+// topics with a Kafka consumer group and applies each event exactly once to
+// PostgreSQL by running --handler-sql in the transaction that records the
+// event id (see consumer/inbox.h).
+//
+// Exit codes: 0 after SIGTERM/SIGINT, 1 after a runtime failure (cause
+// logged), 2 for bad flags.
+#include <atomic>
+#include <csignal>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "cli/flags.h"
+#include "common/logging.h"
+#include "consumer/inbox.h"
+#include "pg/connection.h"
+
+ABSL_FLAG(std::string, pg, "",
+          "PostgreSQL libpq conninfo or URI of the receiving database "
+          "(required)");
+ABSL_FLAG(std::string, brokers, "", "Kafka bootstrap servers (required)");
+ABSL_FLAG(std::string, group, "", "Kafka consumer group id (required)");
+ABSL_FLAG(std::string, topics, "",
+          "comma-separated topics to consume, ^regex allowed (required)");
+ABSL_FLAG(std::string, handler_sql, "",
+          "SQL run once per new event, in the transaction that records its "
+          "id (required). Parameters, all text: $1 key, $2 value, $3 headers "
+          "(JSON object), $4 topic, $5 partition, $6 offset, $7 event id, $8 "
+          "timestamp (ms); cast as needed ($2::jsonb, $6::bigint)");
+ABSL_FLAG(std::string, processed_table, "inbox_processed",
+          "table of processed event ids (created if missing)");
+ABSL_FLAG(std::string, offsets_table, "inbox_offsets",
+          "table of consumed offsets, committed with each effect");
+ABSL_FLAG(std::string, sources_table, "inbox_sources",
+          "table of the newest (outbox.lsn, outbox.index) per outbox.source");
+ABSL_FLAG(int, max_attempts, 5,
+          "attempts of the handler before --on-failure applies");
+ABSL_FLAG(absl::Duration, retry_backoff, absl::Milliseconds(200),
+          "first retry delay; doubles up to --max-retry-backoff");
+ABSL_FLAG(absl::Duration, max_retry_backoff, absl::Seconds(10),
+          "largest retry delay");
+ABSL_FLAG(std::string, on_failure, "dead-letter",
+          "after --max-attempts: dead-letter (to --dlq-topic, go on) or stop "
+          "(exit 1, the offset is not committed)");
+ABSL_FLAG(std::string, dlq_topic, "inbox.dlq", "dead-letter topic");
+ABSL_FLAG(absl::Duration, dependency_wait, absl::Seconds(30),
+          "how long an event waits for the events in its outbox.depends-on "
+          "header");
+ABSL_FLAG(std::string, on_missing_dependency, "dead-letter",
+          "after --dependency-wait: dead-letter or proceed (apply anyway)");
+ABSL_FLAG(std::vector<std::string>, kafka_property, {},
+          "key=value passed to librdkafka; repeatable");
+ABSL_FLAG(std::string, log_level, "info",
+          "trace, debug, info, warn, error, critical or off");
+
+namespace outboxd {
+namespace {
+
+constexpr char kUsage[] =
+    "outbox-inbox: applies outbox events from Kafka to PostgreSQL exactly "
+    "once\n\n"
+    "usage: outbox-inbox --pg=CONNINFO --brokers=HOST:PORT --group=ID "
+    "--topics=T[,T] --handler-sql=SQL [flags]";
+
+std::atomic<bool> g_stop{false};
+extern "C" void OnSignal(int) { g_stop.store(true); }
+
+absl::StatusOr<InboxOptions> OptionsFromFlags(
+    const cli::ParsedCommandLine& cmd) {
+  InboxOptions o;
+  o.conninfo = absl::GetFlag(FLAGS_pg);
+  o.brokers = absl::GetFlag(FLAGS_brokers);
+  o.group_id = absl::GetFlag(FLAGS_group);
+  for (absl::string_view t :
+       absl::StrSplit(absl::GetFlag(FLAGS_topics), ',', absl::SkipEmpty())) {
+    o.topics.emplace_back(t);
+  }
+  if (o.conninfo.empty()) return absl::InvalidArgumentError("--pg is required");
+  if (o.brokers.empty()) {
+    return absl::InvalidArgumentError("--brokers is required");
+  }
+  if (o.group_id.empty()) {
+    return absl::InvalidArgumentError("--group is required");
+  }
+  if (o.topics.empty()) {
+    return absl::InvalidArgumentError("--topics is required");
+  }
+  if (absl::GetFlag(FLAGS_handler_sql).empty()) {
+    return absl::InvalidArgumentError("--handler-sql is required");
+  }
+  o.processed_table = absl::GetFlag(FLAGS_processed_table);
+  o.offsets_table = absl::GetFlag(FLAGS_offsets_table);
+  o.sources_table = absl::GetFlag(FLAGS_sources_table);
+  auto ddl = InboxTablesDdl(o);
+  if (!ddl.ok()) return ddl.status();
+  o.max_attempts = absl::GetFlag(FLAGS_max_attempts);
+  if (o.max_attempts < 1) {
+    return absl::InvalidArgumentError("--max-attempts must be at least 1");
+  }
+  o.retry_backoff = absl::GetFlag(FLAGS_retry_backoff);
+  o.max_retry_backoff = absl::GetFlag(FLAGS_max_retry_backoff);
+  if (o.retry_backoff < absl::ZeroDuration() ||
+      o.max_retry_backoff < o.retry_backoff) {
+    return absl::InvalidArgumentError(
+        "--retry-backoff must be >= 0 and <= --max-retry-backoff");
+  }
+  std::string on_failure = absl::GetFlag(FLAGS_on_failure);
+  if (on_failure == "dead-letter") {
+    o.on_failure = FailurePolicy::kDeadLetter;
+  } else if (on_failure == "stop") {
+    o.on_failure = FailurePolicy::kStop;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--on-failure must be dead-letter or stop, not '", on_failure, "'"));
+  }
+  o.dlq_topic = absl::GetFlag(FLAGS_dlq_topic);
+  if (o.dlq_topic.empty()) {
+    return absl::InvalidArgumentError("--dlq-topic must not be empty");
+  }
+  o.dependency_wait = absl::GetFlag(FLAGS_dependency_wait);
+  if (o.dependency_wait < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--dependency-wait must be >= 0");
+  }
+  std::string missing = absl::GetFlag(FLAGS_on_missing_dependency);
+  if (missing == "dead-letter") {
+    o.on_missing_dependency = MissingDependencyPolicy::kDeadLetter;
+  } else if (missing == "proceed") {
+    o.on_missing_dependency = MissingDependencyPolicy::kProceed;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--on-missing-dependency must be dead-letter or proceed, not '",
+        missing, "'"));
+  }
+  if (auto it = cmd.repeated.find("kafka_property"); it != cmd.repeated.end()) {
+    for (const std::string& p : it->second) {
+      auto kv = cli::SplitKeyValue(p);
+      if (!kv.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--kafka-property: ", kv.status().message()));
+      }
+      o.kafka_properties.push_back(*std::move(kv));
+    }
+  }
+  return o;
+}
+
+// The handler: --handler-sql with the record's parts as text parameters.
+InboxHandler SqlHandler(std::string sql) {
+  return [sql = std::move(sql)](PgConnection& tx,
+                                const InboxRecord& r) -> absl::Status {
+    std::string partition = absl::StrCat(r.partition);
+    std::string offset = absl::StrCat(r.offset);
+    std::string timestamp = absl::StrCat(r.timestamp_ms);
+    std::string headers = r.HeadersJson();
+    for (const auto* v : {&r.key, &r.value}) {
+      if (v->has_value() && (*v)->find('\0') != std::string::npos) {
+        return absl::InvalidArgumentError(
+            "key or value contains a NUL byte; --handler-sql takes text");
+      }
+    }
+    const char* values[8] = {
+        r.key.has_value() ? r.key->c_str() : nullptr,
+        r.value.has_value() ? r.value->c_str() : nullptr,
+        headers.c_str(),
+        r.topic.c_str(),
+        partition.c_str(),
+        offset.c_str(),
+        r.event_id.c_str(),
+        timestamp.c_str()};
+    constexpr Oid kText = 25;
+    const Oid types[8] = {kText, kText, kText, kText,
+                          kText, kText, kText, kText};
+    PgResult res(PQexecParams(tx.raw(), sql.c_str(), 8, types, values, nullptr,
+                              nullptr, 0));
+    ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      return StatusFromPgResult("--handler-sql", res.get(), tx.raw());
+    }
+    return absl::OkStatus();
+  };
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> storage(argv, argv + argc);
+  for (size_t i = 1; i < storage.size(); ++i) {
+    std::string& a = storage[i];
+    if (!absl::StartsWith(a, "--")) continue;
+    size_t end = a.find('=');
+    if (end == std::string::npos) end = a.size();
+    for (size_t j = 2; j < end; ++j) {
+      if (a[j] == '-') a[j] = '_';
+    }
+  }
+  std::vector<char*> args;
+  for (auto& s : storage) args.push_back(s.data());
+  auto cmd = cli::ParseFlags(argc, args.data(), {"kafka_property"});
+  if (!cmd.ok()) {
+    std::cerr << "outbox-inbox: " << cmd.status().message() << "\n";
+    return 2;
+  }
+  if (cmd->help) {
+    std::cout << cli::FlagsHelp(kUsage, "consumer/inbox_main.cc");
+    return 0;
+  }
+  if (cmd->version) {
+    std::cout << "outbox-inbox " << OUTBOXD_VERSION << "\n";
+    return 0;
+  }
+  absl::Status log = InitLogging(absl::GetFlag(FLAGS_log_level), "text");
+  if (!log.ok()) {
+    std::cerr << "outbox-inbox: --log-level: " << log.message() << "\n";
+    return 2;
+  }
+  auto options = OptionsFromFlags(*cmd);
+  if (!options.ok()) {
+    std::cerr << "outbox-inbox: " << options.status().message() << "\n";
+    return 2;
+  }
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  spdlog::info("outbox-inbox {} starting: pg {} brokers {} group {} topics {}",
+               OUTBOXD_VERSION, RedactConninfo(options->conninfo),
+               options->brokers, options->group_id,
+               absl::GetFlag(FLAGS_topics));
+  auto inbox =
+      Inbox::Create(*options, SqlHandler(absl::GetFlag(FLAGS_handler_sql)));
+  if (!inbox.ok()) {
+    spdlog::critical("cannot start: {}", inbox.status().ToString());
+    return absl::IsInvalidArgument(inbox.status()) ? 2 : 1;
+  }
+  absl::Status s = (*inbox)->Run(g_stop);
+  if (!s.ok()) {
+    spdlog::critical("stopping: {}", s.ToString());
+    return 1;
+  }
+  spdlog::info("stopped cleanly");
+  return 0;
+}
+
+}  // namespace
+}  // namespace outboxd
+
+int main(int argc, char** argv) { return outboxd::Main(argc, argv); }
