@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@
 #include "cli/flags.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "metrics/http_server.h"
+#include "metrics/outboxd_metrics.h"
+#include "outbox/value_format.h"
 #include "pg/connection.h"
 #include "pipeline/cdc_pipeline.h"
 
@@ -52,7 +56,8 @@ ABSL_FLAG(std::vector<std::string>, kafka_property, {},
 ABSL_FLAG(std::string, kafka_config, "",
           "file of librdkafka key=value lines (# comments)");
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9187",
-          "host:port for /metrics and /healthz");
+          "host:port for /metrics (Prometheus), /healthz and /readyz; port "
+          "0 picks a free port (logged); \"\" disables");
 ABSL_FLAG(absl::Duration, status_interval, absl::Seconds(1),
           "interval of standby status updates to PostgreSQL");
 ABSL_FLAG(std::string, column_id, "id", "outbox column: event id");
@@ -79,6 +84,12 @@ ABSL_FLAG(std::string, dlq_topic, "outbox.dlq",
 ABSL_FLAG(std::string, on_invalid, "dead-letter",
           "what to do with an invalid event: dead-letter (to --dlq-topic, "
           "go on) or fail (stop without confirming past it)");
+ABSL_FLAG(std::string, value_format, "payload",
+          "Kafka record value: payload (the payload column, as Debezium), "
+          "envelope-json (every field of the event as JSON) or protobuf "
+          "(outboxd.v1.OutboxEvent, proto/outbox_event.proto)");
+ABSL_FLAG(std::string, log_format, "text",
+          "log line format on stderr: text or json (one object per line)");
 ABSL_FLAG(std::string, log_level, "info",
           "trace, debug, info, warn, error, critical or off");
 ABSL_FLAG(absl::Duration, shutdown_timeout, absl::Seconds(8),
@@ -215,6 +226,12 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
         "--on-invalid must be dead-letter or fail, not '", on_invalid, "'"));
   }
 
+  auto value_format = ParseValueFormat(absl::GetFlag(FLAGS_value_format));
+  if (!value_format.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--value-format: ", value_format.status().message()));
+  }
+  o.value_format = *value_format;
   o.producer.brokers = brokers;
   std::string config_file = absl::GetFlag(FLAGS_kafka_config);
   if (!config_file.empty()) {
@@ -286,9 +303,10 @@ int Main(int argc, char** argv) {
     std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
     return 0;
   }
-  absl::Status log = InitLogging(absl::GetFlag(FLAGS_log_level), "text");
+  absl::Status log = InitLogging(absl::GetFlag(FLAGS_log_level),
+                                 absl::GetFlag(FLAGS_log_format));
   if (!log.ok()) {
-    std::cerr << "outboxd: --log-level: " << log.message() << "\n";
+    std::cerr << "outboxd: " << log.message() << "\n";
     return 2;
   }
   auto options = OptionsFromFlags(*cmd);
@@ -303,6 +321,24 @@ int Main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  // Metrics: one registry for the run, served on --metrics-address.
+  metrics::Registry registry;
+  metrics::OutboxdMetrics outboxd_metrics(&registry);
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  if (std::string address = absl::GetFlag(FLAGS_metrics_address);
+      !address.empty()) {
+    auto server = metrics::MetricsServer::Start(
+        address, &registry, [&outboxd_metrics] { return outboxd_metrics.Ready(); });
+    if (!server.ok()) {
+      spdlog::critical("stopping: {}", server.status().ToString());
+      return 1;
+    }
+    metrics_server = *std::move(server);
+    spdlog::info("metrics on http://{}:{}/metrics", metrics_server->host(),
+                 metrics_server->port());
+    options->metrics = &outboxd_metrics;
+  }
 
   spdlog::info("outboxd {} starting: pg {} brokers {} table {} slot {}",
                OUTBOXD_VERSION, RedactConninfo(options->conninfo),

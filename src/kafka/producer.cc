@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "nlohmann/json.hpp"
 #include "kafka/kafka_status.h"
 #include "spdlog/spdlog.h"
 
@@ -89,6 +90,7 @@ const char* NonNullData(absl::string_view bytes) {
 struct KafkaProducer::Impl {
   rd_kafka_t* rk = nullptr;
   DeliveryCallback on_delivery;
+  std::function<void(int)> on_brokers_up;
   // The first fatal error seen by the error callback.
   absl::Status fatal;
   // Set while the destructor runs: no callbacks into an owner going away.
@@ -115,6 +117,23 @@ struct KafkaProducer::Impl {
           absl::StrCat("delivery to ", rd_kafka_topic_name(message->rkt)));
     }
     impl->on_delivery(OpaqueToSequence(message->_private), std::move(status));
+  }
+
+  // Statistics (served by rd_kafka_poll on the caller's thread): counts the
+  // broker connections in state UP, bootstrap entries included.
+  static int OnStats(rd_kafka_t* rk, char* json, size_t json_len,
+                     void* opaque) {
+    auto* impl = static_cast<Impl*>(opaque);
+    if (impl->destroying || !impl->on_brokers_up) return 0;
+    auto stats = nlohmann::json::parse(json, json + json_len, nullptr,
+                                       /*allow_exceptions=*/false);
+    if (stats.is_discarded() || !stats.contains("brokers")) return 0;
+    int up = 0;
+    for (const auto& broker : stats["brokers"]) {
+      if (broker.is_object() && broker.value("state", "") == "UP") ++up;
+    }
+    impl->on_brokers_up(up);
+    return 0;  // librdkafka frees `json`
   }
 
   static void OnError(rd_kafka_t* rk, int err, const char* reason,
@@ -171,6 +190,13 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
       return absl::InternalError(s.message());  // our default is wrong
     }
   }
+  if (options.on_brokers_up) {
+    if (absl::Status s =
+            SetProperty(conf.get(), "statistics.interval.ms", "1000");
+        !s.ok()) {
+      return absl::InternalError(s.message());
+    }
+  }
   for (const auto& [name, value] : options.properties) {
     if (absl::Status s = SetProperty(conf.get(), name, value); !s.ok()) {
       return s;
@@ -179,6 +205,8 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
 
   auto impl = std::make_unique<Impl>();
   impl->on_delivery = std::move(on_delivery);
+  impl->on_brokers_up = options.on_brokers_up;
+  if (impl->on_brokers_up) rd_kafka_conf_set_stats_cb(conf.get(), &Impl::OnStats);
   rd_kafka_conf_set_opaque(conf.get(), impl.get());
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Impl::OnDelivery);
   rd_kafka_conf_set_error_cb(conf.get(), &Impl::OnError);

@@ -27,6 +27,10 @@ struct ProducerOptions {
   // Applied after outboxd's defaults, so users can override them
   // (--kafka-property / --kafka-config). Keys are librdkafka property names.
   std::vector<std::pair<std::string, std::string>> properties;
+  // When set, librdkafka statistics are enabled (statistics.interval.ms,
+  // default 1000 unless overridden) and this is called from Poll() with the
+  // number of broker connections in state UP (for /readyz and metrics).
+  std::function<void(int brokers_up)> on_brokers_up;
 };
 
 // Called once per message: OK when the broker acknowledged it, otherwise the

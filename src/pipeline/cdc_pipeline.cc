@@ -6,6 +6,7 @@
 #include <utility>
 #include <variant>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -98,9 +99,15 @@ class CdcPipeline {
     spdlog::info("source {}", router_.source);
     reported_ = slot.confirmed_flush;
 
+    ProducerOptions producer_options = options_.producer;
+    if (metrics::OutboxdMetrics* m = options_.metrics) {
+      producer_options.on_brokers_up = [m](int up) {
+        m->kafka_brokers_up->Set(up);
+      };
+    }
     ASSIGN_OR_RETURN(
         producer_,
-        KafkaProducer::Create(options_.producer,
+        KafkaProducer::Create(producer_options,
                               [this](uint64_t sequence, absl::Status status) {
                                 OnDelivery(sequence, std::move(status));
                               }));
@@ -111,10 +118,12 @@ class CdcPipeline {
     ASSIGN_OR_RETURN(stream_, ReplicationStream::Start(so));
     spdlog::info("streaming from slot {} (publication {})", so.slot,
                  so.publication);
+    if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
     return absl::OkStatus();
   }
 
   void OnDelivery(uint64_t sequence, absl::Status status) {
+    ObserveDelivery(sequence, status);
     if (status.ok()) {
       tracker_.Acknowledge(sequence);
       ++stats_->events_acknowledged;
@@ -190,8 +199,39 @@ class CdcPipeline {
     return absl::OkStatus();
   }
 
+  // Metrics of one delivery report (no-op without metrics).
+  void ObserveDelivery(uint64_t sequence, const absl::Status& status) {
+    metrics::OutboxdMetrics* m = options_.metrics;
+    if (m == nullptr) return;
+    if (!status.ok()) m->delivery_errors->Increment();
+    auto it = published_.find(sequence);
+    if (it == published_.end()) return;  // a dead-lettered record
+    if (status.ok()) {
+      m->PublishedTo(it->second.topic).Increment();
+      int64_t ms = absl::ToUnixMillis(absl::Now()) -
+                   it->second.commit_time_unix_ms;
+      m->commit_to_ack_seconds->Observe(std::max<int64_t>(ms, 0) / 1000.0);
+    }
+    published_.erase(it);
+  }
+
   absl::Status Publish(OutboxEvent event) {
+    PublishedEvent meta;
+    if (options_.metrics != nullptr) {
+      meta.topic = options_.router.fixed_topic.empty()
+                       ? absl::StrCat(options_.router.topic_prefix,
+                                      event.aggregate_type)
+                       : options_.router.fixed_topic;
+      meta.commit_time_unix_ms = event.commit_time_unix_ms;
+    }
+    if (options_.value_format != ValueFormat::kPayload) {
+      // The router publishes the payload as the value: make it the envelope.
+      event.payload = EncodeValue(event, options_.value_format);
+    }
     pending_ = Pending{std::move(event), tracker_.AddEvent()};
+    if (options_.metrics != nullptr) {
+      published_[pending_->sequence] = std::move(meta);
+    }
     return TryProducePending();
   }
 
@@ -226,6 +266,7 @@ class CdcPipeline {
         spdlog::warn("event {} at {}#{}: {}", event->id,
                      bad.position.commit_lsn.ToString(), bad.position.index,
                      bad.reason);
+        published_.erase(pending_->sequence);
         pending_->item = std::move(bad);
         return TryProducePending();
       }
@@ -235,6 +276,9 @@ class CdcPipeline {
                              pending_->sequence);
       if (s.ok()) {
         ++stats_->events_dead_lettered;
+        if (options_.metrics != nullptr) {
+          options_.metrics->dead_lettered->Increment();
+        }
       } else if (!absl::IsResourceExhausted(s)) {
         return absl::Status(
             s.code(), absl::StrCat("dead-lettering to ", options_.dlq_topic,
@@ -256,6 +300,15 @@ class CdcPipeline {
       reported_ = flushed;
     }
     stats_->confirmed = flushed;
+    if (metrics::OutboxdMetrics* m = options_.metrics) {
+      m->confirmed_lsn->Set(static_cast<double>(flushed.value()));
+      m->server_wal_end->Set(static_cast<double>(received_.value()));
+      m->slot_lag_bytes->Set(
+          received_ > flushed
+              ? static_cast<double>(received_.value() - flushed.value())
+              : 0.0);
+      m->events_in_flight->Set(static_cast<double>(tracker_.EventsInFlight()));
+    }
     ++stats_->status_updates;
     next_status_ = now + options_.status_interval;
     return absl::OkStatus();
@@ -277,6 +330,7 @@ class CdcPipeline {
   // Waits for outstanding deliveries (bounded), confirms what is
   // acknowledged and ends the stream. After a failure it only confirms.
   absl::Status Finish(bool clean) {
+    if (options_.metrics != nullptr) options_.metrics->streaming->Set(0);
     if (producer_ != nullptr && clean) {
       absl::Time deadline = absl::Now() + options_.shutdown_timeout;
       while (producer_->OutQueueLength() > 0 && absl::Now() < deadline) {
@@ -309,6 +363,12 @@ class CdcPipeline {
   std::unique_ptr<KafkaProducer> producer_;
   std::unique_ptr<ReplicationStream> stream_;
   std::optional<Pending> pending_;
+  // Topic and commit time of each event in flight, by sequence (metrics).
+  struct PublishedEvent {
+    std::string topic;
+    int64_t commit_time_unix_ms = 0;
+  };
+  absl::flat_hash_map<uint64_t, PublishedEvent> published_;
   Lsn received_;  // newest server position seen
   Lsn reported_;  // last flush position reported
   absl::Time next_status_ = absl::InfinitePast();

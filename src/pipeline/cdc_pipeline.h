@@ -18,8 +18,10 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "kafka/producer.h"
+#include "metrics/outboxd_metrics.h"
 #include "outbox/outbox_mapper.h"
 #include "outbox/router.h"
+#include "outbox/value_format.h"
 #include "pg/replication_setup.h"
 
 namespace outboxd {
@@ -38,6 +40,10 @@ struct CdcPipelineOptions {
   absl::Duration status_interval = absl::Seconds(1);
   std::string dlq_topic = "outbox.dlq";
   InvalidEventPolicy on_invalid = InvalidEventPolicy::kDeadLetter;
+  // The record value of each event (--value-format).
+  ValueFormat value_format = ValueFormat::kPayload;
+  // Updated from the pipeline thread when not null; must outlive the run.
+  metrics::OutboxdMetrics* metrics = nullptr;
   // How long a stop may wait for outstanding acknowledgements.
   absl::Duration shutdown_timeout = absl::Seconds(8);
 };

@@ -1,0 +1,53 @@
+// MetricsServer: serves /metrics (Prometheus text), /healthz and /readyz
+// over HTTP (cpp-httplib) on a thread of its own.
+//
+//   /metrics  200, text/plain; version=0.0.4: Registry::Exposition()
+//   /healthz  200 "ok" while the process runs (the server answers)
+//   /readyz   200 "ready" when `ready()` is true, else 503 "not ready"
+//
+// Threading: Start() and the destructor are called from one thread; the
+// handlers run on the server's threads and only call Registry::Exposition
+// and `ready`, both thread-safe. The registry must outlive the server.
+#ifndef OUTBOXD_METRICS_HTTP_SERVER_H_
+#define OUTBOXD_METRICS_HTTP_SERVER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "metrics/registry.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace outboxd::metrics {
+
+class MetricsServer {
+ public:
+  // `address` is HOST:PORT (PORT 0: an ephemeral port, see port()).
+  // kInvalidArgument for a malformed address, kUnavailable when it cannot
+  // be bound.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& address, const Registry* registry,
+      std::function<bool()> ready);
+  ~MetricsServer();  // stops the server and joins its thread
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
+  int port() const { return port_; }
+  const std::string& host() const { return host_; }
+
+ private:
+  MetricsServer() = default;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  std::string host_;
+  int port_ = 0;
+};
+
+}  // namespace outboxd::metrics
+
+#endif  // OUTBOXD_METRICS_HTTP_SERVER_H_
