@@ -1,0 +1,126 @@
+#include "benchmarks/bench_env.h"
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "benchmarks/bench_util.h"
+
+namespace outboxd::bench {
+
+absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
+    const BenchEnvOptions& options) {
+  std::unique_ptr<BenchEnv> env(new BenchEnv());
+  env->outboxd_binary_ =
+      options.outboxd_binary.empty() ? OUTBOXD_BINARY : options.outboxd_binary;
+  env->work_dir_ = options.work_dir;
+  std::filesystem::create_directories(env->work_dir_);
+
+  testing::PgClusterOptions pg_options;
+  pg_options.settings = {
+      "shared_preload_libraries=pg_stat_statements",
+      "pg_stat_statements.track=all",
+      "pg_stat_statements.max=1000",
+      "shared_buffers=256MB",
+      "max_wal_size=8GB",
+      "checkpoint_timeout=30min",
+      "max_connections=50",
+  };
+  auto pg = testing::PgCluster::Start(pg_options);
+  if (!pg.ok()) return pg.status();
+  env->pg_ = *std::move(pg);
+
+  std::ifstream sql_file(std::string(OUTBOXD_SOURCE_DIR) + "/sql/outbox.sql");
+  std::stringstream sql;
+  sql << sql_file.rdbuf();
+  absl::Status s = env->pg_->Exec("postgres", sql.str());
+  if (!s.ok()) return s;
+  s = env->pg_->Exec("postgres",
+                     absl::StrCat("CREATE EXTENSION pg_stat_statements; "
+                                  "CREATE ROLE ",
+                                  kPublisherRole,
+                                  " LOGIN SUPERUSER REPLICATION"));
+  if (!s.ok()) return s;
+  // The postmaster is the parent of any backend: ask one for its pid.
+  auto conn = PgConn::Connect(env->AdminConnInfo());
+  if (!conn.ok()) return conn.status();
+  auto pid_text = (*conn)->Query("SELECT pg_backend_pid()");
+  if (!pid_text.ok()) return pid_text.status();
+  int pid = 0;
+  (void)absl::SimpleAtoi(*pid_text, &pid);
+  env->postmaster_pid_ = ParentPid(pid);
+
+  auto broker = testing::DevBroker::Start(/*brokers=*/1, kPartitions);
+  if (!broker.ok()) return broker.status();
+  env->broker_ = *std::move(broker);
+  return env;
+}
+
+std::string BenchEnv::PublisherConnInfo() const {
+  // In a conninfo string a later keyword overrides an earlier one.
+  return absl::StrCat(pg_->ConnInfo("postgres"), " user=", kPublisherRole,
+                      " application_name=outboxd");
+}
+
+absl::StatusOr<std::unique_ptr<testing::ChildProcess>> BenchEnv::StartOutboxd(
+    const std::vector<std::string>& args, const std::string& log_name) {
+  testing::ChildOptions o;
+  o.argv = {outboxd_binary_, absl::StrCat("--pg=", PublisherConnInfo()),
+            absl::StrCat("--brokers=", bootstrap())};
+  for (const std::string& a : args) o.argv.push_back(a);
+  o.capture_stdout = false;
+  o.stderr_file = absl::StrCat(work_dir_, "/", log_name, ".log");
+  return testing::ChildProcess::Start(o);
+}
+
+absl::StatusOr<int> BenchEnv::StopOutboxd(testing::ChildProcess& outboxd) {
+  outboxd.Signal(SIGTERM);
+  std::optional<int> code = outboxd.Wait(absl::Seconds(30));
+  if (!code) return absl::DeadlineExceededError("outboxd did not stop in 30s");
+  return *code;
+}
+
+absl::StatusOr<double> BenchEnv::PublisherStatementCalls() {
+  auto v = pg_->Query(
+      "postgres",
+      absl::StrCat("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
+                   "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = '",
+                   kPublisherRole, "'"));
+  if (!v.ok()) return v.status();
+  double d = 0;
+  (void)absl::SimpleAtod(*v, &d);
+  return d;
+}
+
+absl::StatusOr<double> BenchEnv::DatabaseTransactions() {
+  auto v = pg_->Query("postgres",
+                      "SELECT xact_commit + xact_rollback FROM "
+                      "pg_stat_database WHERE datname = 'postgres'");
+  if (!v.ok()) return v.status();
+  double d = 0;
+  (void)absl::SimpleAtod(*v, &d);
+  return d;
+}
+
+absl::Status BenchEnv::WaitSlotActive(const std::string& slot,
+                                      absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    auto v = pg_->Query(
+        "postgres",
+        absl::StrCat("SELECT active FROM pg_replication_slots WHERE "
+                     "slot_name = '",
+                     slot, "'"));
+    if (v.ok() && *v == "t") return absl::OkStatus();
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("slot ", slot, " not streamed within the timeout"));
+}
+
+}  // namespace outboxd::bench

@@ -1,0 +1,75 @@
+// BenchEnv: what every end-to-end benchmark stands on. A throwaway
+// PostgreSQL 15 cluster (tests/harness PgCluster) with pg_stat_statements
+// preloaded and the outbox installed (sql/outbox.sql), a role the publisher
+// runs as (so that its statements can be told apart), the dev broker, and a
+// way to run outboxd as a child process with its log in a file.
+//
+// Threading: one thread drives a BenchEnv.
+#ifndef OUTBOXD_BENCHMARKS_BENCH_ENV_H_
+#define OUTBOXD_BENCHMARKS_BENCH_ENV_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "tests/harness/child_process.h"
+#include "tests/harness/dev_broker.h"
+#include "tests/harness/pg_cluster.h"
+
+namespace outboxd::bench {
+
+inline constexpr char kPublisherRole[] = "outboxd_bench";
+inline constexpr int kPartitions = 4;
+
+struct BenchEnvOptions {
+  std::string outboxd_binary;    // "" = the one built with the harness
+  std::string devbroker_binary;  // unused: the harness binary is used
+  std::string work_dir;          // outboxd logs go here
+};
+
+class BenchEnv {
+ public:
+  static absl::StatusOr<std::unique_ptr<BenchEnv>> Start(
+      const BenchEnvOptions& options);
+
+  testing::PgCluster& pg() { return *pg_; }
+  testing::DevBroker& broker() { return *broker_; }
+  const std::string& bootstrap() const { return broker_->bootstrap(); }
+  // Superuser conninfo for the load generator and the measurements.
+  std::string AdminConnInfo() const { return pg_->ConnInfo("postgres"); }
+  // Conninfo of the publisher's role (superuser, replication).
+  std::string PublisherConnInfo() const;
+  pid_t postmaster_pid() const { return postmaster_pid_; }
+  const std::string& work_dir() const { return work_dir_; }
+
+  // Starts outboxd with `args` (besides --pg/--brokers) and its log in
+  // work_dir/<log_name>.log.
+  absl::StatusOr<std::unique_ptr<testing::ChildProcess>> StartOutboxd(
+      const std::vector<std::string>& args, const std::string& log_name);
+  // SIGTERM, then wait; returns the exit code (or an error after 30 s).
+  absl::StatusOr<int> StopOutboxd(testing::ChildProcess& outboxd);
+
+  // calls summed over pg_stat_statements for the publisher's role.
+  absl::StatusOr<double> PublisherStatementCalls();
+  // xact_commit + xact_rollback of the database.
+  absl::StatusOr<double> DatabaseTransactions();
+  // Waits until the slot exists and a walsender streams it.
+  absl::Status WaitSlotActive(const std::string& slot, absl::Duration timeout);
+
+ private:
+  BenchEnv() = default;
+  std::unique_ptr<testing::PgCluster> pg_;
+  std::unique_ptr<testing::DevBroker> broker_;
+  std::string outboxd_binary_;
+  std::string work_dir_;
+  pid_t postmaster_pid_ = -1;
+};
+
+}  // namespace outboxd::bench
+
+#endif  // OUTBOXD_BENCHMARKS_BENCH_ENV_H_

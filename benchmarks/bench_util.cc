@@ -1,0 +1,392 @@
+#include "benchmarks/bench_util.h"
+
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace outboxd::bench {
+
+int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// --- PgConn ------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<PgConn>> PgConn::Connect(
+    const std::string& conninfo) {
+  PGconn* conn = PQconnectdb(conninfo.c_str());
+  if (PQstatus(conn) != CONNECTION_OK) {
+    std::string message = PQerrorMessage(conn);
+    PQfinish(conn);
+    return absl::UnavailableError(absl::StrCat("connect: ", message));
+  }
+  return std::unique_ptr<PgConn>(new PgConn(conn));
+}
+
+PgConn::~PgConn() { PQfinish(conn_); }
+
+absl::Status PgConn::Exec(const std::string& sql) {
+  PGresult* res = PQexec(conn_, sql.c_str());
+  ExecStatusType st = PQresultStatus(res);
+  absl::Status status;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    status = absl::InternalError(
+        absl::StrCat(PQresultErrorMessage(res), " in: ", sql.substr(0, 200)));
+  }
+  PQclear(res);
+  return status;
+}
+
+absl::StatusOr<std::string> PgConn::Query(const std::string& sql) {
+  PGresult* res = PQexec(conn_, sql.c_str());
+  ExecStatusType st = PQresultStatus(res);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    std::string message = PQresultErrorMessage(res);
+    PQclear(res);
+    return absl::InternalError(
+        absl::StrCat(message, " in: ", sql.substr(0, 200)));
+  }
+  std::string value;
+  if (PQntuples(res) > 0 && PQnfields(res) > 0) value = PQgetvalue(res, 0, 0);
+  PQclear(res);
+  return value;
+}
+
+// --- /proc readings -------------------------------------------------------------
+
+namespace {
+
+// Fields of /proc/<pid>/stat after the command (which may contain spaces):
+// index 0 is field 3 (state).
+std::vector<std::string> StatFields(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  if (!std::getline(in, line)) return {};
+  size_t close = line.rfind(')');
+  if (close == std::string::npos) return {};
+  return absl::StrSplit(line.substr(close + 2), ' ', absl::SkipEmpty());
+}
+
+double TicksToSeconds(const std::string& s) {
+  double v = 0;
+  if (!absl::SimpleAtod(s, &v)) return 0;
+  return v / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+int64_t StatusKb(pid_t pid, const char* key) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, key)) {
+      std::vector<std::string> parts =
+          absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+      int64_t kb = 0;
+      if (parts.size() >= 2 && absl::SimpleAtoi(parts[1], &kb)) return kb;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+double ProcessCpuSeconds(pid_t pid) {
+  std::vector<std::string> f = StatFields(pid);
+  // utime = field 14, stime = field 15 -> indexes 11, 12.
+  if (f.size() < 13) return 0;
+  return TicksToSeconds(f[11]) + TicksToSeconds(f[12]);
+}
+
+pid_t ParentPid(pid_t pid) {
+  std::vector<std::string> f = StatFields(pid);
+  int ppid = -1;
+  if (f.size() < 2 || !absl::SimpleAtoi(f[1], &ppid)) return -1;
+  return ppid;
+}
+
+double ClusterCpuSeconds(pid_t postmaster) {
+  std::vector<std::string> f = StatFields(postmaster);
+  if (f.size() < 15) return 0;
+  // utime, stime, cutime, cstime = fields 14..17 -> indexes 11..14.
+  double total = TicksToSeconds(f[11]) + TicksToSeconds(f[12]) +
+                 TicksToSeconds(f[13]) + TicksToSeconds(f[14]);
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
+    if (ParentPid(pid) == postmaster) total += ProcessCpuSeconds(pid);
+  }
+  return total;
+}
+
+int64_t PeakRssBytes(pid_t pid) { return StatusKb(pid, "VmHWM:") * 1024; }
+int64_t RssBytes(pid_t pid) { return StatusKb(pid, "VmRSS:") * 1024; }
+
+double LoadAverage1() {
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) < 1) return -1;
+  return load[0];
+}
+
+nlohmann::json MachineInfo() {
+  nlohmann::json m;
+  m["nproc"] = sysconf(_SC_NPROCESSORS_ONLN);
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (absl::StartsWith(line, "model name")) {
+      m["cpu_model"] = std::string(
+          absl::StripAsciiWhitespace(line.substr(line.find(':') + 1)));
+      break;
+    }
+  }
+  std::ifstream meminfo("/proc/meminfo");
+  while (std::getline(meminfo, line)) {
+    if (absl::StartsWith(line, "MemTotal:")) {
+      std::vector<std::string> parts =
+          absl::StrSplit(line, ' ', absl::SkipEmpty());
+      int64_t kb = 0;
+      if (parts.size() >= 2 && absl::SimpleAtoi(parts[1], &kb)) {
+        m["memory_mb"] = kb / 1024;
+      }
+    }
+  }
+  utsname u;
+  if (uname(&u) == 0) m["kernel"] = absl::StrCat(u.sysname, " ", u.release);
+  double load[3] = {0, 0, 0};
+  getloadavg(load, 3);
+  m["load_average"] = {load[0], load[1], load[2]};
+  m["date_utc"] = absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(),
+                                   absl::UTCTimeZone());
+  return m;
+}
+
+double Quantile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  // Nearest rank: the smallest value with at least q of the data at or
+  // below it.
+  size_t rank = static_cast<size_t>(std::ceil(q * sorted.size()));
+  if (rank == 0) rank = 1;
+  if (rank > sorted.size()) rank = sorted.size();
+  return sorted[rank - 1];
+}
+
+// --- payloads ---------------------------------------------------------------------
+
+std::string Uuid(uint64_t n) {
+  return absl::StrFormat("%08x-%04x-4%03x-a%03x-%012x",
+                         static_cast<uint32_t>(n * 2654435761u),
+                         static_cast<uint32_t>((n >> 32) & 0xffff),
+                         static_cast<uint32_t>(n & 0xfff),
+                         static_cast<uint32_t>((n >> 12) & 0xfff),
+                         static_cast<uint64_t>(n & 0xffffffffffffULL));
+}
+
+std::string EventPayload(int64_t bench_id) {
+  if (bench_id < 0) return R"({"warmup": 1})";
+  int64_t i = bench_id;
+  return absl::StrCat(
+      R"({"bid": )", i, R"(, "items": [{"qty": )", i % 9 + 1,
+      R"(, "sku": "SKU-)", 100000 + i % 900000,
+      R"(", "price": 1999}], "total": 1999, )",
+      R"("created": "2024-07-11T10:15:30.123456+00:00", "currency": "EUR", )",
+      R"("customer": {"id": )", 4200 + i % 10000,
+      R"(, "email": "customer)", i % 10000, R"(@example.com"}})");
+}
+
+int64_t ParseBenchId(const char* data, size_t size) {
+  static constexpr char kKey[] = "\"bid\": ";
+  static constexpr size_t kKeyLen = sizeof(kKey) - 1;
+  if (data == nullptr) return -1;
+  const char* end = data + size;
+  const char* p = static_cast<const char*>(memmem(data, size, kKey, kKeyLen));
+  if (p == nullptr) return -1;
+  p += kKeyLen;
+  int64_t v = 0;
+  bool any = false;
+  while (p < end && *p >= '0' && *p <= '9') {
+    v = v * 10 + (*p - '0');
+    ++p;
+    any = true;
+  }
+  return any ? v : -1;
+}
+
+// --- Kafka -----------------------------------------------------------------------
+
+namespace {
+
+absl::Status SetConf(rd_kafka_conf_t* conf, const char* name,
+                     const std::string& value) {
+  char errstr[512];
+  if (rd_kafka_conf_set(conf, name, value.c_str(), errstr, sizeof(errstr)) !=
+      RD_KAFKA_CONF_OK) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("librdkafka ", name, ": ", errstr));
+  }
+  return absl::OkStatus();
+}
+
+void QuietLog(const rd_kafka_t*, int level, const char* fac, const char* buf) {
+  if (level <= 3) std::fprintf(stderr, "bench kafka %s: %s\n", fac, buf);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ReceiptRecorder>> ReceiptRecorder::Start(
+    const std::string& bootstrap, const std::string& topic, int partitions,
+    size_t capacity, int fetch_wait_ms) {
+  static std::atomic<int> count{0};
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set_log_cb(conf, QuietLog);
+  const std::pair<const char*, std::string> settings[] = {
+      {"bootstrap.servers", bootstrap},
+      {"group.id", absl::StrCat("outboxd-bench-", getpid(), "-", count++)},
+      {"enable.auto.commit", "false"},
+      {"enable.auto.offset.store", "false"},
+      {"auto.offset.reset", "earliest"},
+      // The mock broker answers an empty fetch after fetch.wait.max.ms (it
+      // does not wake up on new data), so this bounds the time a record
+      // waits in the broker before this consumer asks for it.
+      {"fetch.wait.max.ms", absl::StrCat(fetch_wait_ms)},
+      {"fetch.error.backoff.ms", "1"},
+      {"fetch.min.bytes", "1"},
+      {"log.connection.close", "false"},
+  };
+  for (const auto& [name, value] : settings) {
+    absl::Status s = SetConf(conf, name, value);
+    if (!s.ok()) {
+      rd_kafka_conf_destroy(conf);
+      return s;
+    }
+  }
+  char errstr[512];
+  rd_kafka_t* rk =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  if (rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return absl::InternalError(absl::StrCat("rd_kafka_new: ", errstr));
+  }
+  rd_kafka_poll_set_consumer(rk);
+  rd_kafka_topic_partition_list_t* list =
+      rd_kafka_topic_partition_list_new(partitions);
+  for (int p = 0; p < partitions; ++p) {
+    rd_kafka_topic_partition_list_add(list, topic.c_str(), p)->offset =
+        RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_resp_err_t err = rd_kafka_assign(rk, list);
+  rd_kafka_topic_partition_list_destroy(list);
+  if (err) {
+    rd_kafka_destroy(rk);
+    return absl::InternalError(
+        absl::StrCat("rd_kafka_assign: ", rd_kafka_err2str(err)));
+  }
+  std::unique_ptr<ReceiptRecorder> r(new ReceiptRecorder());
+  r->rk_ = rk;
+  r->receipts_.assign(capacity, 0);
+  r->thread_ = std::thread([p = r.get()] { p->Run(); });
+  return r;
+}
+
+void ReceiptRecorder::Run() {
+  while (!stop_.load(std::memory_order_relaxed)) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, 50);
+    if (m == nullptr) continue;
+    int64_t now = NowNs();
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      int64_t id = ParseBenchId(static_cast<const char*>(m->payload), m->len);
+      if (id < 0) {
+        warmups_.fetch_add(1);
+      } else if (static_cast<size_t>(id) < receipts_.size()) {
+        if (receipts_[id] == 0) {
+          receipts_[id] = now;
+          received_.fetch_add(1);
+          last_receipt_ns_.store(now);
+        } else {
+          duplicates_.fetch_add(1);
+        }
+      }
+    }
+    rd_kafka_message_destroy(m);
+  }
+}
+
+void ReceiptRecorder::Stop() {
+  if (stop_.exchange(true)) return;
+  if (thread_.joinable()) thread_.join();
+}
+
+ReceiptRecorder::~ReceiptRecorder() {
+  Stop();
+  rd_kafka_consumer_close(rk_);
+  rd_kafka_destroy(rk_);
+}
+
+absl::StatusOr<std::unique_ptr<WatermarkProbe>> WatermarkProbe::Create(
+    const std::string& bootstrap) {
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set_log_cb(conf, QuietLog);
+  absl::Status s = SetConf(conf, "bootstrap.servers", bootstrap);
+  if (!s.ok()) {
+    rd_kafka_conf_destroy(conf);
+    return s;
+  }
+  char errstr[512];
+  rd_kafka_t* rk =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return absl::InternalError(absl::StrCat("rd_kafka_new: ", errstr));
+  }
+  std::unique_ptr<WatermarkProbe> p(new WatermarkProbe());
+  p->rk_ = rk;
+  return p;
+}
+
+WatermarkProbe::~WatermarkProbe() { rd_kafka_destroy(rk_); }
+
+absl::StatusOr<int64_t> WatermarkProbe::Total(const std::string& topic,
+                                              int partitions) {
+  int64_t total = 0;
+  for (int p = 0; p < partitions; ++p) {
+    int64_t low = 0, high = 0;
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
+        rk_, topic.c_str(), p, &low, &high, 5000);
+    if (err) {
+      return absl::UnavailableError(absl::StrCat(
+          "watermarks of ", topic, "/", p, ": ", rd_kafka_err2str(err)));
+    }
+    total += high;
+  }
+  return total;
+}
+
+absl::Status WriteFile(const std::string& path, const std::string& text) {
+  std::filesystem::path p(path);
+  std::error_code ec;
+  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+}  // namespace outboxd::bench

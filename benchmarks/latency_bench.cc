@@ -1,0 +1,564 @@
+// Latency against polling (benchmarks/README.md, benchmark 1).
+//
+// For each publisher mode (cdc, poll at 1 s / 100 ms / 10 ms, notify) and
+// each offered rate, a load generator commits one outbox event per
+// transaction at a fixed schedule over several connections and records each
+// event's commit time right after PQexec("COMMIT") returns; an independent
+// librdkafka consumer in the same process records each event's receipt
+// time (one monotonic clock for both). Per run it reports the latency
+// quantiles, delivered events/s, and what the mode costs the database:
+// statements/s the publisher executes (pg_stat_statements, publisher's
+// role only), transactions/s of the database, CPU seconds of outboxd and of
+// the whole PostgreSQL cluster.
+//
+// Writes <out>/latency.json, latency.csv, latency.md, latency_cdf.dat and
+// latency_cdf.gp (render with gnuplot). Measures only; asserts nothing.
+//
+//   latency_bench --modes=cdc,poll1s --rates=100,1000 --duration=15s
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "benchmarks/bench_env.h"
+#include "benchmarks/bench_util.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::vector<std::string>, modes,
+          std::vector<std::string>({"cdc", "poll1s", "poll100ms", "poll10ms",
+                                    "notify"}),
+          "publisher modes: cdc, poll<duration> (e.g. poll100ms), notify");
+ABSL_FLAG(std::vector<std::string>, rates,
+          std::vector<std::string>({"100", "1000", "10000"}),
+          "offered rates, events/s");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(15),
+          "load time per (mode, rate)");
+ABSL_FLAG(int, connections, 4, "load generator connections (threads)");
+ABSL_FLAG(int, fetch_wait_ms, 1,
+          "consumer fetch.wait.max.ms (bounds the consumer's own delay)");
+ABSL_FLAG(std::string, out, "benchmarks/results", "output directory");
+ABSL_FLAG(std::string, outboxd, "", "outboxd binary (default: the build's)");
+ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-latency",
+          "outboxd logs");
+
+namespace outboxd::bench {
+namespace {
+
+struct Mode {
+  std::string name;      // as given on the command line
+  std::string source;    // cdc | poll | notify
+  std::string interval;  // --poll-interval, "" = default
+};
+
+absl::StatusOr<Mode> ParseMode(const std::string& name) {
+  if (name == "cdc") return Mode{name, "cdc", ""};
+  if (name == "notify") return Mode{name, "notify", "1s"};
+  if (absl::StartsWith(name, "poll")) {
+    std::string interval = name.substr(4);
+    absl::Duration d;
+    if (interval.empty() || !absl::ParseDuration(interval, &d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("mode ", name, ": poll needs an interval, e.g. poll1s"));
+    }
+    return Mode{name, "poll", interval};
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown mode ", name));
+}
+
+absl::Duration PollInterval(const Mode& m) {
+  absl::Duration d = absl::ZeroDuration();
+  if (!m.interval.empty()) (void)absl::ParseDuration(m.interval, &d);
+  return d;
+}
+
+std::string InsertSql(int64_t id) {
+  return absl::StrCat(
+      "BEGIN; INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
+      "payload, headers) VALUES ('order', 'order-",
+      1000000 + id % 5000, "', 'OrderCreated', '", EventPayload(id),
+      "', '{\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-",
+      absl::StrFormat("%016x", id), "-01\"}')");
+}
+
+void SleepUntilNs(int64_t t) {
+  timespec ts;
+  ts.tv_sec = t / 1000000000;
+  ts.tv_nsec = t % 1000000000;
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) ==
+         EINTR) {
+  }
+}
+
+struct LoadResult {
+  std::vector<int64_t> commit_ns;  // 0 = failed
+  int64_t errors = 0;
+  int64_t max_slip_ns = 0;  // how late the generator started an event
+};
+
+// Open-loop schedule: event i starts at t0 + i / rate on connection
+// i % connections, whatever happened to earlier events.
+absl::StatusOr<LoadResult> GenerateLoad(const std::string& conninfo, int rate,
+                                        int64_t events, int connections) {
+  LoadResult result;
+  result.commit_ns.assign(events, 0);
+  std::vector<std::unique_ptr<PgConn>> conns;
+  for (int c = 0; c < connections; ++c) {
+    auto conn = PgConn::Connect(conninfo);
+    if (!conn.ok()) return conn.status();
+    conns.push_back(*std::move(conn));
+  }
+  std::atomic<int64_t> errors{0};
+  std::vector<int64_t> slips(connections, 0);
+  const int64_t t0 = NowNs() + 20000000;  // 20 ms to get the threads going
+  const double step_ns = 1e9 / rate;
+  std::vector<std::thread> threads;
+  for (int c = 0; c < connections; ++c) {
+    threads.emplace_back([&, c] {
+      PgConn& conn = *conns[c];
+      for (int64_t i = c; i < events; i += connections) {
+        int64_t start = t0 + static_cast<int64_t>(i * step_ns);
+        int64_t now = NowNs();
+        if (now < start) {
+          SleepUntilNs(start);
+        } else {
+          slips[c] = std::max(slips[c], now - start);
+        }
+        absl::Status s = conn.Exec(InsertSql(i));
+        if (s.ok()) s = conn.Exec("COMMIT");
+        if (s.ok()) {
+          result.commit_ns[i] = NowNs();
+        } else {
+          if (errors.fetch_add(1) < 3) std::cerr << s << "\n";
+          (void)conn.Exec("ROLLBACK");
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  result.errors = errors.load();
+  result.max_slip_ns = *std::max_element(slips.begin(), slips.end());
+  return result;
+}
+
+struct CostSnapshot {
+  double outboxd_cpu = 0;
+  double postgres_cpu = 0;
+  double publisher_statements = 0;
+  double db_transactions = 0;
+  int64_t at_ns = 0;
+};
+
+CostSnapshot TakeCost(BenchEnv& env, pid_t outboxd) {
+  CostSnapshot s;
+  s.at_ns = NowNs();
+  s.outboxd_cpu = ProcessCpuSeconds(outboxd);
+  s.postgres_cpu = ClusterCpuSeconds(env.postmaster_pid());
+  s.publisher_statements = env.PublisherStatementCalls().value_or(-1);
+  s.db_transactions = env.DatabaseTransactions().value_or(-1);
+  return s;
+}
+
+// Latencies (ms) at quantiles for the CDF plot: dense in the tail.
+std::vector<std::pair<double, double>> CdfPoints(
+    const std::vector<double>& sorted) {
+  std::vector<std::pair<double, double>> points;
+  if (sorted.empty()) return points;
+  auto add = [&](double q) { points.emplace_back(Quantile(sorted, q), q); };
+  for (double q = 0.0; q < 0.99; q += 0.005) add(std::max(q, 1e-6));
+  for (double q = 0.99; q < 0.999; q += 0.0005) add(q);
+  for (double q = 0.999; q < 1.0; q += 0.00005) add(q);
+  add(1.0);
+  return points;
+}
+
+struct RunResult {
+  nlohmann::json summary;
+  std::vector<std::pair<double, double>> cdf;
+};
+
+absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
+                                 absl::Duration duration, int run_index) {
+  const int64_t events =
+      static_cast<int64_t>(rate * absl::ToDoubleSeconds(duration));
+  const std::string topic = absl::StrCat("bench.latency.", mode.name, ".", rate);
+  const std::string slot = absl::StrCat("bench_latency_", run_index);
+  std::cerr << absl::StreamFormat("== %s at %d events/s: %d events\n",
+                                  mode.name, rate, events);
+
+  absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
+  if (!s.ok()) return s;
+  if (mode.source == "notify") {
+    std::string sql;
+    std::FILE* f = std::fopen(
+        (std::string(OUTBOXD_SOURCE_DIR) + "/sql/outbox_notify.sql").c_str(),
+        "r");
+    if (f == nullptr) return absl::NotFoundError("sql/outbox_notify.sql");
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) sql.append(buf, n);
+    std::fclose(f);
+    s = env.pg().Exec("postgres", sql);
+  } else {
+    s = env.pg().Exec("postgres",
+                      "DROP TRIGGER IF EXISTS outbox_notify ON public.outbox");
+  }
+  if (!s.ok()) return s;
+  s = env.broker().CreateTopic(topic, kPartitions);
+  if (!s.ok()) return s;
+
+  auto recorder = ReceiptRecorder::Start(env.bootstrap(), topic, kPartitions,
+                                         events, absl::GetFlag(FLAGS_fetch_wait_ms));
+  if (!recorder.ok()) return recorder.status();
+
+  std::vector<std::string> args = {
+      absl::StrCat("--source=", mode.source), absl::StrCat("--topic=", topic),
+      absl::StrCat("--slot=", slot), "--metrics-address=127.0.0.1:0",
+      "--log-level=info"};
+  if (!mode.interval.empty()) {
+    args.push_back(absl::StrCat("--poll-interval=", mode.interval));
+  }
+  auto outboxd = env.StartOutboxd(
+      args, absl::StrCat("outboxd-", mode.name, "-", rate));
+  if (!outboxd.ok()) return outboxd.status();
+  pid_t pid = (*outboxd)->pid();
+
+  // Ready when a warm-up event went all the way through.
+  if (mode.source == "cdc") {
+    s = env.WaitSlotActive(slot, absl::Seconds(60));
+    if (!s.ok()) return s;
+  }
+  {
+    auto conn = PgConn::Connect(env.AdminConnInfo());
+    if (!conn.ok()) return conn.status();
+    absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while ((*recorder)->warmups() == 0) {
+      if (absl::Now() > deadline || !(*outboxd)->Running()) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            mode.name, ": no warm-up event arrived (see ", env.work_dir(),
+            "/outboxd-", mode.name, "-", rate, ".log)"));
+      }
+      s = (*conn)->Exec(absl::StrCat(
+          "INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
+          "payload) VALUES ('order', 'warmup', 'Warmup', '",
+          EventPayload(-1), "')"));
+      if (!s.ok()) return s;
+      for (int i = 0; i < 20 && (*recorder)->warmups() == 0; ++i) {
+        absl::SleepFor(absl::Milliseconds(100));
+      }
+    }
+  }
+
+  CostSnapshot before = TakeCost(env, pid);
+  auto load = GenerateLoad(env.AdminConnInfo(), rate, events,
+                           absl::GetFlag(FLAGS_connections));
+  if (!load.ok()) return load.status();
+  const int64_t load_end_ns = NowNs();
+  int64_t committed = 0;
+  for (int64_t t : load->commit_ns) committed += t != 0;
+
+  // Drain: until everything arrived or nothing arrived for a while.
+  absl::Duration stall = std::max(absl::Seconds(5), 3 * PollInterval(mode));
+  int64_t last_count = -1;
+  absl::Time last_progress = absl::Now();
+  while ((*recorder)->received() < committed) {
+    int64_t c = (*recorder)->received();
+    if (c != last_count) {
+      last_count = c;
+      last_progress = absl::Now();
+    } else if (absl::Now() - last_progress > stall) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  int64_t peak_rss = PeakRssBytes(pid);
+  CostSnapshot after = TakeCost(env, pid);
+  (*recorder)->Stop();
+  auto code = env.StopOutboxd(**outboxd);
+  if (mode.source == "cdc") {
+    for (int i = 0; i < 50; ++i) {
+      if (env.pg()
+              .Exec("postgres",
+                    absl::StrCat("SELECT pg_drop_replication_slot('", slot,
+                                 "')"))
+              .ok()) {
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+
+  std::vector<double> latencies_ms;
+  latencies_ms.reserve(events);
+  int64_t first_commit = INT64_MAX, last_commit = 0, last_receipt = 0;
+  for (int64_t i = 0; i < events; ++i) {
+    int64_t c = load->commit_ns[i];
+    if (c == 0) continue;
+    first_commit = std::min(first_commit, c);
+    last_commit = std::max(last_commit, c);
+    int64_t r = (*recorder)->receipt_ns(i);
+    if (r == 0) continue;
+    last_receipt = std::max(last_receipt, r);
+    latencies_ms.push_back((r - c) / 1e6);
+  }
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  const int64_t delivered = static_cast<int64_t>(latencies_ms.size());
+  const double window_s = (after.at_ns - before.at_ns) / 1e9;
+  const double commit_span_s = (last_commit - first_commit) / 1e9;
+  const double delivery_span_s =
+      delivered > 0 ? (last_receipt - first_commit) / 1e9 : 0;
+
+  nlohmann::json j;
+  j["mode"] = mode.name;
+  j["source"] = mode.source;
+  j["poll_interval"] = mode.interval;
+  j["offered_rate"] = rate;
+  j["duration_s"] = absl::ToDoubleSeconds(duration);
+  j["connections"] = absl::GetFlag(FLAGS_connections);
+  j["events"] = events;
+  j["committed"] = committed;
+  j["commit_errors"] = load->errors;
+  j["committed_per_s"] = commit_span_s > 0 ? committed / commit_span_s : 0;
+  j["generator_max_slip_ms"] = load->max_slip_ns / 1e6;
+  j["delivered"] = delivered;
+  j["duplicates"] = (*recorder)->duplicates();
+  j["delivered_per_s"] = delivery_span_s > 0 ? delivered / delivery_span_s : 0;
+  // Kept up: everything arrived and the last event was not held back by a
+  // growing backlog (its latency is within 2 poll intervals + 1 s).
+  double backlog_s = (last_receipt - load_end_ns) / 1e9;
+  j["drain_after_load_s"] = backlog_s;
+  j["kept_up"] = delivered == committed && load->errors == 0 &&
+                 committed == events &&
+                 backlog_s < 1.0 + 2 * absl::ToDoubleSeconds(PollInterval(mode));
+  nlohmann::json lat;
+  lat["p50"] = Quantile(latencies_ms, 0.50);
+  lat["p90"] = Quantile(latencies_ms, 0.90);
+  lat["p99"] = Quantile(latencies_ms, 0.99);
+  lat["p999"] = Quantile(latencies_ms, 0.999);
+  lat["max"] = latencies_ms.empty() ? 0 : latencies_ms.back();
+  lat["min"] = latencies_ms.empty() ? 0 : latencies_ms.front();
+  j["latency_ms"] = lat;
+  nlohmann::json cost;
+  cost["window_s"] = window_s;
+  cost["publisher_statements_per_s"] =
+      (after.publisher_statements - before.publisher_statements) / window_s;
+  cost["db_transactions_per_s"] =
+      (after.db_transactions - before.db_transactions) / window_s;
+  cost["outboxd_cpu_s"] = after.outboxd_cpu - before.outboxd_cpu;
+  cost["postgres_cpu_s"] = after.postgres_cpu - before.postgres_cpu;
+  cost["outboxd_peak_rss_mb"] = peak_rss / 1048576.0;
+  j["cost"] = cost;
+  j["outboxd_exit_code"] = code.ok() ? *code : -1;
+  std::cerr << j.dump() << "\n";
+  return RunResult{j, CdfPoints(latencies_ms)};
+}
+
+std::string Ms(double v) {
+  if (v >= 100) return absl::StrFormat("%.0f", v);
+  if (v >= 10) return absl::StrFormat("%.1f", v);
+  return absl::StrFormat("%.2f", v);
+}
+
+std::string MarkdownTable(const std::vector<RunResult>& runs) {
+  std::string md =
+      "| mode | offered/s | delivered/s | p50 ms | p90 ms | p99 ms | "
+      "p99.9 ms | max ms | publisher stmts/s | db xacts/s | outboxd CPU s | "
+      "PostgreSQL CPU s | kept up |\n"
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+  for (const RunResult& r : runs) {
+    const nlohmann::json& j = r.summary;
+    const nlohmann::json& l = j["latency_ms"];
+    const nlohmann::json& c = j["cost"];
+    absl::StrAppend(
+        &md, "| ", j["mode"].get<std::string>(), " | ",
+        j["offered_rate"].get<int>(), " | ",
+        absl::StrFormat("%.0f", j["delivered_per_s"].get<double>()), " | ",
+        Ms(l["p50"]), " | ", Ms(l["p90"]), " | ", Ms(l["p99"]), " | ",
+        Ms(l["p999"]), " | ", Ms(l["max"]), " | ",
+        absl::StrFormat("%.1f", c["publisher_statements_per_s"].get<double>()),
+        " | ",
+        absl::StrFormat("%.0f", c["db_transactions_per_s"].get<double>()),
+        " | ", absl::StrFormat("%.2f", c["outboxd_cpu_s"].get<double>()),
+        " | ", absl::StrFormat("%.2f", c["postgres_cpu_s"].get<double>()),
+        " | ", j["kept_up"].get<bool>() ? "yes" : "**no**", " |\n");
+  }
+  return md;
+}
+
+std::string Csv(const std::vector<RunResult>& runs) {
+  std::string csv =
+      "mode,offered_rate,events,committed,delivered,committed_per_s,"
+      "delivered_per_s,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,"
+      "publisher_statements_per_s,db_transactions_per_s,outboxd_cpu_s,"
+      "postgres_cpu_s,window_s,outboxd_peak_rss_mb,kept_up\n";
+  for (const RunResult& r : runs) {
+    const nlohmann::json& j = r.summary;
+    const nlohmann::json& l = j["latency_ms"];
+    const nlohmann::json& c = j["cost"];
+    absl::StrAppend(
+        &csv,
+        absl::StrFormat(
+            "%s,%d,%d,%d,%d,%.1f,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.2f,%.1f,%.3f,"
+            "%.3f,%.2f,%.1f,%d\n",
+            j["mode"].get<std::string>(), j["offered_rate"].get<int>(),
+            j["events"].get<int64_t>(), j["committed"].get<int64_t>(),
+            j["delivered"].get<int64_t>(), j["committed_per_s"].get<double>(),
+            j["delivered_per_s"].get<double>(), l["p50"].get<double>(),
+            l["p90"].get<double>(), l["p99"].get<double>(),
+            l["p999"].get<double>(), l["max"].get<double>(),
+            c["publisher_statements_per_s"].get<double>(),
+            c["db_transactions_per_s"].get<double>(),
+            c["outboxd_cpu_s"].get<double>(), c["postgres_cpu_s"].get<double>(),
+            c["window_s"].get<double>(), c["outboxd_peak_rss_mb"].get<double>(),
+            j["kept_up"].get<bool>() ? 1 : 0));
+  }
+  return csv;
+}
+
+// One gnuplot data block per run (index i), and a script with one panel per
+// rate, one CDF line per mode, log latency axis.
+absl::Status WriteCdf(const std::string& out,
+                      const std::vector<RunResult>& runs,
+                      const std::vector<int>& rates) {
+  std::string dat;
+  std::map<int, std::vector<std::pair<int, std::string>>> blocks;  // rate
+  int index = 0;
+  for (const RunResult& r : runs) {
+    if (r.cdf.empty()) continue;
+    absl::StrAppend(&dat, "# ", r.summary["mode"].get<std::string>(), " ",
+                    r.summary["offered_rate"].get<int>(),
+                    "/s\n# latency_ms fraction\n");
+    for (const auto& [ms, q] : r.cdf) {
+      absl::StrAppend(&dat, absl::StrFormat("%.4f %.6f\n", std::max(ms, 0.01), q));
+    }
+    absl::StrAppend(&dat, "\n\n");
+    blocks[r.summary["offered_rate"].get<int>()].emplace_back(
+        index++, r.summary["mode"].get<std::string>());
+  }
+  absl::Status s = WriteFile(out + "/latency_cdf.dat", dat);
+  if (!s.ok()) return s;
+  int panels = 0;
+  for (int rate : rates) panels += blocks.count(rate) ? 1 : 0;
+  std::string gp = absl::StrCat(
+      "# Generated by latency_bench: gnuplot latency_cdf.gp (in this "
+      "directory)\n"
+      "set terminal pngcairo size ",
+      std::max(1, panels) * 560,
+      ",480 font 'sans,10'\n"
+      "set output 'latency_cdf.png'\n"
+      "set multiplot layout 1,",
+      std::max(1, panels),
+      " title 'outboxd: commit-to-consumer latency CDF per publisher mode'\n"
+      "set logscale x\nset grid\nset key bottom right\n"
+      "set xlabel 'latency (ms, log)'\nset ylabel 'fraction of events'\n"
+      "set yrange [0:1]\nset xrange [0.1:5000]\n");
+  for (int rate : rates) {
+    auto it = blocks.find(rate);
+    if (it == blocks.end()) continue;
+    absl::StrAppend(&gp, "set title '", rate, " events/s'\nplot ");
+    bool first = true;
+    for (const auto& [i, mode] : it->second) {
+      absl::StrAppend(&gp, first ? "" : ", \\\n     ", "'latency_cdf.dat' index ",
+                      i, " using 1:2 with lines lw 2 title '", mode, "'");
+      first = false;
+    }
+    absl::StrAppend(&gp, "\n");
+  }
+  absl::StrAppend(&gp, "unset multiplot\n");
+  return WriteFile(out + "/latency_cdf.gp", gp);
+}
+
+int Main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  std::vector<Mode> modes;
+  for (const std::string& m : absl::GetFlag(FLAGS_modes)) {
+    auto mode = ParseMode(m);
+    if (!mode.ok()) {
+      std::cerr << mode.status() << "\n";
+      return 2;
+    }
+    modes.push_back(*mode);
+  }
+  std::vector<int> rates;
+  for (const std::string& r : absl::GetFlag(FLAGS_rates)) {
+    int v = 0;
+    if (!absl::SimpleAtoi(r, &v) || v <= 0) {
+      std::cerr << "bad rate " << r << "\n";
+      return 2;
+    }
+    rates.push_back(v);
+  }
+  const std::string out = absl::GetFlag(FLAGS_out);
+  nlohmann::json machine_before = MachineInfo();
+
+  BenchEnvOptions env_options;
+  env_options.outboxd_binary = absl::GetFlag(FLAGS_outboxd);
+  env_options.work_dir = absl::GetFlag(FLAGS_work_dir);
+  auto env = BenchEnv::Start(env_options);
+  if (!env.ok()) {
+    std::cerr << "setup: " << env.status() << "\n";
+    return 1;
+  }
+  std::vector<RunResult> runs;
+  nlohmann::json failures = nlohmann::json::array();
+  int run_index = 0;
+  for (int rate : rates) {
+    for (const Mode& mode : modes) {
+      auto r = RunOne(**env, mode, rate, absl::GetFlag(FLAGS_duration),
+                      run_index++);
+      if (!r.ok()) {
+        std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
+        failures.push_back({{"mode", mode.name},
+                            {"rate", rate},
+                            {"error", std::string(r.status().message())}});
+        continue;
+      }
+      runs.push_back(*std::move(r));
+    }
+  }
+
+  nlohmann::json doc;
+  doc["benchmark"] = "latency";
+  doc["machine"] = machine_before;
+  doc["load_average_after"] = LoadAverage1();
+  doc["setup"] = {
+      {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
+      {"broker", "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 "
+                 "partitions"},
+      {"consumer", absl::StrCat("librdkafka, assign, fetch.wait.max.ms=",
+                                absl::GetFlag(FLAGS_fetch_wait_ms))},
+      {"load", "one INSERT per transaction, open-loop fixed-rate schedule"},
+  };
+  doc["runs"] = nlohmann::json::array();
+  for (const RunResult& r : runs) doc["runs"].push_back(r.summary);
+  doc["failures"] = failures;
+  absl::Status s = WriteFile(out + "/latency.json", doc.dump(2) + "\n");
+  if (s.ok()) s = WriteFile(out + "/latency.csv", Csv(runs));
+  if (s.ok()) s = WriteFile(out + "/latency.md", MarkdownTable(runs));
+  if (s.ok()) s = WriteCdf(out, runs, rates);
+  if (!s.ok()) {
+    std::cerr << s << "\n";
+    return 1;
+  }
+  std::cout << MarkdownTable(runs);
+  return failures.empty() ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace outboxd::bench
+
+int main(int argc, char** argv) { return outboxd::bench::Main(argc, argv); }
