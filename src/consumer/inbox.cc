@@ -45,11 +45,6 @@ constexpr std::pair<const char*, const char*> kConsumerDefaults[] = {
     {"enable.partition.eof", "false"},
 };
 
-int ToTimeoutMs(absl::Duration d) {
-  int64_t ms = absl::ToInt64Milliseconds(d);
-  return static_cast<int>(std::clamp<int64_t>(ms, 0, 1 << 30));
-}
-
 struct TopicPartition {
   std::string topic;
   int32_t partition;

@@ -1,2 +1,638 @@
-// Integration tests of the inbox (idempotent consumer) and the orderings.
+// Integration tests of the receiving side (issue: the idempotent consumer and
+// the three orderings). Real PostgreSQL 15 (one throwaway cluster: an
+// "orders" database with the outbox, a "shipping" database per test that
+// the inbox writes to), the dev broker, outboxd and outbox-inbox as child
+// processes.
+#include <libpq-fe.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/harness/child_process.h"
+#include "tests/harness/dev_broker.h"
+#include "tests/harness/kafka_reader.h"
+#include "tests/harness/pg_cluster.h"
+
+namespace outboxd::testing {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+using Row = std::vector<std::optional<std::string>>;
+std::vector<Row> QueryRows(const std::string& conninfo,
+                           const std::string& sql) {
+  std::vector<Row> rows;
+  PGconn* conn = PQconnectdb(conninfo.c_str());
+  EXPECT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
+  PGresult* res = PQexec(conn, sql.c_str());
+  EXPECT_EQ(PQresultStatus(res), PGRES_TUPLES_OK) << PQerrorMessage(conn);
+  for (int r = 0; r < PQntuples(res); ++r) {
+    Row row;
+    for (int c = 0; c < PQnfields(res); ++c) {
+      if (PQgetisnull(res, r, c)) {
+        row.emplace_back();
+      } else {
+        row.emplace_back(std::string(PQgetvalue(res, r, c)));
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+  PQclear(res);
+  PQfinish(conn);
+  return rows;
+}
+
+// Parses the two header values of the position.
+std::pair<uint64_t, uint32_t> Position(const ConsumedRecord& r) {
+  uint64_t lsn = 0;
+  uint32_t index = 0;
+  auto l = r.Header("outbox.lsn");
+  auto i = r.Header("outbox.index");
+  EXPECT_TRUE(l && absl::SimpleAtoi(*l, &lsn));
+  EXPECT_TRUE(i && absl::SimpleAtoi(*i, &index));
+  return {lsn, index};
+}
+
+// Kafka properties that make a restarted consumer rejoin its group quickly
+// (a SIGKILLed member is dropped after the session timeout).
+const std::vector<std::string> kFastGroup = {
+    "--kafka-property=session.timeout.ms=3000",
+    "--kafka-property=heartbeat.interval.ms=300",
+    "--kafka-property=max.poll.interval.ms=10000",
+};
+
+class InboxTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto cluster = PgCluster::Start();
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = cluster->release();
+    auto broker = DevBroker::Start(3, 4);
+    ASSERT_TRUE(broker.ok()) << broker.status();
+    broker_ = broker->release();
+  }
+  static void TearDownTestSuite() {
+    delete broker_;
+    delete cluster_;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(cluster_, nullptr);
+    ASSERT_NE(broker_, nullptr);
+    ++counter_;
+    orders_db_ = absl::StrCat("orders", counter_);
+    shipping_db_ = absl::StrCat("shipping", counter_);
+    prefix_ = absl::StrCat("i", counter_, ".");
+    slot_ = absl::StrCat("islot", counter_);
+    group_ = absl::StrCat("shipping", counter_);
+    ASSERT_TRUE(cluster_->CreateDatabase(orders_db_).ok());
+    ASSERT_TRUE(cluster_->CreateDatabase(shipping_db_).ok());
+    std::string install =
+        ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
+    ASSERT_FALSE(install.empty());
+    ASSERT_TRUE(cluster_->Exec(orders_db_, install).ok());
+    ASSERT_TRUE(cluster_->Exec(orders_db_,
+                               "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS "
+                               "depends_on uuid[]")
+                    .ok());
+    // The receiving side: `seq` records the order of application.
+    ASSERT_TRUE(Shipping("CREATE TABLE applied (seq bigserial PRIMARY KEY, "
+                         "event_id text NOT NULL, aggregate text, "
+                         "n integer CHECK (n >= 0))")
+                    .ok());
+  }
+
+  void TearDown() override {
+    for (auto* list : {&inboxes_, &outboxd_}) {
+      for (auto& p : *list) {
+        if (p->Running()) {
+          p->Signal(SIGTERM);
+          p->Wait(absl::Seconds(15));
+        }
+      }
+      list->clear();
+    }
+    cluster_
+        ->Exec(orders_db_,
+               absl::StrCat("SELECT pg_drop_replication_slot(slot_name) FROM "
+                            "pg_replication_slots WHERE database = '",
+                            orders_db_, "' AND NOT active"))
+        .IgnoreError();
+  }
+
+  absl::Status Orders(const std::string& sql) {
+    return cluster_->Exec(orders_db_, sql);
+  }
+  absl::Status Shipping(const std::string& sql) {
+    return cluster_->Exec(shipping_db_, sql);
+  }
+  int64_t ShippingCount(const std::string& sql) {
+    auto v = cluster_->Query(shipping_db_, sql);
+    EXPECT_TRUE(v.ok()) << v.status();
+    int64_t n = -1;
+    if (v.ok()) {
+      EXPECT_TRUE(absl::SimpleAtoi(*v, &n)) << *v;
+    }
+    return n;
+  }
+  // Waits until `sql` (a count on the shipping database) reaches `expected`.
+  int64_t WaitForCount(const std::string& sql, int64_t expected,
+                       absl::Duration timeout) {
+    absl::Time deadline = absl::Now() + timeout;
+    int64_t n = -1;
+    while (absl::Now() < deadline) {
+      n = ShippingCount(sql);
+      if (n >= expected) return n;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return n;
+  }
+
+  std::string LogPath(const std::string& what, int n) const {
+    return absl::StrCat(::testing::TempDir(), "/", orders_db_, "-", what, "-",
+                        n, ".log");
+  }
+
+  // Starts a child and waits until its log contains `ready`.
+  ChildProcess* StartChild(std::vector<std::unique_ptr<ChildProcess>>* list,
+                           const std::string& what,
+                           std::vector<std::string> argv,
+                           const std::string& ready) {
+    int n = static_cast<int>(list->size());
+    ChildOptions o;
+    o.argv = std::move(argv);
+    o.capture_stdout = false;
+    o.stderr_file = LogPath(what, n);
+    std::remove(o.stderr_file.c_str());
+    auto child = ChildProcess::Start(o);
+    EXPECT_TRUE(child.ok()) << child.status();
+    if (!child.ok()) return nullptr;
+    list->push_back(*std::move(child));
+    ChildProcess* p = list->back().get();
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (!ready.empty() &&
+           ReadFile(o.stderr_file).find(ready) == std::string::npos) {
+      if (!p->Running() || absl::Now() > deadline) {
+        ADD_FAILURE() << what << " not ready:\n" << ReadFile(o.stderr_file);
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return p;
+  }
+
+  ChildProcess* StartOutboxd(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {
+        OUTBOXD_BINARY, "--pg=" + cluster_->ConnInfo(orders_db_),
+        "--brokers=" + broker_->bootstrap(), "--topic-prefix=" + prefix_,
+        "--slot=" + slot_, "--status-interval=200ms", "--metrics-address="};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return StartChild(&outboxd_, "outboxd", argv, "streaming from slot");
+  }
+
+  // The shipping service: applies each event to `applied`.
+  ChildProcess* StartInbox(const std::vector<std::string>& topics,
+                           std::vector<std::string> extra = {},
+                           const std::string& ready = "assigned") {
+    std::vector<std::string> argv = {
+        OUTBOX_INBOX_BINARY,
+        "--pg=" + cluster_->ConnInfo(shipping_db_),
+        "--brokers=" + broker_->bootstrap(),
+        "--group=" + group_,
+        "--topics=" + absl::StrJoin(topics, ","),
+        "--handler-sql=INSERT INTO applied (event_id, aggregate, n) VALUES "
+        "($7, $1, ($2::jsonb->>'n')::integer)",
+        "--dlq-topic=" + prefix_ + "dlq"};
+    argv.insert(argv.end(), kFastGroup.begin(), kFastGroup.end());
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return StartChild(&inboxes_, "inbox", argv, ready);
+  }
+
+  std::vector<ConsumedRecord> Read(const std::string& topic, size_t n,
+                                   absl::Duration timeout = absl::Seconds(60)) {
+    auto records = ReadTopic(broker_->bootstrap(), topic, n, timeout);
+    EXPECT_TRUE(records.ok()) << records.status();
+    return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
+  }
+
+  std::string InboxLogs() const {
+    std::string all;
+    for (size_t i = 0; i < inboxes_.size(); ++i) {
+      all += ReadFile(LogPath("inbox", static_cast<int>(i)));
+    }
+    return all;
+  }
+
+  static PgCluster* cluster_;
+  static DevBroker* broker_;
+  static int counter_;
+  std::string orders_db_, shipping_db_, prefix_, slot_, group_;
+  std::vector<std::unique_ptr<ChildProcess>> outboxd_;
+  std::vector<std::unique_ptr<ChildProcess>> inboxes_;
+};
+
+PgCluster* InboxTest::cluster_ = nullptr;
+DevBroker* InboxTest::broker_ = nullptr;
+int InboxTest::counter_ = 0;
+
+// The same event published twice (two records with one id) is applied once;
+// the duplicate is skipped and counted.
+TEST_F(InboxTest, SameEventPublishedTwiceIsAppliedOnce) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 4).ok());
+  StartOutboxd();
+  StartInbox({topic});
+  const std::string twice = "6a4c1c1e-0d7b-4c2e-9d0a-3c1f6b2a9e01";
+  std::string message = absl::StrCat(
+      R"({"id": ")", twice,
+      R"(", "aggregatetype": "order", "aggregateid": "o-1", "type": "OrderPlaced", "payload": {"n": 1}})");
+  // A logical decoding message and then the very same one again: two
+  // records, one event id (what a publisher restart produces).
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(Orders(absl::StrCat("SELECT pg_logical_emit_message(true, "
+                                    "'outbox', '",
+                                    message, "')"))
+                    .ok());
+  }
+  ASSERT_TRUE(Orders("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                     "payload) VALUES ('order', 'o-1', 'OrderPaid', "
+                     "'{\"n\": 2}')")
+                  .ok());
+  ASSERT_EQ(Read(topic, 3).size(), 3u);
+  EXPECT_EQ(WaitForCount("SELECT count(*) FROM applied", 2, absl::Seconds(60)),
+            2);
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied"), 2);
+  EXPECT_EQ(ShippingCount(absl::StrCat(
+                "SELECT count(*) FROM applied WHERE event_id = '", twice, "'")),
+            1);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM inbox_processed"), 2);
+  // Every record carries its source; the inbox keeps its newest position.
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM inbox_sources WHERE source "
+                          "LIKE '%/" +
+                          orders_db_ + "/" + slot_ + "'"),
+            1);
+  EXPECT_NE(InboxLogs().find("duplicate event " + twice), std::string::npos)
+      << InboxLogs();
+}
+
+// 20,000 events while the consumer is killed with SIGKILL at random moments
+// (and the publisher once, which republishes what it had not confirmed):
+// every event is applied exactly once.
+TEST_F(InboxTest, SigkillAtRandomMomentsAppliesEachEventExactlyOnce) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 4).ok());
+  StartOutboxd();
+  const int kBatches = 40;
+  const int kBatch = 500;
+  const int kEvents = kBatches * kBatch;
+  std::atomic<bool> writer_failed{false};
+  std::thread writer([&] {
+    for (int b = 0; b < kBatches; ++b) {
+      absl::Status s = Orders(absl::StrCat(
+          "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) "
+          "SELECT 'order', 'o-' || (g % 97), 'OrderPlaced', "
+          "jsonb_build_object('n', g) FROM generate_series(",
+          b * kBatch, ", ", (b + 1) * kBatch - 1, ") g"));
+      if (!s.ok()) writer_failed = true;
+      absl::SleepFor(absl::Milliseconds(150));
+    }
+  });
+  std::mt19937 rng(7);
+  absl::Time start = absl::Now();
+  int kills = 0;
+  for (int round = 0; round < 6; ++round) {
+    ChildProcess* inbox = StartInbox({topic});
+    ASSERT_NE(inbox, nullptr);
+    absl::SleepFor(absl::Milliseconds(
+        std::uniform_int_distribution<int>(300, 2500)(rng)));
+    inbox->Signal(SIGKILL);
+    inbox->Wait(absl::Seconds(5));
+    ++kills;
+    if (round == 2) {
+      // The publisher too: it resends from its confirmed position, so the
+      // inbox sees some events twice, at new offsets.
+      outboxd_.back()->Signal(SIGKILL);
+      outboxd_.back()->Wait(absl::Seconds(5));
+      StartOutboxd();
+    }
+  }
+  writer.join();
+  ASSERT_FALSE(writer_failed);
+  StartInbox({topic});
+  int64_t applied = WaitForCount("SELECT count(*) FROM applied", kEvents,
+                                 absl::Seconds(150));
+  double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  absl::SleepFor(absl::Seconds(2));  // anything extra would show now
+  EXPECT_EQ(applied, kEvents);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied"), kEvents);
+  EXPECT_EQ(ShippingCount("SELECT count(DISTINCT event_id) FROM applied"),
+            kEvents);
+  EXPECT_EQ(ShippingCount("SELECT count(DISTINCT n) FROM applied"), kEvents);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM inbox_processed"), kEvents);
+  std::printf("[ measure ] %d events applied exactly once across %d consumer "
+              "kills and 1 publisher kill in %.1f s\n",
+              kEvents, kills, seconds);
+}
+
+// A handler that keeps failing: after --max-attempts the record is in the
+// dead-letter topic and the consumer goes on; with --on-failure=stop it
+// exits 1 instead, without committing the record.
+TEST_F(InboxTest, FailingHandlerEndsInDeadLetterTopic) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 4).ok());
+  StartOutboxd();
+  // n = -1 breaks the CHECK (n >= 0) of the receiving table.
+  ASSERT_TRUE(Orders("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                     "payload) VALUES "
+                     "('order', 'o-1', 'A', '{\"n\": 1}'), "
+                     "('order', 'o-1', 'B', '{\"n\": -1}'), "
+                     "('order', 'o-1', 'C', '{\"n\": 3}')")
+                  .ok());
+  std::string bad_id = QueryRows(cluster_->ConnInfo(orders_db_),
+                                 "SELECT id::text FROM outbox WHERE type = "
+                                 "'B'")[0][0]
+                           .value_or("");
+  StartInbox({topic}, {"--max-attempts=3", "--retry-backoff=20ms"});
+  EXPECT_EQ(WaitForCount("SELECT count(*) FROM applied", 2, absl::Seconds(60)),
+            2);
+  auto dlq = Read(prefix_ + "dlq", 1);
+  ASSERT_EQ(dlq.size(), 1u);
+  EXPECT_EQ(dlq[0].Header("id"), bad_id);
+  EXPECT_EQ(dlq[0].Header("inbox.attempts"), "3");
+  EXPECT_NE(dlq[0].Header("inbox.error").value_or("").find("check"),
+            std::string::npos);
+  EXPECT_EQ(dlq[0].value, R"({"n": -1})");
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM inbox_processed WHERE status "
+                          "= 'dead-lettered'"),
+            1);
+  // C (after B in the same partition) was applied after B was given up.
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied WHERE n = 3"), 1);
+
+  // Stop mode: a fresh group stops at B with exit code 1.
+  group_ += "-stop";
+  ChildProcess* stopper = StartInbox(
+      {topic},
+      {"--max-attempts=2", "--retry-backoff=20ms", "--on-failure=stop",
+       "--processed-table=stop_processed", "--offsets-table=stop_offsets",
+       "--sources-table=stop_sources"});
+  ASSERT_NE(stopper, nullptr);
+  EXPECT_EQ(stopper->Wait(absl::Seconds(60)), 1);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM stop_processed"), 1);  // A
+  EXPECT_EQ(ShippingCount("SELECT min(next_offset) FROM stop_offsets"),
+            ShippingCount("SELECT min(kafka_offset) + 1 FROM stop_processed"));
+}
+
+// Per-aggregate order (the default): concurrent writers, 8 partitions, two
+// consumers of one group; each aggregate's events are applied in commit
+// order.
+TEST_F(InboxTest, PerAggregateOrderAcrossPartitionsAndConcurrentWriters) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 8).ok());
+  ASSERT_TRUE(Orders("CREATE TABLE counters (agg text PRIMARY KEY, n integer "
+                     "NOT NULL); INSERT INTO counters SELECT 'o-' || g, 0 "
+                     "FROM generate_series(0, 15) g")
+                  .ok());
+  StartOutboxd();
+  StartInbox({topic});
+  StartInbox({topic});
+  const int kWriters = 4;
+  const int kTransactions = 100;
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      std::mt19937 rng(w);
+      PGconn* conn = PQconnectdb(cluster_->ConnInfo(orders_db_).c_str());
+      for (int t = 0; t < kTransactions; ++t) {
+        // The row lock on the counter orders the aggregate's transactions:
+        // commit order == n order.
+        std::string agg = absl::StrCat(
+            "o-", std::uniform_int_distribution<int>(0, 15)(rng));
+        std::string sql = absl::StrCat(
+            "BEGIN; WITH c AS (UPDATE counters SET n = n + 1 WHERE agg = '",
+            agg,
+            "' RETURNING n) INSERT INTO outbox (aggregatetype, aggregateid, "
+            "type, payload) SELECT 'order', '",
+            agg, "', 'Step', jsonb_build_object('n', n) FROM c; COMMIT;");
+        PGresult* r = PQexec(conn, sql.c_str());
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) ++failures;
+        PQclear(r);
+      }
+      PQfinish(conn);
+    });
+  }
+  for (auto& t : writers) t.join();
+  ASSERT_EQ(failures.load(), 0);
+  const int kEvents = kWriters * kTransactions;
+  ASSERT_EQ(WaitForCount("SELECT count(*) FROM applied", kEvents,
+                         absl::Seconds(90)),
+            kEvents);
+  std::map<std::string, int> last;
+  int violations = 0;
+  for (const Row& r : QueryRows(cluster_->ConnInfo(shipping_db_),
+                                "SELECT aggregate, n FROM applied ORDER BY "
+                                "seq")) {
+    int n = std::stoi(*r[1]);
+    if (n != last[*r[0]] + 1) ++violations;
+    last[*r[0]] = n;
+  }
+  EXPECT_EQ(violations, 0);
+  // The records really are spread over the partitions.
+  std::set<int32_t> partitions;
+  for (const auto& rec : Read(topic, kEvents)) partitions.insert(rec.partition);
+  EXPECT_GE(partitions.size(), 4u);
+  // Both consumers got partitions.
+  EXPECT_EQ(ShippingCount("SELECT count(DISTINCT kafka_partition) FROM "
+                          "inbox_offsets"),
+            static_cast<int64_t>(partitions.size()));
+}
+
+// --ordering=global: one partition, (outbox.lsn, outbox.index) strictly
+// increasing over events of many concurrent transactions. Also measures what
+// it costs the publisher against per-aggregate routing on the same events.
+TEST_F(InboxTest, GlobalOrderingIsOneStrictlyIncreasingStream) {
+  const std::string global_topic = prefix_ + "all";
+  ASSERT_TRUE(broker_->CreateTopic(global_topic, 4).ok());
+  ASSERT_TRUE(broker_->CreateTopic(prefix_ + "order", 4).ok());
+  // Two slots see the same WAL: one per mode.
+  const std::string slot_global = slot_ + "_global";
+  const std::string slot_aggregate = slot_ + "_aggregate";
+  for (const auto& s : {slot_global, slot_aggregate}) {
+    ASSERT_TRUE(Orders(absl::StrCat("SELECT pg_create_logical_replication_"
+                                    "slot('",
+                                    s, "', 'pgoutput')"))
+                    .ok());
+  }
+  const int kWriters = 4;
+  const int kTransactions = 250;
+  const int kPerTx = 5;
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      PGconn* conn = PQconnectdb(cluster_->ConnInfo(orders_db_).c_str());
+      for (int t = 0; t < kTransactions; ++t) {
+        std::string sql = absl::StrCat(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) "
+            "SELECT 'order', 'w", w, "-' || g, 'E', jsonb_build_object('n', ",
+            t, ") FROM generate_series(1, ", kPerTx, ") g");
+        PQclear(PQexec(conn, sql.c_str()));
+      }
+      PQfinish(conn);
+    });
+  }
+  for (auto& t : writers) t.join();
+  const int kEvents = kWriters * kTransactions * kPerTx;
+  std::string end_lsn =
+      cluster_->Query(orders_db_, "SELECT pg_current_wal_lsn()::text")
+          .value_or("");
+
+  // Publish the same events both ways; time until the slot is confirmed
+  // past the last write.
+  auto publish = [&](const std::string& slot,
+                     std::vector<std::string> extra) -> double {
+    slot_ = slot;
+    absl::Time start = absl::Now();
+    ChildProcess* p = StartOutboxd(std::move(extra));
+    absl::Time deadline = absl::Now() + absl::Seconds(90);
+    while (absl::Now() < deadline) {
+      auto done = cluster_->Query(
+          orders_db_,
+          absl::StrCat("SELECT confirmed_flush_lsn >= '", end_lsn,
+                       "'::pg_lsn FROM pg_replication_slots WHERE "
+                       "slot_name = '",
+                       slot, "'"));
+      if (done.ok() && *done == "t") break;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    p->Signal(SIGTERM);
+    p->Wait(absl::Seconds(15));
+    return seconds;
+  };
+  double aggregate_s = publish(slot_aggregate, {});
+  double global_s = publish(slot_global, {"--ordering=global",
+                                          "--topic=" + global_topic});
+  std::printf("[ measure ] %d events (startup included): per-aggregate %.2f s "
+              "(%.0f/s), global %.2f s (%.0f/s)\n",
+              kEvents, aggregate_s, kEvents / aggregate_s, global_s,
+              kEvents / global_s);
+
+  auto records = Read(global_topic, kEvents);
+  ASSERT_EQ(records.size(), static_cast<size_t>(kEvents));
+  std::pair<uint64_t, uint32_t> prev{0, 0};
+  std::set<uint64_t> transactions;
+  int violations = 0;
+  for (size_t i = 0; i < records.size(); ++i) {
+    EXPECT_EQ(records[i].partition, 0);
+    auto pos = Position(records[i]);
+    if (i > 0 && !(prev < pos)) ++violations;
+    prev = pos;
+    transactions.insert(pos.first);
+  }
+  EXPECT_EQ(violations, 0);
+  EXPECT_EQ(transactions.size(),
+            static_cast<size_t>(kWriters * kTransactions));
+
+  // A consumer of the global topic applies them in that order too.
+  StartInbox({global_topic});
+  ASSERT_EQ(WaitForCount("SELECT count(*) FROM applied", kEvents,
+                         absl::Seconds(90)),
+            kEvents);
+  int64_t inversions = ShippingCount(
+      "SELECT count(*) FROM (SELECT p.lsn, p.event_index, lag(p.lsn) OVER w "
+      "AS plsn, lag(p.event_index) OVER w AS pidx FROM applied a JOIN "
+      "inbox_processed p USING (event_id) WINDOW w AS (ORDER BY a.seq)) x "
+      "WHERE (lsn, event_index) <= (plsn, pidx)");
+  EXPECT_EQ(inversions, 0);
+}
+
+// Causal order: B depends on A; B travels on another partition and arrives
+// first. The inbox defers B (and what follows B on its partition) until A
+// is applied. A dependency that never comes is dead-lettered after the wait.
+TEST_F(InboxTest, EventWaitsForDependencyFromAnotherPartition) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 4).ok());
+  StartOutboxd();
+  StartInbox({topic}, {"--dependency-wait=4s"});
+  const std::string a = "0a0a0a0a-0000-4000-8000-00000000000a";
+  const std::string b = "0b0b0b0b-0000-4000-8000-00000000000b";
+  const std::string never = "0e0e0e0e-0000-4000-8000-00000000000e";
+  // B first (aggregate k-b), with B2 behind it on the same aggregate.
+  ASSERT_TRUE(Orders(absl::StrCat(
+                         "INSERT INTO outbox (id, aggregatetype, aggregateid, "
+                         "type, payload, depends_on) VALUES ('",
+                         b,
+                         "', 'order', 'k-b', 'B', '{\"n\": 2}', ARRAY['", a,
+                         "']::uuid[]), (gen_random_uuid(), 'order', 'k-b', "
+                         "'B2', '{\"n\": 3}', NULL)"))
+                  .ok());
+  // Let B reach the inbox and wait there.
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (InboxLogs().find("event " + b + " ") == std::string::npos &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied"), 0);
+  ASSERT_TRUE(Orders(absl::StrCat("INSERT INTO outbox (id, aggregatetype, "
+                                  "aggregateid, type, payload) VALUES ('",
+                                  a, "', 'order', 'k-a', 'A', '{\"n\": 1}')"))
+                  .ok());
+  ASSERT_EQ(WaitForCount("SELECT count(*) FROM applied", 3, absl::Seconds(30)),
+            3);
+  std::vector<std::string> order;
+  for (const Row& r : QueryRows(cluster_->ConnInfo(shipping_db_),
+                                "SELECT n FROM applied ORDER BY seq")) {
+    order.push_back(*r[0]);
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"1", "2", "3"}));
+  auto records = Read(topic, 3);
+  ASSERT_EQ(records.size(), 3u);
+  std::map<std::string, int32_t> partition_of;
+  for (const auto& r : records) partition_of[r.key] = r.partition;
+  EXPECT_NE(partition_of["k-a"], partition_of["k-b"])
+      << "pick aggregate ids that land on different partitions";
+  for (const auto& r : records) {
+    if (r.Header("id") == b) {
+      EXPECT_EQ(r.Header("outbox.depends-on"), a);
+    }
+    EXPECT_TRUE(r.Header("outbox.source").has_value());
+  }
+
+  // A dependency that never arrives: dead-lettered after --dependency-wait.
+  ASSERT_TRUE(Orders(absl::StrCat(
+                         "INSERT INTO outbox (aggregatetype, aggregateid, "
+                         "type, payload, depends_on) VALUES ('order', 'k-c', "
+                         "'C', '{\"n\": 4}', ARRAY['",
+                         never, "']::uuid[])"))
+                  .ok());
+  auto dlq = Read(prefix_ + "dlq", 1, absl::Seconds(30));
+  ASSERT_EQ(dlq.size(), 1u);
+  EXPECT_NE(dlq[0].Header("inbox.error").value_or("").find(never),
+            std::string::npos);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied"), 3);
+}
+
+}  // namespace
+}  // namespace outboxd::testing
