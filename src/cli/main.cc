@@ -114,6 +114,22 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   CdcPipelineOptions o;
   o.conninfo = absl::GetFlag(FLAGS_pg);
   if (o.conninfo.empty()) {
+ABSL_FLAG(std::string, delivery, "at-least-once",
+          "at-least-once (a restart may resend what Kafka already has) or "
+          "exactly-once (before the first record to a partition after a "
+          "start, read that partition's last outbox.lsn/outbox.index and skip "
+          "resent events not past it; outboxd must be the only writer of its "
+          "topics, see README Reliability)");
+ABSL_FLAG(absl::Duration, reconnect_backoff_initial, absl::Milliseconds(100),
+          "first wait before reconnecting to PostgreSQL after the replication "
+          "connection is lost (or the slot is active in another outboxd); "
+          "doubles per attempt, jittered");
+ABSL_FLAG(absl::Duration, reconnect_backoff_max, absl::Seconds(5),
+          "cap of the reconnect backoff; also how often a standby outboxd "
+          "checks whether the slot became free");
+ABSL_FLAG(absl::Duration, reconnect_give_up, absl::ZeroDuration(),
+          "exit 1 after being unable to stream for this long (0: retry "
+          "forever)");
     return absl::InvalidArgumentError(
         "--pg is required (libpq conninfo or URI)");
   }
@@ -170,6 +186,29 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   o.setup.publication = absl::GetFlag(FLAGS_publication);
   if (o.setup.slot.empty() || o.setup.publication.empty()) {
     return absl::InvalidArgumentError(
+  o.reconnect.initial_backoff = absl::GetFlag(FLAGS_reconnect_backoff_initial);
+  o.reconnect.max_backoff = absl::GetFlag(FLAGS_reconnect_backoff_max);
+  o.reconnect.give_up_after = absl::GetFlag(FLAGS_reconnect_give_up);
+  if (o.reconnect.initial_backoff <= absl::ZeroDuration() ||
+      o.reconnect.max_backoff < o.reconnect.initial_backoff) {
+    return absl::InvalidArgumentError(
+        "--reconnect-backoff-initial must be positive and at most "
+        "--reconnect-backoff-max");
+  }
+  if (o.reconnect.give_up_after < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--reconnect-give-up must not be negative");
+  }
+  std::string delivery = absl::GetFlag(FLAGS_delivery);
+  if (delivery == "at-least-once") {
+    o.delivery = DeliveryGuarantee::kAtLeastOnce;
+  } else if (delivery == "exactly-once") {
+    o.delivery = DeliveryGuarantee::kExactlyOnce;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--delivery must be at-least-once or exactly-once, not '", delivery,
+        "'"));
+  }
         "--slot and --publication must not be empty");
   }
   for (char c : o.setup.slot) {

@@ -123,7 +123,7 @@ absl::StatusOr<std::unique_ptr<ReplicationStream>> ReplicationStream::Start(
     absl::Status status = StatusFromPgResult(
         absl::StrCat("cannot start replication from slot ", options.slot),
         result.get(), conn->raw());
-    spdlog::warn("{}", std::string(status.message()));
+    spdlog::debug("{}", std::string(status.message()));
     return status;
   }
   spdlog::info("streaming from replication slot {} (publication {}) at {}",

@@ -46,6 +46,16 @@ void AckTracker::CommitTransaction(Lsn end_lsn) {
   Advance();
 }
 
+void AckTracker::AbandonOpenTransaction() {
+  server_wal_end_ = Lsn();
+  if (!transaction_open_) return;
+  Transaction& tx = transactions_.back();
+  tx.committed = true;
+  tx.end_lsn = Lsn();  // Max(confirmable_, Lsn()) moves nothing
+  transaction_open_ = false;
+  Advance();
+}
+
 AckTracker::Transaction* AckTracker::FindTransaction(uint64_t sequence) {
   if (transactions_.empty() || sequence >= next_sequence_ ||
       sequence < transactions_.front().first_sequence) {

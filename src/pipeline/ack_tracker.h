@@ -34,6 +34,13 @@ class AckTracker {
   // The open transaction ends; `end_lsn` is its commit record's end LSN.
   void CommitTransaction(Lsn end_lsn);
 
+  // The replication connection was lost: the open transaction (Begin seen,
+  // Commit not) will be sent again by the server on the next connection.
+  // Its events already registered are still reported (and may be
+  // acknowledged), but it confirms nothing. The server's last walEnd is
+  // forgotten too: it may lie past that transaction.
+  void AbandonOpenTransaction();
+
   // Delivery reports, in any order.
   void Acknowledge(uint64_t sequence);
   void Fail(uint64_t sequence, absl::Status cause);

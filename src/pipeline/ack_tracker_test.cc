@@ -24,6 +24,38 @@ std::vector<uint64_t> AddCommitted(AckTracker& tracker, int events,
   return sequences;
 }
 
+TEST(AckTrackerTest, AbandonedTransactionConfirmsNothing) {
+  AckTracker tracker(Lsn(100));
+  auto first = AddCommitted(tracker, 1, 200);
+  tracker.BeginTransaction();
+  uint64_t half = tracker.AddEvent();
+  // A keepalive while the transaction streams: its walEnd lies past it.
+  tracker.ObserveServerWalEnd(Lsn(900));
+  tracker.AbandonOpenTransaction();  // the connection was lost
+  tracker.Acknowledge(first[0]);
+  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  tracker.Acknowledge(half);
+  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200))
+      << "neither the abandoned transaction nor the old walEnd confirms";
+  EXPECT_EQ(tracker.EventsInFlight(), 0u);
+  // The server resends it on the new connection.
+  auto again = AddCommitted(tracker, 2, 500);
+  tracker.Acknowledge(again[0]);
+  tracker.Acknowledge(again[1]);
+  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(500));
+  tracker.ObserveServerWalEnd(Lsn(600));
+  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(600));
+}
+
+TEST(AckTrackerTest, AbandonWithoutOpenTransactionOnlyForgetsWalEnd) {
+  AckTracker tracker(Lsn(100));
+  auto seq = AddCommitted(tracker, 1, 300);
+  tracker.ObserveServerWalEnd(Lsn(400));
+  tracker.AbandonOpenTransaction();
+  tracker.Acknowledge(seq[0]);
+  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(300));
+}
+
 TEST(AckTrackerTest, StartsAtStartPosition) {
   AckTracker tracker(Lsn(100));
   EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));

@@ -15,6 +15,7 @@
 #include "pg/pgoutput.h"
 #include "pg/replication_stream.h"
 #include "pipeline/ack_tracker.h"
+#include "pipeline/exactly_once_filter.h"
 
 namespace outboxd {
 namespace {
@@ -70,8 +71,14 @@ class CdcPipeline {
         router_(options.router) {}
 
   absl::Status Run(const std::atomic<bool>& stop) {
-    RETURN_IF_ERROR(Setup());
-    absl::Status s = Stream(stop);
+    absl::Status s = ConnectWithRetry(stop);
+    while (s.ok() && stream_ != nullptr) {
+      s = Stream(stop);  // OK only when stopped
+      if (s.ok() || !Reconnectable(s)) break;
+      spdlog::warn("{}; reconnecting", std::string(s.message()));
+      ResetSession();
+      s = ConnectWithRetry(stop);
+    }
     absl::Status end = Finish(s.ok());
     return s.ok() ? end : s;
   }
@@ -93,12 +100,34 @@ class CdcPipeline {
     spdlog::info("slot {} {}, confirmed position {}", options_.setup.slot,
                  slot.created ? "created" : "found",
                  slot.confirmed_flush.ToString());
-    tracker_ = AckTracker(slot.confirmed_flush);
+    if (producer_ == nullptr) tracker_ = AckTracker(slot.confirmed_flush);
     // outbox.source: fetched once; the stream's identity does not change.
     ASSIGN_OR_RETURN(router_.source, SourceIdentity(*conn, options_.setup.slot));
     spdlog::info("source {}", router_.source);
-    reported_ = slot.confirmed_flush;
+    if (producer_ == nullptr) reported_ = slot.confirmed_flush;
+    // The producer (and what it has in flight) outlives reconnections.
+    if (producer_ == nullptr) RETURN_IF_ERROR(CreateProducer());
+    ReplicationStreamOptions so;
+    so.conninfo = options_.conninfo;
+    so.slot = options_.setup.slot;
+    so.publication = options_.setup.publication;
+    // From what is acknowledged: the server skips transactions before it.
+    ASSIGN_OR_RETURN(stream_,
+                     ReplicationStream::Start(so, tracker_.ConfirmableLsn()));
+    spdlog::info("streaming from slot {} (publication {})", so.slot,
+                 so.publication);
+    if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
+    return absl::OkStatus();
+  }
 
+  absl::Status CreateProducer() {
+    if (options_.delivery == DeliveryGuarantee::kExactlyOnce) {
+      PartitionWatermarksOptions wo;
+      wo.brokers = options_.producer.brokers;
+      wo.properties = options_.producer.properties;
+      ASSIGN_OR_RETURN(watermarks_, PartitionWatermarks::Create(wo));
+      filter_ = std::make_unique<ExactlyOnceFilter>(watermarks_.get());
+    }
     ProducerOptions producer_options = options_.producer;
     if (metrics::OutboxdMetrics* m = options_.metrics) {
       producer_options.on_brokers_up = [m](int up) {
@@ -111,15 +140,87 @@ class CdcPipeline {
                               [this](uint64_t sequence, absl::Status status) {
                                 OnDelivery(sequence, std::move(status));
                               }));
-    ReplicationStreamOptions so;
-    so.conninfo = options_.conninfo;
-    so.slot = options_.setup.slot;
-    so.publication = options_.setup.publication;
-    ASSIGN_OR_RETURN(stream_, ReplicationStream::Start(so));
-    spdlog::info("streaming from slot {} (publication {})", so.slot,
-                 so.publication);
-    if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
     return absl::OkStatus();
+  }
+
+  // A lost connection, a restarting server or a slot active in another
+  // process; not a broken producer or a failed delivery.
+  bool Reconnectable(const absl::Status& s) const {
+    return absl::IsUnavailable(s) && tracker_.failure().ok() &&
+           (producer_ == nullptr || producer_->fatal_error().ok());
+  }
+
+  // Setup() until it succeeds, with capped jittered backoff while the cause
+  // is kUnavailable. OK with stream_ == nullptr when stopped meanwhile.
+  absl::Status ConnectWithRetry(const std::atomic<bool>& stop) {
+    ReconnectBackoff backoff(options_.reconnect);
+    const absl::Time since = absl::Now();
+    std::string last_cause;
+    for (int attempt = 1;; ++attempt) {
+      absl::Status s = Setup();
+      if (s.ok()) {
+        if (attempt > 1) {
+          spdlog::info("connected after {} attempts in {}", attempt,
+                       absl::FormatDuration(absl::Now() - since));
+        }
+        return s;
+      }
+      stream_.reset();
+      if (!Reconnectable(s)) return s;
+      const absl::Duration give_up = options_.reconnect.give_up_after;
+      if (give_up > absl::ZeroDuration() && absl::Now() - since > give_up) {
+        return absl::UnavailableError(
+            absl::StrCat(s.message(), " (gave up after ",
+                         absl::FormatDuration(give_up), ")"));
+      }
+      // One line per distinct cause, not one per attempt: a standby waits
+      // quietly while the slot is active elsewhere.
+      std::string cause(s.message());
+      if (cause.find("is active for PID") != std::string::npos) {
+        cause = "replication slot is active in another process";
+      }
+      absl::Duration delay = backoff.Next();
+      if (cause != last_cause) {
+        spdlog::info("cannot stream yet: {}; retrying with backoff up to {}",
+                     std::string(s.message()),
+                     absl::FormatDuration(options_.reconnect.max_backoff));
+        last_cause = cause;
+      } else {
+        spdlog::debug("attempt {}: {}; next in {}", attempt,
+                      std::string(s.message()),
+                      absl::FormatDuration(delay));
+      }
+      const absl::Time until = absl::Now() + delay;
+      while (absl::Now() < until) {
+        if (stop.load(std::memory_order_relaxed)) return absl::OkStatus();
+        // Deliveries go on meanwhile; failures stop the wait.
+        if (producer_ != nullptr) {
+          producer_->Poll(std::min(until - absl::Now(),
+                                   absl::Milliseconds(50)));
+          RETURN_IF_ERROR(producer_->fatal_error());
+          RETURN_IF_ERROR(tracker_.failure());
+        } else {
+          absl::SleepFor(std::min(until - absl::Now(),
+                                  absl::Milliseconds(50)));
+        }
+      }
+    }
+  }
+
+  // The replication connection is gone. The server resends, from the
+  // confirmed position, every transaction whose Commit we did not see:
+  // what was received of one is dropped (duplicates at worst, never a loss).
+  void ResetSession() {
+    if (options_.metrics != nullptr) options_.metrics->streaming->Set(0);
+    stream_.reset();
+    if (pending_.has_value()) {
+      // Never produced; it belongs to the open transaction, resent later.
+      published_.erase(pending_->sequence);
+      tracker_.Acknowledge(pending_->sequence);
+      pending_.reset();
+    }
+    tracker_.AbandonOpenTransaction();
+    mapper_ = OutboxMapper(options_.mapper);  // Relation messages come again
   }
 
   void OnDelivery(uint64_t sequence, absl::Status status) {
@@ -253,9 +354,16 @@ class CdcPipeline {
   absl::Status TryProducePending() {
     absl::Status s;
     if (auto* event = std::get_if<OutboxEvent>(&pending_->item)) {
-      s = producer_->Produce(Route(*event, router_),
-                             pending_->sequence);
+      KafkaRecord record = Route(*event, router_);
+      ASSIGN_OR_RETURN(Admission admission,
+                       AdmitExactlyOnce(&record, event->position));
+      if (admission == Admission::kRetryLater) return absl::OkStatus();
+      if (admission == Admission::kAlreadyInKafka) return SkipPending();
+      s = producer_->Produce(record, pending_->sequence);
       if (s.ok()) {
+        if (filter_) {
+          filter_->Produced(record.topic, record.partition, event->position);
+        }
         ++stats_->events_produced;
       } else if (!absl::IsResourceExhausted(s)) {
         // Not retriable as it is: dead-letter it (or fail, by policy).
@@ -272,9 +380,16 @@ class CdcPipeline {
       }
     } else {
       const auto& bad = std::get<InvalidEvent>(pending_->item);
-      s = producer_->Produce(DeadLetterRecord(bad, options_.dlq_topic),
-                             pending_->sequence);
+      KafkaRecord record = DeadLetterRecord(bad, options_.dlq_topic);
+      ASSIGN_OR_RETURN(Admission admission,
+                       AdmitExactlyOnce(&record, bad.position));
+      if (admission == Admission::kRetryLater) return absl::OkStatus();
+      if (admission == Admission::kAlreadyInKafka) return SkipPending();
+      s = producer_->Produce(record, pending_->sequence);
       if (s.ok()) {
+        if (filter_) {
+          filter_->Produced(record.topic, record.partition, bad.position);
+        }
         ++stats_->events_dead_lettered;
         if (options_.metrics != nullptr) {
           options_.metrics->dead_lettered->Increment();
@@ -286,6 +401,37 @@ class CdcPipeline {
       }
     }
     if (s.ok()) pending_.reset();
+    return absl::OkStatus();
+  }
+
+  enum class Admission { kProduce, kAlreadyInKafka, kRetryLater };
+
+  // --delivery=exactly-once: sets the record's partition and tells whether
+  // the partition already holds this position. At least once: kProduce.
+  absl::StatusOr<Admission> AdmitExactlyOnce(KafkaRecord* record,
+                                             const EventPosition& position) {
+    if (filter_ == nullptr) return Admission::kProduce;
+    absl::StatusOr<ExactlyOnceFilter::Decision> d = filter_->Admit(
+        record->topic, record->key, position, record->partition);
+    if (!d.ok()) {
+      if (!absl::IsUnavailable(d.status()) &&
+          !absl::IsDeadlineExceeded(d.status())) {
+        return d.status();
+      }
+      spdlog::warn("exactly-once: {}; retrying",
+                   std::string(d.status().message()));
+      return Admission::kRetryLater;  // pending_ stays: backpressure
+    }
+    record->partition = d->partition;
+    return d->produce ? Admission::kProduce : Admission::kAlreadyInKafka;
+  }
+
+  // The pending event is in Kafka already (written before a restart): it
+  // counts as acknowledged.
+  absl::Status SkipPending() {
+    published_.erase(pending_->sequence);
+    tracker_.Acknowledge(pending_->sequence);
+    pending_.reset();
     return absl::OkStatus();
   }
 
@@ -350,6 +496,9 @@ class CdcPipeline {
     }
     LogProgress();
     spdlog::info("confirmed position {}", tracker_.ConfirmableLsn().ToString());
+    if (filter_ != nullptr) {
+      spdlog::info("exactly-once: {} resent events skipped", filter_->skipped());
+    }
     return s;
   }
 
@@ -358,6 +507,9 @@ class CdcPipeline {
   OutboxMapper mapper_;
   RouterOptions router_;  // options.router plus the source identity
   AckTracker tracker_;
+  // --delivery=exactly-once only; the filter reads through watermarks_.
+  std::unique_ptr<PartitionWatermarks> watermarks_;
+  std::unique_ptr<ExactlyOnceFilter> filter_;
   // Declared after the tracker: destroyed first, so no delivery report can
   // reach a destroyed tracker.
   std::unique_ptr<KafkaProducer> producer_;

@@ -23,12 +23,19 @@
 #include "outbox/router.h"
 #include "outbox/value_format.h"
 #include "pg/replication_setup.h"
+#include "pipeline/reconnect_backoff.h"
 
 namespace outboxd {
 
 enum class InvalidEventPolicy {
   kDeadLetter,  // produce it to the dead-letter topic, go on
   kFail,        // stop without confirming past it
+};
+
+enum class DeliveryGuarantee {
+  kAtLeastOnce,  // a restart may resend what Kafka already has
+  kExactlyOnce,  // resent events at or below a partition's last position are
+                 // skipped (pipeline/exactly_once_filter.h)
 };
 
 struct CdcPipelineOptions {
@@ -46,6 +53,9 @@ struct CdcPipelineOptions {
   metrics::OutboxdMetrics* metrics = nullptr;
   // How long a stop may wait for outstanding acknowledgements.
   absl::Duration shutdown_timeout = absl::Seconds(8);
+  // Lost replication connections (kUnavailable) are retried with backoff.
+  ReconnectOptions reconnect;
+  DeliveryGuarantee delivery = DeliveryGuarantee::kAtLeastOnce;
 };
 
 struct PipelineStats {
