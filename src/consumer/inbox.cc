@@ -215,6 +215,7 @@ struct Inbox::Impl {
   std::string processed, offsets, sources;
   std::string insert_processed_sql, store_offset_sql, store_source_sql,
       load_offset_sql, dependencies_sql;
+  std::map<std::string, std::string> prepared_names_;  // sql -> name
 
   ~Impl() {
     if (rk != nullptr) {
@@ -273,7 +274,50 @@ struct Inbox::Impl {
                                 "COMMIT"))
               .status());
     }
+    RETURN_IF_ERROR(PrepareStatements());
     return CreateConsumer();
+  }
+
+  // The per-record statements are prepared once (after the tables exist):
+  // parse and plan once, not per event.
+  absl::Status PrepareStatements() {
+    if (!prepared_names_.empty()) return absl::OkStatus();
+    const std::pair<const char*, const std::string*> statements[] = {
+        {"inbox_insert_processed", &insert_processed_sql},
+        {"inbox_store_offset", &store_offset_sql},
+        {"inbox_store_source", &store_source_sql},
+        {"inbox_load_offset", &load_offset_sql},
+        {"inbox_dependencies", &dependencies_sql},
+    };
+    for (const auto& [name, sql] : statements) {
+      PgResult r(PQprepare(db->raw(), name, sql->c_str(), 0, nullptr));
+      if (r == nullptr || PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
+        // Missing tables (create_tables off and not created yet) show here.
+        return StatusFromPgResult(absl::StrCat("preparing ", name), r.get(),
+                                  db->raw());
+      }
+      prepared_names_[*sql] = name;
+    }
+    return absl::OkStatus();
+  }
+
+  // Runs one of the statements above, prepared.
+  absl::StatusOr<PgResult> Exec(
+      const std::string& sql,
+      const std::vector<std::optional<std::string>>& params) {
+    auto it = prepared_names_.find(sql);
+    if (it == prepared_names_.end()) return db->ExecParams(sql, params);
+    std::vector<const char*> values;
+    values.reserve(params.size());
+    for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
+    PgResult r(PQexecPrepared(db->raw(), it->second.c_str(),
+                              static_cast<int>(values.size()), values.data(),
+                              nullptr, nullptr, 0));
+    ExecStatusType st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      return StatusFromPgResult("inbox statement failed", r.get(), db->raw());
+    }
+    return r;
   }
 
   absl::Status CreateConsumer() {
@@ -341,7 +385,7 @@ struct Inbox::Impl {
     for (int i = 0; i < parts->cnt; ++i) {
       rd_kafka_topic_partition_t& p = parts->elems[i];
       TopicPartition tp{p.topic, p.partition};
-      auto r = db->ExecParams(load_offset_sql, {options.group_id, tp.topic,
+      auto r = Exec(load_offset_sql, {options.group_id, tp.topic,
                                                 absl::StrCat(tp.partition)});
       int64_t next = RD_KAFKA_OFFSET_INVALID;
       if (!r.ok()) {
@@ -568,7 +612,7 @@ struct Inbox::Impl {
     std::set<std::string> unique(r.depends_on.begin(), r.depends_on.end());
     ASSIGN_OR_RETURN(
         PgResult res,
-        db->ExecParams(dependencies_sql,
+        Exec(dependencies_sql,
                        {options.group_id,
                         TextArrayLiteral({unique.begin(), unique.end()})}));
     size_t n = 0;
@@ -625,7 +669,7 @@ struct Inbox::Impl {
   }
 
   absl::Status StoreOffset(const InboxRecord& r) {
-    RETURN_IF_ERROR(db->ExecParams(store_offset_sql,
+    RETURN_IF_ERROR(Exec(store_offset_sql,
                                    {options.group_id, r.topic,
                                     absl::StrCat(r.partition),
                                     absl::StrCat(r.offset + 1)})
@@ -675,7 +719,7 @@ struct Inbox::Impl {
       }
       if (!r.source.empty() && r.lsn.has_value() && r.index.has_value()) {
         RETURN_IF_ERROR(
-            db->ExecParams(store_source_sql,
+            Exec(store_source_sql,
                            {options.group_id, r.source, Lsn(*r.lsn).ToString(),
                             absl::StrCat(*r.index)})
                 .status());
@@ -692,7 +736,7 @@ struct Inbox::Impl {
     if (!r.source.empty()) source = r.source;
     if (r.lsn.has_value()) lsn = Lsn(*r.lsn).ToString();
     if (r.index.has_value()) index = absl::StrCat(*r.index);
-    return db->ExecParams(
+    return Exec(
         insert_processed_sql,
         {options.group_id, r.event_id, std::string(status), r.topic,
          absl::StrCat(r.partition), absl::StrCat(r.offset), source, lsn,
