@@ -3,6 +3,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <thread>
 
@@ -58,6 +59,10 @@ absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
   auto broker = testing::DevBroker::Start(/*brokers=*/1, kPartitions);
   if (!broker.ok()) return broker.status();
   env->broker_ = *std::move(broker);
+  env->devbroker_pid_ = ChildPidByName("outbox-devbrok");
+  std::cerr << "postmaster pid " << env->postmaster_pid_ << ", dev broker pid "
+            << env->devbroker_pid_ << ", bootstrap " << env->bootstrap()
+            << "\n";
   return env;
 }
 

@@ -45,6 +45,7 @@ class BenchEnv {
   // Conninfo of the publisher's role (superuser, replication).
   std::string PublisherConnInfo() const;
   pid_t postmaster_pid() const { return postmaster_pid_; }
+  pid_t devbroker_pid() const { return devbroker_pid_; }
   const std::string& work_dir() const { return work_dir_; }
 
   // Starts outboxd with `args` (besides --pg/--brokers) and its log in
@@ -68,6 +69,7 @@ class BenchEnv {
   std::string outboxd_binary_;
   std::string work_dir_;
   pid_t postmaster_pid_ = -1;
+  pid_t devbroker_pid_ = -1;
 };
 
 }  // namespace outboxd::bench

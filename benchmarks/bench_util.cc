@@ -136,6 +136,19 @@ double ClusterCpuSeconds(pid_t postmaster) {
   return total;
 }
 
+pid_t ChildPidByName(const std::string& prefix) {
+  const pid_t self = getpid();
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
+    if (ParentPid(pid) != self) continue;
+    std::ifstream in(absl::StrCat("/proc/", pid, "/comm"));
+    std::string comm;
+    if (std::getline(in, comm) && absl::StartsWith(comm, prefix)) return pid;
+  }
+  return -1;
+}
+
 int64_t PeakRssBytes(pid_t pid) { return StatusKb(pid, "VmHWM:") * 1024; }
 int64_t RssBytes(pid_t pid) { return StatusKb(pid, "VmRSS:") * 1024; }
 

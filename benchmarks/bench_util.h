@@ -55,6 +55,9 @@ double ProcessCpuSeconds(pid_t pid);
 // CPU seconds of a PostgreSQL cluster: the postmaster, its reaped children
 // (cutime/cstime) and its live children.
 double ClusterCpuSeconds(pid_t postmaster);
+// The first child of this process whose command name starts with `prefix`
+// (names are cut to 15 characters by the kernel); -1 when none.
+pid_t ChildPidByName(const std::string& prefix);
 // Parent pid of `pid` (from /proc/<pid>/stat); -1 when unknown.
 pid_t ParentPid(pid_t pid);
 // VmHWM (peak resident set) of a live process in bytes; 0 if unknown.

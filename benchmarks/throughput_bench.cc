@@ -238,6 +238,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     pid_t pid = (*outboxd)->pid();
     double cpu0 = ProcessCpuSeconds(pid);
     double pg_cpu0 = ClusterCpuSeconds(env.postmaster_pid());
+    double broker_cpu0 = ProcessCpuSeconds(env.devbroker_pid());
     auto inserted =
         InsertEvents(env.AdminConnInfo(), kind, events,
                      absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_connections));
@@ -246,6 +247,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
                                   absl::Minutes(10), outboxd->get());
     double cpu = ProcessCpuSeconds(pid) - cpu0;
     double pg_cpu = ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0;
+    double broker_cpu = ProcessCpuSeconds(env.devbroker_pid()) - broker_cpu0;
     int64_t rss = PeakRssBytes(pid);
     auto code = env.StopOutboxd(**outboxd);
     if (done == 0) return absl::DeadlineExceededError("live: not all records arrived");
@@ -259,6 +261,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
                  {"last_ack_after_last_commit_s", (done - inserted->last_commit_ns) / 1e9},
                  {"outboxd_cpu_s", cpu},
                  {"postgres_cpu_s", pg_cpu},
+                 {"devbroker_cpu_s", broker_cpu},
                  {"outboxd_peak_rss_mb", rss / 1048576.0},
                  {"outboxd_exit_code", code.ok() ? *code : -1}};
     std::cerr << "live: " << j["live"].dump() << "\n";
@@ -303,6 +306,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     args.push_back(absl::StrCat("--topic=", backlog_topic));
     int64_t t0 = NowNs();
     double pg_cpu0 = ClusterCpuSeconds(env.postmaster_pid());
+    double broker_cpu0 = ProcessCpuSeconds(env.devbroker_pid());
     auto outboxd =
         env.StartOutboxd(args, absl::StrCat("outboxd-backlog-", kind));
     if (!outboxd.ok()) return outboxd.status();
@@ -312,6 +316,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     double cpu = ProcessCpuSeconds(pid);
     int64_t rss = PeakRssBytes(pid);
     double pg_cpu = ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0;
+    double broker_cpu = ProcessCpuSeconds(env.devbroker_pid()) - broker_cpu0;
     auto code = env.StopOutboxd(**outboxd);
     if (done == 0) {
       return absl::DeadlineExceededError("backlog: not all records arrived");
@@ -320,6 +325,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
                     {"events_per_s", Rate(events, done - t0)},
                     {"outboxd_cpu_s", cpu},
                     {"postgres_cpu_s", pg_cpu},
+                    {"devbroker_cpu_s", broker_cpu},
                     {"outboxd_peak_rss_mb", rss / 1048576.0},
                     {"outboxd_exit_code", code.ok() ? *code : -1}};
     std::cerr << "backlog: " << j["backlog"].dump() << "\n";
@@ -347,8 +353,10 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
         "-X", "queue.buffering.max.messages=100000",
         "-X", "partitioner=murmur2_random"};
     int64_t t0 = NowNs();
+    double broker_cpu0 = ProcessCpuSeconds(env.devbroker_pid());
     auto result = testing::RunCommand(argv, absl::Minutes(10));
     int64_t t1 = NowNs();
+    double broker_cpu = ProcessCpuSeconds(env.devbroker_pid()) - broker_cpu0;
     if (!result.ok()) return result.status();
     auto total = (*probe)->Total(kcat_topic, kPartitions);
     if (result->exit_code != 0 || !total.ok() || *total < events) {
@@ -357,7 +365,8 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
           total.ok() ? *total : -1, ": ", result->output.substr(0, 500)));
     }
     j["kcat"] = {{"seconds", (t1 - t0) / 1e9},
-                 {"events_per_s", Rate(events, t1 - t0)}};
+                 {"events_per_s", Rate(events, t1 - t0)},
+                 {"devbroker_cpu_s", broker_cpu}};
     std::cerr << "kcat: " << j["kcat"].dump() << "\n";
     std::remove(input.c_str());
   }

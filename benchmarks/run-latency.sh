@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Benchmark 1: commit-to-consumer latency of each publisher mode (cdc, poll
+# at 1 s / 100 ms / 10 ms, notify) at 100, 1,000 and 10,000 events/s.
+# Writes benchmarks/results/latency.{json,csv,md}, latency_cdf.{dat,gp,png}
+# and latency-machine.txt. Extra flags go to latency_bench, e.g.
+#   benchmarks/run-latency.sh --modes=cdc,poll100ms --rates=1000 --duration=5s
+source "$(dirname "$0")/lib.sh"
+bench_deps
+bench_build outboxd outbox-devbroker latency_bench
+mkdir -p "$results"
+bench_machine "$results/latency-machine.txt"
+"$root/build/latency_bench" --out="$results" "$@"
+(cd "$results" && gnuplot latency_cdf.gp)
+echo "wrote $results/latency.md and $results/latency_cdf.png" >&2
