@@ -138,9 +138,8 @@ std::string InboxRecord::HeadersJson() const {
 
 absl::StatusOr<std::string> InboxTablesDdl(const InboxOptions& options) {
   std::string names[3];
-  const std::string* given[3] = {&options.processed_table,
-                                 &options.offsets_table,
-                                 &options.sources_table};
+  const std::string* given[3] = {
+      &options.processed_table, &options.offsets_table, &options.sources_table};
   for (int i = 0; i < 3; ++i) {
     auto q = ParseQualifiedName(*given[i]);
     if (!q.ok()) {
@@ -246,22 +245,22 @@ struct Inbox::Impl {
         "VALUES ($1, $2, $3::integer, $4::bigint) "
         "ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE SET "
         "next_offset = EXCLUDED.next_offset, updated_at = now()");
-    store_source_sql = absl::StrCat(
-        "INSERT INTO ", sources,
-        " AS cur (consumer_group, source, lsn, event_index) "
-        "VALUES ($1, $2, $3::pg_lsn, $4::integer) "
-        "ON CONFLICT (consumer_group, source) DO UPDATE SET "
-        "lsn = EXCLUDED.lsn, event_index = EXCLUDED.event_index, "
-        "updated_at = now() WHERE (cur.lsn, cur.event_index) < "
-        "(EXCLUDED.lsn, EXCLUDED.event_index)");
+    store_source_sql =
+        absl::StrCat("INSERT INTO ", sources,
+                     " AS cur (consumer_group, source, lsn, event_index) "
+                     "VALUES ($1, $2, $3::pg_lsn, $4::integer) "
+                     "ON CONFLICT (consumer_group, source) DO UPDATE SET "
+                     "lsn = EXCLUDED.lsn, event_index = EXCLUDED.event_index, "
+                     "updated_at = now() WHERE (cur.lsn, cur.event_index) < "
+                     "(EXCLUDED.lsn, EXCLUDED.event_index)");
     load_offset_sql = absl::StrCat(
         "SELECT next_offset FROM ", offsets,
         " WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = "
         "$3::integer");
-    dependencies_sql = absl::StrCat(
-        "SELECT count(DISTINCT event_id) FROM ", processed,
-        " WHERE consumer_group = $1 AND status = 'applied' AND "
-        "event_id = ANY($2::text[])");
+    dependencies_sql =
+        absl::StrCat("SELECT count(DISTINCT event_id) FROM ", processed,
+                     " WHERE consumer_group = $1 AND status = 'applied' AND "
+                     "event_id = ANY($2::text[])");
 
     ASSIGN_OR_RETURN(db, PgConnection::Connect(options.conninfo,
                                                PgConnection::Mode::kNormal));
@@ -354,9 +353,8 @@ struct Inbox::Impl {
           absl::StrCat("kafka consumer: ", errstr));
     }
     rd_kafka_poll_set_consumer(rk);
-    rd_kafka_topic_partition_list_t* topics =
-        rd_kafka_topic_partition_list_new(
-            static_cast<int>(options.topics.size()));
+    rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(
+        static_cast<int>(options.topics.size()));
     for (const std::string& t : options.topics) {
       rd_kafka_topic_partition_list_add(topics, t.c_str(),
                                         RD_KAFKA_PARTITION_UA);
@@ -385,8 +383,8 @@ struct Inbox::Impl {
     for (int i = 0; i < parts->cnt; ++i) {
       rd_kafka_topic_partition_t& p = parts->elems[i];
       TopicPartition tp{p.topic, p.partition};
-      auto r = Exec(load_offset_sql, {options.group_id, tp.topic,
-                                                absl::StrCat(tp.partition)});
+      auto r = Exec(load_offset_sql,
+                    {options.group_id, tp.topic, absl::StrCat(tp.partition)});
       int64_t next = RD_KAFKA_OFFSET_INVALID;
       if (!r.ok()) {
         // Kafka's committed offset is never ahead of the database's, and
@@ -419,9 +417,10 @@ struct Inbox::Impl {
       TopicPartition tp{parts->elems[i].topic, parts->elems[i].partition};
       auto it = partitions.find(tp);
       if (it != partitions.end() && !it->second.queue.empty()) {
-        spdlog::info("{} revoked with {} deferred records; its next owner "
-                     "resumes from the stored offset",
-                     TpName(tp), it->second.queue.size());
+        spdlog::info(
+            "{} revoked with {} deferred records; its next owner "
+            "resumes from the stored offset",
+            TpName(tp), it->second.queue.size());
       }
       partitions.erase(tp);
     }
@@ -542,9 +541,8 @@ struct Inbox::Impl {
     ASSIGN_OR_RETURN(bool ready, DependenciesApplied(record));
     if (!ready) {
       ++stats.deferred;
-      spdlog::info("event {} ({}@{}) waits for {}", record.event_id,
-                   TpName(tp), record.offset,
-                   absl::StrJoin(record.depends_on, ","));
+      spdlog::info("event {} ({}@{}) waits for {}", record.event_id, TpName(tp),
+                   record.offset, absl::StrJoin(record.depends_on, ","));
       st.queue.push_back(Deferred{std::move(record), absl::Now()});
       return absl::OkStatus();
     }
@@ -581,10 +579,10 @@ struct Inbox::Impl {
             ++stats.deferred;
           }
           if (now - *head.waiting_since < options.dependency_wait) break;
-          std::string why = absl::StrCat(
-              "dependencies not applied within ",
-              absl::FormatDuration(options.dependency_wait), ": ",
-              absl::StrJoin(head.record.depends_on, ","));
+          std::string why =
+              absl::StrCat("dependencies not applied within ",
+                           absl::FormatDuration(options.dependency_wait), ": ",
+                           absl::StrJoin(head.record.depends_on, ","));
           if (options.on_missing_dependency ==
               MissingDependencyPolicy::kProceed) {
             spdlog::warn("event {}: {}; applying it anyway",
@@ -610,11 +608,10 @@ struct Inbox::Impl {
   absl::StatusOr<bool> DependenciesApplied(const InboxRecord& r) {
     if (r.depends_on.empty()) return true;
     std::set<std::string> unique(r.depends_on.begin(), r.depends_on.end());
-    ASSIGN_OR_RETURN(
-        PgResult res,
-        Exec(dependencies_sql,
-                       {options.group_id,
-                        TextArrayLiteral({unique.begin(), unique.end()})}));
+    ASSIGN_OR_RETURN(PgResult res,
+                     Exec(dependencies_sql,
+                          {options.group_id,
+                           TextArrayLiteral({unique.begin(), unique.end()})}));
     size_t n = 0;
     if (PQntuples(res.get()) != 1 ||
         !absl::SimpleAtoi(PQgetvalue(res.get(), 0, 0), &n)) {
@@ -670,9 +667,8 @@ struct Inbox::Impl {
 
   absl::Status StoreOffset(const InboxRecord& r) {
     RETURN_IF_ERROR(Exec(store_offset_sql,
-                                   {options.group_id, r.topic,
-                                    absl::StrCat(r.partition),
-                                    absl::StrCat(r.offset + 1)})
+                         {options.group_id, r.topic, absl::StrCat(r.partition),
+                          absl::StrCat(r.offset + 1)})
                         .status());
     return absl::OkStatus();
   }
@@ -718,11 +714,10 @@ struct Inbox::Impl {
         return Outcome::kHandlerFailed;
       }
       if (!r.source.empty() && r.lsn.has_value() && r.index.has_value()) {
-        RETURN_IF_ERROR(
-            Exec(store_source_sql,
-                           {options.group_id, r.source, Lsn(*r.lsn).ToString(),
-                            absl::StrCat(*r.index)})
-                .status());
+        RETURN_IF_ERROR(Exec(store_source_sql,
+                             {options.group_id, r.source,
+                              Lsn(*r.lsn).ToString(), absl::StrCat(*r.index)})
+                            .status());
       }
     }
     RETURN_IF_ERROR(StoreOffset(r));
@@ -736,11 +731,10 @@ struct Inbox::Impl {
     if (!r.source.empty()) source = r.source;
     if (r.lsn.has_value()) lsn = Lsn(*r.lsn).ToString();
     if (r.index.has_value()) index = absl::StrCat(*r.index);
-    return Exec(
-        insert_processed_sql,
-        {options.group_id, r.event_id, std::string(status), r.topic,
-         absl::StrCat(r.partition), absl::StrCat(r.offset), source, lsn,
-         index});
+    return Exec(insert_processed_sql,
+                {options.group_id, r.event_id, std::string(status), r.topic,
+                 absl::StrCat(r.partition), absl::StrCat(r.offset), source, lsn,
+                 index});
   }
 
   // ---- dead letters -----------------------------------------------------
@@ -759,12 +753,11 @@ struct Inbox::Impl {
         }
       }
       po.properties.emplace_back("client.id", "outbox-inbox-dlq");
-      ASSIGN_OR_RETURN(dlq,
-                       KafkaProducer::Create(po, [this](uint64_t,
-                                                        absl::Status s) {
-                         dlq_delivered = true;
-                         dlq_delivery = std::move(s);
-                       }));
+      ASSIGN_OR_RETURN(
+          dlq, KafkaProducer::Create(po, [this](uint64_t, absl::Status s) {
+            dlq_delivered = true;
+            dlq_delivery = std::move(s);
+          }));
     }
     KafkaRecord k;
     k.topic = options.dlq_topic;
@@ -818,8 +811,8 @@ struct Inbox::Impl {
 
   void CommitKafka(bool async) {
     if (to_commit.empty() || rk == nullptr) return;
-    rd_kafka_topic_partition_list_t* l = rd_kafka_topic_partition_list_new(
-        static_cast<int>(to_commit.size()));
+    rd_kafka_topic_partition_list_t* l =
+        rd_kafka_topic_partition_list_new(static_cast<int>(to_commit.size()));
     for (const auto& [tp, next] : to_commit) {
       rd_kafka_topic_partition_list_add(l, tp.topic.c_str(), tp.partition)
           ->offset = next;

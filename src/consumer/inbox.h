@@ -135,7 +135,7 @@ struct InboxStats {
   uint64_t duplicates = 0;
   uint64_t dead_lettered = 0;
   uint64_t failed_attempts = 0;
-  uint64_t deferred = 0;                 // records that had to wait
+  uint64_t deferred = 0;                      // records that had to wait
   uint64_t applied_without_dependencies = 0;  // kProceed after the wait
 };
 

@@ -164,15 +164,14 @@ InboxHandler SqlHandler(std::string sql) {
             "key or value contains a NUL byte; --handler-sql takes text");
       }
     }
-    const char* values[8] = {
-        r.key.has_value() ? r.key->c_str() : nullptr,
-        r.value.has_value() ? r.value->c_str() : nullptr,
-        headers.c_str(),
-        r.topic.c_str(),
-        partition.c_str(),
-        offset.c_str(),
-        r.event_id.c_str(),
-        timestamp.c_str()};
+    const char* values[8] = {r.key.has_value() ? r.key->c_str() : nullptr,
+                             r.value.has_value() ? r.value->c_str() : nullptr,
+                             headers.c_str(),
+                             r.topic.c_str(),
+                             partition.c_str(),
+                             offset.c_str(),
+                             r.event_id.c_str(),
+                             timestamp.c_str()};
     constexpr Oid kText = 25;
     const Oid types[8] = {kText, kText, kText, kText,
                           kText, kText, kText, kText};

@@ -7,8 +7,7 @@
 namespace outboxd {
 
 absl::Status KafkaErrorToStatus(rd_kafka_resp_err_t err,
-                                absl::string_view context,
-                                const char* reason) {
+                                absl::string_view context, const char* reason) {
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return absl::OkStatus();
   std::string message =
       absl::StrCat(context, ": ", rd_kafka_err2name(err), ": ",

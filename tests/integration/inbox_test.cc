@@ -112,9 +112,10 @@ class InboxTest : public ::testing::Test {
         ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
     ASSERT_FALSE(install.empty());
     ASSERT_TRUE(cluster_->Exec(orders_db_, install).ok());
-    ASSERT_TRUE(cluster_->Exec(orders_db_,
-                               "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS "
-                               "depends_on uuid[]")
+    ASSERT_TRUE(cluster_
+                    ->Exec(orders_db_,
+                           "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS "
+                           "depends_on uuid[]")
                     .ok());
     // The receiving side: `seq` records the order of application.
     ASSERT_TRUE(Shipping("CREATE TABLE applied (seq bigserial PRIMARY KEY, "
@@ -203,10 +204,13 @@ class InboxTest : public ::testing::Test {
   }
 
   ChildProcess* StartOutboxd(std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {
-        OUTBOXD_BINARY, "--pg=" + cluster_->ConnInfo(orders_db_),
-        "--brokers=" + broker_->bootstrap(), "--topic-prefix=" + prefix_,
-        "--slot=" + slot_, "--status-interval=200ms", "--metrics-address="};
+    std::vector<std::string> argv = {OUTBOXD_BINARY,
+                                     "--pg=" + cluster_->ConnInfo(orders_db_),
+                                     "--brokers=" + broker_->bootstrap(),
+                                     "--topic-prefix=" + prefix_,
+                                     "--slot=" + slot_,
+                                     "--status-interval=200ms",
+                                     "--metrics-address="};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return StartChild(&outboxd_, "outboxd", argv, "streaming from slot");
   }
@@ -327,8 +331,8 @@ TEST_F(InboxTest, SigkillAtRandomMomentsAppliesEachEventExactlyOnce) {
   for (int round = 0; round < 6; ++round) {
     ChildProcess* inbox = StartInbox({topic});
     ASSERT_NE(inbox, nullptr);
-    absl::SleepFor(absl::Milliseconds(
-        std::uniform_int_distribution<int>(300, 2500)(rng)));
+    absl::SleepFor(
+        absl::Milliseconds(std::uniform_int_distribution<int>(300, 2500)(rng)));
     inbox->Signal(SIGKILL);
     inbox->Wait(absl::Seconds(5));
     ++kills;
@@ -349,8 +353,8 @@ TEST_F(InboxTest, SigkillAtRandomMomentsAppliesEachEventExactlyOnce) {
   writer.join();
   ASSERT_FALSE(writer_failed);
   StartInbox({topic});
-  int64_t applied = WaitForCount("SELECT count(*) FROM applied", kEvents,
-                                 absl::Seconds(150));
+  int64_t applied =
+      WaitForCount("SELECT count(*) FROM applied", kEvents, absl::Seconds(150));
   double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   absl::SleepFor(absl::Seconds(2));  // anything extra would show now
   EXPECT_EQ(applied, kEvents);
@@ -367,11 +371,12 @@ TEST_F(InboxTest, SigkillAtRandomMomentsAppliesEachEventExactlyOnce) {
     ++duplicates_skipped;
   }
   EXPECT_GE(in_kafka, static_cast<size_t>(kEvents));
-  std::printf("[ measure ] %d events applied exactly once across %d consumer "
-              "kills and 1 publisher kill in %.1f s; %zu records in Kafka "
-              "(%zu republished), %zu duplicates skipped by the inbox\n",
-              kEvents, kills, seconds, in_kafka, in_kafka - kEvents,
-              duplicates_skipped);
+  std::printf(
+      "[ measure ] %d events applied exactly once across %d consumer "
+      "kills and 1 publisher kill in %.1f s; %zu records in Kafka "
+      "(%zu republished), %zu duplicates skipped by the inbox\n",
+      kEvents, kills, seconds, in_kafka, in_kafka - kEvents,
+      duplicates_skipped);
 }
 
 // A handler that keeps failing: after --max-attempts the record is in the
@@ -446,8 +451,8 @@ TEST_F(InboxTest, PerAggregateOrderAcrossPartitionsAndConcurrentWriters) {
       for (int t = 0; t < kTransactions; ++t) {
         // The row lock on the counter orders the aggregate's transactions:
         // commit order == n order.
-        std::string agg = absl::StrCat(
-            "o-", std::uniform_int_distribution<int>(0, 15)(rng));
+        std::string agg =
+            absl::StrCat("o-", std::uniform_int_distribution<int>(0, 15)(rng));
         std::string sql = absl::StrCat(
             "BEGIN; WITH c AS (UPDATE counters SET n = n + 1 WHERE agg = '",
             agg,
@@ -464,9 +469,9 @@ TEST_F(InboxTest, PerAggregateOrderAcrossPartitionsAndConcurrentWriters) {
   for (auto& t : writers) t.join();
   ASSERT_EQ(failures.load(), 0);
   const int kEvents = kWriters * kTransactions;
-  ASSERT_EQ(WaitForCount("SELECT count(*) FROM applied", kEvents,
-                         absl::Seconds(90)),
-            kEvents);
+  ASSERT_EQ(
+      WaitForCount("SELECT count(*) FROM applied", kEvents, absl::Seconds(90)),
+      kEvents);
   std::map<std::string, int> last;
   int violations = 0;
   for (const Row& r : QueryRows(cluster_->ConnInfo(shipping_db_),
@@ -513,8 +518,9 @@ TEST_F(InboxTest, GlobalOrderingIsOneStrictlyIncreasingStream) {
       for (int t = 0; t < kTransactions; ++t) {
         std::string sql = absl::StrCat(
             "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) "
-            "SELECT 'order', 'w", w, "-' || g, 'E', jsonb_build_object('n', ",
-            t, ") FROM generate_series(1, ", kPerTx, ") g");
+            "SELECT 'order', 'w",
+            w, "-' || g, 'E', jsonb_build_object('n', ", t,
+            ") FROM generate_series(1, ", kPerTx, ") g");
         PQclear(PQexec(conn, sql.c_str()));
       }
       PQfinish(conn);
@@ -536,11 +542,10 @@ TEST_F(InboxTest, GlobalOrderingIsOneStrictlyIncreasingStream) {
     absl::Time deadline = absl::Now() + absl::Seconds(90);
     while (absl::Now() < deadline) {
       auto done = cluster_->Query(
-          orders_db_,
-          absl::StrCat("SELECT confirmed_flush_lsn >= '", end_lsn,
-                       "'::pg_lsn FROM pg_replication_slots WHERE "
-                       "slot_name = '",
-                       slot, "'"));
+          orders_db_, absl::StrCat("SELECT confirmed_flush_lsn >= '", end_lsn,
+                                   "'::pg_lsn FROM pg_replication_slots WHERE "
+                                   "slot_name = '",
+                                   slot, "'"));
       if (done.ok() && *done == "t") break;
       absl::SleepFor(absl::Milliseconds(20));
     }
@@ -550,12 +555,13 @@ TEST_F(InboxTest, GlobalOrderingIsOneStrictlyIncreasingStream) {
     return seconds;
   };
   double aggregate_s = publish(slot_aggregate, {});
-  double global_s = publish(slot_global, {"--ordering=global",
-                                          "--topic=" + global_topic});
-  std::printf("[ measure ] %d events (startup included): per-aggregate %.2f s "
-              "(%.0f/s), global %.2f s (%.0f/s)\n",
-              kEvents, aggregate_s, kEvents / aggregate_s, global_s,
-              kEvents / global_s);
+  double global_s =
+      publish(slot_global, {"--ordering=global", "--topic=" + global_topic});
+  std::printf(
+      "[ measure ] %d events (startup included): per-aggregate %.2f s "
+      "(%.0f/s), global %.2f s (%.0f/s)\n",
+      kEvents, aggregate_s, kEvents / aggregate_s, global_s,
+      kEvents / global_s);
 
   auto records = Read(global_topic, kEvents);
   ASSERT_EQ(records.size(), static_cast<size_t>(kEvents));
@@ -570,14 +576,13 @@ TEST_F(InboxTest, GlobalOrderingIsOneStrictlyIncreasingStream) {
     transactions.insert(pos.first);
   }
   EXPECT_EQ(violations, 0);
-  EXPECT_EQ(transactions.size(),
-            static_cast<size_t>(kWriters * kTransactions));
+  EXPECT_EQ(transactions.size(), static_cast<size_t>(kWriters * kTransactions));
 
   // A consumer of the global topic applies them in that order too.
   StartInbox({global_topic});
-  ASSERT_EQ(WaitForCount("SELECT count(*) FROM applied", kEvents,
-                         absl::Seconds(90)),
-            kEvents);
+  ASSERT_EQ(
+      WaitForCount("SELECT count(*) FROM applied", kEvents, absl::Seconds(90)),
+      kEvents);
   int64_t inversions = ShippingCount(
       "SELECT count(*) FROM (SELECT p.lsn, p.event_index, lag(p.lsn) OVER w "
       "AS plsn, lag(p.event_index) OVER w AS pidx FROM applied a JOIN "
@@ -598,14 +603,13 @@ TEST_F(InboxTest, EventWaitsForDependencyFromAnotherPartition) {
   const std::string b = "0b0b0b0b-0000-4000-8000-00000000000b";
   const std::string never = "0e0e0e0e-0000-4000-8000-00000000000e";
   // B first (aggregate k-b), with B2 behind it on the same aggregate.
-  ASSERT_TRUE(Orders(absl::StrCat(
-                         "INSERT INTO outbox (id, aggregatetype, aggregateid, "
-                         "type, payload, depends_on) VALUES ('",
-                         b,
-                         "', 'order', 'k-b', 'B', '{\"n\": 2}', ARRAY['", a,
-                         "']::uuid[]), (gen_random_uuid(), 'order', 'k-b', "
-                         "'B2', '{\"n\": 3}', NULL)"))
-                  .ok());
+  ASSERT_TRUE(
+      Orders(absl::StrCat("INSERT INTO outbox (id, aggregatetype, aggregateid, "
+                          "type, payload, depends_on) VALUES ('",
+                          b, "', 'order', 'k-b', 'B', '{\"n\": 2}', ARRAY['", a,
+                          "']::uuid[]), (gen_random_uuid(), 'order', 'k-b', "
+                          "'B2', '{\"n\": 3}', NULL)"))
+          .ok());
   // Let B reach the inbox and wait there.
   absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (InboxLogs().find("event " + b + " ") == std::string::npos &&
@@ -639,12 +643,12 @@ TEST_F(InboxTest, EventWaitsForDependencyFromAnotherPartition) {
   }
 
   // A dependency that never arrives: dead-lettered after --dependency-wait.
-  ASSERT_TRUE(Orders(absl::StrCat(
-                         "INSERT INTO outbox (aggregatetype, aggregateid, "
-                         "type, payload, depends_on) VALUES ('order', 'k-c', "
-                         "'C', '{\"n\": 4}', ARRAY['",
-                         never, "']::uuid[])"))
-                  .ok());
+  ASSERT_TRUE(
+      Orders(absl::StrCat("INSERT INTO outbox (aggregatetype, aggregateid, "
+                          "type, payload, depends_on) VALUES ('order', 'k-c', "
+                          "'C', '{\"n\": 4}', ARRAY['",
+                          never, "']::uuid[])"))
+          .ok());
   auto dlq = Read(prefix_ + "dlq", 1, absl::Seconds(30));
   ASSERT_EQ(dlq.size(), 1u);
   EXPECT_NE(dlq[0].Header("inbox.error").value_or("").find(never),
