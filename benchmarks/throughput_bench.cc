@@ -53,6 +53,9 @@ ABSL_FLAG(std::string, out, "benchmarks/results", "output directory");
 ABSL_FLAG(std::string, outboxd, "", "outboxd binary (default: the build's)");
 ABSL_FLAG(std::string, pg_recvlogical,
           "/usr/lib/postgresql/15/bin/pg_recvlogical", "pg_recvlogical binary");
+ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
+          "extra outboxd flags, comma-separated (e.g. "
+          "--kafka-property=linger.ms=5)");
 ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-throughput",
           "outboxd logs and the kcat input file");
 
@@ -222,9 +225,13 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
   if (!s.ok()) return s;
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
-  const std::vector<std::string> common_args = {
+  std::vector<std::string> common_args = {
       "--metrics-address=127.0.0.1:0", "--status-interval=100ms",
       "--log-level=info"};
+  for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
+    common_args.push_back(a);
+  }
+  j["outboxd_args"] = common_args;
 
   // --- live: outboxd while the events are committed ----------------------
   {

@@ -62,9 +62,14 @@ constexpr std::pair<const char*, const char*> kDefaultProperties[] = {
     {"partitioner", "murmur2_random"},
     // Latency matters more than batching: commit-to-consumer is the metric.
     {"linger.ms", "1"},
-    // Bounded memory: a full queue is backpressure on the WAL reader.
+    // Bounded memory: a full queue is backpressure on the WAL reader. Each
+    // queued record also costs its headers and librdkafka's bookkeeping
+    // (~0.5 KB besides the value), so the count bounds memory more than the
+    // bytes do: 20,000 keeps outboxd's peak RSS under ~50 MB on the 1M-event
+    // benchmark (100,000 peaked near 90 MB) and loses no throughput there
+    // (benchmarks/results/throughput.md).
     {"queue.buffering.max.kbytes", "32768"},
-    {"queue.buffering.max.messages", "100000"},
+    {"queue.buffering.max.messages", "20000"},
 };
 
 absl::Status SetProperty(rd_kafka_conf_t* conf, const std::string& name,
