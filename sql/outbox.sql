@@ -17,6 +17,14 @@ CREATE TABLE IF NOT EXISTS public.outbox (
   seq           bigint      GENERATED ALWAYS AS IDENTITY
 );
 
+-- The polling publishers (--source=poll|notify) mark a row published after
+-- Kafka acknowledged it (--poll-cleanup=mark, the default) or delete it
+-- (--poll-cleanup=delete). The partial index keeps "unpublished rows in seq
+-- order" cheap however many published rows the table holds.
+ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS published_at timestamptz;
+CREATE INDEX IF NOT EXISTS outbox_unpublished_seq
+  ON public.outbox (seq) WHERE published_at IS NULL;
+
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'outbox_pub') THEN
@@ -51,3 +59,7 @@ BEGIN
 END
 $$;
 GRANT SELECT ON public.outbox TO outboxd_publisher;
+-- Polling (SELECT ... FOR UPDATE needs an UPDATE privilege; marking updates
+-- published_at). For --poll-cleanup=delete also:
+--   GRANT DELETE ON public.outbox TO outboxd_publisher;
+GRANT UPDATE (published_at) ON public.outbox TO outboxd_publisher;

@@ -24,6 +24,7 @@
 #include "outbox/value_format.h"
 #include "pg/connection.h"
 #include "pipeline/cdc_pipeline.h"
+#include "pipeline/poll_pipeline.h"
 
 ABSL_FLAG(std::string, pg, "",
           "PostgreSQL libpq conninfo or URI (required); its password is "
@@ -44,9 +45,23 @@ ABSL_FLAG(std::string, topic, "",
           "one fixed topic for every event (overrides --topic-prefix "
           "routing)");
 ABSL_FLAG(std::string, source, "cdc",
-          "where events come from: cdc (WAL via logical replication)");
+          "where events come from: cdc (WAL via logical replication), poll "
+          "(SELECT ... FOR UPDATE SKIP LOCKED every --poll-interval) or "
+          "notify (poll woken by LISTEN; install sql/outbox_notify.sql)");
 ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(1),
           "poll/notify period");
+ABSL_FLAG(int, batch_size, 500,
+          "poll/notify: rows per batch (one transaction); a full batch is "
+          "followed by the next at once");
+ABSL_FLAG(std::string, poll_cleanup, "mark",
+          "poll/notify: after acknowledgement, mark rows (published_at) or "
+          "delete them");
+ABSL_FLAG(absl::Duration, poll_grace, absl::ZeroDuration(),
+          "poll/notify: take only rows whose created_at is at least this "
+          "old, so a slower concurrent transaction with a lower seq is "
+          "published first (README: the ordering hazard)");
+ABSL_FLAG(std::string, notify_channel, "outbox",
+          "notify: the LISTEN channel of sql/outbox_notify.sql");
 ABSL_FLAG(std::string, message_prefix, "outbox",
           "publish transactional logical decoding messages with this prefix "
           "(pg_logical_emit_message(true, prefix, json)); \"\" disables");
@@ -149,11 +164,7 @@ ABSL_FLAG(absl::Duration, reconnect_give_up, absl::ZeroDuration(),
     }
   }
   std::string source = absl::GetFlag(FLAGS_source);
-  if (source != "cdc") {
-    if (source == "poll" || source == "notify") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--source=", source, " is not available in this version (cdc only)"));
-    }
+  if (source != "cdc" && source != "poll" && source != "notify") {
     return absl::InvalidArgumentError(absl::StrCat(
         "--source must be cdc, poll or notify, not '", source, "'"));
   }
@@ -305,6 +316,52 @@ ABSL_FLAG(absl::Duration, reconnect_give_up, absl::ZeroDuration(),
   return o;
 }
 
+// The polling publishers' options: the shared ones from `cdc`, the rest from
+// the poll flags.
+absl::StatusOr<PollPipelineOptions> PollOptionsFromFlags(
+    const CdcPipelineOptions& cdc) {
+  PollPipelineOptions o;
+  const std::string source = absl::GetFlag(FLAGS_source);
+  if (!cdc.mapper.table.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--source=", source, " needs --table"));
+  }
+  o.poller.conninfo = cdc.conninfo;
+  o.poller.table = *cdc.mapper.table;
+  o.poller.columns = cdc.mapper.columns;
+  o.poller.batch_size = absl::GetFlag(FLAGS_batch_size);
+  if (o.poller.batch_size <= 0 || o.poller.batch_size > 1000000) {
+    return absl::InvalidArgumentError(
+        "--batch-size must be between 1 and 1000000");
+  }
+  std::string cleanup = absl::GetFlag(FLAGS_poll_cleanup);
+  if (cleanup == "mark") {
+    o.poller.cleanup = PollCleanup::kMark;
+  } else if (cleanup == "delete") {
+    o.poller.cleanup = PollCleanup::kDelete;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--poll-cleanup must be mark or delete, not '", cleanup, "'"));
+  }
+  o.poller.grace = absl::GetFlag(FLAGS_poll_grace);
+  if (o.poller.grace < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--poll-grace must not be negative");
+  }
+  if (source == "notify") {
+    o.poller.notify_channel = absl::GetFlag(FLAGS_notify_channel);
+    if (o.poller.notify_channel.empty()) {
+      return absl::InvalidArgumentError("--notify-channel must not be empty");
+    }
+  }
+  o.router = cdc.router;
+  o.producer = cdc.producer;
+  o.poll_interval = absl::GetFlag(FLAGS_poll_interval);
+  o.dlq_topic = cdc.dlq_topic;
+  o.on_invalid = cdc.on_invalid;
+  o.shutdown_timeout = cdc.shutdown_timeout;
+  return o;
+}
+
 int Main(int argc, char** argv) {
   // absl spells flags with underscores; accept the dashed spelling users
   // expect (--topic-prefix) by normalising names before parsing.
@@ -353,6 +410,15 @@ int Main(int argc, char** argv) {
     std::cerr << "outboxd: " << options.status().message() << "\n";
     return 2;
   }
+  const bool polling = absl::GetFlag(FLAGS_source) != "cdc";
+  absl::StatusOr<PollPipelineOptions> poll_options;
+  if (polling) {
+    poll_options = PollOptionsFromFlags(*options);
+    if (!poll_options.ok()) {
+      std::cerr << "outboxd: " << poll_options.status().message() << "\n";
+      return 2;
+    }
+  }
 
   struct sigaction sa = {};
   sa.sa_handler = OnSignal;
@@ -383,7 +449,8 @@ int Main(int argc, char** argv) {
                OUTBOXD_VERSION, RedactConninfo(options->conninfo),
                options->producer.brokers, absl::GetFlag(FLAGS_table),
                options->setup.slot);
-  absl::Status s = RunCdcPipeline(*options, g_stop);
+  absl::Status s = polling ? RunPollPipeline(*poll_options, g_stop)
+                           : RunCdcPipeline(*options, g_stop);
   if (!s.ok()) {
     spdlog::critical("stopping: {}", s.ToString());
     return 1;

@@ -1,0 +1,237 @@
+#include "pipeline/poll_pipeline.h"
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "pipeline/ack_tracker.h"
+
+namespace outboxd {
+namespace {
+
+constexpr absl::Duration kProgressLogInterval = absl::Seconds(10);
+// How long one wait for delivery reports blocks.
+constexpr absl::Duration kAckPollInterval = absl::Milliseconds(5);
+
+// A row that cannot be an event, for the dead-letter topic.
+KafkaRecord DeadLetterRecord(const PolledRow& row, const std::string& topic) {
+  KafkaRecord r;
+  r.topic = topic;
+  r.key = row.aggregate_id;
+  r.value = absl::string_view(row.content);
+  r.headers = {
+      {"outbox.error", row.invalid_reason},
+      {std::string(kHeaderSeq), absl::StrCat(row.seq)},
+  };
+  return r;
+}
+
+class PollPipeline {
+ public:
+  PollPipeline(const PollPipelineOptions& options, PipelineStats* stats)
+      : options_(options), stats_(stats) {}
+
+  absl::Status Run(const std::atomic<bool>& stop) {
+    ASSIGN_OR_RETURN(poller_, OutboxPoller::Connect(options_.poller));
+    ASSIGN_OR_RETURN(
+        producer_,
+        KafkaProducer::Create(options_.producer,
+                              [this](uint64_t sequence, absl::Status status) {
+                                OnDelivery(sequence, std::move(status));
+                              }));
+    spdlog::info(
+        "publishing from {} (source {}, batch size {}, cleanup {}, interval "
+        "{})",
+        options_.poller.table.ToString(),
+        options_.poller.notify_channel.empty() ? "poll" : "notify",
+        options_.poller.batch_size,
+        options_.poller.cleanup == PollCleanup::kMark ? "mark" : "delete",
+        absl::FormatDuration(options_.poll_interval));
+    absl::Status s = Loop(stop);
+    if (!s.ok()) poller_->AbortBatch().IgnoreError();
+    LogProgress();
+    return s;
+  }
+
+ private:
+  void OnDelivery(uint64_t sequence, absl::Status status) {
+    if (status.ok()) {
+      tracker_.Acknowledge(sequence);
+      ++stats_->events_acknowledged;
+    } else {
+      spdlog::error("delivery of row #{} of batch {} failed: {}", sequence,
+                    batch_number_, status.ToString());
+      tracker_.Fail(sequence, std::move(status));
+    }
+  }
+
+  absl::Status Loop(const std::atomic<bool>& stop) {
+    absl::Time next_progress = absl::Now() + kProgressLogInterval;
+    while (!stop.load(std::memory_order_relaxed)) {
+      producer_->Poll(absl::ZeroDuration());
+      RETURN_IF_ERROR(producer_->fatal_error());
+      ASSIGN_OR_RETURN(bool full, PublishOneBatch(stop));
+      if (absl::Now() >= next_progress) {
+        LogProgress();
+        next_progress = absl::Now() + kProgressLogInterval;
+      }
+      if (full) continue;  // more is waiting: no sleep
+      ASSIGN_OR_RETURN(
+          bool notified,
+          poller_->WaitForWork(absl::Now() + options_.poll_interval, stop));
+      if (notified) ++notifications_;
+    }
+    spdlog::info("stop requested");
+    return absl::OkStatus();
+  }
+
+  // One batch: fetch, produce, wait for every acknowledgement, then mark and
+  // commit; anything else rolls back. Returns whether the batch was full.
+  absl::StatusOr<bool> PublishOneBatch(const std::atomic<bool>& stop) {
+    ASSIGN_OR_RETURN(PolledBatch batch, poller_->FetchBatch());
+    if (batch.rows.empty()) {
+      RETURN_IF_ERROR(poller_->AbortBatch());
+      // Everything was held back: let the blocking batch finish first.
+      return false;
+    }
+    ++batch_number_;
+    spdlog::debug("batch {}: {} rows in flight ({} held back)", batch_number_,
+                  batch.rows.size(), batch.held_back);
+    tracker_.BeginTransaction();
+    std::vector<int64_t> seqs;
+    seqs.reserve(batch.rows.size());
+    for (const PolledRow& row : batch.rows) {
+      RETURN_IF_ERROR(Produce(row, tracker_.AddEvent()));
+      seqs.push_back(row.seq);
+    }
+    const Lsn batch_position(batch_number_);
+    tracker_.CommitTransaction(batch_position);
+
+    // Wait for the acknowledgements. On stop, wait at most shutdown_timeout.
+    std::optional<absl::Time> stop_deadline;
+    while (tracker_.ConfirmableLsn() < batch_position) {
+      producer_->Poll(kAckPollInterval);
+      if (!tracker_.failure().ok() || !producer_->fatal_error().ok()) {
+        absl::Status cause = !tracker_.failure().ok()
+                                 ? tracker_.failure()
+                                 : producer_->fatal_error();
+        poller_->AbortBatch().IgnoreError();
+        return absl::Status(
+            cause.code(), absl::StrCat("batch of ", seqs.size(),
+                                       " rows rolled back, left unpublished: ",
+                                       cause.message()));
+      }
+      if (stop.load(std::memory_order_relaxed)) {
+        if (!stop_deadline) {
+          stop_deadline = absl::Now() + options_.shutdown_timeout;
+        }
+        if (absl::Now() >= *stop_deadline) {
+          spdlog::warn(
+              "batch of {} rows not acknowledged at stop ({} in flight): "
+              "rolled back, the rows stay unpublished and will be published "
+              "again",
+              seqs.size(), tracker_.EventsInFlight());
+          RETURN_IF_ERROR(poller_->AbortBatch());
+          return false;
+        }
+      }
+    }
+    RETURN_IF_ERROR(poller_->CompleteBatch(seqs));
+    rows_completed_ += seqs.size();
+    return batch.full;
+  }
+
+  // Produces one row, waiting while librdkafka's queue is full.
+  absl::Status Produce(const PolledRow& row, uint64_t sequence) {
+    while (true) {
+      absl::Status s;
+      bool dead_letter = !row.event.has_value();
+      if (!dead_letter) {
+        s = producer_->Produce(Route(*row.event, options_.router), sequence);
+        if (!s.ok() && !absl::IsResourceExhausted(s)) {
+          // Not producible as it is (e.g. too large): dead-letter it.
+          if (options_.on_invalid == InvalidEventPolicy::kFail) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "row seq ", row.seq, " cannot be produced: ", s.message(),
+                " (--on-invalid=fail; it stays unpublished)"));
+          }
+          PolledRow bad;
+          bad.seq = row.seq;
+          bad.aggregate_id = row.aggregate_id;
+          bad.invalid_reason = absl::StrCat("cannot produce: ", s.message());
+          bad.content = absl::StrCat(
+              "{\"id\":\"", row.event->id, "\",\"payload_bytes\":",
+              row.event->payload ? row.event->payload->size() : 0, "}");
+          return ProduceDeadLetter(bad, sequence);
+        }
+      } else {
+        return ProduceDeadLetter(row, sequence);
+      }
+      if (s.ok()) {
+        ++stats_->events_produced;
+        return absl::OkStatus();
+      }
+      producer_->Poll(absl::Milliseconds(10));  // backpressure
+      RETURN_IF_ERROR(producer_->fatal_error());
+    }
+  }
+
+  absl::Status ProduceDeadLetter(const PolledRow& row, uint64_t sequence) {
+    spdlog::warn("invalid row seq {}: {}", row.seq, row.invalid_reason);
+    if (options_.on_invalid == InvalidEventPolicy::kFail) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid row seq ", row.seq, ": ", row.invalid_reason,
+                       " (--on-invalid=fail; it stays unpublished)"));
+    }
+    while (true) {
+      absl::Status s = producer_->Produce(
+          DeadLetterRecord(row, options_.dlq_topic), sequence);
+      if (s.ok()) {
+        ++stats_->events_dead_lettered;
+        return absl::OkStatus();
+      }
+      if (!absl::IsResourceExhausted(s)) {
+        return absl::Status(
+            s.code(), absl::StrCat("dead-lettering to ", options_.dlq_topic,
+                                   " failed: ", s.message()));
+      }
+      producer_->Poll(absl::Milliseconds(10));
+      RETURN_IF_ERROR(producer_->fatal_error());
+    }
+  }
+
+  void LogProgress() {
+    spdlog::info(
+        "events produced {} acknowledged {} dead-lettered {}, rows completed "
+        "{}, "
+        "batches {}, notifications {}",
+        stats_->events_produced, stats_->events_acknowledged,
+        stats_->events_dead_lettered, rows_completed_, batch_number_,
+        notifications_);
+  }
+
+  const PollPipelineOptions& options_;
+  PipelineStats* stats_;
+  AckTracker tracker_;
+  // After the tracker: destroyed first, so no report reaches a dead tracker.
+  std::unique_ptr<KafkaProducer> producer_;
+  std::unique_ptr<OutboxPoller> poller_;
+  uint64_t batch_number_ = 0;
+  uint64_t notifications_ = 0;
+  uint64_t rows_completed_ = 0;  // marked or deleted
+};
+
+}  // namespace
+
+absl::Status RunPollPipeline(const PollPipelineOptions& options,
+                             const std::atomic<bool>& stop,
+                             PipelineStats* stats) {
+  PipelineStats local;
+  PollPipeline pipeline(options, stats != nullptr ? stats : &local);
+  return pipeline.Run(stop);
+}
+
+}  // namespace outboxd
