@@ -8,6 +8,7 @@ packages=(
   libpq-dev librdkafka-dev nlohmann-json3-dev libabsl-dev libspdlog-dev
   libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 kcat
+  libcpp-httplib-dev protobuf-compiler libprotobuf-dev curl python3-yaml
 )
 
 missing=()

@@ -2,8 +2,17 @@
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f sql/outbox.sql
 --
 -- Creates the outbox table (Debezium outbox router column names), the
--- publication outboxd streams (inserts only), a function that writes an
--- event, and a least-privilege role for the publisher.
+-- publication outboxd streams (inserts only), the schema `outbox` with the
+-- functions that write events (outbox.emit: a table row; outbox.emit_message:
+-- a transactional logical decoding message, no row at all;
+-- outbox.emit_transient: a row deleted in the same transaction), and two
+-- least-privilege roles (README "Database setup"):
+--   outboxd_publisher  LOGIN REPLICATION, SELECT on the outbox: runs outboxd
+--   outboxd_writer     NOLOGIN, INSERT on the outbox and EXECUTE on the
+--                      emit functions: grant it to your application's role
+-- The table stays public.outbox (Debezium's name); the functions live in the
+-- schema outbox. public.outbox_emit(...) is kept as a synonym of
+-- outbox.emit(...).
 
 CREATE TABLE IF NOT EXISTS public.outbox (
   id            uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -34,7 +43,85 @@ BEGIN
 END
 $$;
 
--- Writes one event in the caller's transaction; returns its id.
+CREATE SCHEMA IF NOT EXISTS outbox;
+
+-- Writes one event (a row of public.outbox) in the caller's transaction and
+-- returns its id. Needs only INSERT on the table: the id is made here, not
+-- read back with RETURNING (which would need SELECT).
+CREATE OR REPLACE FUNCTION outbox.emit(
+    p_aggregatetype text,
+    p_aggregateid   text,
+    p_type          text,
+    p_payload       jsonb,
+    p_headers       jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  v_id uuid := gen_random_uuid();
+BEGIN
+  INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload,
+                             headers)
+  VALUES (v_id, p_aggregatetype, p_aggregateid, p_type, p_payload, p_headers);
+  RETURN v_id;
+END
+$$;
+
+-- The message variant: the event as a transactional logical decoding
+-- message (prefix 'outbox', outboxd's --message-prefix). Nothing is stored
+-- in any table, so nothing accumulates; the event is atomic with the
+-- caller's transaction. SECURITY DEFINER because pg_logical_emit_message is
+-- not executable by ordinary roles; it can emit nothing but an outbox event.
+CREATE OR REPLACE FUNCTION outbox.emit_message(
+    p_aggregatetype text,
+    p_aggregateid   text,
+    p_type          text,
+    p_payload       jsonb,
+    p_headers       jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  v_id uuid := gen_random_uuid();
+BEGIN
+  IF p_aggregatetype IS NULL OR p_aggregateid IS NULL OR p_type IS NULL THEN
+    RAISE EXCEPTION 'outbox.emit_message: aggregatetype, aggregateid and type are required';
+  END IF;
+  PERFORM pg_logical_emit_message(true, 'outbox',
+    jsonb_build_object('id', v_id::text, 'aggregatetype', p_aggregatetype,
+                       'aggregateid', p_aggregateid, 'type', p_type,
+                       'payload', p_payload,
+                       'headers', COALESCE(p_headers, '{}'::jsonb))::text);
+  RETURN v_id;
+END
+$$;
+
+-- Cleanup strategy 1 (CDC only): insert and delete in the same
+-- transaction. The insert is in the WAL, so outboxd publishes it; the table
+-- stays empty. Needs DELETE on the table as well. Never with the polling
+-- publishers, which read the table.
+CREATE OR REPLACE FUNCTION outbox.emit_transient(
+    p_aggregatetype text,
+    p_aggregateid   text,
+    p_type          text,
+    p_payload       jsonb,
+    p_headers       jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  v_id uuid := outbox.emit(p_aggregatetype, p_aggregateid, p_type, p_payload,
+                           p_headers);
+BEGIN
+  DELETE FROM public.outbox WHERE id = v_id;
+  RETURN v_id;
+END
+$$;
+
+-- Writes one event in the caller's transaction; returns its id. Kept for
+-- existing callers: the same as outbox.emit.
 CREATE OR REPLACE FUNCTION public.outbox_emit(
     p_aggregatetype text,
     p_aggregateid   text,
@@ -44,9 +131,8 @@ CREATE OR REPLACE FUNCTION public.outbox_emit(
 RETURNS uuid
 LANGUAGE sql
 AS $$
-  INSERT INTO public.outbox (aggregatetype, aggregateid, type, payload, headers)
-  VALUES (p_aggregatetype, p_aggregateid, p_type, p_payload, p_headers)
-  RETURNING id;
+  SELECT outbox.emit(p_aggregatetype, p_aggregateid, p_type, p_payload,
+                     p_headers);
 $$;
 
 -- The publisher needs REPLICATION (to stream the slot) and SELECT on the
@@ -59,6 +145,26 @@ BEGIN
 END
 $$;
 GRANT SELECT ON public.outbox TO outboxd_publisher;
+-- --cleanup-after (outboxd deletes rows the slot has confirmed) also needs:
+--   GRANT DELETE ON public.outbox TO outboxd_publisher;
+
+-- The writer: what an application needs to write events, nothing more.
+-- Grant it to the application's login role: GRANT outboxd_writer TO app;
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outboxd_writer') THEN
+    CREATE ROLE outboxd_writer NOLOGIN;
+  END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA outbox TO outboxd_writer;
+GRANT INSERT ON public.outbox TO outboxd_writer;
+REVOKE ALL ON FUNCTION outbox.emit(text, text, text, jsonb, jsonb),
+  outbox.emit_message(text, text, text, jsonb, jsonb),
+  outbox.emit_transient(text, text, text, jsonb, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION outbox.emit(text, text, text, jsonb, jsonb),
+  outbox.emit_message(text, text, text, jsonb, jsonb),
+  outbox.emit_transient(text, text, text, jsonb, jsonb) TO outboxd_writer;
 -- Polling (SELECT ... FOR UPDATE needs an UPDATE privilege; marking updates
 -- published_at). For --poll-cleanup=delete also:
 --   GRANT DELETE ON public.outbox TO outboxd_publisher;

@@ -117,8 +117,12 @@ absl::StatusOr<ParsedCommandLine> ParseFlags(
       args.insert(args.begin() + i, from_file.begin(), from_file.end());
       continue;
     }
+    // Users type --topic-prefix; absl names it topic_prefix. Lines of a
+    // --flagfile arrive here unnormalised, so normalise every name.
+    std::string absl_name(name);
+    std::replace(absl_name.begin(), absl_name.end(), '-', '_');
     RETURN_IF_ERROR(
-        ApplyFlag(name, std::move(value), repeatable, &out, &args, &i));
+        ApplyFlag(absl_name, std::move(value), repeatable, &out, &args, &i));
   }
   return out;
 }

@@ -24,6 +24,7 @@
 #include "outbox/value_format.h"
 #include "pg/connection.h"
 #include "pipeline/cdc_pipeline.h"
+#include "pipeline/outbox_cleaner.h"
 #include "pipeline/poll_pipeline.h"
 
 ABSL_FLAG(std::string, pg, "",
@@ -99,6 +100,9 @@ ABSL_FLAG(std::string, dlq_topic, "outbox.dlq",
 ABSL_FLAG(std::string, on_invalid, "dead-letter",
           "what to do with an invalid event: dead-letter (to --dlq-topic, "
           "go on) or fail (stop without confirming past it)");
+ABSL_FLAG(absl::Duration, cleanup_after, absl::ZeroDuration(),
+          "cdc: delete outbox rows older than this whose transaction the "
+          "slot has confirmed (needs DELETE on --table); 0 disables");
 ABSL_FLAG(std::string, value_format, "payload",
           "Kafka record value: payload (the payload column, as Debezium), "
           "envelope-json (every field of the event as JSON) or protobuf "
@@ -443,6 +447,25 @@ int Main(int argc, char** argv) {
     spdlog::info("metrics on http://{}:{}/metrics", metrics_server->host(),
                  metrics_server->port());
     options->metrics = &outboxd_metrics;
+  }
+
+  // --cleanup-after: a thread of its own, independent of the stream.
+  std::unique_ptr<OutboxCleaner> cleaner;
+  if (absl::Duration after = absl::GetFlag(FLAGS_cleanup_after);
+      after > absl::ZeroDuration()) {
+    if (absl::GetFlag(FLAGS_source) != "cdc" || !options->setup.table) {
+      std::cerr << "outboxd: --cleanup-after needs --source=cdc and a "
+                   "--table\n";
+      return 2;
+    }
+    OutboxCleanerOptions co;
+    co.conninfo = options->conninfo;
+    co.table = *options->setup.table;
+    co.slot = options->setup.slot;
+    co.id_column = options->mapper.columns.id;
+    co.older_than = after;
+    co.metrics = options->metrics;
+    cleaner = OutboxCleaner::Start(std::move(co));
   }
 
   spdlog::info("outboxd {} starting: pg {} brokers {} table {} slot {}",

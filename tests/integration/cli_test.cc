@@ -1,0 +1,212 @@
+// The command line as users meet it: --version, --flagfile, --help kept in
+// sync with the README's flag table, and the docker/ files checked as far
+// as they can be without a Docker engine.
+#include <unistd.h>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "tests/harness/child_process.h"
+
+namespace outboxd::testing {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+CommandResult RunOutboxd(std::vector<std::string> argv) {
+  argv.insert(argv.begin(), OUTBOXD_BINARY);
+  auto r = RunCommand(argv, absl::Seconds(20));
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *r : CommandResult{-1, ""};
+}
+
+// Flags in `outboxd --help`: lines "  --name".
+std::set<std::string> HelpFlags() {
+  CommandResult r = RunOutboxd({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  std::set<std::string> flags;
+  static const std::regex kFlag("^  --([a-z0-9-]+)");
+  for (absl::string_view line : absl::StrSplit(r.output, '\n')) {
+    std::smatch m;
+    std::string l(line);
+    if (std::regex_search(l, m, kFlag)) flags.insert(m[1]);
+  }
+  return flags;
+}
+
+// Flags in README.md's table under "## Flags": every `--name` in the first
+// cell of each row.
+std::set<std::string> ReadmeFlags() {
+  std::string readme = ReadFile(OUTBOXD_SOURCE_DIR "/README.md");
+  size_t start = readme.find("\n## Flags");
+  EXPECT_NE(start, std::string::npos) << "README has no ## Flags section";
+  size_t end = readme.find("\n## ", start + 1);
+  std::string section = readme.substr(start, end - start);
+  std::set<std::string> flags;
+  static const std::regex kFlag("`--([a-z0-9-]+)");
+  for (absl::string_view line : absl::StrSplit(section, '\n')) {
+    if (!absl::StartsWith(line, "| `--")) continue;
+    std::string cell(line.substr(1, line.find('|', 1) - 1));
+    for (std::sregex_iterator it(cell.begin(), cell.end(), kFlag), e; it != e;
+         ++it) {
+      flags.insert((*it)[1]);
+    }
+  }
+  return flags;
+}
+
+TEST(CliTest, ReadmeFlagTableListsExactlyTheFlagsOfHelp) {
+  std::set<std::string> help = HelpFlags();
+  std::set<std::string> readme = ReadmeFlags();
+  ASSERT_GT(help.size(), 20u);
+  std::vector<std::string> missing, stale;
+  for (const auto& f : help) {
+    if (!readme.count(f)) missing.push_back("--" + f);
+  }
+  for (const auto& f : readme) {
+    if (!help.count(f)) stale.push_back("--" + f);
+  }
+  EXPECT_TRUE(missing.empty())
+      << "flags in --help but not in README.md's flag table: "
+      << absl::StrJoin(missing, " ");
+  EXPECT_TRUE(stale.empty())
+      << "flags in README.md's flag table but not in --help: "
+      << absl::StrJoin(stale, " ");
+}
+
+TEST(CliTest, HelpShowsDashedNamesAndDefaults) {
+  CommandResult r = RunOutboxd({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--topic-prefix"), std::string::npos);
+  EXPECT_EQ(r.output.find("--topic_prefix"), std::string::npos);
+  EXPECT_NE(r.output.find("(default: outbox.event.)"), std::string::npos);
+}
+
+TEST(CliTest, Version) {
+  CommandResult r = RunOutboxd({"--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(std::regex_match(r.output, std::regex("outboxd [0-9]+\\.[0-9]+\\.[0-9]+\n")))
+      << r.output;
+}
+
+TEST(CliTest, FlagfileTakesDashedNamesCommentsAndIsOverriddenInOrder) {
+  std::string path = absl::StrCat(::testing::TempDir(), "/outboxd-", getpid(),
+                                  ".flags");
+  {
+    std::ofstream out(path);
+    out << "# outboxd flags\n"
+        << "--pg=host=127.0.0.1 port=1 dbname=x connect_timeout=1\n"
+        << "\n"
+        << "--brokers=127.0.0.1:9\n"
+        << "--value-format=avro\n";
+  }
+  // The file's bad value is reported...
+  CommandResult r = RunOutboxd({"--flagfile=" + path});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--value-format"), std::string::npos) << r.output;
+  // ...and a later flag overrides it: the error is now about the next bad
+  // flag, which proves the file's flags parsed and the override took.
+  r = RunOutboxd({"--flagfile=" + path, "--value-format=protobuf",
+                  "--on-invalid=bogus"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output.find("--value-format"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--on-invalid"), std::string::npos) << r.output;
+  r = RunOutboxd({"--flagfile=/nonexistent/flags"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  std::remove(path.c_str());
+}
+
+TEST(CliTest, UnknownFlagExitsTwoWithOneLine) {
+  CommandResult r = RunOutboxd({"--no-such-flag=1"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+}
+
+// ------------------------------------------------------------------ docker
+
+TEST(DockerTest, ComposeFileParsesAndWiresTheServices) {
+  // PyYAML parses it as Docker Compose would; the checks print what is
+  // wrong. Flags given to outboxd must be flags of this outboxd.
+  std::string script = R"py(
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+s = doc["services"]
+for name in ("postgres", "kafka", "outboxd", "writer"):
+    assert name in s, "missing service " + name
+pg = s["postgres"]
+assert pg["image"].startswith("postgres:15"), pg["image"]
+assert "wal_level=logical" in " ".join(map(str, pg["command"])), pg["command"]
+kafka = s["kafka"]
+env = kafka["environment"]
+assert "KAFKA_PROCESS_ROLES" in env and "controller" in env["KAFKA_PROCESS_ROLES"], env
+assert "KAFKA_CONTROLLER_QUORUM_VOTERS" in env, env
+o = s["outboxd"]
+assert o["build"]["dockerfile"].endswith("Dockerfile"), o["build"]
+for dep in ("postgres", "kafka"):
+    assert dep in o["depends_on"], o["depends_on"]
+for arg in o["command"]:
+    if arg.startswith("--"):
+        print(arg.split("=")[0][2:])
+w = s["writer"]
+assert w.get("restart", "no") in ("no", "on-failure"), w
+)py";
+  std::string py = absl::StrCat(::testing::TempDir(), "/compose_check.py");
+  { std::ofstream(py) << script; }
+  auto r = RunCommand({"python3", py, OUTBOXD_SOURCE_DIR "/docker/compose.yml"},
+                      absl::Seconds(20));
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->exit_code, 0) << r->output;
+  std::set<std::string> help = HelpFlags();
+  for (absl::string_view flag : absl::StrSplit(r->output, '\n', absl::SkipEmpty())) {
+    EXPECT_TRUE(help.count(std::string(flag)))
+        << "compose.yml passes --" << flag << ", which outboxd does not know";
+  }
+}
+
+TEST(DockerTest, DockerfileBuildsWithTheCiScripts) {
+  std::string dockerfile = ReadFile(OUTBOXD_SOURCE_DIR "/docker/Dockerfile");
+  ASSERT_FALSE(dockerfile.empty());
+  EXPECT_TRUE(std::regex_search(dockerfile,
+                                std::regex("^FROM debian:bookworm[^ ]* AS build",
+                                           std::regex::multiline)));
+  EXPECT_TRUE(std::regex_search(
+      dockerfile, std::regex("^FROM debian:bookworm", std::regex::multiline)));
+  // The build stage runs exactly what CI runs.
+  EXPECT_NE(dockerfile.find("scripts/install-deps.sh"), std::string::npos);
+  EXPECT_NE(dockerfile.find("scripts/build.sh"), std::string::npos);
+  EXPECT_NE(dockerfile.find("COPY --from=build"), std::string::npos);
+  EXPECT_NE(dockerfile.find("USER "), std::string::npos);  // not root
+  // Every file the Dockerfile copies from the context exists.
+  static const std::regex kCopy("^COPY (?!--from)([^\\n]+) [^ \\n]+$",
+                                std::regex::multiline);
+  for (std::sregex_iterator it(dockerfile.begin(), dockerfile.end(), kCopy), e;
+       it != e; ++it) {
+    for (absl::string_view src : absl::StrSplit((*it)[1].str(), ' ',
+                                                absl::SkipEmpty())) {
+      if (absl::StartsWith(src, "--")) continue;
+      EXPECT_EQ(access(absl::StrCat(OUTBOXD_SOURCE_DIR "/", src).c_str(), F_OK),
+                0)
+          << "COPY " << src;
+    }
+  }
+  std::string ci = ReadFile(OUTBOXD_SOURCE_DIR "/.ci/run");
+  EXPECT_NE(ci.find("scripts/test.sh"), std::string::npos);
+  std::string test_sh = ReadFile(OUTBOXD_SOURCE_DIR "/scripts/test.sh");
+  EXPECT_NE(test_sh.find("scripts/build.sh"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace outboxd::testing
