@@ -337,6 +337,7 @@ class CdcPipeline {
   }
 
   absl::Status OnInvalid(InvalidEvent bad) {
+    if (options_.metrics != nullptr) options_.metrics->invalid_events->Increment();
     spdlog::warn("invalid event at {}#{}: {}",
                  bad.position.commit_lsn.ToString(), bad.position.index,
                  bad.reason);
