@@ -114,6 +114,22 @@ ABSL_FLAG(std::string, log_level, "info",
 ABSL_FLAG(absl::Duration, shutdown_timeout, absl::Seconds(8),
           "on SIGTERM/SIGINT, how long to wait for outstanding "
           "acknowledgements");
+ABSL_FLAG(std::string, delivery, "at-least-once",
+          "at-least-once (a restart may resend what Kafka already has) or "
+          "exactly-once (before the first record to a partition after a "
+          "start, read that partition's last outbox.lsn/outbox.index and skip "
+          "resent events not past it; outboxd must be the only writer of its "
+          "topics, see README Reliability)");
+ABSL_FLAG(absl::Duration, reconnect_backoff_initial, absl::Milliseconds(100),
+          "first wait before reconnecting to PostgreSQL after the replication "
+          "connection is lost (or the slot is active in another outboxd); "
+          "doubles per attempt, jittered");
+ABSL_FLAG(absl::Duration, reconnect_backoff_max, absl::Seconds(5),
+          "cap of the reconnect backoff; also how often a standby outboxd "
+          "checks whether the slot became free");
+ABSL_FLAG(absl::Duration, reconnect_give_up, absl::ZeroDuration(),
+          "exit 1 after being unable to stream for this long (0: retry "
+          "forever)");
 
 namespace outboxd {
 namespace {
@@ -133,22 +149,6 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   CdcPipelineOptions o;
   o.conninfo = absl::GetFlag(FLAGS_pg);
   if (o.conninfo.empty()) {
-ABSL_FLAG(std::string, delivery, "at-least-once",
-          "at-least-once (a restart may resend what Kafka already has) or "
-          "exactly-once (before the first record to a partition after a "
-          "start, read that partition's last outbox.lsn/outbox.index and skip "
-          "resent events not past it; outboxd must be the only writer of its "
-          "topics, see README Reliability)");
-ABSL_FLAG(absl::Duration, reconnect_backoff_initial, absl::Milliseconds(100),
-          "first wait before reconnecting to PostgreSQL after the replication "
-          "connection is lost (or the slot is active in another outboxd); "
-          "doubles per attempt, jittered");
-ABSL_FLAG(absl::Duration, reconnect_backoff_max, absl::Seconds(5),
-          "cap of the reconnect backoff; also how often a standby outboxd "
-          "checks whether the slot became free");
-ABSL_FLAG(absl::Duration, reconnect_give_up, absl::ZeroDuration(),
-          "exit 1 after being unable to stream for this long (0: retry "
-          "forever)");
     return absl::InvalidArgumentError(
         "--pg is required (libpq conninfo or URI)");
   }
@@ -186,21 +186,6 @@ ABSL_FLAG(absl::Duration, reconnect_give_up, absl::ZeroDuration(),
     return absl::InvalidArgumentError(
         "--shutdown-timeout must not be negative");
   }
-
-  std::string table = absl::GetFlag(FLAGS_table);
-  if (!table.empty()) {
-    auto name = ParseQualifiedName(table);
-    if (!name.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--table: ", name.status().message()));
-    }
-    o.setup.table = *name;
-    o.mapper.table = *name;
-  }
-  o.setup.slot = absl::GetFlag(FLAGS_slot);
-  o.setup.publication = absl::GetFlag(FLAGS_publication);
-  if (o.setup.slot.empty() || o.setup.publication.empty()) {
-    return absl::InvalidArgumentError(
   o.reconnect.initial_backoff = absl::GetFlag(FLAGS_reconnect_backoff_initial);
   o.reconnect.max_backoff = absl::GetFlag(FLAGS_reconnect_backoff_max);
   o.reconnect.give_up_after = absl::GetFlag(FLAGS_reconnect_give_up);
@@ -224,6 +209,21 @@ ABSL_FLAG(absl::Duration, reconnect_give_up, absl::ZeroDuration(),
         "--delivery must be at-least-once or exactly-once, not '", delivery,
         "'"));
   }
+
+  std::string table = absl::GetFlag(FLAGS_table);
+  if (!table.empty()) {
+    auto name = ParseQualifiedName(table);
+    if (!name.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--table: ", name.status().message()));
+    }
+    o.setup.table = *name;
+    o.mapper.table = *name;
+  }
+  o.setup.slot = absl::GetFlag(FLAGS_slot);
+  o.setup.publication = absl::GetFlag(FLAGS_publication);
+  if (o.setup.slot.empty() || o.setup.publication.empty()) {
+    return absl::InvalidArgumentError(
         "--slot and --publication must not be empty");
   }
   for (char c : o.setup.slot) {
