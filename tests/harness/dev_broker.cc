@@ -53,6 +53,15 @@ absl::StatusOr<std::unique_ptr<DevBroker>> DevBroker::Start(int brokers,
   return broker;
 }
 
+absl::Status DevBroker::InjectError(int api_key, const std::string& error,
+                                    int count) {
+  return Command(absl::StrCat("error ", api_key, " ", error, " ", count));
+}
+
+absl::Status DevBroker::ClearErrors(int api_key) {
+  return Command(absl::StrCat("clear ", api_key));
+}
+
 absl::Status DevBroker::Command(const std::string& line) {
   if (process_ == nullptr || !process_->Running()) {
     return absl::FailedPreconditionError("outbox-devbroker is not running");

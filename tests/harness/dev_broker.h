@@ -26,6 +26,10 @@ class DevBroker {
   absl::Status SetAllBrokersDown();
   absl::Status SetAllBrokersUp();
   absl::Status SetRtt(int broker_id, int rtt_ms);
+  // The next `count` requests of `api_key` (0 = Produce) fail with
+  // `error` (a Kafka error code or name, e.g. TOPIC_AUTHORIZATION_FAILED).
+  absl::Status InjectError(int api_key, const std::string& error, int count);
+  absl::Status ClearErrors(int api_key);
 
  private:
   DevBroker() = default;

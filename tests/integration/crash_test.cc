@@ -1,0 +1,106 @@
+// Crash faults (ctest label `fault`): outboxd is SIGKILLed at 10 random
+// moments while 100,000 events are inserted at a steady rate, restarted each
+// time, and everything is read back by an independent consumer. Zero events
+// may be lost; the duplicates are counted (at-least-once) or must be zero
+// (--delivery=exactly-once).
+#include <random>
+
+#include "tests/integration/fault_fixture.h"
+
+namespace outboxd::testing {
+namespace {
+
+constexpr int kEvents = 100000;
+constexpr int kBatch = 1000;                                  // rows per tx
+constexpr absl::Duration kInterval = absl::Milliseconds(500);  // per tx
+constexpr int kKills = 10;
+
+class CrashTest : public FaultTest {
+ protected:
+  void RunCrashes(const std::vector<std::string>& extra, uint32_t seed,
+                  const char* mode, size_t* duplicates) {
+    const std::string topic = prefix_ + "crash";
+    std::vector<std::string> args = extra;
+    args.push_back("--topic=" + topic);
+    StartOutboxd(args);
+
+    // Kill moments over the insert period, at least 1 s apart.
+    const double period =
+        absl::ToDoubleSeconds(kInterval) * (kEvents / kBatch);
+    std::mt19937 rng(seed);
+    std::vector<double> moments;
+    while (moments.size() < kKills) {
+      double t = std::uniform_real_distribution<double>(1.0, period)(rng);
+      bool spaced = true;
+      for (double m : moments) spaced &= std::abs(m - t) >= 1.0;
+      if (spaced) moments.push_back(t);
+    }
+    std::sort(moments.begin(), moments.end());
+
+    Inserter inserter(ConnInfo(), kEvents, kBatch, kInterval);
+    const absl::Time start = absl::Now();
+    inserter.Start();
+    for (double m : moments) {
+      absl::Time at = start + absl::Seconds(m);
+      absl::SleepFor(at - absl::Now());
+      ChildProcess& current = Outboxd(outboxd_.size() - 1);
+      EXPECT_TRUE(current.Running()) << Log(outboxd_.size() - 1);
+      current.Signal(SIGKILL);
+      current.Wait(absl::Seconds(10));
+      // The walsender may hold the slot for a moment: the new process waits.
+      StartOutboxd(args, /*wait_streaming=*/false);
+    }
+    inserter.Join();
+    ASSERT_EQ(inserter.written(), kEvents) << inserter.error();
+    const double insert_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+
+    // Everything written is confirmed once the last outboxd caught up.
+    Lsn end = CurrentWalLsn();
+    ASSERT_TRUE(WaitConfirmed(end, absl::Seconds(180)))
+        << "confirmed " << ConfirmedFlush() << " of " << end << "\n"
+        << Log(outboxd_.size() - 1);
+    auto records = Read(topic, kEvents, absl::Seconds(180), absl::Seconds(2));
+    Tally t = Count(records);
+    std::printf(
+        "[ measure ] crash %s: %zu events, %d SIGKILLs over %.1f s: %zu "
+        "records read, %zu lost, %zu duplicates\n",
+        mode, t.expected, kKills, insert_seconds, t.received, t.lost,
+        t.duplicates);
+    EXPECT_EQ(t.expected, static_cast<size_t>(kEvents));
+    EXPECT_EQ(t.lost, 0u);
+    *duplicates = t.duplicates;
+
+    // Per aggregate, first copies arrive in commit order: (outbox.lsn,
+    // outbox.index) of the distinct events increases along each partition.
+    std::map<int32_t, std::pair<uint64_t, uint64_t>> last;
+    std::set<std::string> seen;
+    size_t out_of_order = 0;
+    for (const auto& r : records) {  // (partition, offset) order
+      if (!seen.insert(r.Header("id").value_or("")).second) continue;
+      uint64_t lsn = 0, index = 0;
+      ASSERT_TRUE(absl::SimpleAtoi(r.Header("outbox.lsn").value_or(""), &lsn));
+      ASSERT_TRUE(
+          absl::SimpleAtoi(r.Header("outbox.index").value_or(""), &index));
+      auto pos = std::make_pair(lsn, index);
+      auto it = last.find(r.partition);
+      if (it != last.end() && pos <= it->second) ++out_of_order;
+      last[r.partition] = pos;
+    }
+    EXPECT_EQ(out_of_order, 0u);
+  }
+};
+
+TEST_F(CrashTest, AtLeastOnceLosesNothing) {
+  size_t duplicates = 0;
+  RunCrashes({}, /*seed=*/20261123, "at-least-once", &duplicates);
+}
+
+TEST_F(CrashTest, ExactlyOnceLosesNothingAndDuplicatesNothing) {
+  size_t duplicates = 0;
+  RunCrashes({"--delivery=exactly-once"}, /*seed=*/777, "exactly-once",
+             &duplicates);
+  EXPECT_EQ(duplicates, 0u);
+}
+
+}  // namespace
+}  // namespace outboxd::testing
