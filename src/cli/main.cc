@@ -447,6 +447,7 @@ int Main(int argc, char** argv) {
     spdlog::info("metrics on http://{}:{}/metrics", metrics_server->host(),
                  metrics_server->port());
     options->metrics = &outboxd_metrics;
+    if (polling) poll_options->metrics = &outboxd_metrics;
   }
 
   // --cleanup-after: a thread of its own, independent of the stream.

@@ -76,6 +76,7 @@ class CdcPipeline {
       s = Stream(stop);  // OK only when stopped
       if (s.ok() || !Reconnectable(s)) break;
       spdlog::warn("{}; reconnecting", std::string(s.message()));
+      if (options_.metrics != nullptr) options_.metrics->reconnects->Increment();
       ResetSession();
       s = ConnectWithRetry(stop);
     }

@@ -36,9 +36,15 @@ class PollPipeline {
 
   absl::Status Run(const std::atomic<bool>& stop) {
     ASSIGN_OR_RETURN(poller_, OutboxPoller::Connect(options_.poller));
+    ProducerOptions producer_options = options_.producer;
+    if (metrics::OutboxdMetrics* m = options_.metrics) {
+      producer_options.on_brokers_up = [m](int up) {
+        m->kafka_brokers_up->Set(up);
+      };
+    }
     ASSIGN_OR_RETURN(
         producer_,
-        KafkaProducer::Create(options_.producer,
+        KafkaProducer::Create(producer_options,
                               [this](uint64_t sequence, absl::Status status) {
                                 OnDelivery(sequence, std::move(status));
                               }));
@@ -50,7 +56,9 @@ class PollPipeline {
         options_.poller.batch_size,
         options_.poller.cleanup == PollCleanup::kMark ? "mark" : "delete",
         absl::FormatDuration(options_.poll_interval));
+    if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
     absl::Status s = Loop(stop);
+    if (options_.metrics != nullptr) options_.metrics->streaming->Set(0);
     if (!s.ok()) poller_->AbortBatch().IgnoreError();
     LogProgress();
     return s;
@@ -62,6 +70,9 @@ class PollPipeline {
       tracker_.Acknowledge(sequence);
       ++stats_->events_acknowledged;
     } else {
+      if (options_.metrics != nullptr) {
+        options_.metrics->delivery_errors->Increment();
+      }
       spdlog::error("delivery of row #{} of batch {} failed: {}", sequence,
                     batch_number_, status.ToString());
       tracker_.Fail(sequence, std::move(status));
@@ -92,6 +103,11 @@ class PollPipeline {
   // commit; anything else rolls back. Returns whether the batch was full.
   absl::StatusOr<bool> PublishOneBatch(const std::atomic<bool>& stop) {
     ASSIGN_OR_RETURN(PolledBatch batch, poller_->FetchBatch());
+    if (options_.metrics != nullptr) {
+      options_.metrics->source_queries
+          ->Labels({options_.poller.notify_channel.empty() ? "poll" : "notify"})
+          .Increment();
+    }
     if (batch.rows.empty()) {
       RETURN_IF_ERROR(poller_->AbortBatch());
       // Everything was held back: let the blocking batch finish first.

@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "kafka/producer.h"
+#include "metrics/outboxd_metrics.h"
 #include "outbox/router.h"
 #include "pipeline/cdc_pipeline.h"
 #include "sources/outbox_poller.h"
@@ -40,6 +41,8 @@ struct PollPipelineOptions {
   // How long a stop may wait for the open batch's acknowledgements before
   // rolling it back.
   absl::Duration shutdown_timeout = absl::Seconds(8);
+  // May be null (metrics off); must outlive the run.
+  metrics::OutboxdMetrics* metrics = nullptr;
 };
 
 // Publishes until `stop`, then finishes the open batch if it is acknowledged

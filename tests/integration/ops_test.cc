@@ -121,9 +121,10 @@ class OpsTest : public ::testing::Test {
     outboxd_.push_back(*std::move(child));
     ChildProcess* p = outboxd_.back().get();
     bool streaming = Eventually([&] {
+      std::string log = ReadFile(LogPath(n));
       return !p->Running() ||
-             ReadFile(LogPath(n)).find("streaming from slot") !=
-                 std::string::npos;
+             log.find("streaming from slot") != std::string::npos ||
+             log.find("publishing from") != std::string::npos;  // poll
     });
     EXPECT_TRUE(streaming && p->Running())
         << "outboxd did not start streaming:\n" << ReadFile(LogPath(n));
@@ -254,6 +255,29 @@ TEST_F(OpsTest, MetricsScrapeMovesAsEventsFlow) {
 
   outboxd_[0]->Signal(SIGTERM);
   EXPECT_EQ(outboxd_[0]->Wait(absl::Seconds(15)), 0);
+}
+
+TEST_F(OpsTest, PollModeIsReadyAndCountsItsQueries) {
+  StartOutboxd({"--metrics-address=127.0.0.1:0", "--source=poll",
+                "--poll-interval=100ms"});
+  int port = MetricsPort(ReadFile(LogPath(0)));
+  ASSERT_GT(port, 0) << ReadFile(LogPath(0));
+  int code = 0;
+  EXPECT_TRUE(Eventually([&] {
+    Get(port, "/readyz", &code);
+    return code == 200;
+  })) << Get(port, "/metrics", &code);
+  const std::string series = "outboxd_source_queries_total{source=\"poll\"}";
+  double first = Sample(Get(port, "/metrics", &code), series);
+  EXPECT_GE(first, 1);
+  EXPECT_TRUE(Eventually([&] {
+    return Sample(Get(port, "/metrics", &code), series) > first;
+  })) << "polls every 100ms, so the count moves";
+  outboxd_[0]->Signal(SIGTERM);
+  EXPECT_EQ(outboxd_[0]->Wait(absl::Seconds(15)), 0);
+  // Stopped: no longer ready (the server is gone with the process).
+  Get(port, "/readyz", &code);
+  EXPECT_NE(code, 200);
 }
 
 TEST_F(OpsTest, MetricsAddressInUseIsARuntimeFailure) {
