@@ -137,7 +137,10 @@ std::string FlagsHelp(absl::string_view usage, absl::string_view file_filter) {
   std::ostringstream os;
   os << usage << "\n\nFlags:\n";
   for (const auto* flag : flags) {
-    os << "  --" << flag->Name() << "\n      " << flag->Help();
+    // Shown as users type them: --topic-prefix, not --topic_prefix.
+    std::string name(flag->Name());
+    std::replace(name.begin(), name.end(), '_', '-');
+    os << "  --" << name << "\n      " << flag->Help();
     std::string def = flag->DefaultValue();
     if (!def.empty()) os << " (default: " << def << ")";
     os << "\n";

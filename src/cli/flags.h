@@ -23,7 +23,8 @@ struct ParsedCommandLine {
   absl::flat_hash_map<std::string, std::vector<std::string>> repeated;
 };
 
-// Sets the registered absl flags from argv[1..]. `repeatable` names flags
+// Sets the registered absl flags from argv[1..]. Dashes in flag names are
+// read as underscores (--topic-prefix sets topic_prefix). `repeatable` names flags
 // whose values accumulate instead of overriding. kInvalidArgument with one
 // line for an unknown flag, a missing or malformed value, or a positional
 // argument.
@@ -31,7 +32,7 @@ absl::StatusOr<ParsedCommandLine> ParseFlags(
     int argc, char** argv, const std::vector<std::string>& repeatable);
 
 // Help text for the flags defined in files whose path contains
-// `file_filter`, sorted by name, with defaults.
+// `file_filter`, sorted by name, with defaults; names are shown dashed.
 std::string FlagsHelp(absl::string_view usage, absl::string_view file_filter);
 
 // key=value lines; blank lines and lines starting with # are skipped.

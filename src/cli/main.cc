@@ -367,36 +367,13 @@ absl::StatusOr<PollPipelineOptions> PollOptionsFromFlags(
 }
 
 int Main(int argc, char** argv) {
-  // absl spells flags with underscores; accept the dashed spelling users
-  // expect (--topic-prefix) by normalising names before parsing.
-  std::vector<std::string> storage(argv, argv + argc);
-  for (size_t i = 1; i < storage.size(); ++i) {
-    std::string& a = storage[i];
-    if (!absl::StartsWith(a, "--")) continue;
-    size_t end = a.find('=');
-    if (end == std::string::npos) end = a.size();
-    for (size_t j = 2; j < end; ++j) {
-      if (a[j] == '-') a[j] = '_';
-    }
-  }
-  std::vector<char*> args;
-  for (auto& s : storage) args.push_back(s.data());
-
-  auto cmd = cli::ParseFlags(argc, args.data(), {"kafka_property"});
+  auto cmd = cli::ParseFlags(argc, argv, {"kafka_property"});
   if (!cmd.ok()) {
     std::cerr << "outboxd: " << cmd.status().message() << "\n";
     return 2;
   }
   if (cmd->help) {
-    std::string help = cli::FlagsHelp(kUsage, "cli/main.cc");
-    // Show flags as users type them: --topic-prefix, not --topic_prefix.
-    bool in_name = false;
-    for (size_t i = 0; i + 1 < help.size(); ++i) {
-      if (help[i] == '-' && help[i + 1] == '-') in_name = true;
-      if (in_name && help[i] == '_') help[i] = '-';
-      if (help[i] == '\n' || help[i] == ' ' || help[i] == '=') in_name = false;
-    }
-    std::cout << help;
+    std::cout << cli::FlagsHelp(kUsage, "cli/main.cc");
     return 0;
   }
   if (cmd->version) {

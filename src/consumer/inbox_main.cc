@@ -186,19 +186,7 @@ InboxHandler SqlHandler(std::string sql) {
 }
 
 int Main(int argc, char** argv) {
-  std::vector<std::string> storage(argv, argv + argc);
-  for (size_t i = 1; i < storage.size(); ++i) {
-    std::string& a = storage[i];
-    if (!absl::StartsWith(a, "--")) continue;
-    size_t end = a.find('=');
-    if (end == std::string::npos) end = a.size();
-    for (size_t j = 2; j < end; ++j) {
-      if (a[j] == '-') a[j] = '_';
-    }
-  }
-  std::vector<char*> args;
-  for (auto& s : storage) args.push_back(s.data());
-  auto cmd = cli::ParseFlags(argc, args.data(), {"kafka_property"});
+  auto cmd = cli::ParseFlags(argc, argv, {"kafka_property"});
   if (!cmd.ok()) {
     std::cerr << "outbox-inbox: " << cmd.status().message() << "\n";
     return 2;
