@@ -41,11 +41,10 @@ absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
   sql << sql_file.rdbuf();
   absl::Status s = env->pg_->Exec("postgres", sql.str());
   if (!s.ok()) return s;
-  s = env->pg_->Exec("postgres",
-                     absl::StrCat("CREATE EXTENSION pg_stat_statements; "
-                                  "CREATE ROLE ",
-                                  kPublisherRole,
-                                  " LOGIN SUPERUSER REPLICATION"));
+  s = env->pg_->Exec(
+      "postgres", absl::StrCat("CREATE EXTENSION pg_stat_statements; "
+                               "CREATE ROLE ",
+                               kPublisherRole, " LOGIN SUPERUSER REPLICATION"));
   if (!s.ok()) return s;
   // The postmaster is the parent of any backend: ask one for its pid.
   auto conn = PgConn::Connect(env->AdminConnInfo());
@@ -116,11 +115,11 @@ absl::Status BenchEnv::WaitSlotActive(const std::string& slot,
                                       absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
-    auto v = pg_->Query(
-        "postgres",
-        absl::StrCat("SELECT active FROM pg_replication_slots WHERE "
-                     "slot_name = '",
-                     slot, "'"));
+    auto v =
+        pg_->Query("postgres",
+                   absl::StrCat("SELECT active FROM pg_replication_slots WHERE "
+                                "slot_name = '",
+                                slot, "'"));
     if (v.ok() && *v == "t") return absl::OkStatus();
     absl::SleepFor(absl::Milliseconds(50));
   }

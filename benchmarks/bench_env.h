@@ -28,7 +28,6 @@ inline constexpr int kPartitions = 4;
 
 struct BenchEnvOptions {
   std::string outboxd_binary;    // "" = the one built with the harness
-  std::string devbroker_binary;  // unused: the harness binary is used
   std::string work_dir;          // outboxd logs go here
 };
 

@@ -71,7 +71,8 @@ absl::StatusOr<std::string> PgConn::Query(const std::string& sql) {
   return value;
 }
 
-// --- /proc readings -------------------------------------------------------------
+// --- /proc readings
+// -------------------------------------------------------------
 
 namespace {
 
@@ -186,8 +187,8 @@ nlohmann::json MachineInfo() {
   double load[3] = {0, 0, 0};
   getloadavg(load, 3);
   m["load_average"] = {load[0], load[1], load[2]};
-  m["date_utc"] = absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(),
-                                   absl::UTCTimeZone());
+  m["date_utc"] =
+      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone());
   return m;
 }
 
@@ -201,7 +202,8 @@ double Quantile(const std::vector<double>& sorted, double q) {
   return sorted[rank - 1];
 }
 
-// --- payloads ---------------------------------------------------------------------
+// --- payloads
+// ---------------------------------------------------------------------
 
 std::string Uuid(uint64_t n) {
   return absl::StrFormat("%08x-%04x-4%03x-a%03x-%012x",
@@ -220,8 +222,8 @@ std::string EventPayload(int64_t bench_id) {
       R"(, "sku": "SKU-)", 100000 + i % 900000,
       R"(", "price": 1999}], "total": 1999, )",
       R"("created": "2024-07-11T10:15:30.123456+00:00", "currency": "EUR", )",
-      R"("customer": {"id": )", 4200 + i % 10000,
-      R"(, "email": "customer)", i % 10000, R"(@example.com"}})");
+      R"("customer": {"id": )", 4200 + i % 10000, R"(, "email": "customer)",
+      i % 10000, R"(@example.com"}})");
 }
 
 int64_t ParseBenchId(const char* data, size_t size) {
@@ -242,7 +244,8 @@ int64_t ParseBenchId(const char* data, size_t size) {
   return any ? v : -1;
 }
 
-// --- Kafka -----------------------------------------------------------------------
+// --- Kafka
+// -----------------------------------------------------------------------
 
 namespace {
 
@@ -394,7 +397,8 @@ absl::StatusOr<int64_t> WatermarkProbe::Total(const std::string& topic,
 absl::Status WriteFile(const std::string& path, const std::string& text) {
   std::filesystem::path p(path);
   std::error_code ec;
-  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
+  if (p.has_parent_path())
+    std::filesystem::create_directories(p.parent_path(), ec);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;
   out.close();

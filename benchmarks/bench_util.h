@@ -87,8 +87,8 @@ std::string Uuid(uint64_t n);
 class ReceiptRecorder {
  public:
   static absl::StatusOr<std::unique_ptr<ReceiptRecorder>> Start(
-      const std::string& bootstrap, const std::string& topic,
-      int partitions, size_t capacity, int fetch_wait_ms);
+      const std::string& bootstrap, const std::string& topic, int partitions,
+      size_t capacity, int fetch_wait_ms);
   ~ReceiptRecorder();  // stops the thread and closes the consumer
 
   // Thread-safe readers.

@@ -56,8 +56,7 @@ ABSL_FLAG(std::string, outboxd, "", "outboxd binary (default: the build's)");
 ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
           "extra outboxd flags, comma-separated (e.g. "
           "--kafka-property=linger.ms=0)");
-ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-latency",
-          "outboxd logs");
+ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-latency", "outboxd logs");
 
 namespace outboxd::bench {
 namespace {
@@ -199,7 +198,8 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
                                  absl::Duration duration, int run_index) {
   const int64_t events =
       static_cast<int64_t>(rate * absl::ToDoubleSeconds(duration));
-  const std::string topic = absl::StrCat("bench.latency.", mode.name, ".", rate);
+  const std::string topic =
+      absl::StrCat("bench.latency.", mode.name, ".", rate);
   const std::string slot = absl::StrCat("bench_latency_", run_index);
   std::cerr << absl::StreamFormat("== %s at %d events/s: %d events\n",
                                   mode.name, rate, events);
@@ -225,8 +225,9 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   s = env.broker().CreateTopic(topic, kPartitions);
   if (!s.ok()) return s;
 
-  auto recorder = ReceiptRecorder::Start(env.bootstrap(), topic, kPartitions,
-                                         events, absl::GetFlag(FLAGS_fetch_wait_ms));
+  auto recorder =
+      ReceiptRecorder::Start(env.bootstrap(), topic, kPartitions, events,
+                             absl::GetFlag(FLAGS_fetch_wait_ms));
   if (!recorder.ok()) return recorder.status();
 
   std::vector<std::string> args = {
@@ -239,8 +240,8 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
     args.push_back(a);
   }
-  auto outboxd = env.StartOutboxd(
-      args, absl::StrCat("outboxd-", mode.name, "-", rate));
+  auto outboxd =
+      env.StartOutboxd(args, absl::StrCat("outboxd-", mode.name, "-", rate));
   if (!outboxd.ok()) return outboxd.status();
   pid_t pid = (*outboxd)->pid();
 
@@ -299,9 +300,9 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   if (mode.source == "cdc") {
     for (int i = 0; i < 50; ++i) {
       if (env.pg()
-              .Exec("postgres",
-                    absl::StrCat("SELECT pg_drop_replication_slot('", slot,
-                                 "')"))
+              .Exec(
+                  "postgres",
+                  absl::StrCat("SELECT pg_drop_replication_slot('", slot, "')"))
               .ok()) {
         break;
       }
@@ -386,7 +387,8 @@ std::string Ms(double v) {
 
 std::string MarkdownTable(const std::vector<RunResult>& runs) {
   std::string md =
-      "| mode | offered/s | committed/s | delivered/s | p50 ms | p90 ms | p99 ms | "
+      "| mode | offered/s | committed/s | delivered/s | p50 ms | p90 ms | p99 "
+      "ms | "
       "p99.9 ms | max ms | publisher stmts/s | db xacts/s | outboxd CPU s | "
       "PostgreSQL CPU s | kept up |\n"
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
@@ -404,9 +406,9 @@ std::string MarkdownTable(const std::vector<RunResult>& runs) {
         absl::StrFormat("%.1f", c["publisher_statements_per_s"].get<double>()),
         " | ",
         absl::StrFormat("%.0f", c["db_transactions_per_s"].get<double>()),
-        " | ", absl::StrFormat("%.2f", c["outboxd_cpu_s"].get<double>()),
-        " | ", absl::StrFormat("%.2f", c["postgres_cpu_s"].get<double>()),
-        " | ", j["kept_up"].get<bool>() ? "yes" : "**no**", " |\n");
+        " | ", absl::StrFormat("%.2f", c["outboxd_cpu_s"].get<double>()), " | ",
+        absl::StrFormat("%.2f", c["postgres_cpu_s"].get<double>()), " | ",
+        j["kept_up"].get<bool>() ? "yes" : "**no**", " |\n");
   }
   return md;
 }
@@ -455,7 +457,8 @@ absl::Status WriteCdf(const std::string& out,
                     r.summary["offered_rate"].get<int>(),
                     "/s\n# latency_ms fraction\n");
     for (const auto& [ms, q] : r.cdf) {
-      absl::StrAppend(&dat, absl::StrFormat("%.4f %.6f\n", std::max(ms, 0.01), q));
+      absl::StrAppend(&dat,
+                      absl::StrFormat("%.4f %.6f\n", std::max(ms, 0.01), q));
     }
     absl::StrAppend(&dat, "\n\n");
     blocks[r.summary["offered_rate"].get<int>()].emplace_back(
@@ -485,8 +488,9 @@ absl::Status WriteCdf(const std::string& out,
     absl::StrAppend(&gp, "set title '", rate, " events/s'\nplot ");
     bool first = true;
     for (const auto& [i, mode] : it->second) {
-      absl::StrAppend(&gp, first ? "" : ", \\\n     ", "'latency_cdf.dat' index ",
-                      i, " using 1:2 with lines lw 2 title '", mode, "'");
+      absl::StrAppend(&gp, first ? "" : ", \\\n     ",
+                      "'latency_cdf.dat' index ", i,
+                      " using 1:2 with lines lw 2 title '", mode, "'");
       first = false;
     }
     absl::StrAppend(&gp, "\n");
@@ -531,8 +535,8 @@ int Main(int argc, char** argv) {
   int run_index = 0;
   for (int rate : rates) {
     for (const Mode& mode : modes) {
-      auto r = RunOne(**env, mode, rate, absl::GetFlag(FLAGS_duration),
-                      run_index++);
+      auto r =
+          RunOne(**env, mode, rate, absl::GetFlag(FLAGS_duration), run_index++);
       if (!r.ok()) {
         std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
         failures.push_back({{"mode", mode.name},
@@ -550,12 +554,14 @@ int Main(int argc, char** argv) {
   doc["load_average_after"] = LoadAverage1();
   doc["setup"] = {
       {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
-      {"broker", "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 "
-                 "partitions"},
+      {"broker",
+       "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 "
+       "partitions"},
       {"consumer", absl::StrCat("librdkafka, assign, fetch.wait.max.ms=",
                                 absl::GetFlag(FLAGS_fetch_wait_ms))},
-      {"load", "one INSERT per transaction (BEGIN; INSERT; COMMIT in one "
-               "PQexec), open-loop fixed-rate schedule"},
+      {"load",
+       "one INSERT per transaction (BEGIN; INSERT; COMMIT in one "
+       "PQexec), open-loop fixed-rate schedule"},
   };
   doc["runs"] = nlohmann::json::array();
   for (const RunResult& r : runs) doc["runs"].push_back(r.summary);

@@ -167,16 +167,15 @@ int64_t WaitForRecords(WatermarkProbe& probe, const std::string& topic,
 
 absl::Status CreateSlot(BenchEnv& env, const std::string& slot) {
   return env.pg().Exec(
-      "postgres",
-      absl::StrCat("SELECT pg_create_logical_replication_slot('", slot,
-                   "', 'pgoutput')"));
+      "postgres", absl::StrCat("SELECT pg_create_logical_replication_slot('",
+                               slot, "', 'pgoutput')"));
 }
 
 void DropSlot(BenchEnv& env, const std::string& slot) {
   for (int i = 0; i < 50; ++i) {
     if (env.pg()
-            .Exec("postgres", absl::StrCat("SELECT pg_drop_replication_slot('",
-                                           slot, "')"))
+            .Exec("postgres",
+                  absl::StrCat("SELECT pg_drop_replication_slot('", slot, "')"))
             .ok()) {
       return;
     }
@@ -199,7 +198,9 @@ absl::Status WriteKcatInput(const std::string& path, const std::string& kind,
   return absl::OkStatus();
 }
 
-double Rate(int64_t events, int64_t ns) { return ns > 0 ? events * 1e9 / ns : 0; }
+double Rate(int64_t events, int64_t ns) {
+  return ns > 0 ? events * 1e9 / ns : 0;
+}
 
 absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
                                        int64_t events) {
@@ -212,10 +213,12 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
   const std::string live_slot = absl::StrCat("bench_live_", kind);
   const std::string recv_slot = absl::StrCat("bench_recv_", kind);
   const std::string backlog_slot = absl::StrCat("bench_backlog_", kind);
-  const std::string live_topic = absl::StrCat("bench.throughput.", kind, ".live");
+  const std::string live_topic =
+      absl::StrCat("bench.throughput.", kind, ".live");
   const std::string backlog_topic =
       absl::StrCat("bench.throughput.", kind, ".backlog");
-  const std::string kcat_topic = absl::StrCat("bench.throughput.", kind, ".kcat");
+  const std::string kcat_topic =
+      absl::StrCat("bench.throughput.", kind, ".kcat");
   absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
   for (const std::string& t : {live_topic, backlog_topic, kcat_topic}) {
     if (s.ok()) s = env.broker().CreateTopic(t, kPartitions);
@@ -225,9 +228,9 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
   if (!s.ok()) return s;
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
-  std::vector<std::string> common_args = {
-      "--metrics-address=127.0.0.1:0", "--status-interval=100ms",
-      "--log-level=info"};
+  std::vector<std::string> common_args = {"--metrics-address=127.0.0.1:0",
+                                          "--status-interval=100ms",
+                                          "--log-level=info"};
   for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
     common_args.push_back(a);
   }
@@ -246,9 +249,9 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     double cpu0 = ProcessCpuSeconds(pid);
     double pg_cpu0 = ClusterCpuSeconds(env.postmaster_pid());
     double broker_cpu0 = ProcessCpuSeconds(env.devbroker_pid());
-    auto inserted =
-        InsertEvents(env.AdminConnInfo(), kind, events,
-                     absl::GetFlag(FLAGS_batch), absl::GetFlag(FLAGS_connections));
+    auto inserted = InsertEvents(env.AdminConnInfo(), kind, events,
+                                 absl::GetFlag(FLAGS_batch),
+                                 absl::GetFlag(FLAGS_connections));
     if (!inserted.ok()) return inserted.status();
     int64_t done = WaitForRecords(**probe, live_topic, events,
                                   absl::Minutes(10), outboxd->get());
@@ -257,7 +260,8 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     double broker_cpu = ProcessCpuSeconds(env.devbroker_pid()) - broker_cpu0;
     int64_t rss = PeakRssBytes(pid);
     auto code = env.StopOutboxd(**outboxd);
-    if (done == 0) return absl::DeadlineExceededError("live: not all records arrived");
+    if (done == 0)
+      return absl::DeadlineExceededError("live: not all records arrived");
     int64_t insert_ns = inserted->last_commit_ns - inserted->first_commit_ns;
     int64_t e2e_ns = done - inserted->first_commit_ns;
     j["insert"] = {{"seconds", insert_ns / 1e9},
@@ -265,7 +269,8 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
                    {"errors", inserted->errors}};
     j["live"] = {{"seconds", e2e_ns / 1e9},
                  {"events_per_s", Rate(events, e2e_ns)},
-                 {"last_ack_after_last_commit_s", (done - inserted->last_commit_ns) / 1e9},
+                 {"last_ack_after_last_commit_s",
+                  (done - inserted->last_commit_ns) / 1e9},
                  {"outboxd_cpu_s", cpu},
                  {"postgres_cpu_s", pg_cpu},
                  {"devbroker_cpu_s", broker_cpu},
@@ -279,11 +284,23 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
 
   // --- recvlogical: the walsender's decoding + streaming limit ------------
   {
-    std::vector<std::string> argv = {
-        absl::GetFlag(FLAGS_pg_recvlogical),
-        "-d", env.AdminConnInfo(), "--start", "-S", recv_slot,
-        "-o", "proto_version=1", "-o", "publication_names=outbox_pub",
-        "-f", "/dev/null", "-E", *end_lsn, "--no-loop", "-s", "1"};
+    std::vector<std::string> argv = {absl::GetFlag(FLAGS_pg_recvlogical),
+                                     "-d",
+                                     env.AdminConnInfo(),
+                                     "--start",
+                                     "-S",
+                                     recv_slot,
+                                     "-o",
+                                     "proto_version=1",
+                                     "-o",
+                                     "publication_names=outbox_pub",
+                                     "-f",
+                                     "/dev/null",
+                                     "-E",
+                                     *end_lsn,
+                                     "--no-loop",
+                                     "-s",
+                                     "1"};
     if (kind == "message") {
       argv.push_back("-o");
       argv.push_back("messages=true");
@@ -294,14 +311,13 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     int64_t t1 = NowNs();
     if (!result.ok()) return result.status();
     if (result->exit_code != 0) {
-      return absl::InternalError(
-          absl::StrCat("pg_recvlogical exit ", result->exit_code, ": ",
-                       result->output));
+      return absl::InternalError(absl::StrCat(
+          "pg_recvlogical exit ", result->exit_code, ": ", result->output));
     }
-    j["recvlogical"] = {{"seconds", (t1 - t0) / 1e9},
-                        {"events_per_s", Rate(events, t1 - t0)},
-                        {"postgres_cpu_s",
-                         ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0}};
+    j["recvlogical"] = {
+        {"seconds", (t1 - t0) / 1e9},
+        {"events_per_s", Rate(events, t1 - t0)},
+        {"postgres_cpu_s", ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0}};
     std::cerr << "recvlogical: " << j["recvlogical"].dump() << "\n";
     DropSlot(env, recv_slot);
   }
@@ -342,23 +358,29 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
 
   // --- kcat: the producing limit ------------------------------------------
   {
-    const std::string input = absl::StrCat(env.work_dir(), "/kcat-", kind, ".txt");
+    const std::string input =
+        absl::StrCat(env.work_dir(), "/kcat-", kind, ".txt");
     s = WriteKcatInput(input, kind, events);
     if (!s.ok()) return s;
     // Static headers with the names and value sizes outboxd sends (kcat
     // cannot read per-record headers from a file).
     std::vector<std::string> argv = {
-        "kcat", "-P", "-b", env.bootstrap(), "-t", kcat_topic, "-K", "\t",
-        "-l", input,
-        "-H", absl::StrCat("id=", Uuid(1)),
-        "-H", "eventType=OrderCreated",
-        "-H", absl::StrCat("traceparent=", Traceparent(1)),
-        "-H", "outbox.lsn=24159191880",
-        "-H", "outbox.index=42",
-        "-X", "enable.idempotence=true", "-X", "acks=all",
-        "-X", "linger.ms=1", "-X", "queue.buffering.max.kbytes=32768",
-        "-X", "queue.buffering.max.messages=100000",
-        "-X", "partitioner=murmur2_random"};
+        "kcat", "-P",
+        "-b",   env.bootstrap(),
+        "-t",   kcat_topic,
+        "-K",   "\t",
+        "-l",   input,
+        "-H",   absl::StrCat("id=", Uuid(1)),
+        "-H",   "eventType=OrderCreated",
+        "-H",   absl::StrCat("traceparent=", Traceparent(1)),
+        "-H",   "outbox.lsn=24159191880",
+        "-H",   "outbox.index=42",
+        "-X",   "enable.idempotence=true",
+        "-X",   "acks=all",
+        "-X",   "linger.ms=1",
+        "-X",   "queue.buffering.max.kbytes=32768",
+        "-X",   "queue.buffering.max.messages=100000",
+        "-X",   "partitioner=murmur2_random"};
     int64_t t0 = NowNs();
     double broker_cpu0 = ProcessCpuSeconds(env.devbroker_pid());
     auto result = testing::RunCommand(argv, absl::Minutes(10));
@@ -454,15 +476,19 @@ int Main(int argc, char** argv) {
   doc["load_average_after"] = LoadAverage1();
   doc["setup"] = {
       {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
-      {"broker", "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 "
-                 "partitions"},
-      {"outboxd", "--source=cdc --topic=<one topic> --status-interval=100ms, "
-                  "default producer settings (idempotent, acks=all, "
-                  "linger.ms=1)"},
-      {"done_when", "sum of the topic's high watermarks reaches the event "
-                    "count (probed every 20 ms)"},
-      {"kcat", "-P -K'\\t' -l file, static headers of the same names and "
-               "sizes, same producer settings"},
+      {"broker",
+       "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 "
+       "partitions"},
+      {"outboxd",
+       "--source=cdc --topic=<one topic> --status-interval=100ms, "
+       "default producer settings (idempotent, acks=all, "
+       "linger.ms=1)"},
+      {"done_when",
+       "sum of the topic's high watermarks reaches the event "
+       "count (probed every 20 ms)"},
+      {"kcat",
+       "-P -K'\\t' -l file, static headers of the same names and "
+       "sizes, same producer settings"},
   };
   doc["runs"] = runs;
   doc["failures"] = failures;
