@@ -72,7 +72,32 @@ std::string TextArrayLiteral(const std::vector<std::string>& items) {
   return out;
 }
 
-InboxRecord RecordFromMessage(const rd_kafka_message_t* m) {
+// With an envelope format the event travels inside the value: take the
+// payload, id, position and dependencies from it.
+void DecodeEnvelope(ValueFormat format, InboxRecord& r) {
+  ConsumedRecordView view;
+  view.topic = r.topic;
+  if (r.key.has_value()) view.key = *r.key;
+  if (r.value.has_value()) view.value = absl::string_view(*r.value);
+  view.headers = &r.headers;
+  view.timestamp_ms = r.timestamp_ms;
+  absl::StatusOr<OutboxEvent> event = DecodeRecord(format, view);
+  if (!event.ok()) {
+    r.decode_status = absl::InvalidArgumentError(
+        absl::StrCat("value is not ", ValueFormatName(format), ": ",
+                     event.status().message()));
+    return;
+  }
+  r.value = event->payload;
+  if (!event->id.empty()) r.event_id = event->id;
+  if (event->position.commit_lsn.valid()) {
+    r.lsn = event->position.commit_lsn.value();
+    r.index = event->position.index;
+  }
+  if (!event->depends_on.empty()) r.depends_on = event->depends_on;
+}
+
+InboxRecord RecordFromMessage(const rd_kafka_message_t* m, ValueFormat format) {
   InboxRecord r;
   r.topic = rd_kafka_topic_name(m->rkt);
   r.partition = m->partition;
@@ -118,6 +143,7 @@ InboxRecord RecordFromMessage(const rd_kafka_message_t* m) {
   if (auto h = r.Header(kHeaderIndex); h && absl::SimpleAtoi(*h, &index)) {
     r.index = index;
   }
+  if (format != ValueFormat::kPayload) DecodeEnvelope(format, r);
   return r;
 }
 
@@ -521,7 +547,7 @@ struct Inbox::Impl {
                    rd_kafka_message_errstr(m));
       return absl::OkStatus();
     }
-    InboxRecord record = RecordFromMessage(m);
+    InboxRecord record = RecordFromMessage(m, options.value_format);
     TopicPartition tp{record.topic, record.partition};
     auto it = partitions.find(tp);
     if (it == partitions.end()) return absl::OkStatus();  // not ours now
@@ -700,7 +726,8 @@ struct Inbox::Impl {
     ASSIGN_OR_RETURN(PgResult ins, InsertProcessed(r, kStatusApplied));
     const bool fresh = absl::string_view(PQcmdTuples(ins.get())) == "1";
     if (fresh) {
-      absl::Status hs = handler(*db, r);
+      absl::Status hs =
+          r.decode_status.ok() ? handler(*db, r) : r.decode_status;
       if (hs.ok() && PQtransactionStatus(db->raw()) == PQTRANS_INERROR) {
         hs = absl::InternalError(
             "the handler left the transaction failed (an error it ignored)");

@@ -53,6 +53,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "outbox/value_format.h"
 #include "pg/connection.h"
 
 namespace outboxd {
@@ -76,6 +77,10 @@ struct InboxRecord {
   std::string source;
   std::optional<uint64_t> lsn;
   std::optional<uint32_t> index;
+  // Not OK when the value could not be decoded in the configured
+  // value format; the handler is not run and the record fails its attempts
+  // (then goes to the dead-letter topic, or stops the inbox, by policy).
+  absl::Status decode_status;
 
   // First header with that name.
   std::optional<std::string> Header(absl::string_view name) const;
@@ -128,6 +133,11 @@ struct InboxOptions {
   // (enable.auto.commit=false, auto.offset.reset=earliest, ...), to the
   // consumer and to the dead-letter producer.
   std::vector<std::pair<std::string, std::string>> kafka_properties;
+
+  // How outboxd encoded the values (its --value-format). With envelope-json
+  // or protobuf the record's value, id, position and dependencies are taken
+  // from the decoded envelope; the handler sees the payload as `value`.
+  ValueFormat value_format = ValueFormat::kPayload;
 };
 
 struct InboxStats {

@@ -54,6 +54,9 @@ ABSL_FLAG(absl::Duration, dependency_wait, absl::Seconds(30),
           "header");
 ABSL_FLAG(std::string, on_missing_dependency, "dead-letter",
           "after --dependency-wait: dead-letter or proceed (apply anyway)");
+ABSL_FLAG(std::string, value_format, "payload",
+          "how outboxd encoded the values (its --value-format): payload, "
+          "envelope-json or protobuf; the handler's $2 is the payload");
 ABSL_FLAG(std::vector<std::string>, kafka_property, {},
           "key=value passed to librdkafka; repeatable");
 ABSL_FLAG(std::string, log_level, "info",
@@ -137,6 +140,12 @@ absl::StatusOr<InboxOptions> OptionsFromFlags(
         "--on-missing-dependency must be dead-letter or proceed, not '",
         missing, "'"));
   }
+  auto format = ParseValueFormat(absl::GetFlag(FLAGS_value_format));
+  if (!format.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--value-format: ", format.status().message()));
+  }
+  o.value_format = *format;
   if (auto it = cmd.repeated.find("kafka_property"); it != cmd.repeated.end()) {
     for (const std::string& p : it->second) {
       auto kv = cli::SplitKeyValue(p);
