@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -233,6 +234,7 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
     ++tx;
   }
 
+  const absl::Duration insert_time = absl::Now() - start;
   // What the database holds, by event id.
   std::map<std::string, Row> rows;
   for (auto& row : QueryRows(ConnInfo(),
@@ -253,9 +255,12 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
     all.insert(all.end(), records.begin(), records.end());
   }
   double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  std::printf("[ measure ] %d events in %d transactions: %.2f s from first "
-              "insert to last read, %.0f events/s\n",
-              kEvents, tx, seconds, kEvents / seconds);
+  // Reported, not asserted: the reads wait for a quiet second per topic, so
+  // this understates outboxd (benchmarks/ measures it properly).
+  std::printf("[ measure ] %d events in %d transactions: inserted in %.2f s, "
+              "%.2f s from first insert to last read, %.0f events/s\n",
+              kEvents, tx, absl::ToDoubleSeconds(insert_time), seconds,
+              kEvents / seconds);
   ASSERT_EQ(all.size(), static_cast<size_t>(kEvents));
 
   std::set<std::string> seen;
@@ -279,13 +284,18 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
     EXPECT_EQ(r.Header("tx"), *row[5]);
     EXPECT_TRUE(r.create_time);
     EXPECT_LT(std::abs(r.timestamp_ms - now_ms), 10 * 60 * 1000);
-    // Header order: id, eventType, the row's headers, outbox.lsn, outbox.index.
-    ASSERT_EQ(r.headers.size(), 5u);
+    // Header order: id, eventType, the row's headers, outbox.lsn,
+    // outbox.index, then outbox.source (the database and slot).
+    ASSERT_EQ(r.headers.size(), 6u);
     EXPECT_EQ(r.headers[0].first, "id");
     EXPECT_EQ(r.headers[1].first, "eventType");
     EXPECT_EQ(r.headers[2].first, "tx");
     EXPECT_EQ(r.headers[3].first, "outbox.lsn");
     EXPECT_EQ(r.headers[4].first, "outbox.index");
+    EXPECT_EQ(r.headers[5].first, "outbox.source");
+    EXPECT_TRUE(absl::EndsWith(r.headers[5].second,
+                               absl::StrCat("/", db_, "/", slot_)))
+        << r.headers[5].second;
     uint64_t lsn = HeaderU64(r, "outbox.lsn");
     indexes_by_lsn[lsn].push_back(HeaderU64(r, "outbox.index"));
     tx_by_lsn[lsn].insert(*row[5]);

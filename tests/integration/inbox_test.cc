@@ -260,6 +260,44 @@ PgCluster* InboxTest::cluster_ = nullptr;
 DevBroker* InboxTest::broker_ = nullptr;
 int InboxTest::counter_ = 0;
 
+// outboxd --value-format=protobuf / envelope-json and the inbox decoding the
+// same format: the handler gets the payload, deduplication uses the id inside
+// the envelope; a value in another format fails and is dead-lettered.
+TEST_F(InboxTest, EnvelopeFormatsAreDecoded) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 4).ok());
+  StartOutboxd({"--value-format=protobuf"});
+  StartInbox({topic}, {"--value-format=protobuf"});
+  ASSERT_TRUE(Orders("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                     "payload) VALUES ('order', 'o-1', 'Placed', "
+                     "'{\"n\": 7, \"name\": \"Zoë\"}'), ('order', 'o-2', "
+                     "'Placed', '{\"n\": 8}')")
+                  .ok());
+  EXPECT_EQ(WaitForCount("SELECT count(*) FROM applied", 2, absl::Seconds(60)),
+            2);
+  EXPECT_EQ(ShippingCount("SELECT sum(n) FROM applied"), 15);
+  // The processed ids are the events' ids from inside the envelope.
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM inbox_processed p WHERE "
+                          "p.event_id ~ '^[0-9a-f-]{36}$'"),
+            2);
+}
+
+TEST_F(InboxTest, ValueInAnotherFormatIsDeadLettered) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 4).ok());
+  StartOutboxd();  // payload format
+  StartInbox({topic}, {"--value-format=envelope-json", "--max-attempts=2",
+                       "--retry-backoff=20ms"});
+  ASSERT_TRUE(Orders("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                     "payload) VALUES ('order', 'o-1', 'Placed', '[1, 2]')")
+                  .ok());
+  auto dead = Read(prefix_ + "dlq", 1, absl::Seconds(60));
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied"), 0);
+  EXPECT_NE(InboxLogs().find("envelope-json"), std::string::npos)
+      << InboxLogs();
+}
+
 // The same event published twice (two records with one id) is applied once;
 // the duplicate is skipped and counted.
 TEST_F(InboxTest, SameEventPublishedTwiceIsAppliedOnce) {
