@@ -27,19 +27,11 @@
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
 #include "tests/harness/kafka_reader.h"
+#include "tests/harness/outboxd_test_base.h"
 #include "tests/harness/pg_cluster.h"
 
 namespace outboxd::testing {
 namespace {
-
-using ::testing::Test;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Rows of a query as text (NULL as nullopt).
 using Row = std::vector<std::optional<std::string>>;
@@ -80,123 +72,20 @@ uint64_t HeaderU64(const ConsumedRecord& r, const std::string& name) {
   return v;
 }
 
-class CdcTest : public Test {
+class CdcTest : public OutboxdTestBase {
  protected:
-  static void SetUpTestSuite() {
-    auto cluster = PgCluster::Start();
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    cluster_ = cluster->release();
-    auto broker = DevBroker::Start(3, 4);
-    ASSERT_TRUE(broker.ok()) << broker.status();
-    broker_ = broker->release();
-  }
-  static void TearDownTestSuite() {
-    delete broker_;
-    delete cluster_;
-  }
+  CdcTest()
+      : OutboxdTestBase(
+            {.db_stem = "db", .prefix_stem = "t", .slot_stem = "slot"}) {}
 
   void SetUp() override {
-    ASSERT_NE(cluster_, nullptr);
-    ASSERT_NE(broker_, nullptr);
-    db_ = absl::StrCat("db", ++counter_);
-    prefix_ = absl::StrCat("t", counter_, ".");
-    // Slots are cluster-wide: one per test.
-    slot_ = absl::StrCat("slot", counter_);
-    ASSERT_TRUE(cluster_->CreateDatabase(db_).ok());
-    std::string install =
-        ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
-    ASSERT_FALSE(install.empty());
-    ASSERT_TRUE(Exec(install).ok());
+    OutboxdTestBase::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(Exec("CREATE TABLE orders (id bigserial PRIMARY KEY, "
                      "note text)")
                     .ok());
   }
-
-  void TearDown() override {
-    for (auto& p : outboxd_) {
-      if (p->Running()) {
-        p->Signal(SIGTERM);
-        p->Wait(absl::Seconds(15));
-      }
-    }
-    outboxd_.clear();
-    // Drop this test's slots so they hold no WAL for the next tests.
-    EXPECT_TRUE(Exec(absl::StrCat("SELECT pg_drop_replication_slot(slot_name) "
-                                  "FROM pg_replication_slots WHERE database = '",
-                                  db_, "' AND NOT active"))
-                    .ok());
-  }
-
-  absl::Status Exec(const std::string& sql) { return cluster_->Exec(db_, sql); }
-  std::string Query(const std::string& sql) {
-    auto v = cluster_->Query(db_, sql);
-    EXPECT_TRUE(v.ok()) << v.status();
-    return v.ok() ? *v : "";
-  }
-  std::string ConnInfo() const { return cluster_->ConnInfo(db_); }
-
-  std::string LogPath(int n) const {
-    return absl::StrCat(::testing::TempDir(), "/", db_, "-outboxd-", n, ".log");
-  }
-
-  // Starts outboxd against this test's database and waits until it streams.
-  ChildProcess* StartOutboxd(std::vector<std::string> extra = {},
-                             bool wait_streaming = true) {
-    int n = static_cast<int>(outboxd_.size());
-    ChildOptions o;
-    o.argv = {OUTBOXD_BINARY, "--pg=" + ConnInfo(),
-              "--brokers=" + broker_->bootstrap(), "--topic-prefix=" + prefix_,
-              "--slot=" + slot_,
-              "--status-interval=200ms", "--metrics-address="};
-    o.argv.insert(o.argv.end(), extra.begin(), extra.end());
-    o.capture_stdout = false;
-    o.stderr_file = LogPath(n);
-    std::remove(o.stderr_file.c_str());  // a log of an earlier run misleads
-    auto child = ChildProcess::Start(o);
-    EXPECT_TRUE(child.ok()) << child.status();
-    if (!child.ok()) return nullptr;
-    outboxd_.push_back(*std::move(child));
-    ChildProcess* p = outboxd_.back().get();
-    if (wait_streaming) {
-      absl::Time deadline = absl::Now() + absl::Seconds(30);
-      while (ReadFile(LogPath(n)).find("streaming from slot") ==
-             std::string::npos) {
-        if (!p->Running() || absl::Now() > deadline) {
-          ADD_FAILURE() << "outboxd did not start streaming:\n"
-                        << ReadFile(LogPath(n));
-          return p;
-        }
-        absl::SleepFor(absl::Milliseconds(50));
-      }
-    }
-    return p;
-  }
-
-  std::vector<ConsumedRecord> Read(const std::string& topic, size_t n,
-                                   absl::Duration timeout = absl::Seconds(60)) {
-    auto records = ReadTopic(broker_->bootstrap(), topic, n, timeout);
-    EXPECT_TRUE(records.ok()) << records.status();
-    return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
-  }
-
-  Lsn ConfirmedFlush() {
-    return ParseLsnOrDie(Query(absl::StrCat(
-        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '",
-        slot_, "'")));
-  }
-
-  static PgCluster* cluster_;
-  static DevBroker* broker_;
-  static int counter_;
-  std::string db_;
-  std::string prefix_;
-  std::string slot_;
-  std::vector<std::unique_ptr<ChildProcess>> outboxd_;
 };
-
-PgCluster* CdcTest::cluster_ = nullptr;
-DevBroker* CdcTest::broker_ = nullptr;
-int CdcTest::counter_ = 0;
 
 // 10,000 events over 200 aggregates in transactions of 1 to 100 events: each
 // record exactly as DESIGN.md section 2 says, none missing, none extra, each

@@ -30,16 +30,10 @@
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
 #include "tests/harness/kafka_reader.h"
+#include "tests/harness/outboxd_test_base.h"
 #include "tests/harness/pg_cluster.h"
 
 namespace outboxd::testing {
-
-inline std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Peak resident set size (VmHWM) of a live process, in KiB; -1 if unknown.
 inline int64_t PeakRssKib(pid_t pid) {
@@ -98,9 +92,10 @@ class Inserter {
       int n = std::min(batch_, total_ - from);
       std::string sql = absl::StrCat(
           "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) "
-          "SELECT '", type_, "', 'agg-' || (g % ", aggregates_,
-          "), 'Evt', jsonb_build_object('n', g) FROM generate_series(",
-          from, ", ", from + n - 1, ") g");
+          "SELECT '",
+          type_, "', 'agg-' || (g % ", aggregates_,
+          "), 'Evt', jsonb_build_object('n', g) FROM generate_series(", from,
+          ", ", from + n - 1, ") g");
       PGresult* res = PQexec(conn, sql.c_str());
       bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
       PQclear(res);
@@ -129,94 +124,28 @@ class Inserter {
   std::thread thread_;
 };
 
-class FaultTest : public ::testing::Test {
+class FaultTest : public OutboxdTestBase {
  protected:
-  static void SetUpTestSuite() {
-    auto cluster = PgCluster::Start();
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    cluster_ = cluster->release();
-    auto broker = DevBroker::Start(3, 4);
-    ASSERT_TRUE(broker.ok()) << broker.status();
-    broker_ = broker->release();
-  }
-  static void TearDownTestSuite() {
-    delete broker_;
-    broker_ = nullptr;
-    delete cluster_;
-    cluster_ = nullptr;
-  }
+  FaultTest()
+      : OutboxdTestBase({.db_stem = "fdb",
+                         .prefix_stem = "f",
+                         .slot_stem = "fslot",
+                         .default_args = {}}) {}
 
   void SetUp() override {
-    ASSERT_NE(cluster_, nullptr);
-    ASSERT_NE(broker_, nullptr);
-    static int counter = 0;
-    ++counter;
-    db_ = absl::StrCat("fdb", counter);
-    prefix_ = absl::StrCat("f", counter, ".");
-    slot_ = absl::StrCat("fslot", counter);
-    ASSERT_TRUE(cluster_->CreateDatabase(db_).ok());
-    std::string install =
-        ReadWholeFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
-    ASSERT_FALSE(install.empty());
-    ASSERT_TRUE(Exec(install).ok());
+    OutboxdTestBase::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(
         Exec("CREATE TABLE orders (id bigserial PRIMARY KEY, note text)").ok());
   }
 
-  void TearDown() override {
-    for (auto& p : outboxd_) {
-      if (p->Running()) {
-        p->Signal(SIGTERM);
-        if (!p->Wait(absl::Seconds(15)).has_value()) p->Signal(SIGKILL);
-        p->Wait(absl::Seconds(5));
-      }
-    }
-    outboxd_.clear();
-    // Slots are cluster-wide and hold WAL: drop this test's.
-    (void)Exec(absl::StrCat(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-        "WHERE database = '", db_, "' AND NOT active"));
-  }
-
-  absl::Status Exec(const std::string& sql) { return cluster_->Exec(db_, sql); }
-  std::string Query(const std::string& sql) {
-    auto v = cluster_->Query(db_, sql);
-    EXPECT_TRUE(v.ok()) << v.status();
-    return v.ok() ? *v : "";
-  }
-  std::string ConnInfo() const { return cluster_->ConnInfo(db_); }
-  std::string LogPath(size_t n) const {
-    // The pid keeps logs of test binaries running side by side apart.
-    return absl::StrCat(::testing::TempDir(), "/fault-", getpid(), "-", db_,
-                        "-outboxd-", n, ".log");
-  }
-  std::string Log(size_t n) const { return ReadWholeFile(LogPath(n)); }
-
+  // outboxd with this test's database, brokers, prefix, slot and DLQ.
   std::vector<std::string> BaseArgs() const {
-    return {OUTBOXD_BINARY,
-            "--pg=" + ConnInfo(),
-            "--brokers=" + broker_->bootstrap(),
-            "--topic-prefix=" + prefix_,
-            "--slot=" + slot_,
-            "--dlq-topic=" + prefix_ + "dlq",
-            "--status-interval=200ms",
-            "--reconnect-backoff-max=500ms",
-            "--metrics-address="};
-  }
-
-  // Waits until log `n` contains `text`; false after `timeout` or when the
-  // process exited.
-  bool WaitForLog(size_t n, const std::string& text,
-                  absl::Duration timeout = absl::Seconds(30)) {
-    absl::Time deadline = absl::Now() + timeout;
-    while (Log(n).find(text) == std::string::npos) {
-      if (absl::Now() > deadline) return false;
-      if (n < outboxd_.size() && !outboxd_[n]->Running()) {
-        return Log(n).find(text) != std::string::npos;
-      }
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return true;
+    std::vector<std::string> argv = DefaultArgs();
+    argv.insert(argv.end(),
+                {"--dlq-topic=" + prefix_ + "dlq", "--status-interval=200ms",
+                 "--reconnect-backoff-max=500ms", "--metrics-address="});
+    return argv;
   }
 
   // Starts outboxd (BaseArgs() + extra; `argv` replaces BaseArgs when not
@@ -225,40 +154,10 @@ class FaultTest : public ::testing::Test {
                       bool wait_streaming = true,
                       std::map<std::string, std::string> env = {},
                       std::vector<std::string> argv = {}) {
-    size_t n = outboxd_.size();
-    ChildOptions o;
-    o.argv = argv.empty() ? BaseArgs() : argv;
-    o.argv.insert(o.argv.end(), extra.begin(), extra.end());
-    o.env = std::move(env);
-    o.capture_stdout = false;
-    o.stderr_file = LogPath(n);
-    std::remove(o.stderr_file.c_str());
-    auto child = ChildProcess::Start(o);
-    EXPECT_TRUE(child.ok()) << child.status();
-    outboxd_.push_back(child.ok() ? *std::move(child) : nullptr);
-    if (wait_streaming) {
-      EXPECT_TRUE(WaitForLog(n, "streaming from slot"))
-          << "outboxd did not start streaming:\n"
-          << Log(n);
-    }
-    return n;
-  }
-  ChildProcess& Outboxd(size_t n) { return *outboxd_.at(n); }
-
-  std::vector<ConsumedRecord> Read(const std::string& topic, size_t n,
-                                   absl::Duration timeout = absl::Seconds(60),
-                                   absl::Duration quiet = absl::Seconds(1)) {
-    auto records = ReadTopic(broker_->bootstrap(), topic, n, timeout, quiet);
-    EXPECT_TRUE(records.ok()) << records.status();
-    return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
+    return LaunchOutboxd(std::move(extra), wait_streaming, std::move(env),
+                         argv.empty() ? BaseArgs() : std::move(argv));
   }
 
-  Lsn ConfirmedFlush() {
-    auto lsn = Lsn::Parse(Query(absl::StrCat(
-        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE "
-        "slot_name = '", slot_, "'")));
-    return lsn.ok() ? *lsn : Lsn();
-  }
   Lsn CurrentWalLsn() {
     auto lsn = Lsn::Parse(Query("SELECT pg_current_wal_lsn()"));
     EXPECT_TRUE(lsn.ok());
@@ -313,17 +212,7 @@ class FaultTest : public ::testing::Test {
     }
     return t;
   }
-
-  static PgCluster* cluster_;
-  static DevBroker* broker_;
-  std::string db_;
-  std::string prefix_;
-  std::string slot_;
-  std::vector<std::unique_ptr<ChildProcess>> outboxd_;
 };
-
-inline PgCluster* FaultTest::cluster_ = nullptr;
-inline DevBroker* FaultTest::broker_ = nullptr;
 
 }  // namespace outboxd::testing
 

@@ -25,17 +25,11 @@
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
 #include "tests/harness/kafka_reader.h"
+#include "tests/harness/outboxd_test_base.h"
 #include "tests/harness/pg_cluster.h"
 
 namespace outboxd::testing {
 namespace {
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Waits until `pred` holds (polling), at most `timeout`.
 template <typename F>
@@ -48,105 +42,35 @@ bool Eventually(F pred, absl::Duration timeout = absl::Seconds(30)) {
   return pred();
 }
 
-class OpsTest : public ::testing::Test {
+class OpsTest : public OutboxdTestBase {
  protected:
-  static void SetUpTestSuite() {
-    auto cluster = PgCluster::Start();
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    cluster_ = cluster->release();
-    auto broker = DevBroker::Start(1, 4);
-    ASSERT_TRUE(broker.ok()) << broker.status();
-    broker_ = broker->release();
-  }
-  static void TearDownTestSuite() {
-    delete broker_;
-    delete cluster_;
-  }
+  OpsTest()
+      : OutboxdTestBase({.db_stem = "ops",
+                         .prefix_stem = "ops",
+                         .slot_stem = "ops_slot",
+                         .default_args = {"--status-interval=200ms"},
+                         .ready = {"streaming from slot", "publishing from"}}) {
+  }  // poll
+  static void SetUpTestSuite() { StartServers(/*brokers=*/1); }
 
-  void SetUp() override {
-    ASSERT_NE(cluster_, nullptr);
-    ASSERT_NE(broker_, nullptr);
-    db_ = absl::StrCat("ops", ++counter_);
-    prefix_ = absl::StrCat("ops", counter_, ".");
-    slot_ = absl::StrCat("ops_slot", counter_);
-    ASSERT_TRUE(cluster_->CreateDatabase(db_).ok());
-    ASSERT_TRUE(Exec(ReadFile(OUTBOXD_SOURCE_DIR "/sql/outbox.sql")).ok());
-  }
-
-  void TearDown() override {
-    for (auto& p : outboxd_) {
-      if (p->Running()) {
-        p->Signal(SIGTERM);
-        p->Wait(absl::Seconds(15));
-      }
-    }
-    outboxd_.clear();
-    EXPECT_TRUE(Exec(absl::StrCat("SELECT pg_drop_replication_slot(slot_name) "
-                                  "FROM pg_replication_slots WHERE database = '",
-                                  db_, "' AND NOT active"))
-                    .ok());
-  }
-
-  absl::Status Exec(const std::string& sql) { return cluster_->Exec(db_, sql); }
-  std::string Query(const std::string& sql) {
-    auto v = cluster_->Query(db_, sql);
-    EXPECT_TRUE(v.ok()) << v.status();
-    return v.ok() ? *v : "";
-  }
   std::string ConnInfo(const std::string& user = "postgres") const {
     return absl::StrCat("host=127.0.0.1 port=", cluster_->port(),
                         " user=", user, " dbname=", db_);
   }
-  std::string LogPath(int n) const {
-    return absl::StrCat(::testing::TempDir(), "/", db_, "-outboxd-", n, ".log");
-  }
 
-  // Starts outboxd and waits for "streaming from slot". `base` false: only
-  // --brokers and `extra` (the test gives --pg itself).
+  // Starts outboxd and waits until it streams (or publishes). `default_pg`
+  // false: no --pg (the test gives it in `extra`).
   ChildProcess* StartOutboxd(std::vector<std::string> extra,
                              bool default_pg = true) {
-    int n = static_cast<int>(outboxd_.size());
-    ChildOptions o;
-    o.argv = {OUTBOXD_BINARY, "--brokers=" + broker_->bootstrap(),
-              "--topic-prefix=" + prefix_, "--slot=" + slot_,
-              "--status-interval=200ms"};
-    if (default_pg) o.argv.push_back("--pg=" + ConnInfo());
-    o.argv.insert(o.argv.end(), extra.begin(), extra.end());
-    o.capture_stdout = false;
-    o.stderr_file = LogPath(n);
-    std::remove(o.stderr_file.c_str());
-    auto child = ChildProcess::Start(o);
-    EXPECT_TRUE(child.ok()) << child.status();
-    if (!child.ok()) return nullptr;
-    outboxd_.push_back(*std::move(child));
-    ChildProcess* p = outboxd_.back().get();
-    bool streaming = Eventually([&] {
-      std::string log = ReadFile(LogPath(n));
-      return !p->Running() ||
-             log.find("streaming from slot") != std::string::npos ||
-             log.find("publishing from") != std::string::npos;  // poll
-    });
-    EXPECT_TRUE(streaming && p->Running())
-        << "outboxd did not start streaming:\n" << ReadFile(LogPath(n));
+    size_t n = LaunchOutboxd(std::move(extra), /*wait_ready=*/true, {},
+                             DefaultArgs(default_pg));
+    ChildProcess* p = outboxd_[n].get();
+    EXPECT_TRUE(p != nullptr && p->Running())
+        << "outboxd did not start streaming:\n"
+        << ReadFile(LogPath(n));
     return p;
   }
-
-  std::vector<ConsumedRecord> Read(const std::string& topic, size_t n) {
-    auto records = ReadTopic(broker_->bootstrap(), topic, n, absl::Seconds(60));
-    EXPECT_TRUE(records.ok()) << records.status();
-    return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
-  }
-
-  static PgCluster* cluster_;
-  static DevBroker* broker_;
-  static int counter_;
-  std::string db_, prefix_, slot_;
-  std::vector<std::unique_ptr<ChildProcess>> outboxd_;
 };
-
-PgCluster* OpsTest::cluster_ = nullptr;
-DevBroker* OpsTest::broker_ = nullptr;
-int OpsTest::counter_ = 0;
 
 // ---------------------------------------------------------------- metrics
 

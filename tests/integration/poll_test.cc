@@ -26,19 +26,11 @@
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
 #include "tests/harness/kafka_reader.h"
+#include "tests/harness/outboxd_test_base.h"
 #include "tests/harness/pg_cluster.h"
 
 namespace outboxd::testing {
 namespace {
-
-using ::testing::Test;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 using Row = std::vector<std::optional<std::string>>;
 std::vector<Row> QueryRows(const std::string& conninfo,
@@ -92,95 +84,24 @@ void ExpectSeqOrderPerKey(const std::vector<ConsumedRecord>& all) {
   }
 }
 
-class PollTest : public Test {
+class PollTest : public OutboxdTestBase {
  protected:
-  static void SetUpTestSuite() {
-    auto cluster = PgCluster::Start();
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    cluster_ = cluster->release();
-    auto broker = DevBroker::Start(3, 4);
-    ASSERT_TRUE(broker.ok()) << broker.status();
-    broker_ = broker->release();
-  }
-  static void TearDownTestSuite() {
-    delete broker_;
-    delete cluster_;
-  }
+  PollTest()
+      : OutboxdTestBase(
+            {.db_stem = "pdb",
+             .prefix_stem = "p",
+             .slot_stem = "",  // polling uses no slot
+             .sql_files = {"/sql/outbox.sql", "/sql/outbox_notify.sql"},
+             // --source=poll unless a test's arguments say otherwise.
+             .default_args = {"--metrics-address=", "--source=poll"},
+             .ready = {"publishing from"}}) {}
 
-  void SetUp() override {
-    ASSERT_NE(cluster_, nullptr);
-    ASSERT_NE(broker_, nullptr);
-    db_ = absl::StrCat("pdb", ++counter_);
-    prefix_ = absl::StrCat("p", counter_, ".");
-    ASSERT_TRUE(cluster_->CreateDatabase(db_).ok());
-    for (const char* file : {"/sql/outbox.sql", "/sql/outbox_notify.sql"}) {
-      std::string install = ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, file));
-      ASSERT_FALSE(install.empty()) << file;
-      ASSERT_TRUE(Exec(install).ok()) << file;
-    }
-  }
-
-  void TearDown() override {
-    for (auto& p : outboxd_) {
-      if (p->Running()) {
-        p->Signal(SIGTERM);
-        p->Wait(absl::Seconds(15));
-      }
-    }
-    outboxd_.clear();
-  }
-
-  absl::Status Exec(const std::string& sql) { return cluster_->Exec(db_, sql); }
-  std::string Query(const std::string& sql) {
-    auto v = cluster_->Query(db_, sql);
-    EXPECT_TRUE(v.ok()) << v.status();
-    return v.ok() ? *v : "";
-  }
   int64_t QueryInt(const std::string& sql) {
     int64_t v = -1;
     std::string text = Query(sql);
     EXPECT_TRUE(absl::SimpleAtoi(text, &v)) << sql << " -> " << text;
     return v;
   }
-  std::string ConnInfo() const { return cluster_->ConnInfo(db_); }
-  std::string LogPath(int n) const {
-    return absl::StrCat(::testing::TempDir(), "/", db_, "-outboxd-", n, ".log");
-  }
-
-  // Starts outboxd (--source=poll unless `extra` says otherwise) and waits
-  // until it publishes.
-  ChildProcess* StartOutboxd(std::vector<std::string> extra) {
-    int n = static_cast<int>(outboxd_.size());
-    ChildOptions o;
-    o.argv = {OUTBOXD_BINARY,
-              "--pg=" + ConnInfo(),
-              "--brokers=" + broker_->bootstrap(),
-              "--topic-prefix=" + prefix_,
-              "--metrics-address=",
-              "--source=poll"};
-    o.argv.insert(o.argv.end(), extra.begin(), extra.end());
-    o.capture_stdout = false;
-    o.stderr_file = LogPath(n);
-    std::remove(o.stderr_file.c_str());
-    auto child = ChildProcess::Start(o);
-    EXPECT_TRUE(child.ok()) << child.status();
-    if (!child.ok()) return nullptr;
-    outboxd_.push_back(*std::move(child));
-    ChildProcess* p = outboxd_.back().get();
-    EXPECT_TRUE(WaitForLog(n, "publishing from", absl::Seconds(30)))
-        << ReadFile(LogPath(n));
-    return p;
-  }
-
-  bool WaitForLog(int n, const std::string& text, absl::Duration timeout) {
-    absl::Time deadline = absl::Now() + timeout;
-    while (ReadFile(LogPath(n)).find(text) == std::string::npos) {
-      if (!outboxd_[n]->Running() || absl::Now() > deadline) return false;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return true;
-  }
-
   // Waits until `sql` returns "t".
   bool WaitFor(const std::string& sql, absl::Duration timeout) {
     absl::Time deadline = absl::Now() + timeout;
@@ -189,13 +110,6 @@ class PollTest : public Test {
       absl::SleepFor(absl::Milliseconds(50));
     }
     return true;
-  }
-
-  std::vector<ConsumedRecord> Read(const std::string& topic, size_t n,
-                                   absl::Duration timeout = absl::Seconds(60)) {
-    auto records = ReadTopic(broker_->bootstrap(), topic, n, timeout);
-    EXPECT_TRUE(records.ok()) << records.status();
-    return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
   }
 
   // `count` rows in transactions of `per_tx`, aggregates agg-0..agg-(k-1)
@@ -221,18 +135,7 @@ class PollTest : public Test {
                       .ok());
     }
   }
-
-  static PgCluster* cluster_;
-  static DevBroker* broker_;
-  static int counter_;
-  std::string db_;
-  std::string prefix_;
-  std::vector<std::unique_ptr<ChildProcess>> outboxd_;
 };
-
-PgCluster* PollTest::cluster_ = nullptr;
-DevBroker* PollTest::broker_ = nullptr;
-int PollTest::counter_ = 0;
 
 // Every row exactly as DESIGN.md section 2 says (outbox.seq in place of the
 // LSN position), none missing, none extra, each aggregate in seq order, all
