@@ -47,7 +47,7 @@ psql -q -X "$pg" -v ON_ERROR_STOP=1 -c \
 
 say "starting the dev broker (librdkafka mock cluster, 3 brokers)"
 mkfifo "$work/broker.out"
-build/outbox-devbroker --brokers=3 --partitions=4 </dev/null >"$work/broker.out" 2>"$work/broker.log" &
+build/outbox-devbroker --brokers=3 --partitions=4 --topic=outbox.event.order:4 </dev/null >"$work/broker.out" 2>"$work/broker.log" &
 pids+=($!)
 exec 3<"$work/broker.out"
 read -r -t 30 line <&3
