@@ -163,6 +163,24 @@ absl::StatusOr<std::pair<std::string, std::string>> SplitKeyValue(
       std::string(absl::StripAsciiWhitespace(text.substr(eq + 1))));
 }
 
+absl::Status AppendKeyValueFlags(
+    const ParsedCommandLine& cmd, const std::string& name,
+    std::vector<std::pair<std::string, std::string>>* out) {
+  auto it = cmd.repeated.find(name);
+  if (it == cmd.repeated.end()) return absl::OkStatus();
+  std::string dashed = name;
+  std::replace(dashed.begin(), dashed.end(), '_', '-');
+  for (const std::string& value : it->second) {
+    auto kv = SplitKeyValue(value);
+    if (!kv.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", dashed, ": ", kv.status().message()));
+    }
+    out->push_back(*std::move(kv));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
 ParseKeyValueFile(const std::string& path) {
   std::ifstream in(path);

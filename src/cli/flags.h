@@ -24,9 +24,9 @@ struct ParsedCommandLine {
 };
 
 // Sets the registered absl flags from argv[1..]. Dashes in flag names are
-// read as underscores (--topic-prefix sets topic_prefix). `repeatable` names flags
-// whose values accumulate instead of overriding. kInvalidArgument with one
-// line for an unknown flag, a missing or malformed value, or a positional
+// read as underscores (--topic-prefix sets topic_prefix). `repeatable` names
+// flags whose values accumulate instead of overriding. kInvalidArgument with
+// one line for an unknown flag, a missing or malformed value, or a positional
 // argument.
 absl::StatusOr<ParsedCommandLine> ParseFlags(
     int argc, char** argv, const std::vector<std::string>& repeatable);
@@ -38,6 +38,13 @@ std::string FlagsHelp(absl::string_view usage, absl::string_view file_filter);
 // key=value lines; blank lines and lines starting with # are skipped.
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>>
 ParseKeyValueFile(const std::string& path);
+
+// Every value of the repeatable flag `name` (absl spelling, e.g.
+// "kafka_property") split as key=value and appended to `out`, in order.
+// kInvalidArgument naming the flag (dashed) for a value without '='.
+absl::Status AppendKeyValueFlags(
+    const ParsedCommandLine& cmd, const std::string& name,
+    std::vector<std::pair<std::string, std::string>>* out);
 
 // Splits "key=value"; kInvalidArgument when there is no '=' or no key.
 absl::StatusOr<std::pair<std::string, std::string>> SplitKeyValue(

@@ -205,9 +205,9 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   } else if (delivery == "exactly-once") {
     o.delivery = DeliveryGuarantee::kExactlyOnce;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--delivery must be at-least-once or exactly-once, not '", delivery,
-        "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--delivery must be at-least-once or exactly-once, not '",
+                     delivery, "'"));
   }
 
   std::string table = absl::GetFlag(FLAGS_table);
@@ -296,16 +296,8 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     }
     o.producer.properties = *std::move(kv);
   }
-  if (auto it = cmd.repeated.find("kafka_property"); it != cmd.repeated.end()) {
-    for (const std::string& p : it->second) {
-      auto kv = cli::SplitKeyValue(p);
-      if (!kv.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--kafka-property: ", kv.status().message()));
-      }
-      o.producer.properties.push_back(*std::move(kv));
-    }
-  }
+  RETURN_IF_ERROR(
+      cli::AppendKeyValueFlags(cmd, "kafka_property", &o.producer.properties));
   std::string metrics = absl::GetFlag(FLAGS_metrics_address);
   if (!metrics.empty()) {
     size_t colon = metrics.rfind(':');
@@ -415,7 +407,8 @@ int Main(int argc, char** argv) {
   if (std::string address = absl::GetFlag(FLAGS_metrics_address);
       !address.empty()) {
     auto server = metrics::MetricsServer::Start(
-        address, &registry, [&outboxd_metrics] { return outboxd_metrics.Ready(); });
+        address, &registry,
+        [&outboxd_metrics] { return outboxd_metrics.Ready(); });
     if (!server.ok()) {
       spdlog::critical("stopping: {}", server.status().ToString());
       return 1;

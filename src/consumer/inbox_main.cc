@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "cli/flags.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "consumer/inbox.h"
 #include "pg/connection.h"
 
@@ -146,16 +147,8 @@ absl::StatusOr<InboxOptions> OptionsFromFlags(
         absl::StrCat("--value-format: ", format.status().message()));
   }
   o.value_format = *format;
-  if (auto it = cmd.repeated.find("kafka_property"); it != cmd.repeated.end()) {
-    for (const std::string& p : it->second) {
-      auto kv = cli::SplitKeyValue(p);
-      if (!kv.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--kafka-property: ", kv.status().message()));
-      }
-      o.kafka_properties.push_back(*std::move(kv));
-    }
-  }
+  RETURN_IF_ERROR(
+      cli::AppendKeyValueFlags(cmd, "kafka_property", &o.kafka_properties));
   return o;
 }
 
