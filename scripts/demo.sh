@@ -8,61 +8,29 @@
 #   DEMO_ORDERS=50 DEMO_PAUSE=0.2 scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 orders=${DEMO_ORDERS:-40}
 pause=${DEMO_PAUSE:-0.25}
 
 scripts/build.sh outboxd outbox-devbroker >&2
 
-pgbin=/usr/lib/postgresql/15/bin
-work=$(mktemp -d /tmp/outboxd-demo.XXXXXX)
-as_pg=()
-if [[ $(id -u) -eq 0 ]]; then
-  chown postgres "$work"
-  as_pg=(runuser -u postgres --)
-fi
-port=$(( 20000 + RANDOM % 20000 ))
-pids=()
+source scripts/lib/local-stack.sh
 
-cleanup() {
-  set +e
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-say() { printf '\033[1m== %s\033[0m\n' "$*"; }
-
-say "starting a throwaway PostgreSQL 15 on 127.0.0.1:$port (wal_level=logical)"
-"${as_pg[@]}" "$pgbin/initdb" -D "$work/data" -U postgres -A trust --no-sync >/dev/null
-"${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/data" -w -l "$work/postgres.log" \
-  -o "-c wal_level=logical -c port=$port -c listen_addresses=127.0.0.1 \
-      -c unix_socket_directories=$work -c fsync=off" start >/dev/null
-pg="host=127.0.0.1 port=$port user=postgres dbname=postgres"
+start_postgres demo
+say "started a throwaway PostgreSQL 15 on 127.0.0.1:$port (wal_level=logical)"
+pg="$pg_base dbname=postgres"
 psql -q -X "$pg" -v ON_ERROR_STOP=1 -f sql/outbox.sql
 psql -q -X "$pg" -v ON_ERROR_STOP=1 -c \
   "CREATE TABLE orders (id bigint PRIMARY KEY, customer text, total numeric)"
 
 say "starting the dev broker (librdkafka mock cluster, 3 brokers)"
-mkfifo "$work/broker.out"
-build/outbox-devbroker --brokers=3 --partitions=4 --topic=outbox.event.order:4 </dev/null >"$work/broker.out" 2>"$work/broker.log" &
-pids+=($!)
-exec 3<"$work/broker.out"
-read -r -t 30 line <&3
-brokers=${line#BOOTSTRAP=}
-echo "bootstrap servers: $brokers"
+start_devbroker build/outbox-devbroker --brokers=3 --partitions=4 \
+  --topic=outbox.event.order:4
 
 say "starting outboxd"
 build/outboxd --pg="$pg" --brokers="$brokers" --log-level=info 2>"$work/outboxd.log" &
 outboxd_pid=$!
 pids+=($outboxd_pid)
-for _ in $(seq 100); do
-  grep -q "streaming from slot" "$work/outboxd.log" && break
-  kill -0 "$outboxd_pid" || { cat "$work/outboxd.log"; exit 1; }
-  sleep 0.1
-done
+wait_for "$work/outboxd.log" "streaming from slot" "$outboxd_pid"
 sed 's/^/  outboxd| /' "$work/outboxd.log"
 
 say "consuming outbox.event.order with kcat (latency = receipt - commit time)"

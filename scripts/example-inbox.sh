@@ -20,39 +20,11 @@ if [[ $build == build ]]; then
   scripts/build.sh outboxd outbox-devbroker outbox-inbox >&2
 fi
 
-pgbin=/usr/lib/postgresql/15/bin
-work=$(mktemp -d /tmp/outboxd-inbox-example.XXXXXX)
-as_pg=()
-if [[ $(id -u) -eq 0 ]]; then
-  chown postgres "$work"
-  as_pg=(runuser -u postgres --)
-fi
-port=$(( 20000 + RANDOM % 20000 ))
-pids=()
-cleanup() {
-  set +e
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
-say() { printf '\033[1m== %s\033[0m\n' "$*"; }
-wait_for() {  # wait_for FILE PATTERN PID
-  for _ in $(seq 300); do
-    grep -q "$2" "$1" && return 0
-    kill -0 "$3" 2>/dev/null || { cat "$1"; exit 1; }
-    sleep 0.1
-  done
-  cat "$1"; exit 1
-}
+source scripts/lib/local-stack.sh
+start_postgres inbox-example
 
 say "PostgreSQL 15 on 127.0.0.1:$port: database orders (outbox) and shipping (inbox)"
-"${as_pg[@]}" "$pgbin/initdb" -D "$work/data" -U postgres -A trust --no-sync >/dev/null
-"${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/data" -w -l "$work/postgres.log" \
-  -o "-c wal_level=logical -c port=$port -c listen_addresses=127.0.0.1 \
-      -c unix_socket_directories=$work -c fsync=off" start >/dev/null
-base="host=127.0.0.1 port=$port user=postgres"
+base=$pg_base
 psql -q -X "$base dbname=postgres" -c "CREATE DATABASE orders" -c "CREATE DATABASE shipping"
 orders_db="$base dbname=orders"
 shipping_db="$base dbname=shipping"
@@ -64,13 +36,7 @@ psql -q -X "$shipping_db" -v ON_ERROR_STOP=1 -c \
                            created_at timestamptz DEFAULT now())"
 
 say "dev broker"
-mkfifo "$work/broker.out"
-"$build/outbox-devbroker" --brokers=3 --partitions=4 </dev/null >"$work/broker.out" 2>"$work/broker.log" &
-pids+=($!)
-exec 3<"$work/broker.out"
-read -r -t 30 line <&3
-brokers=${line#BOOTSTRAP=}
-echo "bootstrap servers: $brokers"
+start_devbroker "$build/outbox-devbroker" --brokers=3 --partitions=4
 # A metadata request creates the topic on the dev broker (4 partitions).
 kcat -L -b "$brokers" -t outbox.event.order >/dev/null 2>&1 || true
 
