@@ -223,8 +223,9 @@ absl::StatusOr<int> KafkaCluster::LeaderOf(const std::string& topic,
   return leaders[static_cast<size_t>(partition)];
 }
 
-absl::Status KafkaCluster::CreateTopic(const std::string& topic, int partitions,
-                                       int replication_factor) {
+absl::Status KafkaCluster::CreateTopic(
+    const std::string& topic, int partitions, int replication_factor,
+    const std::map<std::string, std::string>& configs) {
   ASSIGN_OR_RETURN(Handle rk, NewClient(bootstrap_));
   char errstr[512];
   rd_kafka_NewTopic_t* new_topic = rd_kafka_NewTopic_new(
@@ -232,6 +233,15 @@ absl::Status KafkaCluster::CreateTopic(const std::string& topic, int partitions,
   if (new_topic == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("topic '", topic, "': ", errstr));
+  }
+  for (const auto& [name, value] : configs) {
+    rd_kafka_resp_err_t err =
+        rd_kafka_NewTopic_set_config(new_topic, name.c_str(), value.c_str());
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      rd_kafka_NewTopic_destroy(new_topic);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "topic '", topic, "' config ", name, ": ", rd_kafka_err2str(err)));
+    }
   }
   rd_kafka_queue_t* queue = rd_kafka_queue_new(rk.get());
   rd_kafka_CreateTopics(rk.get(), &new_topic, 1, nullptr, queue);

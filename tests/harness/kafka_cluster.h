@@ -11,6 +11,7 @@
 #define OUTBOXD_TESTS_HARNESS_KAFKA_CLUSTER_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -54,10 +55,11 @@ class KafkaCluster {
   // Time from the start command to every node being ready.
   absl::Duration start_time() const { return start_time_; }
 
-  // Creates `topic` and waits until every partition has a leader.
-  // replication_factor -1: the cluster's default.
-  absl::Status CreateTopic(const std::string& topic, int partitions,
-                           int replication_factor = -1);
+  // Creates `topic` with these topic configs and waits until every
+  // partition has a leader. replication_factor -1: the cluster's default.
+  absl::Status CreateTopic(
+      const std::string& topic, int partitions, int replication_factor = -1,
+      const std::map<std::string, std::string>& configs = {});
   // SIGKILL to node `node` (node ids are 0..nodes()-1); returns once it is
   // gone.
   absl::Status KillNode(int node);

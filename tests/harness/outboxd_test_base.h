@@ -119,6 +119,11 @@ class OutboxdTestBase : public ::testing::Test {
     list->clear();
   }
 
+  // The Kafka bootstrap list outboxd and Read() use: the dev broker's;
+  // fixtures running against another broker (a real Kafka, see
+  // kafka_cluster.h) override it.
+  virtual std::string Bootstrap() const { return broker_->bootstrap(); }
+
   absl::Status Exec(const std::string& sql) { return cluster_->Exec(db_, sql); }
   std::string Query(const std::string& sql) {
     auto v = cluster_->Query(db_, sql);
@@ -140,7 +145,7 @@ class OutboxdTestBase : public ::testing::Test {
   std::vector<std::string> DefaultArgs(bool with_pg = true) const {
     std::vector<std::string> argv = {OUTBOXD_BINARY};
     if (with_pg) argv.push_back("--pg=" + ConnInfo());
-    argv.push_back("--brokers=" + broker_->bootstrap());
+    argv.push_back("--brokers=" + Bootstrap());
     argv.push_back("--topic-prefix=" + prefix_);
     if (!slot_.empty()) argv.push_back("--slot=" + slot_);
     argv.insert(argv.end(), options_.default_args.begin(),
@@ -205,7 +210,7 @@ class OutboxdTestBase : public ::testing::Test {
   std::vector<ConsumedRecord> Read(const std::string& topic, size_t n,
                                    absl::Duration timeout = absl::Seconds(60),
                                    absl::Duration quiet = absl::Seconds(1)) {
-    auto records = ReadTopic(broker_->bootstrap(), topic, n, timeout, quiet);
+    auto records = ReadTopic(Bootstrap(), topic, n, timeout, quiet);
     EXPECT_TRUE(records.ok()) << records.status();
     return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
   }

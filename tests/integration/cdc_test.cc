@@ -1,7 +1,8 @@
 // End-to-end tests of the CDC core (issue: committed outbox inserts from the
 // WAL to Kafka, the slot confirmed only after acknowledgement). Real
-// PostgreSQL 15 (throwaway cluster), the dev broker, and outboxd as its own
-// process; records are read back by an independent librdkafka consumer.
+// PostgreSQL 15 (throwaway cluster), the dev broker or a real Apache Kafka
+// (the CdcContractTest cases run on both), and outboxd as its own process;
+// records are read back by an independent librdkafka consumer.
 #include <libpq-fe.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
+#include "tests/harness/kafka_cluster.h"
 #include "tests/harness/kafka_reader.h"
 #include "tests/harness/outboxd_test_base.h"
 #include "tests/harness/pg_cluster.h"
@@ -35,7 +37,8 @@ namespace {
 
 // Rows of a query as text (NULL as nullopt).
 using Row = std::vector<std::optional<std::string>>;
-std::vector<Row> QueryRows(const std::string& conninfo, const std::string& sql) {
+std::vector<Row> QueryRows(const std::string& conninfo,
+                           const std::string& sql) {
   std::vector<Row> rows;
   PGconn* conn = PQconnectdb(conninfo.c_str());
   EXPECT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
@@ -47,8 +50,8 @@ std::vector<Row> QueryRows(const std::string& conninfo, const std::string& sql) 
       if (PQgetisnull(res, r, c)) {
         row.emplace_back();
       } else {
-        row.emplace_back(std::string(PQgetvalue(res, r, c),
-                                     PQgetlength(res, r, c)));
+        row.emplace_back(
+            std::string(PQgetvalue(res, r, c), PQgetlength(res, r, c)));
       }
     }
     rows.push_back(std::move(row));
@@ -87,10 +90,53 @@ class CdcTest : public OutboxdTestBase {
   }
 };
 
+enum class BrokerKind { kDev, kApacheKafka };
+
+// The record contract, run against the dev broker and against a real 1-node
+// Apache Kafka (KafkaCluster, shared by the tests of this binary); ctest runs
+// the first as cdc_test and the second as cdc_test_kafka (label kafka).
+class CdcContractTest : public CdcTest,
+                        public ::testing::WithParamInterface<BrokerKind> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == BrokerKind::kApacheKafka) {
+      // Topics are auto-created with 4 partitions, as on the dev broker.
+      auto kafka = KafkaCluster::Shared({.nodes = 1, .partitions = 4});
+      ASSERT_TRUE(kafka.ok()) << kafka.status();
+      kafka_ = *kafka;
+    }
+    CdcTest::SetUp();
+  }
+
+  std::string Bootstrap() const override {
+    return kafka_ != nullptr ? kafka_->bootstrap() : CdcTest::Bootstrap();
+  }
+
+  // A real broker refuses records above the topic's max.message.bytes
+  // (about 1 MB by default); the dev broker takes any size.
+  void AllowLargeRecords(const std::string& topic) {
+    if (kafka_ == nullptr) return;
+    ASSERT_TRUE(
+        kafka_->CreateTopic(topic, 4, -1, {{"max.message.bytes", "4000000"}})
+            .ok());
+  }
+
+  KafkaCluster* kafka_ = nullptr;
+};
+
+INSTANTIATE_TEST_SUITE_P(Brokers, CdcContractTest,
+                         ::testing::Values(BrokerKind::kDev,
+                                           BrokerKind::kApacheKafka),
+                         [](const auto& info) {
+                           return info.param == BrokerKind::kDev
+                                      ? "DevBroker"
+                                      : "ApacheKafka";
+                         });
+
 // 10,000 events over 200 aggregates in transactions of 1 to 100 events: each
 // record exactly as DESIGN.md section 2 says, none missing, none extra, each
 // aggregate in commit order.
-TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
+TEST_P(CdcContractTest, TenThousandEventsArriveExactlyAndInOrder) {
   StartOutboxd();
   const int kEvents = 10000;
   const int kAggregates = 200;
@@ -114,11 +160,12 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
           "jsonb_build_object('agg', ", agg, ", 'n', ", n, ", 'tx', ", tx,
           ", 'i', ", i, "), jsonb_build_object('tx', '", tx, "'))"));
     }
-    ASSERT_TRUE(Exec(absl::StrCat(
-                         "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, "
-                         "type, payload, headers) VALUES ",
-                         absl::StrJoin(values, ","), "; COMMIT;"))
-                    .ok());
+    ASSERT_TRUE(
+        Exec(absl::StrCat(
+                 "BEGIN; INSERT INTO outbox (aggregatetype, aggregateid, "
+                 "type, payload, headers) VALUES ",
+                 absl::StrJoin(values, ","), "; COMMIT;"))
+            .ok());
     written += size;
     ++tx;
   }
@@ -126,9 +173,10 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
   const absl::Duration insert_time = absl::Now() - start;
   // What the database holds, by event id.
   std::map<std::string, Row> rows;
-  for (auto& row : QueryRows(ConnInfo(),
-                             "SELECT id::text, aggregatetype, aggregateid, "
-                             "type, payload::text, headers->>'tx' FROM outbox")) {
+  for (auto& row :
+       QueryRows(ConnInfo(),
+                 "SELECT id::text, aggregatetype, aggregateid, "
+                 "type, payload::text, headers->>'tx' FROM outbox")) {
     rows[*row[0]] = row;
   }
   ASSERT_EQ(rows.size(), static_cast<size_t>(kEvents));
@@ -146,10 +194,11 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
   double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   // Reported, not asserted: the reads wait for a quiet second per topic, so
   // this understates outboxd (benchmarks/ measures it properly).
-  std::printf("[ measure ] %d events in %d transactions: inserted in %.2f s, "
-              "%.2f s from first insert to last read, %.0f events/s\n",
-              kEvents, tx, absl::ToDoubleSeconds(insert_time), seconds,
-              kEvents / seconds);
+  std::printf(
+      "[ measure ] %d events in %d transactions: inserted in %.2f s, "
+      "%.2f s from first insert to last read, %.0f events/s\n",
+      kEvents, tx, absl::ToDoubleSeconds(insert_time), seconds,
+      kEvents / seconds);
   ASSERT_EQ(all.size(), static_cast<size_t>(kEvents));
 
   std::set<std::string> seen;
@@ -182,8 +231,8 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
     EXPECT_EQ(r.headers[3].first, "outbox.lsn");
     EXPECT_EQ(r.headers[4].first, "outbox.index");
     EXPECT_EQ(r.headers[5].first, "outbox.source");
-    EXPECT_TRUE(absl::EndsWith(r.headers[5].second,
-                               absl::StrCat("/", db_, "/", slot_)))
+    EXPECT_TRUE(
+        absl::EndsWith(r.headers[5].second, absl::StrCat("/", db_, "/", slot_)))
         << r.headers[5].second;
     uint64_t lsn = HeaderU64(r, "outbox.lsn");
     indexes_by_lsn[lsn].push_back(HeaderU64(r, "outbox.index"));
@@ -211,7 +260,8 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
   for (const auto& r : all) by_key[r.key].push_back(&r);
   for (auto& [key, recs] : by_key) {
     std::sort(recs.begin(), recs.end(), [](auto* a, auto* b) {
-      return std::tie(a->partition, a->offset) < std::tie(b->partition, b->offset);
+      return std::tie(a->partition, a->offset) <
+             std::tie(b->partition, b->offset);
     });
     EXPECT_EQ(recs.front()->partition, recs.back()->partition) << key;
     for (size_t i = 0; i < recs.size(); ++i) {
@@ -228,19 +278,22 @@ TEST_F(CdcTest, TenThousandEventsArriveExactlyAndInOrder) {
   }
 }
 
-TEST_F(CdcTest, PayloadKindsJsonbToastedAndTombstone) {
+TEST_P(CdcContractTest, PayloadKindsJsonbToastedAndTombstone) {
+  AllowLargeRecords(prefix_ + "doc");
   StartOutboxd({"--kafka-property=message.max.bytes=4000000"});
   std::string big(1024 * 1024, 'x');
   for (size_t i = 0; i < big.size(); i += 97) big[i] = 'a' + (i % 26);
-  ASSERT_TRUE(Exec(absl::StrCat(
-                       "INSERT INTO outbox (aggregatetype, aggregateid, type, "
-                       "payload) VALUES "
-                       "('doc', 'k1', 'Unicode', '{\"name\": \"Zoë 東京 🚀\", "
-                       "\"nested\": {\"a\": [1, {\"b\": null}], \"c\": true}}'),"
-                       "('doc', 'k2', 'Big', jsonb_build_object('blob', '",
-                       big, "')),"
-                       "('doc', 'k3', 'Deleted', NULL)"))
-                  .ok());
+  ASSERT_TRUE(
+      Exec(absl::StrCat(
+               "INSERT INTO outbox (aggregatetype, aggregateid, type, "
+               "payload) VALUES "
+               "('doc', 'k1', 'Unicode', '{\"name\": \"Zoë 東京 🚀\", "
+               "\"nested\": {\"a\": [1, {\"b\": null}], \"c\": true}}'),"
+               "('doc', 'k2', 'Big', jsonb_build_object('blob', '",
+               big,
+               "')),"
+               "('doc', 'k3', 'Deleted', NULL)"))
+          .ok());
   // The 1 MB value is stored out of line (TOAST).
   EXPECT_EQ(Query("SELECT count(*) > 0 FROM pg_class c JOIN pg_class t ON "
                   "t.oid = c.reltoastrelid WHERE c.relname = 'outbox' AND "
@@ -251,17 +304,18 @@ TEST_F(CdcTest, PayloadKindsJsonbToastedAndTombstone) {
   std::map<std::string, const ConsumedRecord*> by_key;
   for (auto& r : records) by_key[r.key] = &r;
   ASSERT_EQ(by_key.size(), 3u);
-  auto expected_unicode = Query(
-      "SELECT payload::text FROM outbox WHERE aggregateid = 'k1'");
+  auto expected_unicode =
+      Query("SELECT payload::text FROM outbox WHERE aggregateid = 'k1'");
   EXPECT_EQ(by_key["k1"]->value, expected_unicode);
   EXPECT_NE(expected_unicode.find("Zoë 東京 🚀"), std::string::npos);
   ASSERT_TRUE(by_key["k2"]->value.has_value());
-  EXPECT_EQ(by_key["k2"]->value->size(), big.size() + std::string("{\"blob\": \"\"}").size());
+  EXPECT_EQ(by_key["k2"]->value->size(),
+            big.size() + std::string("{\"blob\": \"\"}").size());
   EXPECT_NE(by_key["k2"]->value->find(big), std::string::npos);
   EXPECT_FALSE(by_key["k3"]->value.has_value()) << "NULL payload => tombstone";
 }
 
-TEST_F(CdcTest, TextAndByteaPayloadColumns) {
+TEST_P(CdcContractTest, TextAndByteaPayloadColumns) {
   ASSERT_TRUE(Exec(R"sql(
     CREATE TABLE outbox_text (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
       aggregatetype text NOT NULL, aggregateid text NOT NULL,
@@ -269,7 +323,8 @@ TEST_F(CdcTest, TextAndByteaPayloadColumns) {
     CREATE TABLE outbox_bin (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
       aggregatetype text NOT NULL, aggregateid text NOT NULL,
       type text NOT NULL, payload bytea);
-  )sql").ok());
+  )sql")
+                  .ok());
   StartOutboxd({"--table=public.outbox_text", "--slot=slot_text",
                 "--publication=pub_text"});
   StartOutboxd({"--table=outbox_bin", "--slot=slot_bin",
@@ -287,10 +342,12 @@ TEST_F(CdcTest, TextAndByteaPayloadColumns) {
   EXPECT_EQ(text[0].value, "plain text, not JSON: ünïcödé");
   auto bin = Read(prefix_ + "binary", 1);
   ASSERT_EQ(bin.size(), 1u);
-  EXPECT_EQ(bin[0].value, std::string("\x00\xff\x10\x80" "AB", 6));
+  EXPECT_EQ(bin[0].value, std::string("\x00\xff\x10\x80"
+                                      "AB",
+                                      6));
 }
 
-TEST_F(CdcTest, LogicalDecodingMessagesAreEvents) {
+TEST_P(CdcContractTest, LogicalDecodingMessagesAreEvents) {
   StartOutboxd();
   ASSERT_TRUE(Exec(R"sql(
     BEGIN;
@@ -302,7 +359,8 @@ TEST_F(CdcTest, LogicalDecodingMessagesAreEvents) {
     COMMIT;
     SELECT pg_logical_emit_message(false, 'outbox', '{"id": "non-transactional"}');
     SELECT pg_logical_emit_message(true, 'other-prefix', '{}');
-  )sql").ok());
+  )sql")
+                  .ok());
   auto records = Read(prefix_ + "msg", 1, absl::Seconds(30));
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].key, "m-1");
@@ -313,21 +371,23 @@ TEST_F(CdcTest, LogicalDecodingMessagesAreEvents) {
   EXPECT_EQ(records[0].Header("outbox.index"), "0");
 }
 
-TEST_F(CdcTest, CleanStopConfirmsAndRestartDeliversOnlyNewEvents) {
+TEST_P(CdcContractTest, CleanStopConfirmsAndRestartDeliversOnlyNewEvents) {
   ChildProcess* first = StartOutboxd();
   auto insert = [&](int from, int to) {
-    ASSERT_TRUE(Exec(absl::StrCat(
-                         "INSERT INTO outbox (aggregatetype, aggregateid, type, "
-                         "payload) SELECT 'restart', 'r' || (g % 7), 'E', "
-                         "jsonb_build_object('g', g) FROM generate_series(",
-                         from, ", ", to, ") g"))
-                    .ok());
+    ASSERT_TRUE(
+        Exec(absl::StrCat(
+                 "INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                 "payload) SELECT 'restart', 'r' || (g % 7), 'E', "
+                 "jsonb_build_object('g', g) FROM generate_series(",
+                 from, ", ", to, ") g"))
+            .ok());
   };
   insert(1, 50);
   auto before = Read(prefix_ + "restart", 50);
   ASSERT_EQ(before.size(), 50u);
   uint64_t last_commit = 0;
-  for (auto& r : before) last_commit = std::max(last_commit, HeaderU64(r, "outbox.lsn"));
+  for (auto& r : before)
+    last_commit = std::max(last_commit, HeaderU64(r, "outbox.lsn"));
 
   first->Signal(SIGTERM);
   auto code = first->Wait(absl::Seconds(15));
@@ -340,7 +400,8 @@ TEST_F(CdcTest, CleanStopConfirmsAndRestartDeliversOnlyNewEvents) {
   auto after = Read(prefix_ + "restart", 80, absl::Seconds(30));
   EXPECT_EQ(after.size(), 80u) << "only the 30 new events may be added";
   std::set<int> gs;
-  for (auto& r : after) gs.insert(nlohmann::json::parse(*r.value)["g"].get<int>());
+  for (auto& r : after)
+    gs.insert(nlohmann::json::parse(*r.value)["g"].get<int>());
   EXPECT_EQ(gs.size(), 80u);
 }
 
@@ -353,11 +414,15 @@ TEST_F(CdcTest, BrokersDownHoldTheSlotAndEverythingArrivesAfter) {
 
   ASSERT_TRUE(broker_->SetAllBrokersDown().ok());
   for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE(Exec(absl::StrCat(
-                         "INSERT INTO outbox (aggregatetype, aggregateid, type, "
-                         "payload) VALUES ('down', 'k", i % 3, "', 'E', "
-                         "jsonb_build_object('i', ", i, "))"))
-                    .ok());
+    ASSERT_TRUE(
+        Exec(absl::StrCat(
+                 "INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                 "payload) VALUES ('down', 'k",
+                 i % 3,
+                 "', 'E', "
+                 "jsonb_build_object('i', ",
+                 i, "))"))
+            .ok());
   }
   // Unrelated writes too, so the server has WAL to move past.
   ASSERT_TRUE(Exec("INSERT INTO orders (note) SELECT 'x' FROM "
@@ -389,7 +454,7 @@ TEST_F(CdcTest, BrokersDownHoldTheSlotAndEverythingArrivesAfter) {
   EXPECT_GT(ConfirmedFlush().value(), first_unacked);
 }
 
-TEST_F(CdcTest, IdleOutboxStillAdvancesTheSlot) {
+TEST_P(CdcContractTest, IdleOutboxStillAdvancesTheSlot) {
   StartOutboxd();
   Lsn start = ConfirmedFlush();
   Lsn target;
@@ -405,16 +470,18 @@ TEST_F(CdcTest, IdleOutboxStillAdvancesTheSlot) {
   EXPECT_GE(ConfirmedFlush(), target) << "started at " << start;
 }
 
-TEST_F(CdcTest, AlterTableAddColumnWhileStreaming) {
+TEST_P(CdcContractTest, AlterTableAddColumnWhileStreaming) {
   StartOutboxd();
   ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
                    "payload) VALUES ('alter', 'a', 'Before', '{}')")
                   .ok());
   ASSERT_EQ(Read(prefix_ + "alter", 1).size(), 1u);
-  ASSERT_TRUE(Exec("ALTER TABLE outbox ADD COLUMN tenant text DEFAULT 'x'").ok());
-  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
-                   "payload, tenant) VALUES ('alter', 'a', 'After', '{}', 't1')")
-                  .ok());
+  ASSERT_TRUE(
+      Exec("ALTER TABLE outbox ADD COLUMN tenant text DEFAULT 'x'").ok());
+  ASSERT_TRUE(
+      Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+           "payload, tenant) VALUES ('alter', 'a', 'After', '{}', 't1')")
+          .ok());
   auto records = Read(prefix_ + "alter", 2);
   ASSERT_EQ(records.size(), 2u);
   EXPECT_EQ(records[1].Header("eventType"), "After");
@@ -435,7 +502,8 @@ TEST_F(CdcTest, SlotWithAnotherPluginIsRefused) {
 }
 
 TEST_F(CdcTest, MissingBrokersIsExit2) {
-  auto r = RunCommand({OUTBOXD_BINARY, "--pg=" + ConnInfo()}, absl::Seconds(10));
+  auto r =
+      RunCommand({OUTBOXD_BINARY, "--pg=" + ConnInfo()}, absl::Seconds(10));
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->exit_code, 2);
   EXPECT_NE(r->output.find("--brokers"), std::string::npos) << r->output;
@@ -446,10 +514,12 @@ TEST(CdcWalLevelTest, WalLevelReplicaIsRefused) {
   options.wal_level = "replica";
   auto cluster = PgCluster::Start(options);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
-  ASSERT_TRUE((*cluster)->Exec("postgres", "CREATE TABLE outbox (id uuid "
-                                           "PRIMARY KEY, aggregatetype text, "
-                                           "aggregateid text, type text, "
-                                           "payload jsonb)")
+  ASSERT_TRUE((*cluster)
+                  ->Exec("postgres",
+                         "CREATE TABLE outbox (id uuid "
+                         "PRIMARY KEY, aggregatetype text, "
+                         "aggregateid text, type text, "
+                         "payload jsonb)")
                   .ok());
   auto r = RunCommand({OUTBOXD_BINARY, "--pg=" + (*cluster)->ConnInfo(),
                        "--brokers=127.0.0.1:9", "--metrics-address="},
