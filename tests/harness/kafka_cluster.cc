@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <tuple>
 #include <utility>
@@ -149,6 +150,13 @@ KafkaCluster::~KafkaCluster() {
 
 std::string KafkaCluster::NodeLog(int node) const {
   return absl::StrCat(dir_, "/node-", node, "/server.log");
+}
+
+std::string KafkaCluster::LibsDir() const {
+  std::ifstream in(absl::StrCat(dir_, "/libs"));
+  std::string line;
+  std::getline(in, line);
+  return line;
 }
 
 absl::Status KafkaCluster::Script(const std::vector<std::string>& args,

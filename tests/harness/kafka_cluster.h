@@ -52,6 +52,9 @@ class KafkaCluster {
   const std::string& dir() const { return dir_; }
   // The log file of node `node` (appended to across restarts).
   std::string NodeLog(int node) const;
+  // The folder of the rig's jars (kafka-clients among them), for
+  // `java -cp "<libs>/*"`.
+  std::string LibsDir() const;
   // Time from the start command to every node being ready.
   absl::Duration start_time() const { return start_time_; }
 
