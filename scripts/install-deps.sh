@@ -9,8 +9,9 @@ packages=(
   libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 kcat
   libcpp-httplib-dev protobuf-compiler libprotobuf-dev curl python3-yaml
-  # The real-Kafka test rig (scripts/fetch-kafka.sh, scripts/kafka-cluster.sh).
-  openjdk-17-jre-headless maven
+  # The real-Kafka test rig (scripts/fetch-kafka.sh, scripts/kafka-cluster.sh);
+  # the JDK's compiler runs tests/kafka/*.java as single-file programs.
+  openjdk-17-jre-headless openjdk-17-jdk-headless maven
 )
 
 missing=()
