@@ -55,9 +55,16 @@ absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
   (void)absl::SimpleAtoi(*pid_text, &pid);
   env->postmaster_pid_ = ParentPid(pid);
 
+  if (!options.bootstrap.empty()) {
+    env->bootstrap_ = options.bootstrap;
+    std::cerr << "postmaster pid " << env->postmaster_pid_ << ", Kafka "
+              << env->bootstrap() << "\n";
+    return env;
+  }
   auto broker = testing::DevBroker::Start(/*brokers=*/1, kPartitions);
   if (!broker.ok()) return broker.status();
   env->broker_ = *std::move(broker);
+  env->bootstrap_ = env->broker_->bootstrap();
   env->devbroker_pid_ = ChildPidByName("outbox-devbrok");
   std::cerr << "postmaster pid " << env->postmaster_pid_ << ", dev broker pid "
             << env->devbroker_pid_ << ", bootstrap " << env->bootstrap()

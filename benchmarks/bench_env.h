@@ -1,8 +1,9 @@
 // BenchEnv: what every end-to-end benchmark stands on. A throwaway
 // PostgreSQL 15 cluster (tests/harness PgCluster) with pg_stat_statements
 // preloaded and the outbox installed (sql/outbox.sql), a role the publisher
-// runs as (so that its statements can be told apart), the dev broker, and a
-// way to run outboxd as a child process with its log in a file.
+// runs as (so that its statements can be told apart), the dev broker (or a
+// given Kafka cluster), and a way to run outboxd as a child process with its
+// log in a file.
 //
 // Threading: one thread drives a BenchEnv.
 #ifndef OUTBOXD_BENCHMARKS_BENCH_ENV_H_
@@ -27,8 +28,11 @@ inline constexpr char kPublisherRole[] = "outboxd_bench";
 inline constexpr int kPartitions = 4;
 
 struct BenchEnvOptions {
-  std::string outboxd_binary;    // "" = the one built with the harness
-  std::string work_dir;          // outboxd logs go here
+  std::string outboxd_binary;  // "" = the one built with the harness
+  std::string work_dir;        // outboxd logs go here
+  // A Kafka cluster to use instead of the dev broker ("" = start the dev
+  // broker). broker() and devbroker_pid() are only valid with the dev broker.
+  std::string bootstrap;
 };
 
 class BenchEnv {
@@ -38,7 +42,7 @@ class BenchEnv {
 
   testing::PgCluster& pg() { return *pg_; }
   testing::DevBroker& broker() { return *broker_; }
-  const std::string& bootstrap() const { return broker_->bootstrap(); }
+  const std::string& bootstrap() const { return bootstrap_; }
   // Superuser conninfo for the load generator and the measurements.
   std::string AdminConnInfo() const { return pg_->ConnInfo("postgres"); }
   // Conninfo of the publisher's role (superuser, replication).
@@ -65,6 +69,7 @@ class BenchEnv {
   BenchEnv() = default;
   std::unique_ptr<testing::PgCluster> pg_;
   std::unique_ptr<testing::DevBroker> broker_;
+  std::string bootstrap_;
   std::string outboxd_binary_;
   std::string work_dir_;
   pid_t postmaster_pid_ = -1;

@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -11,7 +12,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -392,6 +395,72 @@ absl::StatusOr<int64_t> WatermarkProbe::Total(const std::string& topic,
     total += high;
   }
   return total;
+}
+
+std::vector<std::pair<double, double>> CdfPoints(
+    const std::vector<double>& sorted) {
+  std::vector<std::pair<double, double>> points;
+  if (sorted.empty()) return points;
+  auto add = [&](double q) { points.emplace_back(Quantile(sorted, q), q); };
+  for (double q = 0.0; q < 0.99; q += 0.005) add(std::max(q, 1e-6));
+  for (double q = 0.99; q < 0.999; q += 0.0005) add(q);
+  for (double q = 0.999; q < 1.0; q += 0.00005) add(q);
+  add(1.0);
+  return points;
+}
+
+namespace {
+void SleepUntilNs(int64_t t) {
+  timespec ts;
+  ts.tv_sec = t / 1000000000;
+  ts.tv_nsec = t % 1000000000;
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) ==
+         EINTR) {
+  }
+}
+}  // namespace
+
+absl::StatusOr<LoadResult> GenerateLoad(
+    const std::string& conninfo, int rate, int64_t events, int connections,
+    const std::function<std::string(int64_t)>& event_sql) {
+  LoadResult result;
+  result.commit_ns.assign(events, 0);
+  std::vector<std::unique_ptr<PgConn>> conns;
+  for (int c = 0; c < connections; ++c) {
+    auto conn = PgConn::Connect(conninfo);
+    if (!conn.ok()) return conn.status();
+    conns.push_back(*std::move(conn));
+  }
+  std::atomic<int64_t> errors{0};
+  std::vector<int64_t> slips(connections, 0);
+  const int64_t t0 = NowNs() + 20000000;  // 20 ms to get the threads going
+  const double step_ns = 1e9 / rate;
+  std::vector<std::thread> threads;
+  for (int c = 0; c < connections; ++c) {
+    threads.emplace_back([&, c] {
+      PgConn& conn = *conns[c];
+      for (int64_t i = c; i < events; i += connections) {
+        int64_t start = t0 + static_cast<int64_t>(i * step_ns);
+        int64_t now = NowNs();
+        if (now < start) {
+          SleepUntilNs(start);
+        } else {
+          slips[c] = std::max(slips[c], now - start);
+        }
+        absl::Status s = conn.Exec(event_sql(i));
+        if (s.ok()) {
+          result.commit_ns[i] = NowNs();
+        } else {
+          if (errors.fetch_add(1) < 3) std::cerr << s << "\n";
+          (void)conn.Exec("ROLLBACK");
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  result.errors = errors.load();
+  result.max_slip_ns = *std::max_element(slips.begin(), slips.end());
+  return result;
 }
 
 absl::Status WriteFile(const std::string& path, const std::string& text) {

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -71,6 +72,24 @@ double LoadAverage1();
 
 // Value at quantile q (0..1) of an ascending vector; 0 when empty.
 double Quantile(const std::vector<double>& sorted, double q);
+// (latency, fraction) points of an ascending vector for a CDF plot, dense in
+// the tail.
+std::vector<std::pair<double, double>> CdfPoints(
+    const std::vector<double>& sorted);
+
+// The latency benchmarks' load: an open-loop schedule where event i starts
+// at t0 + i / rate on connection i % connections, whatever happened to
+// earlier events. `event_sql(i)` is one simple-query string that commits
+// event i (e.g. "BEGIN; INSERT ...; COMMIT"), so that PQexec returns once it
+// is committed; the commit time is taken right after.
+struct LoadResult {
+  std::vector<int64_t> commit_ns;  // per event; 0 = failed
+  int64_t errors = 0;
+  int64_t max_slip_ns = 0;  // how late the generator started an event
+};
+absl::StatusOr<LoadResult> GenerateLoad(
+    const std::string& conninfo, int rate, int64_t events, int connections,
+    const std::function<std::string(int64_t)>& event_sql);
 
 // ~200 bytes of jsonb as PostgreSQL prints it (keys ordered by length, then
 // bytes), carrying `"bid": <bench_id>`. A negative id makes a warm-up event

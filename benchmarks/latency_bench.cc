@@ -97,67 +97,6 @@ std::string InsertSql(int64_t id) {
       absl::StrFormat("%016x", id), "-01\"}'); COMMIT");
 }
 
-void SleepUntilNs(int64_t t) {
-  timespec ts;
-  ts.tv_sec = t / 1000000000;
-  ts.tv_nsec = t % 1000000000;
-  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) ==
-         EINTR) {
-  }
-}
-
-struct LoadResult {
-  std::vector<int64_t> commit_ns;  // 0 = failed
-  int64_t errors = 0;
-  int64_t max_slip_ns = 0;  // how late the generator started an event
-};
-
-// Open-loop schedule: event i starts at t0 + i / rate on connection
-// i % connections, whatever happened to earlier events.
-absl::StatusOr<LoadResult> GenerateLoad(const std::string& conninfo, int rate,
-                                        int64_t events, int connections) {
-  LoadResult result;
-  result.commit_ns.assign(events, 0);
-  std::vector<std::unique_ptr<PgConn>> conns;
-  for (int c = 0; c < connections; ++c) {
-    auto conn = PgConn::Connect(conninfo);
-    if (!conn.ok()) return conn.status();
-    conns.push_back(*std::move(conn));
-  }
-  std::atomic<int64_t> errors{0};
-  std::vector<int64_t> slips(connections, 0);
-  const int64_t t0 = NowNs() + 20000000;  // 20 ms to get the threads going
-  const double step_ns = 1e9 / rate;
-  std::vector<std::thread> threads;
-  for (int c = 0; c < connections; ++c) {
-    threads.emplace_back([&, c] {
-      PgConn& conn = *conns[c];
-      for (int64_t i = c; i < events; i += connections) {
-        int64_t start = t0 + static_cast<int64_t>(i * step_ns);
-        int64_t now = NowNs();
-        if (now < start) {
-          SleepUntilNs(start);
-        } else {
-          slips[c] = std::max(slips[c], now - start);
-        }
-        // One round trip: the simple-query string runs BEGIN, the INSERT
-        // and COMMIT, and PQexec returns once COMMIT is done.
-        absl::Status s = conn.Exec(InsertSql(i));
-        if (s.ok()) {
-          result.commit_ns[i] = NowNs();
-        } else {
-          if (errors.fetch_add(1) < 3) std::cerr << s << "\n";
-          (void)conn.Exec("ROLLBACK");
-        }
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  result.errors = errors.load();
-  result.max_slip_ns = *std::max_element(slips.begin(), slips.end());
-  return result;
-}
-
 struct CostSnapshot {
   double outboxd_cpu = 0;
   double postgres_cpu = 0;
@@ -174,19 +113,6 @@ CostSnapshot TakeCost(BenchEnv& env, pid_t outboxd) {
   s.publisher_statements = env.PublisherStatementCalls().value_or(-1);
   s.db_transactions = env.DatabaseTransactions().value_or(-1);
   return s;
-}
-
-// Latencies (ms) at quantiles for the CDF plot: dense in the tail.
-std::vector<std::pair<double, double>> CdfPoints(
-    const std::vector<double>& sorted) {
-  std::vector<std::pair<double, double>> points;
-  if (sorted.empty()) return points;
-  auto add = [&](double q) { points.emplace_back(Quantile(sorted, q), q); };
-  for (double q = 0.0; q < 0.99; q += 0.005) add(std::max(q, 1e-6));
-  for (double q = 0.99; q < 0.999; q += 0.0005) add(q);
-  for (double q = 0.999; q < 1.0; q += 0.00005) add(q);
-  add(1.0);
-  return points;
 }
 
 struct RunResult {
@@ -273,7 +199,7 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
 
   CostSnapshot before = TakeCost(env, pid);
   auto load = GenerateLoad(env.AdminConnInfo(), rate, events,
-                           absl::GetFlag(FLAGS_connections));
+                           absl::GetFlag(FLAGS_connections), InsertSql);
   if (!load.ok()) return load.status();
   const int64_t load_end_ns = NowNs();
   int64_t committed = 0;
