@@ -26,7 +26,7 @@ done
 bench_deps
 bench_build outboxd vs_debezium_bench
 libs=$("$root/benchmarks/debezium/fetch.sh")
-cluster=${KAFKA_CLUSTER_SH:-$root/scripts/kafka-cluster.sh}
+cluster=$root/scripts/kafka-cluster.sh
 
 work=$(mktemp -d /tmp/outboxd-vs-debezium.XXXXXX)
 kafka_dir="$work/kafka"
@@ -35,7 +35,11 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-bootstrap=$("$cluster" start --nodes 1 --dir "$kafka_dir" --partitions 4 \
+# The broker as kafka-server-start.sh runs it (1 GB heap, full JIT), not
+# the test rig's small C1-only JVM: both publishers are measured against it.
+bootstrap=$(KAFKA_HEAP=${KAFKA_HEAP:-1g} \
+  KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:TieredStopAtLevel=4} \
+  "$cluster" start --nodes 1 --dir "$kafka_dir" --partitions 4 \
   --watch-pid $$)
 echo "run-vs-debezium: Kafka at $bootstrap, logs in $work" >&2
 

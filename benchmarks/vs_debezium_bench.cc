@@ -86,6 +86,10 @@ ABSL_FLAG(absl::Duration, duration, absl::Seconds(15),
 ABSL_FLAG(int, connections, 4, "latency: load generator connections");
 ABSL_FLAG(absl::Duration, run_timeout, absl::Minutes(15),
           "throughput: give up on one run after this long");
+ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
+          "extra outboxd flags, comma-separated (e.g. "
+          "--kafka-property=partitioner=consistent_random to see the "
+          "equality check fail)");
 ABSL_FLAG(std::string, out, "benchmarks/results", "output directory");
 ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-vs-debezium",
           "logs and Connect configuration");
@@ -242,8 +246,13 @@ absl::StatusOr<PublisherKind> ParsePublisher(const std::string& name) {
 
 std::vector<std::string> OutboxdArgs(const PublisherKind& p,
                                      const std::string& slot) {
-  return {absl::StrCat("--topic-prefix=", p.topic_prefix),
-          absl::StrCat("--slot=", slot), "--metrics-address=127.0.0.1:0"};
+  std::vector<std::string> args = {
+      absl::StrCat("--topic-prefix=", p.topic_prefix),
+      absl::StrCat("--slot=", slot), "--metrics-address=127.0.0.1:0"};
+  for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
+    args.push_back(a);
+  }
+  return args;
 }
 
 std::string Properties(
@@ -483,6 +492,7 @@ std::map<std::string, Difference> CompareRecords(
   index(obx, by_id_obx, "outboxd");
   std::map<std::string, int64_t> header_names_dbz, header_names_obx;
   int64_t timestamp_differs = 0;
+  std::vector<double> timestamp_delta_ms;  // Debezium's minus outboxd's
   for (const auto& r : dbz)
     for (const auto& [k, v] : r.headers) ++header_names_dbz[k];
   for (const auto& r : obx)
@@ -518,6 +528,8 @@ std::map<std::string, Difference> CompareRecords(
                                           ", outboxd ", o.partition));
     }
     if (o.timestamp_ms != d->timestamp_ms) ++timestamp_differs;
+    timestamp_delta_ms.push_back(
+        static_cast<double>(d->timestamp_ms - o.timestamp_ms));
   }
   for (const auto& [id, o] : by_id_obx) {
     if (!by_id_dbz.count(id)) diffs["missing in debezium"].Add(id);
@@ -549,6 +561,11 @@ std::map<std::string, Difference> CompareRecords(
   (*info)["outboxd_records"] = obx.size();
   (*info)["matched_by_id"] = matched;
   (*info)["timestamp_differs"] = timestamp_differs;
+  std::sort(timestamp_delta_ms.begin(), timestamp_delta_ms.end());
+  (*info)["timestamp_debezium_minus_outboxd_ms"] = {
+      {"min", Quantile(timestamp_delta_ms, 0)},
+      {"p50", Quantile(timestamp_delta_ms, 0.5)},
+      {"max", Quantile(timestamp_delta_ms, 1)}};
   (*info)["header_names_debezium"] = header_names_dbz;
   (*info)["header_names_outboxd"] = header_names_obx;
   return diffs;
@@ -1100,7 +1117,10 @@ std::string Markdown(const nlohmann::json& doc) {
     }
     absl::StrAppend(&md, "Not compared (informational): timestamps differ on ",
                     s["timestamp_differs"].get<int64_t>(),
-                    " records; header names (records carrying each): Debezium ",
+                    " records (outboxd: the commit time; Debezium minus "
+                    "outboxd, ms: ",
+                    s["timestamp_debezium_minus_outboxd_ms"].dump(),
+                    "); header names (records carrying each): Debezium ",
                     s["header_names_debezium"].dump(), "; outboxd ",
                     s["header_names_outboxd"].dump(), ".\n\n");
   }
