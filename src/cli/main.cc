@@ -116,10 +116,17 @@ ABSL_FLAG(absl::Duration, shutdown_timeout, absl::Seconds(8),
           "acknowledgements");
 ABSL_FLAG(std::string, delivery, "at-least-once",
           "at-least-once (a restart may resend what Kafka already has) or "
-          "exactly-once (before the first record to a partition after a "
-          "start, read that partition's last outbox.lsn/outbox.index and skip "
-          "resent events not past it; outboxd must be the only writer of its "
-          "topics, see README Reliability)");
+          "exactly-once (cdc only, Apache Kafka only: Kafka transactions "
+          "with a checkpoint of this source's position; consumers must read "
+          "with isolation.level=read_committed; see README Reliability)");
+ABSL_FLAG(std::string, transactional_id, "",
+          "--delivery=exactly-once: Kafka transactional.id, also the "
+          "consumer group holding the checkpoint; one per source "
+          "(default outboxd-<system identifier>-<database>-<slot>)");
+ABSL_FLAG(absl::Duration, transaction_interval, absl::Milliseconds(100),
+          "--delivery=exactly-once: commit the Kafka transaction at the "
+          "first PostgreSQL commit after it is this old (adds up to this "
+          "much latency)");
 ABSL_FLAG(absl::Duration, reconnect_backoff_initial, absl::Milliseconds(100),
           "first wait before reconnecting to PostgreSQL after the replication "
           "connection is lost (or the slot is active in another outboxd); "
@@ -208,6 +215,18 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     return absl::InvalidArgumentError(
         absl::StrCat("--delivery must be at-least-once or exactly-once, not '",
                      delivery, "'"));
+  }
+  if (o.delivery == DeliveryGuarantee::kExactlyOnce && source != "cdc") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--delivery=exactly-once is supported with --source=cdc only, not '",
+        source, "'"));
+  }
+  o.transactional_id = absl::GetFlag(FLAGS_transactional_id);
+  o.transactions.interval = absl::GetFlag(FLAGS_transaction_interval);
+  if (o.transactions.interval < absl::ZeroDuration() ||
+      o.transactions.interval > absl::Seconds(30)) {
+    return absl::InvalidArgumentError(
+        "--transaction-interval must be between 0 and 30s");
   }
 
   std::string table = absl::GetFlag(FLAGS_table);

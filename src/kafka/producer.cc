@@ -3,16 +3,19 @@
 #include <librdkafka/rdkafka.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "nlohmann/json.hpp"
 #include "kafka/kafka_status.h"
+#include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
 namespace outboxd {
@@ -88,6 +91,30 @@ absl::Status SetProperty(rd_kafka_conf_t* conf, const std::string& name,
 const char* NonNullData(absl::string_view bytes) {
   static const char kEmpty[1] = {0};
   return bytes.data() != nullptr ? bytes.data() : kEmpty;
+}
+
+// A transactional API error as a Status (see producer.h for the codes).
+// Takes ownership of `error`; OK for nullptr.
+absl::Status TxnErrorToStatus(rd_kafka_error_t* error,
+                              absl::string_view context) {
+  if (error == nullptr) return absl::OkStatus();
+  std::string message = absl::StrCat(context, ": ", rd_kafka_error_name(error),
+                                     ": ", rd_kafka_error_string(error));
+  absl::Status status;
+  if (rd_kafka_error_is_fatal(error)) {
+    status = absl::AbortedError(message);
+  } else if (rd_kafka_error_txn_requires_abort(error)) {
+    status = absl::FailedPreconditionError(message);
+  } else if (rd_kafka_error_is_retriable(error)) {
+    status = absl::UnavailableError(message);
+  } else if (rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__TIMED_OUT) {
+    status = absl::UnavailableError(message);
+  } else {
+    // E.g. a call in the wrong state: a bug here, the transaction is lost.
+    status = absl::FailedPreconditionError(message);
+  }
+  rd_kafka_error_destroy(error);
+  return status;
 }
 
 }  // namespace
@@ -202,6 +229,13 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
       return absl::InternalError(s.message());
     }
   }
+  if (!options.transactional_id.empty()) {
+    if (absl::Status s = SetProperty(conf.get(), "transactional.id",
+                                     options.transactional_id);
+        !s.ok()) {
+      return s;
+    }
+  }
   for (const auto& [name, value] : options.properties) {
     if (absl::Status s = SetProperty(conf.get(), name, value); !s.ok()) {
       return s;
@@ -211,7 +245,8 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
   auto impl = std::make_unique<Impl>();
   impl->on_delivery = std::move(on_delivery);
   impl->on_brokers_up = options.on_brokers_up;
-  if (impl->on_brokers_up) rd_kafka_conf_set_stats_cb(conf.get(), &Impl::OnStats);
+  if (impl->on_brokers_up)
+    rd_kafka_conf_set_stats_cb(conf.get(), &Impl::OnStats);
   rd_kafka_conf_set_opaque(conf.get(), impl.get());
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Impl::OnDelivery);
   rd_kafka_conf_set_error_cb(conf.get(), &Impl::OnError);
@@ -295,6 +330,145 @@ absl::Status KafkaProducer::fatal_error() const {
   return KafkaErrorToStatus(
       RD_KAFKA_RESP_ERR__FATAL, "kafka fatal error",
       absl::StrCat(rd_kafka_err2name(err), ": ", reason).c_str());
+}
+
+absl::StatusOr<std::string> KafkaProducer::ClusterId(absl::Duration timeout) {
+  char* id = rd_kafka_clusterid(impl_->rk, ToTimeoutMs(timeout));
+  if (id == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("no broker reported a cluster id within ",
+                     absl::FormatDuration(timeout)));
+  }
+  std::string result(id);
+  rd_kafka_mem_free(impl_->rk, id);
+  return result;
+}
+
+absl::Status KafkaProducer::InitTransactions(absl::Duration timeout) {
+  return TxnErrorToStatus(
+      rd_kafka_init_transactions(impl_->rk, ToTimeoutMs(timeout)),
+      "kafka init_transactions");
+}
+
+absl::Status KafkaProducer::BeginTransaction() {
+  return TxnErrorToStatus(rd_kafka_begin_transaction(impl_->rk),
+                          "kafka begin_transaction");
+}
+
+absl::Status KafkaProducer::SendCheckpoint(const std::string& group,
+                                           const std::string& topic,
+                                           int32_t partition, int64_t offset,
+                                           const std::string& metadata,
+                                           absl::Duration timeout) {
+  rd_kafka_topic_partition_list_t* offsets =
+      rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_t* tp =
+      rd_kafka_topic_partition_list_add(offsets, topic.c_str(), partition);
+  tp->offset = offset;
+  // Freed with the list.
+  tp->metadata = malloc(metadata.size());
+  if (tp->metadata == nullptr && !metadata.empty()) {
+    rd_kafka_topic_partition_list_destroy(offsets);
+    return absl::ResourceExhaustedError("out of memory for the checkpoint");
+  }
+  if (!metadata.empty()) memcpy(tp->metadata, metadata.data(), metadata.size());
+  tp->metadata_size = metadata.size();
+  rd_kafka_consumer_group_metadata_t* cgmd =
+      rd_kafka_consumer_group_metadata_new(group.c_str());
+  rd_kafka_error_t* error = rd_kafka_send_offsets_to_transaction(
+      impl_->rk, offsets, cgmd, ToTimeoutMs(timeout));
+  rd_kafka_consumer_group_metadata_destroy(cgmd);
+  rd_kafka_topic_partition_list_destroy(offsets);
+  return TxnErrorToStatus(error, "kafka send_offsets_to_transaction");
+}
+
+absl::Status KafkaProducer::CommitTransaction(absl::Duration timeout) {
+  return TxnErrorToStatus(
+      rd_kafka_commit_transaction(impl_->rk, ToTimeoutMs(timeout)),
+      "kafka commit_transaction");
+}
+
+absl::Status KafkaProducer::AbortTransaction(absl::Duration timeout) {
+  return TxnErrorToStatus(
+      rd_kafka_abort_transaction(impl_->rk, ToTimeoutMs(timeout)),
+      "kafka abort_transaction");
+}
+
+absl::StatusOr<std::vector<CommittedOffset>> KafkaProducer::ReadCheckpoints(
+    const std::string& group, absl::Duration timeout) {
+  rd_kafka_queue_t* queue = rd_kafka_queue_new(impl_->rk);
+  rd_kafka_AdminOptions_t* options = rd_kafka_AdminOptions_new(
+      impl_->rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
+  char errstr[512];
+  rd_kafka_AdminOptions_set_request_timeout(options, ToTimeoutMs(timeout),
+                                            errstr, sizeof(errstr));
+  if (rd_kafka_error_t* e =
+          rd_kafka_AdminOptions_set_require_stable_offsets(options, 1)) {
+    rd_kafka_error_destroy(e);  // only an invalid option type can fail
+  }
+  rd_kafka_ListConsumerGroupOffsets_t* request =
+      rd_kafka_ListConsumerGroupOffsets_new(group.c_str(), nullptr);
+  rd_kafka_ListConsumerGroupOffsets(impl_->rk, &request, 1, options, queue);
+  rd_kafka_ListConsumerGroupOffsets_destroy(request);
+  rd_kafka_AdminOptions_destroy(options);
+
+  // The result comes within the request timeout; a little slack on top.
+  rd_kafka_event_t* event =
+      rd_kafka_queue_poll(queue, ToTimeoutMs(timeout + absl::Seconds(1)));
+  rd_kafka_queue_destroy(queue);
+  const std::string context =
+      absl::StrCat("reading the committed offsets of group ", group);
+  if (event == nullptr) {
+    return absl::UnavailableError(absl::StrCat(context, ": no answer"));
+  }
+  struct EventDeleter {
+    void operator()(rd_kafka_event_t* e) const { rd_kafka_event_destroy(e); }
+  };
+  std::unique_ptr<rd_kafka_event_t, EventDeleter> owned(event);
+  if (rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    absl::Status s = KafkaErrorToStatus(rd_kafka_event_error(event), context,
+                                        rd_kafka_event_error_string(event));
+    // Coordinator loading or moving, unstable offsets: try again.
+    return absl::UnavailableError(s.message());
+  }
+  const rd_kafka_ListConsumerGroupOffsets_result_t* result =
+      rd_kafka_event_ListConsumerGroupOffsets_result(event);
+  size_t count = 0;
+  const rd_kafka_group_result_t** groups =
+      result != nullptr
+          ? rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count)
+          : nullptr;
+  if (count != 1) {
+    return absl::InternalError(absl::StrCat(context, ": ", count, " results"));
+  }
+  if (const rd_kafka_error_t* e = rd_kafka_group_result_error(groups[0])) {
+    return absl::UnavailableError(absl::StrCat(
+        context, ": ", rd_kafka_error_name(e), ": ", rd_kafka_error_string(e)));
+  }
+  std::vector<CommittedOffset> offsets;
+  const rd_kafka_topic_partition_list_t* list =
+      rd_kafka_group_result_partitions(groups[0]);
+  for (int i = 0; list != nullptr && i < list->cnt; ++i) {
+    const rd_kafka_topic_partition_t& tp = list->elems[i];
+    if (tp.err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      // A partition whose checkpoint cannot be read may hold the newest
+      // one: never guess.
+      return absl::UnavailableError(
+          absl::StrCat(context, ": ", tp.topic, "[", tp.partition,
+                       "]: ", rd_kafka_err2name(tp.err)));
+    }
+    if (tp.offset < 0) continue;  // nothing committed there
+    CommittedOffset c;
+    c.topic = tp.topic;
+    c.partition = tp.partition;
+    c.offset = tp.offset;
+    if (tp.metadata != nullptr) {
+      c.metadata.assign(static_cast<const char*>(tp.metadata),
+                        tp.metadata_size);
+    }
+    offsets.push_back(std::move(c));
+  }
+  return offsets;
 }
 
 }  // namespace outboxd

@@ -1,6 +1,16 @@
 // KafkaProducer: a librdkafka producer (idempotent, acks=all,
 // murmur2_random partitioner) whose delivery reports carry the caller's
-// event sequence number in the per-message opaque.
+// event sequence number in the per-message opaque. With a transactional id
+// it is a transactional producer (--delivery=exactly-once): records are
+// produced inside Kafka transactions, and a transaction may carry a
+// checkpoint (an offset with a metadata string committed for a consumer
+// group in the same transaction, read back with ReadCheckpoints).
+//
+// Transactional calls return: kUnavailable when the call may simply be
+// repeated (timed out, coordinator moving); kFailedPrecondition when the
+// transaction must be aborted; kAborted when the producer is unusable for
+// good (fenced by a newer instance with the same transactional id, or
+// another fatal error).
 //
 // Threading: not thread-safe. Produce, Poll and Flush are called from the
 // pipeline thread; delivery callbacks run inside Poll/Flush on that thread,
@@ -31,6 +41,16 @@ struct ProducerOptions {
   // default 1000 unless overridden) and this is called from Poll() with the
   // number of broker connections in state UP (for /readyz and metrics).
   std::function<void(int brokers_up)> on_brokers_up;
+  // Non-empty: a transactional producer with this transactional.id.
+  std::string transactional_id;
+};
+
+// One committed offset of a consumer group, with its metadata string.
+struct CommittedOffset {
+  std::string topic;
+  int32_t partition = 0;
+  int64_t offset = -1;
+  std::string metadata;
 };
 
 // Called once per message: OK when the broker acknowledged it, otherwise the
@@ -65,6 +85,30 @@ class KafkaProducer {
   // Non-OK once librdkafka raised a fatal error (e.g. idempotence broken):
   // the pipeline must stop without confirming past unacknowledged events.
   absl::Status fatal_error() const;
+
+  // The cluster id the brokers report; kUnavailable when none answered.
+  absl::StatusOr<std::string> ClusterId(absl::Duration timeout);
+
+  // --- transactions (only with ProducerOptions::transactional_id) ---------
+  // Registers the transactional id with its coordinator: fences every older
+  // producer with the same id and completes (aborts) its open transaction.
+  absl::Status InitTransactions(absl::Duration timeout);
+  absl::Status BeginTransaction();
+  // Commits `offset` with `metadata` for (`topic`, `partition`) in consumer
+  // group `group`, as part of the open transaction.
+  absl::Status SendCheckpoint(const std::string& group,
+                              const std::string& topic, int32_t partition,
+                              int64_t offset, const std::string& metadata,
+                              absl::Duration timeout);
+  // Flushes the transaction's records and commits it. On kUnavailable the
+  // outcome is not known yet: call again.
+  absl::Status CommitTransaction(absl::Duration timeout);
+  // Purges what is queued and aborts the open transaction.
+  absl::Status AbortTransaction(absl::Duration timeout);
+  // Every committed offset of `group` (stable offsets only: waits out
+  // pending transactional commits, kUnavailable meanwhile).
+  absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
+      const std::string& group, absl::Duration timeout);
 
  private:
   struct Impl;

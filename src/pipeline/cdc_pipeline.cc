@@ -7,6 +7,7 @@
 #include <variant>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -15,7 +16,8 @@
 #include "pg/pgoutput.h"
 #include "pg/replication_stream.h"
 #include "pipeline/ack_tracker.h"
-#include "pipeline/exactly_once_filter.h"
+#include "pipeline/checkpoint.h"
+#include "pipeline/transaction_batch.h"
 
 namespace outboxd {
 namespace {
@@ -24,6 +26,14 @@ constexpr absl::Duration kProgressLogInterval = absl::Seconds(10);
 // How long a read waits while acknowledgements are outstanding, so that
 // delivery reports are served promptly.
 constexpr absl::Duration kBusyPollInterval = absl::Milliseconds(5);
+// Each blocking transactional call waits at most this long, so that status
+// updates keep going out (wal_sender_timeout) while Kafka is slow.
+constexpr absl::Duration kTxnCallTimeout = absl::Milliseconds(500);
+// How long preparing the transactions (init, checkpoint read) may take
+// before the attempt counts as failed and is retried from the start.
+constexpr absl::Duration kTxnPrepareTimeout = absl::Seconds(60);
+// librdkafka's mock cluster (the dev broker) names its clusters so.
+constexpr absl::string_view kMockClusterPrefix = "mockCluster";
 
 // The record that carries an invalid event to the dead-letter topic: the
 // original content as the value, the reason and position as headers.
@@ -68,7 +78,9 @@ class CdcPipeline {
       : options_(options),
         stats_(stats),
         mapper_(options.mapper),
-        router_(options.router) {}
+        router_(options.router),
+        exactly_once_(options.delivery == DeliveryGuarantee::kExactlyOnce),
+        batch_(options.transactions) {}
 
   absl::Status Run(const std::atomic<bool>& stop) {
     absl::Status s = ConnectWithRetry(stop);
@@ -76,7 +88,15 @@ class CdcPipeline {
       s = Stream(stop);  // OK only when stopped
       if (s.ok() || !Reconnectable(s)) break;
       spdlog::warn("{}; reconnecting", std::string(s.message()));
-      if (options_.metrics != nullptr) options_.metrics->reconnects->Increment();
+      // What the open Kafka transaction holds is committed first: the
+      // server resends from the confirmed position, and the checkpoint
+      // tells which of those events Kafka has.
+      if (absl::Status c = CommitOpenTransaction(); !c.ok()) {
+        s = c;
+        break;
+      }
+      if (options_.metrics != nullptr)
+        options_.metrics->reconnects->Increment();
       ResetSession();
       s = ConnectWithRetry(stop);
     }
@@ -103,11 +123,16 @@ class CdcPipeline {
                  slot.confirmed_flush.ToString());
     if (producer_ == nullptr) tracker_ = AckTracker(slot.confirmed_flush);
     // outbox.source: fetched once; the stream's identity does not change.
-    ASSIGN_OR_RETURN(router_.source, SourceIdentity(*conn, options_.setup.slot));
+    ASSIGN_OR_RETURN(router_.source,
+                     SourceIdentity(*conn, options_.setup.slot));
     spdlog::info("source {}", router_.source);
     if (producer_ == nullptr) reported_ = slot.confirmed_flush;
     // The producer (and what it has in flight) outlives reconnections.
     if (producer_ == nullptr) RETURN_IF_ERROR(CreateProducer());
+    if (exactly_once_ && !broker_checked_) {
+      RETURN_IF_ERROR(CheckBrokerHasTransactions());
+      broker_checked_ = true;
+    }
     ReplicationStreamOptions so;
     so.conninfo = options_.conninfo;
     so.slot = options_.setup.slot;
@@ -115,6 +140,12 @@ class CdcPipeline {
     // From what is acknowledged: the server skips transactions before it.
     ASSIGN_OR_RETURN(stream_,
                      ReplicationStream::Start(so, tracker_.ConfirmableLsn()));
+    // Only the owner of the slot may fence the others: a standby that
+    // waits for the slot must not take the transactional id from the
+    // active instance.
+    if (exactly_once_ && !transactions_ready_) {
+      RETURN_IF_ERROR(PrepareTransactions(*conn));
+    }
     spdlog::info("streaming from slot {} (publication {})", so.slot,
                  so.publication);
     if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
@@ -122,14 +153,16 @@ class CdcPipeline {
   }
 
   absl::Status CreateProducer() {
-    if (options_.delivery == DeliveryGuarantee::kExactlyOnce) {
-      PartitionWatermarksOptions wo;
-      wo.brokers = options_.producer.brokers;
-      wo.properties = options_.producer.properties;
-      ASSIGN_OR_RETURN(watermarks_, PartitionWatermarks::Create(wo));
-      filter_ = std::make_unique<ExactlyOnceFilter>(watermarks_.get());
-    }
     ProducerOptions producer_options = options_.producer;
+    if (exactly_once_) {
+      transactional_id_ = options_.transactional_id;
+      if (transactional_id_.empty()) {
+        transactional_id_ = absl::StrCat("outboxd-", router_.source);
+        std::replace(transactional_id_.begin(), transactional_id_.end(), '/',
+                     '-');
+      }
+      producer_options.transactional_id = transactional_id_;
+    }
     if (metrics::OutboxdMetrics* m = options_.metrics) {
       producer_options.on_brokers_up = [m](int up) {
         m->kafka_brokers_up->Set(up);
@@ -144,10 +177,173 @@ class CdcPipeline {
     return absl::OkStatus();
   }
 
+  // The dev broker (librdkafka's mock cluster) accepts the transactional
+  // requests but keeps aborted records visible and drops the offsets
+  // committed in a transaction: exactly-once cannot hold there.
+  absl::Status CheckBrokerHasTransactions() {
+    ASSIGN_OR_RETURN(std::string cluster,
+                     producer_->ClusterId(absl::Seconds(10)));
+    if (absl::StartsWith(cluster, kMockClusterPrefix)) {
+      return absl::FailedPreconditionError(
+          "--delivery=exactly-once needs Apache Kafka: the dev broker "
+          "(librdkafka mock cluster) ignores transactions (aborted records "
+          "stay visible, transactional offsets are dropped); use "
+          "--delivery=at-least-once there");
+    }
+    return absl::OkStatus();
+  }
+
+  // Registers the transactional id (fencing every older instance and
+  // aborting its open transaction), then reads this source's checkpoint.
+  // Status updates keep going out meanwhile.
+  absl::Status PrepareTransactions(PgConnection& conn) {
+    const absl::Time deadline = absl::Now() + kTxnPrepareTimeout;
+    while (!transactions_initialized_) {
+      absl::Status s = producer_->InitTransactions(kTxnCallTimeout);
+      if (s.ok()) {
+        transactions_initialized_ = true;
+        break;
+      }
+      if (!absl::IsUnavailable(s) || absl::Now() > deadline) return s;
+      RETURN_IF_ERROR(SendStatusIfDue(/*force=*/false));
+    }
+    std::vector<CommittedOffset> offsets;
+    for (;;) {
+      absl::StatusOr<std::vector<CommittedOffset>> o =
+          producer_->ReadCheckpoints(transactional_id_, absl::Seconds(2));
+      if (o.ok()) {
+        offsets = *std::move(o);
+        break;
+      }
+      if (!absl::IsUnavailable(o.status()) || absl::Now() > deadline) {
+        return o.status();
+      }
+      RETURN_IF_ERROR(SendStatusIfDue(/*force=*/false));
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    ASSIGN_OR_RETURN(checkpoint_, NewestCheckpoint(offsets, router_.source,
+                                                   transactional_id_));
+    if (checkpoint_.has_value()) {
+      // A checkpoint past the database's WAL comes from another history
+      // (a cluster restored from a backup): its positions say nothing
+      // about this one's events, and skipping by it could lose them.
+      ASSIGN_OR_RETURN(
+          PgResult r,
+          conn.Exec("SELECT CASE WHEN pg_is_in_recovery() THEN "
+                    "pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() "
+                    "END::text"));
+      absl::StatusOr<Lsn> wal =
+          Lsn::Parse(PQntuples(r.get()) == 1 ? PQgetvalue(r.get(), 0, 0) : "");
+      if (!wal.ok() || checkpoint_->commit_lsn > *wal) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the exactly-once checkpoint of transactional id ",
+            transactional_id_, " is at ", checkpoint_->commit_lsn.ToString(),
+            "#", checkpoint_->index, ", past the database's WAL position ",
+            wal.ok() ? wal->ToString() : "(unknown)",
+            ": the database was restored or re-initialised; start with a new "
+            "--transactional-id"));
+      }
+    }
+    transactions_ready_ = true;
+    spdlog::info("exactly-once: transactional id {}, checkpoint {}",
+                 transactional_id_,
+                 checkpoint_.has_value()
+                     ? absl::StrCat(checkpoint_->commit_lsn.ToString(), "#",
+                                    checkpoint_->index)
+                     : std::string("none"));
+    return absl::OkStatus();
+  }
+
+  // Commits the open Kafka transaction with its checkpoint and
+  // acknowledges its events. A transaction that must be aborted, or a
+  // fenced producer, stops the pipeline without confirming past them.
+  absl::Status CommitOpenTransaction(
+      absl::Time deadline = absl::InfiniteFuture()) {
+    if (!exactly_once_ || !batch_.open()) return absl::OkStatus();
+    RETURN_IF_ERROR(DeliveryFailureInTransaction());
+    if (batch_.size() > 0 && !checkpoint_sent_) {
+      const EventPosition& last = batch_.last_position();
+      std::string metadata = EncodeCheckpoint(Checkpoint{router_.source, last});
+      for (;;) {
+        absl::Status s = producer_->SendCheckpoint(
+            transactional_id_, batch_.first_topic(), /*partition=*/0,
+            CheckpointOffset(last), metadata, kTxnCallTimeout);
+        if (s.ok()) break;
+        if (!absl::IsUnavailable(s) || absl::Now() > deadline) {
+          return TransactionFailed(s);
+        }
+        RETURN_IF_ERROR(SendStatusIfAlive());
+      }
+      checkpoint_sent_ = true;
+    }
+    for (;;) {
+      absl::Status s = producer_->CommitTransaction(kTxnCallTimeout);
+      if (s.ok()) break;
+      if (!absl::IsUnavailable(s) || absl::Now() > deadline) {
+        return TransactionFailed(s);
+      }
+      // Not known yet (records still in flight): calling again resumes.
+      RETURN_IF_ERROR(SendStatusIfAlive());
+    }
+    checkpoint_sent_ = false;
+    if (batch_.size() > 0) checkpoint_ = batch_.last_position();
+    std::vector<uint64_t> committed = batch_.TakeCommitted();
+    for (uint64_t sequence : committed) tracker_.Acknowledge(sequence);
+    stats_->events_acknowledged += committed.size();
+    ++stats_->transactions_committed;
+    return absl::OkStatus();
+  }
+
+  // Status updates while a transactional call waits; the stream may be
+  // gone already (a reconnect commits first).
+  absl::Status SendStatusIfAlive() {
+    if (stream_ == nullptr) return absl::OkStatus();
+    absl::Status s = SendStatusIfDue(/*force=*/false);
+    // A lost connection is not the transaction's problem: the commit goes
+    // on, and the reconnect that follows notices it again.
+    if (absl::IsUnavailable(s)) {
+      stream_.reset();
+      return absl::OkStatus();
+    }
+    return s;
+  }
+
+  // A delivery inside the open transaction failed: it cannot commit.
+  absl::Status DeliveryFailureInTransaction() {
+    if (txn_delivery_failure_.ok()) return absl::OkStatus();
+    return TransactionFailed(absl::FailedPreconditionError(
+        absl::StrCat("a delivery failed: ", txn_delivery_failure_.message())));
+  }
+
+  // The transaction cannot commit: abort it (unless fenced) and stop. Its
+  // events were never acknowledged, so nothing past them is confirmed; the
+  // next start resends them from the slot and skips what the checkpoint
+  // covers.
+  absl::Status TransactionFailed(const absl::Status& cause) {
+    aborting_ = true;
+    if (absl::IsAborted(cause)) {
+      batch_.Aborted();
+      return absl::AbortedError(absl::StrCat(
+          "exactly-once: this producer was fenced or failed for good (",
+          cause.message(), "); another outboxd with transactional id ",
+          transactional_id_,
+          " has probably taken over. Stopping without confirming past the "
+          "uncommitted events"));
+    }
+    absl::Status abort = producer_->AbortTransaction(absl::Seconds(10));
+    batch_.Aborted();
+    return absl::AbortedError(absl::StrCat(
+        "exactly-once: Kafka transaction aborted (", cause.message(), ")",
+        abort.ok() ? "" : absl::StrCat(" [abort: ", abort.message(), "]"),
+        ". Stopping without confirming past its events; a restart resends "
+        "them from the slot"));
+  }
+
   // A lost connection, a restarting server or a slot active in another
   // process; not a broken producer or a failed delivery.
   bool Reconnectable(const absl::Status& s) const {
     return absl::IsUnavailable(s) && tracker_.failure().ok() &&
+           txn_delivery_failure_.ok() &&
            (producer_ == nullptr || producer_->fatal_error().ok());
   }
 
@@ -188,21 +384,20 @@ class CdcPipeline {
         last_cause = cause;
       } else {
         spdlog::debug("attempt {}: {}; next in {}", attempt,
-                      std::string(s.message()),
-                      absl::FormatDuration(delay));
+                      std::string(s.message()), absl::FormatDuration(delay));
       }
       const absl::Time until = absl::Now() + delay;
       while (absl::Now() < until) {
         if (stop.load(std::memory_order_relaxed)) return absl::OkStatus();
         // Deliveries go on meanwhile; failures stop the wait.
         if (producer_ != nullptr) {
-          producer_->Poll(std::min(until - absl::Now(),
-                                   absl::Milliseconds(50)));
+          producer_->Poll(
+              std::min(until - absl::Now(), absl::Milliseconds(50)));
           RETURN_IF_ERROR(producer_->fatal_error());
           RETURN_IF_ERROR(tracker_.failure());
+          RETURN_IF_ERROR(txn_delivery_failure_);
         } else {
-          absl::SleepFor(std::min(until - absl::Now(),
-                                  absl::Milliseconds(50)));
+          absl::SleepFor(std::min(until - absl::Now(), absl::Milliseconds(50)));
         }
       }
     }
@@ -226,6 +421,17 @@ class CdcPipeline {
 
   void OnDelivery(uint64_t sequence, absl::Status status) {
     ObserveDelivery(sequence, status);
+    if (exactly_once_) {
+      // Written, not committed: acknowledged when the transaction commits.
+      // A failure dooms the open transaction (reports of records purged
+      // by our own abort come after it and change nothing).
+      if (!status.ok() && !aborting_) {
+        spdlog::error("delivery of event #{} failed: {}", sequence,
+                      status.ToString());
+        if (txn_delivery_failure_.ok()) txn_delivery_failure_ = status;
+      }
+      return;
+    }
     if (status.ok()) {
       tracker_.Acknowledge(sequence);
       ++stats_->events_acknowledged;
@@ -243,6 +449,14 @@ class CdcPipeline {
       RETURN_IF_ERROR(producer_->fatal_error());
       RETURN_IF_ERROR(tracker_.failure());
       RETURN_IF_ERROR(SendStatusIfDue(/*force=*/false));
+      if (exactly_once_) {
+        RETURN_IF_ERROR(DeliveryFailureInTransaction());
+        const bool at_boundary =
+            !mapper_.in_transaction() && !pending_.has_value();
+        if (batch_.CommitDue(absl::Now(), at_boundary)) {
+          RETURN_IF_ERROR(CommitOpenTransaction());
+        }
+      }
 
       absl::Time now = absl::Now();
       if (now >= next_progress) {
@@ -264,6 +478,10 @@ class CdcPipeline {
       absl::Duration wait = until_status;
       if (tracker_.EventsInFlight() > 0) {
         wait = std::min(wait, kBusyPollInterval);
+      }
+      if (exactly_once_) {
+        wait = std::min(
+            wait, std::max(batch_.Deadline() - now, absl::ZeroDuration()));
       }
       ASSIGN_OR_RETURN(auto message, stream_->Read(wait));
       if (message.has_value()) RETURN_IF_ERROR(OnCopyMessage(*message));
@@ -310,8 +528,8 @@ class CdcPipeline {
     if (it == published_.end()) return;  // a dead-lettered record
     if (status.ok()) {
       m->PublishedTo(it->second.topic).Increment();
-      int64_t ms = absl::ToUnixMillis(absl::Now()) -
-                   it->second.commit_time_unix_ms;
+      int64_t ms =
+          absl::ToUnixMillis(absl::Now()) - it->second.commit_time_unix_ms;
       m->commit_to_ack_seconds->Observe(std::max<int64_t>(ms, 0) / 1000.0);
     }
     published_.erase(it);
@@ -320,10 +538,10 @@ class CdcPipeline {
   absl::Status Publish(OutboxEvent event) {
     PublishedEvent meta;
     if (options_.metrics != nullptr) {
-      meta.topic = options_.router.fixed_topic.empty()
-                       ? absl::StrCat(options_.router.topic_prefix,
-                                      event.aggregate_type)
-                       : options_.router.fixed_topic;
+      meta.topic =
+          options_.router.fixed_topic.empty()
+              ? absl::StrCat(options_.router.topic_prefix, event.aggregate_type)
+              : options_.router.fixed_topic;
       meta.commit_time_unix_ms = event.commit_time_unix_ms;
     }
     if (options_.value_format != ValueFormat::kPayload) {
@@ -338,7 +556,8 @@ class CdcPipeline {
   }
 
   absl::Status OnInvalid(InvalidEvent bad) {
-    if (options_.metrics != nullptr) options_.metrics->invalid_events->Increment();
+    if (options_.metrics != nullptr)
+      options_.metrics->invalid_events->Increment();
     spdlog::warn("invalid event at {}#{}: {}",
                  bad.position.commit_lsn.ToString(), bad.position.index,
                  bad.reason);
@@ -357,14 +576,12 @@ class CdcPipeline {
     absl::Status s;
     if (auto* event = std::get_if<OutboxEvent>(&pending_->item)) {
       KafkaRecord record = Route(*event, router_);
-      ASSIGN_OR_RETURN(Admission admission,
-                       AdmitExactlyOnce(&record, event->position));
-      if (admission == Admission::kRetryLater) return absl::OkStatus();
-      if (admission == Admission::kAlreadyInKafka) return SkipPending();
+      if (AlreadyInKafka(event->position)) return SkipPending();
+      RETURN_IF_ERROR(EnsureTransaction());
       s = producer_->Produce(record, pending_->sequence);
       if (s.ok()) {
-        if (filter_) {
-          filter_->Produced(record.topic, record.partition, event->position);
+        if (exactly_once_) {
+          batch_.Produced(pending_->sequence, event->position, record.topic);
         }
         ++stats_->events_produced;
       } else if (!absl::IsResourceExhausted(s)) {
@@ -383,14 +600,12 @@ class CdcPipeline {
     } else {
       const auto& bad = std::get<InvalidEvent>(pending_->item);
       KafkaRecord record = DeadLetterRecord(bad, options_.dlq_topic);
-      ASSIGN_OR_RETURN(Admission admission,
-                       AdmitExactlyOnce(&record, bad.position));
-      if (admission == Admission::kRetryLater) return absl::OkStatus();
-      if (admission == Admission::kAlreadyInKafka) return SkipPending();
+      if (AlreadyInKafka(bad.position)) return SkipPending();
+      RETURN_IF_ERROR(EnsureTransaction());
       s = producer_->Produce(record, pending_->sequence);
       if (s.ok()) {
-        if (filter_) {
-          filter_->Produced(record.topic, record.partition, bad.position);
+        if (exactly_once_) {
+          batch_.Produced(pending_->sequence, bad.position, record.topic);
         }
         ++stats_->events_dead_lettered;
         if (options_.metrics != nullptr) {
@@ -406,31 +621,25 @@ class CdcPipeline {
     return absl::OkStatus();
   }
 
-  enum class Admission { kProduce, kAlreadyInKafka, kRetryLater };
+  // --delivery=exactly-once: the event is at or below this source's
+  // checkpoint, so a committed Kafka transaction holds it (it was resent by
+  // the slot after a restart or reconnect). Nothing else is ever skipped.
+  bool AlreadyInKafka(const EventPosition& position) const {
+    return exactly_once_ && checkpoint_.has_value() && position <= *checkpoint_;
+  }
 
-  // --delivery=exactly-once: sets the record's partition and tells whether
-  // the partition already holds this position. At least once: kProduce.
-  absl::StatusOr<Admission> AdmitExactlyOnce(KafkaRecord* record,
-                                             const EventPosition& position) {
-    if (filter_ == nullptr) return Admission::kProduce;
-    absl::StatusOr<ExactlyOnceFilter::Decision> d = filter_->Admit(
-        record->topic, record->key, position, record->partition);
-    if (!d.ok()) {
-      if (!absl::IsUnavailable(d.status()) &&
-          !absl::IsDeadlineExceeded(d.status())) {
-        return d.status();
-      }
-      spdlog::warn("exactly-once: {}; retrying",
-                   std::string(d.status().message()));
-      return Admission::kRetryLater;  // pending_ stays: backpressure
-    }
-    record->partition = d->partition;
-    return d->produce ? Admission::kProduce : Admission::kAlreadyInKafka;
+  // --delivery=exactly-once: a record goes into an open Kafka transaction.
+  absl::Status EnsureTransaction() {
+    if (!exactly_once_ || batch_.open()) return absl::OkStatus();
+    RETURN_IF_ERROR(producer_->BeginTransaction());
+    batch_.Began(absl::Now());
+    return absl::OkStatus();
   }
 
   // The pending event is in Kafka already (written before a restart): it
   // counts as acknowledged.
   absl::Status SkipPending() {
+    ++stats_->events_skipped;
     published_.erase(pending_->sequence);
     tracker_.Acknowledge(pending_->sequence);
     pending_.reset();
@@ -479,7 +688,21 @@ class CdcPipeline {
   // acknowledged and ends the stream. After a failure it only confirms.
   absl::Status Finish(bool clean) {
     if (options_.metrics != nullptr) options_.metrics->streaming->Set(0);
-    if (producer_ != nullptr && clean) {
+    if (exactly_once_ && producer_ != nullptr && batch_.open()) {
+      if (clean) {
+        // What was produced is committed (with its checkpoint), then
+        // confirmed; a partly produced PostgreSQL transaction is resent
+        // by the next start and its committed part skipped.
+        absl::Status c =
+            CommitOpenTransaction(absl::Now() + options_.shutdown_timeout);
+        if (!c.ok()) spdlog::error("{}", std::string(c.message()));
+      } else if (producer_->fatal_error().ok()) {
+        // Read-committed consumers would wait for it until it times out.
+        aborting_ = true;
+        producer_->AbortTransaction(absl::Seconds(5)).IgnoreError();
+        batch_.Aborted();
+      }
+    } else if (producer_ != nullptr && clean) {
       absl::Time deadline = absl::Now() + options_.shutdown_timeout;
       while (producer_->OutQueueLength() > 0 && absl::Now() < deadline) {
         producer_->Poll(absl::Milliseconds(50));
@@ -498,8 +721,11 @@ class CdcPipeline {
     }
     LogProgress();
     spdlog::info("confirmed position {}", tracker_.ConfirmableLsn().ToString());
-    if (filter_ != nullptr) {
-      spdlog::info("exactly-once: {} resent events skipped", filter_->skipped());
+    if (exactly_once_) {
+      spdlog::info(
+          "exactly-once: {} transactions committed, {} resent events "
+          "skipped (at or below the checkpoint)",
+          stats_->transactions_committed, stats_->events_skipped);
     }
     return s;
   }
@@ -509,9 +735,19 @@ class CdcPipeline {
   OutboxMapper mapper_;
   RouterOptions router_;  // options.router plus the source identity
   AckTracker tracker_;
-  // --delivery=exactly-once only; the filter reads through watermarks_.
-  std::unique_ptr<PartitionWatermarks> watermarks_;
-  std::unique_ptr<ExactlyOnceFilter> filter_;
+  // --delivery=exactly-once only.
+  const bool exactly_once_;
+  TransactionBatch batch_;        // the open Kafka transaction
+  std::string transactional_id_;  // also the checkpoint's consumer group
+  // This source's newest committed checkpoint: every event at or below it
+  // is in Kafka.
+  std::optional<EventPosition> checkpoint_;
+  bool broker_checked_ = false;
+  bool transactions_initialized_ = false;
+  bool transactions_ready_ = false;  // initialised, checkpoint read
+  bool checkpoint_sent_ = false;     // for the open transaction
+  bool aborting_ = false;
+  absl::Status txn_delivery_failure_;
   // Declared after the tracker: destroyed first, so no delivery report can
   // reach a destroyed tracker.
   std::unique_ptr<KafkaProducer> producer_;

@@ -24,6 +24,7 @@
 #include "outbox/value_format.h"
 #include "pg/replication_setup.h"
 #include "pipeline/reconnect_backoff.h"
+#include "pipeline/transaction_batch.h"
 
 namespace outboxd {
 
@@ -34,8 +35,9 @@ enum class InvalidEventPolicy {
 
 enum class DeliveryGuarantee {
   kAtLeastOnce,  // a restart may resend what Kafka already has
-  kExactlyOnce,  // resent events at or below a partition's last position are
-                 // skipped (pipeline/exactly_once_filter.h)
+  kExactlyOnce,  // Kafka transactions with a checkpoint of this source's
+                 // position; resent events at or below it are skipped
+                 // (README "Reliability")
 };
 
 struct CdcPipelineOptions {
@@ -56,6 +58,11 @@ struct CdcPipelineOptions {
   // Lost replication connections (kUnavailable) are retried with backoff.
   ReconnectOptions reconnect;
   DeliveryGuarantee delivery = DeliveryGuarantee::kAtLeastOnce;
+  // --delivery=exactly-once: the transactional id (and checkpoint group);
+  // empty: "outboxd-" + the source identity (system id, database, slot).
+  std::string transactional_id;
+  // --delivery=exactly-once: when a Kafka transaction is committed.
+  TransactionBatchOptions transactions;
 };
 
 struct PipelineStats {
@@ -63,6 +70,9 @@ struct PipelineStats {
   uint64_t events_acknowledged = 0;
   uint64_t events_dead_lettered = 0;
   uint64_t status_updates = 0;
+  // --delivery=exactly-once: resent events found at or below the checkpoint.
+  uint64_t events_skipped = 0;
+  uint64_t transactions_committed = 0;
   Lsn confirmed;
 };
 

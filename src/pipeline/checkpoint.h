@@ -1,0 +1,47 @@
+// Checkpoint: the position of the last event of this source that Kafka
+// provably holds, as carried in the metadata string of an offset committed
+// inside each Kafka transaction (--delivery=exactly-once). The consumer
+// group that holds it belongs to one source (its transactional id).
+//
+// Pure functions, no I/O.
+#ifndef OUTBOXD_PIPELINE_CHECKPOINT_H_
+#define OUTBOXD_PIPELINE_CHECKPOINT_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "kafka/producer.h"
+#include "outbox/event.h"
+
+namespace outboxd {
+
+struct Checkpoint {
+  std::string source;  // outbox.source of the events
+  EventPosition position;
+};
+
+// The metadata string of a checkpoint (compact JSON, well under Kafka's
+// offset.metadata.max.bytes of 4096 for any sane source name).
+std::string EncodeCheckpoint(const Checkpoint& checkpoint);
+// kDataLoss when `metadata` is not a checkpoint.
+absl::StatusOr<Checkpoint> DecodeCheckpoint(absl::string_view metadata);
+
+// The newest checkpoint of `source` among a group's committed offsets;
+// nullopt when there is none. kFailedPrecondition when an offset carries
+// another source's checkpoint or no checkpoint at all: the group (named
+// after the transactional id) is shared, and nothing it says can be trusted.
+absl::StatusOr<std::optional<EventPosition>> NewestCheckpoint(
+    const std::vector<CommittedOffset>& offsets, const std::string& source,
+    const std::string& group);
+
+// The offset committed with a checkpoint: the commit LSN, clamped into
+// Kafka's non-negative int64 range (informational; the metadata is what
+// counts).
+int64_t CheckpointOffset(const EventPosition& position);
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PIPELINE_CHECKPOINT_H_

@@ -1,0 +1,427 @@
+// --delivery=exactly-once on Apache Kafka (ctest labels kafka, fault): Kafka
+// transactions with a checkpoint of the source's position (README
+// "Reliability"). Every case reads back with a read_committed consumer
+// (librdkafka's default isolation.level) and counts, per event id, what was
+// lost and what was duplicated.
+//
+// OUTBOXD_TEST_BINARY=path runs another outboxd build instead of this
+// tree's (to check that a case fails against an older build).
+#include <librdkafka/rdkafka.h>
+
+#include <cstdlib>
+#include <random>
+
+#include "tests/harness/kafka_cluster.h"
+#include "tests/integration/fault_fixture.h"
+
+namespace outboxd::testing {
+namespace {
+
+class ExactlyOnceTest : public FaultTest {
+ protected:
+  static void SetUpTestSuite() {
+    FaultTest::SetUpTestSuite();  // PostgreSQL (and a dev broker)
+    auto kafka = KafkaCluster::Shared({.nodes = 1, .partitions = 4});
+    ASSERT_TRUE(kafka.ok()) << kafka.status();
+    kafka_ = *kafka;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(kafka_, nullptr);
+    FaultTest::SetUp();
+  }
+
+  // outboxd against the real Kafka, exactly-once unless `extra` says else.
+  std::vector<std::string> KafkaArgs(const std::string& conninfo,
+                                     const std::string& slot) const {
+    std::vector<std::string> argv = BaseArgs();
+    if (const char* other = std::getenv("OUTBOXD_TEST_BINARY")) {
+      argv[0] = other;
+    }
+    for (auto& a : argv) {
+      if (a.rfind("--pg=", 0) == 0) a = "--pg=" + conninfo;
+      if (a.rfind("--slot=", 0) == 0) a = "--slot=" + slot;
+    }
+    argv.push_back("--brokers=" + kafka_->bootstrap());
+    return argv;
+  }
+  size_t Start(std::vector<std::string> extra, bool wait = true,
+               std::string conninfo = "", std::string slot = "") {
+    return StartOutboxd(std::move(extra), wait, {},
+                        KafkaArgs(conninfo.empty() ? ConnInfo() : conninfo,
+                                  slot.empty() ? slot_ : slot));
+  }
+
+  std::vector<ConsumedRecord> ReadKafka(
+      const std::string& topic, size_t n,
+      absl::Duration timeout = absl::Seconds(120)) {
+    auto records =
+        ReadTopic(kafka_->bootstrap(), topic, n, timeout, absl::Seconds(3));
+    EXPECT_TRUE(records.ok()) << records.status();
+    return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
+  }
+
+  // Every event id of the outbox of database `db`.
+  std::set<std::string> IdsOf(const std::string& db) {
+    std::set<std::string> ids;
+    PGconn* conn = PQconnectdb(cluster_->ConnInfo(db).c_str());
+    PGresult* res = PQexec(conn, "SELECT id::text FROM outbox");
+    EXPECT_EQ(PQresultStatus(res), PGRES_TUPLES_OK) << PQerrorMessage(conn);
+    for (int r = 0; r < PQntuples(res); ++r) ids.insert(PQgetvalue(res, r, 0));
+    PQclear(res);
+    PQfinish(conn);
+    return ids;
+  }
+  // Lost / duplicated of `expected` in `records`.
+  static Tally CountIn(const std::set<std::string>& expected,
+                       const std::vector<ConsumedRecord>& records) {
+    std::map<std::string, int> seen;
+    for (const auto& r : records) {
+      if (auto id = r.Header("id")) ++seen[*id];
+    }
+    Tally t;
+    t.expected = expected.size();
+    t.received = records.size();
+    for (const auto& id : expected) {
+      auto it = seen.find(id);
+      if (it == seen.end()) {
+        ++t.lost;
+      } else {
+        t.duplicates += it->second - 1;
+      }
+    }
+    return t;
+  }
+
+  void InsertEvents(const std::string& db, int n, const std::string& tag) {
+    ASSERT_TRUE(
+        cluster_
+            ->Exec(db, absl::StrCat("INSERT INTO outbox (aggregatetype, "
+                                    "aggregateid, type, payload) SELECT 'x', "
+                                    "'agg-' || (g % 8), '",
+                                    tag,
+                                    "', jsonb_build_object('n', g) FROM "
+                                    "generate_series(1, ",
+                                    n, ") g"))
+            .ok());
+  }
+
+  bool WaitSlotConfirmed(const std::string& db, const std::string& slot,
+                         absl::Duration timeout) {
+    auto wal = cluster_->Query(db, "SELECT pg_current_wal_lsn()");
+    if (!wal.ok()) return false;
+    Lsn target = *Lsn::Parse(*wal);
+    absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      auto c = cluster_->Query(
+          db, absl::StrCat("SELECT confirmed_flush_lsn FROM "
+                           "pg_replication_slots WHERE slot_name = '",
+                           slot, "'"));
+      if (c.ok()) {
+        auto lsn = Lsn::Parse(*c);
+        if (lsn.ok() && *lsn >= target) return true;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
+  }
+
+  // Produces one record with the position headers of another source.
+  void ProduceForeign(const std::string& topic, int32_t partition,
+                      uint64_t lsn) {
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    char errstr[512];
+    rd_kafka_conf_set(conf, "bootstrap.servers", kafka_->bootstrap().c_str(),
+                      errstr, sizeof(errstr));
+    rd_kafka_t* rk =
+        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+    ASSERT_NE(rk, nullptr) << errstr;
+    rd_kafka_headers_t* h = rd_kafka_headers_new(4);
+    const std::string lsn_text = absl::StrCat(lsn);
+    rd_kafka_header_add(h, "id", -1, "foreign-1", -1);
+    rd_kafka_header_add(h, "outbox.lsn", -1, lsn_text.c_str(), -1);
+    rd_kafka_header_add(h, "outbox.index", -1, "0", -1);
+    rd_kafka_header_add(h, "outbox.source", -1, "another/db/slot", -1);
+    ASSERT_EQ(rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()),
+                                RD_KAFKA_V_PARTITION(partition),
+                                RD_KAFKA_V_VALUE(const_cast<char*>("{}"), 2),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END),
+              RD_KAFKA_RESP_ERR_NO_ERROR);
+    EXPECT_EQ(rd_kafka_flush(rk, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_destroy(rk);
+  }
+
+  static inline KafkaCluster* kafka_ = nullptr;
+};
+
+// Item 1: a record of another source with a far larger position, in every
+// partition before outboxd's first start, hides nothing.
+TEST_F(ExactlyOnceTest, AForeignRecordWithALargerPositionSkipsNothing) {
+  const std::string topic = prefix_ + "foreign";
+  ASSERT_TRUE(kafka_->CreateTopic(topic, 4).ok());
+  for (int32_t p = 0; p < 4; ++p) ProduceForeign(topic, p, 1ull << 60);
+  InsertEvents(db_, 40, "Before");
+  size_t o = Start({"--topic=" + topic, "--delivery=exactly-once"});
+  InsertEvents(db_, 40, "After");
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60))) << Log(o);
+  Tally t = CountIn(OutboxIds(), ReadKafka(topic, 80 + 4));
+  EXPECT_EQ(t.expected, 80u);
+  EXPECT_EQ(t.lost, 0u) << Log(o);
+  EXPECT_EQ(t.duplicates, 0u);
+  EXPECT_EQ(Log(o).find("resent events skipped"), std::string::npos)
+      << "stopped early?\n"
+      << Log(o);
+}
+
+// Item 1: two databases, each with its own exactly-once outboxd, share one
+// topic; one stops while both write, then restarts: nothing of either is
+// skipped and nothing is duplicated.
+TEST_F(ExactlyOnceTest, TwoSourcesOnOneTopicNeitherSkipsTheOther) {
+  const std::string topic = prefix_ + "shared";
+  ASSERT_TRUE(kafka_->CreateTopic(topic, 4).ok());
+  const std::string db2 = db_ + "b";
+  const std::string slot2 = slot_ + "b";
+  ASSERT_TRUE(cluster_->CreateDatabase(db2).ok());
+  ASSERT_TRUE(cluster_
+                  ->Exec(db2, ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR,
+                                                    "/sql/outbox.sql")))
+                  .ok());
+  const std::vector<std::string> eos = {"--topic=" + topic,
+                                        "--delivery=exactly-once"};
+  size_t a = Start(eos);
+  size_t b = Start(eos, true, cluster_->ConnInfo(db2), slot2);
+  InsertEvents(db_, 30, "A1");
+  InsertEvents(db2, 30, "B1");
+  ASSERT_TRUE(WaitSlotConfirmed(db_, slot_, absl::Seconds(60))) << Log(a);
+  ASSERT_TRUE(WaitSlotConfirmed(db2, slot2, absl::Seconds(60))) << Log(b);
+
+  Outboxd(a).Signal(SIGTERM);
+  ASSERT_EQ(Outboxd(a).Wait(absl::Seconds(30)), 0) << Log(a);
+  // A's new events are older (lower LSNs) than B's, which land after them
+  // in the same partitions.
+  InsertEvents(db_, 30, "A2");
+  InsertEvents(db2, 30, "B2");
+  ASSERT_TRUE(WaitSlotConfirmed(db2, slot2, absl::Seconds(60))) << Log(b);
+  size_t a2 = Start(eos);
+  InsertEvents(db_, 10, "A3");
+  InsertEvents(db2, 10, "B3");
+  ASSERT_TRUE(WaitSlotConfirmed(db_, slot_, absl::Seconds(60))) << Log(a2);
+  ASSERT_TRUE(WaitSlotConfirmed(db2, slot2, absl::Seconds(60))) << Log(b);
+
+  auto records = ReadKafka(topic, 140);
+  Tally ta = CountIn(IdsOf(db_), records);
+  Tally tb = CountIn(IdsOf(db2), records);
+  EXPECT_EQ(ta.expected, 70u);
+  EXPECT_EQ(tb.expected, 70u);
+  EXPECT_EQ(ta.lost, 0u) << Log(a2);
+  EXPECT_EQ(tb.lost, 0u) << Log(b);
+  EXPECT_EQ(ta.duplicates, 0u);
+  EXPECT_EQ(tb.duplicates, 0u);
+  StopAll(&outboxd_);
+  cluster_
+      ->Exec(db2,
+             absl::StrCat("SELECT pg_drop_replication_slot('", slot2, "')"))
+      .IgnoreError();
+}
+
+// Item 2: a record the broker refuses (larger than its message.max.bytes)
+// in the middle of a Kafka transaction: the transaction is aborted with
+// the events before and after it, outboxd stops without confirming them,
+// and the next start (where the record is dead-lettered, as too large for
+// the producer) delivers every event exactly once.
+TEST_F(ExactlyOnceTest, AnAbortedTransactionLeavesNoGap) {
+  const std::string topic = prefix_ + "gap";
+  ASSERT_TRUE(kafka_->CreateTopic(topic, 1).ok());
+  const std::vector<std::string> args = {
+      "--topic=" + topic, "--delivery=exactly-once", "--ordering=global",
+      "--transaction-interval=2s"};
+  std::vector<std::string> lenient = args;
+  // The producer lets the 2 MB record through; the broker refuses it.
+  lenient.push_back("--kafka-property=message.max.bytes=4000000");
+  size_t o = Start(lenient);
+  InsertEvents(db_, 20, "Before");
+  ASSERT_TRUE(
+      Exec("BEGIN; "
+           "SELECT outbox_emit('x', 'agg-1', 'Small', '{}', NULL); "
+           "SELECT outbox_emit('x', 'agg-1', 'Huge', jsonb_build_object("
+           "'blob', repeat('y', 2000000)), NULL); "
+           "SELECT outbox_emit('x', 'agg-1', 'Small', '{}', NULL); "
+           "COMMIT")
+          .ok());
+  InsertEvents(db_, 20, "After");
+  std::optional<int> code = Outboxd(o).Wait(absl::Seconds(120));
+  ASSERT_EQ(code, 1) << Log(o);
+  EXPECT_NE(Log(o).find("Kafka transaction aborted"), std::string::npos)
+      << Log(o);
+  // Nothing of the aborted transaction is visible to read_committed.
+  InsertEvents(db_, 10, "Later");
+  size_t o2 = Start(args);
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60))) << Log(o2);
+  auto records = ReadKafka(topic, 72);
+  std::set<std::string> ids = OutboxIds();
+  auto huge =
+      cluster_->Query(db_, "SELECT id::text FROM outbox WHERE type = 'Huge'");
+  ASSERT_TRUE(huge.ok());
+  ids.erase(*huge);
+  Tally t = CountIn(ids, records);
+  EXPECT_EQ(t.expected, 72u);
+  EXPECT_EQ(t.lost, 0u) << Log(o2);
+  EXPECT_EQ(t.duplicates, 0u) << Log(o2);
+  // The huge one went to the dead-letter topic instead.
+  auto dlq = ReadKafka(prefix_ + "dlq", 1);
+  ASSERT_EQ(dlq.size(), 1u);
+  EXPECT_EQ(dlq[0].Header("outbox.lsn").has_value(), true);
+}
+
+// Item 3: a paused (not dead) active outboxd loses its slot to a standby
+// after wal_sender_timeout; it wakes up later. Exactly-once: the standby's
+// init fenced it, so nothing it had in flight becomes visible.
+struct ZombieFigures {
+  size_t expected = 0, lost = 0, duplicates = 0;
+  int zombie_exit = -1;
+};
+
+class ZombieTest : public ExactlyOnceTest {
+ protected:
+  ZombieFigures RunZombie(const std::string& mode) {
+    ZombieFigures f;
+    EXPECT_TRUE(
+        cluster_->Exec("postgres", "ALTER SYSTEM SET wal_sender_timeout = '4s'")
+            .ok());
+    EXPECT_TRUE(cluster_->Exec("postgres", "SELECT pg_reload_conf()").ok());
+    const std::string topic = prefix_ + "zombie";
+    EXPECT_TRUE(kafka_->CreateTopic(topic, 4).ok());
+    const std::vector<std::string> args = {
+        "--topic=" + topic, "--delivery=" + mode,
+        "--reconnect-backoff-initial=50ms", "--reconnect-backoff-max=250ms"};
+    size_t active = Start(args);
+    size_t standby = Start(args, /*wait=*/false);
+    EXPECT_TRUE(WaitForLog(standby, "is active for PID")) << Log(standby);
+
+    constexpr int kEvents = 6000;
+    Inserter inserter(ConnInfo(), kEvents, 20, absl::Milliseconds(20));
+    inserter.Start();
+    absl::SleepFor(absl::Seconds(2));
+    Outboxd(active).Signal(SIGSTOP);
+    EXPECT_TRUE(WaitForLog(standby, "streaming from slot", absl::Seconds(60)))
+        << Log(standby);
+    absl::SleepFor(absl::Seconds(2));  // more events, through the standby
+    Outboxd(active).Signal(SIGCONT);
+    inserter.Join();
+    EXPECT_EQ(inserter.written(), kEvents) << inserter.error();
+    EXPECT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(120)))
+        << Log(standby);
+    // Time for whatever the zombie still had queued to land (or not).
+    std::optional<int> code = Outboxd(active).Wait(absl::Seconds(20));
+    f.zombie_exit = code.value_or(-1);
+    Tally t = Count(ReadKafka(topic, kEvents));
+    f.expected = t.expected;
+    f.lost = t.lost;
+    f.duplicates = t.duplicates;
+    std::printf(
+        "[ measure ] zombie %s: %zu events, %zu lost, %zu duplicated; "
+        "zombie exit %d\n",
+        mode.c_str(), f.expected, f.lost, f.duplicates, f.zombie_exit);
+    cluster_->Exec("postgres", "ALTER SYSTEM RESET wal_sender_timeout")
+        .IgnoreError();
+    cluster_->Exec("postgres", "SELECT pg_reload_conf()").IgnoreError();
+    zombie_log_ = Log(active);
+    return f;
+  }
+  std::string zombie_log_;
+};
+
+TEST_F(ZombieTest, ExactlyOnceFencesTheZombie) {
+  ZombieFigures f = RunZombie("exactly-once");
+  EXPECT_EQ(f.expected, 6000u);
+  EXPECT_EQ(f.lost, 0u);
+  EXPECT_EQ(f.duplicates, 0u);
+  // The zombie found out and stopped with exit 1 (or is still waiting for
+  // the slot, having had nothing in flight).
+  if (f.zombie_exit != -1) {
+    EXPECT_EQ(f.zombie_exit, 1) << zombie_log_;
+  }
+}
+
+TEST_F(ZombieTest, AtLeastOnceLosesNothing) {
+  ZombieFigures f = RunZombie("at-least-once");
+  EXPECT_EQ(f.expected, 6000u);
+  EXPECT_EQ(f.lost, 0u);
+}
+
+// SIGKILL at 10 random moments while 50,000 events are written: nothing
+// lost, nothing duplicated, order per aggregate kept.
+TEST_F(ExactlyOnceTest, TenSigkillsUnderLoadLoseAndDuplicateNothing) {
+  constexpr int kEvents = 50000;
+  constexpr int kBatch = 500;
+  constexpr absl::Duration kInterval = absl::Milliseconds(500);
+  constexpr int kKills = 10;
+  const std::string topic = prefix_ + "crash";
+  ASSERT_TRUE(kafka_->CreateTopic(topic, 4).ok());
+  const std::vector<std::string> args = {"--topic=" + topic,
+                                         "--delivery=exactly-once"};
+  Start(args);
+  const double period = absl::ToDoubleSeconds(kInterval) * (kEvents / kBatch);
+  std::mt19937 rng(777);
+  std::vector<double> moments;
+  while (moments.size() < kKills) {
+    double t = std::uniform_real_distribution<double>(1.0, period)(rng);
+    bool spaced = true;
+    for (double m : moments) spaced &= std::abs(m - t) >= 2.0;
+    if (spaced) moments.push_back(t);
+  }
+  std::sort(moments.begin(), moments.end());
+  Inserter inserter(ConnInfo(), kEvents, kBatch, kInterval);
+  const absl::Time start = absl::Now();
+  inserter.Start();
+  for (double m : moments) {
+    absl::SleepFor(start + absl::Seconds(m) - absl::Now());
+    ChildProcess& current = Outboxd(outboxd_.size() - 1);
+    EXPECT_TRUE(current.Running()) << Log(outboxd_.size() - 1);
+    current.Signal(SIGKILL);
+    current.Wait(absl::Seconds(10));
+    Start(args, /*wait=*/false);
+  }
+  inserter.Join();
+  ASSERT_EQ(inserter.written(), kEvents) << inserter.error();
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(180)))
+      << Log(outboxd_.size() - 1);
+  auto records = ReadKafka(topic, kEvents, absl::Seconds(180));
+  Tally t = Count(records);
+  std::printf(
+      "[ measure ] crash exactly-once (Kafka): %zu events, %d SIGKILLs: %zu "
+      "records read, %zu lost, %zu duplicates\n",
+      t.expected, kKills, t.received, t.lost, t.duplicates);
+  EXPECT_EQ(t.expected, static_cast<size_t>(kEvents));
+  EXPECT_EQ(t.lost, 0u);
+  EXPECT_EQ(t.duplicates, 0u);
+  // Per partition, positions strictly increase.
+  std::map<int32_t, std::pair<uint64_t, uint64_t>> last;
+  size_t out_of_order = 0;
+  for (const auto& r : records) {
+    uint64_t lsn = 0, index = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(r.Header("outbox.lsn").value_or(""), &lsn));
+    ASSERT_TRUE(
+        absl::SimpleAtoi(r.Header("outbox.index").value_or(""), &index));
+    auto pos = std::make_pair(lsn, index);
+    auto it = last.find(r.partition);
+    if (it != last.end() && pos <= it->second) ++out_of_order;
+    last[r.partition] = pos;
+  }
+  EXPECT_EQ(out_of_order, 0u);
+}
+
+// The dev broker ignores transactions: exactly-once refuses to start there
+// with one clear line instead of pretending.
+TEST_F(ExactlyOnceTest, TheDevBrokerIsRefused) {
+  std::vector<std::string> argv = BaseArgs();
+  if (const char* other = std::getenv("OUTBOXD_TEST_BINARY")) argv[0] = other;
+  argv.push_back("--delivery=exactly-once");
+  size_t o = StartOutboxd({}, /*wait_streaming=*/false, {}, argv);
+  EXPECT_EQ(Outboxd(o).Wait(absl::Seconds(60)), 1) << Log(o);
+  EXPECT_NE(Log(o).find("needs Apache Kafka"), std::string::npos) << Log(o);
+}
+
+}  // namespace
+}  // namespace outboxd::testing
