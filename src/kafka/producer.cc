@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "kafka/kafka_status.h"
@@ -389,66 +390,89 @@ absl::Status KafkaProducer::CommitTransaction(absl::Duration timeout) {
 }
 
 absl::Status KafkaProducer::AbortTransaction(absl::Duration timeout) {
-  return TxnErrorToStatus(
-      rd_kafka_abort_transaction(impl_->rk, ToTimeoutMs(timeout)),
-      "kafka abort_transaction");
+  // The abort waits until the purged records' delivery reports are served,
+  // and those are served by rd_kafka_poll on this thread: abort in short
+  // calls (each resumes the previous one) and poll in between.
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    absl::Status s = TxnErrorToStatus(
+        rd_kafka_abort_transaction(impl_->rk, 200), "kafka abort_transaction");
+    if (s.ok() || !absl::IsUnavailable(s) || absl::Now() > deadline) return s;
+    rd_kafka_poll(impl_->rk, 50);
+  }
 }
 
-absl::StatusOr<std::vector<CommittedOffset>> KafkaProducer::ReadCheckpoints(
-    const std::string& group, absl::Duration timeout) {
-  rd_kafka_queue_t* queue = rd_kafka_queue_new(impl_->rk);
-  rd_kafka_AdminOptions_t* options = rd_kafka_AdminOptions_new(
-      impl_->rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
-  char errstr[512];
-  rd_kafka_AdminOptions_set_request_timeout(options, ToTimeoutMs(timeout),
-                                            errstr, sizeof(errstr));
-  if (rd_kafka_error_t* e =
-          rd_kafka_AdminOptions_set_require_stable_offsets(options, 1)) {
-    rd_kafka_error_destroy(e);  // only an invalid option type can fail
-  }
-  rd_kafka_ListConsumerGroupOffsets_t* request =
-      rd_kafka_ListConsumerGroupOffsets_new(group.c_str(), nullptr);
-  rd_kafka_ListConsumerGroupOffsets(impl_->rk, &request, 1, options, queue);
-  rd_kafka_ListConsumerGroupOffsets_destroy(request);
-  rd_kafka_AdminOptions_destroy(options);
-
-  // The result comes within the request timeout; a little slack on top.
-  rd_kafka_event_t* event =
-      rd_kafka_queue_poll(queue, ToTimeoutMs(timeout + absl::Seconds(1)));
-  rd_kafka_queue_destroy(queue);
+absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
+    const ProducerOptions& options, const std::string& group,
+    absl::Duration timeout) {
   const std::string context =
       absl::StrCat("reading the committed offsets of group ", group);
-  if (event == nullptr) {
-    return absl::UnavailableError(absl::StrCat(context, ": no answer"));
+  ConfPtr conf(rd_kafka_conf_new());
+  absl::Status s =
+      SetProperty(conf.get(), "bootstrap.servers", options.brokers);
+  if (s.ok()) s = SetProperty(conf.get(), "group.id", group);
+  if (s.ok()) s = SetProperty(conf.get(), "enable.auto.commit", "false");
+  // Stable offsets only: a pending transactional commit makes the fetch
+  // wait (retry) instead of answering with the previous offset.
+  if (s.ok()) s = SetProperty(conf.get(), "isolation.level", "read_committed");
+  // Connection and security settings of the user's properties apply here
+  // too; producer settings do not.
+  for (const auto& [name, value] : options.properties) {
+    if (!s.ok()) break;
+    if (absl::StartsWith(name, "security.") ||
+        absl::StartsWith(name, "sasl.") || absl::StartsWith(name, "ssl.") ||
+        absl::StartsWith(name, "socket.") ||
+        absl::StartsWith(name, "broker.") || name == "client.id" ||
+        name == "client.dns.lookup") {
+      s = SetProperty(conf.get(), name, value);
+    }
   }
-  struct EventDeleter {
-    void operator()(rd_kafka_event_t* e) const { rd_kafka_event_destroy(e); }
+  if (!s.ok()) return s;
+  rd_kafka_conf_set_log_cb(conf.get(), &KafkaProducer::Impl::OnLog);
+  char errstr[512];
+  rd_kafka_t* rk =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), errstr, sizeof(errstr));
+  if (rk == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(context, ": ", errstr));
+  }
+  conf.release();
+  struct ClientDeleter {
+    void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
   };
-  std::unique_ptr<rd_kafka_event_t, EventDeleter> owned(event);
-  if (rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    absl::Status s = KafkaErrorToStatus(rd_kafka_event_error(event), context,
-                                        rd_kafka_event_error_string(event));
-    // Coordinator loading or moving, unstable offsets: try again.
-    return absl::UnavailableError(s.message());
+  std::unique_ptr<rd_kafka_t, ClientDeleter> client(rk);
+
+  // The checkpoint is committed on partition 0 of one of the source's
+  // topics, which may be any topic: ask for partition 0 of all of them.
+  const rd_kafka_metadata_t* metadata = nullptr;
+  rd_kafka_resp_err_t err = rd_kafka_metadata(rk, /*all_topics=*/1, nullptr,
+                                              &metadata, ToTimeoutMs(timeout));
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return absl::UnavailableError(
+        absl::StrCat(context, ": metadata: ", rd_kafka_err2name(err)));
   }
-  const rd_kafka_ListConsumerGroupOffsets_result_t* result =
-      rd_kafka_event_ListConsumerGroupOffsets_result(event);
-  size_t count = 0;
-  const rd_kafka_group_result_t** groups =
-      result != nullptr
-          ? rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count)
-          : nullptr;
-  if (count != 1) {
-    return absl::InternalError(absl::StrCat(context, ": ", count, " results"));
+  rd_kafka_topic_partition_list_t* list =
+      rd_kafka_topic_partition_list_new(metadata->topic_cnt);
+  for (int i = 0; i < metadata->topic_cnt; ++i) {
+    const rd_kafka_metadata_topic_t& t = metadata->topics[i];
+    if (t.err != RD_KAFKA_RESP_ERR_NO_ERROR || t.partition_cnt == 0) continue;
+    if (absl::StartsWith(t.topic, "__")) continue;  // Kafka's internal topics
+    rd_kafka_topic_partition_list_add(list, t.topic, 0);
   }
-  if (const rd_kafka_error_t* e = rd_kafka_group_result_error(groups[0])) {
-    return absl::UnavailableError(absl::StrCat(
-        context, ": ", rd_kafka_error_name(e), ": ", rd_kafka_error_string(e)));
-  }
+  rd_kafka_metadata_destroy(metadata);
+  struct ListDeleter {
+    void operator()(rd_kafka_topic_partition_list_t* l) const {
+      rd_kafka_topic_partition_list_destroy(l);
+    }
+  };
+  std::unique_ptr<rd_kafka_topic_partition_list_t, ListDeleter> owned(list);
   std::vector<CommittedOffset> offsets;
-  const rd_kafka_topic_partition_list_t* list =
-      rd_kafka_group_result_partitions(groups[0]);
-  for (int i = 0; list != nullptr && i < list->cnt; ++i) {
+  if (list->cnt == 0) return offsets;
+  err = rd_kafka_committed(rk, list, ToTimeoutMs(timeout));
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return absl::UnavailableError(
+        absl::StrCat(context, ": ", rd_kafka_err2name(err)));
+  }
+  for (int i = 0; i < list->cnt; ++i) {
     const rd_kafka_topic_partition_t& tp = list->elems[i];
     if (tp.err != RD_KAFKA_RESP_ERR_NO_ERROR) {
       // A partition whose checkpoint cannot be read may hold the newest

@@ -105,16 +105,23 @@ class KafkaProducer {
   absl::Status CommitTransaction(absl::Duration timeout);
   // Purges what is queued and aborts the open transaction.
   absl::Status AbortTransaction(absl::Duration timeout);
-  // Every committed offset of `group` (stable offsets only: waits out
-  // pending transactional commits, kUnavailable meanwhile).
-  absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
-      const std::string& group, absl::Duration timeout);
 
  private:
   struct Impl;
   explicit KafkaProducer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+  friend absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
+      const ProducerOptions&, const std::string&, absl::Duration);
 };
+
+// The offsets `group` committed on partition 0 of every topic of the
+// cluster (where --delivery=exactly-once commits its checkpoints), read
+// with a short-lived consumer of that group that never joins it (stable
+// offsets only: a pending transactional commit is waited out).
+// kUnavailable when the cluster or the group coordinator did not answer.
+absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
+    const ProducerOptions& options, const std::string& group,
+    absl::Duration timeout);
 
 }  // namespace outboxd
 

@@ -205,18 +205,26 @@ class CdcPipeline {
         break;
       }
       if (!absl::IsUnavailable(s) || absl::Now() > deadline) return s;
+      spdlog::debug("exactly-once: init_transactions: {}",
+                    std::string(s.message()));
       RETURN_IF_ERROR(SendStatusIfDue(/*force=*/false));
     }
     std::vector<CommittedOffset> offsets;
+    bool logged_wait = false;
     for (;;) {
-      absl::StatusOr<std::vector<CommittedOffset>> o =
-          producer_->ReadCheckpoints(transactional_id_, absl::Seconds(2));
+      absl::StatusOr<std::vector<CommittedOffset>> o = ReadCheckpoints(
+          options_.producer, transactional_id_, absl::Seconds(5));
       if (o.ok()) {
         offsets = *std::move(o);
         break;
       }
       if (!absl::IsUnavailable(o.status()) || absl::Now() > deadline) {
         return o.status();
+      }
+      if (!logged_wait) {
+        spdlog::info("exactly-once: waiting for the checkpoint: {}",
+                     std::string(o.status().message()));
+        logged_wait = true;
       }
       RETURN_IF_ERROR(SendStatusIfDue(/*force=*/false));
       absl::SleepFor(absl::Milliseconds(100));
