@@ -299,6 +299,13 @@ class CdcPipeline {
     for (uint64_t sequence : committed) tracker_.Acknowledge(sequence);
     stats_->events_acknowledged += committed.size();
     ++stats_->transactions_committed;
+    spdlog::debug(
+        "exactly-once: committed a Kafka transaction of {} events, "
+        "checkpoint {}#{}",
+        committed.size(),
+        checkpoint_.has_value() ? checkpoint_->commit_lsn.ToString()
+                                : std::string("-"),
+        checkpoint_.has_value() ? checkpoint_->index : 0);
     return absl::OkStatus();
   }
 

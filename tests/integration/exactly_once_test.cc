@@ -330,13 +330,16 @@ class ZombieTest : public ExactlyOnceTest {
     EXPECT_TRUE(WaitForLog(standby, "is active for PID")) << Log(standby);
 
     constexpr int kEvents = 6000;
-    Inserter inserter(ConnInfo(), kEvents, 20, absl::Milliseconds(20));
+    // 400 events/s for 15 s: events keep coming through the pause, the
+    // takeover (4 s + backoff) and after the zombie wakes.
+    Inserter inserter(ConnInfo(), kEvents, 20, absl::Milliseconds(50));
     inserter.Start();
-    absl::SleepFor(absl::Seconds(2));
+    absl::SleepFor(absl::Seconds(3));
     Outboxd(active).Signal(SIGSTOP);
     EXPECT_TRUE(WaitForLog(standby, "streaming from slot", absl::Seconds(60)))
         << Log(standby);
     absl::SleepFor(absl::Seconds(2));  // more events, through the standby
+    EXPECT_LT(inserter.written(), kEvents) << "the load ended too early";
     Outboxd(active).Signal(SIGCONT);
     inserter.Join();
     EXPECT_EQ(inserter.written(), kEvents) << inserter.error();
