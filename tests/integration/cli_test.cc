@@ -98,13 +98,14 @@ TEST(CliTest, HelpShowsDashedNamesAndDefaults) {
 TEST(CliTest, Version) {
   CommandResult r = RunOutboxd({"--version"});
   EXPECT_EQ(r.exit_code, 0);
-  EXPECT_TRUE(std::regex_match(r.output, std::regex("outboxd [0-9]+\\.[0-9]+\\.[0-9]+\n")))
+  EXPECT_TRUE(std::regex_match(
+      r.output, std::regex("outboxd [0-9]+\\.[0-9]+\\.[0-9]+\n")))
       << r.output;
 }
 
 TEST(CliTest, FlagfileTakesDashedNamesCommentsAndIsOverriddenInOrder) {
-  std::string path = absl::StrCat(::testing::TempDir(), "/outboxd-", getpid(),
-                                  ".flags");
+  std::string path =
+      absl::StrCat(::testing::TempDir(), "/outboxd-", getpid(), ".flags");
   {
     std::ofstream out(path);
     out << "# outboxd flags\n"
@@ -119,8 +120,8 @@ TEST(CliTest, FlagfileTakesDashedNamesCommentsAndIsOverriddenInOrder) {
   EXPECT_NE(r.output.find("--value-format"), std::string::npos) << r.output;
   // ...and a later flag overrides it: the error is now about the next bad
   // flag, which proves the file's flags parsed and the override took.
-  r = RunOutboxd({"--flagfile=" + path, "--value-format=protobuf",
-                  "--on-invalid=bogus"});
+  r = RunOutboxd(
+      {"--flagfile=" + path, "--value-format=protobuf", "--on-invalid=bogus"});
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_EQ(r.output.find("--value-format"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--on-invalid"), std::string::npos) << r.output;
@@ -133,6 +134,21 @@ TEST(CliTest, UnknownFlagExitsTwoWithOneLine) {
   CommandResult r = RunOutboxd({"--no-such-flag=1"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+}
+
+// Exactly-once needs the CDC source's checkpoint and slot; poll and notify
+// refuse it rather than ignore it.
+TEST(CliTest, ExactlyOnceWithPollOrNotifyExitsTwoWithOneLine) {
+  for (const char* source : {"poll", "notify"}) {
+    CommandResult r = RunOutboxd({"--pg=host=127.0.0.1", "--brokers=h:1",
+                                  std::string("--source=") + source,
+                                  "--delivery=exactly-once"});
+    EXPECT_EQ(r.exit_code, 2) << source;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1)
+        << r.output;
+    EXPECT_NE(r.output.find("--source=cdc only"), std::string::npos)
+        << r.output;
+  }
 }
 
 // ------------------------------------------------------------------ docker
@@ -170,7 +186,8 @@ assert w.get("restart", "no") in ("no", "on-failure"), w
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->exit_code, 0) << r->output;
   std::set<std::string> help = HelpFlags();
-  for (absl::string_view flag : absl::StrSplit(r->output, '\n', absl::SkipEmpty())) {
+  for (absl::string_view flag :
+       absl::StrSplit(r->output, '\n', absl::SkipEmpty())) {
     EXPECT_TRUE(help.count(std::string(flag)))
         << "compose.yml passes --" << flag << ", which outboxd does not know";
   }
@@ -179,9 +196,9 @@ assert w.get("restart", "no") in ("no", "on-failure"), w
 TEST(DockerTest, DockerfileBuildsWithTheCiScripts) {
   std::string dockerfile = ReadFile(OUTBOXD_SOURCE_DIR "/docker/Dockerfile");
   ASSERT_FALSE(dockerfile.empty());
-  EXPECT_TRUE(std::regex_search(dockerfile,
-                                std::regex("^FROM debian:bookworm[^ ]* AS build",
-                                           std::regex::multiline)));
+  EXPECT_TRUE(std::regex_search(
+      dockerfile, std::regex("^FROM debian:bookworm[^ ]* AS build",
+                             std::regex::multiline)));
   EXPECT_TRUE(std::regex_search(
       dockerfile, std::regex("^FROM debian:bookworm", std::regex::multiline)));
   // The build stage runs exactly what CI runs.
@@ -194,8 +211,8 @@ TEST(DockerTest, DockerfileBuildsWithTheCiScripts) {
                                 std::regex::multiline);
   for (std::sregex_iterator it(dockerfile.begin(), dockerfile.end(), kCopy), e;
        it != e; ++it) {
-    for (absl::string_view src : absl::StrSplit((*it)[1].str(), ' ',
-                                                absl::SkipEmpty())) {
+    for (absl::string_view src :
+         absl::StrSplit((*it)[1].str(), ' ', absl::SkipEmpty())) {
       if (absl::StartsWith(src, "--")) continue;
       EXPECT_EQ(access(absl::StrCat(OUTBOXD_SOURCE_DIR "/", src).c_str(), F_OK),
                 0)
