@@ -1,5 +1,6 @@
 #include "pg/connection.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <utility>
@@ -16,6 +17,32 @@ namespace outboxd {
 namespace {
 
 constexpr absl::string_view kRedacted = "********";
+
+// The conninfo keywords whose values are secrets: those libpq marks with
+// dispchar "*" (password, sslpassword, ... in the linked libpq) plus the two
+// known ones, in case a libpq marks them otherwise. Lower case.
+const std::vector<std::string>& SecretKeywords() {
+  static const std::vector<std::string>* const keywords = [] {
+    auto* out = new std::vector<std::string>{"password", "sslpassword"};
+    PQconninfoOption* defaults = PQconndefaults();
+    for (PQconninfoOption* opt = defaults;
+         opt != nullptr && opt->keyword != nullptr; ++opt) {
+      if (opt->dispchar != nullptr && std::strchr(opt->dispchar, '*') &&
+          std::find(out->begin(), out->end(), opt->keyword) == out->end()) {
+        out->emplace_back(absl::AsciiStrToLower(opt->keyword));
+      }
+    }
+    if (defaults != nullptr) PQconninfoFree(defaults);
+    return out;
+  }();
+  return *keywords;
+}
+
+bool IsSecretKeyword(absl::string_view key) {
+  const std::string lower = absl::AsciiStrToLower(key);
+  const auto& secret = SecretKeywords();
+  return std::find(secret.begin(), secret.end(), lower) != secret.end();
+}
 
 bool IsConninfoSpace(char c) {
   return std::isspace(static_cast<unsigned char>(c)) != 0;
@@ -66,6 +93,7 @@ std::string RedactUri(absl::string_view uri,
     size_t colon = userinfo.find(':');
     if (colon != absl::string_view::npos) {
       secrets->emplace_back(userinfo.substr(colon + 1));
+      secrets->push_back(PercentDecode(userinfo.substr(colon + 1)));
       absl::StrAppend(&out, userinfo.substr(0, colon + 1), kRedacted);
     } else {
       absl::StrAppend(&out, userinfo);
@@ -82,9 +110,10 @@ std::string RedactUri(absl::string_view uri,
       first = false;
       size_t eq = param.find('=');
       absl::string_view key = param.substr(0, eq);
-      std::string decoded_key = absl::AsciiStrToLower(PercentDecode(key));
-      if (eq != absl::string_view::npos && decoded_key == "password") {
+      if (eq != absl::string_view::npos &&
+          IsSecretKeyword(PercentDecode(key))) {
         secrets->emplace_back(param.substr(eq + 1));
+        secrets->push_back(PercentDecode(param.substr(eq + 1)));
         absl::StrAppend(&out, key, "=", kRedacted);
       } else {
         absl::StrAppend(&out, param);
@@ -154,12 +183,13 @@ std::string RedactKeyValue(absl::string_view text,
     }
     absl::string_view raw_value = text.substr(value_start, i - value_start);
     std::string lower_key = absl::AsciiStrToLower(key);
+    const bool secret = IsSecretKeyword(lower_key);
     if (!terminated) {
-      if (lower_key == "password") secrets->push_back(value);
+      if (secret) secrets->push_back(value);
       absl::StrAppend(&out, key, separator, kRedacted);
       return out;
     }
-    if (lower_key == "password") {
+    if (secret) {
       secrets->push_back(value);
       if (raw_value != value) secrets->emplace_back(raw_value);
       absl::StrAppend(&out, key, separator, kRedacted);
@@ -314,7 +344,7 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
                      "': ", Scrub(message, secrets)));
   }
   for (PQconninfoOption* opt = options; opt->keyword != nullptr; ++opt) {
-    if (std::strcmp(opt->keyword, "password") == 0 && opt->val != nullptr) {
+    if (opt->val != nullptr && IsSecretKeyword(opt->keyword)) {
       secrets.emplace_back(opt->val);
     }
   }
@@ -336,6 +366,10 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
   if (conn == nullptr) {
     return absl::ResourceExhaustedError(
         "libpq could not allocate a connection");
+  }
+  // The password libpq used may come from PGPASSWORD or a password file.
+  if (const char* used = PQpass(conn); used != nullptr) {
+    secrets.emplace_back(used);
   }
   if (PQstatus(conn) != CONNECTION_OK) {
     std::string message = Scrub(TrimMessage(PQerrorMessage(conn)), secrets);

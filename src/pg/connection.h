@@ -27,8 +27,9 @@ struct PgResultDeleter {
 };
 using PgResult = std::unique_ptr<PGresult, PgResultDeleter>;
 
-// A conninfo (key=value or URI) with any password replaced by "********",
-// safe for logs.
+// A conninfo (key=value or URI) with the value of every secret keyword
+// (password, sslpassword, and any other libpq marks secret with dispchar
+// "*") replaced by "********", safe for logs.
 std::string RedactConninfo(absl::string_view conninfo);
 
 // The error carried by `result` (or by `conn` when `result` is null) as a

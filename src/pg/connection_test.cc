@@ -1,5 +1,6 @@
 #include "pg/connection.h"
 
+#include <cstring>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -62,6 +63,42 @@ TEST(RedactConninfoTest, UriQueryPassword) {
             "postgresql://host/db?pass%77ord=********");
 }
 
+// Every keyword libpq marks secret, not only password.
+TEST(RedactConninfoTest, SslPasswordInEveryForm) {
+  EXPECT_EQ(RedactConninfo("host=db sslpassword=k3yPa55 user=app"),
+            "host=db sslpassword=******** user=app");
+  EXPECT_EQ(RedactConninfo("host=db SSLPassword = 'k3y Pa55' user=app"),
+            "host=db SSLPassword = ******** user=app");
+  EXPECT_EQ(RedactConninfo("postgresql://u@h/db?sslpassword=k3yPa55&x=1"),
+            "postgresql://u@h/db?sslpassword=********&x=1");
+  EXPECT_EQ(RedactConninfo("postgresql://u@h/db?ssl%70assword=k3yPa55"),
+            "postgresql://u@h/db?ssl%70assword=********");
+  std::string nested =
+      RedactConninfo("dbname='host=h sslpassword=k3yPa55' port=1");
+  EXPECT_EQ(nested.find("k3yPa55"), std::string::npos) << nested;
+}
+
+TEST(RedactConninfoTest, EveryKeywordLibpqMarksSecretIsRedacted) {
+  PQconninfoOption* defaults = PQconndefaults();
+  ASSERT_NE(defaults, nullptr);
+  int secret_keywords = 0;
+  for (PQconninfoOption* opt = defaults; opt->keyword != nullptr; ++opt) {
+    if (opt->dispchar == nullptr ||
+        std::strchr(opt->dispchar, '*') == nullptr) {
+      continue;
+    }
+    ++secret_keywords;
+    std::string kv =
+        RedactConninfo(std::string("host=h ") + opt->keyword + "=Zq9secretZq9");
+    EXPECT_EQ(kv.find("Zq9secretZq9"), std::string::npos) << kv;
+    std::string uri = RedactConninfo(std::string("postgresql://h/db?") +
+                                     opt->keyword + "=Zq9secretZq9");
+    EXPECT_EQ(uri.find("Zq9secretZq9"), std::string::npos) << uri;
+  }
+  PQconninfoFree(defaults);
+  EXPECT_GE(secret_keywords, 2);  // password and sslpassword (PostgreSQL 13+)
+}
+
 TEST(RedactConninfoTest, UriWithoutPasswordIsUnchanged) {
   EXPECT_EQ(RedactConninfo("postgresql://user@host:5432/db?sslmode=disable"),
             "postgresql://user@host:5432/db?sslmode=disable");
@@ -85,6 +122,22 @@ TEST(PgConnectionTest, RefusedConnectionIsUnavailableWithoutPassword) {
     EXPECT_EQ(conn.status().code(), absl::StatusCode::kUnavailable)
         << conn.status();
     EXPECT_EQ(conn.status().message().find("s3cret"), absl::string_view::npos)
+        << conn.status();
+  }
+}
+
+// libpq's own messages may echo a value (here: the invalid sslpassword is
+// not echoed, but a malformed conninfo is); neither the error nor its
+// redacted conninfo may carry the secret.
+TEST(PgConnectionTest, ErrorsNeverCarryTheSslPassword) {
+  for (const char* conninfo :
+       {"host=127.0.0.1 port=1 user=u sslpassword=k3yPa55 connect_timeout=2",
+        "postgresql://u@127.0.0.1:1/db?sslpassword=k3yPa55&connect_timeout=2",
+        "host=127.0.0.1 sslpassword=k3yPa55 bogus_keyword=1",
+        "postgresql://u@127.0.0.1:1/db?sslpassword=k3yPa55&bogus=1"}) {
+    auto conn = PgConnection::Connect(conninfo, PgConnection::Mode::kNormal);
+    ASSERT_FALSE(conn.ok());
+    EXPECT_EQ(conn.status().message().find("k3yPa55"), absl::string_view::npos)
         << conn.status();
   }
 }

@@ -252,6 +252,58 @@ TEST_F(OpsTest, JsonLogsParseAndNeverShowThePassword) {
   EXPECT_TRUE(saw_debug);
 }
 
+// sslpassword (and password) in --pg, key=value and URI forms, in text and
+// JSON logs: never in any line, also not in the reconnect messages after the
+// walsender is terminated nor in the retry/give-up messages of a server
+// that cannot be reached.
+TEST_F(OpsTest, SslPasswordNeverLoggedInTextOrJson) {
+  // Text logs, key=value, streaming, then a lost connection.
+  ChildProcess* p = StartOutboxd(
+      {"--pg=" + ConnInfo() + " sslpassword=Ss1-Secret password=Pw1-Secret",
+       "--log-level=debug", "--metrics-address=",
+       "--reconnect-backoff-initial=50ms", "--reconnect-backoff-max=200ms"},
+      /*default_pg=*/false);
+  ASSERT_NE(p, nullptr);
+  ASSERT_TRUE(Exec("SELECT outbox.emit('order', '1', 'Created', '{}')").ok());
+  ASSERT_EQ(Read(prefix_ + "order", 1).size(), 1u);
+  ASSERT_EQ(Query("SELECT count(pg_terminate_backend(active_pid)) FROM "
+                  "pg_replication_slots WHERE slot_name = '" +
+                  slot_ + "'"),
+            "1");
+  ASSERT_TRUE(WaitForLog(0, "reconnecting")) << Log(0);
+  ASSERT_TRUE(WaitForLog(0, "streaming from slot")) << Log(0);
+  p->Signal(SIGTERM);
+  EXPECT_EQ(p->Wait(absl::Seconds(15)), 0);
+  std::string text = Log(0);
+  EXPECT_NE(text.find("sslpassword=********"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Ss1-Secret"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Pw1-Secret"), std::string::npos) << text;
+
+  // JSON logs, URI form, nothing listening: retried, then gives up.
+  for (const std::string& pg :
+       {std::string("postgresql://u:Pw2-Secret@127.0.0.1:1/db?sslpassword="
+                    "Ss2-Secret&connect_timeout=1"),
+        std::string("host=127.0.0.1 port=1 user=u sslpassword='Ss2-Secret' "
+                    "password=Pw2-Secret connect_timeout=1")}) {
+    auto r = RunCommand(
+        {OUTBOXD_BINARY, "--pg=" + pg, "--brokers=127.0.0.1:9",
+         "--log-format=json", "--log-level=debug",
+         "--metrics-address=", "--reconnect-give-up=1s",
+         "--reconnect-backoff-initial=100ms", "--reconnect-backoff-max=200ms"},
+        absl::Seconds(30));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->exit_code, 1) << r->output;
+    EXPECT_EQ(r->output.find("Ss2-Secret"), std::string::npos) << r->output;
+    EXPECT_EQ(r->output.find("Pw2-Secret"), std::string::npos) << r->output;
+    EXPECT_NE(r->output.find("gave up"), std::string::npos) << r->output;
+    for (absl::string_view line :
+         absl::StrSplit(r->output, '\n', absl::SkipEmpty())) {
+      EXPECT_FALSE(nlohmann::json::parse(line, nullptr, false).is_discarded())
+          << line;
+    }
+  }
+}
+
 TEST_F(OpsTest, BadLogFlagsExitTwo) {
   for (const char* flag : {"--log-format=xml", "--log-level=loud",
                            "--value-format=avro"}) {
