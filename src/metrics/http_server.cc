@@ -3,12 +3,77 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <deque>
+#include <memory>
 #include <utility>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 
 namespace outboxd::metrics {
+namespace {
+
+// httplib serves each connection on one task for the connection's whole
+// life, so idle keep-alive connections and slow clients hold tasks. This
+// queue starts a thread whenever a connection arrives and none is free, up
+// to kMaxThreads, so a handful of them cannot starve /healthz; threads stay
+// for later connections (bounded by the cap).
+class ElasticTaskQueue : public httplib::TaskQueue {
+ public:
+  explicit ElasticTaskQueue(size_t max_threads) : max_threads_(max_threads) {}
+  ~ElasticTaskQueue() override = default;
+
+  void enqueue(std::function<void()> fn) override {
+    absl::MutexLock lock(&mu_);
+    jobs_.push_back(std::move(fn));
+    if (idle_ < jobs_.size() && threads_.size() < max_threads_) {
+      threads_.emplace_back([this] { Work(); });
+    }
+  }
+
+  void shutdown() override {
+    {
+      absl::MutexLock lock(&mu_);
+      shutdown_ = true;
+    }
+    // No thread is added once shutdown_ is set: joining outside the lock.
+    for (std::thread& t : threads_) t.join();
+  }
+
+ private:
+  void Work() {
+    while (true) {
+      std::function<void()> fn;
+      {
+        absl::MutexLock lock(&mu_);
+        ++idle_;
+        mu_.Await(absl::Condition(this, &ElasticTaskQueue::HasWork));
+        --idle_;
+        if (jobs_.empty()) return;  // shutdown
+        fn = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !jobs_.empty() || shutdown_;
+  }
+
+  const size_t max_threads_;
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  // Appended under mu_ until shutdown_, then joined by shutdown() alone.
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& address, const Registry* registry,
@@ -31,11 +96,23 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   s->server_ = std::make_unique<httplib::Server>();
   // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let
   // a second outboxd silently share the port.
-  s->server_->set_socket_options([](socket_t sock) {
+  // The listening socket is the first one these options are applied to.
+  auto listen_socket = std::make_shared<socket_t>(INVALID_SOCKET);
+  s->server_->set_socket_options([listen_socket](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    if (*listen_socket == INVALID_SOCKET) *listen_socket = sock;
   });
-  s->server_->new_task_queue = [] { return new httplib::ThreadPool(2); };
+  // Bounds on what one connection may hold (README "Monitoring"): an idle
+  // connection is closed after kKeepAliveTimeout, a read that gets no byte
+  // for kReadTimeout fails, a connection serves at most kKeepAliveRequests.
+  // Slow clients still hold a thread each, so the pool grows on demand up
+  // to kMaxThreads connections served at once.
+  s->server_->set_keep_alive_timeout(kKeepAliveTimeoutSeconds);
+  s->server_->set_keep_alive_max_count(kKeepAliveRequests);
+  s->server_->set_read_timeout(kReadTimeout);
+  s->server_->set_write_timeout(kWriteTimeout);
+  s->server_->new_task_queue = [] { return new ElasticTaskQueue(kMaxThreads); };
   s->server_->Get("/metrics", [registry](const httplib::Request&,
                                          httplib::Response& res) {
     res.set_content(registry->Exposition(),
@@ -61,6 +138,10 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", address, " for metrics"));
   }
+  // Debian's cpp-httplib listens with a backlog of 5: a burst of
+  // connections (idle clients, a probe among them) would see SYNs dropped
+  // and retried after 1 s, 3 s, ... Listening again only raises the backlog.
+  if (*listen_socket != INVALID_SOCKET) listen(*listen_socket, SOMAXCONN);
   s->host_ = host;
   httplib::Server* server = s->server_.get();
   s->thread_ = std::thread([server] { server->listen_after_bind(); });

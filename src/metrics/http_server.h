@@ -11,6 +11,8 @@
 #ifndef OUTBOXD_METRICS_HTTP_SERVER_H_
 #define OUTBOXD_METRICS_HTTP_SERVER_H_
 
+#include <chrono>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <string>
@@ -27,6 +29,15 @@ namespace outboxd::metrics {
 
 class MetricsServer {
  public:
+  // Limits per connection, so that idle or slow clients cannot starve the
+  // health endpoints (README "Monitoring").
+  static constexpr time_t kKeepAliveTimeoutSeconds = 2;
+  static constexpr std::chrono::milliseconds kReadTimeout{2000};
+  static constexpr std::chrono::milliseconds kWriteTimeout{2000};
+  static constexpr size_t kKeepAliveRequests = 100;
+  // Connections served at once (one thread each, started on demand).
+  static constexpr size_t kMaxThreads = 128;
+
   // `address` is HOST:PORT (PORT 0: an ephemeral port, see port()).
   // kInvalidArgument for a malformed address, kUnavailable when it cannot
   // be bound.

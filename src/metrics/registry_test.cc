@@ -1,7 +1,14 @@
 #include "metrics/registry.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -179,6 +186,92 @@ TEST(MetricsServerTest, BadAddressAndBusyPort) {
   auto second = MetricsServer::Start(
       "127.0.0.1:" + std::to_string((*first)->port()), &r, nullptr);
   EXPECT_TRUE(absl::IsUnavailable(second.status())) << second.status();
+}
+
+// A TCP connection to 127.0.0.1:port, or -1.
+int ConnectTo(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// 50 clients holding idle connections and 10 sending a request one byte per
+// second (slowloris) must not keep /healthz and /metrics from answering
+// within a second; idle connections are closed after the keep-alive bound.
+TEST(MetricsServerTest, IdleAndSlowClientsDoNotStarveHealthz) {
+  Registry r;
+  r.AddCounter("served_total", "x").Get().Increment();
+  auto server = MetricsServer::Start("127.0.0.1:0", &r, nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+
+  std::vector<int> idle;
+  for (int i = 0; i < 50; ++i) {
+    int fd = ConnectTo(port);
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+  }
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> slow;
+  for (int i = 0; i < 10; ++i) {
+    slow.emplace_back([port, &stop] {
+      int fd = ConnectTo(port);
+      if (fd < 0) return;
+      const std::string request =
+          "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " +
+          std::string(1000, 'a');
+      for (size_t i = 0; i < request.size() && !stop.load(); ++i) {
+        if (send(fd, &request[i], 1, MSG_NOSIGNAL) != 1) break;
+        for (int t = 0; t < 10 && !stop.load(); ++t) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+      }
+      close(fd);
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+
+  // Probes over 4 s: before and after the idle connections' bound.
+  const auto start = std::chrono::steady_clock::now();
+  int probes = 0;
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(4)) {
+    for (const char* path : {"/healthz", "/metrics"}) {
+      httplib::Client client("127.0.0.1", port);
+      client.set_connection_timeout(std::chrono::seconds(1));
+      client.set_read_timeout(std::chrono::seconds(1));
+      const auto t0 = std::chrono::steady_clock::now();
+      auto res = client.Get(path);
+      const auto took = std::chrono::steady_clock::now() - t0;
+      ASSERT_TRUE(res) << path << " did not answer within 1 s (probe " << probes
+                       << ")";
+      EXPECT_EQ(res->status, 200) << path;
+      EXPECT_LT(took, std::chrono::seconds(1)) << path;
+      ++probes;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  }
+  EXPECT_GE(probes, 8);
+
+  // The idle connections were closed by the server (EOF), not kept forever.
+  int closed = 0;
+  for (int fd : idle) {
+    char c;
+    timeval tv{0, 100000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (recv(fd, &c, 1, 0) == 0) ++closed;
+    close(fd);
+  }
+  EXPECT_EQ(closed, 50);
+  stop = true;
+  for (std::thread& t : slow) t.join();
 }
 
 }  // namespace
