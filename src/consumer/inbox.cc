@@ -748,7 +748,29 @@ struct Inbox::Impl {
       }
     }
     RETURN_IF_ERROR(StoreOffset(r));
-    RETURN_IF_ERROR(Commit());
+    absl::Status committed = Commit();
+    if (!committed.ok()) {
+      // With the connection still up, a COMMIT that fails after the handler
+      // ran failed because of the handler's changes: a deferred constraint
+      // or constraint trigger, a serialization failure. It is the
+      // handler's failure (retried, then dead-lettered or stopped), not the
+      // inbox's own: stopping would wedge on this record at every start.
+      // The inbox's own statements have no deferred checks. A lost
+      // connection stays the inbox's failure.
+      if (fresh && PQstatus(db->raw()) == CONNECTION_OK) {
+        *handler_error = absl::Status(
+            committed.code(),
+            absl::StrCat("COMMIT failed (deferred check of the handler's "
+                         "changes): ",
+                         committed.message()));
+        return Outcome::kHandlerFailed;
+      }
+      if (PQstatus(db->raw()) != CONNECTION_OK) {
+        return absl::UnavailableError(absl::StrCat(
+            "database connection lost at COMMIT: ", committed.message()));
+      }
+      return committed;
+    }
     return fresh ? Outcome::kApplied : Outcome::kDuplicate;
   }
 

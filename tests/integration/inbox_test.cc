@@ -465,6 +465,53 @@ TEST_F(InboxTest, FailingHandlerEndsInDeadLetterTopic) {
             ShippingCount("SELECT min(kafka_offset) + 1 FROM stop_processed"));
 }
 
+// A deferred constraint trigger of the handler's table fails at COMMIT: that
+// is the handler's failure, retried and then dead-lettered (the inbox goes
+// on with the next record), not the inbox's own database failure (which
+// would exit and wedge on the same record at every start).
+TEST_F(InboxTest, HandlerFailingAtCommitIsRetriedThenDeadLettered) {
+  ASSERT_TRUE(
+      Shipping("CREATE FUNCTION reject_13() RETURNS trigger LANGUAGE plpgsql "
+               "AS $$ BEGIN IF NEW.n = 13 THEN RAISE EXCEPTION "
+               "'deferred check: n must not be 13' USING ERRCODE = '23514'; "
+               "END IF; RETURN NULL; END $$; "
+               "CREATE CONSTRAINT TRIGGER applied_not_13 AFTER INSERT ON "
+               "applied DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE "
+               "FUNCTION reject_13()")
+          .ok());
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 4).ok());
+  StartOutboxd();
+  ASSERT_TRUE(Orders("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                     "payload) VALUES "
+                     "('order', 'o-1', 'A', '{\"n\": 1}'), "
+                     "('order', 'o-1', 'B', '{\"n\": 13}'), "
+                     "('order', 'o-1', 'C', '{\"n\": 3}')")
+                  .ok());
+  std::string bad_id = QueryRows(cluster_->ConnInfo(orders_db_),
+                                 "SELECT id::text FROM outbox WHERE type = "
+                                 "'B'")[0][0]
+                           .value_or("");
+  ChildProcess* inbox =
+      StartInbox({topic}, {"--max-attempts=3", "--retry-backoff=20ms"});
+  ASSERT_NE(inbox, nullptr);
+  EXPECT_EQ(WaitForCount("SELECT count(*) FROM applied", 2, absl::Seconds(60)),
+            2)
+      << InboxLogs();
+  auto dlq = Read(prefix_ + "dlq", 1);
+  ASSERT_EQ(dlq.size(), 1u) << InboxLogs();
+  EXPECT_EQ(dlq[0].Header("id"), bad_id);
+  EXPECT_EQ(dlq[0].Header("inbox.attempts"), "3");
+  EXPECT_NE(dlq[0].Header("inbox.error").value_or("").find("n must not be 13"),
+            std::string::npos);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied WHERE n = 13"), 0);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM inbox_processed WHERE "
+                          "status = 'dead-lettered'"),
+            1);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied WHERE n = 3"), 1);
+  EXPECT_TRUE(inbox->Running()) << InboxLogs();
+}
+
 // Per-aggregate order (the default): concurrent writers, 8 partitions, two
 // consumers of one group; each aggregate's events are applied in commit
 // order.
