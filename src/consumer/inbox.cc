@@ -125,6 +125,22 @@ InboxRecord RecordFromMessage(const rd_kafka_message_t* m, ValueFormat format) {
                     : std::string());
     }
   }
+  // One rule for reserved headers: outboxd sets each at most once, so a
+  // record carrying one twice (an older outboxd let a headers column forge
+  // them) is ambiguous. It is not guessed at: it fails like a bad value
+  // (retried, then dead-lettered or stopped, per --on-failure).
+  for (size_t i = 0; i < r.headers.size() && r.decode_status.ok(); ++i) {
+    const std::string& name = r.headers[i].first;
+    if (!IsReservedHeader(name)) continue;
+    for (size_t j = i + 1; j < r.headers.size(); ++j) {
+      if (r.headers[j].first == name) {
+        r.decode_status = absl::InvalidArgumentError(absl::StrCat(
+            "reserved header '", name,
+            "' appears more than once: which one is outboxd's is ambiguous"));
+        break;
+      }
+    }
+  }
   auto id = r.Header(kHeaderId);
   r.event_id = id.has_value() && !id->empty()
                    ? *id
@@ -143,7 +159,9 @@ InboxRecord RecordFromMessage(const rd_kafka_message_t* m, ValueFormat format) {
   if (auto h = r.Header(kHeaderIndex); h && absl::SimpleAtoi(*h, &index)) {
     r.index = index;
   }
-  if (format != ValueFormat::kPayload) DecodeEnvelope(format, r);
+  if (format != ValueFormat::kPayload && r.decode_status.ok()) {
+    DecodeEnvelope(format, r);
+  }
   return r;
 }
 
@@ -158,7 +176,10 @@ std::optional<std::string> InboxRecord::Header(absl::string_view name) const {
 
 std::string InboxRecord::HeadersJson() const {
   nlohmann::json object = nlohmann::json::object();
-  for (const auto& [n, v] : headers) object[n] = v;
+  // The first occurrence of a name, as Header().
+  for (const auto& [n, v] : headers) {
+    if (!object.contains(n)) object[n] = v;
+  }
   return object.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

@@ -17,6 +17,12 @@ OutboxdMetrics::OutboxdMetrics(Registry* r) : registry(r) {
   invalid_events = &r->AddCounter(
       "outboxd_invalid_events_total",
       "Rows or messages that could not become an event").Get();
+  reserved_headers_dropped =
+      &r->AddCounter("outboxd_reserved_headers_dropped_total",
+                     "Reserved header names (id, eventType, outbox.*) in a "
+                     "headers column, "
+                     "dropped from the record")
+           .Get();
   events_in_flight = &r->AddGauge(
       "outboxd_events_in_flight",
       "Events handed to the producer and not yet acknowledged").Get();

@@ -23,6 +23,9 @@ struct OutboxdMetrics {
   Counter* delivery_errors;         // outboxd_delivery_errors_total
   Counter* dead_lettered;           // outboxd_events_dead_lettered_total
   Counter* invalid_events;          // outboxd_invalid_events_total
+  // outboxd_reserved_headers_dropped_total: reserved names (id, eventType,
+  // outbox.*) in a headers column, dropped from the record.
+  Counter* reserved_headers_dropped;
   Gauge* events_in_flight;          // outboxd_events_in_flight
   Gauge* confirmed_lsn;             // outboxd_confirmed_lsn
   Gauge* server_wal_end;            // outboxd_server_wal_end_lsn

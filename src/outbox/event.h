@@ -38,8 +38,13 @@ struct OutboxEvent {
   std::string aggregate_id;
   std::string type;
   std::optional<std::string> payload;  // nullopt: tombstone
-  // From the optional `headers` column, in the object's order.
+  // From the optional `headers` column, in the object's order. Never a
+  // reserved name (IsReservedHeader): those are in dropped_headers.
   std::vector<std::pair<std::string, std::string>> headers;
+  // Reserved names (id, eventType, outbox.*) the `headers` column tried to
+  // set; dropped, so they cannot forge the record's own headers. The
+  // pipeline counts and logs them.
+  std::vector<std::string> dropped_headers;
   // Event ids this event causally depends on (optional depends-on column,
   // uuid[]); header outbox.depends-on.
   std::vector<std::string> depends_on;

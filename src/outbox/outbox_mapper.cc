@@ -10,6 +10,7 @@
 #include "common/pg_time.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "outbox/router.h"
 
 namespace outboxd {
 namespace {
@@ -64,7 +65,8 @@ std::string RowAsJson(const std::vector<std::string>& names,
                   nlohmann::ordered_json::error_handler_t::replace);
 }
 
-// Headers from a JSON object of string values.
+// Headers from a JSON object of string values; reserved names are dropped
+// into event->dropped_headers (README "Reserved headers").
 absl::Status ParseHeaders(const nlohmann::ordered_json& value,
                           OutboxEvent* event) {
   if (value.is_null()) return absl::OkStatus();
@@ -76,12 +78,25 @@ absl::Status ParseHeaders(const nlohmann::ordered_json& value,
       return absl::InvalidArgumentError(
           absl::StrCat("header '", key, "' is not a string"));
     }
+    if (IsReservedHeader(key)) {
+      event->dropped_headers.push_back(key);
+      continue;
+    }
     event->headers.emplace_back(key, v.get<std::string>());
   }
   return absl::OkStatus();
 }
 
 }  // namespace
+
+absl::Status ParseHeadersText(absl::string_view text, OutboxEvent* event) {
+  nlohmann::ordered_json doc =
+      nlohmann::ordered_json::parse(text.begin(), text.end(), nullptr, false);
+  if (doc.is_discarded()) {
+    return absl::InvalidArgumentError("headers is not valid JSON");
+  }
+  return ParseHeaders(doc, event);
+}
 
 absl::StatusOr<std::string> DecodeByteaText(absl::string_view text) {
   std::string out;
@@ -382,10 +397,7 @@ absl::StatusOr<MappedMessage> OutboxMapper::OnInsert(
     auto headers = ColumnText(tuple, layout.headers, names.headers);
     if (!headers.ok()) return invalid(std::string(headers.status().message()));
     if (headers->has_value()) {
-      nlohmann::ordered_json doc = nlohmann::ordered_json::parse(
-          (*headers)->begin(), (*headers)->end(), nullptr, false);
-      if (doc.is_discarded()) return invalid("headers is not valid JSON");
-      absl::Status s = ParseHeaders(doc, &event);
+      absl::Status s = ParseHeadersText(**headers, &event);
       if (!s.ok()) return invalid(std::string(s.message()));
     }
   }

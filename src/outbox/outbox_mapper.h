@@ -88,6 +88,13 @@ struct MapperCounters {
   uint64_t relations = 0;
 };
 
+// Parses the text of a `headers` value (a JSON object of string values, or
+// null) into event->headers, in the object's order. Reserved names
+// (IsReservedHeader: id, eventType, outbox.*) do not reach event->headers:
+// they are listed in event->dropped_headers. kInvalidArgumentError with the
+// reason for anything else than an object of strings.
+absl::Status ParseHeadersText(absl::string_view text, OutboxEvent* event);
+
 // Parses the JSON content of a logical decoding message into `event`'s
 // fields (id, aggregatetype, aggregateid, type, payload, headers); the
 // position and commit time are left alone. kInvalidArgument with the reason

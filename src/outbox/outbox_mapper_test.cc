@@ -195,6 +195,41 @@ TEST_F(OutboxMapperTest, HeadersThatAreNotStringsAreInvalid) {
   }
 }
 
+// A headers column cannot forge the record's own headers: reserved names
+// are dropped (and listed for the pipeline's warning), the event stays valid.
+TEST_F(OutboxMapperTest, ReservedHeaderNamesInTheColumnAreDropped) {
+  MustApply(OutboxRelation());
+  Begin(1000);
+  MappedMessage m = MustApply(OutboxInsert(
+      {Text("id-1"), Text("order"), Text("o-1"), Text("OrderCreated"),
+       Text("{}"),
+       Text(R"({"id": "forged", "eventType": "Forged", "tenant": "t1",)"
+            R"( "outbox.lsn": "99999999999", "outbox.index": "7",)"
+            R"( "outbox.source": "x/y/z", "outbox.depends-on": "a",)"
+            R"( "outbox.anything": "v", "Id": "kept", "outboxx": "kept"})")}));
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(m));
+  const auto& e = std::get<OutboxEvent>(m);
+  EXPECT_THAT(e.headers, ElementsAre(Pair("tenant", "t1"), Pair("Id", "kept"),
+                                     Pair("outboxx", "kept")));
+  EXPECT_THAT(
+      e.dropped_headers,
+      ElementsAre("id", "eventType", "outbox.lsn", "outbox.index",
+                  "outbox.source", "outbox.depends-on", "outbox.anything"));
+}
+
+TEST_F(OutboxMapperTest, ReservedHeaderNamesInAMessageAreDropped) {
+  Begin(10);
+  auto m = MustApply(pgoutput::Message{
+      true, Lsn(9), "outbox",
+      R"({"id":"m1","aggregatetype":"order","aggregateid":"o-9","type":"X",)"
+      R"("payload":{},"headers":{"outbox.lsn":"1","h":"v","id":"f"}})"});
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(m));
+  const auto& e = std::get<OutboxEvent>(m);
+  EXPECT_EQ(e.id, "m1");
+  EXPECT_THAT(e.headers, ElementsAre(Pair("h", "v")));
+  EXPECT_THAT(e.dropped_headers, ElementsAre("outbox.lsn", "id"));
+}
+
 TEST_F(OutboxMapperTest, MissingColumnAfterDropIsInvalid) {
   pgoutput::Relation rel = OutboxRelation(kJsonbOid, false);
   rel.columns.erase(rel.columns.begin() + 3);  // DROP COLUMN type

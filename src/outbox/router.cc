@@ -1,9 +1,15 @@
 #include "outbox/router.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace outboxd {
+
+bool IsReservedHeader(absl::string_view name) {
+  return name == kHeaderId || name == kHeaderEventType ||
+         absl::StartsWith(name, "outbox.");
+}
 
 KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
   KafkaRecord record;
@@ -19,6 +25,7 @@ KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
   record.headers.emplace_back(kHeaderId, event.id);
   record.headers.emplace_back(kHeaderEventType, event.type);
   for (const auto& [name, value] : event.headers) {
+    if (IsReservedHeader(name)) continue;
     record.headers.emplace_back(name, value);
   }
   if (event.table_seq.has_value()) {

@@ -52,6 +52,12 @@ inline constexpr absl::string_view kHeaderDependsOn = "outbox.depends-on";
 // The stream the position belongs to: "<system id>/<dbname>/<slot>".
 inline constexpr absl::string_view kHeaderSource = "outbox.source";
 
+// True for the names only outboxd may set: id, eventType and every name
+// starting with "outbox." (exact, case-sensitive match, as Kafka headers).
+bool IsReservedHeader(absl::string_view name);
+
+// The event's own headers never carry a reserved name: any that slipped
+// into event.headers is left out here too.
 KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options);
 
 }  // namespace outboxd

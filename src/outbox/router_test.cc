@@ -94,6 +94,26 @@ TEST(RouterTest, HeadersInContractOrder) {
                   Pair("outbox.lsn", "23456789"), Pair("outbox.index", "3")));
 }
 
+TEST(RouterTest, ReservedNamesAmongTheEventsHeadersNeverReachTheRecord) {
+  OutboxEvent event = SampleEvent();
+  event.headers = {{"id", "forged"},          {"tenant", "acme"},
+                   {"eventType", "Forged"},   {"outbox.lsn", "1"},
+                   {"outbox.index", "9"},     {"outbox.source", "s"},
+                   {"outbox.depends-on", "x"}};
+  RouterOptions options;
+  options.source = "src";
+  KafkaRecord record = Route(event, options);
+  EXPECT_THAT(
+      record.headers,
+      ElementsAre(Pair("id", "5f0c2d4e-9a34-4c6b-8f51-0a1b2c3d4e5f"),
+                  Pair("eventType", "OrderCreated"), Pair("tenant", "acme"),
+                  Pair("outbox.lsn", "23456789"), Pair("outbox.index", "3"),
+                  Pair("outbox.source", "src")));
+  EXPECT_TRUE(IsReservedHeader("outbox.seq"));
+  EXPECT_FALSE(IsReservedHeader("Id"));
+  EXPECT_FALSE(IsReservedHeader("outbox"));
+}
+
 TEST(RouterTest, NoOwnHeaders) {
   OutboxEvent event = SampleEvent();
   event.headers.clear();

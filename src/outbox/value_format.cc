@@ -1,8 +1,11 @@
 #include "outbox/value_format.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "absl/strings/escaping.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
@@ -201,7 +204,16 @@ absl::StatusOr<OutboxEvent> DecodePayload(const ConsumedRecordView& r) {
   }
   bool have_id = false, have_type = false;
   if (r.headers != nullptr) {
+    std::vector<absl::string_view> reserved_seen;
     for (const auto& [name, value] : *r.headers) {
+      // outboxd sets each reserved header once: twice is ambiguous.
+      if (IsReservedHeader(name) &&
+          std::find(reserved_seen.begin(), reserved_seen.end(), name) !=
+              reserved_seen.end()) {
+        return Invalid("payload", absl::StrCat("reserved header '", name,
+                                               "' appears more than once"));
+      }
+      if (IsReservedHeader(name)) reserved_seen.push_back(name);
       if (name == kHeaderId) {
         e.id = value;
         have_id = true;

@@ -134,6 +134,29 @@ TEST(ValueFormatTest, PayloadFormatIsThePayloadAndNullIsATombstone) {
   EXPECT_TRUE(EncodeValue(e, ValueFormat::kProtobuf).has_value());
 }
 
+// Records of an older outboxd could carry a forged reserved header next to
+// the real one: ambiguous, so an error rather than a guess.
+TEST(ValueFormatTest, PayloadFormatRejectsARepeatedReservedHeader) {
+  std::vector<std::pair<std::string, std::string>> headers = {
+      {"id", "real"},
+      {"eventType", "T"},
+      {"outbox.lsn", "5"},
+      {"outbox.index", "0"},
+      {"outbox.lsn", "7"}};
+  ConsumedRecordView view;
+  view.topic = "outbox.event.order";
+  view.key = "k";
+  view.headers = &headers;
+  absl::StatusOr<OutboxEvent> e = DecodeRecord(ValueFormat::kPayload, view);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("outbox.lsn"));
+  headers.pop_back();
+  headers.emplace_back("id", "forged");
+  EXPECT_FALSE(DecodeRecord(ValueFormat::kPayload, view).ok());
+  headers.pop_back();
+  ASSERT_TRUE(DecodeRecord(ValueFormat::kPayload, view).ok());
+}
+
 TEST(ValueFormatTest, EnvelopeJsonShape) {
   OutboxEvent e = SampleEvent();
   auto j = nlohmann::json::parse(*EncodeValue(e, ValueFormat::kEnvelopeJson));

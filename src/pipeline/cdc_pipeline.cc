@@ -17,6 +17,7 @@
 #include "pg/replication_stream.h"
 #include "pipeline/ack_tracker.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/reserved_header_log.h"
 #include "pipeline/transaction_batch.h"
 
 namespace outboxd {
@@ -80,7 +81,8 @@ class CdcPipeline {
         mapper_(options.mapper),
         router_(options.router),
         exactly_once_(options.delivery == DeliveryGuarantee::kExactlyOnce),
-        batch_(options.transactions) {}
+        batch_(options.transactions),
+        reserved_header_log_(options.metrics) {}
 
   absl::Status Run(const std::atomic<bool>& stop) {
     absl::Status s = ConnectWithRetry(stop);
@@ -551,6 +553,9 @@ class CdcPipeline {
   }
 
   absl::Status Publish(OutboxEvent event) {
+    reserved_header_log_.Note(
+        event, absl::StrCat(event.position.commit_lsn.ToString(), "#",
+                            event.position.index));
     PublishedEvent meta;
     if (options_.metrics != nullptr) {
       meta.topic =
@@ -777,6 +782,7 @@ class CdcPipeline {
   Lsn received_;  // newest server position seen
   Lsn reported_;  // last flush position reported
   absl::Time next_status_ = absl::InfinitePast();
+  ReservedHeaderLog reserved_header_log_;
 };
 
 }  // namespace

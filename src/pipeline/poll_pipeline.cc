@@ -8,6 +8,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "pipeline/ack_tracker.h"
+#include "pipeline/reserved_header_log.h"
 
 namespace outboxd {
 namespace {
@@ -32,7 +33,9 @@ KafkaRecord DeadLetterRecord(const PolledRow& row, const std::string& topic) {
 class PollPipeline {
  public:
   PollPipeline(const PollPipelineOptions& options, PipelineStats* stats)
-      : options_(options), stats_(stats) {}
+      : options_(options),
+        stats_(stats),
+        reserved_header_log_(options.metrics) {}
 
   absl::Status Run(const std::atomic<bool>& stop) {
     ASSIGN_OR_RETURN(poller_, OutboxPoller::Connect(options_.poller));
@@ -120,6 +123,10 @@ class PollPipeline {
     std::vector<int64_t> seqs;
     seqs.reserve(batch.rows.size());
     for (const PolledRow& row : batch.rows) {
+      if (row.event.has_value()) {
+        reserved_header_log_.Note(*row.event,
+                                  absl::StrCat("row seq ", row.seq));
+      }
       RETURN_IF_ERROR(Produce(row, tracker_.AddEvent()));
       seqs.push_back(row.seq);
     }
@@ -238,6 +245,7 @@ class PollPipeline {
   uint64_t batch_number_ = 0;
   uint64_t notifications_ = 0;
   uint64_t rows_completed_ = 0;  // marked or deleted
+  ReservedHeaderLog reserved_header_log_;
 };
 
 }  // namespace

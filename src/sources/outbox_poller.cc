@@ -102,17 +102,8 @@ PolledRow RowToEvent(const PolledRowText& t, bool payload_is_bytea) {
     }
   }
   if (t.headers.has_value()) {
-    auto doc = nlohmann::ordered_json::parse(*t.headers, nullptr, false);
-    if (doc.is_discarded()) return invalid("headers is not valid JSON");
-    if (!doc.is_null()) {
-      if (!doc.is_object()) return invalid("headers is not a JSON object");
-      for (const auto& [key, v] : doc.items()) {
-        if (!v.is_string()) {
-          return invalid(absl::StrCat("header '", key, "' is not a string"));
-        }
-        e.headers.emplace_back(key, v.get<std::string>());
-      }
-    }
+    absl::Status s = ParseHeadersText(*t.headers, &e);
+    if (!s.ok()) return invalid(std::string(s.message()));
   }
   if (t.created_ms.has_value()) {
     (void)absl::SimpleAtoi(*t.created_ms, &e.commit_time_unix_ms);

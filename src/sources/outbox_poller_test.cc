@@ -82,6 +82,17 @@ TEST(RowToEventTest, HeadersThatAreNotAnObjectOfStringsAreInvalid) {
   }
 }
 
+TEST(RowToEventTest, ReservedHeaderNamesAreDropped) {
+  PolledRowText t = SampleRow();
+  t.headers = R"({"outbox.seq": "1", "id": "forged", "tenant": "acme",)"
+              R"( "eventType": "Forged", "outbox.lsn": "5"})";
+  PolledRow row = RowToEvent(t, /*payload_is_bytea=*/false);
+  ASSERT_TRUE(row.event.has_value()) << row.invalid_reason;
+  EXPECT_THAT(row.event->headers, ElementsAre(Pair("tenant", "acme")));
+  EXPECT_THAT(row.event->dropped_headers,
+              ElementsAre("outbox.seq", "id", "eventType", "outbox.lsn"));
+}
+
 TEST(RowToEventTest, BadByteaTextIsInvalid) {
   PolledRowText t = SampleRow();
   t.payload = "\\x0";

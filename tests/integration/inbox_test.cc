@@ -24,6 +24,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "kafka/producer.h"
+#include "outbox/router.h"
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
 #include "tests/harness/kafka_reader.h"
@@ -463,6 +465,64 @@ TEST_F(InboxTest, FailingHandlerEndsInDeadLetterTopic) {
   EXPECT_EQ(ShippingCount("SELECT count(*) FROM stop_processed"), 1);  // A
   EXPECT_EQ(ShippingCount("SELECT min(next_offset) FROM stop_offsets"),
             ShippingCount("SELECT min(kafka_offset) + 1 FROM stop_processed"));
+}
+
+// A record carrying a reserved header twice (as an older outboxd let a
+// headers column forge one) is ambiguous: the inbox neither applies it nor
+// guesses which value is outboxd's; it fails and is dead-lettered.
+TEST_F(InboxTest, RepeatedReservedHeaderIsDeadLetteredNotGuessed) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(broker_->CreateTopic(topic, 4).ok());
+  ProducerOptions po;
+  po.brokers = broker_->bootstrap();
+  bool delivered = false;
+  absl::Status delivery;
+  auto producer = KafkaProducer::Create(po, [&](uint64_t, absl::Status s) {
+    delivered = true;
+    delivery = std::move(s);
+  });
+  ASSERT_TRUE(producer.ok()) << producer.status();
+  const std::string forged = R"({"n": 5})";
+  const std::string ok_value = R"({"n": 6})";
+  KafkaRecord bad;
+  bad.topic = topic;
+  bad.key = "o-1";
+  bad.value = forged;
+  bad.headers = {{"id", "6f1c5c1e-0000-4000-8000-0000000000aa"},
+                 {"eventType", "A"},
+                 {"outbox.lsn", "100"},
+                 {"outbox.index", "0"},
+                 {"outbox.lsn", "200"}};
+  KafkaRecord good = bad;
+  good.value = ok_value;
+  good.headers = {{"id", "6f1c5c1e-0000-4000-8000-0000000000bb"},
+                  {"eventType", "A"},
+                  {"tenant", "t1"},
+                  {"tenant", "t2"}};  // not reserved: first one counts
+  for (KafkaRecord* r : {&bad, &good}) {
+    delivered = false;
+    ASSERT_TRUE((*producer)->Produce(*r, 1).ok());
+    ASSERT_TRUE((*producer)->Flush(absl::Seconds(30)).ok());
+    ASSERT_TRUE(delivered && delivery.ok()) << delivery;
+  }
+  ASSERT_TRUE(Shipping("ALTER TABLE applied ADD COLUMN tenant text").ok());
+  ChildProcess* inbox = StartInbox(
+      {topic},
+      {"--max-attempts=2", "--retry-backoff=20ms",
+       "--handler-sql=INSERT INTO applied (event_id, aggregate, n, tenant) "
+       "VALUES ($7, $1, ($2::jsonb->>'n')::integer, $3::jsonb->>'tenant')"});
+  ASSERT_NE(inbox, nullptr);
+  EXPECT_EQ(WaitForCount("SELECT count(*) FROM applied", 1, absl::Seconds(60)),
+            1)
+      << InboxLogs();
+  auto dlq = Read(prefix_ + "dlq", 1);
+  ASSERT_EQ(dlq.size(), 1u) << InboxLogs();
+  EXPECT_NE(dlq[0].Header("inbox.error").value_or("").find("outbox.lsn"),
+            std::string::npos);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied WHERE n = 5"), 0);
+  EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied WHERE n = 6 AND "
+                          "tenant = 't1'"),
+            1);
 }
 
 // A deferred constraint trigger of the handler's table fails at COMMIT: that

@@ -1,0 +1,64 @@
+// ReservedHeaderLog: reports the reserved header names (id, eventType,
+// outbox.*) that an event's `headers` column tried to set and that the
+// mapper dropped (OutboxEvent::dropped_headers): each one is counted in
+// outboxd_reserved_headers_dropped_total and logged as a warning, at most
+// one line per interval (with the number of events it did not name).
+//
+// Not thread-safe: one per pipeline, used from the pipeline's thread.
+#ifndef OUTBOXD_PIPELINE_RESERVED_HEADER_LOG_H_
+#define OUTBOXD_PIPELINE_RESERVED_HEADER_LOG_H_
+
+#include <cstdint>
+
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "metrics/outboxd_metrics.h"
+#include "outbox/event.h"
+#include "spdlog/spdlog.h"
+
+namespace outboxd {
+
+class ReservedHeaderLog {
+ public:
+  // `metrics` may be null (metrics off); it must outlive this object.
+  explicit ReservedHeaderLog(metrics::OutboxdMetrics* metrics,
+                             absl::Duration interval = absl::Seconds(10))
+      : metrics_(metrics), interval_(interval) {}
+
+  // `where` names the event's origin for the log line (e.g. "0/1A2B#0").
+  void Note(const OutboxEvent& event, const std::string& where) {
+    if (event.dropped_headers.empty()) return;
+    if (metrics_ != nullptr) {
+      metrics_->reserved_headers_dropped->Increment(
+          static_cast<double>(event.dropped_headers.size()));
+    }
+    absl::Time now = absl::Now();
+    if (now - last_warning_ < interval_) {
+      ++suppressed_;
+      return;
+    }
+    spdlog::warn(
+        "event {} at {}: reserved header(s) {} in its headers column dropped "
+        "(only outboxd sets id, eventType and outbox.*); the event is "
+        "published without them{}",
+        event.id, where, absl::StrJoin(event.dropped_headers, ", "),
+        suppressed_ > 0
+            ? absl::StrCat(" (", suppressed_,
+                           " more events with reserved headers since the "
+                           "last warning)")
+            : std::string());
+    last_warning_ = now;
+    suppressed_ = 0;
+  }
+
+ private:
+  metrics::OutboxdMetrics* metrics_;
+  absl::Duration interval_;
+  absl::Time last_warning_ = absl::InfinitePast();
+  uint64_t suppressed_ = 0;
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PIPELINE_RESERVED_HEADER_LOG_H_
