@@ -128,15 +128,16 @@ ABSL_FLAG(absl::Duration, transaction_interval, absl::Milliseconds(100),
           "first PostgreSQL commit after it is this old (adds up to this "
           "much latency)");
 ABSL_FLAG(absl::Duration, reconnect_backoff_initial, absl::Milliseconds(100),
-          "first wait before reconnecting to PostgreSQL after the replication "
-          "connection is lost (or the slot is active in another outboxd); "
+          "first wait before reconnecting to PostgreSQL after the "
+          "connection is lost (replication, or the poller's with "
+          "--source=poll|notify) or the slot is active in another outboxd; "
           "doubles per attempt, jittered");
 ABSL_FLAG(absl::Duration, reconnect_backoff_max, absl::Seconds(5),
           "cap of the reconnect backoff; also how often a standby outboxd "
           "checks whether the slot became free");
 ABSL_FLAG(absl::Duration, reconnect_give_up, absl::ZeroDuration(),
-          "exit 1 after being unable to stream for this long (0: retry "
-          "forever)");
+          "exit 1 after being unable to stream (or poll) for this long (0: "
+          "retry forever)");
 
 namespace outboxd {
 namespace {
@@ -342,6 +343,7 @@ absl::StatusOr<PollPipelineOptions> PollOptionsFromFlags(
         absl::StrCat("--source=", source, " needs --table"));
   }
   o.poller.conninfo = cdc.conninfo;
+  o.reconnect = cdc.reconnect;
   o.poller.table = *cdc.mapper.table;
   o.poller.columns = cdc.mapper.columns;
   o.poller.batch_size = absl::GetFlag(FLAGS_batch_size);

@@ -1,6 +1,8 @@
 #include "pipeline/poll_pipeline.h"
 
+#include <algorithm>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -8,6 +10,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "pipeline/ack_tracker.h"
+#include "pipeline/reconnect_backoff.h"
 #include "pipeline/reserved_header_log.h"
 
 namespace outboxd {
@@ -38,7 +41,6 @@ class PollPipeline {
         reserved_header_log_(options.metrics) {}
 
   absl::Status Run(const std::atomic<bool>& stop) {
-    ASSIGN_OR_RETURN(poller_, OutboxPoller::Connect(options_.poller));
     ProducerOptions producer_options = options_.producer;
     if (metrics::OutboxdMetrics* m = options_.metrics) {
       producer_options.on_brokers_up = [m](int up) {
@@ -51,18 +53,27 @@ class PollPipeline {
                               [this](uint64_t sequence, absl::Status status) {
                                 OnDelivery(sequence, std::move(status));
                               }));
-    spdlog::info(
-        "publishing from {} (source {}, batch size {}, cleanup {}, interval "
-        "{})",
-        options_.poller.table.ToString(),
-        options_.poller.notify_channel.empty() ? "poll" : "notify",
-        options_.poller.batch_size,
-        options_.poller.cleanup == PollCleanup::kMark ? "mark" : "delete",
-        absl::FormatDuration(options_.poll_interval));
-    if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
-    absl::Status s = Loop(stop);
-    if (options_.metrics != nullptr) options_.metrics->streaming->Set(0);
-    if (!s.ok()) poller_->AbortBatch().IgnoreError();
+    absl::Status s = ConnectWithRetry(stop);
+    while (s.ok() && poller_ != nullptr) {
+      if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
+      s = Loop(stop);  // OK only when stopped
+      if (options_.metrics != nullptr) options_.metrics->streaming->Set(0);
+      if (s.ok() || !Reconnectable(s)) break;
+      // The open batch's transaction died with the connection: its rows
+      // stay unpublished and are fetched and sent again (at-least-once);
+      // their reports still arrive and confirm nothing more.
+      spdlog::warn(
+          "{}; reconnecting (the open batch is rolled back, its rows "
+          "stay unpublished and are sent again)",
+          std::string(s.message()));
+      if (options_.metrics != nullptr) {
+        options_.metrics->reconnects->Increment();
+      }
+      poller_.reset();
+      tracker_.AbandonOpenTransaction();
+      s = ConnectWithRetry(stop);
+    }
+    if (!s.ok() && poller_ != nullptr) poller_->AbortBatch().IgnoreError();
     LogProgress();
     return s;
   }
@@ -79,6 +90,69 @@ class PollPipeline {
       spdlog::error("delivery of row #{} of batch {} failed: {}", sequence,
                     batch_number_, status.ToString());
       tracker_.Fail(sequence, std::move(status));
+    }
+  }
+
+  // A lost connection or a restarting server; not a broken producer or a
+  // failed delivery.
+  bool Reconnectable(const absl::Status& s) const {
+    return absl::IsUnavailable(s) && tracker_.failure().ok() &&
+           producer_->fatal_error().ok();
+  }
+
+  // Connects the poller until it succeeds, with the backoff and give-up of
+  // --reconnect-* while the cause is kUnavailable (as the CDC pipeline).
+  // OK with poller_ == nullptr when stopped meanwhile.
+  absl::Status ConnectWithRetry(const std::atomic<bool>& stop) {
+    ReconnectBackoff backoff(options_.reconnect);
+    const absl::Time since = absl::Now();
+    std::string last_cause;
+    for (int attempt = 1;; ++attempt) {
+      absl::StatusOr<std::unique_ptr<OutboxPoller>> poller =
+          OutboxPoller::Connect(options_.poller);
+      if (poller.ok()) {
+        poller_ = *std::move(poller);
+        if (attempt > 1) {
+          spdlog::info("connected after {} attempts in {}", attempt,
+                       absl::FormatDuration(absl::Now() - since));
+        }
+        spdlog::info(
+            "publishing from {} (source {}, batch size {}, cleanup {}, "
+            "interval {})",
+            options_.poller.table.ToString(),
+            options_.poller.notify_channel.empty() ? "poll" : "notify",
+            options_.poller.batch_size,
+            options_.poller.cleanup == PollCleanup::kMark ? "mark" : "delete",
+            absl::FormatDuration(options_.poll_interval));
+        return absl::OkStatus();
+      }
+      const absl::Status& s = poller.status();
+      if (!Reconnectable(s)) return s;
+      const absl::Duration give_up = options_.reconnect.give_up_after;
+      if (give_up > absl::ZeroDuration() && absl::Now() - since > give_up) {
+        return absl::UnavailableError(
+            absl::StrCat(s.message(), " (gave up after ",
+                         absl::FormatDuration(give_up), ")"));
+      }
+      absl::Duration delay = backoff.Next();
+      std::string cause(s.message());
+      if (cause != last_cause) {
+        spdlog::info("cannot poll yet: {}; retrying with backoff up to {}",
+                     cause,
+                     absl::FormatDuration(options_.reconnect.max_backoff));
+        last_cause = cause;
+      } else {
+        spdlog::debug("attempt {}: {}; next in {}", attempt, cause,
+                      absl::FormatDuration(delay));
+      }
+      const absl::Time until = absl::Now() + delay;
+      while (absl::Now() < until) {
+        if (stop.load(std::memory_order_relaxed)) return absl::OkStatus();
+        // Deliveries of the lost batch go on meanwhile.
+        producer_->Poll(std::min(until - absl::Now(), absl::Milliseconds(50)));
+        RETURN_IF_ERROR(producer_->fatal_error());
+        RETURN_IF_ERROR(tracker_.failure());
+      }
     }
   }
 

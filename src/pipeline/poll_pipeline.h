@@ -25,6 +25,7 @@
 #include "metrics/outboxd_metrics.h"
 #include "outbox/router.h"
 #include "pipeline/cdc_pipeline.h"
+#include "pipeline/reconnect_backoff.h"
 #include "sources/outbox_poller.h"
 
 namespace outboxd {
@@ -41,15 +42,19 @@ struct PollPipelineOptions {
   // How long a stop may wait for the open batch's acknowledgements before
   // rolling it back.
   absl::Duration shutdown_timeout = absl::Seconds(8);
+  // Reconnection after a lost connection (and at start), as --source=cdc:
+  // the open batch is rolled back and its rows are sent again.
+  ReconnectOptions reconnect;
   // May be null (metrics off); must outlive the run.
   metrics::OutboxdMetrics* metrics = nullptr;
 };
 
 // Publishes until `stop`, then finishes the open batch if it is acknowledged
-// within shutdown_timeout (else rolls it back) and returns OK. Returns the
-// cause on failure (kFailedPrecondition for a missing table or column,
-// kUnavailable for a lost connection, the delivery error for a failed
-// delivery), never having marked an unacknowledged row.
+// within shutdown_timeout (else rolls it back) and returns OK. A lost
+// connection (kUnavailable) is retried with `reconnect`'s backoff. Returns
+// the cause on failure (kFailedPrecondition for a missing table or column,
+// kUnavailable once reconnect.give_up_after is spent, the delivery error for
+// a failed delivery), never having marked an unacknowledged row.
 absl::Status RunPollPipeline(const PollPipelineOptions& options,
                              const std::atomic<bool>& stop,
                              PipelineStats* stats = nullptr);

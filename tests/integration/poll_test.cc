@@ -277,6 +277,81 @@ TEST_F(PollTest, KilledMidBatchLosesNothing) {
               records.size(), kRows, records.size() - ids.size());
 }
 
+// The poller's connection is terminated mid-batch, then the server restarts
+// mid-stream: outboxd reconnects with the --reconnect-* backoff (as CDC),
+// rolls the open batch back and sends its rows again; every row arrives and
+// is marked. With the server down, it exits 1 only after
+// --reconnect-give-up.
+TEST_F(PollTest, LostConnectionAndRestartReconnectLosingNothing) {
+  const int kRows = 2000;
+  InsertRows(kRows, 100, 30, "invoice");
+  // A slow broker keeps batches in flight while the connection goes.
+  for (int id = 1; id <= 3; ++id) ASSERT_TRUE(broker_->SetRtt(id, 300).ok());
+  const std::vector<std::string> reconnect = {
+      "--reconnect-backoff-initial=50ms", "--reconnect-backoff-max=500ms"};
+  std::vector<std::string> args = {"--batch-size=300", "--poll-interval=100ms",
+                                   "--log-level=debug"};
+  args.insert(args.end(), reconnect.begin(), reconnect.end());
+  ChildProcess* p = StartOutboxd(args);
+  ASSERT_NE(p, nullptr);
+  ASSERT_TRUE(WaitForLog(0, "rows in flight", absl::Seconds(30))) << Log(0);
+  ASSERT_EQ(Query("SELECT count(pg_terminate_backend(pid)) > 0 FROM "
+                  "pg_stat_activity WHERE application_name = 'outboxd'"),
+            "t");
+  ASSERT_TRUE(WaitForLog(0, "reconnecting", absl::Seconds(30))) << Log(0);
+  // Mid-stream server restart, then more rows.
+  ASSERT_TRUE(
+      WaitFor("SELECT count(*) > 0 FROM outbox WHERE published_at IS "
+              "NOT NULL",
+              absl::Seconds(60)))
+      << Log(0);
+  ASSERT_TRUE(cluster_->Restart().ok());
+  InsertRows(500, 50, 30, "invoice", /*tx_base=*/1000);
+  for (int id = 1; id <= 3; ++id) ASSERT_TRUE(broker_->SetRtt(id, 0).ok());
+  EXPECT_TRUE(
+      WaitFor("SELECT count(*) = 0 FROM outbox WHERE published_at IS "
+              "NULL",
+              absl::Seconds(90)))
+      << Log(0);
+  EXPECT_TRUE(p->Running()) << Log(0);
+  auto records = Read(prefix_ + "invoice", kRows + 500);
+  std::set<std::string> ids;
+  for (const auto& r : records) ids.insert(*r.Header("id"));
+  std::set<std::string> expected;
+  for (auto& row : QueryRows(ConnInfo(), "SELECT id::text FROM outbox")) {
+    expected.insert(*row[0]);
+  }
+  EXPECT_EQ(expected.size(), static_cast<size_t>(kRows + 500));
+  EXPECT_EQ(ids, expected);
+  std::string log = Log(0);
+  size_t reconnects = 0;
+  for (size_t at = log.find("reconnecting"); at != std::string::npos;
+       at = log.find("reconnecting", at + 1)) {
+    ++reconnects;
+  }
+  EXPECT_GE(reconnects, 2u) << log;
+  std::printf(
+      "[ measure ] %zu records for %d rows (%zu duplicates), %zu "
+      "reconnects\n",
+      records.size(), kRows + 500, records.size() - ids.size(), reconnects);
+
+  // Server down: retried for --reconnect-give-up, then exit 1.
+  p->Signal(SIGTERM);
+  EXPECT_EQ(p->Wait(absl::Seconds(20)), 0);
+  args = {"--poll-interval=100ms", "--reconnect-give-up=3s"};
+  args.insert(args.end(), reconnect.begin(), reconnect.end());
+  ChildProcess* q = StartOutboxd(args);
+  ASSERT_NE(q, nullptr);
+  ASSERT_TRUE(cluster_->Stop().ok());
+  const absl::Time stopped = absl::Now();
+  std::optional<int> code = q->Wait(absl::Seconds(60));
+  const absl::Duration took = absl::Now() - stopped;
+  ASSERT_TRUE(cluster_->StartAgain().ok());
+  EXPECT_EQ(code, 1) << Log(1);
+  EXPECT_GE(took, absl::Seconds(3)) << Log(1);
+  EXPECT_NE(Log(1).find("gave up after 3s"), std::string::npos) << Log(1);
+}
+
 // LISTEN/NOTIFY wakes the publisher at once: a row is published well within
 // half the poll interval (asserted loosely to stay stable).
 TEST_F(PollTest, NotifyPublishesWellBeforeThePollInterval) {
