@@ -92,7 +92,9 @@ class CdcPipeline {
       spdlog::warn("{}; reconnecting", std::string(s.message()));
       // What the open Kafka transaction holds is committed first: the
       // server resends from the confirmed position, and the checkpoint
-      // tells which of those events Kafka has.
+      // tells which of those events Kafka has. The old stream is of no
+      // use meanwhile (no status updates through it).
+      stream_.reset();
       if (absl::Status c = CommitOpenTransaction(); !c.ok()) {
         s = c;
         break;
@@ -272,6 +274,18 @@ class CdcPipeline {
     if (!exactly_once_ || !batch_.open()) return absl::OkStatus();
     RETURN_IF_ERROR(DeliveryFailureInTransaction());
     if (batch_.size() > 0 && !checkpoint_sent_) {
+      // The records first: the group coordinator refuses an offset for a
+      // topic it does not know yet (one auto-created by these records).
+      while (producer_->OutQueueLength() > 0) {
+        producer_->Flush(kTxnCallTimeout).IgnoreError();
+        RETURN_IF_ERROR(DeliveryFailureInTransaction());
+        RETURN_IF_ERROR(FencedOrFatal());
+        if (absl::Now() > deadline) {
+          return TransactionFailed(absl::DeadlineExceededError(
+              "records of the transaction still in flight"));
+        }
+        RETURN_IF_ERROR(SendStatusIfAlive());
+      }
       const EventPosition& last = batch_.last_position();
       std::string metadata = EncodeCheckpoint(Checkpoint{router_.source, last});
       for (;;) {
@@ -309,6 +323,13 @@ class CdcPipeline {
                                 : std::string("-"),
         checkpoint_.has_value() ? checkpoint_->index : 0);
     return absl::OkStatus();
+  }
+
+  // The producer's fatal error, explained when it is a fencing.
+  absl::Status FencedOrFatal() {
+    absl::Status fatal = producer_->fatal_error();
+    if (fatal.ok() || !exactly_once_) return fatal;
+    return TransactionFailed(absl::AbortedError(fatal.message()));
   }
 
   // Status updates while a transactional call waits; the stream may be
@@ -463,7 +484,7 @@ class CdcPipeline {
     absl::Time next_progress = absl::Now() + kProgressLogInterval;
     while (!stop.load(std::memory_order_relaxed)) {
       producer_->Poll(absl::ZeroDuration());
-      RETURN_IF_ERROR(producer_->fatal_error());
+      RETURN_IF_ERROR(FencedOrFatal());
       RETURN_IF_ERROR(tracker_.failure());
       RETURN_IF_ERROR(SendStatusIfDue(/*force=*/false));
       if (exactly_once_) {
@@ -472,6 +493,10 @@ class CdcPipeline {
             !mapper_.in_transaction() && !pending_.has_value();
         if (batch_.CommitDue(absl::Now(), at_boundary)) {
           RETURN_IF_ERROR(CommitOpenTransaction());
+          if (stream_ == nullptr) {
+            return absl::UnavailableError(
+                "replication connection lost during a Kafka commit");
+          }
         }
       }
 
@@ -708,14 +733,17 @@ class CdcPipeline {
   // acknowledged and ends the stream. After a failure it only confirms.
   absl::Status Finish(bool clean) {
     if (options_.metrics != nullptr) options_.metrics->streaming->Set(0);
+    absl::Status final_commit;  // exactly-once: the last transaction's
     if (exactly_once_ && producer_ != nullptr && batch_.open()) {
       if (clean) {
         // What was produced is committed (with its checkpoint), then
         // confirmed; a partly produced PostgreSQL transaction is resent
         // by the next start and its committed part skipped.
-        absl::Status c =
+        final_commit =
             CommitOpenTransaction(absl::Now() + options_.shutdown_timeout);
-        if (!c.ok()) spdlog::error("{}", std::string(c.message()));
+        if (!final_commit.ok()) {
+          spdlog::error("{}", std::string(final_commit.message()));
+        }
       } else if (producer_->fatal_error().ok()) {
         // Read-committed consumers would wait for it until it times out.
         aborting_ = true;
@@ -747,7 +775,8 @@ class CdcPipeline {
           "skipped (at or below the checkpoint)",
           stats_->transactions_committed, stats_->events_skipped);
     }
-    return s;
+    // A last transaction that did not commit is not confirmed: exit 1.
+    return s.ok() ? final_commit : s;
   }
 
   const CdcPipelineOptions& options_;

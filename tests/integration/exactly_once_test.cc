@@ -304,6 +304,40 @@ TEST_F(ExactlyOnceTest, AnAbortedTransactionLeavesNoGap) {
   EXPECT_EQ(dlq[0].Header("outbox.lsn").has_value(), true);
 }
 
+// A lost replication connection (walsender terminated) while events flow:
+// the open transaction is committed, the server resends from the confirmed
+// position, and exactly what the checkpoint covers is skipped.
+TEST_F(ExactlyOnceTest, ReconnectsLoseAndDuplicateNothing) {
+  const std::string topic = prefix_ + "reconnect";
+  ASSERT_TRUE(kafka_->CreateTopic(topic, 4).ok());
+  size_t o = Start({"--topic=" + topic, "--delivery=exactly-once",
+                    "--reconnect-backoff-initial=50ms"});
+  constexpr int kEvents = 4000;
+  Inserter inserter(ConnInfo(), kEvents, 100, absl::Milliseconds(50));
+  inserter.Start();
+  for (int i = 0; i < 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(500));
+    ASSERT_TRUE(Exec(absl::StrCat("SELECT pg_terminate_backend(active_pid) "
+                                  "FROM pg_replication_slots WHERE "
+                                  "slot_name = '",
+                                  slot_, "' AND active_pid IS NOT NULL"))
+                    .ok());
+  }
+  inserter.Join();
+  ASSERT_EQ(inserter.written(), kEvents) << inserter.error();
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(120))) << Log(o);
+  EXPECT_TRUE(Outboxd(o).Running()) << Log(o);
+  Tally t = Count(ReadKafka(topic, kEvents));
+  std::printf(
+      "[ measure ] exactly-once, 3 walsender terminations: %zu events, %zu "
+      "lost, %zu duplicates\n",
+      t.expected, t.lost, t.duplicates);
+  EXPECT_EQ(t.expected, static_cast<size_t>(kEvents));
+  EXPECT_EQ(t.lost, 0u) << Log(o);
+  EXPECT_EQ(t.duplicates, 0u) << Log(o);
+  EXPECT_NE(Log(o).find("reconnecting"), std::string::npos) << Log(o);
+}
+
 // Item 3: a paused (not dead) active outboxd loses its slot to a standby
 // after wal_sender_timeout; it wakes up later. Exactly-once: the standby's
 // init fenced it, so nothing it had in flight becomes visible.
