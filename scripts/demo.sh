@@ -6,10 +6,17 @@
 # everything and removes the throwaway cluster.
 #
 #   DEMO_ORDERS=50 DEMO_PAUSE=0.2 scripts/demo.sh
+#   KAFKA=apache scripts/demo.sh   # a real single-node Apache Kafka (a JVM,
+#                                  # jars fetched once by fetch-kafka.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 orders=${DEMO_ORDERS:-40}
 pause=${DEMO_PAUSE:-0.25}
+kafka=${KAFKA:-dev}
+if [[ $kafka != dev && $kafka != apache ]]; then
+  echo "demo: KAFKA must be dev (the default) or apache, not '$kafka'" >&2
+  exit 2
+fi
 
 scripts/build.sh outboxd outbox-devbroker >&2
 
@@ -22,9 +29,17 @@ psql -q -X "$pg" -v ON_ERROR_STOP=1 -f sql/outbox.sql
 psql -q -X "$pg" -v ON_ERROR_STOP=1 -c \
   "CREATE TABLE orders (id bigint PRIMARY KEY, customer text, total numeric)"
 
-say "starting the dev broker (librdkafka mock cluster, 3 brokers)"
-start_devbroker build/outbox-devbroker --brokers=3 --partitions=4 \
-  --topic=outbox.event.order:4
+case $kafka in
+dev)
+  say "starting the dev broker (librdkafka mock cluster, 3 brokers)"
+  start_devbroker build/outbox-devbroker --brokers=3 --partitions=4 \
+    --topic=outbox.event.order:4
+  ;;
+apache)
+  say "starting Apache Kafka (one KRaft node, scripts/kafka-cluster.sh)"
+  start_apache_kafka 4 outbox.event.order
+  ;;
+esac
 
 say "starting outboxd"
 build/outboxd --pg="$pg" --brokers="$brokers" --log-level=info 2>"$work/outboxd.log" &
@@ -34,14 +49,18 @@ wait_for "$work/outboxd.log" "streaming from slot" "$outboxd_pid"
 sed 's/^/  outboxd| /' "$work/outboxd.log"
 
 say "consuming outbox.event.order with kcat (latency = receipt - commit time)"
+# kcat and its reader are two jobs (through a fifo), so that the cleanup
+# stops kcat itself: a live broker never makes it exit.
+mkfifo "$work/kcat.out"
 kcat -C -u -q -b "$brokers" -t outbox.event.order -o beginning -X fetch.wait.max.ms=5 \
-  -f '%T\t%p\t%k\t%h\t%s\n' 2>/dev/null |
+  -f '%T\t%p\t%k\t%h\t%s\n' 2>/dev/null >"$work/kcat.out" &
+pids+=($!)
 while IFS=$'\t' read -r ts partition key headers value; do
   now_us=${EPOCHREALTIME/./}
   printf '  kafka| p%s key=%-6s %-48.48s latency %4d ms  %s\n' \
     "$partition" "$key" "$value" $(( now_us / 1000 - ts )) \
     "$(tr ',' ' ' <<<"$headers" | grep -o 'eventType=[^ ]*')"
-done &
+done <"$work/kcat.out" &
 pids+=($!)
 sleep 1
 

@@ -1,7 +1,7 @@
 # Shared by scripts/demo.sh and scripts/example-inbox.sh (source it, with
 # `set -euo pipefail` and the repository root as the working directory):
-# a throwaway PostgreSQL 15 cluster and the dev broker, stopped and removed
-# on exit together with every pid added to `pids`.
+# a throwaway PostgreSQL 15 cluster and the dev broker or a real Apache
+# Kafka, stopped and removed on exit together with every pid added to `pids`.
 
 pgbin=/usr/lib/postgresql/15/bin
 pids=()
@@ -24,6 +24,9 @@ _local_stack_cleanup() {
   set +e
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+  if [[ -n ${kafka_dir:-} ]]; then
+    scripts/kafka-cluster.sh stop --dir "$kafka_dir" >/dev/null 2>&1
+  fi
   "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1
   rm -rf "$work"
 }
@@ -60,4 +63,27 @@ start_devbroker() {
   read -r -t 30 line <&3
   brokers=${line#BOOTSTRAP=}
   echo "bootstrap servers: $brokers"
+}
+
+# start_apache_kafka PARTITIONS TOPIC...: a real single-node Apache Kafka
+# (scripts/kafka-cluster.sh; the jars are fetched once) with auto-created
+# topics of PARTITIONS partitions; creates TOPICs up front and sets brokers
+# to its bootstrap list. Call after start_postgres (it lives in $work).
+start_apache_kafka() {
+  local partitions=$1 topic
+  shift
+  kafka_dir="$work/kafka"
+  brokers=$(scripts/kafka-cluster.sh start --nodes 1 --dir "$kafka_dir" \
+    --partitions "$partitions" --watch-pid $$)
+  echo "bootstrap servers: $brokers"
+  # A metadata request for a missing topic makes the broker create it.
+  for topic in "$@"; do
+    for _ in $(seq 100); do
+      kcat -L -b "$brokers" -t "$topic" -m 5 2>/dev/null |
+        grep -q "with $partitions partitions" && continue 2
+      sleep 0.3
+    done
+    echo "topic $topic was not created" >&2
+    exit 1
+  done
 }
