@@ -145,8 +145,26 @@ BEGIN
 END
 $$;
 GRANT SELECT ON public.outbox TO outboxd_publisher;
--- --cleanup-after (outboxd deletes rows the slot has confirmed) also needs:
+-- --cleanup-after (outboxd deletes rows its record proves acknowledged)
+-- also needs:
 --   GRANT DELETE ON public.outbox TO outboxd_publisher;
+
+-- outboxd's record of its acknowledged position, one row per slot (README
+-- "Lost slots"): written on the ordinary connection before a position is
+-- confirmed to the slot, it survives a restart and a failover (it replicates
+-- with the database; logical slots do not on PostgreSQL <= 16), so a lost or
+-- re-created slot is detected instead of silently skipping events. Not in
+-- the publication. outboxd creates it when missing if it may.
+CREATE TABLE IF NOT EXISTS outbox.publisher_state (
+  slot_name            text        PRIMARY KEY,
+  source               text        NOT NULL,  -- system id/database/slot
+  last_ack_lsn         pg_lsn      NOT NULL,  -- acknowledged by Kafka
+  last_ack_commit_time timestamptz,           -- NULL: unknown
+  xmin_horizon         xid8,                  -- NULL: unknown
+  updated_at           timestamptz NOT NULL DEFAULT now()
+);
+GRANT USAGE ON SCHEMA outbox TO outboxd_publisher;
+GRANT SELECT, INSERT, UPDATE ON outbox.publisher_state TO outboxd_publisher;
 
 -- The writer: what an application needs to write events, nothing more.
 -- Grant it to the application's login role: GRANT outboxd_writer TO app;

@@ -127,6 +127,17 @@ ABSL_FLAG(absl::Duration, transaction_interval, absl::Milliseconds(100),
           "--delivery=exactly-once: commit the Kafka transaction at the "
           "first PostgreSQL commit after it is this old (adds up to this "
           "much latency)");
+ABSL_FLAG(std::string, on_slot_loss, "fail",
+          "cdc: when the slot outboxd streamed from is gone, invalidated or "
+          "re-created (failover, dropped, max_slot_wal_keep_size): fail (exit "
+          "1 naming the last acknowledged position) or republish (re-create "
+          "the slot and publish again from --table every row that may have "
+          "committed since; duplicates, no loss)");
+ABSL_FLAG(absl::Duration, republish_margin, absl::Hours(1),
+          "--on-slot-loss=republish also takes rows whose created_at is at "
+          "most this much before the last acknowledged commit time (covers "
+          "long transactions and rows frozen by VACUUM); --cleanup-after "
+          "keeps rows this much older than that commit time");
 ABSL_FLAG(absl::Duration, reconnect_backoff_initial, absl::Milliseconds(100),
           "first wait before reconnecting to PostgreSQL after the "
           "connection is lost (replication, or the poller's with "
@@ -230,7 +241,27 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
         "--transaction-interval must be between 0 and 30s");
   }
 
+  std::string on_slot_loss = absl::GetFlag(FLAGS_on_slot_loss);
+  if (on_slot_loss == "fail") {
+    o.on_slot_loss = SlotLossPolicy::kFail;
+  } else if (on_slot_loss == "republish") {
+    o.on_slot_loss = SlotLossPolicy::kRepublish;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--on-slot-loss must be fail or republish, not '", on_slot_loss, "'"));
+  }
+  o.republish_margin = absl::GetFlag(FLAGS_republish_margin);
+  if (o.republish_margin < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--republish-margin must not be negative");
+  }
+
   std::string table = absl::GetFlag(FLAGS_table);
+  if (o.on_slot_loss == SlotLossPolicy::kRepublish && table.empty()) {
+    return absl::InvalidArgumentError(
+        "--on-slot-loss=republish needs --table (logical decoding messages "
+        "cannot be republished)");
+  }
   if (!table.empty()) {
     auto name = ParseQualifiedName(table);
     if (!name.ok()) {
@@ -456,6 +487,7 @@ int Main(int argc, char** argv) {
     co.slot = options->setup.slot;
     co.id_column = options->mapper.columns.id;
     co.older_than = after;
+    co.republish_margin = options->republish_margin;
     co.metrics = options->metrics;
     cleaner = OutboxCleaner::Start(std::move(co));
   }

@@ -63,6 +63,16 @@ OutboxdMetrics::OutboxdMetrics(Registry* r) : registry(r) {
       "outboxd_start_time_seconds",
       "Start time of the process since the Unix epoch").Get();
   start_time_seconds->Set(absl::ToUnixMillis(absl::Now()) / 1000.0);
+  slot_lost = &r->AddGauge("outboxd_slot_lost",
+                           "1 when the replication slot outboxd streamed from "
+                           "is gone, invalidated "
+                           "or re-created (events may be missing), until a "
+                           "republish completes")
+                   .Get();
+  republished_events = &r->AddCounter("outboxd_republished_events_total",
+                                      "Outbox rows republished after a lost "
+                                      "slot (--on-slot-loss=republish)")
+                            .Get();
 }
 
 }  // namespace outboxd::metrics

@@ -38,6 +38,10 @@ struct OutboxdMetrics {
   Gauge* kafka_brokers_up;          // outboxd_kafka_brokers_up
   Counter* cleanup_deleted_rows;    // outboxd_cleanup_deleted_rows_total
   Gauge* start_time_seconds;        // outboxd_start_time_seconds
+  // 1 when the slot outboxd streamed from is gone, invalidated or replaced
+  // (until a republish completes).
+  Gauge* slot_lost;             // outboxd_slot_lost
+  Counter* republished_events;  // outboxd_republished_events_total
 
   // The per-topic child, cached: topics are few.
   Counter& PublishedTo(const std::string& topic) {

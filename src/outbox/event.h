@@ -48,6 +48,11 @@ struct OutboxEvent {
   // Event ids this event causally depends on (optional depends-on column,
   // uuid[]); header outbox.depends-on.
   std::vector<std::string> depends_on;
+  // Republished from the outbox table after a lost slot
+  // (--on-slot-loss=republish): the last position acknowledged before the
+  // loss; header outbox.republished. `position` is then not a commit
+  // position but (start of the new slot - 1, rank in the republish).
+  std::optional<Lsn> republished_after;
 };
 
 }  // namespace outboxd

@@ -241,7 +241,9 @@ absl::StatusOr<MappedMessage> OutboxMapper::Apply(
     commit_lsn_ = begin->final_lsn;
     commit_time_unix_ms_ = PgTimeToUnixMillis(begin->commit_time);
     next_index_ = 0;
-    return TransactionBegin{commit_lsn_, commit_time_unix_ms_};
+    return TransactionBegin{
+        commit_lsn_, commit_time_unix_ms_,
+        begin->commit_time + kPgEpochOffsetSeconds * 1000000};
   }
   if (const auto* commit = std::get_if<pgoutput::Commit>(&msg)) {
     RETURN_IF_ERROR(RequireTransaction("Commit"));

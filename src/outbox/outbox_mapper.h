@@ -55,6 +55,7 @@ struct OutboxMapperOptions {
 struct TransactionBegin {
   Lsn commit_lsn;
   int64_t commit_time_unix_ms = 0;
+  int64_t commit_time_unix_us = 0;  // the same, to the microsecond
 };
 
 struct TransactionCommit {

@@ -40,6 +40,10 @@ KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
     record.headers.emplace_back(kHeaderDependsOn,
                                 absl::StrJoin(event.depends_on, ","));
   }
+  if (event.republished_after.has_value()) {
+    record.headers.emplace_back(kHeaderRepublished,
+                                absl::StrCat(event.republished_after->value()));
+  }
   if (!options.source.empty()) {
     record.headers.emplace_back(kHeaderSource, options.source);
   }

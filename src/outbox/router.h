@@ -49,6 +49,10 @@ inline constexpr absl::string_view kHeaderIndex = "outbox.index";
 inline constexpr absl::string_view kHeaderSeq = "outbox.seq";
 // Causal ordering: the ids this event depends on, comma-separated.
 inline constexpr absl::string_view kHeaderDependsOn = "outbox.depends-on";
+// Republished after a lost slot: the last acknowledged position before the
+// loss (decimal u64). Its outbox.lsn/outbox.index sort after every event
+// delivered before the loss and before every event of the new slot.
+inline constexpr absl::string_view kHeaderRepublished = "outbox.republished";
 // The stream the position belongs to: "<system id>/<dbname>/<slot>".
 inline constexpr absl::string_view kHeaderSource = "outbox.source";
 

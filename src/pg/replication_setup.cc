@@ -412,71 +412,109 @@ absl::Status EnsurePublication(PgConnection& conn,
                    created.status().message()));
 }
 
+absl::StatusOr<std::optional<SlotInfo>> InspectSlot(
+    PgConnection& conn, const ReplicationSetupOptions& options) {
+  RETURN_IF_ERROR(ValidateSlotName(options.slot));
+  ASSIGN_OR_RETURN(
+      PgResult existing,
+      conn.ExecParams(
+          "SELECT s.slot_type, s.plugin, s.database, "
+          "s.confirmed_flush_lsn, pg_catalog.current_database(), "
+          "s.restart_lsn, s.wal_status, s.active::text "
+          "FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
+          {options.slot}));
+  if (PQntuples(existing.get()) == 0) return std::nullopt;
+  const PGresult* r = existing.get();
+  const std::string slot_type = FieldOrEmpty(r, 0, 0);
+  const std::string plugin = FieldOrEmpty(r, 0, 1);
+  const std::string database = FieldOrEmpty(r, 0, 2);
+  const std::string confirmed = FieldOrEmpty(r, 0, 3);
+  const std::string current_database = FieldOrEmpty(r, 0, 4);
+  const std::string restart = FieldOrEmpty(r, 0, 5);
+  if (slot_type != "logical") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "replication slot ", options.slot, " is a ", slot_type,
+        " slot, outboxd needs a logical slot using 'pgoutput': drop it "
+        "or choose another --slot"));
+  }
+  if (plugin != "pgoutput") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "replication slot ", options.slot, " uses plugin '", plugin,
+        "', outboxd needs 'pgoutput': drop the slot "
+        "(SELECT pg_drop_replication_slot('",
+        options.slot, "')) or choose another --slot"));
+  }
+  if (database != current_database) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "replication slot ", options.slot, " belongs to database '", database,
+        "' but outboxd is connected to '", current_database,
+        "': connect to that database or choose another --slot"));
+  }
+  SlotInfo info;
+  if (!confirmed.empty()) {
+    ASSIGN_OR_RETURN(info.confirmed_flush, Lsn::Parse(confirmed));
+  }
+  if (!restart.empty()) {
+    ASSIGN_OR_RETURN(info.restart_lsn, Lsn::Parse(restart));
+  }
+  info.wal_status = FieldOrEmpty(r, 0, 6);
+  info.active = FieldOrEmpty(r, 0, 7) == "true";
+  return info;
+}
+
+absl::StatusOr<Lsn> CreateSlot(PgConnection& conn,
+                               const ReplicationSetupOptions& options) {
+  RETURN_IF_ERROR(ValidateSlotName(options.slot));
+  absl::StatusOr<PgResult> created = conn.ExecParams(
+      "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot("
+      "$1, 'pgoutput')",
+      {options.slot});
+  if (!created.ok()) {
+    return absl::Status(
+        created.status().code(),
+        absl::StrCat("cannot create replication slot ", options.slot, ": ",
+                     created.status().message()));
+  }
+  Lsn start;
+  if (PQntuples(created->get()) == 1) {
+    ASSIGN_OR_RETURN(start, Lsn::Parse(FieldOrEmpty(created->get(), 0, 0)));
+  }
+  spdlog::info("created logical replication slot {} (pgoutput) at {}",
+               options.slot, start.ToString());
+  return start;
+}
+
+absl::Status DropSlot(PgConnection& conn, const std::string& slot) {
+  RETURN_IF_ERROR(ValidateSlotName(slot));
+  absl::StatusOr<PgResult> dropped =
+      conn.ExecParams("SELECT pg_catalog.pg_drop_replication_slot($1)", {slot});
+  if (!dropped.ok()) {
+    return absl::Status(dropped.status().code(),
+                        absl::StrCat("cannot drop replication slot ", slot,
+                                     ": ", dropped.status().message()));
+  }
+  spdlog::warn("dropped replication slot {}", slot);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<SlotState> EnsureSlot(PgConnection& conn,
                                      const ReplicationSetupOptions& options) {
-  RETURN_IF_ERROR(ValidateSlotName(options.slot));
   for (int attempt = 0; attempt < 2; ++attempt) {
-    ASSIGN_OR_RETURN(
-        PgResult existing,
-        conn.ExecParams(
-            "SELECT s.slot_type, s.plugin, s.database, "
-            "s.confirmed_flush_lsn, pg_catalog.current_database() "
-            "FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
-            {options.slot}));
-    if (PQntuples(existing.get()) > 0) {
-      const PGresult* r = existing.get();
-      const std::string slot_type = FieldOrEmpty(r, 0, 0);
-      const std::string plugin = FieldOrEmpty(r, 0, 1);
-      const std::string database = FieldOrEmpty(r, 0, 2);
-      const std::string confirmed = FieldOrEmpty(r, 0, 3);
-      const std::string current_database = FieldOrEmpty(r, 0, 4);
-      if (slot_type != "logical") {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "replication slot ", options.slot, " is a ", slot_type,
-            " slot, outboxd needs a logical slot using 'pgoutput': drop it "
-            "or choose another --slot"));
-      }
-      if (plugin != "pgoutput") {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "replication slot ", options.slot, " uses plugin '", plugin,
-            "', outboxd needs 'pgoutput': drop the slot "
-            "(SELECT pg_drop_replication_slot('",
-            options.slot, "')) or choose another --slot"));
-      }
-      if (database != current_database) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "replication slot ", options.slot, " belongs to database '",
-            database, "' but outboxd is connected to '", current_database,
-            "': connect to that database or choose another --slot"));
-      }
+    ASSIGN_OR_RETURN(std::optional<SlotInfo> existing,
+                     InspectSlot(conn, options));
+    if (existing.has_value()) {
       SlotState state;
-      if (!confirmed.empty()) {
-        ASSIGN_OR_RETURN(state.confirmed_flush, Lsn::Parse(confirmed));
-      }
+      state.confirmed_flush = existing->confirmed_flush;
       return state;
     }
-
-    absl::StatusOr<PgResult> created = conn.ExecParams(
-        "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot("
-        "$1, 'pgoutput')",
-        {options.slot});
+    absl::StatusOr<Lsn> created = CreateSlot(conn, options);
     if (absl::IsAlreadyExists(created.status())) {
       continue;  // created concurrently: inspect it
     }
-    if (!created.ok()) {
-      return absl::Status(
-          created.status().code(),
-          absl::StrCat("cannot create replication slot ", options.slot, ": ",
-                       created.status().message()));
-    }
+    RETURN_IF_ERROR(created.status());
     SlotState state;
     state.created = true;
-    if (PQntuples(created->get()) == 1) {
-      ASSIGN_OR_RETURN(state.confirmed_flush,
-                       Lsn::Parse(FieldOrEmpty(created->get(), 0, 0)));
-    }
-    spdlog::info("created logical replication slot {} (pgoutput) at {}",
-                 options.slot, state.confirmed_flush.ToString());
+    state.confirmed_flush = *created;
     return state;
   }
   return absl::UnavailableError(

@@ -38,6 +38,21 @@ struct SlotState {
   Lsn confirmed_flush;         // where streaming resumes
 };
 
+// What pg_replication_slots says about an existing logical pgoutput slot of
+// the current database.
+struct SlotInfo {
+  Lsn confirmed_flush;     // invalid (0) when NULL
+  Lsn restart_lsn;         // invalid (0) when NULL (e.g. invalidated)
+  std::string wal_status;  // reserved, extended, unreserved or lost
+  bool active = false;
+
+  // The slot can no longer stream: max_slot_wal_keep_size removed WAL it
+  // needs (wal_status 'lost'), or it was invalidated otherwise.
+  bool invalidated() const {
+    return wal_status == "lost" || !restart_lsn.valid();
+  }
+};
+
 // kFailedPrecondition naming the problem when wal_level is not logical.
 absl::Status CheckWalLevel(PgConnection& conn);
 
@@ -49,9 +64,27 @@ absl::Status EnsurePublication(PgConnection& conn,
 
 // Creates the logical slot with pgoutput when missing. kFailedPrecondition
 // when a slot of that name exists with another plugin, is physical, or
-// belongs to another database.
+// belongs to another database. A tool for tests and first starts: the
+// pipeline decides with InspectSlot and the publisher state instead, so
+// that a slot it streamed from is never re-created silently
+// (pipeline/slot_loss.h).
 absl::StatusOr<SlotState> EnsureSlot(PgConnection& conn,
                                      const ReplicationSetupOptions& options);
+
+// The slot's state; nullopt when no slot of that name exists. Never creates
+// anything. kFailedPrecondition, as EnsureSlot, when a slot of that name is
+// not a logical pgoutput slot of the current database.
+absl::StatusOr<std::optional<SlotInfo>> InspectSlot(
+    PgConnection& conn, const ReplicationSetupOptions& options);
+
+// Creates the logical pgoutput slot; returns its start position (the LSN
+// from which the server streams transactions). kAlreadyExists when a slot of
+// that name exists.
+absl::StatusOr<Lsn> CreateSlot(PgConnection& conn,
+                               const ReplicationSetupOptions& options);
+
+// Drops the slot. kUnavailable while it is active in another process.
+absl::Status DropSlot(PgConnection& conn, const std::string& slot);
 
 // A stable id of the event stream, "<system identifier>/<database>/<slot>":
 // the cluster's system identifier (pg_control_system(), unique per initdb

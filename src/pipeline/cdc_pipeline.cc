@@ -1,6 +1,7 @@
 #include "pipeline/cdc_pipeline.h"
 
 #include <algorithm>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -14,11 +15,14 @@
 #include "nlohmann/json.hpp"
 #include "pg/connection.h"
 #include "pg/pgoutput.h"
+#include "pg/publisher_state.h"
 #include "pg/replication_stream.h"
 #include "pipeline/ack_tracker.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/reserved_header_log.h"
 #include "pipeline/transaction_batch.h"
+#include "pipeline/republisher.h"
+#include "pipeline/slot_loss.h"
 
 namespace outboxd {
 namespace {
@@ -35,6 +39,15 @@ constexpr absl::Duration kTxnCallTimeout = absl::Milliseconds(500);
 constexpr absl::Duration kTxnPrepareTimeout = absl::Seconds(60);
 // librdkafka's mock cluster (the dev broker) names its clusters so.
 constexpr absl::string_view kMockClusterPrefix = "mockCluster";
+// A position that moved only through server keepalives (no transaction
+// acknowledged since the last record) is recorded at most once per this many
+// status intervals: each record is a write, so WAL, which moves the
+// keepalive position again.
+constexpr int kIdleRecordIntervals = 10;
+// Commit times kept for positions not yet recorded; the oldest are dropped
+// beyond this (an older commit time is recorded instead: more republished,
+// never fewer).
+constexpr size_t kMaxCommitTimes = 1 << 20;
 
 // The record that carries an invalid event to the dead-letter topic: the
 // original content as the value, the reason and position as headers.
@@ -85,6 +98,7 @@ class CdcPipeline {
         reserved_header_log_(options.metrics) {}
 
   absl::Status Run(const std::atomic<bool>& stop) {
+    stop_ = &stop;
     absl::Status s = ConnectWithRetry(stop);
     while (s.ok() && stream_ != nullptr) {
       s = Stream(stop);  // OK only when stopped
@@ -121,16 +135,69 @@ class CdcPipeline {
         PgConnection::Connect(options_.conninfo, PgConnection::Mode::kNormal));
     RETURN_IF_ERROR(CheckWalLevel(*conn));
     RETURN_IF_ERROR(EnsurePublication(*conn, options_.setup));
-    ASSIGN_OR_RETURN(SlotState slot, EnsureSlot(*conn, options_.setup));
-    spdlog::info("slot {} {}, confirmed position {}", options_.setup.slot,
-                 slot.created ? "created" : "found",
-                 slot.confirmed_flush.ToString());
-    if (producer_ == nullptr) tracker_ = AckTracker(slot.confirmed_flush);
-    // outbox.source: fetched once; the stream's identity does not change.
+    // outbox.source: the stream's identity (it changes only when the
+    // database is another cluster, which the slot check below catches).
     ASSIGN_OR_RETURN(router_.source,
                      SourceIdentity(*conn, options_.setup.slot));
+    if (state_ == nullptr) {
+      ASSIGN_OR_RETURN(
+          state_, PublisherStateStore::Open(
+                      options_.conninfo, options_.setup.slot, router_.source));
+    }
+    // The slot first, then the record (pipeline/slot_loss.h).
+    ASSIGN_OR_RETURN(std::optional<SlotInfo> slot,
+                     InspectSlot(*conn, options_.setup));
+    ASSIGN_OR_RETURN(std::optional<PublisherState> recorded, state_->Read());
+    ASSIGN_OR_RETURN(
+        SlotVerdict verdict,
+        JudgeSlot(slot, recorded, router_.source, options_.setup.slot));
+    if (verdict.kind == SlotVerdict::Kind::kResume && start_said_invalidated_) {
+      verdict = {SlotVerdict::Kind::kLost,
+                 "START_REPLICATION says the slot is invalidated"};
+    }
+    ASSIGN_OR_RETURN(XminSample sample, state_->TakeSample());
+    Lsn start;
+    bool new_stream = producer_ == nullptr;
+    switch (verdict.kind) {
+      case SlotVerdict::Kind::kResume:
+        start = slot->confirmed_flush;
+        spdlog::info("slot {} found, confirmed position {}",
+                     options_.setup.slot, start.ToString());
+        break;
+      case SlotVerdict::Kind::kAdopt:
+        start = slot->confirmed_flush;
+        spdlog::info("slot {} found, confirmed position {}; recording it in {}",
+                     options_.setup.slot, start.ToString(),
+                     kPublisherStateTable);
+        RETURN_IF_ERROR(state_->Record(start, std::nullopt));
+        break;
+      case SlotVerdict::Kind::kCreate: {
+        absl::StatusOr<Lsn> created = CreateSlot(*conn, options_.setup);
+        if (absl::IsAlreadyExists(created.status())) {
+          return absl::UnavailableError(
+              absl::StrCat("replication slot ", options_.setup.slot,
+                           " was created concurrently; inspecting it again"));
+        }
+        RETURN_IF_ERROR(created.status());
+        start = *created;
+        // The sample predates the slot: rows committed after its start have
+        // later commit times and xmins not older than the sample's.
+        RETURN_IF_ERROR(
+            state_->Record(start, sample.server_time_unix_us, sample.xmin));
+        break;
+      }
+      case SlotVerdict::Kind::kLost:
+        ASSIGN_OR_RETURN(start,
+                         RecoverLostSlot(*conn, slot, *recorded, verdict));
+        new_stream = true;
+        break;
+    }
+    if (new_stream) {
+      tracker_ = AckTracker(start);
+      reported_ = start;
+      commit_times_.clear();
+    }
     spdlog::info("source {}", router_.source);
-    if (producer_ == nullptr) reported_ = slot.confirmed_flush;
     // The producer (and what it has in flight) outlives reconnections.
     if (producer_ == nullptr) RETURN_IF_ERROR(CreateProducer());
     if (exactly_once_ && !broker_checked_) {
@@ -142,8 +209,22 @@ class CdcPipeline {
     so.slot = options_.setup.slot;
     so.publication = options_.setup.publication;
     // From what is acknowledged: the server skips transactions before it.
-    ASSIGN_OR_RETURN(stream_,
-                     ReplicationStream::Start(so, tracker_.ConfirmableLsn()));
+    absl::StatusOr<std::unique_ptr<ReplicationStream>> stream =
+        ReplicationStream::Start(so, tracker_.ConfirmableLsn());
+    if (!stream.ok() && IsSlotInvalidatedError(stream.status()) &&
+        recorded.has_value()) {
+      // Invalidated since the check: judged again on the next attempt.
+      start_said_invalidated_ = true;
+      if (options_.on_slot_loss == SlotLossPolicy::kFail) {
+        if (options_.metrics != nullptr) options_.metrics->slot_lost->Set(1);
+        return absl::DataLossError(SlotLossMessage(
+            options_.setup.slot,
+            {SlotVerdict::Kind::kLost, std::string(stream.status().message())},
+            *recorded));
+      }
+      return absl::UnavailableError(stream.status().message());
+    }
+    ASSIGN_OR_RETURN(stream_, std::move(stream));
     // Only the owner of the slot may fence the others: a standby that
     // waits for the slot must not take the transactional id from the
     // active instance.
@@ -154,6 +235,80 @@ class CdcPipeline {
                  so.publication);
     if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
     return absl::OkStatus();
+  }
+
+  // The slot outboxd streamed from is gone, invalidated or replaced. Fails
+  // with the one error line, or (--on-slot-loss=republish) re-creates it,
+  // republishes from the outbox table what may have committed after the
+  // recorded position and returns the new slot's start.
+  absl::StatusOr<Lsn> RecoverLostSlot(PgConnection& conn,
+                                      const std::optional<SlotInfo>& slot,
+                                      const PublisherState& recorded,
+                                      const SlotVerdict& verdict) {
+    metrics::OutboxdMetrics* m = options_.metrics;
+    if (m != nullptr) m->slot_lost->Set(1);
+    const std::string message =
+        SlotLossMessage(options_.setup.slot, verdict, recorded);
+    if (options_.on_slot_loss == SlotLossPolicy::kFail ||
+        !options_.setup.table.has_value()) {
+      return absl::DataLossError(message);
+    }
+    spdlog::error("{} -- republishing (--on-slot-loss=republish)", message);
+    // What is in flight from before the loss goes first (order per
+    // aggregate); a failure among it stops here, before anything changes.
+    if (producer_ != nullptr) {
+      while (producer_->OutQueueLength() > 0) {
+        producer_->Poll(absl::Milliseconds(50));
+        RETURN_IF_ERROR(producer_->fatal_error());
+        RETURN_IF_ERROR(tracker_.failure());
+        if (stop_->load()) return absl::CancelledError("stop requested");
+      }
+    }
+    if (slot.has_value()) {
+      // Invalidated or started past our position: useless, and a fresh one
+      // gives the republished records positions never used before.
+      RETURN_IF_ERROR(DropSlot(conn, options_.setup.slot));
+    }
+    ASSIGN_OR_RETURN(XminSample sample, state_->TakeSample());
+    absl::StatusOr<Lsn> created = CreateSlot(conn, options_.setup);
+    if (absl::IsAlreadyExists(created.status())) {
+      return absl::UnavailableError(
+          absl::StrCat("replication slot ", options_.setup.slot,
+                       " was created concurrently; inspecting it again"));
+    }
+    RETURN_IF_ERROR(created.status());
+    const Lsn start = *created;
+
+    RepublishOptions ro;
+    ro.conninfo = options_.conninfo;
+    ro.table = *options_.setup.table;
+    ro.columns = options_.mapper.columns;
+    ro.margin = options_.republish_margin;
+    ro.router = router_;
+    ro.producer = options_.producer;
+    ro.value_format = options_.value_format;
+    ro.dlq_topic = options_.dlq_topic;
+    ro.fail_on_invalid = options_.on_invalid == InvalidEventPolicy::kFail;
+    // Until the republish is acknowledged the record keeps the old
+    // position: a crash here finds the new slot past it and starts over.
+    ASSIGN_OR_RETURN(RepublishResult r,
+                     RepublishLostEvents(ro, recorded, start, *stop_));
+    RETURN_IF_ERROR(state_->Record(start, sample.server_time_unix_us,
+                                   sample.xmin, /*force=*/true));
+    start_said_invalidated_ = false;
+    spdlog::warn(
+        "republished {} events ({} dead-lettered) of {} that may have "
+        "committed after {} (margin {}); streaming from the new slot at {}. "
+        "Logical decoding messages and rows deleted in their own transaction "
+        "during the loss could not be republished",
+        r.republished, r.dead_lettered, options_.setup.table->ToString(),
+        recorded.last_ack.ToString(),
+        absl::FormatDuration(options_.republish_margin), start.ToString());
+    if (m != nullptr) {
+      m->republished_events->Increment(static_cast<double>(r.republished));
+      m->slot_lost->Set(0);
+    }
+    return start;
   }
 
   absl::Status CreateProducer() {
@@ -401,6 +556,7 @@ class CdcPipeline {
         return s;
       }
       stream_.reset();
+      if (absl::IsCancelled(s) && stop.load()) return absl::OkStatus();
       if (!Reconnectable(s)) return s;
       const absl::Duration give_up = options_.reconnect.give_up_after;
       if (give_up > absl::ZeroDuration() && absl::Now() - since > give_up) {
@@ -546,14 +702,17 @@ class CdcPipeline {
     ASSIGN_OR_RETURN(pgoutput::PgOutputMessage decoded,
                      pgoutput::Decode(data.data));
     ASSIGN_OR_RETURN(MappedMessage mapped, mapper_.Apply(decoded));
-    if (std::holds_alternative<TransactionBegin>(mapped)) {
+    if (auto* begin = std::get_if<TransactionBegin>(&mapped)) {
       tracker_.BeginTransaction();
+      commit_time_ = begin->commit_time_unix_us;
     } else if (auto* event = std::get_if<OutboxEvent>(&mapped)) {
       RETURN_IF_ERROR(Publish(std::move(*event)));
     } else if (auto* bad = std::get_if<InvalidEvent>(&mapped)) {
       RETURN_IF_ERROR(OnInvalid(std::move(*bad)));
     } else if (auto* commit = std::get_if<TransactionCommit>(&mapped)) {
       tracker_.CommitTransaction(commit->end_lsn);
+      commit_times_.emplace_back(commit->end_lsn, commit_time_);
+      if (commit_times_.size() > kMaxCommitTimes) commit_times_.pop_front();
     }
     if (!mapper_.in_transaction()) {
       tracker_.ObserveServerWalEnd(data.wal_end);
@@ -694,7 +853,9 @@ class CdcPipeline {
   absl::Status SendStatusIfDue(bool force) {
     absl::Time now = absl::Now();
     if (!force && now < next_status_) return absl::OkStatus();
-    Lsn flushed = tracker_.ConfirmableLsn();
+    RETURN_IF_ERROR(RecordProgress(now, force));
+    // Never past the record: a slot ahead of it is a lost slot.
+    Lsn flushed = std::min(tracker_.ConfirmableLsn(), state_->recorded());
     RETURN_IF_ERROR(stream_->SendStatus(Lsn::Max(received_, flushed), flushed,
                                         /*reply_requested=*/false));
     if (flushed != reported_) {
@@ -714,6 +875,60 @@ class CdcPipeline {
     ++stats_->status_updates;
     next_status_ = now + options_.status_interval;
     return absl::OkStatus();
+  }
+
+  // Writes the acknowledged position to the publisher state (before it is
+  // reported): at most once per status interval, when it moved, and for a
+  // position moved by keepalives alone at most every kIdleRecordIntervals
+  // (unless the server asks for a reply). A failed write only holds the
+  // reported position back, except while PostgreSQL shuts down: its
+  // walsender waits for the flush position to reach the end of the WAL,
+  // which cannot be recorded any more, so the stream ends (kUnavailable) and
+  // outboxd reconnects once the server is back.
+  absl::Status RecordProgress(absl::Time now, bool reply_requested) {
+    const Lsn ackable = tracker_.ConfirmableLsn();
+    if (ackable <= state_->recorded()) return absl::OkStatus();
+    if (!finishing_ && now < next_record_) return absl::OkStatus();
+    std::optional<int64_t> commit_time;  // microseconds
+    size_t covered = 0;
+    for (const auto& [end_lsn, time] : commit_times_) {
+      if (end_lsn > ackable) break;
+      commit_time = time;
+      ++covered;
+    }
+    if (covered == 0 && !finishing_ && !reply_requested &&
+        now < next_idle_record_) {
+      return absl::OkStatus();
+    }
+    absl::Status s = state_->Record(ackable, commit_time);
+    next_record_ = now + options_.status_interval;
+    if (!s.ok()) {
+      if (IsServerShuttingDown(s)) {
+        return absl::UnavailableError(absl::StrCat(
+            "PostgreSQL is shutting down and the acknowledged position ",
+            ackable.ToString(), " cannot be recorded (", s.message(),
+            "): ending the stream at ", state_->recorded().ToString()));
+      }
+      spdlog::warn(
+          "cannot record the acknowledged position {} in {}: {}; "
+          "not confirming past {}",
+          ackable.ToString(), kPublisherStateTable, s.ToString(),
+          state_->recorded().ToString());
+      return absl::OkStatus();
+    }
+    commit_times_.erase(commit_times_.begin(), commit_times_.begin() + covered);
+    next_idle_record_ = now + kIdleRecordIntervals * options_.status_interval;
+    return absl::OkStatus();
+  }
+
+  static bool IsServerShuttingDown(const absl::Status& s) {
+    for (absl::string_view mark :
+         {"shutting down", "57P01", "57P03",
+          "terminating connection due to administrator command",
+          "server closed the connection unexpectedly"}) {
+      if (absl::StrContains(s.message(), mark)) return true;
+    }
+    return false;
   }
 
   void LogProgress() {
@@ -763,6 +978,7 @@ class CdcPipeline {
     }
     absl::Status s;
     if (stream_ != nullptr) {
+      finishing_ = true;  // record what is acknowledged, whatever the timers
       s = SendStatusIfDue(/*force=*/true);
       absl::Status stopped = stream_->Stop();
       if (s.ok()) s = stopped;
@@ -801,6 +1017,18 @@ class CdcPipeline {
   // reach a destroyed tracker.
   std::unique_ptr<KafkaProducer> producer_;
   std::unique_ptr<ReplicationStream> stream_;
+  // outboxd's record of its position (pg/publisher_state.h); opened by the
+  // first Setup().
+  std::unique_ptr<PublisherStateStore> state_;
+  // (end LSN, commit time) of decoded transactions not yet recorded.
+  std::deque<std::pair<Lsn, int64_t>> commit_times_;
+  int64_t commit_time_ = 0;  // of the transaction being decoded, unix us
+  absl::Time next_record_ = absl::InfinitePast();
+  absl::Time next_idle_record_ = absl::InfinitePast();
+  // START_REPLICATION failed because the slot is invalidated.
+  bool start_said_invalidated_ = false;
+  bool finishing_ = false;
+  const std::atomic<bool>* stop_ = nullptr;
   std::optional<Pending> pending_;
   // Topic and commit time of each event in flight, by sequence (metrics).
   struct PublishedEvent {

@@ -25,6 +25,7 @@
 #include "pg/replication_setup.h"
 #include "pipeline/reconnect_backoff.h"
 #include "pipeline/transaction_batch.h"
+#include "pipeline/slot_loss.h"
 
 namespace outboxd {
 
@@ -63,6 +64,12 @@ struct CdcPipelineOptions {
   std::string transactional_id;
   // --delivery=exactly-once: when a Kafka transaction is committed.
   TransactionBatchOptions transactions;
+  // A slot outboxd streamed from that is gone, invalidated or replaced
+  // (pipeline/slot_loss.h): stop (kDataLoss), or re-create it and
+  // republish from the outbox table (pipeline/republisher.h) with this
+  // margin on the recorded commit time.
+  SlotLossPolicy on_slot_loss = SlotLossPolicy::kFail;
+  absl::Duration republish_margin = absl::Hours(1);
 };
 
 struct PipelineStats {
@@ -81,7 +88,8 @@ struct PipelineStats {
 // when something fails (never having confirmed past an unacknowledged event):
 // kFailedPrecondition for configuration problems (wal_level, slot plugin,
 // missing table), kUnavailable for a lost connection, kDataLoss for a corrupt
-// stream, the delivery error for a failed delivery.
+// stream or a lost slot (--on-slot-loss=fail), the delivery error for a
+// failed delivery.
 absl::Status RunCdcPipeline(const CdcPipelineOptions& options,
                             const std::atomic<bool>& stop,
                             PipelineStats* stats = nullptr);

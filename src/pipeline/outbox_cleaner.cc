@@ -1,7 +1,7 @@
 #include "pipeline/outbox_cleaner.h"
 
 #include <algorithm>
-#include <deque>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -14,22 +14,19 @@
 namespace outboxd {
 namespace {
 
-struct Sample {
-  std::string xmin;  // xid8 as text
-  Lsn wal;
-};
-
-std::string FirstValue(const PgResult& r) {
-  if (PQntuples(r.get()) == 0 || PQgetisnull(r.get(), 0, 0)) return "";
-  return PQgetvalue(r.get(), 0, 0);
+std::optional<std::string> Field(const PgResult& r, int col) {
+  if (PQntuples(r.get()) == 0 || PQgetisnull(r.get(), 0, col)) {
+    return std::nullopt;
+  }
+  return std::string(PQgetvalue(r.get(), 0, col));
 }
 
 class CleanerRound {
  public:
   explicit CleanerRound(const OutboxCleanerOptions& o) : o_(o) {}
 
-  // One round: take a sample, delete what the newest confirmed sample
-  // allows. Returns the rows deleted.
+  // One round: delete what the publisher state proves acknowledged. Returns
+  // the rows deleted.
   absl::StatusOr<uint64_t> Run() {
     if (conn_ == nullptr) {
       ASSIGN_OR_RETURN(conn_, PgConnection::Connect(
@@ -38,39 +35,29 @@ class CleanerRound {
       ASSIGN_OR_RETURN(std::string created,
                        conn_->QuoteIdentifier(o_.created_at_column));
       std::string table = o_.table.ToString();
-      // $1: older_than in microseconds, $2: the sample's xmin (xid8 text),
-      // $3: batch size.
+      // $1: older_than in microseconds, $2: recorded commit time (unix us),
+      // $3: republish margin in microseconds, $4: recorded xmin horizon
+      // (xid8 text), $5: batch size.
       delete_sql_ = absl::StrCat(
           "DELETE FROM ", table, " WHERE ", id, " IN (SELECT ", id, " FROM ",
           table, " WHERE ", created,
-          " < now() - make_interval(secs => $1::bigint / 1e6) AND "
-          "age(xmin) > age(($2::xid8::text::numeric % 4294967296)::text::xid)"
-          " LIMIT $3)");
+          " < now() - make_interval(secs => $1::bigint / 1e6) AND ", created,
+          " < to_timestamp(0) + $2::bigint * interval '1 microsecond' - "
+          "make_interval(secs => $3::bigint / 1e6) AND "
+          "age(xmin) > age(($4::xid8::text::numeric % 4294967296)::text::xid) "
+          "AND pg_snapshot_xmax(pg_current_snapshot())::text::numeric - "
+          "$4::xid8::text::numeric < 2000000000 LIMIT $5)");
     }
-    // X first, then W (two statements: W must be read after X).
-    ASSIGN_OR_RETURN(PgResult x,
-                     conn_->Exec("SELECT pg_snapshot_xmin(pg_current_snapshot())"));
-    ASSIGN_OR_RETURN(PgResult w, conn_->Exec("SELECT pg_current_wal_lsn()"));
-    ASSIGN_OR_RETURN(Lsn wal, Lsn::Parse(FirstValue(w)));
-    samples_.push_back({FirstValue(x), wal});
-
     ASSIGN_OR_RETURN(
-        PgResult c,
-        conn_->ExecParams("SELECT confirmed_flush_lsn FROM pg_replication_slots "
-                          "WHERE slot_name = $1",
-                          {o_.slot}));
-    std::string confirmed_text = FirstValue(c);
-    if (confirmed_text.empty()) return 0;  // no slot yet
-    ASSIGN_OR_RETURN(Lsn confirmed, Lsn::Parse(confirmed_text));
-    std::optional<Sample> usable;
-    while (!samples_.empty() && samples_.front().wal <= confirmed) {
-      usable = samples_.front();
-      samples_.pop_front();
-    }
-    if (!usable.has_value()) return 0;
-    // Keep the newest usable sample for the next round too: rows may reach
-    // the age limit later.
-    samples_.push_front(*usable);
+        PgResult state,
+        conn_->ExecParams(
+            "SELECT (extract(epoch FROM last_ack_commit_time) * 1000000)"
+            "::bigint::text, xmin_horizon::text "
+            "FROM outbox.publisher_state WHERE slot_name = $1",
+            {o_.slot}));
+    std::optional<std::string> time = Field(state, 0);
+    std::optional<std::string> horizon = Field(state, 1);
+    if (!time.has_value() || !horizon.has_value()) return 0;  // not yet known
 
     uint64_t total = 0;
     while (true) {
@@ -78,8 +65,9 @@ class CleanerRound {
           PgResult d,
           conn_->ExecParams(
               delete_sql_,
-              {absl::StrCat(absl::ToInt64Microseconds(o_.older_than)),
-               usable->xmin, absl::StrCat(o_.batch_size)}));
+              {absl::StrCat(absl::ToInt64Microseconds(o_.older_than)), *time,
+               absl::StrCat(absl::ToInt64Microseconds(o_.republish_margin)),
+               *horizon, absl::StrCat(o_.batch_size)}));
       uint64_t n = 0;
       if (!absl::SimpleAtoi(PQcmdTuples(d.get()), &n)) n = 0;
       total += n;
@@ -94,7 +82,6 @@ class CleanerRound {
   const OutboxCleanerOptions& o_;
   std::unique_ptr<PgConnection> conn_;
   std::string delete_sql_;
-  std::deque<Sample> samples_;
 };
 
 }  // namespace
@@ -115,14 +102,15 @@ OutboxCleaner::~OutboxCleaner() {
 void OutboxCleaner::Run() {
   absl::Duration interval = options_.interval;
   if (interval <= absl::ZeroDuration()) {
-    interval = std::clamp(options_.older_than / 4, absl::Seconds(1),
-                          absl::Minutes(1));
+    interval =
+        std::clamp(options_.older_than / 4, absl::Seconds(1), absl::Minutes(1));
   }
-  spdlog::info("cleanup: deleting rows of {} older than {} once confirmed "
-               "(every {})",
-               options_.table.ToString(),
-               absl::FormatDuration(options_.older_than),
-               absl::FormatDuration(interval));
+  spdlog::info(
+      "cleanup: deleting rows of {} older than {} and {} older "
+      "than the last acknowledged commit (every {})",
+      options_.table.ToString(), absl::FormatDuration(options_.older_than),
+      absl::FormatDuration(options_.republish_margin),
+      absl::FormatDuration(interval));
   CleanerRound round(options_);
   do {
     absl::StatusOr<uint64_t> n = round.Run();

@@ -1,16 +1,16 @@
 // OutboxCleaner: --cleanup-after=DURATION (cleanup strategy 3). On a thread
 // of its own with its own connection, deletes outbox rows that are older
-// than the duration AND whose transaction the slot has confirmed.
-//
-// "Confirmed" without knowing a row's commit LSN: each round records a
-// sample (X, W): X the oldest transaction id still running
-// (pg_snapshot_xmin of a fresh snapshot), then W = pg_current_wal_lsn().
-// Every transaction with an id below X had finished when W was read, so
-// its commit record lies before W. Once the slot's confirmed_flush_lsn
-// reaches W, rows with xmin older than X are published (and acknowledged
-// by Kafka); only those, and only if created_at < now() - DURATION, are
-// deleted, in batches. Deleting a published row never affects the stream:
-// outboxd reads events from the WAL, not from the table.
+// than the duration AND that a republish after a lost slot would never need
+// (pipeline/republisher.h), i.e. rows the publisher state
+// (pg/publisher_state.h, outbox.publisher_state) proves acknowledged:
+//   xmin older than the recorded xmin horizon (committed at or before the
+//   recorded position, which Kafka acknowledged), AND
+//   created_at < recorded commit time - republish margin.
+// That is exactly the complement of what a republish selects. The slot's
+// own confirmed_flush_lsn is not trusted: a re-created slot starts past
+// events that were never published. Nothing is deleted while the record is
+// missing or incomplete. Deleting a published row never affects the
+// stream: outboxd reads events from the WAL, not from the table.
 //
 // Threading: Start() and the destructor from one thread; the work runs on
 // the cleaner's thread. `metrics` (may be null) must outlive the cleaner.
@@ -37,6 +37,9 @@ struct OutboxCleanerOptions {
   std::string id_column = "id";
   std::string created_at_column = "created_at";
   absl::Duration older_than = absl::Hours(1);
+  // --republish-margin: rows this much older than the recorded commit time
+  // are kept too.
+  absl::Duration republish_margin = absl::Hours(1);
   // Time between rounds; 0: older_than / 4, clamped to [1s, 1min].
   absl::Duration interval = absl::ZeroDuration();
   int batch_size = 10000;

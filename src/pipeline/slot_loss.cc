@@ -1,0 +1,75 @@
+#include "pipeline/slot_loss.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace outboxd {
+
+absl::StatusOr<SlotVerdict> JudgeSlot(
+    const std::optional<SlotInfo>& slot,
+    const std::optional<PublisherState>& state, const std::string& source,
+    const std::string& slot_name) {
+  using Kind = SlotVerdict::Kind;
+  if (!state.has_value()) {
+    if (!slot.has_value()) return SlotVerdict{Kind::kCreate, ""};
+    if (slot->invalidated()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("replication slot ", slot_name,
+                       " is invalidated (wal_status '", slot->wal_status,
+                       "') and outboxd has no record of streaming from "
+                       "it: drop it (SELECT pg_drop_replication_slot('",
+                       slot_name, "')) to start afresh"));
+    }
+    return SlotVerdict{Kind::kAdopt, ""};
+  }
+  if (state->source != source) {
+    return SlotVerdict{
+        Kind::kLost,
+        absl::StrCat("the recorded position belongs to source ", state->source,
+                     " but this is ", source,
+                     " (a restored, upgraded or re-initialised cluster)")};
+  }
+  if (!slot.has_value()) {
+    return SlotVerdict{Kind::kLost,
+                       "the slot does not exist (dropped, or not carried over "
+                       "by a failover to a standby)"};
+  }
+  if (slot->invalidated()) {
+    return SlotVerdict{
+        Kind::kLost,
+        absl::StrCat("the slot is invalidated (wal_status '", slot->wal_status,
+                     "': the server removed WAL it needed, see "
+                     "max_slot_wal_keep_size)")};
+  }
+  if (slot->confirmed_flush > state->last_ack) {
+    return SlotVerdict{
+        Kind::kLost,
+        absl::StrCat("the slot starts at ", slot->confirmed_flush.ToString(),
+                     ", past the last acknowledged position: it was "
+                     "re-created or advanced by someone else")};
+  }
+  return SlotVerdict{Kind::kResume, ""};
+}
+
+std::string SlotLossMessage(const std::string& slot_name,
+                            const SlotVerdict& verdict,
+                            const PublisherState& state) {
+  return absl::StrCat(
+      "replication slot ", slot_name, " is lost: ", verdict.why,
+      ". outboxd streamed from it and last acknowledged ",
+      state.last_ack.ToString(), " (commit time ",
+      state.commit_time_text.empty() ? "unknown" : state.commit_time_text,
+      "); events committed after that may be missing from Kafka. Rerun with "
+      "--on-slot-loss=republish to re-create the slot and republish them "
+      "from the outbox table (logical decoding messages and rows deleted in "
+      "their own transaction cannot be republished), or accept the loss: "
+      "DELETE FROM outbox.publisher_state WHERE slot_name = '",
+      slot_name, "'");
+}
+
+bool IsSlotInvalidatedError(const absl::Status& status) {
+  return absl::StrContains(status.message(),
+                           "can no longer get changes from replication slot");
+}
+
+}  // namespace outboxd

@@ -1,0 +1,107 @@
+#include "pipeline/slot_loss.h"
+
+#include "gtest/gtest.h"
+
+namespace outboxd {
+namespace {
+
+using Kind = SlotVerdict::Kind;
+
+constexpr char kSource[] = "7300000000000000001/db/s";
+
+PublisherState Recorded(uint64_t lsn) {
+  PublisherState s;
+  s.slot = "s";
+  s.source = kSource;
+  s.last_ack = Lsn(lsn);
+  s.commit_time_unix_us = 1700000000000000;
+  s.commit_time_text = "2023-11-14 22:13:20+00";
+  s.xmin_horizon = "740";
+  return s;
+}
+
+SlotInfo Slot(uint64_t confirmed, std::string wal_status = "reserved") {
+  SlotInfo i;
+  i.confirmed_flush = Lsn(confirmed);
+  i.restart_lsn = Lsn(confirmed > 100 ? confirmed - 100 : 1);
+  i.wal_status = std::move(wal_status);
+  return i;
+}
+
+Kind Judge(const std::optional<SlotInfo>& slot,
+           const std::optional<PublisherState>& state) {
+  auto v = JudgeSlot(slot, state, kSource, "s");
+  EXPECT_TRUE(v.ok()) << v.status();
+  return v.ok() ? v->kind : Kind::kResume;
+}
+
+TEST(SlotLossTest, FirstStartCreatesOrAdopts) {
+  EXPECT_EQ(Judge(std::nullopt, std::nullopt), Kind::kCreate);
+  EXPECT_EQ(Judge(Slot(5000), std::nullopt), Kind::kAdopt);
+}
+
+TEST(SlotLossTest, HealthySlotAtOrBehindTheRecordResumes) {
+  EXPECT_EQ(Judge(Slot(5000), Recorded(5000)), Kind::kResume);
+  // Recorded, not yet reported (or the server has not saved it).
+  EXPECT_EQ(Judge(Slot(4000), Recorded(5000)), Kind::kResume);
+}
+
+TEST(SlotLossTest, MissingSlotWithARecordIsLost) {
+  auto v = JudgeSlot(std::nullopt, Recorded(5000), kSource, "s");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->kind, Kind::kLost);
+  EXPECT_NE(v->why.find("does not exist"), std::string::npos) << v->why;
+}
+
+TEST(SlotLossTest, InvalidatedSlotIsLost) {
+  EXPECT_EQ(Judge(Slot(5000, "lost"), Recorded(5000)), Kind::kLost);
+  SlotInfo no_restart = Slot(5000);
+  no_restart.restart_lsn = Lsn();
+  EXPECT_EQ(Judge(no_restart, Recorded(5000)), Kind::kLost);
+  // Still streamable: not lost yet.
+  EXPECT_EQ(Judge(Slot(5000, "unreserved"), Recorded(5000)), Kind::kResume);
+}
+
+TEST(SlotLossTest, SlotPastTheRecordWasRecreatedAndIsLost) {
+  auto v = JudgeSlot(Slot(5001), Recorded(5000), kSource, "s");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->kind, Kind::kLost);
+  EXPECT_NE(v->why.find("re-created"), std::string::npos) << v->why;
+}
+
+TEST(SlotLossTest, RecordOfAnotherClusterIsLost) {
+  PublisherState other = Recorded(5000);
+  other.source = "7399999999999999999/db/s";
+  EXPECT_EQ(Judge(Slot(100), other), Kind::kLost);
+}
+
+TEST(SlotLossTest, InvalidatedSlotWithoutRecordIsAClearError) {
+  auto v = JudgeSlot(Slot(5000, "lost"), std::nullopt, kSource, "s");
+  EXPECT_TRUE(absl::IsFailedPrecondition(v.status())) << v.status();
+  EXPECT_NE(v.status().message().find("pg_drop_replication_slot"),
+            std::string::npos);
+}
+
+TEST(SlotLossTest, MessageIsOneLineWithPositionTimeAndWhatToDo) {
+  SlotVerdict v{Kind::kLost, "the slot does not exist"};
+  std::string m = SlotLossMessage("s", v, Recorded(0x16B3748));
+  EXPECT_EQ(m.find('\n'), std::string::npos);
+  EXPECT_NE(m.find("replication slot s is lost"), std::string::npos) << m;
+  EXPECT_NE(m.find("0/16B3748"), std::string::npos) << m;
+  EXPECT_NE(m.find("2023-11-14 22:13:20+00"), std::string::npos) << m;
+  EXPECT_NE(m.find("--on-slot-loss=republish"), std::string::npos) << m;
+  EXPECT_NE(m.find("DELETE FROM outbox.publisher_state WHERE slot_name = 's'"),
+            std::string::npos)
+      << m;
+}
+
+TEST(SlotLossTest, RecognisesStartReplicationInvalidatedError) {
+  EXPECT_TRUE(IsSlotInvalidatedError(absl::FailedPreconditionError(
+      "START_REPLICATION: ERROR:  can no longer get changes from replication "
+      "slot \"s\"")));
+  EXPECT_FALSE(IsSlotInvalidatedError(
+      absl::UnavailableError("replication slot \"s\" is active for PID 42")));
+}
+
+}  // namespace
+}  // namespace outboxd
