@@ -44,14 +44,16 @@ constexpr char kRecordSql[] =
     "WHERE $6::boolean OR (s.source = EXCLUDED.source AND "
     "s.last_ack_lsn <= EXCLUDED.last_ack_lsn) "
     // A new sample: the statement's snapshot is taken before the WAL
-    // position is read.
+    // position is read. The insert position, not the write position: a
+    // transaction with synchronous_commit=off is finished before its commit
+    // record is written out, but not before it is inserted.
     "RETURNING pg_snapshot_xmin(pg_current_snapshot())::text, "
-    "pg_current_wal_lsn()::text, "
+    "pg_current_wal_insert_lsn()::text, "
     "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text";
 
 constexpr char kSampleSql[] =
     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, "
-    "pg_current_wal_lsn()::text, "
+    "pg_current_wal_insert_lsn()::text, "
     "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text";
 
 absl::StatusOr<XminSample> SampleFromRow(const PGresult* r) {
@@ -86,8 +88,11 @@ absl::Status PublisherStateStore::Connect() {
 absl::Status PublisherStateStore::EnsureTable() {
   ASSIGN_OR_RETURN(
       PgResult exists,
-      Run("SELECT (to_regclass('outbox.publisher_state') IS NOT NULL)::text, "
-          "current_user::text",
+      // From the catalog: to_regclass needs USAGE on the schema.
+      Run("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+          "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+          "WHERE n.nspname = 'outbox' AND c.relname = 'publisher_state')"
+          "::text, current_user::text",
           {}));
   const std::string user = Field(exists.get(), 0, 1).value_or("");
   const std::string what_to_run = absl::StrCat(

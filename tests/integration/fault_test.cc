@@ -376,7 +376,9 @@ class PasswordTest : public FaultTest {
     ASSERT_TRUE(Exec(absl::StrCat(
                          "CREATE ROLE pw_user_", db_, " LOGIN REPLICATION "
                          "PASSWORD '", kPassword, "'; GRANT SELECT ON outbox TO "
-                         "pw_user_", db_))
+                         "pw_user_", db_, "; GRANT USAGE ON SCHEMA outbox TO "
+                         "pw_user_", db_, "; GRANT SELECT, INSERT, UPDATE ON "
+                         "outbox.publisher_state TO pw_user_", db_))
                     .ok());
     // Password authentication for this role only, ahead of the trust lines.
     std::string hba = Query("SHOW hba_file");

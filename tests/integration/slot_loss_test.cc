@@ -223,5 +223,31 @@ TEST_F(SlotLossTest, CleanupKeepsRowsWithinTheRepublishMargin) {
   EXPECT_EQ(Query("SELECT count(*) FROM outbox"), "20") << Log(o);
 }
 
+// A role that may not use outboxd's record gets one clear line saying what
+// to grant, instead of streaming without loss detection.
+TEST_F(SlotLossTest, RoleWithoutTheRecordIsToldWhatToGrant) {
+  const std::string role = "nostate_" + db_;
+  ASSERT_TRUE(
+      Exec(absl::StrCat("CREATE ROLE ", role,
+                        " LOGIN REPLICATION; GRANT SELECT ON outbox TO ", role))
+          .ok());
+  std::vector<std::string> argv = BaseArgs();
+  for (auto& a : argv) {
+    if (a.rfind("--pg=", 0) == 0) {
+      a = absl::StrCat("--pg=host=127.0.0.1 port=", cluster_->port(),
+                       " dbname=", db_, " user=", role);
+    }
+  }
+  size_t o = StartOutboxd({}, false, {}, argv);
+  std::optional<int> code = Outboxd(o).Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.has_value()) << Log(o);
+  EXPECT_EQ(*code, 1) << Log(o);
+  EXPECT_TRUE(absl::StrContains(
+      Log(o),
+      "GRANT SELECT, INSERT, UPDATE ON outbox.publisher_state TO " + role))
+      << Log(o);
+  EXPECT_EQ(ConfirmedFlush(), Lsn()) << "no slot without a record";
+}
+
 }  // namespace
 }  // namespace outboxd::testing
