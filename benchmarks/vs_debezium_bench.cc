@@ -1017,10 +1017,16 @@ absl::StatusOr<LatencyRun> RunLatencyRate(BenchEnv& env, const PublisherKind& p,
   j["delivered"] = delivered;
   j["duplicates"] = (*recorder)->duplicates();
   j["drain_after_load_s"] = (last_receipt - load_end_ns) / 1e9;
-  // Kept up: the database took the offered rate, everything arrived, and
-  // no event waited 2 s or more (a growing backlog shows in the maximum).
-  j["kept_up"] = delivered == committed && committed == events &&
-                 committed_per_s >= 0.95 * rate && max_ms < 2000.0;
+  // The publisher kept up: everything committed arrived, and the last event
+  // within 2 s after the load ended (no backlog left to drain; a single
+  // stall of a loaded machine shows in max, not here). The run kept up
+  // when, besides, the database took the offered rate (>= 95%): on a loaded
+  // 2-core machine the generator itself may fall short.
+  const bool publisher_kept_up =
+      delivered == committed && last_receipt - load_end_ns < 2000000000;
+  j["publisher_kept_up"] = publisher_kept_up;
+  j["kept_up"] = publisher_kept_up && committed == events &&
+                 committed_per_s >= 0.95 * rate;
   j["latency_ms"] = {{"p50", Quantile(latencies_ms, 0.50)},
                      {"p90", Quantile(latencies_ms, 0.90)},
                      {"p99", Quantile(latencies_ms, 0.99)},
@@ -1059,7 +1065,7 @@ absl::StatusOr<std::vector<LatencyRun>> RunLatency(
     if (!s.ok()) return s;
     for (int rate : rates) {
       if (!runs.empty() && runs.back().summary["publisher"] == name &&
-          !runs.back().summary["kept_up"].get<bool>()) {
+          !runs.back().summary["publisher_kept_up"].get<bool>()) {
         // "For as long as it keeps up": a higher rate only grows the
         // backlog (and the drain would take minutes).
         nlohmann::json skipped = {{"publisher", name},
@@ -1212,18 +1218,37 @@ std::string Markdown(const nlohmann::json& doc) {
         "### Latency (commit to consumer, one event per transaction, same "
         "consumer)\n\n"
         "| publisher | offered/s | committed/s | p50 ms | p90 ms | p99 ms | "
-        "max ms | publisher CPU s | kept up | load before / after |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n";
+        "max ms | p50, p99: outboxd / this | publisher CPU s | kept up | "
+        "load before / after |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|\n";
+    std::map<int, nlohmann::json> outboxd_at;
+    for (const auto& r : doc["latency"]) {
+      if (r["publisher"] == "outboxd") {
+        outboxd_at[r["offered_rate"].get<int>()] = r["latency_ms"];
+      }
+    }
     for (const auto& r : doc["latency"]) {
       const auto& l = r["latency_ms"];
+      std::string ratio = "-";
+      auto o = outboxd_at.find(r["offered_rate"].get<int>());
+      if (o != outboxd_at.end() && l["p50"].get<double>() > 0 &&
+          l["p99"].get<double>() > 0) {
+        ratio = absl::StrFormat(
+            "%.3f, %.3f",
+            o->second["p50"].get<double>() / l["p50"].get<double>(),
+            o->second["p99"].get<double>() / l["p99"].get<double>());
+      }
+      std::string kept = r["kept_up"].get<bool>() ? "yes" : "**no**";
+      if (!r["kept_up"].get<bool>() && r["publisher_kept_up"].get<bool>()) {
+        kept = "publisher yes; generator short of the rate";
+      }
       absl::StrAppend(
           &md, "| ", r["publisher"].get<std::string>(), " | ",
           r["offered_rate"].get<int>(), " | ",
           absl::StrFormat("%.0f", r["committed_per_s"].get<double>()), " | ",
           Ms(l["p50"]), " | ", Ms(l["p90"]), " | ", Ms(l["p99"]), " | ",
-          Ms(l["max"]), " | ",
-          absl::StrFormat("%.2f", r["cpu_s"].get<double>()), " | ",
-          r["kept_up"].get<bool>() ? "yes" : "**no**", " | ",
+          Ms(l["max"]), " | ", ratio, " | ",
+          absl::StrFormat("%.2f", r["cpu_s"].get<double>()), " | ", kept, " | ",
           r["load_before"].get<std::string>(), " / ",
           r["load_after"].get<std::string>(), " |\n");
     }
@@ -1231,8 +1256,8 @@ std::string Markdown(const nlohmann::json& doc) {
          doc.value("latency_skipped", nlohmann::json::array())) {
       absl::StrAppend(&md, "| ", r["publisher"].get<std::string>(), " | ",
                       r["offered_rate"].get<int>(),
-                      " | - | - | - | - | - | - | not run: did not keep up at "
-                      "a lower rate | |\n");
+                      " | - | - | - | - | - | - | - | not run: fell behind "
+                      "at a lower rate | |\n");
     }
     md += "\n";
   }
