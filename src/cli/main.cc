@@ -321,6 +321,22 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   if (o.dlq_topic.empty()) {
     return absl::InvalidArgumentError("--dlq-topic must not be empty");
   }
+  // Flags that can only make topic names Kafka refuses. A prefix is illegal
+  // when no aggregatetype can complete it into a legal name.
+  if (absl::Status s = CheckTopicName(absl::StrCat(o.router.topic_prefix, "x"));
+      !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--topic-prefix makes no legal topic name: ", s.message()));
+  }
+  if (!o.router.fixed_topic.empty()) {
+    if (absl::Status s = CheckTopicName(o.router.fixed_topic); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--topic: ", s.message()));
+    }
+  }
+  if (absl::Status s = CheckTopicName(o.dlq_topic); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dlq-topic: ", s.message()));
+  }
   std::string on_invalid = absl::GetFlag(FLAGS_on_invalid);
   if (on_invalid == "dead-letter") {
     o.on_invalid = InvalidEventPolicy::kDeadLetter;

@@ -317,6 +317,40 @@ absl::Status KafkaProducer::Flush(absl::Duration timeout) {
   return KafkaErrorToStatus(err, "kafka flush");
 }
 
+absl::StatusOr<TopicState> KafkaProducer::LookupTopic(const std::string& topic,
+                                                      absl::Duration timeout) {
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(impl_->rk, topic.c_str(), nullptr);
+  if (rkt == nullptr) {
+    return KafkaErrorToStatus(rd_kafka_last_error(),
+                              absl::StrCat("topic handle for ", topic));
+  }
+  const rd_kafka_metadata_t* md = nullptr;
+  rd_kafka_resp_err_t err = rd_kafka_metadata(impl_->rk, /*all_topics=*/0, rkt,
+                                              &md, ToTimeoutMs(timeout));
+  rd_kafka_topic_destroy(rkt);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return KafkaErrorToStatus(err, absl::StrCat("metadata of ", topic));
+  }
+  std::unique_ptr<const rd_kafka_metadata_t,
+                  void (*)(const rd_kafka_metadata_t*)>
+      owned(md, &rd_kafka_metadata_destroy);
+  for (int i = 0; i < md->topic_cnt; ++i) {
+    if (topic != md->topics[i].topic) continue;
+    switch (md->topics[i].err) {
+      case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+        return TopicState::kMissing;
+      case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+        return TopicState::kIllegal;
+      default:
+        // NO_ERROR, LEADER_NOT_AVAILABLE (being auto-created), or an error
+        // (e.g. not authorized) that the produce reports as it always did.
+        return TopicState::kExists;
+    }
+  }
+  return absl::UnavailableError(
+      absl::StrCat("metadata of ", topic, ": the topic is not in the reply"));
+}
+
 int KafkaProducer::OutQueueLength() const {
   return rd_kafka_outq_len(impl_->rk);
 }

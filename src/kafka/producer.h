@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kafka/topic_catalog.h"
 #include "outbox/router.h"
 
 namespace outboxd {
@@ -78,6 +79,13 @@ class KafkaProducer {
   // Waits until every queued message is delivered or failed, at most
   // `timeout`; kDeadlineExceeded with the count left otherwise.
   absl::Status Flush(absl::Duration timeout);
+
+  // What the broker's metadata says about `topic`, asked through this
+  // producer's connections: a broker that auto-creates topics creates it
+  // now (unless allow.auto.create.topics=false), as a produce would. An
+  // error status when no answer came within `timeout`.
+  absl::StatusOr<TopicState> LookupTopic(const std::string& topic,
+                                         absl::Duration timeout);
 
   // Messages queued or in flight, not yet reported.
   int OutQueueLength() const;

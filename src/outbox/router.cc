@@ -1,8 +1,10 @@
 #include "outbox/router.h"
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
 
 namespace outboxd {
 
@@ -48,6 +50,50 @@ KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
     record.headers.emplace_back(kHeaderSource, options.source);
   }
   return record;
+}
+
+absl::Status CheckTopicName(absl::string_view topic) {
+  auto illegal = [&](absl::string_view why) {
+    // CHexEscape: a reason must stay one printable line.
+    std::string shown = topic.size() > 60
+                            ? absl::StrCat(topic.substr(0, 60), "...")
+                            : std::string(topic);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "illegal Kafka topic name \"", absl::CHexEscape(shown), "\": ", why));
+  };
+  if (topic.empty()) return illegal("empty");
+  if (topic.size() > kMaxTopicNameLength) {
+    return illegal(absl::StrCat(topic.size(), " characters (at most ",
+                                kMaxTopicNameLength, ")"));
+  }
+  if (topic == "." || topic == "..")
+    return illegal("\".\" and \"..\" are reserved");
+  for (char c : topic) {
+    bool legal = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                 (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+    if (!legal) {
+      return illegal(
+          "only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string EventAsJson(const OutboxEvent& event) {
+  nlohmann::ordered_json headers = nlohmann::ordered_json::object();
+  for (const auto& [name, value] : event.headers) headers[name] = value;
+  nlohmann::ordered_json j = {
+      {"id", event.id},
+      {"aggregatetype", event.aggregate_type},
+      {"aggregateid", event.aggregate_id},
+      {"type", event.type},
+      {"payload", event.payload.has_value()
+                      ? nlohmann::ordered_json(*event.payload)
+                      : nlohmann::ordered_json(nullptr)},
+      {"headers", headers},
+  };
+  if (event.table_seq.has_value()) j["seq"] = *event.table_seq;
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace outboxd

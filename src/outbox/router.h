@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "outbox/event.h"
 
@@ -63,6 +64,21 @@ bool IsReservedHeader(absl::string_view name);
 // The event's own headers never carry a reserved name: any that slipped
 // into event.headers is left out here too.
 KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options);
+
+// The longest topic name Kafka accepts.
+inline constexpr size_t kMaxTopicNameLength = 249;
+
+// OK when Kafka accepts `topic` as a topic name: 1 to 249 characters of
+// [a-zA-Z0-9._-], and neither "." nor "..". Otherwise kInvalidArgument
+// saying why (the name is quoted with non-printable bytes escaped). The dev
+// broker accepts any name; checking here keeps both brokers alike, and an
+// illegal name is never sent to a broker.
+absl::Status CheckTopicName(absl::string_view topic);
+
+// A JSON object with the event's fields (payload as text, headers as an
+// object): the content of the dead-letter record of an event that could
+// not be delivered to its topic, complete enough to replay it.
+std::string EventAsJson(const OutboxEvent& event);
 
 }  // namespace outboxd
 

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -176,6 +177,80 @@ TEST(RouterTest, RecordBorrowsFromEvent) {
   KafkaRecord record = Route(event, RouterOptions{});
   EXPECT_EQ(record.key.data(), event.aggregate_id.data());
   EXPECT_EQ(record.value->data(), event.payload->data());
+}
+
+// --- topic names a real broker refuses ------------------------------------
+
+TEST(TopicNameTest, LegalNamesPass) {
+  EXPECT_TRUE(CheckTopicName("outbox.event.order").ok());
+  EXPECT_TRUE(CheckTopicName("a").ok());
+  EXPECT_TRUE(CheckTopicName("A-Z_a-z.0-9").ok());
+  EXPECT_TRUE(CheckTopicName("...").ok());  // only "." and ".." are reserved
+  EXPECT_TRUE(CheckTopicName(std::string(249, 'x')).ok());
+}
+
+TEST(TopicNameTest, EmptyIsIllegal) {
+  absl::Status s = CheckTopicName("");
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("empty"));
+}
+
+TEST(TopicNameTest, DotAndDotDotAreIllegal) {
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckTopicName(".")));
+  EXPECT_TRUE(absl::IsInvalidArgument(CheckTopicName("..")));
+}
+
+TEST(TopicNameTest, LongerThan249IsIllegal) {
+  absl::Status s = CheckTopicName(std::string(250, 'x'));
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("250 characters"));
+  // The reason stays short: the name is cut.
+  EXPECT_LT(s.message().size(), 200u);
+}
+
+TEST(TopicNameTest, EveryCharacterOutsideTheLegalSetIsIllegal) {
+  for (int c = 0; c < 256; ++c) {
+    const bool legal = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                       c == '-';
+    std::string name = absl::StrCat("t", std::string(1, static_cast<char>(c)));
+    EXPECT_EQ(CheckTopicName(name).ok(), legal) << "character " << c;
+  }
+}
+
+TEST(TopicNameTest, SpaceSlashAndNonAsciiAreIllegalWithAPrintableReason) {
+  for (const std::string name :
+       {"outbox.event.order created", "outbox.event.a/b",
+        "outbox.event.\xc3\xa9v\xc3\xa9nement", "outbox.event.\n"}) {
+    absl::Status s = CheckTopicName(name);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << name;
+    EXPECT_THAT(std::string(s.message()),
+                ::testing::HasSubstr("illegal Kafka topic name"));
+    for (char c : s.message()) {
+      EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "unprintable byte in " << s;
+    }
+  }
+}
+
+TEST(TopicNameTest, RoutedTopicOfAnIllegalAggregateTypeIsRefused) {
+  OutboxEvent event = SampleEvent();
+  event.aggregate_type = "order line";
+  EXPECT_FALSE(CheckTopicName(Route(event, RouterOptions{}).topic).ok());
+  event.aggregate_type = std::string(249 - 13 + 1, 'a');  // prefix is 13
+  EXPECT_FALSE(CheckTopicName(Route(event, RouterOptions{}).topic).ok());
+  event.aggregate_type = std::string(249 - 13, 'a');
+  EXPECT_TRUE(CheckTopicName(Route(event, RouterOptions{}).topic).ok());
+}
+
+TEST(EventAsJsonTest, KeepsEverythingNeededToReplay) {
+  OutboxEvent event = SampleEvent();
+  EXPECT_EQ(EventAsJson(event),
+            R"({"id":"5f0c2d4e-9a34-4c6b-8f51-0a1b2c3d4e5f",)"
+            R"("aggregatetype":"order","aggregateid":"order-42",)"
+            R"("type":"OrderCreated","payload":"{\"total\": 10}",)"
+            R"("headers":{"traceparent":"00-abc-def-01","tenant":"acme"}})");
+  event.payload.reset();
+  EXPECT_NE(EventAsJson(event).find(R"("payload":null)"), std::string::npos);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "kafka/topic_catalog.h"
 #include "nlohmann/json.hpp"
 #include "pg/connection.h"
 #include "pg/pgoutput.h"
@@ -48,6 +49,9 @@ constexpr int kIdleRecordIntervals = 10;
 // beyond this (an older commit time is recorded instead: more republished,
 // never fewer).
 constexpr size_t kMaxCommitTimes = 1 << 20;
+// How long one metadata lookup of a topic may block the pipeline thread
+// (status updates wait meanwhile; wal_sender_timeout is far longer).
+constexpr absl::Duration kTopicLookupTimeout = absl::Seconds(3);
 
 // The record that carries an invalid event to the dead-letter topic: the
 // original content as the value, the reason and position as headers.
@@ -83,6 +87,19 @@ InvalidEvent Unproducible(const OutboxEvent& e, const absl::Status& cause) {
   };
   bad.content =
       c.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return bad;
+}
+
+// An event whose topic cannot take it (an illegal name, a missing topic):
+// an invalid event with the whole event as content, so it can be replayed.
+InvalidEvent Misrouted(const OutboxEvent& e, const std::string& topic,
+                       const absl::Status& cause) {
+  InvalidEvent bad;
+  bad.position = e.position;
+  bad.commit_time_unix_ms = e.commit_time_unix_ms;
+  bad.reason = absl::StrCat("cannot route to ", topic, ": ", cause.message());
+  bad.aggregate_id = e.aggregate_id;
+  bad.content = EventAsJson(e);
   return bad;
 }
 
@@ -333,6 +350,10 @@ class CdcPipeline {
                               [this](uint64_t sequence, absl::Status status) {
                                 OnDelivery(sequence, std::move(status));
                               }));
+    catalog_ = std::make_unique<TopicCatalog>(
+        [producer = producer_.get()](const std::string& topic) {
+          return producer->LookupTopic(topic, kTopicLookupTimeout);
+        });
     return absl::OkStatus();
   }
 
@@ -781,6 +802,15 @@ class CdcPipeline {
     if (auto* event = std::get_if<OutboxEvent>(&pending_->item)) {
       KafkaRecord record = Route(*event, router_);
       if (AlreadyInKafka(event->position)) return SkipPending();
+      absl::Status topic = CheckTopic(record.topic);
+      if (absl::IsUnavailable(topic)) return absl::OkStatus();  // retry later
+      if (!topic.ok()) {
+        // The topic cannot take it: an invalid event (--on-invalid).
+        InvalidEvent bad = Misrouted(*event, record.topic, topic);
+        published_.erase(pending_->sequence);
+        pending_->item = std::move(bad);
+        return OnMisrouted();
+      }
       RETURN_IF_ERROR(EnsureTransaction());
       s = producer_->Produce(record, pending_->sequence);
       if (s.ok()) {
@@ -805,6 +835,16 @@ class CdcPipeline {
       const auto& bad = std::get<InvalidEvent>(pending_->item);
       KafkaRecord record = DeadLetterRecord(bad, options_.dlq_topic);
       if (AlreadyInKafka(bad.position)) return SkipPending();
+      absl::Status topic = CheckTopic(record.topic);
+      if (absl::IsUnavailable(topic)) return absl::OkStatus();  // retry later
+      if (!topic.ok()) {
+        // Never dropped: the event stays unconfirmed, resent on restart.
+        return absl::FailedPreconditionError(absl::StrCat(
+            "cannot dead-letter the invalid event at ",
+            bad.position.commit_lsn.ToString(), "#", bad.position.index, " (",
+            bad.reason, "): dead-letter topic: ", topic.message(),
+            "; the slot is not confirmed past it"));
+      }
       RETURN_IF_ERROR(EnsureTransaction());
       s = producer_->Produce(record, pending_->sequence);
       if (s.ok()) {
@@ -830,6 +870,38 @@ class CdcPipeline {
   // the slot after a restart or reconnect). Nothing else is ever skipped.
   bool AlreadyInKafka(const EventPosition& position) const {
     return exactly_once_ && checkpoint_.has_value() && position <= *checkpoint_;
+  }
+
+  // The catalog's answer for `topic`; kUnavailable (cannot tell yet) is
+  // logged once per distinct cause, the caller keeps the event pending.
+  absl::Status CheckTopic(const std::string& topic) {
+    absl::Status s = catalog_->Check(topic);
+    if (absl::IsUnavailable(s)) {
+      if (s.message() != last_topic_wait_) {
+        spdlog::warn("{}; the event waits", std::string(s.message()));
+        last_topic_wait_ = std::string(s.message());
+      }
+    } else {
+      last_topic_wait_.clear();
+    }
+    return s;
+  }
+
+  // pending_ became an invalid event because its topic cannot take it.
+  absl::Status OnMisrouted() {
+    const auto& bad = std::get<InvalidEvent>(pending_->item);
+    if (options_.metrics != nullptr)
+      options_.metrics->invalid_events->Increment();
+    spdlog::warn("invalid event at {}#{}: {}",
+                 bad.position.commit_lsn.ToString(), bad.position.index,
+                 bad.reason);
+    if (options_.on_invalid == InvalidEventPolicy::kFail) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "invalid event at ", bad.position.commit_lsn.ToString(), "#",
+          bad.position.index, ": ", bad.reason,
+          " (--on-invalid=fail; the slot is not confirmed past it)"));
+    }
+    return TryProducePending();
   }
 
   // --delivery=exactly-once: a record goes into an open Kafka transaction.
@@ -1016,6 +1088,9 @@ class CdcPipeline {
   // Declared after the tracker: destroyed first, so no delivery report can
   // reach a destroyed tracker.
   std::unique_ptr<KafkaProducer> producer_;
+  // Asks producer_ whether a topic can take records (names, existence).
+  std::unique_ptr<TopicCatalog> catalog_;
+  std::string last_topic_wait_;  // the last "cannot tell yet" logged
   std::unique_ptr<ReplicationStream> stream_;
   // outboxd's record of its position (pg/publisher_state.h); opened by the
   // first Setup().

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "kafka/topic_catalog.h"
 #include "pipeline/ack_tracker.h"
 #include "pipeline/reconnect_backoff.h"
 #include "pipeline/reserved_header_log.h"
@@ -19,6 +20,8 @@ namespace {
 constexpr absl::Duration kProgressLogInterval = absl::Seconds(10);
 // How long one wait for delivery reports blocks.
 constexpr absl::Duration kAckPollInterval = absl::Milliseconds(5);
+// How long one metadata lookup of a topic may block.
+constexpr absl::Duration kTopicLookupTimeout = absl::Seconds(3);
 
 // A row that cannot be an event, for the dead-letter topic.
 KafkaRecord DeadLetterRecord(const PolledRow& row, const std::string& topic) {
@@ -53,6 +56,10 @@ class PollPipeline {
                               [this](uint64_t sequence, absl::Status status) {
                                 OnDelivery(sequence, std::move(status));
                               }));
+    catalog_ = std::make_unique<TopicCatalog>(
+        [producer = producer_.get()](const std::string& topic) {
+          return producer->LookupTopic(topic, kTopicLookupTimeout);
+        });
     absl::Status s = ConnectWithRetry(stop);
     while (s.ok() && poller_ != nullptr) {
       if (options_.metrics != nullptr) options_.metrics->streaming->Set(1);
@@ -247,7 +254,31 @@ class PollPipeline {
       absl::Status s;
       bool dead_letter = !row.event.has_value();
       if (!dead_letter) {
-        s = producer_->Produce(Route(*row.event, options_.router), sequence);
+        KafkaRecord record = Route(*row.event, options_.router);
+        s = CheckTopic(record.topic);
+        if (absl::IsUnavailable(s)) {
+          producer_->Poll(absl::Milliseconds(50));  // cannot tell yet: wait
+          RETURN_IF_ERROR(producer_->fatal_error());
+          continue;
+        }
+        if (!s.ok()) {
+          // The topic cannot take it: an invalid row (--on-invalid).
+          if (options_.on_invalid == InvalidEventPolicy::kFail) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("row seq ", row.seq, " cannot be routed to ",
+                             record.topic, ": ", s.message(),
+                             " (--on-invalid=fail; it stays "
+                             "unpublished)"));
+          }
+          PolledRow bad;
+          bad.seq = row.seq;
+          bad.aggregate_id = row.aggregate_id;
+          bad.invalid_reason =
+              absl::StrCat("cannot route to ", record.topic, ": ", s.message());
+          bad.content = EventAsJson(*row.event);
+          return ProduceDeadLetter(bad, sequence);
+        }
+        s = producer_->Produce(record, sequence);
         if (!s.ok() && !absl::IsResourceExhausted(s)) {
           // Not producible as it is (e.g. too large): dead-letter it.
           if (options_.on_invalid == InvalidEventPolicy::kFail) {
@@ -284,6 +315,19 @@ class PollPipeline {
                        " (--on-invalid=fail; it stays unpublished)"));
     }
     while (true) {
+      absl::Status topic = CheckTopic(options_.dlq_topic);
+      if (absl::IsUnavailable(topic)) {
+        producer_->Poll(absl::Milliseconds(50));
+        RETURN_IF_ERROR(producer_->fatal_error());
+        continue;
+      }
+      if (!topic.ok()) {
+        // Never dropped: the row stays unpublished.
+        return absl::FailedPreconditionError(absl::StrCat(
+            "cannot dead-letter row seq ", row.seq, " (", row.invalid_reason,
+            "): dead-letter topic: ", topic.message(),
+            "; it stays unpublished"));
+      }
       absl::Status s = producer_->Produce(
           DeadLetterRecord(row, options_.dlq_topic), sequence);
       if (s.ok()) {
@@ -298,6 +342,21 @@ class PollPipeline {
       producer_->Poll(absl::Milliseconds(10));
       RETURN_IF_ERROR(producer_->fatal_error());
     }
+  }
+
+  // The catalog's answer for `topic`; kUnavailable (cannot tell yet) is
+  // logged once per distinct cause.
+  absl::Status CheckTopic(const std::string& topic) {
+    absl::Status s = catalog_->Check(topic);
+    if (absl::IsUnavailable(s)) {
+      if (s.message() != last_topic_wait_) {
+        spdlog::warn("{}; the row waits", std::string(s.message()));
+        last_topic_wait_ = std::string(s.message());
+      }
+    } else {
+      last_topic_wait_.clear();
+    }
+    return s;
   }
 
   void LogProgress() {
@@ -315,6 +374,9 @@ class PollPipeline {
   AckTracker tracker_;
   // After the tracker: destroyed first, so no report reaches a dead tracker.
   std::unique_ptr<KafkaProducer> producer_;
+  // Asks producer_ whether a topic can take records (names, existence).
+  std::unique_ptr<TopicCatalog> catalog_;
+  std::string last_topic_wait_;
   std::unique_ptr<OutboxPoller> poller_;
   uint64_t batch_number_ = 0;
   uint64_t notifications_ = 0;

@@ -151,6 +151,45 @@ TEST(CliTest, ExactlyOnceWithPollOrNotifyExitsTwoWithOneLine) {
   }
 }
 
+TEST(CliTest, FlagsThatCanOnlyMakeIllegalTopicNamesExitTwoWithOneLine) {
+  const std::vector<std::string> base = {
+      "--pg=host=127.0.0.1 port=1 dbname=x connect_timeout=1",
+      "--brokers=127.0.0.1:9"};
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"--topic-prefix=outbox event.", "--topic-prefix"},
+      {"--topic-prefix=outbox/", "--topic-prefix"},
+      {"--topic-prefix=" + std::string(249, 'p'), "--topic-prefix"},
+      {"--topic=orders\xc3\xa9", "--topic"},
+      {"--topic=..", "--topic"},
+      {"--topic=" + std::string(250, 't'), "--topic"},
+      {"--dlq-topic=dead letters", "--dlq-topic"},
+      {"--dlq-topic=.", "--dlq-topic"},
+  };
+  for (const auto& [flag, name] : bad) {
+    std::vector<std::string> args = base;
+    args.push_back(flag);
+    CommandResult r = RunOutboxd(args);
+    EXPECT_EQ(r.exit_code, 2) << flag << ": " << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1)
+        << r.output;
+    EXPECT_NE(r.output.find(name), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("illegal Kafka topic name"), std::string::npos)
+        << r.output;
+  }
+  // The edges stay legal: an empty prefix, a 248-character one, "...".
+  for (const std::string& flag : {std::string("--topic-prefix="),
+                                  "--topic-prefix=" + std::string(248, 'p'),
+                                  std::string("--topic=...")}) {
+    std::vector<std::string> args = base;
+    args.push_back(flag);
+    args.push_back("--on-invalid=bogus");  // the next check fails instead
+    CommandResult r = RunOutboxd(args);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("--on-invalid"), std::string::npos)
+        << flag << ": " << r.output;
+  }
+}
+
 // ------------------------------------------------------------------ docker
 
 TEST(DockerTest, ComposeFileParsesAndWiresTheServices) {
