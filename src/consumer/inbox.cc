@@ -382,6 +382,19 @@ struct Inbox::Impl {
     for (const auto& [k, v] : kConsumerDefaults) {
       if (s.ok()) s = set(k, v);
     }
+    // Liveness after a crash: see InboxOptions::instance_id and
+    // session_timeout. Heartbeats at a third of the session timeout (at
+    // most librdkafka's 3 s default), so a live member is never dropped.
+    const int64_t session_ms =
+        absl::ToInt64Milliseconds(options.session_timeout);
+    if (s.ok()) s = set("session.timeout.ms", absl::StrCat(session_ms));
+    if (s.ok()) {
+      s = set("heartbeat.interval.ms",
+              absl::StrCat(std::clamp<int64_t>(session_ms / 3, 1, 3000)));
+    }
+    if (s.ok() && !options.instance_id.empty()) {
+      s = set("group.instance.id", options.instance_id);
+    }
     for (const auto& [k, v] : options.kafka_properties) {
       if (s.ok()) s = set(k, v);
     }
@@ -563,6 +576,14 @@ struct Inbox::Impl {
   absl::Status OnMessage(rd_kafka_message_t* m) {
     if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
       if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return absl::OkStatus();
+      if (m->err == RD_KAFKA_RESP_ERR_INVALID_SESSION_TIMEOUT) {
+        // The group will never be joined: retrying only hides it.
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the broker refuses --session-timeout=",
+            absl::FormatDuration(options.session_timeout),
+            " (outside its group.min.session.timeout.ms .. "
+            "group.max.session.timeout.ms, 6s .. 30m by default)"));
+      }
       // Informational (e.g. a topic not there yet); librdkafka retries.
       spdlog::warn("kafka consumer: {}: {}", rd_kafka_err2name(m->err),
                    rd_kafka_message_errstr(m));

@@ -128,6 +128,15 @@ struct InboxOptions {
   // Deferred records queued per partition before it is paused.
   size_t max_deferred_per_partition = 10000;
 
+  // Static group membership (group.instance.id) when not empty: a member
+  // restarted with the same id takes its partitions back at once, without a
+  // rebalance; it must be unique among the group's live members (a second
+  // member with the same id fences the first). Empty: dynamic membership.
+  std::string instance_id;
+  // How long the group coordinator waits for a silent member (crashed, or
+  // stopped without restart) before giving its partitions to the others.
+  absl::Duration session_timeout = absl::Seconds(10);
+
   absl::Duration kafka_commit_interval = absl::Seconds(1);
   // librdkafka properties applied after the inbox's defaults
   // (enable.auto.commit=false, auto.offset.reset=earliest, ...), to the

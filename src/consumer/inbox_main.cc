@@ -5,8 +5,15 @@
 //
 // Exit codes: 0 after SIGTERM/SIGINT, 1 after a runtime failure (cause
 // logged), 2 for bad flags.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -58,6 +65,15 @@ ABSL_FLAG(std::string, on_missing_dependency, "dead-letter",
 ABSL_FLAG(std::string, value_format, "payload",
           "how outboxd encoded the values (its --value-format): payload, "
           "envelope-json or protobuf; the handler's $2 is the payload");
+ABSL_FLAG(std::string, instance_id, "auto",
+          "static group membership id (group.instance.id): a member "
+          "restarted with the same id takes its partitions back at once. "
+          "auto: <host name>-<n>, n the lowest number no other outbox-inbox "
+          "of this group on this host holds (a lock file in "
+          "$OUTBOX_INBOX_LOCK_DIR, default /tmp); none: dynamic membership");
+ABSL_FLAG(absl::Duration, session_timeout, absl::Seconds(10),
+          "how long the group waits for a silent member (crashed, or stopped "
+          "and not restarted) before its partitions go to the others");
 ABSL_FLAG(std::vector<std::string>, kafka_property, {},
           "key=value passed to librdkafka; repeatable");
 ABSL_FLAG(std::string, log_level, "info",
@@ -71,6 +87,47 @@ constexpr char kUsage[] =
     "once\n\n"
     "usage: outbox-inbox --pg=CONNINFO --brokers=HOST:PORT --group=ID "
     "--topics=T[,T] --handler-sql=SQL [flags]";
+
+// Characters a lock file name and a group.instance.id may hold.
+std::string Sanitized(absl::string_view text) {
+  std::string out;
+  for (char c : text) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+    out.push_back(ok ? c : '_');
+  }
+  return out;
+}
+
+// --instance-id=auto: "<host>-<n>" with the lowest n whose lock file this
+// process can lock. The lock is held until the process ends (the kernel
+// releases it on a crash too), so two live members of one group on one host
+// never share an id, and a member restarted alone gets its old id back.
+absl::StatusOr<std::string> AutoInstanceId(const std::string& group) {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') {
+    return absl::FailedPreconditionError(
+        "--instance-id=auto: no host name; set --instance-id");
+  }
+  const char* env = std::getenv("OUTBOX_INBOX_LOCK_DIR");
+  const std::string dir = env != nullptr && env[0] != '\0' ? env : "/tmp";
+  for (int n = 0; n < 1000; ++n) {
+    std::string path =
+        absl::StrCat(dir, "/outbox-inbox-", Sanitized(group), "-", n, ".lock");
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--instance-id=auto: cannot open ", path, ": ",
+                       std::strerror(errno), "; set --instance-id"));
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      return absl::StrCat(Sanitized(host), "-", n);  // fd stays open
+    }
+    close(fd);
+  }
+  return absl::FailedPreconditionError(
+      "--instance-id=auto: 1000 members on this host; set --instance-id");
+}
 
 std::atomic<bool> g_stop{false};
 extern "C" void OnSignal(int) { g_stop.store(true); }
@@ -147,6 +204,18 @@ absl::StatusOr<InboxOptions> OptionsFromFlags(
         absl::StrCat("--value-format: ", format.status().message()));
   }
   o.value_format = *format;
+  o.session_timeout = absl::GetFlag(FLAGS_session_timeout);
+  if (o.session_timeout < absl::Milliseconds(1) ||
+      o.session_timeout > absl::Hours(1)) {
+    return absl::InvalidArgumentError(
+        "--session-timeout must be between 1ms and 1h");
+  }
+  o.instance_id = absl::GetFlag(FLAGS_instance_id);
+  if (o.instance_id.empty()) {
+    return absl::InvalidArgumentError(
+        "--instance-id must not be empty (auto, none or an id)");
+  }
+  if (o.instance_id == "none") o.instance_id.clear();
   RETURN_IF_ERROR(
       cli::AppendKeyValueFlags(cmd, "kafka_property", &o.kafka_properties));
   return o;
@@ -211,6 +280,14 @@ int Main(int argc, char** argv) {
     std::cerr << "outbox-inbox: " << options.status().message() << "\n";
     return 2;
   }
+  if (options->instance_id == "auto") {
+    auto id = AutoInstanceId(options->group_id);
+    if (!id.ok()) {
+      std::cerr << "outbox-inbox: " << id.status().message() << "\n";
+      return 1;
+    }
+    options->instance_id = *id;
+  }
   struct sigaction sa = {};
   sa.sa_handler = OnSignal;
   sigemptyset(&sa.sa_mask);
@@ -218,10 +295,13 @@ int Main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  spdlog::info("outbox-inbox {} starting: pg {} brokers {} group {} topics {}",
-               OUTBOXD_VERSION, RedactConninfo(options->conninfo),
-               options->brokers, options->group_id,
-               absl::GetFlag(FLAGS_topics));
+  spdlog::info(
+      "outbox-inbox {} starting: pg {} brokers {} group {} topics {} "
+      "instance {} session timeout {}",
+      OUTBOXD_VERSION, RedactConninfo(options->conninfo), options->brokers,
+      options->group_id, absl::GetFlag(FLAGS_topics),
+      options->instance_id.empty() ? "(dynamic)" : options->instance_id,
+      absl::FormatDuration(options->session_timeout));
   auto inbox =
       Inbox::Create(*options, SqlHandler(absl::GetFlag(FLAGS_handler_sql)));
   if (!inbox.ok()) {

@@ -28,6 +28,7 @@
 #include "outbox/router.h"
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
+#include "tests/harness/kafka_cluster.h"
 #include "tests/harness/kafka_reader.h"
 #include "tests/harness/pg_cluster.h"
 
@@ -122,7 +123,9 @@ class InboxTest : public ::testing::Test {
     // The receiving side: `seq` records the order of application.
     ASSERT_TRUE(Shipping("CREATE TABLE applied (seq bigserial PRIMARY KEY, "
                          "event_id text NOT NULL, aggregate text, "
-                         "n integer CHECK (n >= 0))")
+                         "n integer CHECK (n >= 0), "
+                         "applied_at timestamptz NOT NULL "
+                         "DEFAULT clock_timestamp())")
                     .ok());
   }
 
@@ -208,7 +211,7 @@ class InboxTest : public ::testing::Test {
   ChildProcess* StartOutboxd(std::vector<std::string> extra = {}) {
     std::vector<std::string> argv = {OUTBOXD_BINARY,
                                      "--pg=" + cluster_->ConnInfo(orders_db_),
-                                     "--brokers=" + broker_->bootstrap(),
+                                     "--brokers=" + Bootstrap(),
                                      "--topic-prefix=" + prefix_,
                                      "--slot=" + slot_,
                                      "--status-interval=200ms",
@@ -217,27 +220,103 @@ class InboxTest : public ::testing::Test {
     return StartChild(&outboxd_, "outboxd", argv, "streaming from slot");
   }
 
-  // The shipping service: applies each event to `applied`.
+  // The broker the test runs against (a derived fixture may run another).
+  virtual std::string Bootstrap() const { return broker_->bootstrap(); }
+  virtual absl::Status CreateTopic(const std::string& topic, int partitions) {
+    return broker_->CreateTopic(topic, partitions);
+  }
+
+  // The shipping service: applies each event to `applied`. With
+  // `fast_group`, kFastGroup's properties; otherwise the inbox's defaults.
   ChildProcess* StartInbox(const std::vector<std::string>& topics,
                            std::vector<std::string> extra = {},
-                           const std::string& ready = "assigned") {
+                           const std::string& ready = "assigned",
+                           bool fast_group = true) {
     std::vector<std::string> argv = {
         OUTBOX_INBOX_BINARY,
         "--pg=" + cluster_->ConnInfo(shipping_db_),
-        "--brokers=" + broker_->bootstrap(),
+        "--brokers=" + Bootstrap(),
         "--group=" + group_,
         "--topics=" + absl::StrJoin(topics, ","),
         "--handler-sql=INSERT INTO applied (event_id, aggregate, n) VALUES "
         "($7, $1, ($2::jsonb->>'n')::integer)",
         "--dlq-topic=" + prefix_ + "dlq"};
-    argv.insert(argv.end(), kFastGroup.begin(), kFastGroup.end());
+    if (fast_group) {
+      argv.insert(argv.end(), kFastGroup.begin(), kFastGroup.end());
+    }
     argv.insert(argv.end(), extra.begin(), extra.end());
     return StartChild(&inboxes_, "inbox", argv, ready);
   }
 
+  // Issue 9's liveness case: 3,000 events, two members with the inbox's
+  // default group settings (--instance-id=auto, --session-timeout=10s), one
+  // SIGKILLed three times and restarted at once each time. Exactly once,
+  // and every effect applied soon after the last restart. Returns the
+  // seconds from the last restart to the last effect (-1 if not all came).
+  double RestartLiveness(const std::vector<std::string>& extra = {},
+                         bool fast_group = false) {
+    const std::string topic = prefix_ + "order";
+    EXPECT_TRUE(CreateTopic(topic, 4).ok());
+    StartOutboxd();
+    ChildProcess* a = StartInbox({topic}, extra, "assigned", fast_group);
+    ChildProcess* b = StartInbox({topic}, extra, "assigned", fast_group);
+    EXPECT_NE(a, nullptr);
+    EXPECT_NE(b, nullptr);
+    if (a == nullptr || b == nullptr) return -1;
+    constexpr int kEvents = 3000;
+    constexpr int kBatch = 100;
+    std::atomic<bool> writer_failed{false};
+    std::thread writer([&] {
+      for (int first = 0; first < kEvents; first += kBatch) {
+        absl::Status s = Orders(absl::StrCat(
+            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) "
+            "SELECT 'order', 'o-' || (g % 97), 'OrderPlaced', "
+            "jsonb_build_object('n', g) FROM generate_series(",
+            first, ", ", first + kBatch - 1, ") g"));
+        if (!s.ok()) writer_failed = true;
+        absl::SleepFor(absl::Milliseconds(100));
+      }
+    });
+    absl::Time last_restart;
+    for (int kill = 0; kill < 3; ++kill) {
+      absl::SleepFor(absl::Milliseconds(700));
+      b->Signal(SIGKILL);
+      b->Wait(absl::Seconds(5));
+      last_restart = absl::Now();
+      // Not waiting for "assigned": a member that gets its partitions back
+      // at once and one that waits for a rebalance are both measured below.
+      b = StartInbox({topic}, extra, "starting", fast_group);
+      if (b == nullptr) break;
+    }
+    writer.join();
+    EXPECT_FALSE(writer_failed);
+    int64_t applied = WaitForCount("SELECT count(*) FROM applied", kEvents,
+                                   absl::Seconds(120));
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - last_restart);
+    // When the last effect was committed, by the database's clock.
+    const double last_effect =
+        static_cast<double>(ShippingCount(
+            "SELECT (extract(epoch FROM max(applied_at)) * 1000)::bigint FROM "
+            "applied")) /
+        1000.0;
+    const double restart_s =
+        absl::ToDoubleSeconds(last_restart - absl::UnixEpoch());
+    absl::SleepFor(absl::Seconds(2));  // anything extra would show now
+    EXPECT_EQ(applied, kEvents) << InboxLogs();
+    EXPECT_EQ(ShippingCount("SELECT count(*) FROM applied"), kEvents);
+    EXPECT_EQ(ShippingCount("SELECT count(DISTINCT n) FROM applied"), kEvents);
+    EXPECT_EQ(ShippingCount("SELECT count(*) FROM inbox_processed"), kEvents);
+    if (applied < kEvents) return -1;
+    std::printf(
+        "[ measure ] %d events, 2 members, 3 SIGKILL+restart: exactly once; "
+        "last effect %.1f s after the last restart (waited %.1f s)\n",
+        kEvents, last_effect - restart_s, seconds);
+    return last_effect - restart_s;
+  }
+
   std::vector<ConsumedRecord> Read(const std::string& topic, size_t n,
                                    absl::Duration timeout = absl::Seconds(60)) {
-    auto records = ReadTopic(broker_->bootstrap(), topic, n, timeout);
+    auto records = ReadTopic(Bootstrap(), topic, n, timeout);
     EXPECT_TRUE(records.ok()) << records.status();
     return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
   }
@@ -417,6 +496,68 @@ TEST_F(InboxTest, SigkillAtRandomMomentsAppliesEachEventExactlyOnce) {
       "(%zu republished), %zu duplicates skipped by the inbox\n",
       kEvents, kills, seconds, in_kafka, in_kafka - kEvents,
       duplicates_skipped);
+}
+
+// Issue 9: what a crashed member costs on the dev broker (see README "What a
+// crash costs"); the 15 s target is met on real Kafka (KafkaInboxTest).
+TEST_F(InboxTest, CrashedMemberCostsSecondsNotMinutes) {
+  // librdkafka 2.0.2's mock ignores group.instance.id: each restart joins
+  // as a new member and each dead one costs a rebalance once its session
+  // (10 s) expires. Measured about 36 s; 130 s with librdkafka's 45 s
+  // default before --session-timeout.
+  double seconds = RestartLiveness();
+  EXPECT_GE(seconds, 0);
+  EXPECT_LT(seconds, 60.0);
+}
+
+// The same on a real 1-node Apache Kafka (inbox_test_kafka, label kafka):
+// its group coordinator honours static membership and rebalances for real.
+class KafkaInboxTest : public InboxTest {
+ protected:
+  void SetUp() override {
+    auto kafka = KafkaCluster::Shared({.nodes = 1, .partitions = 4});
+    ASSERT_TRUE(kafka.ok()) << kafka.status();
+    kafka_ = *kafka;
+    InboxTest::SetUp();
+  }
+  std::string Bootstrap() const override { return kafka_->bootstrap(); }
+  absl::Status CreateTopic(const std::string& topic, int partitions) override {
+    return kafka_->CreateTopic(topic, partitions);
+  }
+  KafkaCluster* kafka_ = nullptr;
+};
+
+// Static membership (the defaults): the restarted member takes its
+// partitions back without waiting for its dead self's session to expire.
+TEST_F(KafkaInboxTest, CrashedMemberTakesItsPartitionsBackAtOnce) {
+  double seconds = RestartLiveness();
+  EXPECT_GE(seconds, 0);
+  EXPECT_LT(seconds, 15.0);
+}
+
+// Dynamic membership and the broker's shortest session (6 s): every kill
+// and restart is a rebalance on the real group coordinator; each effect
+// still applies once.
+TEST_F(KafkaInboxTest, SigkillMidStreamWithRebalancesAppliesEachEffectOnce) {
+  double seconds =
+      RestartLiveness({"--instance-id=none", "--session-timeout=6s"});
+  EXPECT_GE(seconds, 0);
+}
+
+// A session timeout the broker refuses stops the inbox with the reason,
+// instead of retrying the join forever.
+TEST_F(KafkaInboxTest, SessionTimeoutTheBrokerRefusesIsAClearError) {
+  const std::string topic = prefix_ + "order";
+  ASSERT_TRUE(CreateTopic(topic, 1).ok());
+  ChildProcess* inbox =
+      StartInbox({topic}, {"--session-timeout=2s"}, "", /*fast_group=*/false);
+  ASSERT_NE(inbox, nullptr);
+  auto code = inbox->Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.has_value()) << InboxLogs();
+  EXPECT_EQ(*code, 1);
+  EXPECT_NE(InboxLogs().find("the broker refuses --session-timeout=2s"),
+            std::string::npos)
+      << InboxLogs();
 }
 
 // A handler that keeps failing: after --max-attempts the record is in the
