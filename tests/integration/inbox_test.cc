@@ -250,9 +250,11 @@ class InboxTest : public ::testing::Test {
 
   // Issue 9's liveness case: 3,000 events, two members with the inbox's
   // default group settings (--instance-id=auto, --session-timeout=10s), one
-  // SIGKILLed three times and restarted at once each time. Exactly once,
-  // and every effect applied soon after the last restart. Returns the
-  // seconds from the last restart to the last effect (-1 if not all came).
+  // SIGKILLed three times (twice mid-stream, once after it) and restarted
+  // at once each time; the last 100 events are written right after the
+  // last restart. Exactly once, and every effect applied soon after the
+  // last restart. Returns the seconds from the last restart to the last
+  // effect (-1 if not all came).
   double RestartLiveness(const std::vector<std::string>& extra = {},
                          bool fast_group = false) {
     const std::string topic = prefix_ + "order";
@@ -265,21 +267,30 @@ class InboxTest : public ::testing::Test {
     if (a == nullptr || b == nullptr) return -1;
     constexpr int kEvents = 3000;
     constexpr int kBatch = 100;
+    // The last kBatch events are written right after the last restart, so
+    // the measure below includes work on the restarted member's partitions.
+    auto write = [this](int first) {
+      return Orders(absl::StrCat(
+          "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) "
+          "SELECT 'order', 'o-' || (g % 97), 'OrderPlaced', "
+          "jsonb_build_object('n', g) FROM generate_series(",
+          first, ", ", first + kBatch - 1, ") g"));
+    };
     std::atomic<bool> writer_failed{false};
     std::thread writer([&] {
-      for (int first = 0; first < kEvents; first += kBatch) {
-        absl::Status s = Orders(absl::StrCat(
-            "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) "
-            "SELECT 'order', 'o-' || (g % 97), 'OrderPlaced', "
-            "jsonb_build_object('n', g) FROM generate_series(",
-            first, ", ", first + kBatch - 1, ") g"));
-        if (!s.ok()) writer_failed = true;
-        absl::SleepFor(absl::Milliseconds(100));
+      for (int first = 0; first < kEvents - kBatch; first += kBatch) {
+        if (!write(first).ok()) writer_failed = true;
+        absl::SleepFor(absl::Milliseconds(50));
       }
     });
     absl::Time last_restart;
     for (int kill = 0; kill < 3; ++kill) {
-      absl::SleepFor(absl::Milliseconds(700));
+      // The first two kills mid-stream, the last once the stream is written.
+      if (kill == 2) {
+        writer.join();
+      } else {
+        absl::SleepFor(absl::Milliseconds(700));
+      }
       b->Signal(SIGKILL);
       b->Wait(absl::Seconds(5));
       last_restart = absl::Now();
@@ -288,8 +299,9 @@ class InboxTest : public ::testing::Test {
       b = StartInbox({topic}, extra, "starting", fast_group);
       if (b == nullptr) break;
     }
-    writer.join();
+    if (writer.joinable()) writer.join();
     EXPECT_FALSE(writer_failed);
+    EXPECT_TRUE(write(kEvents - kBatch).ok());
     int64_t applied = WaitForCount("SELECT count(*) FROM applied", kEvents,
                                    absl::Seconds(120));
     const double seconds = absl::ToDoubleSeconds(absl::Now() - last_restart);
@@ -503,11 +515,11 @@ TEST_F(InboxTest, SigkillAtRandomMomentsAppliesEachEventExactlyOnce) {
 TEST_F(InboxTest, CrashedMemberCostsSecondsNotMinutes) {
   // librdkafka 2.0.2's mock ignores group.instance.id: each restart joins
   // as a new member and each dead one costs a rebalance once its session
-  // (10 s) expires. Measured about 36 s; 130 s with librdkafka's 45 s
+  // (10 s) expires. Measured 36 to 41 s; 130 s with librdkafka's 45 s
   // default before --session-timeout.
   double seconds = RestartLiveness();
   EXPECT_GE(seconds, 0);
-  EXPECT_LT(seconds, 60.0);
+  EXPECT_LT(seconds, 90.0);
 }
 
 // The same on a real 1-node Apache Kafka (inbox_test_kafka, label kafka):
