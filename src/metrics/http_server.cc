@@ -12,6 +12,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "spdlog/spdlog.h"
 
 namespace outboxd::metrics {
 namespace {
@@ -75,6 +78,15 @@ class ElasticTaskQueue : public httplib::TaskQueue {
 
 }  // namespace
 
+// What the handlers reach, cleared when the server is abandoned at stop.
+struct MetricsServer::HandlerState {
+  absl::Mutex mu;
+  const Registry* registry ABSL_GUARDED_BY(mu) = nullptr;
+  std::function<bool()> ready ABSL_GUARDED_BY(mu);
+  // Notified when the server thread has ended (every connection closed).
+  absl::Notification stopped;
+};
+
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& address, const Registry* registry,
     std::function<bool()> ready) {
@@ -113,19 +125,32 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   s->server_->set_read_timeout(kReadTimeout);
   s->server_->set_write_timeout(kWriteTimeout);
   s->server_->new_task_queue = [] { return new ElasticTaskQueue(kMaxThreads); };
-  s->server_->Get("/metrics", [registry](const httplib::Request&,
-                                         httplib::Response& res) {
-    res.set_content(registry->Exposition(),
-                    "text/plain; version=0.0.4; charset=utf-8");
-  });
+  s->state_ = std::make_shared<HandlerState>();
+  {
+    absl::MutexLock lock(&s->state_->mu);
+    s->state_->registry = registry;
+    s->state_->ready = std::move(ready);
+  }
+  std::shared_ptr<HandlerState> state = s->state_;
+  s->server_->Get("/metrics",
+                  [state](const httplib::Request&, httplib::Response& res) {
+                    absl::MutexLock lock(&state->mu);
+                    if (state->registry == nullptr) {
+                      res.status = 503;
+                      res.set_content("stopping\n", "text/plain");
+                      return;
+                    }
+                    res.set_content(state->registry->Exposition(),
+                                    "text/plain; version=0.0.4; charset=utf-8");
+                  });
   s->server_->Get("/healthz", [](const httplib::Request&,
                                  httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });
-  s->server_->Get("/readyz", [ready = std::move(ready)](
-                                 const httplib::Request&,
-                                 httplib::Response& res) {
-    bool ok = ready ? ready() : true;
+  s->server_->Get("/readyz", [state](const httplib::Request&,
+                                     httplib::Response& res) {
+    absl::MutexLock lock(&state->mu);
+    bool ok = state->registry != nullptr && (!state->ready || state->ready());
     res.status = ok ? 200 : 503;
     res.set_content(ok ? "ready\n" : "not ready\n", "text/plain");
   });
@@ -144,7 +169,10 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   if (*listen_socket != INVALID_SOCKET) listen(*listen_socket, SOMAXCONN);
   s->host_ = host;
   httplib::Server* server = s->server_.get();
-  s->thread_ = std::thread([server] { server->listen_after_bind(); });
+  s->thread_ = std::thread([server, state] {
+    server->listen_after_bind();
+    state->stopped.Notify();
+  });
   return s;
 }
 
@@ -155,7 +183,26 @@ MetricsServer::~MetricsServer() {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   if (server_ != nullptr) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  if (state_->stopped.WaitForNotificationWithTimeout(
+          absl::FromChrono(kStopTimeout))) {
+    thread_.join();
+    return;
+  }
+  // A client still sends (slowly) or holds a read: do not wait for it.
+  // The handlers stop touching the registry and `ready`; the server and its
+  // threads are left to end with the connection (or with the process).
+  {
+    absl::MutexLock lock(&state_->mu);
+    state_->registry = nullptr;
+    state_->ready = nullptr;
+  }
+  spdlog::warn(
+      "metrics server: a connection is still open {} after stop; not "
+      "waiting for it",
+      absl::FormatDuration(absl::FromChrono(kStopTimeout)));
+  thread_.detach();
+  (void)server_.release();  // still used by the detached threads
 }
 
 }  // namespace outboxd::metrics

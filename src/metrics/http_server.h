@@ -7,7 +7,8 @@
 //
 // Threading: Start() and the destructor are called from one thread; the
 // handlers run on the server's threads and only call Registry::Exposition
-// and `ready`, both thread-safe. The registry must outlive the server.
+// and `ready`, both thread-safe. The registry must outlive the server; once
+// the destructor returned, no handler calls either any more.
 #ifndef OUTBOXD_METRICS_HTTP_SERVER_H_
 #define OUTBOXD_METRICS_HTTP_SERVER_H_
 
@@ -37,6 +38,11 @@ class MetricsServer {
   static constexpr size_t kKeepAliveRequests = 100;
   // Connections served at once (one thread each, started on demand).
   static constexpr size_t kMaxThreads = 128;
+  // How long the destructor waits for open connections to end (an idle
+  // keep-alive connection ends within kKeepAliveTimeoutSeconds). A client
+  // still sending after that is abandoned, not waited for, so that a slow
+  // client cannot hold up outboxd's exit.
+  static constexpr std::chrono::milliseconds kStopTimeout{3000};
 
   // `address` is HOST:PORT (PORT 0: an ephemeral port, see port()).
   // kInvalidArgument for a malformed address, kUnavailable when it cannot
@@ -44,7 +50,8 @@ class MetricsServer {
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const std::string& address, const Registry* registry,
       std::function<bool()> ready);
-  ~MetricsServer();  // stops the server and joins its thread
+  // Stops the server; waits at most kStopTimeout for its connections.
+  ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;
 
@@ -52,8 +59,12 @@ class MetricsServer {
   const std::string& host() const { return host_; }
 
  private:
+  struct HandlerState;
   MetricsServer() = default;
   std::unique_ptr<httplib::Server> server_;
+  // Shared with the handlers and the server thread: outlives an abandoned
+  // server.
+  std::shared_ptr<HandlerState> state_;
   std::thread thread_;
   std::string host_;
   int port_ = 0;

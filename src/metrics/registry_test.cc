@@ -282,5 +282,38 @@ TEST(MetricsServerTest, IdleAndSlowClientsDoNotStarveHealthz) {
   for (std::thread& t : slow) t.join();
 }
 
+// A client still sending when the server stops does not hold up the stop
+// (outboxd's exit): the destructor returns after kStopTimeout.
+TEST(MetricsServerTest, StopDoesNotWaitForASlowClient) {
+  Registry r;
+  auto server = MetricsServer::Start("127.0.0.1:0", &r, nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  std::atomic<bool> stop{false};
+  std::thread slow([port, &stop] {
+    int fd = ConnectTo(port);
+    if (fd < 0) return;
+    const std::string request =
+        "GET /metrics HTTP/1.1\r\nX-Slow: " + std::string(1000, 'a');
+    // At most 20 s, one byte every 500 ms.
+    for (size_t i = 0; i < 40 && !stop.load(); ++i) {
+      if (send(fd, &request[i], 1, MSG_NOSIGNAL) != 1) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    close(fd);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  const auto t0 = std::chrono::steady_clock::now();
+  server->reset();
+  const auto took = std::chrono::steady_clock::now() - t0;
+  stop = true;
+  slow.join();
+  EXPECT_LT(took, MetricsServer::kStopTimeout + std::chrono::seconds(2));
+  std::printf(
+      "[ measure ] stop with a slow client took %lld ms\n",
+      static_cast<long long>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+}
+
 }  // namespace
 }  // namespace outboxd::metrics
