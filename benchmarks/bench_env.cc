@@ -118,6 +118,34 @@ absl::StatusOr<double> BenchEnv::DatabaseTransactions() {
   return d;
 }
 
+absl::Status BenchEnv::CreateSlot(const std::string& slot) {
+  return pg_->Exec("postgres",
+                   absl::StrCat("SELECT pg_create_logical_replication_slot('",
+                                slot, "', 'pgoutput')"));
+}
+
+void BenchEnv::DropSlot(const std::string& slot) {
+  pg_->Exec("postgres",
+            absl::StrCat("DELETE FROM outbox.publisher_state WHERE slot_name "
+                         "= '",
+                         slot, "'"))
+      .IgnoreError();
+  for (int i = 0; i < 100; ++i) {
+    auto exists = pg_->Query(
+        "postgres", absl::StrCat("SELECT count(*) FROM pg_replication_slots "
+                                 "WHERE slot_name = '",
+                                 slot, "'"));
+    if (exists.ok() && *exists == "0") return;
+    if (pg_->Exec("postgres",
+                  absl::StrCat("SELECT pg_drop_replication_slot('", slot, "')"))
+            .ok()) {
+      return;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  std::cerr << "could not drop slot " << slot << "\n";
+}
+
 absl::Status BenchEnv::WaitSlotActive(const std::string& slot,
                                       absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;

@@ -64,6 +64,12 @@ class BenchEnv {
   absl::StatusOr<double> DatabaseTransactions();
   // Waits until the slot exists and a walsender streams it.
   absl::Status WaitSlotActive(const std::string& slot, absl::Duration timeout);
+  // A pgoutput slot, created before the rows it is meant to read.
+  absl::Status CreateSlot(const std::string& slot);
+  // Drops the slot (retrying while a walsender still holds it) and outboxd's
+  // record of it: a slot dropped on purpose must not look lost to the next
+  // outboxd on that name (README "Lost slots").
+  void DropSlot(const std::string& slot);
 
  private:
   BenchEnv() = default;

@@ -224,24 +224,7 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   (*recorder)->Stop();
   auto code = env.StopOutboxd(**outboxd);
   if (mode.source == "cdc") {
-    // Dropped on purpose: forget outboxd's record too, or the next run on
-    // this slot name stops on a lost slot (README "Lost slots").
-    env.pg()
-        .Exec("postgres",
-              absl::StrCat("DELETE FROM outbox.publisher_state WHERE "
-                           "slot_name = '",
-                           slot, "'"))
-        .IgnoreError();
-    for (int i = 0; i < 50; ++i) {
-      if (env.pg()
-              .Exec(
-                  "postgres",
-                  absl::StrCat("SELECT pg_drop_replication_slot('", slot, "')"))
-              .ok()) {
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(100));
-    }
+    env.DropSlot(slot);
   }
 
   std::vector<double> latencies_ms;

@@ -165,36 +165,6 @@ int64_t WaitForRecords(WatermarkProbe& probe, const std::string& topic,
   return 0;
 }
 
-absl::Status CreateSlot(BenchEnv& env, const std::string& slot) {
-  return env.pg().Exec(
-      "postgres", absl::StrCat("SELECT pg_create_logical_replication_slot('",
-                               slot, "', 'pgoutput')"));
-}
-
-// A slot dropped on purpose: forget outboxd's record of it too, or the next
-// outboxd on this slot name stops on a lost slot (README "Lost slots").
-void ForgetSlotRecord(BenchEnv& env, const std::string& slot) {
-  env.pg()
-      .Exec("postgres",
-            absl::StrCat("DELETE FROM outbox.publisher_state WHERE slot_name "
-                         "= '",
-                         slot, "'"))
-      .IgnoreError();
-}
-
-void DropSlot(BenchEnv& env, const std::string& slot) {
-  ForgetSlotRecord(env, slot);
-  for (int i = 0; i < 50; ++i) {
-    if (env.pg()
-            .Exec("postgres",
-                  absl::StrCat("SELECT pg_drop_replication_slot('", slot, "')"))
-            .ok()) {
-      return;
-    }
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-}
-
 // The kcat input: one "key<TAB>value" line per event, values as outboxd
 // publishes them for this kind.
 absl::Status WriteKcatInput(const std::string& path, const std::string& kind,
@@ -235,8 +205,8 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
   for (const std::string& t : {live_topic, backlog_topic, kcat_topic}) {
     if (s.ok()) s = env.broker().CreateTopic(t, kPartitions);
   }
-  if (s.ok()) s = CreateSlot(env, recv_slot);
-  if (s.ok()) s = CreateSlot(env, backlog_slot);
+  if (s.ok()) s = env.CreateSlot(recv_slot);
+  if (s.ok()) s = env.CreateSlot(backlog_slot);
   if (!s.ok()) return s;
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
@@ -331,7 +301,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
         {"events_per_s", Rate(events, t1 - t0)},
         {"postgres_cpu_s", ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0}};
     std::cerr << "recvlogical: " << j["recvlogical"].dump() << "\n";
-    DropSlot(env, recv_slot);
+    env.DropSlot(recv_slot);
   }
 
   // --- backlog: outboxd on the same WAL as pg_recvlogical ----------------
@@ -364,8 +334,8 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
                     {"outboxd_peak_rss_mb", rss / 1048576.0},
                     {"outboxd_exit_code", code.ok() ? *code : -1}};
     std::cerr << "backlog: " << j["backlog"].dump() << "\n";
-    DropSlot(env, backlog_slot);
-    DropSlot(env, live_slot);
+    env.DropSlot(backlog_slot);
+    env.DropSlot(live_slot);
   }
 
   // --- kcat: the producing limit ------------------------------------------

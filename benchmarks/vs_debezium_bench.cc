@@ -195,42 +195,6 @@ absl::Status CreateTopics(const std::string& bootstrap,
   return status;
 }
 
-absl::Status CreateSlot(BenchEnv& env, const std::string& slot) {
-  return env.pg().Exec(
-      "postgres", absl::StrCat("SELECT pg_create_logical_replication_slot('",
-                               slot, "', 'pgoutput')"));
-}
-
-// A slot dropped on purpose: forget outboxd's record of it too, or the next
-// outboxd on this slot name stops on a lost slot (README "Lost slots").
-void ForgetSlotRecord(BenchEnv& env, const std::string& slot) {
-  env.pg()
-      .Exec("postgres",
-            absl::StrCat("DELETE FROM outbox.publisher_state WHERE slot_name "
-                         "= '",
-                         slot, "'"))
-      .IgnoreError();
-}
-
-void DropSlot(BenchEnv& env, const std::string& slot) {
-  ForgetSlotRecord(env, slot);
-  for (int i = 0; i < 100; ++i) {
-    auto exists = env.pg().Query(
-        "postgres", absl::StrCat("SELECT count(*) FROM pg_replication_slots "
-                                 "WHERE slot_name = '",
-                                 slot, "'"));
-    if (exists.ok() && *exists == "0") return;
-    if (env.pg()
-            .Exec("postgres",
-                  absl::StrCat("SELECT pg_drop_replication_slot('", slot, "')"))
-            .ok()) {
-      return;
-    }
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  std::cerr << "could not drop slot " << slot << "\n";
-}
-
 // --- the publishers ---------------------------------------------------------
 
 // One publisher as the benchmark runs it: outboxd, or Kafka Connect
@@ -652,8 +616,8 @@ absl::StatusOr<nlohmann::json> RunEquality(BenchEnv& env, int64_t rows) {
   }
   (void)StopPublisher(**obx);
   (void)StopPublisher(**dbz);
-  DropSlot(env, "eq_outboxd");
-  DropSlot(env, "eq_debezium");
+  env.DropSlot("eq_outboxd");
+  env.DropSlot("eq_debezium");
 
   nlohmann::json info;
   auto diffs = CompareRecords(dbz_records, obx_records, rows, &info);
@@ -765,7 +729,7 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(BenchEnv& env,
     j["cpu_s"] = ProcessCpuSeconds(pid);
     j["peak_rss_mb"] = PeakRssBytes(pid) / 1048576.0;
     (void)StopPublisher(**child);
-    DropSlot(env, slot);
+    env.DropSlot(slot);
     return j;
   }
   const double pg_cpu = ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0;
@@ -815,7 +779,7 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(BenchEnv& env,
             .value_or("?");
   }
   (void)StopPublisher(**child);
-  DropSlot(env, slot);
+  env.DropSlot(slot);
   j["load_after"] = LoadAverages();
   std::cerr << "throughput " << p.name << ": " << j.dump() << "\n";
   return j;
@@ -836,8 +800,8 @@ absl::StatusOr<nlohmann::json> RunThroughput(BenchEnv& env, int64_t events) {
   if (!s.ok()) return s;
   // Every run's slot exists before the first row is written.
   for (const std::string& name : runs) {
-    s = CreateSlot(
-        env, absl::StrCat("tp_", absl::StrReplaceAll(name, {{"-", "_"}})));
+    s = env.CreateSlot(
+        absl::StrCat("tp_", absl::StrReplaceAll(name, {{"-", "_"}})));
     if (!s.ok()) return s;
   }
   auto conn = PgConn::Connect(env.AdminConnInfo());
@@ -902,7 +866,7 @@ absl::StatusOr<nlohmann::json> RunThroughput(BenchEnv& env, int64_t events) {
                         "-E <last commit lsn> --no-loop -s 1"}};
       j["load_after"] = LoadAverages();
       std::cerr << "throughput pg_recvlogical: " << j.dump() << "\n";
-      DropSlot(env, slot);
+      env.DropSlot(slot);
       doc["runs"].push_back(j);
       continue;
     }
@@ -1084,7 +1048,7 @@ absl::StatusOr<std::vector<LatencyRun>> RunLatency(
       runs.push_back(*std::move(r));
     }
     (void)StopPublisher(**child);
-    DropSlot(env, slot);
+    env.DropSlot(slot);
   }
   return runs;
 }
