@@ -780,7 +780,9 @@ class CdcPipeline {
     return TryProducePending();
   }
 
-  absl::Status OnInvalid(InvalidEvent bad) {
+  // Counts and logs an invalid event; the error that stops the pipeline
+  // under --on-invalid=fail, OK when it is to be dead-lettered.
+  absl::Status ReportInvalid(const InvalidEvent& bad) {
     if (options_.metrics != nullptr)
       options_.metrics->invalid_events->Increment();
     spdlog::warn("invalid event at {}#{}: {}",
@@ -792,6 +794,11 @@ class CdcPipeline {
           bad.position.index, ": ", bad.reason,
           " (--on-invalid=fail; the slot is not confirmed past it)"));
     }
+    return absl::OkStatus();
+  }
+
+  absl::Status OnInvalid(InvalidEvent bad) {
+    RETURN_IF_ERROR(ReportInvalid(bad));
     pending_ = Pending{std::move(bad), tracker_.AddEvent()};
     return TryProducePending();
   }
@@ -889,18 +896,7 @@ class CdcPipeline {
 
   // pending_ became an invalid event because its topic cannot take it.
   absl::Status OnMisrouted() {
-    const auto& bad = std::get<InvalidEvent>(pending_->item);
-    if (options_.metrics != nullptr)
-      options_.metrics->invalid_events->Increment();
-    spdlog::warn("invalid event at {}#{}: {}",
-                 bad.position.commit_lsn.ToString(), bad.position.index,
-                 bad.reason);
-    if (options_.on_invalid == InvalidEventPolicy::kFail) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid event at ", bad.position.commit_lsn.ToString(), "#",
-          bad.position.index, ": ", bad.reason,
-          " (--on-invalid=fail; the slot is not confirmed past it)"));
-    }
+    RETURN_IF_ERROR(ReportInvalid(std::get<InvalidEvent>(pending_->item)));
     return TryProducePending();
   }
 
