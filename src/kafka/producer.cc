@@ -263,11 +263,13 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
         absl::StrCat("kafka producer configuration: ", errstr));
   }
   conf.release();
-  return std::unique_ptr<KafkaProducer>(new KafkaProducer(std::move(impl)));
+  return std::unique_ptr<KafkaProducer>(
+      new KafkaProducer(std::move(impl), options));
 }
 
-KafkaProducer::KafkaProducer(std::unique_ptr<Impl> impl)
-    : impl_(std::move(impl)) {}
+KafkaProducer::KafkaProducer(std::unique_ptr<Impl> impl,
+                             ProducerOptions options)
+    : impl_(std::move(impl)), options_(std::move(options)) {}
 
 KafkaProducer::~KafkaProducer() = default;
 
@@ -434,6 +436,11 @@ absl::Status KafkaProducer::AbortTransaction(absl::Duration timeout) {
     if (s.ok() || !absl::IsUnavailable(s) || absl::Now() > deadline) return s;
     rd_kafka_poll(impl_->rk, 50);
   }
+}
+
+absl::StatusOr<std::vector<CommittedOffset>> KafkaProducer::ReadCheckpoints(
+    const std::string& group, absl::Duration timeout) {
+  return outboxd::ReadCheckpoints(options_, group, timeout);
 }
 
 absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(

@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kafka/sink.h"
 #include "kafka/topic_catalog.h"
 #include "outbox/router.h"
 
@@ -46,24 +47,13 @@ struct ProducerOptions {
   std::string transactional_id;
 };
 
-// One committed offset of a consumer group, with its metadata string.
-struct CommittedOffset {
-  std::string topic;
-  int32_t partition = 0;
-  int64_t offset = -1;
-  std::string metadata;
-};
-
-// Called once per message: OK when the broker acknowledged it, otherwise the
-// librdkafka error as a Status (retries are exhausted by then).
-using DeliveryCallback = std::function<void(uint64_t sequence, absl::Status)>;
-
-class KafkaProducer {
+// CommittedOffset and DeliveryCallback: kafka/sink.h.
+class KafkaProducer : public Sink {
  public:
   // kInvalidArgument for an unknown or malformed property.
   static absl::StatusOr<std::unique_ptr<KafkaProducer>> Create(
       const ProducerOptions& options, DeliveryCallback on_delivery);
-  ~KafkaProducer();
+  ~KafkaProducer() override;
   KafkaProducer(const KafkaProducer&) = delete;
   KafkaProducer& operator=(const KafkaProducer&) = delete;
 
@@ -71,53 +61,57 @@ class KafkaProducer {
   // is full: that is backpressure, Poll() and try again. Other errors (e.g.
   // message too large) are returned as they are and the message is not
   // queued.
-  absl::Status Produce(const KafkaRecord& record, uint64_t sequence);
+  absl::Status Produce(const KafkaRecord& record, uint64_t sequence) override;
 
   // Serves delivery reports and errors, waiting at most `timeout`.
-  void Poll(absl::Duration timeout);
+  void Poll(absl::Duration timeout) override;
 
   // Waits until every queued message is delivered or failed, at most
   // `timeout`; kDeadlineExceeded with the count left otherwise.
-  absl::Status Flush(absl::Duration timeout);
+  absl::Status Flush(absl::Duration timeout) override;
 
   // What the broker's metadata says about `topic`, asked through this
   // producer's connections: a broker that auto-creates topics creates it
   // now (unless allow.auto.create.topics=false), as a produce would. An
   // error status when no answer came within `timeout`.
   absl::StatusOr<TopicState> LookupTopic(const std::string& topic,
-                                         absl::Duration timeout);
+                                         absl::Duration timeout) override;
 
   // Messages queued or in flight, not yet reported.
-  int OutQueueLength() const;
+  int OutQueueLength() const override;
 
   // Non-OK once librdkafka raised a fatal error (e.g. idempotence broken):
   // the pipeline must stop without confirming past unacknowledged events.
-  absl::Status fatal_error() const;
+  absl::Status fatal_error() const override;
 
   // The cluster id the brokers report; kUnavailable when none answered.
-  absl::StatusOr<std::string> ClusterId(absl::Duration timeout);
+  absl::StatusOr<std::string> ClusterId(absl::Duration timeout) override;
 
   // --- transactions (only with ProducerOptions::transactional_id) ---------
   // Registers the transactional id with its coordinator: fences every older
   // producer with the same id and completes (aborts) its open transaction.
-  absl::Status InitTransactions(absl::Duration timeout);
-  absl::Status BeginTransaction();
+  absl::Status InitTransactions(absl::Duration timeout) override;
+  absl::Status BeginTransaction() override;
   // Commits `offset` with `metadata` for (`topic`, `partition`) in consumer
   // group `group`, as part of the open transaction.
   absl::Status SendCheckpoint(const std::string& group,
                               const std::string& topic, int32_t partition,
                               int64_t offset, const std::string& metadata,
-                              absl::Duration timeout);
+                              absl::Duration timeout) override;
   // Flushes the transaction's records and commits it. On kUnavailable the
   // outcome is not known yet: call again.
-  absl::Status CommitTransaction(absl::Duration timeout);
+  absl::Status CommitTransaction(absl::Duration timeout) override;
   // Purges what is queued and aborts the open transaction.
-  absl::Status AbortTransaction(absl::Duration timeout);
+  absl::Status AbortTransaction(absl::Duration timeout) override;
+  // ReadCheckpoints (below) with this producer's options.
+  absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
+      const std::string& group, absl::Duration timeout) override;
 
  private:
   struct Impl;
-  explicit KafkaProducer(std::unique_ptr<Impl> impl);
+  KafkaProducer(std::unique_ptr<Impl> impl, ProducerOptions options);
   std::unique_ptr<Impl> impl_;
+  const ProducerOptions options_;
   friend absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
       const ProducerOptions&, const std::string&, absl::Duration);
 };

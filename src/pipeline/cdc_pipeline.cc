@@ -930,7 +930,7 @@ class CdcPipeline {
       spdlog::debug("confirmed {}", flushed.ToString());
       reported_ = flushed;
     }
-    stats_->confirmed = flushed;
+    stats_->confirmed = flushed.value();
     if (metrics::OutboxdMetrics* m = options_.metrics) {
       m->confirmed_lsn->Set(static_cast<double>(flushed.value()));
       m->server_wal_end->Set(static_cast<double>(received_.value()));
@@ -940,7 +940,6 @@ class CdcPipeline {
               : 0.0);
       m->events_in_flight->Set(static_cast<double>(tracker_.EventsInFlight()));
     }
-    ++stats_->status_updates;
     next_status_ = now + options_.status_interval;
     return absl::OkStatus();
   }

@@ -23,23 +23,12 @@
 #include "outbox/router.h"
 #include "outbox/value_format.h"
 #include "pg/replication_setup.h"
+#include "pipeline/publisher_options.h"
 #include "pipeline/reconnect_backoff.h"
 #include "pipeline/transaction_batch.h"
 #include "pipeline/slot_loss.h"
 
 namespace outboxd {
-
-enum class InvalidEventPolicy {
-  kDeadLetter,  // produce it to the dead-letter topic, go on
-  kFail,        // stop without confirming past it
-};
-
-enum class DeliveryGuarantee {
-  kAtLeastOnce,  // a restart may resend what Kafka already has
-  kExactlyOnce,  // Kafka transactions with a checkpoint of this source's
-                 // position; resent events at or below it are skipped
-                 // (README "Reliability")
-};
 
 struct CdcPipelineOptions {
   std::string conninfo;
@@ -70,17 +59,6 @@ struct CdcPipelineOptions {
   // margin on the recorded commit time.
   SlotLossPolicy on_slot_loss = SlotLossPolicy::kFail;
   absl::Duration republish_margin = absl::Hours(1);
-};
-
-struct PipelineStats {
-  uint64_t events_produced = 0;
-  uint64_t events_acknowledged = 0;
-  uint64_t events_dead_lettered = 0;
-  uint64_t status_updates = 0;
-  // --delivery=exactly-once: resent events found at or below the checkpoint.
-  uint64_t events_skipped = 0;
-  uint64_t transactions_committed = 0;
-  Lsn confirmed;
 };
 
 // Streams until `stop` becomes true, then flushes the producer, confirms what

@@ -24,7 +24,7 @@
 #include "kafka/producer.h"
 #include "metrics/outboxd_metrics.h"
 #include "outbox/router.h"
-#include "pipeline/cdc_pipeline.h"
+#include "pipeline/publisher_options.h"
 #include "pipeline/reconnect_backoff.h"
 #include "sources/outbox_poller.h"
 
