@@ -8,7 +8,7 @@ packages=(
   libpq-dev librdkafka-dev nlohmann-json3-dev libabsl-dev libspdlog-dev
   libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 kcat
-  libcpp-httplib-dev protobuf-compiler libprotobuf-dev curl python3-yaml
+  libcpp-httplib-dev prometheus-cpp-dev protobuf-compiler libprotobuf-dev curl python3-yaml
   # The real-Kafka test rig (scripts/fetch-kafka.sh, scripts/kafka-cluster.sh);
   # the JDK's compiler runs tests/kafka/*.java as single-file programs.
   openjdk-17-jre-headless openjdk-17-jdk-headless maven

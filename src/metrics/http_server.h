@@ -2,6 +2,7 @@
 // over HTTP (cpp-httplib) on a thread of its own.
 //
 //   /metrics  200, text/plain; version=0.0.4: Registry::Exposition()
+//             (prometheus-cpp's TextSerializer)
 //   /healthz  200 "ok" while the process runs (the server answers)
 //   /readyz   200 "ready" when `ready()` is true, else 503 "not ready"
 //
@@ -9,6 +10,13 @@
 // handlers run on the server's threads and only call Registry::Exposition
 // and `ready`, both thread-safe. The registry must outlive the server; once
 // the destructor returned, no handler calls either any more.
+//
+// Why cpp-httplib and not prometheus-cpp-pull's civetweb Exposer: the
+// Exposer serves collectables only, so /healthz and /readyz (503 when not
+// ready) would need a second server or civetweb handlers of our own; and the
+// bounds below (keep-alive, read and write timeouts, threads started on
+// demand, a stop that does not wait for a slow client) are tested here and
+// would have to be rebuilt on civetweb's fixed worker pool.
 #ifndef OUTBOXD_METRICS_HTTP_SERVER_H_
 #define OUTBOXD_METRICS_HTTP_SERVER_H_
 
@@ -20,7 +28,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
-#include "metrics/registry.h"
+#include "metrics/outboxd_metrics.h"
 
 namespace httplib {
 class Server;

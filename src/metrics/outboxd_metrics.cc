@@ -1,78 +1,199 @@
 #include "metrics/outboxd_metrics.h"
 
+#include <algorithm>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "prometheus/text_serializer.h"
 
 namespace outboxd::metrics {
 
-OutboxdMetrics::OutboxdMetrics(Registry* r) : registry(r) {
-  events_published = &r->AddCounter(
-      "outboxd_events_published_total",
-      "Events acknowledged by the Kafka broker, by topic", {"topic"});
-  delivery_errors = &r->AddCounter(
-      "outboxd_delivery_errors_total",
-      "Delivery reports with an error (the pipeline stops on them)").Get();
-  dead_lettered = &r->AddCounter(
-      "outboxd_events_dead_lettered_total",
-      "Invalid events produced to the dead-letter topic").Get();
-  invalid_events = &r->AddCounter(
-      "outboxd_invalid_events_total",
-      "Rows or messages that could not become an event").Get();
+void Registry::Declare(const std::string& name, const std::string& help,
+                       prometheus::MetricType type) {
+  absl::MutexLock lock(&mu_);
+  for (const prometheus::MetricFamily& head : heads_) {
+    if (head.name == name) return;
+  }
+  heads_.push_back({name, help, type, {}});
+}
+
+prometheus::Family<Counter>& Registry::AddCounter(const std::string& name,
+                                                  const std::string& help) {
+  auto& family =
+      prometheus::BuildCounter().Name(name).Help(help).Register(*this);
+  Declare(name, help, prometheus::MetricType::Counter);
+  return family;
+}
+
+prometheus::Family<Gauge>& Registry::AddGauge(const std::string& name,
+                                              const std::string& help) {
+  auto& family = prometheus::BuildGauge().Name(name).Help(help).Register(*this);
+  Declare(name, help, prometheus::MetricType::Gauge);
+  return family;
+}
+
+prometheus::Family<Histogram>& Registry::AddHistogram(const std::string& name,
+                                                      const std::string& help) {
+  auto& family =
+      prometheus::BuildHistogram().Name(name).Help(help).Register(*this);
+  Declare(name, help, prometheus::MetricType::Histogram);
+  return family;
+}
+
+std::vector<prometheus::MetricFamily> Registry::Collect() const {
+  std::vector<prometheus::MetricFamily> collected =
+      prometheus::Registry::Collect();
+  absl::flat_hash_map<std::string, prometheus::MetricFamily*> by_name;
+  for (prometheus::MetricFamily& f : collected) {
+    std::sort(
+        f.metric.begin(), f.metric.end(),
+        [](const prometheus::ClientMetric& a,
+           const prometheus::ClientMetric& b) { return a.label < b.label; });
+    by_name[f.name] = &f;
+  }
+  std::vector<prometheus::MetricFamily> out;
+  out.reserve(collected.size());
+  absl::MutexLock lock(&mu_);
+  for (const prometheus::MetricFamily& head : heads_) {
+    auto it = by_name.find(head.name);
+    if (it == by_name.end()) {
+      out.push_back(head);  // no child yet: HELP and TYPE only
+    } else {
+      out.push_back(std::move(*it->second));
+      by_name.erase(it);
+    }
+  }
+  // Families registered on the base class directly, after ours.
+  for (prometheus::MetricFamily& f : collected) {
+    if (by_name.contains(f.name)) out.push_back(std::move(f));
+  }
+  return out;
+}
+
+std::string Registry::Exposition() const {
+  return prometheus::TextSerializer().Serialize(Collect());
+}
+
+CounterFamily::CounterFamily(prometheus::Family<Counter>& family,
+                             std::vector<std::string> label_names)
+    : family_(family), label_names_(std::move(label_names)) {}
+
+Counter& CounterFamily::Labels(const std::vector<std::string>& values) {
+  std::vector<absl::string_view> padded(label_names_.size());
+  for (size_t i = 0; i < padded.size() && i < values.size(); ++i) {
+    padded[i] = values[i];
+  }
+  return With(absl::StrJoin(padded, absl::string_view("\0", 1)));
+}
+
+Counter& CounterFamily::With(absl::string_view key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = children_.find(key);
+  if (it != children_.end()) return *it->second;
+  prometheus::Labels labels;
+  size_t start = 0;
+  for (size_t i = 0; i < label_names_.size(); ++i) {
+    size_t end = i + 1 < label_names_.size() ? key.find('\0', start)
+                                             : absl::string_view::npos;
+    if (end == absl::string_view::npos) end = key.size();
+    labels[label_names_[i]] = std::string(key.substr(start, end - start));
+    start = std::min(end + 1, key.size());
+  }
+  Counter& child = family_.Add(labels);
+  children_.emplace(key, &child);
+  return child;
+}
+
+OutboxdMetrics::OutboxdMetrics()
+    : OutboxdMetrics(nullptr, std::make_unique<Registry>()) {}
+
+OutboxdMetrics::OutboxdMetrics(Registry* r) : OutboxdMetrics(r, nullptr) {}
+
+OutboxdMetrics::OutboxdMetrics(Registry* r, std::unique_ptr<Registry> own)
+    : own_registry_(std::move(own)),
+      registry(r != nullptr ? r : own_registry_.get()) {
+  Registry& reg = *registry;
+  events_published = std::make_unique<CounterFamily>(
+      reg.AddCounter("outboxd_events_published_total",
+                     "Events acknowledged by the Kafka broker, by topic"),
+      std::vector<std::string>{"topic"});
+  delivery_errors =
+      &reg.AddCounter(
+              "outboxd_delivery_errors_total",
+              "Delivery reports with an error (the pipeline stops on them)")
+           .Add({});
+  dead_lettered = &reg.AddCounter("outboxd_events_dead_lettered_total",
+                                  "Invalid events produced to the dead-letter "
+                                  "topic")
+                       .Add({});
+  invalid_events = &reg.AddCounter("outboxd_invalid_events_total",
+                                   "Rows or messages that could not become an "
+                                   "event")
+                        .Add({});
   reserved_headers_dropped =
-      &r->AddCounter("outboxd_reserved_headers_dropped_total",
-                     "Reserved header names (id, eventType, outbox.*) in a "
-                     "headers column, "
-                     "dropped from the record")
-           .Get();
-  events_in_flight = &r->AddGauge(
-      "outboxd_events_in_flight",
-      "Events handed to the producer and not yet acknowledged").Get();
-  confirmed_lsn = &r->AddGauge(
-      "outboxd_confirmed_lsn",
-      "Flush position last confirmed to PostgreSQL, as a byte position").Get();
-  server_wal_end = &r->AddGauge(
-      "outboxd_server_wal_end_lsn",
-      "Newest WAL position the server reported (XLogData/keepalive walEnd)")
-      .Get();
-  slot_lag_bytes = &r->AddGauge(
-      "outboxd_slot_lag_bytes",
-      "Server WAL end minus confirmed position: WAL the slot retains because "
-      "of outboxd").Get();
-  commit_to_ack_seconds = &r->AddHistogram(
-      "outboxd_commit_to_ack_seconds",
-      "Time from an event's commit in PostgreSQL to its acknowledgement by "
-      "Kafka",
-      {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
-       10, 30, 60}).Get();
-  reconnects = &r->AddCounter(
-      "outboxd_reconnects_total",
-      "Reconnections to PostgreSQL after a lost connection").Get();
-  source_queries = &r->AddCounter(
-      "outboxd_source_queries_total",
-      "Queries issued by the polling or notify publisher", {"source"});
-  streaming = &r->AddGauge(
-      "outboxd_streaming",
-      "1 while the source is streaming (replication started or poller "
-      "running), else 0").Get();
-  kafka_brokers_up = &r->AddGauge(
-      "outboxd_kafka_brokers_up",
-      "Kafka broker connections in state UP (librdkafka statistics)").Get();
-  cleanup_deleted_rows = &r->AddCounter(
-      "outboxd_cleanup_deleted_rows_total",
-      "Outbox rows deleted by --cleanup-after").Get();
-  start_time_seconds = &r->AddGauge(
-      "outboxd_start_time_seconds",
-      "Start time of the process since the Unix epoch").Get();
+      &reg.AddCounter("outboxd_reserved_headers_dropped_total",
+                      "Reserved header names (id, eventType, outbox.*) in a "
+                      "headers column, dropped from the record")
+           .Add({});
+  events_in_flight =
+      &reg.AddGauge("outboxd_events_in_flight",
+                    "Events handed to the producer and not yet acknowledged")
+           .Add({});
+  confirmed_lsn = &reg.AddGauge("outboxd_confirmed_lsn",
+                                "Flush position last confirmed to PostgreSQL, "
+                                "as a byte position")
+                       .Add({});
+  server_wal_end = &reg.AddGauge("outboxd_server_wal_end_lsn",
+                                 "Newest WAL position the server reported "
+                                 "(XLogData/keepalive walEnd)")
+                        .Add({});
+  slot_lag_bytes = &reg.AddGauge("outboxd_slot_lag_bytes",
+                                 "Server WAL end minus confirmed position: WAL "
+                                 "the slot retains because of outboxd")
+                        .Add({});
+  commit_to_ack_seconds =
+      &reg.AddHistogram("outboxd_commit_to_ack_seconds",
+                        "Time from an event's commit in PostgreSQL to its "
+                        "acknowledgement by Kafka")
+           .Add({}, Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01,
+                                                0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                2.5, 5, 10, 30, 60});
+  reconnects = &reg.AddCounter("outboxd_reconnects_total",
+                               "Reconnections to PostgreSQL after a lost "
+                               "connection")
+                    .Add({});
+  source_queries = std::make_unique<CounterFamily>(
+      reg.AddCounter("outboxd_source_queries_total",
+                     "Queries issued by the polling or notify publisher"),
+      std::vector<std::string>{"source"});
+  streaming = &reg.AddGauge("outboxd_streaming",
+                            "1 while the source is streaming (replication "
+                            "started or poller running), else 0")
+                   .Add({});
+  kafka_brokers_up = &reg.AddGauge("outboxd_kafka_brokers_up",
+                                   "Kafka broker connections in state UP "
+                                   "(librdkafka statistics)")
+                          .Add({});
+  cleanup_deleted_rows = &reg.AddCounter("outboxd_cleanup_deleted_rows_total",
+                                         "Outbox rows deleted by "
+                                         "--cleanup-after")
+                              .Add({});
+  start_time_seconds = &reg.AddGauge("outboxd_start_time_seconds",
+                                     "Start time of the process since the "
+                                     "Unix epoch")
+                            .Add({});
   start_time_seconds->Set(absl::ToUnixMillis(absl::Now()) / 1000.0);
-  slot_lost = &r->AddGauge("outboxd_slot_lost",
-                           "1 when the replication slot outboxd streamed from "
-                           "is gone, invalidated "
-                           "or re-created (events may be missing), until a "
-                           "republish completes")
-                   .Get();
-  republished_events = &r->AddCounter("outboxd_republished_events_total",
-                                      "Outbox rows republished after a lost "
-                                      "slot (--on-slot-loss=republish)")
-                            .Get();
+  slot_lost = &reg.AddGauge("outboxd_slot_lost",
+                            "1 when the replication slot outboxd streamed "
+                            "from is gone, invalidated or re-created (events "
+                            "may be missing), until a republish completes")
+                   .Add({});
+  republished_events = &reg.AddCounter("outboxd_republished_events_total",
+                                       "Outbox rows republished after a lost "
+                                       "slot (--on-slot-loss=republish)")
+                            .Add({});
 }
 
 }  // namespace outboxd::metrics

@@ -1,51 +1,145 @@
-// OutboxdMetrics: the metrics outboxd exports (README "Monitoring"), created
-// in one Registry. Stages update them through the pointers below; any
-// pointer to an OutboxdMetrics may be null (metrics off), so callers check.
+// OutboxdMetrics: the metrics outboxd exports (README "Monitoring"), on
+// prometheus-cpp. Stages update them through the pointers below.
 //
-// Threading: as Registry (updates are atomics; safe from any thread).
+// An OutboxdMetrics always exists: one built on a private registry (the
+// default constructor) is never exposed, so its updates go nowhere. That is
+// the null object for "metrics off"; callers need no null checks.
+//
+// Threading: updates of a child (Counter, Gauge, Histogram) are atomics
+// (Histogram::Observe takes one short mutex) and safe from any thread.
+// Looking up a labelled child (PublishedTo, Labels) takes the family's
+// mutex and a hash lookup, no allocation once the child exists.
 #ifndef OUTBOXD_METRICS_OUTBOXD_METRICS_H_
 #define OUTBOXD_METRICS_OUTBOXD_METRICS_H_
 
-#include <atomic>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
-#include "metrics/registry.h"
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/registry.h"
 
 namespace outboxd::metrics {
 
+using Counter = prometheus::Counter;
+using Gauge = prometheus::Gauge;
+using Histogram = prometheus::Histogram;
+
+// A prometheus::Registry whose Collect() lists families in registration
+// order, children sorted by label values, and a labelled family without
+// children yet as its HELP and TYPE lines (prometheus-cpp drops it). So the
+// text at /metrics is stable and shows every metric from the start.
+class Registry : public prometheus::Registry {
+ public:
+  Registry() = default;
+
+  // Registers a family (a name registered twice is the same family; a bad
+  // name or one of another type throws std::invalid_argument, a
+  // programming error that any test finds).
+  prometheus::Family<Counter>& AddCounter(const std::string& name,
+                                          const std::string& help);
+  prometheus::Family<Gauge>& AddGauge(const std::string& name,
+                                      const std::string& help);
+  prometheus::Family<Histogram>& AddHistogram(const std::string& name,
+                                              const std::string& help);
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+  // The Prometheus text exposition (format 0.0.4) of Collect(), by
+  // prometheus-cpp's TextSerializer.
+  std::string Exposition() const;
+
+ private:
+  void Declare(const std::string& name, const std::string& help,
+               prometheus::MetricType type);
+
+  mutable absl::Mutex mu_;
+  // Every family registered here, in registration order.
+  std::vector<prometheus::MetricFamily> heads_ ABSL_GUARDED_BY(mu_);
+};
+
+// A labelled counter family with its children cached by label values.
+class CounterFamily {
+ public:
+  // `family` must outlive this object.
+  CounterFamily(prometheus::Family<Counter>& family,
+                std::vector<std::string> label_names);
+  CounterFamily(const CounterFamily&) = delete;
+  CounterFamily& operator=(const CounterFamily&) = delete;
+
+  // The child for these label values, one per label name (missing ones are
+  // empty, extra ones dropped), created on first use.
+  Counter& Labels(const std::vector<std::string>& values);
+  // The child of a one-label family for `value`.
+  Counter& With(absl::string_view value);
+
+ private:
+  prometheus::Family<Counter>& family_;
+  const std::vector<std::string> label_names_;
+  // A std::mutex, not absl::Mutex: this lock is taken once per delivered
+  // event, and Debian's absl::Mutex (deadlock detection on) costs some 350
+  // instructions per lock and unlock against some 40.
+  std::mutex mu_;
+  // Key: the label values joined by '\0'. Guarded by mu_.
+  absl::flat_hash_map<std::string, Counter*> children_;
+};
+
 struct OutboxdMetrics {
+ private:
+  // Set by the default constructor only; declared first so that it exists
+  // before the fields below are built on it.
+  std::unique_ptr<Registry> own_registry_;
+
+ public:
+  // On a private registry that nothing exposes: the null object.
+  OutboxdMetrics();
+  // On `registry`, which must outlive this object.
   explicit OutboxdMetrics(Registry* registry);
+  OutboxdMetrics(const OutboxdMetrics&) = delete;
+  OutboxdMetrics& operator=(const OutboxdMetrics&) = delete;
 
   Registry* registry;
   // outboxd_events_published_total{topic}: acknowledged by the broker.
-  Family<Counter>* events_published;
-  Counter* delivery_errors;         // outboxd_delivery_errors_total
-  Counter* dead_lettered;           // outboxd_events_dead_lettered_total
-  Counter* invalid_events;          // outboxd_invalid_events_total
+  std::unique_ptr<CounterFamily> events_published;
+  Counter* delivery_errors;  // outboxd_delivery_errors_total
+  Counter* dead_lettered;    // outboxd_events_dead_lettered_total
+  Counter* invalid_events;   // outboxd_invalid_events_total
   // outboxd_reserved_headers_dropped_total: reserved names (id, eventType,
   // outbox.*) in a headers column, dropped from the record.
   Counter* reserved_headers_dropped;
-  Gauge* events_in_flight;          // outboxd_events_in_flight
-  Gauge* confirmed_lsn;             // outboxd_confirmed_lsn
-  Gauge* server_wal_end;            // outboxd_server_wal_end_lsn
-  Gauge* slot_lag_bytes;            // outboxd_slot_lag_bytes
-  Histogram* commit_to_ack_seconds; // outboxd_commit_to_ack_seconds
-  Counter* reconnects;              // outboxd_reconnects_total
+  Gauge* events_in_flight;           // outboxd_events_in_flight
+  Gauge* confirmed_lsn;              // outboxd_confirmed_lsn
+  Gauge* server_wal_end;             // outboxd_server_wal_end_lsn
+  Gauge* slot_lag_bytes;             // outboxd_slot_lag_bytes
+  Histogram* commit_to_ack_seconds;  // outboxd_commit_to_ack_seconds
+  Counter* reconnects;               // outboxd_reconnects_total
   // outboxd_source_queries_total{source}: queries of poll/notify sources.
-  Family<Counter>* source_queries;
-  Gauge* streaming;                 // outboxd_streaming (0/1)
-  Gauge* kafka_brokers_up;          // outboxd_kafka_brokers_up
-  Counter* cleanup_deleted_rows;    // outboxd_cleanup_deleted_rows_total
-  Gauge* start_time_seconds;        // outboxd_start_time_seconds
+  std::unique_ptr<CounterFamily> source_queries;
+  Gauge* streaming;               // outboxd_streaming (0/1)
+  Gauge* kafka_brokers_up;        // outboxd_kafka_brokers_up
+  Counter* cleanup_deleted_rows;  // outboxd_cleanup_deleted_rows_total
+  Gauge* start_time_seconds;      // outboxd_start_time_seconds
   // 1 when the slot outboxd streamed from is gone, invalidated or replaced
   // (until a republish completes).
   Gauge* slot_lost;             // outboxd_slot_lost
   Counter* republished_events;  // outboxd_republished_events_total
 
   // The per-topic child, cached: topics are few.
-  Counter& PublishedTo(const std::string& topic) {
-    return events_published->Labels({topic});
+  Counter& PublishedTo(absl::string_view topic) {
+    return events_published->With(topic);
+  }
+  // The per-source child of outboxd_source_queries_total ("poll", "notify").
+  Counter& QueriedBy(absl::string_view source) {
+    return source_queries->With(source);
   }
 
   // /readyz: streaming (the source runs and reads) and at least one Kafka
@@ -53,6 +147,9 @@ struct OutboxdMetrics {
   bool Ready() const {
     return streaming->Value() > 0 && kafka_brokers_up->Value() > 0;
   }
+
+ private:
+  OutboxdMetrics(Registry* registry, std::unique_ptr<Registry> own);
 };
 
 }  // namespace outboxd::metrics
