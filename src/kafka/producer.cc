@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "kafka/kafka_status.h"
+#include "kafka/rdkafka_callbacks.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -171,42 +172,7 @@ struct KafkaProducer::Impl {
 
   static void OnError(rd_kafka_t* rk, int err, const char* reason,
                       void* opaque) {
-    auto* impl = static_cast<Impl*>(opaque);
-    if (err == RD_KAFKA_RESP_ERR__FATAL) {
-      char fatal_reason[512];
-      rd_kafka_resp_err_t fatal_err =
-          rd_kafka_fatal_error(rk, fatal_reason, sizeof(fatal_reason));
-      absl::Status status = KafkaErrorToStatus(
-          RD_KAFKA_RESP_ERR__FATAL, "kafka fatal error",
-          absl::StrCat(rd_kafka_err2name(fatal_err), ": ", fatal_reason)
-              .c_str());
-      spdlog::error("{}", status.ToString());
-      if (impl->fatal.ok()) impl->fatal = std::move(status);
-      return;
-    }
-    // Informational: librdkafka recovers (reconnects, retries) by itself.
-    spdlog::warn("kafka: {}: {}",
-                 rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)),
-                 reason);
-  }
-
-  // Runs on librdkafka's internal threads: spdlog only, no librdkafka calls.
-  static void OnLog(const rd_kafka_t* rk, int level, const char* facility,
-                    const char* message) {
-    // `level` is a syslog level: 0 emerg .. 7 debug.
-    spdlog::level::level_enum spd_level;
-    if (level <= 2) {
-      spd_level = spdlog::level::critical;
-    } else if (level == 3) {
-      spd_level = spdlog::level::err;
-    } else if (level == 4) {
-      spd_level = spdlog::level::warn;
-    } else if (level <= 6) {
-      spd_level = spdlog::level::info;
-    } else {
-      spd_level = spdlog::level::debug;
-    }
-    spdlog::log(spd_level, "rdkafka {}: {}", facility, message);
+    RecordRdKafkaError(rk, err, reason, &static_cast<Impl*>(opaque)->fatal);
   }
 };
 
@@ -251,7 +217,7 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
   rd_kafka_conf_set_opaque(conf.get(), impl.get());
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Impl::OnDelivery);
   rd_kafka_conf_set_error_cb(conf.get(), &Impl::OnError);
-  rd_kafka_conf_set_log_cb(conf.get(), &Impl::OnLog);
+  rd_kafka_conf_set_log_cb(conf.get(), &RdKafkaLog);
 
   char errstr[512];
   // On success rd_kafka_new takes ownership of the configuration.
@@ -360,13 +326,7 @@ int KafkaProducer::OutQueueLength() const {
 absl::Status KafkaProducer::fatal_error() const {
   if (!impl_->fatal.ok()) return impl_->fatal;
   // The error callback may not have been served yet: ask librdkafka.
-  char reason[512];
-  rd_kafka_resp_err_t err =
-      rd_kafka_fatal_error(impl_->rk, reason, sizeof(reason));
-  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return absl::OkStatus();
-  return KafkaErrorToStatus(
-      RD_KAFKA_RESP_ERR__FATAL, "kafka fatal error",
-      absl::StrCat(rd_kafka_err2name(err), ": ", reason).c_str());
+  return RdKafkaFatalError(impl_->rk);
 }
 
 absl::StatusOr<std::string> KafkaProducer::ClusterId(absl::Duration timeout) {
@@ -469,7 +429,7 @@ absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
     }
   }
   if (!s.ok()) return s;
-  rd_kafka_conf_set_log_cb(conf.get(), &KafkaProducer::Impl::OnLog);
+  rd_kafka_conf_set_log_cb(conf.get(), &RdKafkaLog);
   char errstr[512];
   rd_kafka_t* rk =
       rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), errstr, sizeof(errstr));
