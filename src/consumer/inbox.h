@@ -38,6 +38,11 @@
 // Threading: Run() uses the calling thread only; the handler runs on it.
 // One Inbox per thread; several processes with the same group share the
 // topics' partitions.
+//
+// Inside, the Inbox wires four parts, each with one job: the InboxStore
+// (SQL, the per-record transaction), the GroupConsumer (kafka/: the group,
+// rebalances, pause/resume, offset commits), the DependencyGate (causal
+// deferral) and the DeadLetterSink.
 #ifndef OUTBOXD_CONSUMER_INBOX_H_
 #define OUTBOXD_CONSUMER_INBOX_H_
 
@@ -53,40 +58,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "consumer/inbox_record.h"
 #include "outbox/value_format.h"
 #include "pg/connection.h"
 
 namespace outboxd {
-
-// One Kafka record as the handler sees it. Owns its bytes.
-struct InboxRecord {
-  std::string topic;
-  int32_t partition = 0;
-  int64_t offset = 0;
-  std::optional<std::string> key;
-  std::optional<std::string> value;  // nullopt: tombstone
-  int64_t timestamp_ms = 0;
-  std::vector<std::pair<std::string, std::string>> headers;
-
-  // Header `id`; "<topic>/<partition>/<offset>" when the record has none
-  // (then only offsets deduplicate it).
-  std::string event_id;
-  // Header outbox.depends-on, split at commas.
-  std::vector<std::string> depends_on;
-  // Headers outbox.source, outbox.lsn, outbox.index when present.
-  std::string source;
-  std::optional<uint64_t> lsn;
-  std::optional<uint32_t> index;
-  // Not OK when the value could not be decoded in the configured
-  // value format; the handler is not run and the record fails its attempts
-  // (then goes to the dead-letter topic, or stops the inbox, by policy).
-  absl::Status decode_status;
-
-  // First header with that name.
-  std::optional<std::string> Header(absl::string_view name) const;
-  // The headers as a JSON object of strings (a repeated name: the last).
-  std::string HeadersJson() const;
-};
 
 // Runs inside the open transaction `tx` (BEGIN issued, COMMIT after it
 // returns OK). A non-OK status rolls the transaction back and counts as a

@@ -1,0 +1,58 @@
+// InboxRecord: one consumed Kafka record as the inbox's handler sees it,
+// and the pure rule that reads one from a consumed message (headers,
+// reserved-header checks, the event id, dependencies, position, and the
+// envelope of an envelope value format).
+#ifndef OUTBOXD_CONSUMER_INBOX_RECORD_H_
+#define OUTBOXD_CONSUMER_INBOX_RECORD_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "kafka/group_consumer.h"
+#include "outbox/value_format.h"
+
+namespace outboxd {
+
+// One Kafka record as the handler sees it. Owns its bytes.
+struct InboxRecord {
+  std::string topic;
+  int32_t partition = 0;
+  int64_t offset = 0;
+  std::optional<std::string> key;
+  std::optional<std::string> value;  // nullopt: tombstone
+  int64_t timestamp_ms = 0;
+  std::vector<std::pair<std::string, std::string>> headers;
+
+  // Header `id`; "<topic>/<partition>/<offset>" when the record has none
+  // (then only offsets deduplicate it).
+  std::string event_id;
+  // Header outbox.depends-on, split at commas.
+  std::vector<std::string> depends_on;
+  // Headers outbox.source, outbox.lsn, outbox.index when present.
+  std::string source;
+  std::optional<uint64_t> lsn;
+  std::optional<uint32_t> index;
+  // Not OK when the value could not be decoded in the configured
+  // value format; the handler is not run and the record fails its attempts
+  // (then goes to the dead-letter topic, or stops the inbox, by policy).
+  absl::Status decode_status;
+
+  // First header with that name.
+  std::optional<std::string> Header(absl::string_view name) const;
+  // The headers as a JSON object of strings (a repeated name: the first).
+  std::string HeadersJson() const;
+};
+
+// The record `message` carries, its value encoded in `format` (outboxd's
+// --value-format). Never fails: what cannot be read (a reserved header
+// repeated, a value not in `format`) is in decode_status.
+InboxRecord InboxRecordFromMessage(ConsumedMessage message, ValueFormat format);
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_CONSUMER_INBOX_RECORD_H_

@@ -1,0 +1,125 @@
+// Reading an InboxRecord from a consumed message, and the dead-letter
+// record built from one: pure.
+#include "consumer/inbox_record.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "consumer/dead_letter_sink.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace outboxd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Pair;
+
+ConsumedMessage Message(
+    std::vector<std::pair<std::string, std::string>> headers) {
+  ConsumedMessage m;
+  m.topic = "outbox.event.order";
+  m.partition = 2;
+  m.offset = 41;
+  m.key = "order-1";
+  m.value = "{\"n\":1}";
+  m.timestamp_ms = 1700000000000;
+  m.headers = std::move(headers);
+  return m;
+}
+
+TEST(InboxRecordTest, PayloadFormatTakesIdPositionAndDependenciesFromHeaders) {
+  InboxRecord r =
+      InboxRecordFromMessage(Message({{"id", "e-2"},
+                                      {"outbox.depends-on", "e-0,,e-1"},
+                                      {"outbox.source", "db/slot"},
+                                      {"outbox.lsn", "12345"},
+                                      {"outbox.index", "3"}}),
+                             ValueFormat::kPayload);
+  EXPECT_TRUE(r.decode_status.ok()) << r.decode_status;
+  EXPECT_EQ(r.event_id, "e-2");
+  EXPECT_THAT(r.depends_on, ElementsAre("e-0", "e-1"));
+  EXPECT_EQ(r.source, "db/slot");
+  EXPECT_EQ(r.lsn, 12345u);
+  EXPECT_EQ(r.index, 3u);
+  EXPECT_EQ(r.value, "{\"n\":1}");
+  EXPECT_EQ(r.topic, "outbox.event.order");
+  EXPECT_EQ(r.partition, 2);
+  EXPECT_EQ(r.offset, 41);
+}
+
+TEST(InboxRecordTest, WithoutAnIdTheOffsetIsTheId) {
+  InboxRecord r =
+      InboxRecordFromMessage(Message({{"id", ""}}), ValueFormat::kPayload);
+  EXPECT_EQ(r.event_id, "outbox.event.order/2/41");
+  EXPECT_FALSE(r.lsn.has_value());
+  EXPECT_TRUE(r.depends_on.empty());
+}
+
+TEST(InboxRecordTest, RepeatedReservedHeaderIsAnErrorNotAGuess) {
+  InboxRecord r = InboxRecordFromMessage(
+      Message({{"id", "a"}, {"x", "1"}, {"x", "2"}, {"id", "b"}}),
+      ValueFormat::kPayload);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.decode_status)) << r.decode_status;
+  EXPECT_THAT(r.decode_status.message(), HasSubstr("'id'"));
+  // A repeated header of the user's own is fine.
+  r = InboxRecordFromMessage(Message({{"x", "1"}, {"x", "2"}}),
+                             ValueFormat::kPayload);
+  EXPECT_TRUE(r.decode_status.ok());
+  EXPECT_EQ(r.HeadersJson(), "{\"x\":\"1\"}");  // the first, as Header()
+}
+
+TEST(InboxRecordTest, ValueNotInTheEnvelopeFormatIsADecodeError) {
+  InboxRecord r = InboxRecordFromMessage(Message({{"id", "a"}}),
+                                         ValueFormat::kEnvelopeJson);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.decode_status)) << r.decode_status;
+  EXPECT_THAT(r.decode_status.message(), HasSubstr("value is not"));
+}
+
+TEST(DeadLetterRecordTest, KeepsTheRecordAndAddsWhereAndWhy) {
+  InboxRecord r =
+      InboxRecordFromMessage(Message({{"id", "e-1"}}), ValueFormat::kPayload);
+  DeadLetterOptions o;
+  o.topic = "dlq";
+  o.group_id = "shipping";
+  KafkaRecord k = DeadLetterRecord(r, o, "handler failed", 5);
+  EXPECT_EQ(k.topic, "dlq");
+  EXPECT_EQ(k.key, "order-1");
+  EXPECT_EQ(k.value, "{\"n\":1}");
+  EXPECT_EQ(k.timestamp_ms, 1700000000000);
+  EXPECT_THAT(
+      k.headers,
+      ElementsAre(Pair("id", "e-1"), Pair("inbox.error", "handler failed"),
+                  Pair("inbox.attempts", "5"),
+                  Pair("inbox.topic", "outbox.event.order"),
+                  Pair("inbox.partition", "2"), Pair("inbox.offset", "41"),
+                  Pair("inbox.group", "shipping")));
+}
+
+TEST(DeadLetterRecordTest, TombstoneStaysATombstone) {
+  ConsumedMessage m = Message({});
+  m.value.reset();
+  InboxRecord r = InboxRecordFromMessage(std::move(m), ValueFormat::kPayload);
+  KafkaRecord k = DeadLetterRecord(r, DeadLetterOptions{}, "e", 0);
+  EXPECT_FALSE(k.value.has_value());
+}
+
+TEST(DeadLetterProducerPropertiesTest, KeepsConnectionAndSecurityOnly) {
+  auto p = DeadLetterProducerProperties({{"security.protocol", "SSL"},
+                                         {"ssl.ca.location", "/ca"},
+                                         {"sasl.mechanism", "PLAIN"},
+                                         {"session.timeout.ms", "3000"},
+                                         {"bootstrap.servers", "b:9092"},
+                                         {"fetch.wait.max.ms", "10"}});
+  EXPECT_THAT(p, ElementsAre(Pair("security.protocol", "SSL"),
+                             Pair("ssl.ca.location", "/ca"),
+                             Pair("sasl.mechanism", "PLAIN"),
+                             Pair("bootstrap.servers", "b:9092"),
+                             Pair("client.id", "outbox-inbox-dlq")));
+}
+
+}  // namespace
+}  // namespace outboxd
