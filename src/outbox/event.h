@@ -55,6 +55,18 @@ struct OutboxEvent {
   std::optional<Lsn> republished_after;
 };
 
+// A row or message that is not a valid event; `content` is a JSON rendering
+// of what was received, for the dead-letter topic. Its position fields mean
+// what OutboxEvent's do.
+struct InvalidEvent {
+  EventPosition position;
+  std::optional<int64_t> table_seq;  // polled rows: the row's seq
+  int64_t commit_time_unix_ms = 0;
+  std::string reason;
+  std::string content;
+  std::string aggregate_id;  // best effort, "" when unknown
+};
+
 }  // namespace outboxd
 
 #endif  // OUTBOXD_OUTBOX_EVENT_H_

@@ -20,28 +20,16 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "outbox/event.h"
+#include "outbox/row_to_event.h"
 #include "pg/pgoutput.h"
 #include "pg/replication_setup.h"
 
 namespace outboxd {
-
-// Column names of the outbox table (DESIGN.md section 1), Debezium's names
-// by default; each is configurable by flag.
-struct OutboxColumns {
-  std::string id = "id";
-  std::string aggregate_type = "aggregatetype";
-  std::string aggregate_id = "aggregateid";
-  std::string type = "type";
-  std::string payload = "payload";
-  std::string headers = "headers";  // optional column
-  // Optional uuid[] (or text[]) column of event ids this event depends on;
-  // header outbox.depends-on. "" to ignore.
-  std::string depends_on = "depends_on";
-};
 
 struct OutboxMapperOptions {
   // nullopt: no table, logical decoding messages only.
@@ -62,16 +50,6 @@ struct TransactionCommit {
   Lsn end_lsn;  // what to confirm once the transaction is acknowledged
 };
 
-// A row or message that is not a valid event; `content` is a JSON rendering
-// of what was received, for the dead-letter topic.
-struct InvalidEvent {
-  EventPosition position;
-  int64_t commit_time_unix_ms = 0;
-  std::string reason;
-  std::string content;
-  std::string aggregate_id;  // best effort, "" when unknown
-};
-
 using MappedMessage =
     std::variant<std::monostate, TransactionBegin, OutboxEvent, InvalidEvent,
                  TransactionCommit>;
@@ -89,29 +67,6 @@ struct MapperCounters {
   uint64_t relations = 0;
 };
 
-// Parses the text of a `headers` value (a JSON object of string values, or
-// null) into event->headers, in the object's order. Reserved names
-// (IsReservedHeader: id, eventType, outbox.*) do not reach event->headers:
-// they are listed in event->dropped_headers. kInvalidArgumentError with the
-// reason for anything else than an object of strings.
-absl::Status ParseHeadersText(absl::string_view text, OutboxEvent* event);
-
-// Parses the JSON content of a logical decoding message into `event`'s
-// fields (id, aggregatetype, aggregateid, type, payload, headers); the
-// position and commit time are left alone. kInvalidArgument with the reason
-// when the content is not such an object.
-absl::Status ParseMessageEvent(absl::string_view content, OutboxEvent* event);
-
-// Parses an array of ids as PostgreSQL prints it ('{a,b}', elements
-// optionally double-quoted) into its elements. kInvalidArgument for a NULL
-// element, an empty element or text that is not a one-dimensional array.
-absl::StatusOr<std::vector<std::string>> ParseIdArrayText(
-    absl::string_view text);
-
-// Decodes a bytea value as PostgreSQL prints it (hex `\x...` or escape
-// format) into raw bytes.
-absl::StatusOr<std::string> DecodeByteaText(absl::string_view text);
-
 class OutboxMapper {
  public:
   explicit OutboxMapper(OutboxMapperOptions options);
@@ -122,23 +77,12 @@ class OutboxMapper {
   bool in_transaction() const { return in_transaction_; }
 
  private:
-  // Where the outbox columns are in a relation's tuples; -1 when absent.
-  struct OutboxLayout {
-    int id = -1;
-    int aggregate_type = -1;
-    int aggregate_id = -1;
-    int type = -1;
-    int payload = -1;
-    int headers = -1;
-    int depends_on = -1;
-    uint32_t payload_type_oid = 0;
-  };
   struct CachedRelation {
     std::string nspname;
     std::string relname;
     size_t column_count = 0;
     std::vector<std::string> column_names;
-    std::optional<OutboxLayout> outbox;  // set when this is the outbox table
+    std::optional<OutboxRowLayout> outbox;  // set when this is the outbox table
   };
 
   absl::StatusOr<MappedMessage> OnRelation(const pgoutput::Relation& rel);
@@ -157,6 +101,7 @@ class OutboxMapper {
   Lsn commit_lsn_;
   int64_t commit_time_unix_ms_ = 0;
   uint32_t next_index_ = 0;
+  std::vector<RowCell> cells_;  // scratch for OnInsert
 };
 
 }  // namespace outboxd

@@ -25,12 +25,13 @@ constexpr absl::Duration kTopicLookupTimeout = absl::Seconds(3);
 
 // A row that cannot be an event, for the dead-letter topic.
 KafkaRecord DeadLetterRecord(const PolledRow& row, const std::string& topic) {
+  const InvalidEvent& bad = std::get<InvalidEvent>(row.event);
   KafkaRecord r;
   r.topic = topic;
-  r.key = row.aggregate_id;
-  r.value = absl::string_view(row.content);
+  r.key = bad.aggregate_id;
+  r.value = absl::string_view(bad.content);
   r.headers = {
-      {"outbox.error", row.invalid_reason},
+      {"outbox.error", bad.reason},
       {std::string(kHeaderSeq), absl::StrCat(row.seq)},
   };
   return r;
@@ -204,9 +205,8 @@ class PollPipeline {
     std::vector<int64_t> seqs;
     seqs.reserve(batch.rows.size());
     for (const PolledRow& row : batch.rows) {
-      if (row.event.has_value()) {
-        reserved_header_log_.Note(*row.event,
-                                  absl::StrCat("row seq ", row.seq));
+      if (const auto* event = std::get_if<OutboxEvent>(&row.event)) {
+        reserved_header_log_.Note(*event, absl::StrCat("row seq ", row.seq));
       }
       RETURN_IF_ERROR(Produce(row, tracker_.AddEvent()));
       seqs.push_back(row.seq);
@@ -252,9 +252,9 @@ class PollPipeline {
   absl::Status Produce(const PolledRow& row, uint64_t sequence) {
     while (true) {
       absl::Status s;
-      bool dead_letter = !row.event.has_value();
-      if (!dead_letter) {
-        KafkaRecord record = Route(*row.event, options_.router);
+      const auto* event = std::get_if<OutboxEvent>(&row.event);
+      if (event != nullptr) {
+        KafkaRecord record = Route(*event, options_.router);
         s = CheckTopic(record.topic);
         if (absl::IsUnavailable(s)) {
           producer_->Poll(absl::Milliseconds(50));  // cannot tell yet: wait
@@ -270,13 +270,13 @@ class PollPipeline {
                              " (--on-invalid=fail; it stays "
                              "unpublished)"));
           }
-          PolledRow bad;
-          bad.seq = row.seq;
-          bad.aggregate_id = row.aggregate_id;
-          bad.invalid_reason =
+          InvalidEvent invalid;
+          invalid.aggregate_id = event->aggregate_id;
+          invalid.reason =
               absl::StrCat("cannot route to ", record.topic, ": ", s.message());
-          bad.content = EventAsJson(*row.event);
-          return ProduceDeadLetter(bad, sequence);
+          invalid.content = EventAsJson(*event);
+          return ProduceDeadLetter(PolledRow{row.seq, std::move(invalid)},
+                                   sequence);
         }
         s = producer_->Produce(record, sequence);
         if (!s.ok() && !absl::IsResourceExhausted(s)) {
@@ -286,14 +286,14 @@ class PollPipeline {
                 "row seq ", row.seq, " cannot be produced: ", s.message(),
                 " (--on-invalid=fail; it stays unpublished)"));
           }
-          PolledRow bad;
-          bad.seq = row.seq;
-          bad.aggregate_id = row.aggregate_id;
-          bad.invalid_reason = absl::StrCat("cannot produce: ", s.message());
-          bad.content = absl::StrCat(
-              "{\"id\":\"", row.event->id, "\",\"payload_bytes\":",
-              row.event->payload ? row.event->payload->size() : 0, "}");
-          return ProduceDeadLetter(bad, sequence);
+          InvalidEvent invalid;
+          invalid.aggregate_id = event->aggregate_id;
+          invalid.reason = absl::StrCat("cannot produce: ", s.message());
+          invalid.content =
+              absl::StrCat("{\"id\":\"", event->id, "\",\"payload_bytes\":",
+                           event->payload ? event->payload->size() : 0, "}");
+          return ProduceDeadLetter(PolledRow{row.seq, std::move(invalid)},
+                                   sequence);
         }
       } else {
         return ProduceDeadLetter(row, sequence);
@@ -308,10 +308,11 @@ class PollPipeline {
   }
 
   absl::Status ProduceDeadLetter(const PolledRow& row, uint64_t sequence) {
-    spdlog::warn("invalid row seq {}: {}", row.seq, row.invalid_reason);
+    const std::string& reason = std::get<InvalidEvent>(row.event).reason;
+    spdlog::warn("invalid row seq {}: {}", row.seq, reason);
     if (options_.on_invalid == InvalidEventPolicy::kFail) {
       return absl::InvalidArgumentError(
-          absl::StrCat("invalid row seq ", row.seq, ": ", row.invalid_reason,
+          absl::StrCat("invalid row seq ", row.seq, ": ", reason,
                        " (--on-invalid=fail; it stays unpublished)"));
     }
     while (true) {
@@ -323,10 +324,10 @@ class PollPipeline {
       }
       if (!topic.ok()) {
         // Never dropped: the row stays unpublished.
-        return absl::FailedPreconditionError(absl::StrCat(
-            "cannot dead-letter row seq ", row.seq, " (", row.invalid_reason,
-            "): dead-letter topic: ", topic.message(),
-            "; it stays unpublished"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("cannot dead-letter row seq ", row.seq, " (", reason,
+                         "): dead-letter topic: ", topic.message(),
+                         "; it stays unpublished"));
       }
       absl::Status s = producer_->Produce(
           DeadLetterRecord(row, options_.dlq_topic), sequence);

@@ -17,7 +17,6 @@
 namespace outboxd {
 namespace {
 
-constexpr uint32_t kByteaOid = 17;
 // How often a wait looks at the stop flag.
 constexpr absl::Duration kStopCheckInterval = absl::Milliseconds(20);
 
@@ -41,76 +40,7 @@ std::string BigintArrayLiteral(const std::vector<int64_t>& values) {
   return absl::StrCat("{", absl::StrJoin(values, ","), "}");
 }
 
-std::optional<std::string> Cell(const PGresult* r, int row, int col) {
-  if (PQgetisnull(r, row, col)) return std::nullopt;
-  return std::string(PQgetvalue(r, row, col), PQgetlength(r, row, col));
-}
-
 }  // namespace
-
-PolledRow RowToEvent(const PolledRowText& t, bool payload_is_bytea) {
-  PolledRow row;
-  if (t.seq.has_value()) (void)absl::SimpleAtoi(*t.seq, &row.seq);
-  row.aggregate_id = t.aggregate_id.value_or("");
-  auto invalid = [&](std::string reason) {
-    nlohmann::ordered_json c = nlohmann::ordered_json::object();
-    auto put = [&](const char* name, const std::optional<std::string>& v) {
-      if (v.has_value()) {
-        c[name] = *v;
-      } else {
-        c[name] = nullptr;
-      }
-    };
-    put("seq", t.seq);
-    put("id", t.id);
-    put("aggregatetype", t.aggregate_type);
-    put("aggregateid", t.aggregate_id);
-    put("type", t.type);
-    put("payload", t.payload);
-    put("headers", t.headers);
-    row.invalid_reason = std::move(reason);
-    row.content = c.dump(-1, ' ', false,
-                         nlohmann::ordered_json::error_handler_t::replace);
-    return row;
-  };
-  if (!t.seq.has_value()) return invalid("column seq is NULL");
-
-  OutboxEvent e;
-  e.table_seq = row.seq;
-  struct Required {
-    const std::optional<std::string>& value;
-    const char* name;
-    std::string* target;
-  };
-  for (const Required& r :
-       {Required{t.aggregate_id, "aggregate id", &e.aggregate_id},
-        Required{t.id, "id", &e.id},
-        Required{t.aggregate_type, "aggregate type", &e.aggregate_type},
-        Required{t.type, "type", &e.type}}) {
-    if (!r.value.has_value()) {
-      return invalid(absl::StrCat("column ", r.name, " is NULL"));
-    }
-    *r.target = *r.value;
-  }
-  if (t.payload.has_value()) {
-    if (payload_is_bytea) {
-      auto raw = DecodeByteaText(*t.payload);
-      if (!raw.ok()) return invalid(std::string(raw.status().message()));
-      e.payload = *std::move(raw);
-    } else {
-      e.payload = *t.payload;
-    }
-  }
-  if (t.headers.has_value()) {
-    absl::Status s = ParseHeadersText(*t.headers, &e);
-    if (!s.ok()) return invalid(std::string(s.message()));
-  }
-  if (t.created_ms.has_value()) {
-    (void)absl::SimpleAtoi(*t.created_ms, &e.commit_time_unix_ms);
-  }
-  row.event = std::move(e);
-  return row;
-}
 
 absl::StatusOr<std::unique_ptr<OutboxPoller>> OutboxPoller::Connect(
     const OutboxPollerOptions& options) {
@@ -127,98 +57,60 @@ absl::StatusOr<std::unique_ptr<OutboxPoller>> OutboxPoller::Connect(
 }
 
 absl::Status OutboxPoller::Prepare() {
-  const OutboxColumns& c = options_.columns;
-  ASSIGN_OR_RETURN(std::string schema,
-                   conn_->QuoteIdentifier(options_.table.schema));
-  ASSIGN_OR_RETURN(std::string name,
-                   conn_->QuoteIdentifier(options_.table.name));
-  table_ = absl::StrCat(schema, ".", name);
-
-  // The table's columns: name -> type oid.
-  ASSIGN_OR_RETURN(
-      PgResult cols,
-      conn_->ExecParams("SELECT attname::text, atttypid::int FROM pg_attribute "
-                        "WHERE attrelid = $1::regclass AND attnum > 0 "
-                        "AND NOT attisdropped",
-                        {table_}));
-  absl::flat_hash_map<std::string, uint32_t> types;
-  for (int i = 0; i < PQntuples(cols.get()); ++i) {
-    uint32_t oid = 0;
-    (void)absl::SimpleAtoi(PQgetvalue(cols.get(), i, 1), &oid);
-    types[PQgetvalue(cols.get(), i, 0)] = oid;
-  }
-  auto require = [&](const std::string& column,
-                     const char* why) -> absl::StatusOr<std::string> {
-    if (!types.contains(column)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("table ", options_.table.ToString(), " has no column '",
-                       column, "' (", why, ")"));
-    }
-    return conn_->QuoteIdentifier(column);
-  };
-  auto optional =
-      [&](const std::string& column) -> absl::StatusOr<std::string> {
-    if (column.empty() || !types.contains(column)) return std::string();
-    return conn_->QuoteIdentifier(column);
-  };
-  ASSIGN_OR_RETURN(seq_, require(options_.seq_column,
+  ASSIGN_OR_RETURN(OutboxTable table,
+                   OutboxTable::Load(*conn_, options_.table, options_.columns));
+  ASSIGN_OR_RETURN(seq_,
+                   table.Require(options_.seq_column,
                                  "the polling order; see sql/outbox.sql"));
-  ASSIGN_OR_RETURN(std::string id, require(c.id, "--column-id"));
-  ASSIGN_OR_RETURN(std::string aggregate_type,
-                   require(c.aggregate_type, "--column-aggregate-type"));
-  ASSIGN_OR_RETURN(aggregate_id_,
-                   require(c.aggregate_id, "--column-aggregate-id"));
-  ASSIGN_OR_RETURN(std::string type, require(c.type, "--column-type"));
-  ASSIGN_OR_RETURN(std::string payload, require(c.payload, "--column-payload"));
-  ASSIGN_OR_RETURN(std::string headers, optional(c.headers));
-  ASSIGN_OR_RETURN(created_, optional(options_.created_column));
+  ASSIGN_OR_RETURN(aggregate_id_, table.Require(options_.columns.aggregate_id,
+                                                "--column-aggregate-id"));
+  created_ = table.Optional(options_.created_column);
   if (options_.cleanup == PollCleanup::kMark) {
     ASSIGN_OR_RETURN(published_,
-                     require(options_.published_column,
-                             "--poll-cleanup=mark; ALTER TABLE ... ADD COLUMN "
-                             "published_at timestamptz, as in sql/outbox.sql"));
+                     table.Require(options_.published_column,
+                                   "--poll-cleanup=mark; ALTER TABLE ... ADD "
+                                   "COLUMN published_at timestamptz, as in "
+                                   "sql/outbox.sql"));
   } else {
-    ASSIGN_OR_RETURN(published_, optional(options_.published_column));
+    published_ = table.Optional(options_.published_column);
   }
   if (options_.grace > absl::ZeroDuration() && created_.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "a poll grace period needs the column '", options_.created_column,
         "' in ", options_.table.ToString()));
   }
-  payload_is_bytea_ = types[c.payload] == kByteaOid;
+  const std::string& table_name = table.quoted_name();
 
-  // Unpublished rows, oldest seq first. Column order = PolledRowText.
+  // Unpublished rows, oldest seq first. Columns: seq, created_at in unix ms,
+  // then the table's select_list().
   std::string unpublished =
       published_.empty() ? "TRUE" : absl::StrCat(published_, " IS NULL");
   select_sql_ = absl::StrCat(
-      "SELECT ", seq_, "::text, ", id, "::text, ", aggregate_type, "::text, ",
-      aggregate_id_, "::text, ", type, "::text, ", payload,
-      payload_is_bytea_ ? "" : "::text", ", ",
-      headers.empty() ? "NULL::text" : absl::StrCat(headers, "::text"), ", ",
+      "SELECT ", table_name, ".", seq_, "::text, ",
       created_.empty() ? "NULL::text"
-                       : absl::StrCat("(extract(epoch FROM ", created_,
-                                      ") * 1000)::bigint::text"),
-      " FROM ", table_, " WHERE ", unpublished,
+                       : absl::StrCat("(extract(epoch FROM ", table_name, ".",
+                                      created_, ") * 1000)::bigint::text"),
+      ", ", table.select_list(), " FROM ", table_name, " WHERE ", unpublished,
       options_.grace > absl::ZeroDuration()
           ? absl::StrCat(" AND ", created_, " <= now() - $2::interval")
           : "",
       // Qualified: a bare name would sort by the text output column.
-      " ORDER BY ", table_, ".", seq_, " LIMIT $1 FOR UPDATE SKIP LOCKED");
+      " ORDER BY ", table_name, ".", seq_, " LIMIT $1 FOR UPDATE SKIP LOCKED");
   // Per aggregate of the batch, the oldest unpublished row older than the
   // batch's newest row that is not in the batch: locked by another poller,
   // or committed after the SELECT's snapshot (sequence order is not commit
   // order). Rows of that aggregate after it must wait.
-  blockers_sql_ = absl::StrCat("SELECT ", aggregate_id_, "::text, min(", seq_,
-                               ")::text FROM ", table_, " WHERE ", unpublished,
-                               " AND ", seq_, " < $1::bigint AND NOT (", seq_,
-                               " = ANY($2::bigint[])) AND ", aggregate_id_,
-                               "::text = ANY($3::text[]) GROUP BY 1");
+  blockers_sql_ = absl::StrCat(
+      "SELECT ", aggregate_id_, "::text, min(", seq_, ")::text FROM ",
+      table_name, " WHERE ", unpublished, " AND ", seq_,
+      " < $1::bigint AND NOT (", seq_, " = ANY($2::bigint[])) AND ",
+      aggregate_id_, "::text = ANY($3::text[]) GROUP BY 1");
   complete_sql_ =
       options_.cleanup == PollCleanup::kMark
-          ? absl::StrCat("UPDATE ", table_, " SET ", published_,
+          ? absl::StrCat("UPDATE ", table_name, " SET ", published_,
                          " = clock_timestamp() WHERE ", unpublished, " AND ",
                          seq_, " = ANY($1::bigint[])")
-          : absl::StrCat("DELETE FROM ", table_, " WHERE ", unpublished,
+          : absl::StrCat("DELETE FROM ", table_name, " WHERE ", unpublished,
                          " AND ", seq_, " = ANY($1::bigint[])");
 
   if (!options_.notify_channel.empty()) {
@@ -226,6 +118,7 @@ absl::Status OutboxPoller::Prepare() {
                      conn_->QuoteIdentifier(options_.notify_channel));
     RETURN_IF_ERROR(conn_->Exec(absl::StrCat("LISTEN ", channel)).status());
   }
+  table_ = std::move(table);
   return absl::OkStatus();
 }
 
@@ -248,10 +141,33 @@ absl::StatusOr<PolledBatch> OutboxPoller::FetchBatch() {
 
   std::vector<PolledRow> selected;
   selected.reserve(batch.selected);
+  std::vector<RowCell> cells;
   for (int i = 0; i < PQntuples(r); ++i) {
-    PolledRowText t{Cell(r, i, 0), Cell(r, i, 1), Cell(r, i, 2), Cell(r, i, 3),
-                    Cell(r, i, 4), Cell(r, i, 5), Cell(r, i, 6), Cell(r, i, 7)};
-    selected.push_back(RowToEvent(t, payload_is_bytea_));
+    cells.clear();
+    table_->AppendCells(r, i, /*first=*/2, &cells);
+    RowCell& seq_cell = cells.emplace_back();
+    seq_cell.name = options_.seq_column;
+    RowOrigin origin;
+    int64_t seq = 0;
+    if (!PQgetisnull(r, i, 0)) {
+      seq_cell.text = PQgetvalue(r, i, 0);
+      if (absl::SimpleAtoi(*seq_cell.text, &seq)) origin.table_seq = seq;
+    }
+    if (!PQgetisnull(r, i, 1)) {
+      (void)absl::SimpleAtoi(PQgetvalue(r, i, 1), &origin.commit_time_unix_ms);
+    }
+    PolledRow& row = selected.emplace_back();
+    row.seq = seq;
+    if (!origin.table_seq.has_value()) {
+      // Cannot happen with the identity column of sql/outbox.sql; the row is
+      // dead-lettered with the rest of its batch, never skipped silently.
+      row.event = InvalidRow(cells, table_->layout(), origin,
+                             absl::StrCat("column '", options_.seq_column,
+                                          "' is NULL or not an integer"));
+    } else {
+      row.event =
+          RowToEvent(cells, table_->layout(), table_->columns(), origin);
+    }
   }
 
   // Hold back what would overtake an older row of its aggregate.
@@ -261,7 +177,7 @@ absl::StatusOr<PolledBatch> OutboxPoller::FetchBatch() {
   for (const PolledRow& row : selected) {
     seqs.push_back(row.seq);
     newest = std::max(newest, row.seq);
-    aggregate_set.insert(row.aggregate_id);
+    aggregate_set.insert(AggregateIdOf(row.event));
   }
   std::vector<std::string> aggregates(aggregate_set.begin(),
                                       aggregate_set.end());
@@ -277,7 +193,7 @@ absl::StatusOr<PolledBatch> OutboxPoller::FetchBatch() {
     blocked_after[PQgetvalue(blockers.get(), i, 0)] = seq;
   }
   for (PolledRow& row : selected) {
-    auto it = blocked_after.find(row.aggregate_id);
+    auto it = blocked_after.find(AggregateIdOf(row.event));
     if (it != blocked_after.end() && row.seq > it->second) {
       ++batch.held_back;
       continue;

@@ -32,9 +32,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "outbox/event.h"
-#include "outbox/outbox_mapper.h"
+#include "outbox/row_to_event.h"
 #include "pg/connection.h"
 #include "pg/replication_setup.h"
+#include "sources/outbox_table.h"
 
 namespace outboxd {
 
@@ -62,14 +63,10 @@ struct OutboxPollerOptions {
   std::string notify_channel;
 };
 
-// One selected row: a valid event (table_seq set) or the reason it is not.
+// One selected row: its seq and its event, or why it is not one.
 struct PolledRow {
   int64_t seq = 0;
-  std::optional<OutboxEvent> event;
-  // When !event: why, and the row as JSON (column -> text or null).
-  std::string invalid_reason;
-  std::string content;
-  std::string aggregate_id;  // best effort, for the dead-letter key
+  RowEvent event;  // InvalidEvent: dead-letter it (or fail, by policy)
 };
 
 struct PolledBatch {
@@ -78,16 +75,6 @@ struct PolledBatch {
   size_t held_back = 0;         // selected but left for a later batch
   bool full = false;            // selected == batch_size: poll again at once
 };
-
-// The text columns of one selected row, in the poller's SELECT order (see
-// outbox_poller.cc); nullopt is SQL NULL. Exposed for tests.
-struct PolledRowText {
-  std::optional<std::string> seq, id, aggregate_type, aggregate_id, type,
-      payload, headers, created_ms;
-};
-// Turns a row into an event or an invalid row. `payload_is_bytea`: the
-// payload arrives as bytea text and is published as raw bytes.
-PolledRow RowToEvent(const PolledRowText& text, bool payload_is_bytea);
 
 class OutboxPoller {
  public:
@@ -124,9 +111,9 @@ class OutboxPoller {
   const OutboxPollerOptions options_;
   std::unique_ptr<PgConnection> conn_;
   bool in_batch_ = false;
-  bool payload_is_bytea_ = false;
+  std::optional<OutboxTable> table_;  // set by Prepare
   // Quoted identifiers ("" when the optional column is absent).
-  std::string table_, seq_, published_, created_, aggregate_id_;
+  std::string seq_, published_, created_, aggregate_id_;
   std::string select_sql_, blockers_sql_, complete_sql_;
 };
 

@@ -382,6 +382,47 @@ TEST_F(PollTest, NotifyPublishesWellBeforeThePollInterval) {
   EXPECT_EQ(records.size(), 5u);
 }
 
+// A row that is not an event is dead-lettered (reason, the row, its seq)
+// by the same row decoding as CDC mode, and the rows around it are
+// published; a depends_on column reaches the record as outbox.depends-on.
+TEST_F(PollTest, BadRowIsDeadLetteredAndDependsOnIsPublished) {
+  const std::string first = "00000000-0000-4000-8000-000000000001";
+  ASSERT_TRUE(Exec("ALTER TABLE outbox ADD COLUMN depends_on uuid[]").ok());
+  ASSERT_TRUE(Exec(absl::StrCat("INSERT INTO outbox (id, aggregatetype, "
+                                "aggregateid, type, payload) VALUES ('",
+                                first, "', 'cart', 'c1', 'A', '{}')"))
+                  .ok());
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload, headers) VALUES ('cart', 'c1', 'B', '{}', "
+                   "'{\"n\": 1}')")
+                  .ok());
+  ASSERT_TRUE(Exec(absl::StrCat("INSERT INTO outbox (aggregatetype, "
+                                "aggregateid, type, payload, depends_on) "
+                                "VALUES ('cart', 'c1', 'C', '{}', ARRAY['",
+                                first, "']::uuid[])"))
+                  .ok());
+  const std::string bad_seq = Query("SELECT seq FROM outbox WHERE type = 'B'");
+  const std::string bad_id = Query("SELECT id FROM outbox WHERE type = 'B'");
+  StartOutboxd({"--poll-interval=200ms", "--dlq-topic=" + prefix_ + "dlq"});
+
+  auto records = Read(prefix_ + "cart", 2);
+  ASSERT_EQ(records.size(), 2u) << Log(0);
+  EXPECT_EQ(records[0].Header("eventType"), "A");
+  EXPECT_FALSE(records[0].Header("outbox.depends-on").has_value());
+  EXPECT_EQ(records[1].Header("eventType"), "C");
+  EXPECT_EQ(records[1].Header("outbox.depends-on"), first);
+  auto dlq = Read(prefix_ + "dlq", 1);
+  ASSERT_EQ(dlq.size(), 1u) << Log(0);
+  EXPECT_EQ(dlq[0].key, "c1");
+  EXPECT_EQ(dlq[0].Header("outbox.error"), "header 'n' is not a string");
+  EXPECT_EQ(dlq[0].Header("outbox.seq"), bad_seq);
+  ASSERT_TRUE(dlq[0].value.has_value());
+  EXPECT_NE(dlq[0].value->find(bad_id), std::string::npos) << *dlq[0].value;
+  EXPECT_TRUE(
+      WaitFor("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL",
+              absl::Seconds(10)));
+}
+
 TEST_F(PollTest, MissingPublishedAtColumnIsAClearFailure) {
   ASSERT_TRUE(Exec("ALTER TABLE outbox DROP COLUMN published_at").ok());
   auto r = RunCommand({OUTBOXD_BINARY, "--pg=" + ConnInfo(),
