@@ -16,9 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
-#include "cli/flags.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "flags/flags.h"
 #include "metrics/http_server.h"
 #include "metrics/outboxd_metrics.h"
 #include "outbox/value_format.h"
@@ -164,7 +164,7 @@ extern "C" void OnSignal(int) { g_stop.store(true); }
 
 // Flag values that parse but make no sense, as one line each.
 absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
-    const cli::ParsedCommandLine& cmd) {
+    const flags::ParsedCommandLine& cmd) {
   CdcPipelineOptions o;
   o.conninfo = absl::GetFlag(FLAGS_pg);
   if (o.conninfo.empty()) {
@@ -356,15 +356,15 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   o.producer.brokers = brokers;
   std::string config_file = absl::GetFlag(FLAGS_kafka_config);
   if (!config_file.empty()) {
-    auto kv = cli::ParseKeyValueFile(config_file);
+    auto kv = flags::ParseKeyValueFile(config_file);
     if (!kv.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("--kafka-config: ", kv.status().message()));
     }
     o.producer.properties = *std::move(kv);
   }
-  RETURN_IF_ERROR(
-      cli::AppendKeyValueFlags(cmd, "kafka_property", &o.producer.properties));
+  RETURN_IF_ERROR(flags::AppendKeyValueFlags(cmd, "kafka_property",
+                                             &o.producer.properties));
   std::string metrics = absl::GetFlag(FLAGS_metrics_address);
   if (!metrics.empty()) {
     size_t colon = metrics.rfind(':');
@@ -427,13 +427,13 @@ absl::StatusOr<PollPipelineOptions> PollOptionsFromFlags(
 }
 
 int Main(int argc, char** argv) {
-  auto cmd = cli::ParseFlags(argc, argv, {"kafka_property"});
+  auto cmd = flags::ParseFlags(argc, argv, {"kafka_property"});
   if (!cmd.ok()) {
     std::cerr << "outboxd: " << cmd.status().message() << "\n";
     return 2;
   }
   if (cmd->help) {
-    std::cout << cli::FlagsHelp(kUsage, "cli/main.cc");
+    std::cout << flags::FlagsHelp(kUsage, "cli/main.cc");
     return 0;
   }
   if (cmd->version) {

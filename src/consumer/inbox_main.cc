@@ -23,10 +23,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
-#include "cli/flags.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "consumer/inbox.h"
+#include "flags/flags.h"
 #include "pg/connection.h"
 
 ABSL_FLAG(std::string, pg, "",
@@ -133,7 +133,7 @@ std::atomic<bool> g_stop{false};
 extern "C" void OnSignal(int) { g_stop.store(true); }
 
 absl::StatusOr<InboxOptions> OptionsFromFlags(
-    const cli::ParsedCommandLine& cmd) {
+    const flags::ParsedCommandLine& cmd) {
   InboxOptions o;
   o.conninfo = absl::GetFlag(FLAGS_pg);
   o.brokers = absl::GetFlag(FLAGS_brokers);
@@ -217,7 +217,7 @@ absl::StatusOr<InboxOptions> OptionsFromFlags(
   }
   if (o.instance_id == "none") o.instance_id.clear();
   RETURN_IF_ERROR(
-      cli::AppendKeyValueFlags(cmd, "kafka_property", &o.kafka_properties));
+      flags::AppendKeyValueFlags(cmd, "kafka_property", &o.kafka_properties));
   return o;
 }
 
@@ -257,13 +257,13 @@ InboxHandler SqlHandler(std::string sql) {
 }
 
 int Main(int argc, char** argv) {
-  auto cmd = cli::ParseFlags(argc, argv, {"kafka_property"});
+  auto cmd = flags::ParseFlags(argc, argv, {"kafka_property"});
   if (!cmd.ok()) {
     std::cerr << "outbox-inbox: " << cmd.status().message() << "\n";
     return 2;
   }
   if (cmd->help) {
-    std::cout << cli::FlagsHelp(kUsage, "consumer/inbox_main.cc");
+    std::cout << flags::FlagsHelp(kUsage, "consumer/inbox_main.cc");
     return 0;
   }
   if (cmd->version) {

@@ -26,8 +26,8 @@
 #include "absl/status/statusor.h"
 #include "outbox/event.h"
 #include "outbox/row_to_event.h"
+#include "pg/identifier.h"
 #include "pg/pgoutput.h"
-#include "pg/replication_setup.h"
 
 namespace outboxd {
 

@@ -12,19 +12,9 @@
 #include "absl/status/statusor.h"
 #include "common/lsn.h"
 #include "pg/connection.h"
+#include "pg/identifier.h"
 
 namespace outboxd {
-
-// A schema-qualified table name as given on the command line: `tbl`,
-// `schema.tbl`, or with double-quoted parts (`"my schema"."a""b"`).
-// Unquoted parts are folded to lower case, as PostgreSQL does.
-struct QualifiedName {
-  std::string schema = "public";
-  std::string name;
-
-  std::string ToString() const;  // schema.name, quoted where needed
-};
-absl::StatusOr<QualifiedName> ParseQualifiedName(absl::string_view text);
 
 struct ReplicationSetupOptions {
   // nullopt: no outbox table, logical decoding messages only.

@@ -33,8 +33,8 @@
 #include "outbox/router.h"
 #include "outbox/row_to_event.h"
 #include "outbox/value_format.h"
+#include "pg/identifier.h"
 #include "pg/publisher_state.h"
-#include "pg/replication_setup.h"
 
 namespace outboxd {
 

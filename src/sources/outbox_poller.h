@@ -34,7 +34,7 @@
 #include "outbox/event.h"
 #include "outbox/row_to_event.h"
 #include "pg/connection.h"
-#include "pg/replication_setup.h"
+#include "pg/identifier.h"
 #include "sources/outbox_table.h"
 
 namespace outboxd {

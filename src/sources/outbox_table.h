@@ -20,7 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "outbox/row_to_event.h"
 #include "pg/connection.h"
-#include "pg/replication_setup.h"
+#include "pg/identifier.h"
 
 namespace outboxd {
 

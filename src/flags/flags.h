@@ -1,9 +1,11 @@
-// Command-line parsing on top of absl flags, with the exit-code contract of
-// DESIGN.md section 4: a bad flag is one clear line and exit 2 (absl's own
+// Command-line parsing on top of absl flags, shared by every main (outboxd,
+// outbox-inbox), with the exit-code contract of README "Using it with your
+// database": a bad flag is one clear line and exit 2 (absl's own
 // ParseCommandLine exits 1), --help and --version exit 0, repeatable flags
-// accumulate (--kafka-property), --flagfile reads one flag per line.
-#ifndef OUTBOXD_CLI_FLAGS_H_
-#define OUTBOXD_CLI_FLAGS_H_
+// accumulate (--kafka-property), --flagfile reads one flag per line. Each
+// main defines its own flags and builds its own options from them.
+#ifndef OUTBOXD_FLAGS_FLAGS_H_
+#define OUTBOXD_FLAGS_FLAGS_H_
 
 #include <string>
 #include <utility>
@@ -14,7 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace outboxd::cli {
+namespace outboxd::flags {
 
 struct ParsedCommandLine {
   bool help = false;
@@ -50,6 +52,6 @@ absl::Status AppendKeyValueFlags(
 absl::StatusOr<std::pair<std::string, std::string>> SplitKeyValue(
     absl::string_view text);
 
-}  // namespace outboxd::cli
+}  // namespace outboxd::flags
 
-#endif  // OUTBOXD_CLI_FLAGS_H_
+#endif  // OUTBOXD_FLAGS_FLAGS_H_

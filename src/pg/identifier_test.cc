@@ -1,4 +1,4 @@
-#include "pg/replication_setup.h"
+#include "pg/identifier.h"
 
 #include "gtest/gtest.h"
 

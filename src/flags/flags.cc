@@ -1,4 +1,4 @@
-#include "cli/flags.h"
+#include "flags/flags.h"
 
 #include <algorithm>
 #include <fstream>
@@ -12,7 +12,7 @@
 #include "absl/strings/strip.h"
 #include "common/status_macros.h"
 
-namespace outboxd::cli {
+namespace outboxd::flags {
 namespace {
 
 absl::Status ApplyFlag(absl::string_view name, std::optional<std::string> value,
@@ -204,4 +204,4 @@ ParseKeyValueFile(const std::string& path) {
   return out;
 }
 
-}  // namespace outboxd::cli
+}  // namespace outboxd::flags

@@ -1,0 +1,34 @@
+// Identifiers as PostgreSQL reads and writes them: schema-qualified table
+// names from the command line, parsed and printed back.
+//
+// Pure string handling, no libpq: the outbox library (which names its
+// table) uses it without linking the database client.
+#ifndef OUTBOXD_PG_IDENTIFIER_H_
+#define OUTBOXD_PG_IDENTIFIER_H_
+
+#include <cstddef>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace outboxd {
+
+// NAMEDATALEN - 1: PostgreSQL truncates longer identifiers, which would make
+// the name we look up differ from the one the server uses.
+inline constexpr size_t kMaxIdentifierBytes = 63;
+
+// A schema-qualified table name as given on the command line: `tbl`,
+// `schema.tbl`, or with double-quoted parts (`"my schema"."a""b"`).
+// Unquoted parts are folded to lower case, as PostgreSQL does.
+struct QualifiedName {
+  std::string schema = "public";
+  std::string name;
+
+  std::string ToString() const;  // schema.name, quoted where needed
+};
+absl::StatusOr<QualifiedName> ParseQualifiedName(absl::string_view text);
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PG_IDENTIFIER_H_
