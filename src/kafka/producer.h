@@ -66,8 +66,10 @@ class KafkaProducer : public Sink {
   // Serves delivery reports and errors, waiting at most `timeout`.
   void Poll(absl::Duration timeout) override;
 
-  // Waits until every queued message is delivered or failed, at most
-  // `timeout`; kDeadlineExceeded with the count left otherwise.
+  // Serves delivery reports (as Poll does) until every queued message is
+  // delivered or failed, at most `timeout`; kDeadlineExceeded with the count
+  // left otherwise. The exactly-once commit uses it so that a transaction's
+  // records reach the broker before its checkpoint offset is sent.
   absl::Status Flush(absl::Duration timeout) override;
 
   // What the broker's metadata says about `topic`, asked through this

@@ -439,21 +439,6 @@ absl::StatusOr<std::string> PgConnection::QuoteIdentifier(
   return out;
 }
 
-absl::StatusOr<std::string> PgConnection::QuoteLiteral(
-    absl::string_view literal) {
-  if (literal.find('\0') != absl::string_view::npos) {
-    return absl::InvalidArgumentError("literal contains a NUL byte");
-  }
-  char* quoted = PQescapeLiteral(conn_, literal.data(), literal.size());
-  if (quoted == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot quote literal: ", TrimMessage(PQerrorMessage(conn_))));
-  }
-  std::string out(quoted);
-  PQfreemem(quoted);
-  return out;
-}
-
 absl::Status PgConnection::Error(absl::string_view context) const {
   return StatusFromPgResult(context, nullptr, conn_);
 }

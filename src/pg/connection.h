@@ -62,9 +62,9 @@ class PgConnection {
       absl::string_view sql,
       const std::vector<std::optional<std::string>>& params);
 
-  // Quoting for identifiers and literals built into simple queries.
+  // Quoting for identifiers built into simple queries (values go through
+  // ExecParams).
   absl::StatusOr<std::string> QuoteIdentifier(absl::string_view ident);
-  absl::StatusOr<std::string> QuoteLiteral(absl::string_view literal);
 
   // The libpq error as a Status, prefixed with `context`.
   absl::Status Error(absl::string_view context) const;

@@ -302,6 +302,4 @@ absl::Status ReplicationStream::Stop() {
   return status;
 }
 
-int ReplicationStream::socket() const { return PQsocket(conn_->raw()); }
-
 }  // namespace outboxd

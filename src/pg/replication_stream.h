@@ -23,7 +23,7 @@ struct ReplicationStreamOptions {
   std::string conninfo;
   std::string slot = "outbox_slot";
   std::string publication = "outbox_pub";
-  bool messages = true;        // pgoutput option `messages`
+  bool messages = true;  // pgoutput option `messages`
 };
 
 class ReplicationStream {
@@ -48,8 +48,6 @@ class ReplicationStream {
 
   // Sends CopyDone and drains the stream so a last ErrorResponse is seen.
   absl::Status Stop();
-
-  int socket() const;
 
  private:
   ReplicationStream(std::unique_ptr<PgConnection> conn);
