@@ -9,6 +9,8 @@ packages=(
   libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 kcat
   libcpp-httplib-dev prometheus-cpp-dev protobuf-compiler libprotobuf-dev curl python3-yaml
+  # scripts/check-format.sh (pinned: another major version formats differently)
+  clang-format-14
   # The real-Kafka test rig (scripts/fetch-kafka.sh, scripts/kafka-cluster.sh);
   # the JDK's compiler runs tests/kafka/*.java as single-file programs.
   openjdk-17-jre-headless openjdk-17-jdk-headless maven
