@@ -1,6 +1,6 @@
 // outboxd: publishes transactional-outbox events from PostgreSQL to Kafka.
 //
-// Flags live here (DESIGN.md section 4); libraries take option structs.
+// Flags live here (README "Flags"); libraries take option structs.
 // Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 after a runtime
 // failure (its cause logged), 2 for bad flags.
 #include <csignal>

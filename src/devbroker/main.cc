@@ -1,9 +1,9 @@
 // outbox-devbroker: a development Kafka cluster on 127.0.0.1 for tests and
-// demos (DESIGN.md section 6). It hosts librdkafka's mock cluster, prints
-// one `BOOTSTRAP=<host:port,...>` line on stdout once the brokers listen,
-// then serves control commands, one per line, from stdin and optionally
-// from a FIFO (--control). Every command gets exactly one reply line on
-// stdout, `ok` or `error: <reason>` (blank lines are ignored):
+// demos (docs/ARCHITECTURE.md, "Test rigs"). It hosts librdkafka's mock
+// cluster, prints one `BOOTSTRAP=<host:port,...>` line on stdout once the
+// brokers listen, then serves control commands, one per line, from stdin and
+// optionally from a FIFO (--control). Every command gets exactly one reply line
+// on stdout, `ok` or `error: <reason>` (blank lines are ignored):
 //
 //   topic <name> [partitions]           create a topic (replication min(3,N))
 //   down <broker_id|all>                broker closes connections, refuses new

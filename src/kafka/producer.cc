@@ -58,7 +58,8 @@ struct HeadersDeleter {
 };
 using HeadersPtr = std::unique_ptr<rd_kafka_headers_t, HeadersDeleter>;
 
-// outboxd's defaults (DESIGN.md section 2), applied before user properties.
+// outboxd's defaults (docs/ARCHITECTURE.md, "The record contract"), applied
+// before user properties.
 constexpr std::pair<const char*, const char*> kDefaultProperties[] = {
     {"client.id", "outboxd"},
     {"enable.idempotence", "true"},

@@ -26,7 +26,7 @@ struct EventPosition {
 };
 
 struct OutboxEvent {
-  // CDC events: the position of DESIGN.md section 2.
+  // CDC events: the position (docs/ARCHITECTURE.md, "The record contract").
   EventPosition position;
   // Polled events (--source=poll|notify) have no commit LSN: the row's
   // `seq` identity value instead. When set, the router emits `outbox.seq`

@@ -1,4 +1,5 @@
-// Router: OutboxEvent -> Kafka record (DESIGN.md section 2).
+// Router: OutboxEvent -> Kafka record (docs/ARCHITECTURE.md, "The record
+// contract").
 //
 // Pure. A KafkaRecord borrows the key, value and header values of the event
 // it was routed from: the event must remain live while the record is in use.
@@ -41,7 +42,7 @@ struct KafkaRecord {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
-// Header names of DESIGN.md section 2.
+// Header names (docs/ARCHITECTURE.md, "The record contract").
 inline constexpr absl::string_view kHeaderId = "id";
 inline constexpr absl::string_view kHeaderEventType = "eventType";
 inline constexpr absl::string_view kHeaderLsn = "outbox.lsn";
