@@ -162,4 +162,43 @@ absl::Status BenchEnv::WaitSlotActive(const std::string& slot,
       absl::StrCat("slot ", slot, " not streamed within the timeout"));
 }
 
+absl::StatusOr<BenchEnv::RecvLogicalRun> BenchEnv::RunPgRecvLogical(
+    const std::string& binary, const std::string& slot,
+    const std::string& end_lsn, bool messages) {
+  std::vector<std::string> argv = {binary,
+                                   "-d",
+                                   AdminConnInfo(),
+                                   "--start",
+                                   "-S",
+                                   slot,
+                                   "-o",
+                                   "proto_version=1",
+                                   "-o",
+                                   "publication_names=outbox_pub",
+                                   "-f",
+                                   "/dev/null",
+                                   "-E",
+                                   end_lsn,
+                                   "--no-loop",
+                                   "-s",
+                                   "1"};
+  if (messages) {
+    argv.push_back("-o");
+    argv.push_back("messages=true");
+  }
+  const double pg_cpu0 = ClusterCpuSeconds(postmaster_pid_);
+  const int64_t t0 = NowNs();
+  auto result = testing::RunCommand(argv, absl::Minutes(10));
+  const int64_t t1 = NowNs();
+  if (!result.ok()) return result.status();
+  if (result->exit_code != 0) {
+    return absl::InternalError(absl::StrCat(
+        "pg_recvlogical exit ", result->exit_code, ": ", result->output));
+  }
+  RecvLogicalRun run;
+  run.seconds = (t1 - t0) / 1e9;
+  run.postgres_cpu_s = ClusterCpuSeconds(postmaster_pid_) - pg_cpu0;
+  return run;
+}
+
 }  // namespace outboxd::bench

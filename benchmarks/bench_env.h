@@ -71,6 +71,19 @@ class BenchEnv {
   // outboxd on that name (README "Lost slots").
   void DropSlot(const std::string& slot);
 
+  // pg_recvlogical (`binary`) streams `slot` (pgoutput, protocol 1,
+  // outbox_pub; logical decoding messages too when `messages`) to /dev/null
+  // until `end_lsn`: the walsender's decoding and streaming limit, which the
+  // throughput benchmarks compare outboxd to.
+  struct RecvLogicalRun {
+    double seconds = 0;
+    double postgres_cpu_s = 0;  // of the whole cluster, over the run
+  };
+  absl::StatusOr<RecvLogicalRun> RunPgRecvLogical(const std::string& binary,
+                                                  const std::string& slot,
+                                                  const std::string& end_lsn,
+                                                  bool messages);
+
  private:
   BenchEnv() = default;
   std::unique_ptr<testing::PgCluster> pg_;

@@ -74,6 +74,17 @@ absl::StatusOr<std::string> PgConn::Query(const std::string& sql) {
   return value;
 }
 
+absl::StatusOr<std::vector<std::unique_ptr<PgConn>>> ConnectAll(
+    const std::string& conninfo, int connections) {
+  std::vector<std::unique_ptr<PgConn>> conns;
+  for (int c = 0; c < connections; ++c) {
+    auto conn = PgConn::Connect(conninfo);
+    if (!conn.ok()) return conn.status();
+    conns.push_back(*std::move(conn));
+  }
+  return conns;
+}
+
 // --- /proc readings
 // -------------------------------------------------------------
 
@@ -425,12 +436,9 @@ absl::StatusOr<LoadResult> GenerateLoad(
     const std::function<std::string(int64_t)>& event_sql) {
   LoadResult result;
   result.commit_ns.assign(events, 0);
-  std::vector<std::unique_ptr<PgConn>> conns;
-  for (int c = 0; c < connections; ++c) {
-    auto conn = PgConn::Connect(conninfo);
-    if (!conn.ok()) return conn.status();
-    conns.push_back(*std::move(conn));
-  }
+  auto pool = ConnectAll(conninfo, connections);
+  if (!pool.ok()) return pool.status();
+  std::vector<std::unique_ptr<PgConn>>& conns = *pool;
   std::atomic<int64_t> errors{0};
   std::vector<int64_t> slips(connections, 0);
   const int64_t t0 = NowNs() + 20000000;  // 20 ms to get the threads going
@@ -473,6 +481,185 @@ absl::Status WriteFile(const std::string& path, const std::string& text) {
   out.close();
   if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
   return absl::OkStatus();
+}
+
+double EventsPerSecond(int64_t events, int64_t ns) {
+  return ns > 0 ? events * 1e9 / ns : 0;
+}
+
+RecordArrival WaitForRecords(WatermarkProbe& probe, const std::string& topic,
+                             int partitions, int64_t target,
+                             absl::Duration timeout,
+                             const std::function<bool()>& alive) {
+  RecordArrival arrival;
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    auto total = probe.Total(topic, partitions);
+    const int64_t now = NowNs();
+    if (total.ok()) {
+      arrival.last_total = *total;
+      if (arrival.first_ns == 0 && *total > 0) arrival.first_ns = now;
+      if (*total >= target) {
+        arrival.done_ns = now;
+        break;
+      }
+    }
+    if (!alive()) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return arrival;
+}
+
+absl::Status WaitForWarmup(const std::string& conninfo,
+                           const std::string& aggregatetype,
+                           const ReceiptRecorder& recorder,
+                           absl::Duration timeout,
+                           const std::function<bool()>& alive,
+                           const std::string& on_failure) {
+  auto conn = PgConn::Connect(conninfo);
+  if (!conn.ok()) return conn.status();
+  const absl::Time deadline = absl::Now() + timeout;
+  while (recorder.warmups() == 0) {
+    if (absl::Now() > deadline || !alive()) {
+      return absl::DeadlineExceededError(on_failure);
+    }
+    absl::Status s = (*conn)->Exec(absl::StrCat(
+        "INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
+        "payload) VALUES ('",
+        aggregatetype, "', 'warmup', 'Warmup', '", EventPayload(-1), "')"));
+    if (!s.ok()) return s;
+    for (int i = 0; i < 20 && recorder.warmups() == 0; ++i) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void DrainReceipts(const ReceiptRecorder& recorder, int64_t committed,
+                   absl::Duration stall, int64_t load_end_ns,
+                   absl::Duration max_after_load) {
+  const int64_t max_after_load_ns =
+      max_after_load == absl::InfiniteDuration()
+          ? INT64_MAX
+          : absl::ToInt64Nanoseconds(max_after_load);
+  int64_t last_count = -1;
+  absl::Time last_progress = absl::Now();
+  while (recorder.received() < committed) {
+    const int64_t c = recorder.received();
+    if (c != last_count) {
+      last_count = c;
+      last_progress = absl::Now();
+    } else if (absl::Now() - last_progress > stall ||
+               NowNs() - load_end_ns > max_after_load_ns) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
+double LatencySample::committed_per_s() const {
+  const double span_s = (last_commit_ns - first_commit_ns) / 1e9;
+  return span_s > 0 ? committed / span_s : 0;
+}
+
+double LatencySample::delivered_per_s() const {
+  if (delivered() == 0) return 0;
+  const double span_s = (last_receipt_ns - first_commit_ns) / 1e9;
+  return span_s > 0 ? delivered() / span_s : 0;
+}
+
+LatencySample MeasureLatencies(const LoadResult& load,
+                               const ReceiptRecorder& recorder) {
+  LatencySample sample;
+  sample.sorted_ms.reserve(load.commit_ns.size());
+  int64_t first_commit = INT64_MAX;
+  for (size_t i = 0; i < load.commit_ns.size(); ++i) {
+    const int64_t c = load.commit_ns[i];
+    if (c == 0) continue;
+    ++sample.committed;
+    first_commit = std::min(first_commit, c);
+    sample.last_commit_ns = std::max(sample.last_commit_ns, c);
+    const int64_t r = recorder.receipt_ns(i);
+    if (r == 0) continue;
+    sample.last_receipt_ns = std::max(sample.last_receipt_ns, r);
+    sample.sorted_ms.push_back((r - c) / 1e6);
+  }
+  sample.first_commit_ns = sample.committed > 0 ? first_commit : 0;
+  std::sort(sample.sorted_ms.begin(), sample.sorted_ms.end());
+  return sample;
+}
+
+nlohmann::json LatencyQuantiles(const std::vector<double>& sorted_ms) {
+  return {{"p50", Quantile(sorted_ms, 0.50)},
+          {"p90", Quantile(sorted_ms, 0.90)},
+          {"p99", Quantile(sorted_ms, 0.99)},
+          {"p999", Quantile(sorted_ms, 0.999)},
+          {"max", sorted_ms.empty() ? 0 : sorted_ms.back()},
+          {"min", sorted_ms.empty() ? 0 : sorted_ms.front()}};
+}
+
+std::string FormatMs(double ms) {
+  if (ms >= 100) return absl::StrFormat("%.0f", ms);
+  if (ms >= 10) return absl::StrFormat("%.1f", ms);
+  return absl::StrFormat("%.2f", ms);
+}
+
+absl::Status WriteCdfPlot(const std::string& out, const CdfPlot& plot,
+                          const std::vector<CdfLine>& lines) {
+  const std::string stem = absl::StrCat(plot.name, "_cdf");
+  std::string dat;
+  // Panels in the order their rate first appears: (rate, [(index, label)]).
+  std::vector<std::pair<int, std::vector<std::pair<int, std::string>>>> panels;
+  int index = 0;
+  for (const CdfLine& line : lines) {
+    if (line.points.empty()) continue;
+    absl::StrAppend(&dat, "# ", line.label, " ", line.rate,
+                    "/s\n# latency_ms fraction\n");
+    for (const auto& [ms, q] : line.points) {
+      absl::StrAppend(&dat,
+                      absl::StrFormat("%.4f %.6f\n", std::max(ms, 0.01), q));
+    }
+    absl::StrAppend(&dat, "\n\n");
+    auto panel = std::find_if(panels.begin(), panels.end(), [&](const auto& p) {
+      return p.first == line.rate;
+    });
+    if (panel == panels.end()) {
+      panels.push_back({line.rate, {}});
+      panel = panels.end() - 1;
+    }
+    panel->second.emplace_back(index++, line.label);
+  }
+  absl::Status s = WriteFile(absl::StrCat(out, "/", stem, ".dat"), dat);
+  if (!s.ok()) return s;
+  const int columns = std::max<int>(1, panels.size());
+  std::string gp = absl::StrCat(
+      "# Generated by ", plot.generator, ": gnuplot ", stem,
+      ".gp (in this directory)\n"
+      "set terminal pngcairo size ",
+      columns * 560,
+      ",480 font 'sans,10'\n"
+      "set output '",
+      stem, ".png'\nset multiplot layout 1,", columns, " title '", plot.title,
+      "'\n"
+      "set logscale x\nset grid\n"
+      "set xlabel 'latency (ms, log)'\nset ylabel 'fraction of events'\n"
+      "set yrange [0:1]\nset xrange [",
+      plot.x_min_ms,
+      ":*]\n"
+      "set key left top opaque box\n");
+  for (const auto& [rate, labels] : panels) {
+    absl::StrAppend(&gp, "set title '", rate, " events/s'\nplot ");
+    bool first = true;
+    for (const auto& [i, label] : labels) {
+      absl::StrAppend(&gp, first ? "" : ", \\\n     ", "'", stem,
+                      ".dat' index ", i, " using 1:2 with lines lw 2 title '",
+                      label, "'");
+      first = false;
+    }
+    absl::StrAppend(&gp, "\n");
+  }
+  absl::StrAppend(&gp, "unset multiplot\n");
+  return WriteFile(absl::StrCat(out, "/", stem, ".gp"), gp);
 }
 
 }  // namespace outboxd::bench

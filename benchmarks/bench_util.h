@@ -1,8 +1,10 @@
 // Shared pieces of the end-to-end benchmarks (latency_bench,
-// throughput_bench): a small libpq connection, process CPU and memory
-// readings from /proc, the machine description written next to every
-// result, percentiles, outbox event payloads that carry a bench id, and an
-// independent Kafka consumer that timestamps each record on receipt.
+// throughput_bench, vs_debezium_bench): a small libpq connection, process
+// CPU and memory readings from /proc, the machine description written next
+// to every result, percentiles, outbox event payloads that carry a bench id,
+// an independent Kafka consumer that timestamps each record on receipt, and
+// the measurement loops built on them (warm-up, drain, latencies, CDF plot,
+// records counted through the high watermarks).
 //
 // Measures only; nothing here asserts a timing. Threading: PgConn and
 // ReceiptRecorder are each used from one thread, except where noted.
@@ -23,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 
 namespace outboxd::bench {
@@ -50,6 +53,10 @@ class PgConn {
   explicit PgConn(PGconn* conn) : conn_(conn) {}
   PGconn* conn_;
 };
+
+// `connections` connections to `conninfo`, for a pool of loader threads.
+absl::StatusOr<std::vector<std::unique_ptr<PgConn>>> ConnectAll(
+    const std::string& conninfo, int connections);
 
 // CPU seconds (user + system) of one process; 0 if it is gone.
 double ProcessCpuSeconds(pid_t pid);
@@ -148,6 +155,82 @@ class WatermarkProbe {
 
 // Writes `text` to `path`, creating parent directories.
 absl::Status WriteFile(const std::string& path, const std::string& text);
+
+// `events` per second over `ns` nanoseconds; 0 for an empty span.
+double EventsPerSecond(int64_t events, int64_t ns);
+
+// --- Throughput: records counted at the broker ---------------------------
+
+struct RecordArrival {
+  int64_t first_ns = 0;    // when a first record was seen (0 = never)
+  int64_t done_ns = 0;     // when all `target` were seen (0 = not all)
+  int64_t last_total = 0;  // the last sum read
+};
+// Probes the sum of `topic`'s high watermarks every 20 ms until it reaches
+// `target`, `timeout` passes, or `alive()` turns false (the publisher
+// exited). Times are NowNs().
+RecordArrival WaitForRecords(WatermarkProbe& probe, const std::string& topic,
+                             int partitions, int64_t target,
+                             absl::Duration timeout,
+                             const std::function<bool()>& alive);
+
+// --- Latency: one fixed-rate load against a publisher that streams -------
+
+// Commits a warm-up event (EventPayload(-1), of `aggregatetype`) every 2 s
+// until `recorder` has received one, so that topic metadata, connections and
+// the publisher's first batch are out of the measurement. On `timeout`, or
+// as soon as `alive()` turns false: kDeadlineExceeded with `on_failure`.
+absl::Status WaitForWarmup(const std::string& conninfo,
+                           const std::string& aggregatetype,
+                           const ReceiptRecorder& recorder,
+                           absl::Duration timeout,
+                           const std::function<bool()>& alive,
+                           const std::string& on_failure);
+
+// After the load: waits until `recorder` has received `committed` bench
+// events, or none arrived for `stall`, or `max_after_load` has passed since
+// `load_end_ns` (a backlog that long means the publisher did not keep up).
+void DrainReceipts(const ReceiptRecorder& recorder, int64_t committed,
+                   absl::Duration stall, int64_t load_end_ns,
+                   absl::Duration max_after_load = absl::InfiniteDuration());
+
+// Commit-to-receipt latencies of one load. Read after recorder.Stop().
+struct LatencySample {
+  std::vector<double> sorted_ms;  // one per delivered event, ascending
+  int64_t committed = 0;          // events whose COMMIT succeeded
+  int64_t first_commit_ns = 0;    // 0 when none committed
+  int64_t last_commit_ns = 0;
+  int64_t last_receipt_ns = 0;  // 0 when none delivered
+  int64_t delivered() const { return static_cast<int64_t>(sorted_ms.size()); }
+  double max_ms() const { return sorted_ms.empty() ? 0 : sorted_ms.back(); }
+  // Over the span from the first to the last commit.
+  double committed_per_s() const;
+  // Over the span from the first commit to the last receipt.
+  double delivered_per_s() const;
+};
+LatencySample MeasureLatencies(const LoadResult& load,
+                               const ReceiptRecorder& recorder);
+// {"p50", "p90", "p99", "p999", "max", "min"} of an ascending vector.
+nlohmann::json LatencyQuantiles(const std::vector<double>& sorted_ms);
+// Milliseconds with two, one or no decimals, for result tables.
+std::string FormatMs(double ms);
+
+// A latency CDF for gnuplot: <out>/<name>_cdf.dat holds one data block per
+// line, <out>/<name>_cdf.gp draws one panel per rate (in the order the
+// rates first appear) with one line per label, log latency axis.
+struct CdfLine {
+  std::string label;                              // mode or publisher
+  int rate = 0;                                   // offered events/s
+  std::vector<std::pair<double, double>> points;  // CdfPoints()
+};
+struct CdfPlot {
+  std::string name;       // file stem, e.g. "latency"
+  std::string generator;  // the benchmark, named in the script's header
+  std::string title;      // above the panels
+  double x_min_ms = 0.1;  // left end of the latency axis
+};
+absl::Status WriteCdfPlot(const std::string& out, const CdfPlot& plot,
+                          const std::vector<CdfLine>& lines);
 
 }  // namespace outboxd::bench
 

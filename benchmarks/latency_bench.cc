@@ -176,26 +176,13 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
     s = env.WaitSlotActive(slot, absl::Seconds(60));
     if (!s.ok()) return s;
   }
-  {
-    auto conn = PgConn::Connect(env.AdminConnInfo());
-    if (!conn.ok()) return conn.status();
-    absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while ((*recorder)->warmups() == 0) {
-      if (absl::Now() > deadline || !(*outboxd)->Running()) {
-        return absl::DeadlineExceededError(absl::StrCat(
-            mode.name, ": no warm-up event arrived (see ", env.work_dir(),
-            "/outboxd-", mode.name, "-", rate, ".log)"));
-      }
-      s = (*conn)->Exec(absl::StrCat(
-          "INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
-          "payload) VALUES ('order', 'warmup', 'Warmup', '",
-          EventPayload(-1), "')"));
-      if (!s.ok()) return s;
-      for (int i = 0; i < 20 && (*recorder)->warmups() == 0; ++i) {
-        absl::SleepFor(absl::Milliseconds(100));
-      }
-    }
-  }
+  testing::ChildProcess& child = **outboxd;
+  s = WaitForWarmup(
+      env.AdminConnInfo(), "order", **recorder, absl::Seconds(60),
+      [&child] { return child.Running(); },
+      absl::StrCat(mode.name, ": no warm-up event arrived (see ",
+                   env.work_dir(), "/outboxd-", mode.name, "-", rate, ".log)"));
+  if (!s.ok()) return s;
 
   CostSnapshot before = TakeCost(env, pid);
   auto load = GenerateLoad(env.AdminConnInfo(), rate, events,
@@ -206,46 +193,21 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   for (int64_t t : load->commit_ns) committed += t != 0;
 
   // Drain: until everything arrived or nothing arrived for a while.
-  absl::Duration stall = std::max(absl::Seconds(5), 3 * PollInterval(mode));
-  int64_t last_count = -1;
-  absl::Time last_progress = absl::Now();
-  while ((*recorder)->received() < committed) {
-    int64_t c = (*recorder)->received();
-    if (c != last_count) {
-      last_count = c;
-      last_progress = absl::Now();
-    } else if (absl::Now() - last_progress > stall) {
-      break;
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  DrainReceipts(**recorder, committed,
+                std::max(absl::Seconds(5), 3 * PollInterval(mode)),
+                load_end_ns);
   int64_t peak_rss = PeakRssBytes(pid);
   CostSnapshot after = TakeCost(env, pid);
   (*recorder)->Stop();
-  auto code = env.StopOutboxd(**outboxd);
+  auto code = env.StopOutboxd(child);
   if (mode.source == "cdc") {
     env.DropSlot(slot);
   }
 
-  std::vector<double> latencies_ms;
-  latencies_ms.reserve(events);
-  int64_t first_commit = INT64_MAX, last_commit = 0, last_receipt = 0;
-  for (int64_t i = 0; i < events; ++i) {
-    int64_t c = load->commit_ns[i];
-    if (c == 0) continue;
-    first_commit = std::min(first_commit, c);
-    last_commit = std::max(last_commit, c);
-    int64_t r = (*recorder)->receipt_ns(i);
-    if (r == 0) continue;
-    last_receipt = std::max(last_receipt, r);
-    latencies_ms.push_back((r - c) / 1e6);
-  }
-  std::sort(latencies_ms.begin(), latencies_ms.end());
-  const int64_t delivered = static_cast<int64_t>(latencies_ms.size());
+  const LatencySample sample = MeasureLatencies(*load, **recorder);
+  const std::vector<double>& latencies_ms = sample.sorted_ms;
+  const int64_t delivered = sample.delivered();
   const double window_s = (after.at_ns - before.at_ns) / 1e9;
-  const double commit_span_s = (last_commit - first_commit) / 1e9;
-  const double delivery_span_s =
-      delivered > 0 ? (last_receipt - first_commit) / 1e9 : 0;
 
   nlohmann::json j;
   j["mode"] = mode.name;
@@ -257,30 +219,21 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   j["events"] = events;
   j["committed"] = committed;
   j["commit_errors"] = load->errors;
-  j["committed_per_s"] = commit_span_s > 0 ? committed / commit_span_s : 0;
+  j["committed_per_s"] = sample.committed_per_s();
   j["generator_max_slip_ms"] = load->max_slip_ns / 1e6;
   j["delivered"] = delivered;
   j["duplicates"] = (*recorder)->duplicates();
-  j["delivered_per_s"] = delivery_span_s > 0 ? delivered / delivery_span_s : 0;
+  j["delivered_per_s"] = sample.delivered_per_s();
   // Kept up: the database took the offered rate (the generator committed
   // at least 95% of it), everything arrived, and no event waited more than
   // 1 s + 2 poll intervals (a growing backlog shows as a growing maximum).
-  double backlog_s = (last_receipt - load_end_ns) / 1e9;
-  double committed_per_s = commit_span_s > 0 ? committed / commit_span_s : 0;
-  double max_ms = latencies_ms.empty() ? 0 : latencies_ms.back();
-  j["drain_after_load_s"] = backlog_s;
+  j["drain_after_load_s"] = (sample.last_receipt_ns - load_end_ns) / 1e9;
   j["kept_up"] =
       delivered == committed && load->errors == 0 && committed == events &&
-      committed_per_s >= 0.95 * rate &&
-      max_ms < 1000.0 * (1.0 + 2 * absl::ToDoubleSeconds(PollInterval(mode)));
-  nlohmann::json lat;
-  lat["p50"] = Quantile(latencies_ms, 0.50);
-  lat["p90"] = Quantile(latencies_ms, 0.90);
-  lat["p99"] = Quantile(latencies_ms, 0.99);
-  lat["p999"] = Quantile(latencies_ms, 0.999);
-  lat["max"] = latencies_ms.empty() ? 0 : latencies_ms.back();
-  lat["min"] = latencies_ms.empty() ? 0 : latencies_ms.front();
-  j["latency_ms"] = lat;
+      sample.committed_per_s() >= 0.95 * rate &&
+      sample.max_ms() <
+          1000.0 * (1.0 + 2 * absl::ToDoubleSeconds(PollInterval(mode)));
+  j["latency_ms"] = LatencyQuantiles(latencies_ms);
   nlohmann::json cost;
   cost["window_s"] = window_s;
   cost["publisher_statements_per_s"] =
@@ -294,12 +247,6 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   j["outboxd_exit_code"] = code.ok() ? *code : -1;
   std::cerr << j.dump() << "\n";
   return RunResult{j, CdfPoints(latencies_ms)};
-}
-
-std::string Ms(double v) {
-  if (v >= 100) return absl::StrFormat("%.0f", v);
-  if (v >= 10) return absl::StrFormat("%.1f", v);
-  return absl::StrFormat("%.2f", v);
 }
 
 std::string MarkdownTable(const std::vector<RunResult>& runs) {
@@ -318,8 +265,9 @@ std::string MarkdownTable(const std::vector<RunResult>& runs) {
         j["offered_rate"].get<int>(), " | ",
         absl::StrFormat("%.0f", j["committed_per_s"].get<double>()), " | ",
         absl::StrFormat("%.0f", j["delivered_per_s"].get<double>()), " | ",
-        Ms(l["p50"]), " | ", Ms(l["p90"]), " | ", Ms(l["p99"]), " | ",
-        Ms(l["p999"]), " | ", Ms(l["max"]), " | ",
+        FormatMs(l["p50"]), " | ", FormatMs(l["p90"]), " | ",
+        FormatMs(l["p99"]), " | ", FormatMs(l["p999"]), " | ",
+        FormatMs(l["max"]), " | ",
         absl::StrFormat("%.1f", c["publisher_statements_per_s"].get<double>()),
         " | ",
         absl::StrFormat("%.0f", c["db_transactions_per_s"].get<double>()),
@@ -360,60 +308,18 @@ std::string Csv(const std::vector<RunResult>& runs) {
   return csv;
 }
 
-// One gnuplot data block per run (index i), and a script with one panel per
-// rate, one CDF line per mode, log latency axis.
 absl::Status WriteCdf(const std::string& out,
-                      const std::vector<RunResult>& runs,
-                      const std::vector<int>& rates) {
-  std::string dat;
-  std::map<int, std::vector<std::pair<int, std::string>>> blocks;  // rate
-  int index = 0;
+                      const std::vector<RunResult>& runs) {
+  std::vector<CdfLine> lines;
   for (const RunResult& r : runs) {
-    if (r.cdf.empty()) continue;
-    absl::StrAppend(&dat, "# ", r.summary["mode"].get<std::string>(), " ",
-                    r.summary["offered_rate"].get<int>(),
-                    "/s\n# latency_ms fraction\n");
-    for (const auto& [ms, q] : r.cdf) {
-      absl::StrAppend(&dat,
-                      absl::StrFormat("%.4f %.6f\n", std::max(ms, 0.01), q));
-    }
-    absl::StrAppend(&dat, "\n\n");
-    blocks[r.summary["offered_rate"].get<int>()].emplace_back(
-        index++, r.summary["mode"].get<std::string>());
+    lines.push_back({r.summary["mode"].get<std::string>(),
+                     r.summary["offered_rate"].get<int>(), r.cdf});
   }
-  absl::Status s = WriteFile(out + "/latency_cdf.dat", dat);
-  if (!s.ok()) return s;
-  int panels = 0;
-  for (int rate : rates) panels += blocks.count(rate) ? 1 : 0;
-  std::string gp = absl::StrCat(
-      "# Generated by latency_bench: gnuplot latency_cdf.gp (in this "
-      "directory)\n"
-      "set terminal pngcairo size ",
-      std::max(1, panels) * 560,
-      ",480 font 'sans,10'\n"
-      "set output 'latency_cdf.png'\n"
-      "set multiplot layout 1,",
-      std::max(1, panels),
-      " title 'outboxd: commit-to-consumer latency CDF per publisher mode'\n"
-      "set logscale x\nset grid\nset key bottom right\n"
-      "set xlabel 'latency (ms, log)'\nset ylabel 'fraction of events'\n"
-      "set yrange [0:1]\nset xrange [0.1:*]\n"
-      "set key left top opaque box\n");
-  for (int rate : rates) {
-    auto it = blocks.find(rate);
-    if (it == blocks.end()) continue;
-    absl::StrAppend(&gp, "set title '", rate, " events/s'\nplot ");
-    bool first = true;
-    for (const auto& [i, mode] : it->second) {
-      absl::StrAppend(&gp, first ? "" : ", \\\n     ",
-                      "'latency_cdf.dat' index ", i,
-                      " using 1:2 with lines lw 2 title '", mode, "'");
-      first = false;
-    }
-    absl::StrAppend(&gp, "\n");
-  }
-  absl::StrAppend(&gp, "unset multiplot\n");
-  return WriteFile(out + "/latency_cdf.gp", gp);
+  return WriteCdfPlot(
+      out,
+      {"latency", "latency_bench",
+       "outboxd: commit-to-consumer latency CDF per publisher mode", 0.1},
+      lines);
 }
 
 int Main(int argc, char** argv) {
@@ -486,7 +392,7 @@ int Main(int argc, char** argv) {
   absl::Status s = WriteFile(out + "/latency.json", doc.dump(2) + "\n");
   if (s.ok()) s = WriteFile(out + "/latency.csv", Csv(runs));
   if (s.ok()) s = WriteFile(out + "/latency.md", MarkdownTable(runs));
-  if (s.ok()) s = WriteCdf(out, runs, rates);
+  if (s.ok()) s = WriteCdf(out, runs);
   if (!s.ok()) {
     std::cerr << s << "\n";
     return 1;

@@ -113,12 +113,9 @@ absl::StatusOr<InsertResult> InsertEvents(const std::string& conninfo,
                                           const std::string& kind,
                                           int64_t events, int batch,
                                           int connections) {
-  std::vector<std::unique_ptr<PgConn>> conns;
-  for (int c = 0; c < connections; ++c) {
-    auto conn = PgConn::Connect(conninfo);
-    if (!conn.ok()) return conn.status();
-    conns.push_back(*std::move(conn));
-  }
+  auto pool = ConnectAll(conninfo, connections);
+  if (!pool.ok()) return pool.status();
+  std::vector<std::unique_ptr<PgConn>>& conns = *pool;
   const int64_t batches = (events + batch - 1) / batch;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> errors{0};
@@ -149,20 +146,13 @@ absl::StatusOr<InsertResult> InsertEvents(const std::string& conninfo,
   return r;
 }
 
-// Polls the topic's high watermarks until they sum to `target`; returns the
-// monotonic time it first saw that (0 on timeout).
-int64_t WaitForRecords(WatermarkProbe& probe, const std::string& topic,
-                       int64_t target, absl::Duration timeout,
-                       testing::ChildProcess* outboxd) {
-  absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    auto total = probe.Total(topic, kPartitions);
-    int64_t now = NowNs();
-    if (total.ok() && *total >= target) return now;
-    if (outboxd != nullptr && !outboxd->Running()) return 0;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return 0;
+// The monotonic time at which the broker held all `target` records of
+// `topic` (0 on timeout, or when outboxd exited first).
+int64_t RecordsDone(WatermarkProbe& probe, const std::string& topic,
+                    int64_t target, testing::ChildProcess& outboxd) {
+  return WaitForRecords(probe, topic, kPartitions, target, absl::Minutes(10),
+                        [&outboxd] { return outboxd.Running(); })
+      .done_ns;
 }
 
 // The kcat input: one "key<TAB>value" line per event, values as outboxd
@@ -178,10 +168,6 @@ absl::Status WriteKcatInput(const std::string& path, const std::string& kind,
   out.close();
   if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
   return absl::OkStatus();
-}
-
-double Rate(int64_t events, int64_t ns) {
-  return ns > 0 ? events * 1e9 / ns : 0;
 }
 
 absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
@@ -235,8 +221,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
                                  absl::GetFlag(FLAGS_batch),
                                  absl::GetFlag(FLAGS_connections));
     if (!inserted.ok()) return inserted.status();
-    int64_t done = WaitForRecords(**probe, live_topic, events,
-                                  absl::Minutes(10), outboxd->get());
+    int64_t done = RecordsDone(**probe, live_topic, events, **outboxd);
     double cpu = ProcessCpuSeconds(pid) - cpu0;
     double pg_cpu = ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0;
     double broker_cpu = ProcessCpuSeconds(env.devbroker_pid()) - broker_cpu0;
@@ -247,10 +232,10 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     int64_t insert_ns = inserted->last_commit_ns - inserted->first_commit_ns;
     int64_t e2e_ns = done - inserted->first_commit_ns;
     j["insert"] = {{"seconds", insert_ns / 1e9},
-                   {"events_per_s", Rate(events, insert_ns)},
+                   {"events_per_s", EventsPerSecond(events, insert_ns)},
                    {"errors", inserted->errors}};
     j["live"] = {{"seconds", e2e_ns / 1e9},
-                 {"events_per_s", Rate(events, e2e_ns)},
+                 {"events_per_s", EventsPerSecond(events, e2e_ns)},
                  {"last_ack_after_last_commit_s",
                   (done - inserted->last_commit_ns) / 1e9},
                  {"outboxd_cpu_s", cpu},
@@ -266,40 +251,13 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
 
   // --- recvlogical: the walsender's decoding + streaming limit ------------
   {
-    std::vector<std::string> argv = {absl::GetFlag(FLAGS_pg_recvlogical),
-                                     "-d",
-                                     env.AdminConnInfo(),
-                                     "--start",
-                                     "-S",
-                                     recv_slot,
-                                     "-o",
-                                     "proto_version=1",
-                                     "-o",
-                                     "publication_names=outbox_pub",
-                                     "-f",
-                                     "/dev/null",
-                                     "-E",
-                                     *end_lsn,
-                                     "--no-loop",
-                                     "-s",
-                                     "1"};
-    if (kind == "message") {
-      argv.push_back("-o");
-      argv.push_back("messages=true");
-    }
-    int64_t t0 = NowNs();
-    double pg_cpu0 = ClusterCpuSeconds(env.postmaster_pid());
-    auto result = testing::RunCommand(argv, absl::Minutes(10));
-    int64_t t1 = NowNs();
-    if (!result.ok()) return result.status();
-    if (result->exit_code != 0) {
-      return absl::InternalError(absl::StrCat(
-          "pg_recvlogical exit ", result->exit_code, ": ", result->output));
-    }
+    auto run = env.RunPgRecvLogical(absl::GetFlag(FLAGS_pg_recvlogical),
+                                    recv_slot, *end_lsn, kind == "message");
+    if (!run.ok()) return run.status();
     j["recvlogical"] = {
-        {"seconds", (t1 - t0) / 1e9},
-        {"events_per_s", Rate(events, t1 - t0)},
-        {"postgres_cpu_s", ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0}};
+        {"seconds", run->seconds},
+        {"events_per_s", run->seconds > 0 ? events / run->seconds : 0},
+        {"postgres_cpu_s", run->postgres_cpu_s}};
     std::cerr << "recvlogical: " << j["recvlogical"].dump() << "\n";
     env.DropSlot(recv_slot);
   }
@@ -316,8 +274,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
         env.StartOutboxd(args, absl::StrCat("outboxd-backlog-", kind));
     if (!outboxd.ok()) return outboxd.status();
     pid_t pid = (*outboxd)->pid();
-    int64_t done = WaitForRecords(**probe, backlog_topic, events,
-                                  absl::Minutes(10), outboxd->get());
+    int64_t done = RecordsDone(**probe, backlog_topic, events, **outboxd);
     double cpu = ProcessCpuSeconds(pid);
     int64_t rss = PeakRssBytes(pid);
     double pg_cpu = ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0;
@@ -327,7 +284,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
       return absl::DeadlineExceededError("backlog: not all records arrived");
     }
     j["backlog"] = {{"seconds", (done - t0) / 1e9},
-                    {"events_per_s", Rate(events, done - t0)},
+                    {"events_per_s", EventsPerSecond(events, done - t0)},
                     {"outboxd_cpu_s", cpu},
                     {"postgres_cpu_s", pg_cpu},
                     {"devbroker_cpu_s", broker_cpu},
@@ -376,7 +333,7 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
           total.ok() ? *total : -1, ": ", result->output.substr(0, 500)));
     }
     j["kcat"] = {{"seconds", (t1 - t0) / 1e9},
-                 {"events_per_s", Rate(events, t1 - t0)},
+                 {"events_per_s", EventsPerSecond(events, t1 - t0)},
                  {"devbroker_cpu_s", broker_cpu}};
     std::cerr << "kcat: " << j["kcat"].dump() << "\n";
     std::remove(input.c_str());

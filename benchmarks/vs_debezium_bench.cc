@@ -99,7 +99,6 @@ ABSL_FLAG(std::string, pg_recvlogical,
 namespace outboxd::bench {
 namespace {
 
-constexpr int kPartitions = 4;
 constexpr char kOutboxdPrefix[] = "outboxd.";  // before outbox.event.
 constexpr char kDebeziumTopicPrefix[] = "outbox.event.";
 constexpr char kTunedTopicPrefix[] = "tuned.outbox.event.";
@@ -678,10 +677,6 @@ std::string SlotConfirmed(BenchEnv& env, const std::string& slot) {
       .value_or("?");
 }
 
-double Rate(int64_t events, int64_t ns) {
-  return ns > 0 ? events * 1e9 / ns : 0;
-}
-
 absl::StatusOr<nlohmann::json> RunPublisherBacklog(BenchEnv& env,
                                                    const PublisherKind& p,
                                                    const std::string& slot,
@@ -702,29 +697,16 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(BenchEnv& env,
   if (!child.ok()) return child.status();
   j["settings"] = settings;
   const pid_t pid = (*child)->pid();
-  int64_t first = 0, done = 0;
-  double cpu = 0;
-  int64_t rss = 0;
-  absl::Time deadline = absl::Now() + absl::GetFlag(FLAGS_run_timeout);
-  int64_t last_total = 0;
-  while (absl::Now() < deadline && (*child)->Running()) {
-    auto total = (*probe)->Total(topic, kPartitions);
-    int64_t now = NowNs();
-    if (total.ok()) {
-      last_total = *total;
-      if (first == 0 && *total > 0) first = now;
-      if (*total >= events) {
-        done = now;
-        cpu = ProcessCpuSeconds(pid);
-        rss = PeakRssBytes(pid);
-        break;
-      }
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  j["records"] = last_total;
+  testing::ChildProcess& publisher = **child;
+  const RecordArrival arrival = WaitForRecords(
+      **probe, topic, kPartitions, events, absl::GetFlag(FLAGS_run_timeout),
+      [&publisher] { return publisher.Running(); });
+  const int64_t first = arrival.first_ns, done = arrival.done_ns;
+  const double cpu = ProcessCpuSeconds(pid);
+  const int64_t rss = PeakRssBytes(pid);
+  j["records"] = arrival.last_total;
   if (done == 0) {
-    j["error"] = absl::StrCat("only ", last_total, " of ", events,
+    j["error"] = absl::StrCat("only ", arrival.last_total, " of ", events,
                               " records within the run timeout");
     j["cpu_s"] = ProcessCpuSeconds(pid);
     j["peak_rss_mb"] = PeakRssBytes(pid) / 1048576.0;
@@ -759,9 +741,9 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(BenchEnv& env,
     absl::SleepFor(absl::Milliseconds(50));
   }
   j["seconds"] = (done - t0) / 1e9;
-  j["events_per_s"] = Rate(events, done - t0);
+  j["events_per_s"] = EventsPerSecond(events, done - t0);
   j["first_record_after_s"] = (first - t0) / 1e9;
-  j["events_per_s_after_first_record"] = Rate(events, done - first);
+  j["events_per_s_after_first_record"] = EventsPerSecond(events, done - first);
   j["cpu_s"] = cpu;
   j["peak_rss_mb"] = rss / 1048576.0;
   j["postgres_cpu_s"] = pg_cpu;
@@ -830,35 +812,12 @@ absl::StatusOr<nlohmann::json> RunThroughput(BenchEnv& env, int64_t events) {
       nlohmann::json j;
       j["run"] = name;
       j["load_before"] = LoadAverages();
-      std::vector<std::string> argv = {absl::GetFlag(FLAGS_pg_recvlogical),
-                                       "-d",
-                                       env.AdminConnInfo(),
-                                       "--start",
-                                       "-S",
-                                       slot,
-                                       "-o",
-                                       "proto_version=1",
-                                       "-o",
-                                       "publication_names=outbox_pub",
-                                       "-f",
-                                       "/dev/null",
-                                       "-E",
-                                       *end_lsn,
-                                       "--no-loop",
-                                       "-s",
-                                       "1"};
-      double pg_cpu0 = ClusterCpuSeconds(env.postmaster_pid());
-      int64_t r0 = NowNs();
-      auto result = testing::RunCommand(argv, absl::Minutes(10));
-      int64_t r1 = NowNs();
-      if (!result.ok()) return result.status();
-      if (result->exit_code != 0) {
-        return absl::InternalError(absl::StrCat(
-            "pg_recvlogical exit ", result->exit_code, ": ", result->output));
-      }
-      j["seconds"] = (r1 - r0) / 1e9;
-      j["events_per_s"] = Rate(events, r1 - r0);
-      j["postgres_cpu_s"] = ClusterCpuSeconds(env.postmaster_pid()) - pg_cpu0;
+      auto run = env.RunPgRecvLogical(absl::GetFlag(FLAGS_pg_recvlogical), slot,
+                                      *end_lsn, /*messages=*/false);
+      if (!run.ok()) return run.status();
+      j["seconds"] = run->seconds;
+      j["events_per_s"] = run->seconds > 0 ? events / run->seconds : 0;
+      j["postgres_cpu_s"] = run->postgres_cpu_s;
       j["settings"] = {{"argv",
                         "pg_recvlogical --start -S <slot> -o "
                         "proto_version=1 -o "
@@ -911,25 +870,11 @@ absl::StatusOr<LatencyRun> RunLatencyRate(BenchEnv& env, const PublisherKind& p,
   auto recorder = ReceiptRecorder::Start(env.bootstrap(), topic, kPartitions,
                                          events, /*fetch_wait_ms=*/1);
   if (!recorder.ok()) return recorder.status();
-  {
-    auto conn = PgConn::Connect(env.AdminConnInfo());
-    if (!conn.ok()) return conn.status();
-    absl::Time deadline = absl::Now() + absl::Seconds(120);
-    while ((*recorder)->warmups() == 0) {
-      if (absl::Now() > deadline || !child.Running()) {
-        return absl::DeadlineExceededError(
-            absl::StrCat(p.name, ": no warm-up event arrived on ", topic));
-      }
-      s = (*conn)->Exec(absl::StrCat(
-          "INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
-          "payload) VALUES ('",
-          type, "', 'warmup', 'Warmup', '", EventPayload(-1), "')"));
-      if (!s.ok()) return s;
-      for (int i = 0; i < 20 && (*recorder)->warmups() == 0; ++i) {
-        absl::SleepFor(absl::Milliseconds(100));
-      }
-    }
-  }
+  s = WaitForWarmup(
+      env.AdminConnInfo(), type, **recorder, absl::Seconds(120),
+      [&child] { return child.Running(); },
+      absl::StrCat(p.name, ": no warm-up event arrived on ", topic));
+  if (!s.ok()) return s;
   const double cpu0 = ProcessCpuSeconds(child.pid());
   const int64_t w0 = NowNs();
   auto load = GenerateLoad(env.AdminConnInfo(), rate, events,
@@ -939,41 +884,17 @@ absl::StatusOr<LatencyRun> RunLatencyRate(BenchEnv& env, const PublisherKind& p,
   const int64_t load_end_ns = NowNs();
   int64_t committed = 0;
   for (int64_t t : load->commit_ns) committed += t != 0;
-  int64_t last_count = -1;
-  absl::Time last_progress = absl::Now();
-  while ((*recorder)->received() < committed) {
-    int64_t c = (*recorder)->received();
-    if (c != last_count) {
-      last_count = c;
-      last_progress = absl::Now();
-    } else if (absl::Now() - last_progress > absl::Seconds(10) ||
-               NowNs() - load_end_ns > 60000000000) {
-      break;  // stalled, or a minute of backlog: not kept up either way
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  // Stalled, or a minute of backlog: not kept up either way.
+  DrainReceipts(**recorder, committed, absl::Seconds(10), load_end_ns,
+                absl::Minutes(1));
   const double cpu = ProcessCpuSeconds(child.pid()) - cpu0;
   const int64_t w1 = NowNs();
   (*recorder)->Stop();
 
-  std::vector<double> latencies_ms;
-  int64_t first_commit = INT64_MAX, last_commit = 0, last_receipt = 0;
-  for (int64_t i = 0; i < events; ++i) {
-    int64_t c = load->commit_ns[i];
-    if (c == 0) continue;
-    first_commit = std::min(first_commit, c);
-    last_commit = std::max(last_commit, c);
-    int64_t r = (*recorder)->receipt_ns(i);
-    if (r == 0) continue;
-    last_receipt = std::max(last_receipt, r);
-    latencies_ms.push_back((r - c) / 1e6);
-  }
-  std::sort(latencies_ms.begin(), latencies_ms.end());
-  const int64_t delivered = static_cast<int64_t>(latencies_ms.size());
-  const double commit_span_s = (last_commit - first_commit) / 1e9;
-  const double committed_per_s =
-      commit_span_s > 0 ? committed / commit_span_s : 0;
-  const double max_ms = latencies_ms.empty() ? 0 : latencies_ms.back();
+  const LatencySample sample = MeasureLatencies(*load, **recorder);
+  const int64_t delivered = sample.delivered();
+  const int64_t last_receipt = sample.last_receipt_ns;
+  const double committed_per_s = sample.committed_per_s();
   j["events"] = events;
   j["committed"] = committed;
   j["commit_errors"] = load->errors;
@@ -991,17 +912,12 @@ absl::StatusOr<LatencyRun> RunLatencyRate(BenchEnv& env, const PublisherKind& p,
   j["publisher_kept_up"] = publisher_kept_up;
   j["kept_up"] = publisher_kept_up && committed == events &&
                  committed_per_s >= 0.95 * rate;
-  j["latency_ms"] = {{"p50", Quantile(latencies_ms, 0.50)},
-                     {"p90", Quantile(latencies_ms, 0.90)},
-                     {"p99", Quantile(latencies_ms, 0.99)},
-                     {"p999", Quantile(latencies_ms, 0.999)},
-                     {"max", max_ms},
-                     {"min", latencies_ms.empty() ? 0 : latencies_ms.front()}};
+  j["latency_ms"] = LatencyQuantiles(sample.sorted_ms);
   j["cpu_s"] = cpu;
   j["window_s"] = (w1 - w0) / 1e9;
   j["load_after"] = LoadAverages();
   std::cerr << j.dump() << "\n";
-  return LatencyRun{j, CdfPoints(latencies_ms)};
+  return LatencyRun{j, CdfPoints(sample.sorted_ms)};
 }
 
 absl::StatusOr<std::vector<LatencyRun>> RunLatency(
@@ -1054,12 +970,6 @@ absl::StatusOr<std::vector<LatencyRun>> RunLatency(
 }
 
 // --- output ------------------------------------------------------------------
-
-std::string Ms(double v) {
-  if (v >= 100) return absl::StrFormat("%.0f", v);
-  if (v >= 10) return absl::StrFormat("%.1f", v);
-  return absl::StrFormat("%.2f", v);
-}
 
 // printf of one double with a runtime format.
 std::string Fmt(const char* fmt, double v) {
@@ -1210,8 +1120,8 @@ std::string Markdown(const nlohmann::json& doc) {
           &md, "| ", r["publisher"].get<std::string>(), " | ",
           r["offered_rate"].get<int>(), " | ",
           absl::StrFormat("%.0f", r["committed_per_s"].get<double>()), " | ",
-          Ms(l["p50"]), " | ", Ms(l["p90"]), " | ", Ms(l["p99"]), " | ",
-          Ms(l["max"]), " | ", ratio, " | ",
+          FormatMs(l["p50"]), " | ", FormatMs(l["p90"]), " | ",
+          FormatMs(l["p99"]), " | ", FormatMs(l["max"]), " | ", ratio, " | ",
           absl::StrFormat("%.2f", r["cpu_s"].get<double>()), " | ", kept, " | ",
           r["load_before"].get<std::string>(), " / ",
           r["load_after"].get<std::string>(), " |\n");
@@ -1230,53 +1140,17 @@ std::string Markdown(const nlohmann::json& doc) {
 
 absl::Status WriteCdf(const std::string& out,
                       const std::vector<LatencyRun>& runs) {
-  std::string dat;
-  std::map<int, std::vector<std::pair<int, std::string>>> blocks;
-  int index = 0;
+  std::vector<CdfLine> lines;
   for (const LatencyRun& r : runs) {
-    if (r.cdf.empty()) continue;
-    absl::StrAppend(&dat, "# ", r.summary["publisher"].get<std::string>(), " ",
-                    r.summary["offered_rate"].get<int>(),
-                    "/s\n# latency_ms fraction\n");
-    for (const auto& [ms, q] : r.cdf) {
-      absl::StrAppend(&dat,
-                      absl::StrFormat("%.4f %.6f\n", std::max(ms, 0.01), q));
-    }
-    absl::StrAppend(&dat, "\n\n");
-    blocks[r.summary["offered_rate"].get<int>()].emplace_back(
-        index++, r.summary["publisher"].get<std::string>());
+    lines.push_back({r.summary["publisher"].get<std::string>(),
+                     r.summary["offered_rate"].get<int>(), r.cdf});
   }
-  absl::Status s = WriteFile(out + "/vs-debezium_cdf.dat", dat);
-  if (!s.ok()) return s;
-  const int panels = std::max<int>(1, blocks.size());
-  std::string gp = absl::StrCat(
-      "# Generated by vs_debezium_bench: gnuplot vs-debezium_cdf.gp (in this "
-      "directory)\n"
-      "set terminal pngcairo size ",
-      panels * 560,
-      ",480 font 'sans,10'\n"
-      "set output 'vs-debezium_cdf.png'\n"
-      "set multiplot layout 1,",
-      panels,
-      " title 'outboxd vs Debezium: commit-to-consumer latency CDF (real "
-      "Kafka)'\n"
-      "set logscale x\nset grid\n"
-      "set xlabel 'latency (ms, log)'\nset ylabel 'fraction of events'\n"
-      "set yrange [0:1]\nset xrange [0.5:*]\n"
-      "set key left top opaque box\n");
-  for (const auto& [rate, lines] : blocks) {
-    absl::StrAppend(&gp, "set title '", rate, " events/s'\nplot ");
-    bool first = true;
-    for (const auto& [i, name] : lines) {
-      absl::StrAppend(&gp, first ? "" : ", \\\n     ",
-                      "'vs-debezium_cdf.dat' index ", i,
-                      " using 1:2 with lines lw 2 title '", name, "'");
-      first = false;
-    }
-    absl::StrAppend(&gp, "\n");
-  }
-  absl::StrAppend(&gp, "unset multiplot\n");
-  return WriteFile(out + "/vs-debezium_cdf.gp", gp);
+  return WriteCdfPlot(out,
+                      {"vs-debezium", "vs_debezium_bench",
+                       "outboxd vs Debezium: commit-to-consumer latency CDF "
+                       "(real Kafka)",
+                       0.5},
+                      lines);
 }
 
 int Main(int argc, char** argv) {
