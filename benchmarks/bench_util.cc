@@ -278,28 +278,12 @@ void QuietLog(const rd_kafka_t*, int level, const char* fac, const char* buf) {
   if (level <= 3) std::fprintf(stderr, "bench kafka %s: %s\n", fac, buf);
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<ReceiptRecorder>> ReceiptRecorder::Start(
-    const std::string& bootstrap, const std::string& topic, int partitions,
-    size_t capacity, int fetch_wait_ms) {
-  static std::atomic<int> count{0};
+// A librdkafka handle of `type` with `settings`, logging errors only.
+absl::StatusOr<rd_kafka_t*> NewKafkaHandle(
+    rd_kafka_type_t type,
+    const std::vector<std::pair<const char*, std::string>>& settings) {
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   rd_kafka_conf_set_log_cb(conf, QuietLog);
-  const std::pair<const char*, std::string> settings[] = {
-      {"bootstrap.servers", bootstrap},
-      {"group.id", absl::StrCat("outboxd-bench-", getpid(), "-", count++)},
-      {"enable.auto.commit", "false"},
-      {"enable.auto.offset.store", "false"},
-      {"auto.offset.reset", "earliest"},
-      // The mock broker answers an empty fetch after fetch.wait.max.ms (it
-      // does not wake up on new data), so this bounds the time a record
-      // waits in the broker before this consumer asks for it.
-      {"fetch.wait.max.ms", absl::StrCat(fetch_wait_ms)},
-      {"fetch.error.backoff.ms", "1"},
-      {"fetch.min.bytes", "1"},
-      {"log.connection.close", "false"},
-  };
   for (const auto& [name, value] : settings) {
     absl::Status s = SetConf(conf, name, value);
     if (!s.ok()) {
@@ -308,12 +292,38 @@ absl::StatusOr<std::unique_ptr<ReceiptRecorder>> ReceiptRecorder::Start(
     }
   }
   char errstr[512];
-  rd_kafka_t* rk =
-      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  rd_kafka_t* rk = rd_kafka_new(type, conf, errstr, sizeof(errstr));
   if (rk == nullptr) {
     rd_kafka_conf_destroy(conf);
     return absl::InternalError(absl::StrCat("rd_kafka_new: ", errstr));
   }
+  return rk;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ReceiptRecorder>> ReceiptRecorder::Start(
+    const std::string& bootstrap, const std::string& topic, int partitions,
+    size_t capacity, int fetch_wait_ms) {
+  static std::atomic<int> count{0};
+  auto handle = NewKafkaHandle(
+      RD_KAFKA_CONSUMER,
+      {
+          {"bootstrap.servers", bootstrap},
+          {"group.id", absl::StrCat("outboxd-bench-", getpid(), "-", count++)},
+          {"enable.auto.commit", "false"},
+          {"enable.auto.offset.store", "false"},
+          {"auto.offset.reset", "earliest"},
+          // The mock broker answers an empty fetch after fetch.wait.max.ms (it
+          // does not wake up on new data), so this bounds the time a record
+          // waits in the broker before this consumer asks for it.
+          {"fetch.wait.max.ms", absl::StrCat(fetch_wait_ms)},
+          {"fetch.error.backoff.ms", "1"},
+          {"fetch.min.bytes", "1"},
+          {"log.connection.close", "false"},
+      });
+  if (!handle.ok()) return handle.status();
+  rd_kafka_t* rk = *handle;
   rd_kafka_poll_set_consumer(rk);
   rd_kafka_topic_partition_list_t* list =
       rd_kafka_topic_partition_list_new(partitions);
@@ -371,20 +381,10 @@ ReceiptRecorder::~ReceiptRecorder() {
 
 absl::StatusOr<std::unique_ptr<WatermarkProbe>> WatermarkProbe::Create(
     const std::string& bootstrap) {
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set_log_cb(conf, QuietLog);
-  absl::Status s = SetConf(conf, "bootstrap.servers", bootstrap);
-  if (!s.ok()) {
-    rd_kafka_conf_destroy(conf);
-    return s;
-  }
-  char errstr[512];
-  rd_kafka_t* rk =
-      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  if (rk == nullptr) {
-    rd_kafka_conf_destroy(conf);
-    return absl::InternalError(absl::StrCat("rd_kafka_new: ", errstr));
-  }
+  auto handle =
+      NewKafkaHandle(RD_KAFKA_PRODUCER, {{"bootstrap.servers", bootstrap}});
+  if (!handle.ok()) return handle.status();
+  rd_kafka_t* rk = *handle;
   std::unique_ptr<WatermarkProbe> p(new WatermarkProbe());
   p->rk_ = rk;
   return p;
