@@ -1,7 +1,7 @@
 // PgCluster: a throwaway PostgreSQL 15 cluster in a temporary directory for
-// tests (DESIGN.md section 6): initdb + pg_ctl, as the postgres user when
-// running as root, wal_level=logical, fsync=off, a Unix socket in the data
-// directory's sibling and a free TCP port on 127.0.0.1. Removed on
+// tests (docs/ARCHITECTURE.md, "Test rigs"): initdb + pg_ctl, as the postgres
+// user when running as root, wal_level=logical, fsync=off, a Unix socket in
+// the data directory's sibling and a free TCP port on 127.0.0.1. Removed on
 // destruction.
 #ifndef OUTBOXD_TESTS_HARNESS_PG_CLUSTER_H_
 #define OUTBOXD_TESTS_HARNESS_PG_CLUSTER_H_
