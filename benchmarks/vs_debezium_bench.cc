@@ -25,11 +25,7 @@
 //
 // Writes <out>/vs-debezium.json, vs-debezium.md, vs-debezium_cdf.dat and
 // vs-debezium_cdf.gp. Measures only (except the equality verdict).
-#include <arpa/inet.h>
 #include <librdkafka/rdkafka.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -60,6 +56,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/harness/child_process.h"
 #include "tests/harness/kafka_reader.h"
+#include "tests/harness/pg_cluster.h"
 
 ABSL_FLAG(std::string, bootstrap, "", "Kafka bootstrap servers (required)");
 ABSL_FLAG(std::string, connect_libs, "",
@@ -126,24 +123,6 @@ std::string LoadAverages() {
 
 std::string Quote(const std::string& s) {
   return absl::StrCat("'", absl::StrReplaceAll(s, {{"'", "''"}}), "'");
-}
-
-absl::StatusOr<int> FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    close(fd);
-    return absl::InternalError("bind");
-  }
-  int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
 }
 
 // Creates topics with `partitions` partitions (replication factor 1) through
@@ -297,7 +276,7 @@ absl::StatusOr<std::unique_ptr<testing::ChildProcess>> StartPublisher(
   const std::string dir = absl::StrCat(env.work_dir(), "/", log_name);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  auto port = FreePort();
+  auto port = testing::FreeTcpPort();
   if (!port.ok()) return port.status();
   ConnectConfig c = DebeziumConfig(env, p, slot, dir, *port);
   absl::Status s = WriteFile(dir + "/worker.properties", Properties(c.worker));

@@ -45,27 +45,6 @@ std::vector<std::string> AsPostgres(const std::string& tool) {
   return argv;
 }
 
-absl::StatusOr<int> FreeTcpPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  }
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    int err = errno;
-    close(fd);
-    return absl::InternalError(
-        absl::StrCat("finding a free port: ", std::strerror(err)));
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // Single-quotes `word` for /bin/sh: pg_ctl hands -o to the shell.
 std::string ShellQuote(const std::string& word) {
   return absl::StrCat("'", absl::StrReplaceAll(word, {{"'", "'\\''"}}), "'");
@@ -129,6 +108,27 @@ struct PgResultDeleter {
 };
 
 }  // namespace
+
+absl::StatusOr<int> FreeTcpPort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  }
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    int err = errno;
+    close(fd);
+    return absl::InternalError(
+        absl::StrCat("finding a free port: ", std::strerror(err)));
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
 
 absl::StatusOr<std::unique_ptr<PgCluster>> PgCluster::Start(
     const PgClusterOptions& options) {

@@ -50,6 +50,10 @@ class PgCluster {
   bool running_ = false;
 };
 
+// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0,
+// then closed): for a server about to be started by the caller.
+absl::StatusOr<int> FreeTcpPort();
+
 }  // namespace outboxd::testing
 
 #endif  // OUTBOXD_TESTS_HARNESS_PG_CLUSTER_H_
