@@ -8,7 +8,7 @@
 // last_ack_lsn is acknowledged by Kafka". The pipeline writes it BEFORE it
 // reports a flush position to the server, so a healthy slot never has
 // confirmed_flush_lsn past last_ack_lsn: a slot that does was re-created or
-// advanced by someone else (pipeline/slot_loss.h).
+// advanced by someone else (sources/slot_loss.h).
 //
 // With the position it keeps what a republish needs to find every outbox
 // row that may have committed after it:

@@ -57,7 +57,7 @@ absl::Status EnsurePublication(PgConnection& conn,
 // belongs to another database. A tool for tests and first starts: the
 // pipeline decides with InspectSlot and the publisher state instead, so
 // that a slot it streamed from is never re-created silently
-// (pipeline/slot_loss.h).
+// (sources/slot_loss.h).
 absl::StatusOr<SlotState> EnsureSlot(PgConnection& conn,
                                      const ReplicationSetupOptions& options);
 

@@ -3,13 +3,16 @@
 #include <algorithm>
 #include <utility>
 
+#include "sources/event_source.h"
 #include "spdlog/spdlog.h"
 
 namespace outboxd {
 
-AckTracker::AckTracker(Lsn start) : confirmable_(start) {}
+template <typename P>
+BasicAckTracker<P>::BasicAckTracker(Lsn start) : confirmable_(start) {}
 
-void AckTracker::BeginTransaction() {
+template <typename P>
+void BasicAckTracker<P>::BeginTransaction() {
   if (transaction_open_) {
     // A Begin without Commit would be a decoder bug; keep collecting into
     // the open transaction rather than confirming anything early.
@@ -21,7 +24,8 @@ void AckTracker::BeginTransaction() {
   transaction_open_ = true;
 }
 
-uint64_t AckTracker::AddEvent() {
+template <typename P>
+uint64_t BasicAckTracker<P>::AddEvent() {
   if (!transaction_open_) {
     SPDLOG_WARN("ack tracker: event outside a transaction; opening one");
     BeginTransaction();
@@ -34,7 +38,8 @@ uint64_t AckTracker::AddEvent() {
   return next_sequence_++;
 }
 
-void AckTracker::CommitTransaction(Lsn end_lsn) {
+template <typename P>
+void BasicAckTracker<P>::CommitTransaction(Lsn end_lsn) {
   if (!transaction_open_) {
     SPDLOG_WARN("ack tracker: CommitTransaction without BeginTransaction");
     BeginTransaction();
@@ -46,7 +51,8 @@ void AckTracker::CommitTransaction(Lsn end_lsn) {
   Advance();
 }
 
-void AckTracker::AbandonOpenTransaction() {
+template <typename P>
+void BasicAckTracker<P>::AbandonOpenTransaction() {
   server_wal_end_ = Lsn();
   if (!transaction_open_) return;
   Transaction& tx = transactions_.back();
@@ -56,7 +62,9 @@ void AckTracker::AbandonOpenTransaction() {
   Advance();
 }
 
-AckTracker::Transaction* AckTracker::FindTransaction(uint64_t sequence) {
+template <typename P>
+typename BasicAckTracker<P>::Transaction* BasicAckTracker<P>::FindTransaction(
+    uint64_t sequence) {
   if (transactions_.empty() || sequence >= next_sequence_ ||
       sequence < transactions_.front().first_sequence) {
     return nullptr;
@@ -73,7 +81,9 @@ AckTracker::Transaction* AckTracker::FindTransaction(uint64_t sequence) {
   return &*it;
 }
 
-AckTracker::Transaction* AckTracker::MarkReported(uint64_t sequence) {
+template <typename P>
+typename BasicAckTracker<P>::Transaction* BasicAckTracker<P>::MarkReported(
+    uint64_t sequence) {
   Transaction* tx = FindTransaction(sequence);
   if (tx == nullptr) {
     // Confirmed transactions were fully acknowledged: a report for one of
@@ -93,14 +103,16 @@ AckTracker::Transaction* AckTracker::MarkReported(uint64_t sequence) {
   return tx;
 }
 
-void AckTracker::Acknowledge(uint64_t sequence) {
+template <typename P>
+void BasicAckTracker<P>::Acknowledge(uint64_t sequence) {
   Transaction* tx = MarkReported(sequence);
   if (tx == nullptr) return;
   --tx->unacknowledged;
   if (tx->unacknowledged == 0 && tx == &transactions_.front()) Advance();
 }
 
-void AckTracker::Fail(uint64_t sequence, absl::Status cause) {
+template <typename P>
+void BasicAckTracker<P>::Fail(uint64_t sequence, absl::Status cause) {
   if (failure_.ok()) {
     failure_ = cause.ok() ? absl::UnknownError("delivery failed") : cause;
   }
@@ -110,12 +122,14 @@ void AckTracker::Fail(uint64_t sequence, absl::Status cause) {
   if (MarkReported(sequence) == nullptr) frozen_ = true;
 }
 
-void AckTracker::ObserveServerWalEnd(Lsn wal_end) {
+template <typename P>
+void BasicAckTracker<P>::ObserveServerWalEnd(Lsn wal_end) {
   server_wal_end_ = Lsn::Max(server_wal_end_, wal_end);
   Advance();
 }
 
-void AckTracker::Advance() {
+template <typename P>
+void BasicAckTracker<P>::Advance() {
   if (frozen_) return;
   while (!transactions_.empty()) {
     const Transaction& tx = transactions_.front();
@@ -129,5 +143,8 @@ void AckTracker::Advance() {
     confirmable_ = Lsn::Max(confirmable_, server_wal_end_);
   }
 }
+
+template class BasicAckTracker<Lsn>;
+template class BasicAckTracker<SourcePosition>;
 
 }  // namespace outboxd

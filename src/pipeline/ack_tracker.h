@@ -8,6 +8,12 @@
 // A failed delivery freezes the confirmable position before its transaction
 // for good.
 //
+// The position type is a template parameter: Lsn for the CDC stream (and
+// the tests), SourcePosition (sources/event_source.h) in the Publisher,
+// where a polling source's positions are batch numbers, not LSNs. A
+// Position is ordered, default-constructs to the lowest position and has
+// a static Max(a, b).
+//
 // Threading: not thread-safe; used from the pipeline thread only.
 #ifndef OUTBOXD_PIPELINE_ACK_TRACKER_H_
 #define OUTBOXD_PIPELINE_ACK_TRACKER_H_
@@ -22,10 +28,12 @@
 
 namespace outboxd {
 
-class AckTracker {
+template <typename Position>
+class BasicAckTracker {
  public:
+  using Lsn = Position;  // the names below speak of the CDC stream
   // `start` is where streaming starts (the slot's confirmed position).
-  explicit AckTracker(Lsn start = Lsn());
+  explicit BasicAckTracker(Lsn start = Lsn());
 
   // A transaction starts; events added until CommitTransaction belong to it.
   void BeginTransaction();
@@ -86,6 +94,8 @@ class AckTracker {
   // Set when a failure cannot be placed in a transaction: nothing advances.
   bool frozen_ = false;
 };
+
+using AckTracker = BasicAckTracker<Lsn>;
 
 }  // namespace outboxd
 

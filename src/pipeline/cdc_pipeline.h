@@ -1,18 +1,11 @@
-// CdcPipeline: the log-tailing publisher. Wires the stages of DESIGN.md
-// section 5 on one thread:
-//
-//   ReplicationStream -> pgoutput::Decode -> OutboxMapper -> Route
-//     -> KafkaProducer -> (delivery reports) AckTracker -> flush position
-//
-// One thread owns every stage, so no stage needs a lock: delivery reports
-// are served by KafkaProducer::Poll on this thread. Backpressure: when
-// librdkafka's queue is full the pipeline stops reading the replication
-// socket (the walsender buffers) but keeps sending status updates.
+// CdcPipeline: the options of --source=cdc and the wiring of a CdcSource
+// (sources/cdc_source.h) into the Publisher (pipeline/publisher.h).
 #ifndef OUTBOXD_PIPELINE_CDC_PIPELINE_H_
 #define OUTBOXD_PIPELINE_CDC_PIPELINE_H_
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -23,10 +16,11 @@
 #include "outbox/router.h"
 #include "outbox/value_format.h"
 #include "pg/replication_setup.h"
+#include "pipeline/publisher.h"
 #include "pipeline/publisher_options.h"
 #include "pipeline/reconnect_backoff.h"
 #include "pipeline/transaction_batch.h"
-#include "pipeline/slot_loss.h"
+#include "sources/slot_loss.h"
 
 namespace outboxd {
 
@@ -54,12 +48,20 @@ struct CdcPipelineOptions {
   // --delivery=exactly-once: when a Kafka transaction is committed.
   TransactionBatchOptions transactions;
   // A slot outboxd streamed from that is gone, invalidated or replaced
-  // (pipeline/slot_loss.h): stop (kDataLoss), or re-create it and
+  // (sources/slot_loss.h): stop (kDataLoss), or re-create it and
   // republish from the outbox table (pipeline/republisher.h) with this
   // margin on the recorded commit time.
   SlotLossPolicy on_slot_loss = SlotLossPolicy::kFail;
   absl::Duration republish_margin = absl::Hours(1);
 };
+
+// The Publisher's share of `options`.
+PublisherOptions PublisherOptionsOf(const CdcPipelineOptions& options);
+
+// The CDC source of `options`; `metrics` and `stop` must outlive it.
+std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
+                                           metrics::OutboxdMetrics& metrics,
+                                           const std::atomic<bool>& stop);
 
 // Streams until `stop` becomes true, then flushes the producer, confirms what
 // is acknowledged, ends the stream cleanly and returns OK. Returns the cause

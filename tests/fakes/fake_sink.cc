@@ -1,8 +1,10 @@
 #include "tests/fakes/fake_sink.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace outboxd::testing {
 
@@ -55,7 +57,15 @@ void FakeSink::Deliver(bool all) {
   }
 }
 
-void FakeSink::Poll(absl::Duration) { Deliver(/*all=*/false); }
+void FakeSink::Poll(absl::Duration timeout) {
+  const size_t before = queue_.size();
+  Deliver(/*all=*/false);
+  // Nothing to report: wait a little, as a real producer would, so that a
+  // waiting loop does not spin.
+  if (queue_.size() == before && timeout > absl::ZeroDuration()) {
+    absl::SleepFor(std::min(timeout, absl::Milliseconds(1)));
+  }
+}
 
 absl::Status FakeSink::Flush(absl::Duration) {
   Deliver(/*all=*/false);

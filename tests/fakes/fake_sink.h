@@ -43,6 +43,13 @@ class FakeSink : public Sink {
  public:
   explicit FakeSink(DeliveryCallback on_delivery)
       : on_delivery_(std::move(on_delivery)) {}
+  ~FakeSink() override {
+    if (on_destroy) on_destroy(*this);
+  }
+
+  // Called by the destructor: lets a test keep what the sink saw after its
+  // owner is gone.
+  std::function<void(const FakeSink&)> on_destroy;
 
   // --- what the test controls ---------------------------------------------
   // Records queued at most (Produce says kResourceExhausted beyond).

@@ -8,8 +8,8 @@
 // while another outboxd is advancing both.
 //
 // Pure: no I/O.
-#ifndef OUTBOXD_PIPELINE_SLOT_LOSS_H_
-#define OUTBOXD_PIPELINE_SLOT_LOSS_H_
+#ifndef OUTBOXD_SOURCES_SLOT_LOSS_H_
+#define OUTBOXD_SOURCES_SLOT_LOSS_H_
 
 #include <optional>
 #include <string>
@@ -57,4 +57,4 @@ bool IsSlotInvalidatedError(const absl::Status& status);
 
 }  // namespace outboxd
 
-#endif  // OUTBOXD_PIPELINE_SLOT_LOSS_H_
+#endif  // OUTBOXD_SOURCES_SLOT_LOSS_H_

@@ -1,4 +1,4 @@
-#include "pipeline/slot_loss.h"
+#include "sources/slot_loss.h"
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"

@@ -1,0 +1,111 @@
+// Publisher: the one publishing core behind every source (--source=cdc,
+// poll, notify). It owns, on one thread:
+//
+//   EventSource::Read -> value format -> Route (+ outbox.source)
+//     -> TopicCatalog -> [exactly-once admission] -> Sink::Produce
+//     -> (delivery reports) AckTracker -> EventSource::Durable
+//
+// plus dead-lettering by InvalidEventPolicy, Kafka transactions
+// (--delivery=exactly-once), the reconnect-with-backoff loop, progress
+// logs and metrics. The source only connects, hands over transactions of
+// events and is told how far they are durable (sources/event_source.h).
+//
+// Backpressure has one shape: an event the sink cannot queue stays pending,
+// and the source is not read while it is (the source's own buffer, e.g. the
+// walsender's, holds the rest); the source's keep-alive work goes on.
+//
+// The confirmed-position rule: the position given to
+// EventSource::Durable never passes an event Kafka has not acknowledged
+// (or, exactly-once, whose transaction has not committed). A failed
+// delivery, a fatal producer, an invalid event under --on-invalid=fail or a
+// dead-letter topic that cannot take a record stops the run without
+// confirming past it.
+//
+// Threading: Run() on the calling thread; `stop` may be set from a signal
+// handler. Not thread-safe otherwise.
+#ifndef OUTBOXD_PIPELINE_PUBLISHER_H_
+#define OUTBOXD_PIPELINE_PUBLISHER_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kafka/producer.h"
+#include "kafka/sink.h"
+#include "metrics/outboxd_metrics.h"
+#include "metrics/registry.h"
+#include "outbox/router.h"
+#include "outbox/value_format.h"
+#include "pipeline/publisher_options.h"
+#include "pipeline/reconnect_backoff.h"
+#include "pipeline/transaction_batch.h"
+#include "sources/event_source.h"
+
+namespace outboxd {
+
+struct PublisherOptions {
+  RouterOptions router;  // outbox.source is the source's identity
+  ProducerOptions producer;
+  ValueFormat value_format = ValueFormat::kPayload;
+  std::string dlq_topic = "outbox.dlq";
+  InvalidEventPolicy on_invalid = InvalidEventPolicy::kDeadLetter;
+  DeliveryGuarantee delivery = DeliveryGuarantee::kAtLeastOnce;
+  // --delivery=exactly-once: the transactional id (and checkpoint group);
+  // empty: "outboxd-" + the source identity ('/' as '-').
+  std::string transactional_id;
+  TransactionBatchOptions transactions;
+  // How long a stop may wait for outstanding acknowledgements.
+  absl::Duration shutdown_timeout = absl::Seconds(8);
+  // A lost source connection (kUnavailable) is retried with backoff.
+  ReconnectOptions reconnect;
+};
+
+// Creates the sink; `on_delivery` must be called once per produced record.
+using SinkFactory = std::function<absl::StatusOr<std::unique_ptr<Sink>>(
+    const ProducerOptions&, DeliveryCallback on_delivery)>;
+// A librdkafka producer (KafkaProducer).
+SinkFactory KafkaSinkFactory();
+
+// The metrics of one run: the caller's, or (metrics off) a private set on a
+// registry nobody serves, so that no stage needs a null check.
+class RunMetrics {
+ public:
+  explicit RunMetrics(metrics::OutboxdMetrics* given);
+  metrics::OutboxdMetrics& get() { return *metrics_; }
+
+ private:
+  std::unique_ptr<metrics::Registry> registry_;
+  std::unique_ptr<metrics::OutboxdMetrics> own_;
+  metrics::OutboxdMetrics* metrics_;
+};
+
+class Publisher {
+ public:
+  // `source` and `metrics` must outlive the Publisher.
+  Publisher(const PublisherOptions& options, EventSource& source,
+            metrics::OutboxdMetrics& metrics,
+            SinkFactory sink_factory = KafkaSinkFactory());
+  ~Publisher();
+  Publisher(const Publisher&) = delete;
+  Publisher& operator=(const Publisher&) = delete;
+
+  // Publishes until `stop`, then waits (at most shutdown_timeout) for what
+  // is in flight, confirms what is acknowledged, ends the source cleanly
+  // and returns OK. Returns the cause when something fails, never having
+  // confirmed past an unacknowledged event.
+  absl::Status Run(const std::atomic<bool>& stop);
+
+  const PipelineStats& stats() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PIPELINE_PUBLISHER_H_

@@ -1,0 +1,554 @@
+// The Publisher's rules, against an in-memory sink and a scripted source:
+// backpressure, dead-lettering by policy, acknowledgement tracking,
+// exactly-once admission and reconnection. No process, no broker.
+#include "pipeline/publisher.h"
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "pipeline/checkpoint.h"
+#include "tests/fakes/fake_sink.h"
+#include "tests/fakes/fake_source.h"
+
+namespace outboxd {
+namespace {
+
+using ::outboxd::testing::FakeRecord;
+using ::outboxd::testing::FakeSink;
+using ::outboxd::testing::FakeSource;
+using ::testing::HasSubstr;
+
+constexpr int kMaxTicks = 200000;  // a test that never stops fails
+
+OutboxEvent Event(uint64_t lsn, uint32_t index, std::string id,
+                  std::string type = "order") {
+  OutboxEvent e;
+  e.position = {Lsn(lsn), index};
+  e.commit_time_unix_ms = 1000;
+  e.id = std::move(id);
+  e.aggregate_type = std::move(type);
+  e.aggregate_id = "agg-" + e.id;
+  e.type = "Created";
+  e.payload = "{\"n\":1}";
+  return e;
+}
+
+InvalidEvent Invalid(uint64_t lsn, uint32_t index, std::string reason) {
+  InvalidEvent bad;
+  bad.position = {Lsn(lsn), index};
+  bad.reason = std::move(reason);
+  bad.content = "{\"id\":null}";
+  bad.aggregate_id = "agg-bad";
+  return bad;
+}
+
+SourceRead Begin() { return SourceRead{SourceBegin{}, std::nullopt}; }
+SourceRead Commit(uint64_t p) {
+  return SourceRead{SourceCommit{SourcePosition(p)}, std::nullopt};
+}
+SourceRead Of(OutboxEvent e) { return SourceRead{std::move(e), std::nullopt}; }
+SourceRead Of(InvalidEvent e) { return SourceRead{std::move(e), std::nullopt}; }
+
+class PublisherTest : public ::testing::Test {
+ protected:
+  PublisherTest() : metrics_(nullptr) {}
+
+  // Runs the publisher until `done` holds at a tick (then stops it), or an
+  // error ends it.
+  absl::Status Run(std::function<bool(FakeSource&)> done) {
+    source_.on_tick = [this, done](FakeSource& s) {
+      if (on_tick_) on_tick_(s);
+      if (++ticks_ > kMaxTicks || done(s)) stop_ = true;
+    };
+    Publisher publisher(
+        options_, source_, metrics_.get(),
+        [this](const ProducerOptions& o,
+               DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
+          producer_options_ = o;
+          auto sink = std::make_unique<FakeSink>(std::move(cb));
+          sink_ = sink.get();
+          sink->on_destroy = [this](const FakeSink& s) {
+            final_.committed = s.committed();
+            final_.aborted = s.transactions_aborted();
+            final_.transactions = s.transactions_committed();
+            sink_ = nullptr;
+          };
+          if (configure_sink_) configure_sink_(*sink);
+          return std::unique_ptr<Sink>(std::move(sink));
+        });
+    absl::Status s = publisher.Run(stop_);
+    stats_ = publisher.stats();
+    EXPECT_LE(ticks_, kMaxTicks) << "never stopped";
+    return s;
+  }
+
+  // Done once the script is handed over and `p` is durable.
+  static std::function<bool(FakeSource&)> DurableAt(uint64_t p) {
+    return [p](FakeSource& s) {
+      return s.script.empty() && s.durable >= SourcePosition(p);
+    };
+  }
+
+  PublisherOptions options_;
+  RunMetrics metrics_;
+  FakeSource source_;
+  FakeSink* sink_ = nullptr;  // owned by the publisher, gone after Run
+  std::function<void(FakeSink&)> configure_sink_;
+  std::function<void(FakeSource&)> on_tick_;
+  ProducerOptions producer_options_;
+  PipelineStats stats_;
+  // What the sink saw, kept when the publisher destroys it.
+  struct {
+    std::vector<FakeRecord> committed;
+    int aborted = 0;
+    int transactions = 0;
+  } final_;
+  std::atomic<bool> stop_{false};
+  int ticks_ = 0;
+};
+
+// --- routing and the record ---------------------------------------------
+
+TEST_F(PublisherTest, PublishesAndConfirmsAtTheCommit) {
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].topic, "outbox.event.order");
+  EXPECT_EQ(records[0].key, "agg-a");
+  EXPECT_EQ(records[0].value, "{\"n\":1}");
+  EXPECT_EQ(records[0].Header("outbox.source"), source_.source_identity);
+  EXPECT_EQ(records[1].Header("outbox.index"), "1");
+  EXPECT_EQ(source_.finished_at, SourcePosition(100));
+  EXPECT_TRUE(source_.finished_clean);
+  EXPECT_EQ(stats_.events_produced, 2u);
+  EXPECT_EQ(stats_.events_acknowledged, 2u);
+}
+
+TEST_F(PublisherTest, ValueFormatAppliesToEverySource) {
+  options_.value_format = ValueFormat::kEnvelopeJson;
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 1u);
+  auto value = nlohmann::json::parse(*records[0].value);
+  EXPECT_EQ(value["id"], "a");
+}
+
+// --- backpressure -----------------------------------------------------------
+
+TEST_F(PublisherTest, FullQueueStopsReadingUntilThereIsRoom) {
+  configure_sink_ = [](FakeSink& s) {
+    s.capacity = 2;
+    s.hold_acks = true;
+  };
+  source_.Add(Begin());
+  for (uint32_t i = 0; i < 5; ++i) {
+    source_.Add(Of(Event(100, i, absl::StrCat("e", i))));
+  }
+  source_.Add(Commit(100));
+  int reads_while_full = -1;
+  bool released = false;
+  on_tick_ = [&](FakeSource& s) {
+    if (ticks_ == 100) {
+      // Begin, e0, e1 queued, e2 pending: nothing more was read.
+      reads_while_full = s.reads;
+      EXPECT_EQ(sink_->queued(), 2u);
+      EXPECT_EQ(s.durable, SourcePosition(0));
+      sink_->Release(1);  // room for one
+      released = true;
+    } else if (released && ticks_ == 200) {
+      EXPECT_EQ(s.reads, reads_while_full + 1) << "read past the pending event";
+      sink_->hold_acks = false;
+    }
+  };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  EXPECT_EQ(reads_while_full, 4);
+  EXPECT_EQ(stats_.events_acknowledged, 5u);
+  EXPECT_EQ(source_.durable, SourcePosition(100));
+}
+
+// --- acknowledgement --------------------------------------------------------
+
+TEST_F(PublisherTest, DurableNeverPassesAnUnacknowledgedEvent) {
+  configure_sink_ = [](FakeSink& s) { s.hold_acks = true; };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Commit(100));
+  source_.Add(Begin());
+  source_.Add(Of(Event(200, 0, "c")));
+  source_.Add(Commit(200));
+  on_tick_ = [&](FakeSource& s) {
+    const size_t acked = sink_->acknowledged().size();
+    if (s.durable >= SourcePosition(100)) EXPECT_GE(acked, 2u);
+    if (s.durable >= SourcePosition(200)) EXPECT_GE(acked, 3u);
+    if (ticks_ % 50 == 0) sink_->Release(1);  // one at a time
+  };
+  ASSERT_TRUE(Run(DurableAt(200)).ok());
+  EXPECT_EQ(
+      source_.durable_seen,
+      (std::vector<SourcePosition>{SourcePosition(100), SourcePosition(200)}));
+}
+
+TEST_F(PublisherTest, FailedDeliveryStopsWithoutConfirmingPastIt) {
+  configure_sink_ = [](FakeSink& s) {
+    s.fail_delivery = [](const FakeRecord& r) {
+      return r.key == "agg-b" ? absl::DeadlineExceededError("message timed out")
+                              : absl::OkStatus();
+    };
+  };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  source_.Add(Begin());
+  source_.Add(Of(Event(200, 0, "b")));
+  source_.Add(Of(Event(200, 1, "c")));
+  source_.Add(Commit(200));
+  absl::Status s = Run(DurableAt(200));
+  EXPECT_THAT(s.message(), HasSubstr("message timed out"));
+  EXPECT_EQ(source_.durable, SourcePosition(100));
+  EXPECT_EQ(source_.finished_at, SourcePosition(100));
+  EXPECT_FALSE(source_.finished_clean);
+}
+
+TEST_F(PublisherTest, FatalProducerStops) {
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  configure_sink_ = [](FakeSink& s) { s.hold_acks = true; };
+  on_tick_ = [&](FakeSource&) {
+    if (ticks_ == 20)
+      sink_->SetFatal(absl::InternalError("idempotence broken"));
+  };
+  absl::Status s = Run([](FakeSource&) { return false; });
+  EXPECT_THAT(s.message(), HasSubstr("idempotence broken"));
+  EXPECT_EQ(source_.durable, SourcePosition(0));
+}
+
+// --- dead-lettering ---------------------------------------------------------
+
+TEST_F(PublisherTest, InvalidEventIsDeadLetteredWithItsPosition) {
+  source_.Add(Begin());
+  source_.Add(Of(Invalid(100, 0, "aggregateid is NULL")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 2u);
+  const FakeRecord& dlq = records[0];
+  EXPECT_EQ(dlq.topic, "outbox.dlq");
+  EXPECT_EQ(dlq.key, "agg-bad");
+  EXPECT_EQ(dlq.value, "{\"id\":null}");
+  EXPECT_EQ(dlq.Header("outbox.error"), "aggregateid is NULL");
+  EXPECT_EQ(dlq.Header("outbox.lsn"), "100");
+  EXPECT_EQ(dlq.Header("outbox.index"), "0");
+  EXPECT_EQ(dlq.Header("outbox.seq"), std::nullopt);
+  EXPECT_EQ(stats_.events_dead_lettered, 1u);
+  EXPECT_EQ(metrics_.get().dead_lettered->Value(), 1);
+  EXPECT_EQ(metrics_.get().invalid_events->Value(), 1);
+}
+
+TEST_F(PublisherTest, PolledInvalidRowCarriesItsSeqOnly) {
+  InvalidEvent bad = Invalid(0, 0, "payload is not JSON");
+  bad.table_seq = 42;
+  source_.Add(Begin());
+  source_.Add(Of(std::move(bad)));
+  source_.Add(Commit(1));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(1)).ok());
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].Header("outbox.seq"), "42");
+  EXPECT_EQ(records[0].Header("outbox.lsn"), std::nullopt);
+  EXPECT_EQ(records[0].Header("outbox.index"), std::nullopt);
+}
+
+TEST_F(PublisherTest, OnInvalidFailStopsWithoutConfirming) {
+  options_.on_invalid = InvalidEventPolicy::kFail;
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  source_.Add(Begin());
+  source_.Add(Of(Invalid(200, 0, "aggregateid is NULL")));
+  source_.Add(Commit(200));
+  absl::Status s = Run(DurableAt(200));
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("--on-invalid=fail"));
+  EXPECT_LT(source_.finished_at, SourcePosition(200));
+}
+
+TEST_F(PublisherTest, MissingDeadLetterTopicStopsWithoutConfirming) {
+  configure_sink_ = [](FakeSink& s) {
+    s.topics["outbox.dlq"] = TopicState::kMissing;
+  };
+  source_.Add(Begin());
+  source_.Add(Of(Invalid(100, 0, "aggregateid is NULL")));
+  source_.Add(Commit(100));
+  absl::Status s = Run(DurableAt(100));  // ~1 s: a topic is missing only
+                                         // after two lookups 1 s apart
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("dead-letter topic"));
+  EXPECT_EQ(source_.finished_at, SourcePosition(0));
+}
+
+TEST_F(PublisherTest, UnproducibleEventIsDeadLetteredWithEscapedContent) {
+  configure_sink_ = [](FakeSink& s) {
+    s.refuse = [](const KafkaRecord& r) {
+      return r.topic == "outbox.event.order"
+                 ? absl::InvalidArgumentError("message too large")
+                 : absl::OkStatus();
+    };
+  };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "quote\"id")));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].topic, "outbox.dlq");
+  EXPECT_THAT(*records[0].Header("outbox.error"),
+              HasSubstr("cannot produce: message too large"));
+  auto content = nlohmann::json::parse(*records[0].value);  // valid JSON
+  EXPECT_EQ(content["id"], "quote\"id");
+  EXPECT_EQ(content["payload_bytes"], 7);
+}
+
+TEST_F(PublisherTest, UnproducibleEventUnderFailStops) {
+  options_.on_invalid = InvalidEventPolicy::kFail;
+  configure_sink_ = [](FakeSink& s) {
+    s.refuse = [](const KafkaRecord&) {
+      return absl::InvalidArgumentError("message too large");
+    };
+  };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  absl::Status s = Run(DurableAt(100));
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_EQ(source_.finished_at, SourcePosition(0));
+}
+
+TEST_F(PublisherTest, MisroutedEventIsDeadLetteredWhole) {
+  configure_sink_ = [](FakeSink& s) {
+    s.topics["outbox.event.bad"] = TopicState::kIllegal;
+  };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a", "bad")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].topic, "outbox.dlq");
+  EXPECT_THAT(*records[0].Header("outbox.error"),
+              HasSubstr("cannot route to outbox.event.bad"));
+  auto content = nlohmann::json::parse(*records[0].value);
+  EXPECT_EQ(content["id"], "a");
+  EXPECT_EQ(records[1].topic, "outbox.event.order");
+  EXPECT_EQ(metrics_.get().invalid_events->Value(), 1);
+}
+
+// --- exactly-once -----------------------------------------------------------
+
+class ExactlyOncePublisherTest : public PublisherTest {
+ protected:
+  ExactlyOncePublisherTest() {
+    options_.delivery = DeliveryGuarantee::kExactlyOnce;
+    options_.transactions.interval = absl::ZeroDuration();
+  }
+  std::string Group() const { return "outboxd-7000000000000000001-db-slot"; }
+  void SetCheckpoint(FakeSink& s, EventPosition p) {
+    s.checkpoints[Group()].push_back(
+        {"outbox.event.order", 0, 1,
+         EncodeCheckpoint(Checkpoint{source_.source_identity, p})});
+  }
+  std::optional<EventPosition> CommittedCheckpoint(FakeSink& s) {
+    auto it = s.checkpoints.find(Group());
+    if (it == s.checkpoints.end() || it->second.empty()) return std::nullopt;
+    auto c = DecodeCheckpoint(it->second.back().metadata);
+    if (!c.ok()) return std::nullopt;
+    return c->position;
+  }
+};
+
+TEST_F(ExactlyOncePublisherTest, SkipsAtOrBelowTheCheckpointCommitsTheRest) {
+  configure_sink_ = [this](FakeSink& s) { SetCheckpoint(s, {Lsn(100), 1}); };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Of(Event(100, 2, "c")));
+  source_.Add(Commit(100));
+  source_.Add(Begin());
+  source_.Add(Of(Event(200, 0, "d")));
+  source_.Add(Commit(200));
+  std::vector<FakeRecord> committed;
+  std::optional<EventPosition> checkpoint;
+  on_tick_ = [&](FakeSource& s) {
+    committed = sink_->committed();
+    checkpoint = CommittedCheckpoint(*sink_);
+    // Durable only once committed in Kafka.
+    if (s.durable >= SourcePosition(200)) EXPECT_EQ(committed.size(), 2u);
+  };
+  ASSERT_TRUE(Run(DurableAt(200)).ok());
+  EXPECT_EQ(producer_options_.transactional_id, Group());
+  ASSERT_EQ(committed.size(), 2u);
+  EXPECT_EQ(committed[0].key, "agg-c");
+  EXPECT_EQ(committed[1].key, "agg-d");
+  EXPECT_EQ(stats_.events_skipped, 2u);
+  ASSERT_TRUE(checkpoint.has_value());
+  EXPECT_EQ(*checkpoint, (EventPosition{Lsn(200), 0}));
+}
+
+TEST_F(ExactlyOncePublisherTest, CommitsOnlyAtTransactionBoundaries) {
+  configure_sink_ = [](FakeSink& s) { s.hold_acks = false; };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Commit(100));
+  int commits_inside = 0;
+  on_tick_ = [&](FakeSource& s) {
+    if (s.in_transaction() && sink_->transactions_committed() > 0) {
+      ++commits_inside;
+    }
+  };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  EXPECT_EQ(commits_inside, 0);
+  EXPECT_EQ(stats_.transactions_committed, 1u);
+}
+
+TEST_F(ExactlyOncePublisherTest, DeliveryFailureAbortsWithoutConfirming) {
+  configure_sink_ = [](FakeSink& s) {
+    s.hold_acks = true;
+    s.fail_delivery = [](const FakeRecord& r) {
+      return r.key == "agg-b" ? absl::DeadlineExceededError("message timed out")
+                              : absl::OkStatus();
+    };
+  };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Commit(100));
+  int aborted = 0;
+  size_t committed = 0;
+  on_tick_ = [&](FakeSource&) {
+    if (ticks_ == 30) sink_->Release();
+    aborted = sink_->transactions_aborted();
+    committed = sink_->committed().size();
+  };
+  absl::Status s = Run(DurableAt(100));
+  EXPECT_TRUE(absl::IsAborted(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("Kafka transaction aborted"));
+  EXPECT_EQ(source_.finished_at, SourcePosition(0));
+  EXPECT_EQ(committed, 0u);
+  EXPECT_EQ(final_.committed.size(), 0u);
+  EXPECT_EQ(final_.aborted, 1);
+  EXPECT_EQ(stats_.transactions_committed, 0u);
+}
+
+TEST_F(ExactlyOncePublisherTest, FencedProducerStopsWithoutConfirming) {
+  configure_sink_ = [](FakeSink& s) { s.hold_acks = true; };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  on_tick_ = [&](FakeSource&) {
+    if (ticks_ == 30) {
+      sink_->SetFatal(absl::AbortedError("producer fenced by a newer one"));
+    }
+  };
+  absl::Status s = Run(DurableAt(100));
+  EXPECT_TRUE(absl::IsAborted(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("fenced"));
+  EXPECT_EQ(source_.finished_at, SourcePosition(0));
+  EXPECT_EQ(final_.committed.size(), 0u);
+  EXPECT_EQ(final_.aborted, 0);  // a fenced producer cannot abort
+}
+
+TEST_F(ExactlyOncePublisherTest, RefusesTheDevBroker) {
+  configure_sink_ = [](FakeSink& s) { s.cluster_id = "mockCluster1234"; };
+  source_.Add(Begin());
+  absl::Status s = Run([](FakeSource&) { return true; });
+  EXPECT_THAT(s.message(), HasSubstr("needs Apache Kafka"));
+}
+
+// --- reconnection -----------------------------------------------------------
+
+TEST_F(PublisherTest, ReconnectAbandonsTheOpenTransactionAndTakesItAgain) {
+  configure_sink_ = [](FakeSink& s) { s.hold_acks = true; };
+  options_.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.reconnect.max_backoff = absl::Milliseconds(1);
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  // A keepalive of the lost connection: its position lies past the
+  // transaction that is resent, and must be forgotten with it.
+  source_.Add(SourceRead{std::monostate{}, SourcePosition(500)});
+  source_.Fail(absl::UnavailableError("connection lost"));
+  std::deque<FakeSource::Entry> again;
+  for (SourceRead r :
+       {Begin(), Of(Event(100, 0, "a")), Of(Event(100, 1, "b")), Commit(100)}) {
+    again.push_back({absl::OkStatus(), std::move(r)});
+  }
+  source_.after_reconnect.push_back(std::move(again));
+  on_tick_ = [&](FakeSource& s) {
+    // The first copy of "a" alone confirms nothing.
+    if (s.connects == 2 && sink_->acknowledged().size() < 3) {
+      EXPECT_EQ(s.durable, SourcePosition(0));
+    }
+    if (ticks_ % 40 == 0) sink_->Release(1);
+  };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  EXPECT_EQ(source_.durable_seen,
+            std::vector<SourcePosition>{SourcePosition(100)});
+  EXPECT_EQ(source_.connects, 2);
+  EXPECT_EQ(source_.disconnects, 1);
+  EXPECT_EQ(metrics_.get().reconnects->Value(), 1);
+  EXPECT_EQ(stats_.events_acknowledged, 3u);  // "a" twice: at-least-once
+  EXPECT_EQ(final_.committed.size(), 3u);
+}
+
+TEST_F(ExactlyOncePublisherTest, ReconnectCommitsFirstThenSkipsTheResent) {
+  options_.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.reconnect.max_backoff = absl::Milliseconds(1);
+  options_.transactions.interval = absl::Hours(1);  // no commit on age
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Fail(absl::UnavailableError("connection lost"));
+  std::deque<FakeSource::Entry> again;
+  for (SourceRead r : {Begin(), Of(Event(100, 0, "a")), Of(Event(100, 1, "b")),
+                       Of(Event(100, 2, "c")), Commit(100)}) {
+    again.push_back({absl::OkStatus(), std::move(r)});
+  }
+  source_.after_reconnect.push_back(std::move(again));
+  ASSERT_TRUE(Run([](FakeSource& s) {
+                return s.script.empty() && s.connects == 2;
+              }).ok());
+  // a and b before the reconnect (committed then), c after; the resent a
+  // and b are at or below that commit's checkpoint.
+  EXPECT_EQ(stats_.events_produced, 3u);
+  EXPECT_EQ(stats_.events_skipped, 2u);
+  ASSERT_EQ(final_.committed.size(), 3u);  // each exactly once
+  EXPECT_EQ(final_.committed[0].key, "agg-a");
+  EXPECT_EQ(final_.committed[1].key, "agg-b");
+  EXPECT_EQ(final_.committed[2].key, "agg-c");
+  EXPECT_GE(stats_.transactions_committed, 2u);  // before reconnect, at stop
+  EXPECT_EQ(source_.finished_at, SourcePosition(100));
+}
+
+}  // namespace
+}  // namespace outboxd

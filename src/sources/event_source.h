@@ -1,0 +1,137 @@
+// EventSource: what the Publisher (pipeline/publisher.h) needs from where
+// events come from. A source connects (and reconnects), hands over its
+// events in transactions, and is told how far its events are durable in
+// Kafka; the Publisher owns everything else (encoding, routing,
+// backpressure, dead-lettering, acknowledgement, Kafka transactions,
+// metrics, reconnect backoff). docs/ARCHITECTURE.md "Adding a source".
+//
+//   --source=cdc     sources/cdc_source.h: a logical replication slot; a
+//                    transaction is a PostgreSQL transaction, its position
+//                    the commit's end LSN.
+//   --source=poll    sources/poll_source.h: SELECT ... FOR UPDATE SKIP
+//   --source=notify  LOCKED batches; a transaction is one batch, its
+//                    position the batch's number.
+//
+// Threading: the Publisher's thread calls every method.
+#ifndef OUTBOXD_SOURCES_EVENT_SOURCE_H_
+#define OUTBOXD_SOURCES_EVENT_SOURCE_H_
+
+#include <compare>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "outbox/event.h"
+#include "outbox/outbox_mapper.h"
+
+namespace outboxd {
+
+// An ordered position in one source's stream, opaque to the Publisher:
+// the CDC source's are LSNs, the polling source's batch numbers. The
+// confirmed position never passes an event Kafka has not acknowledged.
+class SourcePosition {
+ public:
+  constexpr SourcePosition() = default;
+  constexpr explicit SourcePosition(uint64_t value) : value_(value) {}
+  constexpr uint64_t value() const { return value_; }
+  friend constexpr auto operator<=>(SourcePosition, SourcePosition) = default;
+  static constexpr SourcePosition Max(SourcePosition a, SourcePosition b) {
+    return a < b ? b : a;
+  }
+
+ private:
+  uint64_t value_ = 0;
+};
+
+// A source transaction begins: the events up to the next SourceCommit
+// belong to it.
+struct SourceBegin {};
+// The open transaction ends; durable once all its events (and every
+// earlier transaction's) are acknowledged.
+struct SourceCommit {
+  SourcePosition position;
+};
+// Nothing more until what was handed over is durable (the Publisher serves
+// delivery reports meanwhile).
+struct AwaitDurable {};
+
+struct SourceRead {
+  std::variant<std::monostate, SourceBegin, OutboxEvent, InvalidEvent,
+               SourceCommit, AwaitDurable>
+      item;
+  // With no transaction open: the source's newest position; it becomes
+  // durable once nothing before it is in flight (CDC keepalives).
+  std::optional<SourcePosition> idle_position;
+};
+
+// Given to Connect.
+struct ConnectContext {
+  // True for the first connection, false for a reconnection.
+  bool first = true;
+  // The durable position so far (where a continued stream resumes).
+  SourcePosition durable;
+  // Waits until everything in flight is acknowledged (before a source
+  // starts over, e.g. after a lost slot); fails like the Publisher would,
+  // kCancelled when stopped.
+  std::function<absl::Status()> drain_in_flight;
+};
+
+struct ConnectResult {
+  // Set when the stream starts over at this position (a new slot, or the
+  // first connection): nothing before it is tracked any more. Unset: the
+  // stream continues from `durable`.
+  std::optional<SourcePosition> restart_at;
+};
+
+class EventSource {
+ public:
+  virtual ~EventSource() = default;
+
+  // Connects (ctx.first) or reconnects after Disconnect. kUnavailable means
+  // "try again later" (the Publisher backs off); anything else stops.
+  virtual absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) = 0;
+  // The connection is gone or abandoned: forget what was handed over of the
+  // open transaction (it is handed over again after Connect).
+  virtual void Disconnect() = 0;
+
+  // The next item, waiting at most `wait` for one.
+  virtual absl::StatusOr<SourceRead> Read(absl::Duration wait) = 0;
+  // Everything up to `durable` is in Kafka. Called on every turn of the
+  // Publisher's loop and while it blocks (Kafka transactional calls), so
+  // that the source's periodic work goes on (CDC: record the position and
+  // send the standby status update when due; poll: complete the batch).
+  // kUnavailable: the connection is lost.
+  virtual absl::Status Durable(SourcePosition durable) = 0;
+  // The run ends: record what is durable and close cleanly (`clean`), or
+  // only give back what is not (after a failure).
+  virtual absl::Status Finish(SourcePosition durable, bool clean) = 0;
+
+  // True while a transaction is half handed over.
+  virtual bool in_transaction() const = 0;
+  // outbox.source: a stable id of the stream (after the first Connect).
+  virtual const std::string& identity() const = 0;
+  // The line the Publisher logs once a connect is complete ("streaming
+  // from slot ...", "publishing from ..."): operators and tests wait for it.
+  virtual std::string ReadyLine() const = 0;
+  // The source-specific part of the progress line.
+  virtual std::string Progress() const = 0;
+  // A position as the source's users know it ("0/1A2B", "batch 7").
+  virtual std::string Describe(SourcePosition position) const = 0;
+  // "at 0/1A2B#3" or "row seq 42": where an event is, for log lines.
+  virtual std::string Where(const OutboxEvent& event) const = 0;
+  virtual std::string Where(const InvalidEvent& event) const = 0;
+  // --delivery=exactly-once: OK when `checkpoint` can belong to this
+  // source's history (CDC: not past the database's WAL).
+  virtual absl::Status CheckCheckpoint(const EventPosition& checkpoint) {
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_SOURCES_EVENT_SOURCE_H_

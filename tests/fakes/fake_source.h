@@ -1,0 +1,112 @@
+// FakeSource: a scripted EventSource (sources/event_source.h), intended for
+// testing the Publisher without a database.
+//
+// Read hands over `script` in order (one entry per call, nothing once it is
+// empty); an entry may instead be an error (e.g. kUnavailable: a lost
+// connection). Every Durable call is a "tick": the test's `on_tick` runs
+// there, sees the durable position and may act (release acknowledgements,
+// raise errors, set the stop flag).
+#ifndef OUTBOXD_TESTS_FAKES_FAKE_SOURCE_H_
+#define OUTBOXD_TESTS_FAKES_FAKE_SOURCE_H_
+
+#include <deque>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "sources/event_source.h"
+
+namespace outboxd::testing {
+
+class FakeSource : public EventSource {
+ public:
+  struct Entry {
+    absl::Status error;  // non-OK: Read fails with it
+    SourceRead read;
+  };
+
+  // --- what the test controls ---------------------------------------------
+  std::deque<Entry> script;
+  // Scripts handed over after each reconnect (one per Connect after the
+  // first), replacing what was left of `script`.
+  std::deque<std::deque<Entry>> after_reconnect;
+  std::function<void(FakeSource&)> on_tick;
+  std::string source_identity = "7000000000000000001/db/slot";
+
+  void Add(SourceRead r) { script.push_back({absl::OkStatus(), std::move(r)}); }
+  void Fail(absl::Status s) { script.push_back({std::move(s), {}}); }
+
+  // --- what the test observes ---------------------------------------------
+  SourcePosition durable;  // the newest durable position given
+  std::vector<SourcePosition> durable_seen;  // each change, in order
+  int connects = 0;
+  int disconnects = 0;
+  int reads = 0;  // Read calls that handed over an item or failed
+  bool finished = false;
+  bool finished_clean = false;
+  SourcePosition finished_at;
+
+  // --- EventSource --------------------------------------------------------
+  absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) override {
+    ++connects;
+    ConnectResult r;
+    if (ctx.first) {
+      r.restart_at = SourcePosition(0);
+    } else if (!after_reconnect.empty()) {
+      script = std::move(after_reconnect.front());
+      after_reconnect.pop_front();
+    }
+    open_ = false;
+    return r;
+  }
+  void Disconnect() override {
+    ++disconnects;
+    open_ = false;
+  }
+  absl::StatusOr<SourceRead> Read(absl::Duration) override {
+    if (script.empty()) return SourceRead{};
+    Entry e = std::move(script.front());
+    script.pop_front();
+    ++reads;
+    if (!e.error.ok()) return e.error;
+    if (std::holds_alternative<SourceBegin>(e.read.item)) open_ = true;
+    if (std::holds_alternative<SourceCommit>(e.read.item)) open_ = false;
+    return std::move(e.read);
+  }
+  absl::Status Durable(SourcePosition p) override {
+    if (p != durable) durable_seen.push_back(p);
+    durable = p;
+    if (on_tick) on_tick(*this);
+    return absl::OkStatus();
+  }
+  absl::Status Finish(SourcePosition p, bool clean) override {
+    finished = true;
+    finished_clean = clean;
+    finished_at = p;
+    return absl::OkStatus();
+  }
+  bool in_transaction() const override { return open_; }
+  const std::string& identity() const override { return source_identity; }
+  std::string ReadyLine() const override { return "fake source ready"; }
+  std::string Progress() const override { return "fake"; }
+  std::string Describe(SourcePosition p) const override {
+    return absl::StrCat(p.value());
+  }
+  std::string Where(const OutboxEvent& e) const override {
+    return absl::StrCat("at ", e.position.commit_lsn.value(), "#",
+                        e.position.index);
+  }
+  std::string Where(const InvalidEvent& e) const override {
+    return absl::StrCat("at ", e.position.commit_lsn.value(), "#",
+                        e.position.index);
+  }
+
+ private:
+  bool open_ = false;
+};
+
+}  // namespace outboxd::testing
+
+#endif  // OUTBOXD_TESTS_FAKES_FAKE_SOURCE_H_
