@@ -115,8 +115,7 @@ SinkFactory KafkaSinkFactory() {
 
 RunMetrics::RunMetrics(metrics::OutboxdMetrics* given) : metrics_(given) {
   if (metrics_ == nullptr) {
-    registry_ = std::make_unique<metrics::Registry>();
-    own_ = std::make_unique<metrics::OutboxdMetrics>(registry_.get());
+    own_ = std::make_unique<metrics::OutboxdMetrics>();
     metrics_ = own_.get();
   }
 }

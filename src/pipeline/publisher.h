@@ -37,7 +37,6 @@
 #include "kafka/producer.h"
 #include "kafka/sink.h"
 #include "metrics/outboxd_metrics.h"
-#include "metrics/registry.h"
 #include "outbox/router.h"
 #include "outbox/value_format.h"
 #include "pipeline/publisher_options.h"
@@ -70,15 +69,15 @@ using SinkFactory = std::function<absl::StatusOr<std::unique_ptr<Sink>>(
 // A librdkafka producer (KafkaProducer).
 SinkFactory KafkaSinkFactory();
 
-// The metrics of one run: the caller's, or (metrics off) a private set on a
-// registry nobody serves, so that no stage needs a null check.
+// The metrics of one run: the caller's, or (metrics off) the null object
+// (OutboxdMetrics on a private registry nobody serves), so that no stage
+// needs a null check.
 class RunMetrics {
  public:
   explicit RunMetrics(metrics::OutboxdMetrics* given);
   metrics::OutboxdMetrics& get() { return *metrics_; }
 
  private:
-  std::unique_ptr<metrics::Registry> registry_;
   std::unique_ptr<metrics::OutboxdMetrics> own_;
   metrics::OutboxdMetrics* metrics_;
 };
