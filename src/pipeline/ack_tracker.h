@@ -1,5 +1,6 @@
 // AckTracker: turns per-event delivery reports into the LSN that may be
-// confirmed to PostgreSQL (DESIGN.md section 3).
+// confirmed to PostgreSQL (docs/ARCHITECTURE.md, "The confirmed-position
+// rule").
 //
 // Events get consecutive sequence numbers in stream order. Each transaction
 // is confirmable at its commit end LSN once it and every earlier transaction

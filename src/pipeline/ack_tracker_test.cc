@@ -287,7 +287,8 @@ TEST(AckTrackerTest, HugeTransactionConfirmsOnlyAtTheEnd) {
   EXPECT_EQ(tracker.EventsInFlight(), 0u);
 }
 
-// The rule of DESIGN.md section 3, written the slow and obvious way.
+// The confirmed-position rule (docs/ARCHITECTURE.md), written the slow and
+// obvious way.
 class ReferenceTracker {
  public:
   explicit ReferenceTracker(uint64_t start) : confirmed_(start) {}

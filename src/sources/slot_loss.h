@@ -1,5 +1,6 @@
 // Slot loss: deciding, at every (re)connect, whether the replication slot
-// is still the one outboxd streamed from (DESIGN.md section 3, last rule).
+// is still the one outboxd streamed from (docs/ARCHITECTURE.md, "Lost
+// slots").
 //
 // Inputs: the slot as the server shows it (pg/replication_setup.h
 // InspectSlot) and outboxd's own record (pg/publisher_state.h), read in
