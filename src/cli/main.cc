@@ -3,9 +3,7 @@
 // Flags live here (README "Flags"); libraries take option structs.
 // Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 after a runtime
 // failure (its cause logged), 2 for bad flags.
-#include <csignal>
-#include <cstdio>
-#include <iostream>
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +16,7 @@
 #include "absl/time/time.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/stop_signal.h"
 #include "flags/flags.h"
 #include "metrics/http_server.h"
 #include "metrics/outboxd_metrics.h"
@@ -157,25 +156,17 @@ constexpr char kUsage[] =
     "outboxd: publishes transactional-outbox events from PostgreSQL to "
     "Kafka\n\n"
     "usage: outboxd --pg=CONNINFO --brokers=HOST:PORT[,...] [flags]";
-
-std::atomic<bool> g_stop{false};
-
-extern "C" void OnSignal(int) { g_stop.store(true); }
+constexpr flags::Program kProgram = {"outboxd", OUTBOXD_VERSION, kUsage,
+                                     "cli/main.cc"};
 
 // Flag values that parse but make no sense, as one line each.
 absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     const flags::ParsedCommandLine& cmd) {
   CdcPipelineOptions o;
-  o.conninfo = absl::GetFlag(FLAGS_pg);
-  if (o.conninfo.empty()) {
-    return absl::InvalidArgumentError(
-        "--pg is required (libpq conninfo or URI)");
-  }
-  std::string brokers = absl::GetFlag(FLAGS_brokers);
-  if (brokers.empty()) {
-    return absl::InvalidArgumentError(
-        "--brokers is required (HOST:PORT[,...])");
-  }
+  ASSIGN_OR_RETURN(o.conninfo,
+                   flags::RequiredFlag(FLAGS_pg, "libpq conninfo or URI"));
+  ASSIGN_OR_RETURN(std::string brokers,
+                   flags::RequiredFlag(FLAGS_brokers, "HOST:PORT[,...]"));
   for (absl::string_view b : absl::StrSplit(brokers, ',')) {
     size_t colon = b.rfind(':');
     int port = 0;
@@ -186,75 +177,45 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
           absl::StrCat("--brokers: '", b, "' is not HOST:PORT"));
     }
   }
-  std::string source = absl::GetFlag(FLAGS_source);
-  if (source != "cdc" && source != "poll" && source != "notify") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--source must be cdc, poll or notify, not '", source, "'"));
-  }
-  if (absl::GetFlag(FLAGS_poll_interval) <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("--poll-interval must be positive");
-  }
-  o.status_interval = absl::GetFlag(FLAGS_status_interval);
-  if (o.status_interval <= absl::ZeroDuration() ||
-      o.status_interval > absl::Minutes(10)) {
-    return absl::InvalidArgumentError(
-        "--status-interval must be positive and at most 10m");
-  }
-  o.shutdown_timeout = absl::GetFlag(FLAGS_shutdown_timeout);
-  if (o.shutdown_timeout < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        "--shutdown-timeout must not be negative");
-  }
+  ASSIGN_OR_RETURN(std::string source,
+                   flags::OneOfFlag(FLAGS_source, {"cdc", "poll", "notify"}));
+  RETURN_IF_ERROR(flags::PositiveFlag(FLAGS_poll_interval).status());
+  ASSIGN_OR_RETURN(o.status_interval, flags::PositiveFlag(FLAGS_status_interval,
+                                                          absl::Minutes(10)));
+  ASSIGN_OR_RETURN(o.shutdown_timeout,
+                   flags::NotNegativeFlag(FLAGS_shutdown_timeout));
   o.reconnect.initial_backoff = absl::GetFlag(FLAGS_reconnect_backoff_initial);
   o.reconnect.max_backoff = absl::GetFlag(FLAGS_reconnect_backoff_max);
-  o.reconnect.give_up_after = absl::GetFlag(FLAGS_reconnect_give_up);
   if (o.reconnect.initial_backoff <= absl::ZeroDuration() ||
       o.reconnect.max_backoff < o.reconnect.initial_backoff) {
     return absl::InvalidArgumentError(
         "--reconnect-backoff-initial must be positive and at most "
         "--reconnect-backoff-max");
   }
-  if (o.reconnect.give_up_after < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        "--reconnect-give-up must not be negative");
-  }
-  std::string delivery = absl::GetFlag(FLAGS_delivery);
-  if (delivery == "at-least-once") {
-    o.delivery = DeliveryGuarantee::kAtLeastOnce;
-  } else if (delivery == "exactly-once") {
-    o.delivery = DeliveryGuarantee::kExactlyOnce;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--delivery must be at-least-once or exactly-once, not '",
-                     delivery, "'"));
-  }
+  ASSIGN_OR_RETURN(o.reconnect.give_up_after,
+                   flags::NotNegativeFlag(FLAGS_reconnect_give_up));
+  ASSIGN_OR_RETURN(
+      o.delivery,
+      flags::ChoiceFlag<DeliveryGuarantee>(
+          FLAGS_delivery, {{"at-least-once", DeliveryGuarantee::kAtLeastOnce},
+                           {"exactly-once", DeliveryGuarantee::kExactlyOnce}}));
   if (o.delivery == DeliveryGuarantee::kExactlyOnce && source != "cdc") {
     return absl::InvalidArgumentError(absl::StrCat(
         "--delivery=exactly-once is supported with --source=cdc only, not '",
         source, "'"));
   }
   o.transactional_id = absl::GetFlag(FLAGS_transactional_id);
-  o.transactions.interval = absl::GetFlag(FLAGS_transaction_interval);
-  if (o.transactions.interval < absl::ZeroDuration() ||
-      o.transactions.interval > absl::Seconds(30)) {
-    return absl::InvalidArgumentError(
-        "--transaction-interval must be between 0 and 30s");
-  }
+  ASSIGN_OR_RETURN(o.transactions.interval,
+                   flags::BetweenFlag(FLAGS_transaction_interval,
+                                      absl::ZeroDuration(), absl::Seconds(30)));
 
-  std::string on_slot_loss = absl::GetFlag(FLAGS_on_slot_loss);
-  if (on_slot_loss == "fail") {
-    o.on_slot_loss = SlotLossPolicy::kFail;
-  } else if (on_slot_loss == "republish") {
-    o.on_slot_loss = SlotLossPolicy::kRepublish;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--on-slot-loss must be fail or republish, not '", on_slot_loss, "'"));
-  }
-  o.republish_margin = absl::GetFlag(FLAGS_republish_margin);
-  if (o.republish_margin < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        "--republish-margin must not be negative");
-  }
+  ASSIGN_OR_RETURN(
+      o.on_slot_loss,
+      flags::ChoiceFlag<SlotLossPolicy>(
+          FLAGS_on_slot_loss, {{"fail", SlotLossPolicy::kFail},
+                               {"republish", SlotLossPolicy::kRepublish}}));
+  ASSIGN_OR_RETURN(o.republish_margin,
+                   flags::NotNegativeFlag(FLAGS_republish_margin));
 
   std::string table = absl::GetFlag(FLAGS_table);
   if (o.on_slot_loss == SlotLossPolicy::kRepublish && table.empty()) {
@@ -317,10 +278,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     return absl::InvalidArgumentError(absl::StrCat(
         "--ordering must be aggregate or global, not '", ordering, "'"));
   }
-  o.dlq_topic = absl::GetFlag(FLAGS_dlq_topic);
-  if (o.dlq_topic.empty()) {
-    return absl::InvalidArgumentError("--dlq-topic must not be empty");
-  }
+  ASSIGN_OR_RETURN(o.dlq_topic, flags::NonEmptyFlag(FLAGS_dlq_topic));
   // Flags that can only make topic names Kafka refuses. A prefix is illegal
   // when no aggregatetype can complete it into a legal name.
   if (absl::Status s = CheckTopicName(absl::StrCat(o.router.topic_prefix, "x"));
@@ -337,15 +295,11 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     return absl::InvalidArgumentError(
         absl::StrCat("--dlq-topic: ", s.message()));
   }
-  std::string on_invalid = absl::GetFlag(FLAGS_on_invalid);
-  if (on_invalid == "dead-letter") {
-    o.on_invalid = InvalidEventPolicy::kDeadLetter;
-  } else if (on_invalid == "fail") {
-    o.on_invalid = InvalidEventPolicy::kFail;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--on-invalid must be dead-letter or fail, not '", on_invalid, "'"));
-  }
+  ASSIGN_OR_RETURN(
+      o.on_invalid,
+      flags::ChoiceFlag<InvalidEventPolicy>(
+          FLAGS_on_invalid, {{"dead-letter", InvalidEventPolicy::kDeadLetter},
+                             {"fail", InvalidEventPolicy::kFail}}));
 
   auto value_format = ParseValueFormat(absl::GetFlag(FLAGS_value_format));
   if (!value_format.ok()) {
@@ -393,29 +347,16 @@ absl::StatusOr<PollPipelineOptions> PollOptionsFromFlags(
   o.reconnect = cdc.reconnect;
   o.poller.table = *cdc.mapper.table;
   o.poller.columns = cdc.mapper.columns;
-  o.poller.batch_size = absl::GetFlag(FLAGS_batch_size);
-  if (o.poller.batch_size <= 0 || o.poller.batch_size > 1000000) {
-    return absl::InvalidArgumentError(
-        "--batch-size must be between 1 and 1000000");
-  }
-  std::string cleanup = absl::GetFlag(FLAGS_poll_cleanup);
-  if (cleanup == "mark") {
-    o.poller.cleanup = PollCleanup::kMark;
-  } else if (cleanup == "delete") {
-    o.poller.cleanup = PollCleanup::kDelete;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--poll-cleanup must be mark or delete, not '", cleanup, "'"));
-  }
-  o.poller.grace = absl::GetFlag(FLAGS_poll_grace);
-  if (o.poller.grace < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("--poll-grace must not be negative");
-  }
+  ASSIGN_OR_RETURN(o.poller.batch_size,
+                   flags::IntBetweenFlag(FLAGS_batch_size, 1, 1000000));
+  ASSIGN_OR_RETURN(o.poller.cleanup,
+                   flags::ChoiceFlag<PollCleanup>(
+                       FLAGS_poll_cleanup, {{"mark", PollCleanup::kMark},
+                                            {"delete", PollCleanup::kDelete}}));
+  ASSIGN_OR_RETURN(o.poller.grace, flags::NotNegativeFlag(FLAGS_poll_grace));
   if (source == "notify") {
-    o.poller.notify_channel = absl::GetFlag(FLAGS_notify_channel);
-    if (o.poller.notify_channel.empty()) {
-      return absl::InvalidArgumentError("--notify-channel must not be empty");
-    }
+    ASSIGN_OR_RETURN(o.poller.notify_channel,
+                     flags::NonEmptyFlag(FLAGS_notify_channel));
   }
   o.router = cdc.router;
   o.producer = cdc.producer;
@@ -427,46 +368,26 @@ absl::StatusOr<PollPipelineOptions> PollOptionsFromFlags(
 }
 
 int Main(int argc, char** argv) {
-  auto cmd = flags::ParseFlags(argc, argv, {"kafka_property"});
-  if (!cmd.ok()) {
-    std::cerr << "outboxd: " << cmd.status().message() << "\n";
-    return 2;
-  }
-  if (cmd->help) {
-    std::cout << flags::FlagsHelp(kUsage, "cli/main.cc");
-    return 0;
-  }
-  if (cmd->version) {
-    std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
-    return 0;
+  flags::ParsedCommandLine cmd;
+  if (auto done =
+          flags::ParseOrExit(argc, argv, kProgram, {"kafka_property"}, &cmd)) {
+    return *done;
   }
   absl::Status log = InitLogging(absl::GetFlag(FLAGS_log_level),
                                  absl::GetFlag(FLAGS_log_format));
-  if (!log.ok()) {
-    std::cerr << "outboxd: " << log.message() << "\n";
-    return 2;
-  }
-  auto options = OptionsFromFlags(*cmd);
-  if (!options.ok()) {
-    std::cerr << "outboxd: " << options.status().message() << "\n";
-    return 2;
-  }
+  if (!log.ok()) return flags::BadFlags(kProgram.name, log);
+  auto options = OptionsFromFlags(cmd);
+  if (!options.ok()) return flags::BadFlags(kProgram.name, options.status());
   const bool polling = absl::GetFlag(FLAGS_source) != "cdc";
   absl::StatusOr<PollPipelineOptions> poll_options;
   if (polling) {
     poll_options = PollOptionsFromFlags(*options);
     if (!poll_options.ok()) {
-      std::cerr << "outboxd: " << poll_options.status().message() << "\n";
-      return 2;
+      return flags::BadFlags(kProgram.name, poll_options.status());
     }
   }
 
-  struct sigaction sa = {};
-  sa.sa_handler = OnSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  std::atomic<bool>& stop = InstallStopSignals();
 
   // Metrics: one registry for the run, served on --metrics-address.
   metrics::Registry registry;
@@ -493,9 +414,10 @@ int Main(int argc, char** argv) {
   if (absl::Duration after = absl::GetFlag(FLAGS_cleanup_after);
       after > absl::ZeroDuration()) {
     if (absl::GetFlag(FLAGS_source) != "cdc" || !options->setup.table) {
-      std::cerr << "outboxd: --cleanup-after needs --source=cdc and a "
-                   "--table\n";
-      return 2;
+      return flags::BadFlags(
+          kProgram.name,
+          absl::InvalidArgumentError(
+              "--cleanup-after needs --source=cdc and a --table"));
     }
     OutboxCleanerOptions co;
     co.conninfo = options->conninfo;
@@ -512,8 +434,8 @@ int Main(int argc, char** argv) {
                OUTBOXD_VERSION, RedactConninfo(options->conninfo),
                options->producer.brokers, absl::GetFlag(FLAGS_table),
                options->setup.slot);
-  absl::Status s = polling ? RunPollPipeline(*poll_options, g_stop)
-                           : RunCdcPipeline(*options, g_stop);
+  absl::Status s = polling ? RunPollPipeline(*poll_options, stop)
+                           : RunCdcPipeline(*options, stop);
   if (!s.ok()) {
     spdlog::critical("stopping: {}", s.ToString());
     return 1;

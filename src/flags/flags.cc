@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iostream>
 #include <optional>
 #include <sstream>
 
@@ -9,6 +10,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "common/status_macros.h"
 
@@ -202,6 +204,136 @@ ParseKeyValueFile(const std::string& path) {
     out.push_back(*std::move(kv));
   }
   return out;
+}
+
+std::optional<int> ParseOrExit(int argc, char** argv, const Program& program,
+                               const std::vector<std::string>& repeatable,
+                               ParsedCommandLine* cmd) {
+  auto parsed = ParseFlags(argc, argv, repeatable);
+  if (!parsed.ok()) return BadFlags(program.name, parsed.status());
+  if (parsed->help) {
+    std::cout << FlagsHelp(program.usage, program.flags_file);
+    return 0;
+  }
+  if (parsed->version) {
+    std::cout << program.name << " " << program.version << "\n";
+    return 0;
+  }
+  *cmd = *std::move(parsed);
+  return std::nullopt;
+}
+
+int BadFlags(absl::string_view program, const absl::Status& status) {
+  std::cerr << program << ": " << status.message() << "\n";
+  return 2;
+}
+
+absl::Status NotAChoice(absl::string_view flag,
+                        const std::vector<absl::string_view>& names,
+                        absl::string_view value) {
+  std::string list;
+  if (names.size() <= 1) {
+    list = absl::StrJoin(names, "");
+  } else {
+    list = absl::StrCat(absl::StrJoin(names.begin(), names.end() - 1, ", "),
+                        " or ", names.back());
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(flag, " must be ", list, ", not '", value, "'"));
+}
+
+absl::StatusOr<std::string> OneOfFlag(
+    const absl::Flag<std::string>& flag,
+    std::initializer_list<absl::string_view> names) {
+  std::string value = absl::GetFlag(flag);
+  for (absl::string_view name : names) {
+    if (name == value) return value;
+  }
+  return NotAChoice(Dashed(flag), names, value);
+}
+
+absl::StatusOr<std::string> RequiredFlag(const absl::Flag<std::string>& flag,
+                                         absl::string_view hint) {
+  std::string value = absl::GetFlag(flag);
+  if (value.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Dashed(flag), " is required",
+                     hint.empty() ? "" : absl::StrCat(" (", hint, ")")));
+  }
+  return value;
+}
+
+absl::StatusOr<std::string> NonEmptyFlag(const absl::Flag<std::string>& flag) {
+  std::string value = absl::GetFlag(flag);
+  if (value.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Dashed(flag), " must not be empty"));
+  }
+  return value;
+}
+
+absl::Status CheckNotNegative(absl::string_view flag, absl::Duration d) {
+  if (d < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " must not be negative"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPositive(absl::string_view flag, absl::Duration d,
+                           absl::Duration max) {
+  if (max == absl::InfiniteDuration()) {
+    if (d <= absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " must be positive"));
+    }
+  } else if (d <= absl::ZeroDuration() || d > max) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, " must be positive and at most ", absl::FormatDuration(max)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckBetween(absl::string_view flag, absl::Duration d,
+                          absl::Duration min, absl::Duration max) {
+  if (d < min || d > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " must be between ", absl::FormatDuration(min),
+                     " and ", absl::FormatDuration(max)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Duration> NotNegativeFlag(
+    const absl::Flag<absl::Duration>& flag) {
+  absl::Duration d = absl::GetFlag(flag);
+  RETURN_IF_ERROR(CheckNotNegative(Dashed(flag), d));
+  return d;
+}
+
+absl::StatusOr<absl::Duration> PositiveFlag(
+    const absl::Flag<absl::Duration>& flag, absl::Duration max) {
+  absl::Duration d = absl::GetFlag(flag);
+  RETURN_IF_ERROR(CheckPositive(Dashed(flag), d, max));
+  return d;
+}
+
+absl::StatusOr<absl::Duration> BetweenFlag(
+    const absl::Flag<absl::Duration>& flag, absl::Duration min,
+    absl::Duration max) {
+  absl::Duration d = absl::GetFlag(flag);
+  RETURN_IF_ERROR(CheckBetween(Dashed(flag), d, min, max));
+  return d;
+}
+
+absl::StatusOr<int> IntBetweenFlag(const absl::Flag<int>& flag, int min,
+                                   int max) {
+  int value = absl::GetFlag(flag);
+  if (value < min || value > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Dashed(flag), " must be between ", min, " and ", max));
+  }
+  return value;
 }
 
 }  // namespace outboxd::flags

@@ -7,14 +7,19 @@
 #ifndef OUTBOXD_FLAGS_FLAGS_H_
 #define OUTBOXD_FLAGS_FLAGS_H_
 
+#include <initializer_list>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace outboxd::flags {
 
@@ -51,6 +56,107 @@ absl::Status AppendKeyValueFlags(
 // Splits "key=value"; kInvalidArgument when there is no '=' or no key.
 absl::StatusOr<std::pair<std::string, std::string>> SplitKeyValue(
     absl::string_view text);
+
+// --- the start of a main ----------------------------------------------------
+
+// What a main prints about itself.
+struct Program {
+  absl::string_view name;        // "outboxd": the prefix of its error lines
+  absl::string_view version;     // OUTBOXD_VERSION, for --version
+  absl::string_view usage;       // the first lines of --help
+  absl::string_view flags_file;  // --help lists the flags defined here
+};
+
+// The first step of every main: ParseFlags, then --help / --version are
+// printed to stdout ("<name> <version>"), a bad command line is one
+// line "<name>: <why>" on stderr. Returns the exit code when the main is done
+// (0 or 2), nullopt when it goes on with *cmd.
+std::optional<int> ParseOrExit(int argc, char** argv, const Program& program,
+                               const std::vector<std::string>& repeatable,
+                               ParsedCommandLine* cmd);
+
+// Prints "<program>: <status message>" on stderr; returns 2, the bad-flag
+// exit code.
+int BadFlags(absl::string_view program, const absl::Status& status);
+
+// --- checks of one flag's value ----------------------------------------------
+// Each returns the value, or kInvalidArgument with one line naming the flag
+// (dashed) and what it must be.
+
+// "--on-slot-loss" for FLAGS_on_slot_loss.
+template <typename T>
+std::string Dashed(const absl::Flag<T>& flag) {
+  std::string name(absl::GetFlagReflectionHandle(flag).Name());
+  for (char& c : name) {
+    if (c == '_') c = '-';
+  }
+  return "--" + name;
+}
+
+// One value an enumerated flag may take.
+template <typename T>
+struct Choice {
+  absl::string_view name;
+  T value;
+};
+
+// "--flag must be a, b or c, not 'x'".
+absl::Status NotAChoice(absl::string_view flag,
+                        const std::vector<absl::string_view>& names,
+                        absl::string_view value);
+
+// The value of the choice named `value`.
+template <typename T>
+absl::StatusOr<T> ParseChoice(absl::string_view flag, absl::string_view value,
+                              std::initializer_list<Choice<T>> choices) {
+  std::vector<absl::string_view> names;
+  for (const Choice<T>& c : choices) {
+    if (c.name == value) return c.value;
+    names.push_back(c.name);
+  }
+  return NotAChoice(flag, names, value);
+}
+
+// The enumerated string flag's value, mapped by `choices`.
+template <typename T>
+absl::StatusOr<T> ChoiceFlag(const absl::Flag<std::string>& flag,
+                             std::initializer_list<Choice<T>> choices) {
+  return ParseChoice(Dashed(flag), absl::GetFlag(flag), choices);
+}
+
+// The string flag's value when it is one of `names`.
+absl::StatusOr<std::string> OneOfFlag(
+    const absl::Flag<std::string>& flag,
+    std::initializer_list<absl::string_view> names);
+
+// "--flag is required" (with " (hint)" when there is one) when empty.
+absl::StatusOr<std::string> RequiredFlag(const absl::Flag<std::string>& flag,
+                                         absl::string_view hint = "");
+
+// "--flag must not be empty".
+absl::StatusOr<std::string> NonEmptyFlag(const absl::Flag<std::string>& flag);
+
+// Duration checks: "--flag must not be negative", "--flag must be positive"
+// (and " and at most <max>" when a max is given), "--flag must be between
+// <min> and <max>" (both included; durations as absl formats them: 0, 30s,
+// 10m).
+absl::Status CheckNotNegative(absl::string_view flag, absl::Duration d);
+absl::Status CheckPositive(absl::string_view flag, absl::Duration d,
+                           absl::Duration max = absl::InfiniteDuration());
+absl::Status CheckBetween(absl::string_view flag, absl::Duration d,
+                          absl::Duration min, absl::Duration max);
+absl::StatusOr<absl::Duration> NotNegativeFlag(
+    const absl::Flag<absl::Duration>& flag);
+absl::StatusOr<absl::Duration> PositiveFlag(
+    const absl::Flag<absl::Duration>& flag,
+    absl::Duration max = absl::InfiniteDuration());
+absl::StatusOr<absl::Duration> BetweenFlag(
+    const absl::Flag<absl::Duration>& flag, absl::Duration min,
+    absl::Duration max);
+
+// "--flag must be between <min> and <max>" (both included).
+absl::StatusOr<int> IntBetweenFlag(const absl::Flag<int>& flag, int min,
+                                   int max);
 
 }  // namespace outboxd::flags
 
