@@ -41,8 +41,8 @@ std::vector<std::pair<std::string, std::string>> DeadLetterProducerProperties(
   return out;
 }
 
-DeadLetterSink::DeadLetterSink(DeadLetterOptions options)
-    : options_(std::move(options)) {}
+DeadLetterSink::DeadLetterSink(DeadLetterOptions options, SinkFactory factory)
+    : options_(std::move(options)), factory_(std::move(factory)) {}
 
 absl::Status DeadLetterSink::Send(const InboxRecord& record,
                                   const std::string& error, int attempts) {
@@ -50,11 +50,16 @@ absl::Status DeadLetterSink::Send(const InboxRecord& record,
     ProducerOptions po;
     po.brokers = options_.brokers;
     po.properties = DeadLetterProducerProperties(options_.kafka_properties);
-    ASSIGN_OR_RETURN(
-        producer_, KafkaProducer::Create(po, [this](uint64_t, absl::Status s) {
-          delivered_ = true;
-          delivery_ = std::move(s);
-        }));
+    DeliveryCallback on_delivery = [this](uint64_t, absl::Status s) {
+      delivered_ = true;
+      delivery_ = std::move(s);
+    };
+    if (factory_) {
+      ASSIGN_OR_RETURN(producer_, factory_(po, std::move(on_delivery)));
+    } else {
+      ASSIGN_OR_RETURN(producer_,
+                       KafkaProducer::Create(po, std::move(on_delivery)));
+    }
   }
   KafkaRecord k = DeadLetterRecord(record, options_, error, attempts);
   delivered_ = false;

@@ -12,6 +12,7 @@
 #ifndef OUTBOXD_CONSUMER_DEAD_LETTER_SINK_H_
 #define OUTBOXD_CONSUMER_DEAD_LETTER_SINK_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -21,6 +22,7 @@
 #include "absl/time/time.h"
 #include "consumer/inbox_record.h"
 #include "kafka/producer.h"
+#include "kafka/sink.h"
 #include "outbox/router.h"
 
 namespace outboxd {
@@ -49,15 +51,22 @@ std::vector<std::pair<std::string, std::string>> DeadLetterProducerProperties(
     const std::vector<std::pair<std::string, std::string>>&
         consumer_properties);
 
+// Makes the producer of a DeadLetterSink (a test passes a fake).
+using SinkFactory = std::function<absl::StatusOr<std::unique_ptr<Sink>>(
+    const ProducerOptions& options, DeliveryCallback on_delivery)>;
+
 class DeadLetterSink {
  public:
-  explicit DeadLetterSink(DeadLetterOptions options);
+  // Without a factory the producer is a KafkaProducer.
+  explicit DeadLetterSink(DeadLetterOptions options,
+                          SinkFactory factory = nullptr);
   DeadLetterSink(const DeadLetterSink&) = delete;
   DeadLetterSink& operator=(const DeadLetterSink&) = delete;
 
   // Produces the dead-letter record of `record` and waits for its
-  // acknowledgement. kUnavailable when none came within the timeout; the
-  // delivery error otherwise.
+  // acknowledgement. kUnavailable when none came within the timeout,
+  // kResourceExhausted when the queue stayed full that long; otherwise the
+  // error of the produce or of the delivery.
   absl::Status Send(const InboxRecord& record, const std::string& error,
                     int attempts);
 
@@ -65,7 +74,8 @@ class DeadLetterSink {
 
  private:
   const DeadLetterOptions options_;
-  std::unique_ptr<KafkaProducer> producer_;
+  const SinkFactory factory_;
+  std::unique_ptr<Sink> producer_;
   bool delivered_ = false;
   absl::Status delivery_;
 };
