@@ -9,7 +9,7 @@
 #include "absl/strings/string_view.h"
 #include "common/lsn.h"
 #include "common/status_macros.h"
-#include "pg/replication_setup.h"
+#include "pg/identifier.h"
 
 namespace outboxd {
 namespace {

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "kafka/kafka_status.h"
 #include "kafka/rdkafka_callbacks.h"
 #include "spdlog/spdlog.h"
