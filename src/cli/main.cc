@@ -224,13 +224,10 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
         "cannot be republished)");
   }
   if (!table.empty()) {
-    auto name = ParseQualifiedName(table);
-    if (!name.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--table: ", name.status().message()));
-    }
-    o.setup.table = *name;
-    o.mapper.table = *name;
+    ASSIGN_OR_RETURN(QualifiedName name,
+                     flags::ParsedFlag(FLAGS_table, ParseQualifiedName));
+    o.setup.table = name;
+    o.mapper.table = name;
   }
   o.setup.slot = absl::GetFlag(FLAGS_slot);
   o.setup.publication = absl::GetFlag(FLAGS_publication);
@@ -301,21 +298,13 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
           FLAGS_on_invalid, {{"dead-letter", InvalidEventPolicy::kDeadLetter},
                              {"fail", InvalidEventPolicy::kFail}}));
 
-  auto value_format = ParseValueFormat(absl::GetFlag(FLAGS_value_format));
-  if (!value_format.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--value-format: ", value_format.status().message()));
-  }
-  o.value_format = *value_format;
+  ASSIGN_OR_RETURN(o.value_format,
+                   flags::ParsedFlag(FLAGS_value_format, ParseValueFormat));
   o.producer.brokers = brokers;
-  std::string config_file = absl::GetFlag(FLAGS_kafka_config);
-  if (!config_file.empty()) {
-    auto kv = flags::ParseKeyValueFile(config_file);
-    if (!kv.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--kafka-config: ", kv.status().message()));
-    }
-    o.producer.properties = *std::move(kv);
+  if (!absl::GetFlag(FLAGS_kafka_config).empty()) {
+    ASSIGN_OR_RETURN(
+        o.producer.properties,
+        flags::ParsedFlag(FLAGS_kafka_config, flags::ParseKeyValueFile));
   }
   RETURN_IF_ERROR(flags::AppendKeyValueFlags(cmd, "kafka_property",
                                              &o.producer.properties));

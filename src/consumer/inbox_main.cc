@@ -11,7 +11,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -25,6 +24,7 @@
 #include "absl/time/time.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/stop_signal.h"
 #include "consumer/inbox.h"
 #include "flags/flags.h"
 #include "pg/connection.h"
@@ -87,6 +87,8 @@ constexpr char kUsage[] =
     "once\n\n"
     "usage: outbox-inbox --pg=CONNINFO --brokers=HOST:PORT --group=ID "
     "--topics=T[,T] --handler-sql=SQL [flags]";
+constexpr flags::Program kProgram = {"outbox-inbox", OUTBOXD_VERSION, kUsage,
+                                     "consumer/inbox_main.cc"};
 
 // Characters a lock file name and a group.instance.id may hold.
 std::string Sanitized(absl::string_view text) {
@@ -129,32 +131,20 @@ absl::StatusOr<std::string> AutoInstanceId(const std::string& group) {
       "--instance-id=auto: 1000 members on this host; set --instance-id");
 }
 
-std::atomic<bool> g_stop{false};
-extern "C" void OnSignal(int) { g_stop.store(true); }
-
 absl::StatusOr<InboxOptions> OptionsFromFlags(
     const flags::ParsedCommandLine& cmd) {
   InboxOptions o;
-  o.conninfo = absl::GetFlag(FLAGS_pg);
-  o.brokers = absl::GetFlag(FLAGS_brokers);
-  o.group_id = absl::GetFlag(FLAGS_group);
+  ASSIGN_OR_RETURN(o.conninfo, flags::RequiredFlag(FLAGS_pg));
+  ASSIGN_OR_RETURN(o.brokers, flags::RequiredFlag(FLAGS_brokers));
+  ASSIGN_OR_RETURN(o.group_id, flags::RequiredFlag(FLAGS_group));
   for (absl::string_view t :
        absl::StrSplit(absl::GetFlag(FLAGS_topics), ',', absl::SkipEmpty())) {
     o.topics.emplace_back(t);
   }
-  if (o.conninfo.empty()) return absl::InvalidArgumentError("--pg is required");
-  if (o.brokers.empty()) {
-    return absl::InvalidArgumentError("--brokers is required");
-  }
-  if (o.group_id.empty()) {
-    return absl::InvalidArgumentError("--group is required");
-  }
   if (o.topics.empty()) {
     return absl::InvalidArgumentError("--topics is required");
   }
-  if (absl::GetFlag(FLAGS_handler_sql).empty()) {
-    return absl::InvalidArgumentError("--handler-sql is required");
-  }
+  RETURN_IF_ERROR(flags::RequiredFlag(FLAGS_handler_sql).status());
   o.processed_table = absl::GetFlag(FLAGS_processed_table);
   o.offsets_table = absl::GetFlag(FLAGS_offsets_table);
   o.sources_table = absl::GetFlag(FLAGS_sources_table);
@@ -171,45 +161,24 @@ absl::StatusOr<InboxOptions> OptionsFromFlags(
     return absl::InvalidArgumentError(
         "--retry-backoff must be >= 0 and <= --max-retry-backoff");
   }
-  std::string on_failure = absl::GetFlag(FLAGS_on_failure);
-  if (on_failure == "dead-letter") {
-    o.on_failure = FailurePolicy::kDeadLetter;
-  } else if (on_failure == "stop") {
-    o.on_failure = FailurePolicy::kStop;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--on-failure must be dead-letter or stop, not '", on_failure, "'"));
-  }
-  o.dlq_topic = absl::GetFlag(FLAGS_dlq_topic);
-  if (o.dlq_topic.empty()) {
-    return absl::InvalidArgumentError("--dlq-topic must not be empty");
-  }
-  o.dependency_wait = absl::GetFlag(FLAGS_dependency_wait);
-  if (o.dependency_wait < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("--dependency-wait must be >= 0");
-  }
-  std::string missing = absl::GetFlag(FLAGS_on_missing_dependency);
-  if (missing == "dead-letter") {
-    o.on_missing_dependency = MissingDependencyPolicy::kDeadLetter;
-  } else if (missing == "proceed") {
-    o.on_missing_dependency = MissingDependencyPolicy::kProceed;
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--on-missing-dependency must be dead-letter or proceed, not '",
-        missing, "'"));
-  }
-  auto format = ParseValueFormat(absl::GetFlag(FLAGS_value_format));
-  if (!format.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--value-format: ", format.status().message()));
-  }
-  o.value_format = *format;
-  o.session_timeout = absl::GetFlag(FLAGS_session_timeout);
-  if (o.session_timeout < absl::Milliseconds(1) ||
-      o.session_timeout > absl::Hours(1)) {
-    return absl::InvalidArgumentError(
-        "--session-timeout must be between 1ms and 1h");
-  }
+  ASSIGN_OR_RETURN(
+      o.on_failure,
+      flags::ChoiceFlag<FailurePolicy>(
+          FLAGS_on_failure, {{"dead-letter", FailurePolicy::kDeadLetter},
+                             {"stop", FailurePolicy::kStop}}));
+  ASSIGN_OR_RETURN(o.dlq_topic, flags::NonEmptyFlag(FLAGS_dlq_topic));
+  ASSIGN_OR_RETURN(o.dependency_wait,
+                   flags::NotNegativeFlag(FLAGS_dependency_wait));
+  ASSIGN_OR_RETURN(o.on_missing_dependency,
+                   flags::ChoiceFlag<MissingDependencyPolicy>(
+                       FLAGS_on_missing_dependency,
+                       {{"dead-letter", MissingDependencyPolicy::kDeadLetter},
+                        {"proceed", MissingDependencyPolicy::kProceed}}));
+  ASSIGN_OR_RETURN(o.value_format,
+                   flags::ParsedFlag(FLAGS_value_format, ParseValueFormat));
+  ASSIGN_OR_RETURN(o.session_timeout,
+                   flags::BetweenFlag(FLAGS_session_timeout,
+                                      absl::Milliseconds(1), absl::Hours(1)));
   o.instance_id = absl::GetFlag(FLAGS_instance_id);
   if (o.instance_id.empty()) {
     return absl::InvalidArgumentError(
@@ -257,29 +226,15 @@ InboxHandler SqlHandler(std::string sql) {
 }
 
 int Main(int argc, char** argv) {
-  auto cmd = flags::ParseFlags(argc, argv, {"kafka_property"});
-  if (!cmd.ok()) {
-    std::cerr << "outbox-inbox: " << cmd.status().message() << "\n";
-    return 2;
-  }
-  if (cmd->help) {
-    std::cout << flags::FlagsHelp(kUsage, "consumer/inbox_main.cc");
-    return 0;
-  }
-  if (cmd->version) {
-    std::cout << "outbox-inbox " << OUTBOXD_VERSION << "\n";
-    return 0;
+  flags::ParsedCommandLine cmd;
+  if (auto done =
+          flags::ParseOrExit(argc, argv, kProgram, {"kafka_property"}, &cmd)) {
+    return *done;
   }
   absl::Status log = InitLogging(absl::GetFlag(FLAGS_log_level), "text");
-  if (!log.ok()) {
-    std::cerr << "outbox-inbox: --log-level: " << log.message() << "\n";
-    return 2;
-  }
-  auto options = OptionsFromFlags(*cmd);
-  if (!options.ok()) {
-    std::cerr << "outbox-inbox: " << options.status().message() << "\n";
-    return 2;
-  }
+  if (!log.ok()) return flags::BadFlags(kProgram.name, log);
+  auto options = OptionsFromFlags(cmd);
+  if (!options.ok()) return flags::BadFlags(kProgram.name, options.status());
   if (options->instance_id == "auto") {
     auto id = AutoInstanceId(options->group_id);
     if (!id.ok()) {
@@ -288,12 +243,7 @@ int Main(int argc, char** argv) {
     }
     options->instance_id = *id;
   }
-  struct sigaction sa = {};
-  sa.sa_handler = OnSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  std::atomic<bool>& stop = InstallStopSignals();
 
   spdlog::info(
       "outbox-inbox {} starting: pg {} brokers {} group {} topics {} "
@@ -308,7 +258,7 @@ int Main(int argc, char** argv) {
     spdlog::critical("cannot start: {}", inbox.status().ToString());
     return absl::IsInvalidArgument(inbox.status()) ? 2 : 1;
   }
-  absl::Status s = (*inbox)->Run(g_stop);
+  absl::Status s = (*inbox)->Run(stop);
   if (!s.ok()) {
     spdlog::critical("stopping: {}", s.ToString());
     return 1;

@@ -18,6 +18,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
@@ -128,6 +129,19 @@ absl::StatusOr<T> ChoiceFlag(const absl::Flag<std::string>& flag,
 absl::StatusOr<std::string> OneOfFlag(
     const absl::Flag<std::string>& flag,
     std::initializer_list<absl::string_view> names);
+
+// `parse` (returning absl::StatusOr<T>) applied to the string flag's value;
+// its error becomes kInvalidArgument "--flag: <its message>".
+template <typename Parse>
+auto ParsedFlag(const absl::Flag<std::string>& flag, Parse parse)
+    -> decltype(parse(std::string())) {
+  auto parsed = parse(absl::GetFlag(flag));
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Dashed(flag), ": ", parsed.status().message()));
+  }
+  return parsed;
+}
 
 // "--flag is required" (with " (hint)" when there is one) when empty.
 absl::StatusOr<std::string> RequiredFlag(const absl::Flag<std::string>& flag,

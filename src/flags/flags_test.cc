@@ -1,0 +1,232 @@
+// Tests for the flag helpers the mains share: the one-line errors of
+// enumerated, required and range-checked flags, and the start of a main
+// (--help, --version, a bad flag's exit 2).
+#include "flags/flags.h"
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+ABSL_FLAG(std::string, flags_test_mode, "fast", "test flag: an enumeration");
+ABSL_FLAG(std::string, flags_test_name, "", "test flag: a string");
+ABSL_FLAG(absl::Duration, flags_test_wait, absl::Seconds(1),
+          "test flag: a duration");
+ABSL_FLAG(int, flags_test_count, 5, "test flag: an integer");
+ABSL_FLAG(std::vector<std::string>, flags_test_property, {},
+          "test flag: repeatable");
+
+namespace outboxd::flags {
+namespace {
+
+using ::testing::HasSubstr;
+
+enum class Mode { kFast, kSafe, kSlow };
+
+std::string Message(const absl::Status& s) { return std::string(s.message()); }
+
+TEST(FlagsTest, DashedNamesTheFlagAsTyped) {
+  EXPECT_EQ(Dashed(FLAGS_flags_test_mode), "--flags-test-mode");
+}
+
+TEST(FlagsTest, ParseChoiceMapsNamesAndListsThemOnOneLine) {
+  auto fast = ParseChoice<Mode>("--mode", "fast",
+                                {{"fast", Mode::kFast}, {"safe", Mode::kSafe}});
+  ASSERT_TRUE(fast.ok());
+  EXPECT_EQ(*fast, Mode::kFast);
+  auto safe = ParseChoice<Mode>("--mode", "safe",
+                                {{"fast", Mode::kFast}, {"safe", Mode::kSafe}});
+  ASSERT_TRUE(safe.ok());
+  EXPECT_EQ(*safe, Mode::kSafe);
+
+  auto two = ParseChoice<Mode>("--mode", "Fast",
+                               {{"fast", Mode::kFast}, {"safe", Mode::kSafe}});
+  EXPECT_TRUE(absl::IsInvalidArgument(two.status()));
+  EXPECT_EQ(Message(two.status()), "--mode must be fast or safe, not 'Fast'");
+  auto three = ParseChoice<Mode>(
+      "--mode", "",
+      {{"fast", Mode::kFast}, {"safe", Mode::kSafe}, {"slow", Mode::kSlow}});
+  EXPECT_EQ(Message(three.status()),
+            "--mode must be fast, safe or slow, not ''");
+}
+
+TEST(FlagsTest, ChoiceFlagAndOneOfFlagReadTheFlagAndNameItDashed) {
+  absl::FlagSaver saver;
+  absl::SetFlag(&FLAGS_flags_test_mode, "slow");
+  auto mode = ChoiceFlag<Mode>(FLAGS_flags_test_mode,
+                               {{"fast", Mode::kFast}, {"slow", Mode::kSlow}});
+  ASSERT_TRUE(mode.ok());
+  EXPECT_EQ(*mode, Mode::kSlow);
+  auto one = OneOfFlag(FLAGS_flags_test_mode, {"fast", "slow"});
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(*one, "slow");
+
+  absl::SetFlag(&FLAGS_flags_test_mode, "bogus");
+  EXPECT_EQ(
+      Message(ChoiceFlag<Mode>(FLAGS_flags_test_mode, {{"fast", Mode::kFast}})
+                  .status()),
+      "--flags-test-mode must be fast, not 'bogus'");
+  EXPECT_EQ(Message(OneOfFlag(FLAGS_flags_test_mode, {"a", "b", "c"}).status()),
+            "--flags-test-mode must be a, b or c, not 'bogus'");
+}
+
+TEST(FlagsTest, RequiredAndNonEmpty) {
+  absl::FlagSaver saver;
+  absl::SetFlag(&FLAGS_flags_test_name, "");
+  EXPECT_EQ(Message(RequiredFlag(FLAGS_flags_test_name).status()),
+            "--flags-test-name is required");
+  EXPECT_EQ(Message(RequiredFlag(FLAGS_flags_test_name, "HOST:PORT").status()),
+            "--flags-test-name is required (HOST:PORT)");
+  EXPECT_EQ(Message(NonEmptyFlag(FLAGS_flags_test_name).status()),
+            "--flags-test-name must not be empty");
+  absl::SetFlag(&FLAGS_flags_test_name, "x");
+  EXPECT_EQ(RequiredFlag(FLAGS_flags_test_name).value_or(""), "x");
+  EXPECT_EQ(NonEmptyFlag(FLAGS_flags_test_name).value_or(""), "x");
+}
+
+TEST(FlagsTest, DurationChecksIncludeTheirEdges) {
+  const absl::Duration ns = absl::Nanoseconds(1);
+  EXPECT_TRUE(CheckNotNegative("--d", absl::ZeroDuration()).ok());
+  EXPECT_EQ(Message(CheckNotNegative("--d", -ns)), "--d must not be negative");
+
+  EXPECT_TRUE(CheckPositive("--d", ns).ok());
+  EXPECT_EQ(Message(CheckPositive("--d", absl::ZeroDuration())),
+            "--d must be positive");
+  EXPECT_TRUE(CheckPositive("--d", absl::Minutes(10), absl::Minutes(10)).ok());
+  EXPECT_EQ(
+      Message(CheckPositive("--d", absl::Minutes(10) + ns, absl::Minutes(10))),
+      "--d must be positive and at most 10m");
+  EXPECT_EQ(
+      Message(CheckPositive("--d", absl::ZeroDuration(), absl::Minutes(10))),
+      "--d must be positive and at most 10m");
+
+  const absl::Duration max = absl::Seconds(30);
+  EXPECT_TRUE(
+      CheckBetween("--d", absl::ZeroDuration(), absl::ZeroDuration(), max)
+          .ok());
+  EXPECT_TRUE(CheckBetween("--d", max, absl::ZeroDuration(), max).ok());
+  EXPECT_EQ(Message(CheckBetween("--d", max + ns, absl::ZeroDuration(), max)),
+            "--d must be between 0 and 30s");
+  EXPECT_EQ(Message(CheckBetween("--d", -ns, absl::ZeroDuration(), max)),
+            "--d must be between 0 and 30s");
+  EXPECT_EQ(Message(CheckBetween("--d", absl::ZeroDuration(),
+                                 absl::Milliseconds(1), absl::Hours(1))),
+            "--d must be between 1ms and 1h");
+}
+
+TEST(FlagsTest, DurationAndIntFlagsReturnTheValueOrNameTheFlag) {
+  absl::FlagSaver saver;
+  absl::SetFlag(&FLAGS_flags_test_wait, absl::Seconds(2));
+  EXPECT_EQ(PositiveFlag(FLAGS_flags_test_wait).value_or(absl::ZeroDuration()),
+            absl::Seconds(2));
+  EXPECT_EQ(
+      NotNegativeFlag(FLAGS_flags_test_wait).value_or(absl::ZeroDuration()),
+      absl::Seconds(2));
+  EXPECT_EQ(Message(BetweenFlag(FLAGS_flags_test_wait, absl::ZeroDuration(),
+                                absl::Seconds(1))
+                        .status()),
+            "--flags-test-wait must be between 0 and 1s");
+  absl::SetFlag(&FLAGS_flags_test_wait, -absl::Seconds(1));
+  EXPECT_EQ(Message(NotNegativeFlag(FLAGS_flags_test_wait).status()),
+            "--flags-test-wait must not be negative");
+
+  absl::SetFlag(&FLAGS_flags_test_count, 1);
+  EXPECT_EQ(IntBetweenFlag(FLAGS_flags_test_count, 1, 10).value_or(0), 1);
+  absl::SetFlag(&FLAGS_flags_test_count, 10);
+  EXPECT_EQ(IntBetweenFlag(FLAGS_flags_test_count, 1, 10).value_or(0), 10);
+  absl::SetFlag(&FLAGS_flags_test_count, 0);
+  EXPECT_EQ(Message(IntBetweenFlag(FLAGS_flags_test_count, 1, 10).status()),
+            "--flags-test-count must be between 1 and 10");
+}
+
+absl::StatusOr<int> ParseDigit(absl::string_view text) {
+  if (text.size() != 1 || text[0] < '0' || text[0] > '9') {
+    return absl::OutOfRangeError(absl::StrCat("'", text, "' is not a digit"));
+  }
+  return text[0] - '0';
+}
+
+TEST(FlagsTest, ParsedFlagNamesTheFlagInTheParsersError) {
+  absl::FlagSaver saver;
+  absl::SetFlag(&FLAGS_flags_test_name, "7");
+  EXPECT_EQ(ParsedFlag(FLAGS_flags_test_name, ParseDigit).value_or(-1), 7);
+  absl::SetFlag(&FLAGS_flags_test_name, "x");
+  absl::StatusOr<int> bad = ParsedFlag(FLAGS_flags_test_name, ParseDigit);
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
+  EXPECT_EQ(Message(bad.status()), "--flags-test-name: 'x' is not a digit");
+}
+
+// Runs ParseOrExit on `args`; returns its result and what it printed.
+struct ParseResult {
+  std::optional<int> exit_code;
+  std::string out;
+  std::string err;
+  ParsedCommandLine cmd;
+};
+ParseResult Parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "prog");
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  ParseResult r;
+  const Program program = {"prog", "1.2.3", "prog: a test\n\nusage: prog",
+                           "flags/flags_test.cc"};
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  r.exit_code = ParseOrExit(static_cast<int>(argv.size()), argv.data(), program,
+                            {"flags_test_property"}, &r.cmd);
+  r.out = ::testing::internal::GetCapturedStdout();
+  r.err = ::testing::internal::GetCapturedStderr();
+  return r;
+}
+
+TEST(FlagsTest, ParseOrExitGoesOnWithTheFlagsSet) {
+  absl::FlagSaver saver;
+  ParseResult r = Parse({"--flags-test-mode=safe", "--flags-test-property=a=1",
+                         "--flags-test-property", "b=2"});
+  EXPECT_FALSE(r.exit_code.has_value()) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(absl::GetFlag(FLAGS_flags_test_mode), "safe");
+  EXPECT_THAT(r.cmd.repeated["flags_test_property"],
+              ::testing::ElementsAre("a=1", "b=2"));
+}
+
+TEST(FlagsTest, ParseOrExitPrintsVersionAndHelpAndExitsZero) {
+  ParseResult version = Parse({"--version"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_EQ(version.out, "prog 1.2.3\n");
+  ParseResult help = Parse({"--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("usage: prog"));
+  EXPECT_THAT(help.out, HasSubstr("--flags-test-mode"));
+}
+
+TEST(FlagsTest, ParseOrExitGivesTwoAndOneLineForABadFlag) {
+  absl::FlagSaver saver;
+  for (const std::string& bad :
+       {std::string("--no-such-flag=1"), std::string("--flags-test-count=x"),
+        std::string("positional")}) {
+    ParseResult r = Parse({bad});
+    EXPECT_EQ(r.exit_code, 2) << bad;
+    EXPECT_EQ(r.out, "");
+    EXPECT_THAT(r.err, ::testing::StartsWith("prog: ")) << bad;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+}
+
+TEST(FlagsTest, BadFlagsPrintsOneLineAndReturnsTwo) {
+  ::testing::internal::CaptureStderr();
+  int code = BadFlags("prog", absl::InvalidArgumentError("--x is wrong"));
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "prog: --x is wrong\n");
+  EXPECT_EQ(code, 2);
+}
+
+}  // namespace
+}  // namespace outboxd::flags
