@@ -58,13 +58,7 @@ std::string InboxRecord::HeadersJson() const {
 InboxRecord InboxRecordFromMessage(ConsumedMessage message,
                                    ValueFormat format) {
   InboxRecord r;
-  r.topic = std::move(message.topic);
-  r.partition = message.partition;
-  r.offset = message.offset;
-  r.key = std::move(message.key);
-  r.value = std::move(message.value);
-  r.timestamp_ms = message.timestamp_ms;
-  r.headers = std::move(message.headers);
+  static_cast<ConsumedMessage&>(r) = std::move(message);
   // One rule for reserved headers: outboxd sets each at most once, so a
   // record carrying one twice (an older outboxd let a headers column forge
   // them) is ambiguous. It is not guessed at: it fails like a bad value

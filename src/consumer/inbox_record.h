@@ -18,16 +18,10 @@
 
 namespace outboxd {
 
-// One Kafka record as the handler sees it. Owns its bytes.
-struct InboxRecord {
-  std::string topic;
-  int32_t partition = 0;
-  int64_t offset = 0;
-  std::optional<std::string> key;
-  std::optional<std::string> value;  // nullopt: tombstone
-  int64_t timestamp_ms = 0;
-  std::vector<std::pair<std::string, std::string>> headers;
-
+// One Kafka record as the handler sees it: the consumed message (topic,
+// partition, offset, key, value, timestamp, headers; owns its bytes) and
+// what the inbox reads from its headers.
+struct InboxRecord : ConsumedMessage {
   // Header `id`; "<topic>/<partition>/<offset>" when the record has none
   // (then only offsets deduplicate it).
   std::string event_id;

@@ -45,6 +45,8 @@ int ToTimeoutMs(absl::Duration timeout) {
       std::clamp<int64_t>(ms, 0, std::numeric_limits<int>::max()));
 }
 
+}  // namespace
+
 ConsumedMessage ToConsumedMessage(const rd_kafka_message_t* m) {
   ConsumedMessage r;
   r.topic = rd_kafka_topic_name(m->rkt);
@@ -75,8 +77,6 @@ ConsumedMessage ToConsumedMessage(const rd_kafka_message_t* m) {
   }
   return r;
 }
-
-}  // namespace
 
 std::string TopicPartitionName(const TopicPartition& tp) {
   return absl::StrCat(tp.topic, "[", tp.partition, "]");

@@ -32,6 +32,7 @@
 
 // librdkafka's handle, kept out of the users' includes.
 typedef struct rd_kafka_s rd_kafka_t;
+struct rd_kafka_message_s;
 
 namespace outboxd {
 
@@ -55,6 +56,10 @@ struct ConsumedMessage {
   int64_t timestamp_ms = 0;
   std::vector<std::pair<std::string, std::string>> headers;  // in order
 };
+
+// `m` (a rd_kafka_message_t without an error) copied into a
+// ConsumedMessage: a null header value reads as "".
+ConsumedMessage ToConsumedMessage(const rd_kafka_message_s* m);
 
 struct GroupConsumerOptions {
   std::string brokers;

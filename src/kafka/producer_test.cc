@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kafka/group_consumer.h"
 #include "outbox/router.h"
 
 namespace outboxd {
@@ -68,13 +69,10 @@ class MockCluster {
   rd_kafka_mock_cluster_t* cluster_ = nullptr;
 };
 
-struct Consumed {
-  int32_t partition = 0;
-  std::string key;
-  std::optional<std::string> value;
-  int64_t timestamp_ms = 0;
+// A consumed record, read as the inbox's GroupConsumer reads it, and how
+// its timestamp was set.
+struct Consumed : ConsumedMessage {
   rd_kafka_timestamp_type_t timestamp_type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
-  Headers headers;
 };
 
 // Reads `expected` records from every partition of `topic` from the
@@ -119,29 +117,8 @@ std::vector<Consumed> ReadTopic(const std::string& bootstraps,
     if (message == nullptr) continue;
     if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
       Consumed record;
-      record.partition = message->partition;
-      record.key.assign(static_cast<const char*>(message->key),
-                        message->key_len);
-      if (message->payload != nullptr) {
-        record.value.emplace(static_cast<const char*>(message->payload),
-                             message->len);
-      }
-      record.timestamp_ms =
-          rd_kafka_message_timestamp(message, &record.timestamp_type);
-      rd_kafka_headers_t* headers = nullptr;
-      if (rd_kafka_message_headers(message, &headers) ==
-          RD_KAFKA_RESP_ERR_NO_ERROR) {
-        const char* name;
-        const void* value;
-        size_t size;
-        for (size_t i = 0;
-             rd_kafka_header_get_all(headers, i, &name, &value, &size) ==
-             RD_KAFKA_RESP_ERR_NO_ERROR;
-             ++i) {
-          record.headers.emplace_back(
-              name, std::string(static_cast<const char*>(value), size));
-        }
-      }
+      static_cast<ConsumedMessage&>(record) = ToConsumedMessage(message);
+      rd_kafka_message_timestamp(message, &record.timestamp_type);
       records.push_back(std::move(record));
     }
     rd_kafka_message_destroy(message);
@@ -362,8 +339,9 @@ TEST_F(ProducerTest, KeysLandWhereJavaMurmur2PutsThem) {
   ASSERT_EQ(records.size(), keys.size());
   std::set<int32_t> used;
   for (const Consumed& record : records) {
-    EXPECT_EQ(record.partition, JavaPartition(record.key, kPartitions))
-        << "key '" << record.key << "'";
+    const std::string key = record.key.value_or("");
+    EXPECT_EQ(record.partition, JavaPartition(key, kPartitions))
+        << "key '" << key << "'";
     used.insert(record.partition);
   }
   EXPECT_GT(used.size(), 1u);
