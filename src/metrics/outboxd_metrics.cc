@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <utility>
+#include <variant>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_join.h"
@@ -111,89 +112,93 @@ OutboxdMetrics::OutboxdMetrics()
 
 OutboxdMetrics::OutboxdMetrics(Registry* r) : OutboxdMetrics(r, nullptr) {}
 
+namespace {
+
+using CounterField = Counter* OutboxdMetrics::*;
+using GaugeField = Gauge* OutboxdMetrics::*;
+using HistogramField = Histogram* OutboxdMetrics::*;
+using FamilyField = std::unique_ptr<CounterFamily> OutboxdMetrics::*;
+
+// Every metric, in the order /metrics lists them: where its field is, name,
+// help, and for a labelled counter family its one label.
+struct MetricSpec {
+  std::variant<CounterField, GaugeField, HistogramField, FamilyField> field;
+  const char* name;
+  const char* help;
+  const char* label = nullptr;
+};
+
+const MetricSpec kMetrics[] = {
+    {&OutboxdMetrics::events_published, "outboxd_events_published_total",
+     "Events acknowledged by the Kafka broker, by topic", "topic"},
+    {&OutboxdMetrics::delivery_errors, "outboxd_delivery_errors_total",
+     "Delivery reports with an error (the pipeline stops on them)"},
+    {&OutboxdMetrics::dead_lettered, "outboxd_events_dead_lettered_total",
+     "Invalid events produced to the dead-letter topic"},
+    {&OutboxdMetrics::invalid_events, "outboxd_invalid_events_total",
+     "Rows or messages that could not become an event"},
+    {&OutboxdMetrics::reserved_headers_dropped,
+     "outboxd_reserved_headers_dropped_total",
+     "Reserved header names (id, eventType, outbox.*) in a headers column, "
+     "dropped from the record"},
+    {&OutboxdMetrics::events_in_flight, "outboxd_events_in_flight",
+     "Events handed to the producer and not yet acknowledged"},
+    {&OutboxdMetrics::confirmed_lsn, "outboxd_confirmed_lsn",
+     "Flush position last confirmed to PostgreSQL, as a byte position"},
+    {&OutboxdMetrics::server_wal_end, "outboxd_server_wal_end_lsn",
+     "Newest WAL position the server reported (XLogData/keepalive walEnd)"},
+    {&OutboxdMetrics::slot_lag_bytes, "outboxd_slot_lag_bytes",
+     "Server WAL end minus confirmed position: WAL the slot retains because "
+     "of outboxd"},
+    {&OutboxdMetrics::commit_to_ack_seconds, "outboxd_commit_to_ack_seconds",
+     "Time from an event's commit in PostgreSQL to its acknowledgement by "
+     "Kafka"},
+    {&OutboxdMetrics::reconnects, "outboxd_reconnects_total",
+     "Reconnections to PostgreSQL after a lost connection"},
+    {&OutboxdMetrics::source_queries, "outboxd_source_queries_total",
+     "Queries issued by the polling or notify publisher", "source"},
+    {&OutboxdMetrics::streaming, "outboxd_streaming",
+     "1 while the source is streaming (replication started or poller "
+     "running), else 0"},
+    {&OutboxdMetrics::kafka_brokers_up, "outboxd_kafka_brokers_up",
+     "Kafka broker connections in state UP (librdkafka statistics)"},
+    {&OutboxdMetrics::cleanup_deleted_rows,
+     "outboxd_cleanup_deleted_rows_total",
+     "Outbox rows deleted by --cleanup-after"},
+    {&OutboxdMetrics::start_time_seconds, "outboxd_start_time_seconds",
+     "Start time of the process since the Unix epoch"},
+    {&OutboxdMetrics::slot_lost, "outboxd_slot_lost",
+     "1 when the replication slot outboxd streamed from is gone, invalidated "
+     "or re-created (events may be missing), until a republish completes"},
+    {&OutboxdMetrics::republished_events, "outboxd_republished_events_total",
+     "Outbox rows republished after a lost slot "
+     "(--on-slot-loss=republish)"},
+};
+
+// The buckets of outboxd_commit_to_ack_seconds.
+const Histogram::BucketBoundaries kLatencyBuckets = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5,   1,      2.5,   5,    10,    30,   60};
+
+}  // namespace
+
 OutboxdMetrics::OutboxdMetrics(Registry* r, std::unique_ptr<Registry> own)
     : own_registry_(std::move(own)),
       registry(r != nullptr ? r : own_registry_.get()) {
   Registry& reg = *registry;
-  events_published = std::make_unique<CounterFamily>(
-      reg.AddCounter("outboxd_events_published_total",
-                     "Events acknowledged by the Kafka broker, by topic"),
-      std::vector<std::string>{"topic"});
-  delivery_errors =
-      &reg.AddCounter(
-              "outboxd_delivery_errors_total",
-              "Delivery reports with an error (the pipeline stops on them)")
-           .Add({});
-  dead_lettered = &reg.AddCounter("outboxd_events_dead_lettered_total",
-                                  "Invalid events produced to the dead-letter "
-                                  "topic")
-                       .Add({});
-  invalid_events = &reg.AddCounter("outboxd_invalid_events_total",
-                                   "Rows or messages that could not become an "
-                                   "event")
-                        .Add({});
-  reserved_headers_dropped =
-      &reg.AddCounter("outboxd_reserved_headers_dropped_total",
-                      "Reserved header names (id, eventType, outbox.*) in a "
-                      "headers column, dropped from the record")
-           .Add({});
-  events_in_flight =
-      &reg.AddGauge("outboxd_events_in_flight",
-                    "Events handed to the producer and not yet acknowledged")
-           .Add({});
-  confirmed_lsn = &reg.AddGauge("outboxd_confirmed_lsn",
-                                "Flush position last confirmed to PostgreSQL, "
-                                "as a byte position")
-                       .Add({});
-  server_wal_end = &reg.AddGauge("outboxd_server_wal_end_lsn",
-                                 "Newest WAL position the server reported "
-                                 "(XLogData/keepalive walEnd)")
-                        .Add({});
-  slot_lag_bytes = &reg.AddGauge("outboxd_slot_lag_bytes",
-                                 "Server WAL end minus confirmed position: WAL "
-                                 "the slot retains because of outboxd")
-                        .Add({});
-  commit_to_ack_seconds =
-      &reg.AddHistogram("outboxd_commit_to_ack_seconds",
-                        "Time from an event's commit in PostgreSQL to its "
-                        "acknowledgement by Kafka")
-           .Add({}, Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01,
-                                                0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                                                2.5, 5, 10, 30, 60});
-  reconnects = &reg.AddCounter("outboxd_reconnects_total",
-                               "Reconnections to PostgreSQL after a lost "
-                               "connection")
-                    .Add({});
-  source_queries = std::make_unique<CounterFamily>(
-      reg.AddCounter("outboxd_source_queries_total",
-                     "Queries issued by the polling or notify publisher"),
-      std::vector<std::string>{"source"});
-  streaming = &reg.AddGauge("outboxd_streaming",
-                            "1 while the source is streaming (replication "
-                            "started or poller running), else 0")
-                   .Add({});
-  kafka_brokers_up = &reg.AddGauge("outboxd_kafka_brokers_up",
-                                   "Kafka broker connections in state UP "
-                                   "(librdkafka statistics)")
-                          .Add({});
-  cleanup_deleted_rows = &reg.AddCounter("outboxd_cleanup_deleted_rows_total",
-                                         "Outbox rows deleted by "
-                                         "--cleanup-after")
-                              .Add({});
-  start_time_seconds = &reg.AddGauge("outboxd_start_time_seconds",
-                                     "Start time of the process since the "
-                                     "Unix epoch")
-                            .Add({});
+  for (const MetricSpec& m : kMetrics) {
+    if (const auto* f = std::get_if<CounterField>(&m.field)) {
+      this->*(*f) = &reg.AddCounter(m.name, m.help).Add({});
+    } else if (const auto* g = std::get_if<GaugeField>(&m.field)) {
+      this->*(*g) = &reg.AddGauge(m.name, m.help).Add({});
+    } else if (const auto* h = std::get_if<HistogramField>(&m.field)) {
+      this->*(*h) = &reg.AddHistogram(m.name, m.help).Add({}, kLatencyBuckets);
+    } else {
+      this->*std::get<FamilyField>(m.field) = std::make_unique<CounterFamily>(
+          reg.AddCounter(m.name, m.help), std::vector<std::string>{m.label});
+    }
+  }
   start_time_seconds->Set(absl::ToUnixMillis(absl::Now()) / 1000.0);
-  slot_lost = &reg.AddGauge("outboxd_slot_lost",
-                            "1 when the replication slot outboxd streamed "
-                            "from is gone, invalidated or re-created (events "
-                            "may be missing), until a republish completes")
-                   .Add({});
-  republished_events = &reg.AddCounter("outboxd_republished_events_total",
-                                       "Outbox rows republished after a lost "
-                                       "slot (--on-slot-loss=republish)")
-                            .Add({});
 }
 
 }  // namespace outboxd::metrics
