@@ -836,7 +836,7 @@ class Publisher::Impl {
 
   using Tracker = BasicAckTracker<SourcePosition>;
 
-  const PublisherOptions& options_;
+  const PublisherOptions options_;  // a copy: callers may pass a temporary
   EventSource& source_;
   metrics::OutboxdMetrics& m_;
   SinkFactory sink_factory_;

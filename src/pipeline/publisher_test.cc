@@ -135,6 +135,31 @@ TEST_F(PublisherTest, PublishesAndConfirmsAtTheCommit) {
   EXPECT_EQ(stats_.events_acknowledged, 2u);
 }
 
+// The options may be a temporary (cli/main.cc passes one): the Publisher
+// keeps its own copy, so what happens to the caller's object after the
+// constructor changes nothing.
+TEST_F(PublisherTest, KeepsItsOwnCopyOfTheOptions) {
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  source_.on_tick = [this](FakeSource& s) {
+    if (s.script.empty() && s.durable >= SourcePosition(100)) stop_ = true;
+  };
+  PublisherOptions options;
+  options.producer.brokers = "broker:9092";
+  ProducerOptions seen;
+  Publisher publisher(
+      options, source_, metrics_.get(),
+      [&seen](const ProducerOptions& o,
+              DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
+        seen = o;
+        return std::unique_ptr<Sink>(new FakeSink(std::move(cb)));
+      });
+  options.producer.brokers = "gone";  // as a temporary's storage would be
+  ASSERT_TRUE(publisher.Run(stop_).ok());
+  EXPECT_EQ(seen.brokers, "broker:9092");
+}
+
 TEST_F(PublisherTest, ValueFormatAppliesToEverySource) {
   options_.value_format = ValueFormat::kEnvelopeJson;
   source_.Add(Begin());
