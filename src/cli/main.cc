@@ -24,7 +24,8 @@
 #include "pg/connection.h"
 #include "pipeline/cdc_pipeline.h"
 #include "pipeline/outbox_cleaner.h"
-#include "pipeline/poll_pipeline.h"
+#include "pipeline/publisher.h"
+#include "sources/poll_source.h"
 
 ABSL_FLAG(std::string, pg, "",
           "PostgreSQL libpq conninfo or URI (required); its password is "
@@ -217,6 +218,12 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   ASSIGN_OR_RETURN(o.republish_margin,
                    flags::NotNegativeFlag(FLAGS_republish_margin));
 
+  if (o.on_slot_loss == SlotLossPolicy::kRepublish && source != "cdc") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--on-slot-loss=republish is for --source=cdc (there is no slot "
+        "with --source=",
+        source, ")"));
+  }
   std::string table = absl::GetFlag(FLAGS_table);
   if (o.on_slot_loss == SlotLossPolicy::kRepublish && table.empty()) {
     return absl::InvalidArgumentError(
@@ -270,6 +277,15 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
       return absl::InvalidArgumentError(
           "--ordering=global needs --topic (one topic, one partition)");
     }
+    if (source != "cdc") {
+      // Polled records carry outbox.seq, which is insertion order, not
+      // commit order: no (outbox.lsn, outbox.index) total order to promise.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--ordering=global needs --source=cdc: polled records carry "
+          "outbox.seq, which is not commit order (README \"The ordering "
+          "hazard of polling\"), not '",
+          source, "'"));
+    }
     o.router.fixed_partition = 0;
   } else if (ordering != "aggregate") {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -322,18 +338,17 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   return o;
 }
 
-// The polling publishers' options: the shared ones from `cdc`, the rest from
-// the poll flags.
-absl::StatusOr<PollPipelineOptions> PollOptionsFromFlags(
+// The polling sources' options: the table and columns from `cdc`, the rest
+// from the poll flags.
+absl::StatusOr<PollSourceOptions> PollOptionsFromFlags(
     const CdcPipelineOptions& cdc) {
-  PollPipelineOptions o;
+  PollSourceOptions o;
   const std::string source = absl::GetFlag(FLAGS_source);
   if (!cdc.mapper.table.has_value()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--source=", source, " needs --table"));
   }
   o.poller.conninfo = cdc.conninfo;
-  o.reconnect = cdc.reconnect;
   o.poller.table = *cdc.mapper.table;
   o.poller.columns = cdc.mapper.columns;
   ASSIGN_OR_RETURN(o.poller.batch_size,
@@ -347,12 +362,7 @@ absl::StatusOr<PollPipelineOptions> PollOptionsFromFlags(
     ASSIGN_OR_RETURN(o.poller.notify_channel,
                      flags::NonEmptyFlag(FLAGS_notify_channel));
   }
-  o.router = cdc.router;
-  o.producer = cdc.producer;
   o.poll_interval = absl::GetFlag(FLAGS_poll_interval);
-  o.dlq_topic = cdc.dlq_topic;
-  o.on_invalid = cdc.on_invalid;
-  o.shutdown_timeout = cdc.shutdown_timeout;
   return o;
 }
 
@@ -367,8 +377,9 @@ int Main(int argc, char** argv) {
   if (!log.ok()) return flags::BadFlags(kProgram.name, log);
   auto options = OptionsFromFlags(cmd);
   if (!options.ok()) return flags::BadFlags(kProgram.name, options.status());
-  const bool polling = absl::GetFlag(FLAGS_source) != "cdc";
-  absl::StatusOr<PollPipelineOptions> poll_options;
+  const std::string source_name = absl::GetFlag(FLAGS_source);
+  const bool polling = source_name != "cdc";
+  absl::StatusOr<PollSourceOptions> poll_options;
   if (polling) {
     poll_options = PollOptionsFromFlags(*options);
     if (!poll_options.ok()) {
@@ -395,7 +406,6 @@ int Main(int argc, char** argv) {
     spdlog::info("metrics on http://{}:{}/metrics", metrics_server->host(),
                  metrics_server->port());
     options->metrics = &outboxd_metrics;
-    if (polling) poll_options->metrics = &outboxd_metrics;
   }
 
   // --cleanup-after: a thread of its own, independent of the stream.
@@ -423,8 +433,16 @@ int Main(int argc, char** argv) {
                OUTBOXD_VERSION, RedactConninfo(options->conninfo),
                options->producer.brokers, absl::GetFlag(FLAGS_table),
                options->setup.slot);
-  absl::Status s = polling ? RunPollPipeline(*poll_options, stop)
-                           : RunCdcPipeline(*options, stop);
+  // Where events come from: one line per source.
+  RunMetrics run_metrics(options->metrics);
+  std::unique_ptr<EventSource> source;
+  if (source_name == "cdc") {
+    source = MakeCdcSource(*options, run_metrics.get(), stop);
+  } else {  // poll, notify
+    source = std::make_unique<PollSource>(*poll_options, run_metrics.get());
+  }
+  Publisher publisher(PublisherOptionsOf(*options), *source, run_metrics.get());
+  absl::Status s = publisher.Run(stop);
   if (!s.ok()) {
     spdlog::critical("stopping: {}", s.ToString());
     return 1;

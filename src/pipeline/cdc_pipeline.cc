@@ -59,17 +59,4 @@ std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
   return std::make_unique<CdcSource>(std::move(o), metrics);
 }
 
-absl::Status RunCdcPipeline(const CdcPipelineOptions& options,
-                            const std::atomic<bool>& stop,
-                            PipelineStats* stats) {
-  RunMetrics metrics(options.metrics);
-  std::unique_ptr<EventSource> source =
-      MakeCdcSource(options, metrics.get(), stop);
-  PublisherOptions po = PublisherOptionsOf(options);
-  Publisher publisher(po, *source, metrics.get());
-  absl::Status s = publisher.Run(stop);
-  if (stats != nullptr) *stats = publisher.stats();
-  return s;
-}
-
 }  // namespace outboxd

@@ -63,17 +63,6 @@ std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
                                            metrics::OutboxdMetrics& metrics,
                                            const std::atomic<bool>& stop);
 
-// Streams until `stop` becomes true, then flushes the producer, confirms what
-// is acknowledged, ends the stream cleanly and returns OK. Returns the cause
-// when something fails (never having confirmed past an unacknowledged event):
-// kFailedPrecondition for configuration problems (wal_level, slot plugin,
-// missing table), kUnavailable for a lost connection, kDataLoss for a corrupt
-// stream or a lost slot (--on-slot-loss=fail), the delivery error for a
-// failed delivery.
-absl::Status RunCdcPipeline(const CdcPipelineOptions& options,
-                            const std::atomic<bool>& stop,
-                            PipelineStats* stats = nullptr);
-
 }  // namespace outboxd
 
 #endif  // OUTBOXD_PIPELINE_CDC_PIPELINE_H_

@@ -151,6 +151,26 @@ TEST(CliTest, ExactlyOnceWithPollOrNotifyExitsTwoWithOneLine) {
   }
 }
 
+// What only the CDC source's positions and slot can honour: poll and notify
+// refuse it rather than ignore it.
+TEST(CliTest, CdcOnlyFlagsWithPollOrNotifyExitTwoWithOneLine) {
+  for (const char* source : {"poll", "notify"}) {
+    for (const std::vector<std::string>& flags :
+         {std::vector<std::string>{"--ordering=global", "--topic=t"},
+          std::vector<std::string>{"--on-slot-loss=republish"}}) {
+      std::vector<std::string> args = {"--pg=host=127.0.0.1", "--brokers=h:1",
+                                       std::string("--source=") + source};
+      args.insert(args.end(), flags.begin(), flags.end());
+      CommandResult r = RunOutboxd(args);
+      EXPECT_EQ(r.exit_code, 2) << source << " " << flags[0];
+      EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1)
+          << r.output;
+      EXPECT_NE(r.output.find("--source=cdc"), std::string::npos)
+          << r.output;
+    }
+  }
+}
+
 TEST(CliTest, FlagsThatCanOnlyMakeIllegalTopicNamesExitTwoWithOneLine) {
   const std::vector<std::string> base = {
       "--pg=host=127.0.0.1 port=1 dbname=x connect_timeout=1",
