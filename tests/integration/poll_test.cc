@@ -159,6 +159,10 @@ TEST_F(PollTest, PollDeliversExactRecordsAndMarksThem) {
   auto records = Read(prefix_ + "order", kRows);
   ASSERT_EQ(records.size(), static_cast<size_t>(kRows));
 
+  const std::string source_id = absl::StrCat(
+      Query("SELECT system_identifier::text || '/' || current_database() "
+            "FROM pg_control_system()"),
+      "/public.outbox");
   std::set<std::string> seen;
   for (const auto& r : records) {
     auto id = r.Header("id");
@@ -170,11 +174,15 @@ TEST_F(PollTest, PollDeliversExactRecordsAndMarksThem) {
     EXPECT_EQ(r.key, *row[2]);
     EXPECT_EQ(r.value, row[4]);  // NULL payload: tombstone
     EXPECT_EQ(r.timestamp_ms, std::stoll(*row[7]));
-    ASSERT_EQ(r.headers.size(), 4u);
+    ASSERT_EQ(r.headers.size(), 5u);
     EXPECT_EQ(r.headers[0], std::make_pair(std::string("id"), *row[0]));
     EXPECT_EQ(r.headers[1], std::make_pair(std::string("eventType"), *row[3]));
     EXPECT_EQ(r.headers[2], std::make_pair(std::string("tx"), *row[5]));
     EXPECT_EQ(r.headers[3], std::make_pair(std::string("outbox.seq"), *row[6]));
+    // The source: the database and the table (README "Polling and push
+    // publishers").
+    EXPECT_EQ(r.headers[4], std::make_pair(std::string("outbox.source"),
+                                           source_id));
   }
   ExpectSeqOrderPerKey(records);
   EXPECT_TRUE(
