@@ -215,15 +215,33 @@ class OutboxdTestBase : public ::testing::Test {
     return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
   }
 
-  // The slot's confirmed_flush_lsn; Lsn() while the slot does not exist.
-  Lsn ConfirmedFlush() {
+  // The confirmed_flush_lsn of `slot` (this test's slot when empty); Lsn()
+  // while the slot does not exist.
+  Lsn ConfirmedFlush(const std::string& slot = "") {
     std::string text = Query(absl::StrCat(
         "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE "
         "slot_name = '",
-        slot_, "'"));
+        slot.empty() ? slot_ : slot, "'"));
     auto lsn = Lsn::Parse(text);
     EXPECT_TRUE(lsn.ok() || text.empty()) << text;
     return lsn.ok() ? *lsn : Lsn();
+  }
+  // The cluster's WAL insert position.
+  Lsn CurrentWalLsn() {
+    auto lsn = Lsn::Parse(Query("SELECT pg_current_wal_lsn()"));
+    EXPECT_TRUE(lsn.ok());
+    return lsn.ok() ? *lsn : Lsn();
+  }
+  // Waits until `slot` (this test's slot when empty) has confirmed at least
+  // `target`; false after `timeout`.
+  bool WaitConfirmed(Lsn target, absl::Duration timeout,
+                     const std::string& slot = "") {
+    absl::Time deadline = absl::Now() + timeout;
+    while (ConfirmedFlush(slot) < target) {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return true;
   }
 
   static inline PgCluster* cluster_ = nullptr;

@@ -20,6 +20,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "gtest/gtest.h"
 #include "tests/harness/child_process.h"
 
 namespace outboxd::testing {
@@ -272,6 +273,35 @@ absl::Status PgCluster::StartAgain() {
       kPgCtlTimeout, dir_ + "/postgres.log");
   running_ = status.ok();
   return status;
+}
+
+std::vector<Row> QueryRows(const std::string& conninfo,
+                           const std::string& sql) {
+  std::vector<Row> rows;
+  std::unique_ptr<PGconn, PgConnDeleter> conn(PQconnectdb(conninfo.c_str()));
+  if (PQstatus(conn.get()) != CONNECTION_OK) {
+    ADD_FAILURE() << "connecting: " << PQerrorMessage(conn.get());
+    return rows;
+  }
+  std::unique_ptr<PGresult, PgResultDeleter> res(
+      PQexec(conn.get(), sql.c_str()));
+  if (PQresultStatus(res.get()) != PGRES_TUPLES_OK) {
+    ADD_FAILURE() << sql << ": " << PQerrorMessage(conn.get());
+    return rows;
+  }
+  for (int r = 0; r < PQntuples(res.get()); ++r) {
+    Row row;
+    for (int c = 0; c < PQnfields(res.get()); ++c) {
+      if (PQgetisnull(res.get(), r, c)) {
+        row.emplace_back();
+      } else {
+        row.emplace_back(std::string(PQgetvalue(res.get(), r, c),
+                                     PQgetlength(res.get(), r, c)));
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+  return rows;
 }
 
 }  // namespace outboxd::testing

@@ -7,6 +7,7 @@
 #define OUTBOXD_TESTS_HARNESS_PG_CLUSTER_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,7 +39,7 @@ class PgCluster {
                                     const std::string& sql) const;
   absl::Status Exec(const std::string& dbname, const std::string& sql) const;
 
-  absl::Status Restart();   // pg_ctl restart -m fast
+  absl::Status Restart();  // pg_ctl restart -m fast
   absl::Status Stop();
   absl::Status StartAgain();
 
@@ -53,6 +54,13 @@ class PgCluster {
 // A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0,
 // then closed): for a server about to be started by the caller.
 absl::StatusOr<int> FreeTcpPort();
+
+// One row of a query result as text; nullopt is SQL NULL.
+using Row = std::vector<std::optional<std::string>>;
+
+// Every row `sql` returns, on a new connection to `conninfo`. A failure to
+// connect or to run it is a test failure (ADD_FAILURE) and returns no rows.
+std::vector<Row> QueryRows(const std::string& conninfo, const std::string& sql);
 
 }  // namespace outboxd::testing
 

@@ -3,7 +3,6 @@
 // PostgreSQL 15 (throwaway cluster), the dev broker or a real Apache Kafka
 // (the CdcContractTest cases run on both), and outboxd as its own process;
 // records are read back by an independent librdkafka consumer.
-#include <libpq-fe.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -34,32 +33,6 @@
 
 namespace outboxd::testing {
 namespace {
-
-// Rows of a query as text (NULL as nullopt).
-using Row = std::vector<std::optional<std::string>>;
-std::vector<Row> QueryRows(const std::string& conninfo,
-                           const std::string& sql) {
-  std::vector<Row> rows;
-  PGconn* conn = PQconnectdb(conninfo.c_str());
-  EXPECT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
-  PGresult* res = PQexec(conn, sql.c_str());
-  EXPECT_EQ(PQresultStatus(res), PGRES_TUPLES_OK) << PQerrorMessage(conn);
-  for (int r = 0; r < PQntuples(res); ++r) {
-    Row row;
-    for (int c = 0; c < PQnfields(res); ++c) {
-      if (PQgetisnull(res, r, c)) {
-        row.emplace_back();
-      } else {
-        row.emplace_back(
-            std::string(PQgetvalue(res, r, c), PQgetlength(res, r, c)));
-      }
-    }
-    rows.push_back(std::move(row));
-  }
-  PQclear(res);
-  PQfinish(conn);
-  return rows;
-}
 
 Lsn ParseLsnOrDie(const std::string& text) {
   auto lsn = Lsn::Parse(text);

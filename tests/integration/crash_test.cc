@@ -2,8 +2,6 @@
 // moments while 100,000 events are inserted at a steady rate, restarted each
 // time, and everything is read back by an independent consumer. Zero events
 // may be lost; the duplicates are counted (at-least-once).
-#include <random>
-
 #include "tests/integration/fault_fixture.h"
 
 namespace outboxd::testing {
@@ -25,29 +23,14 @@ class CrashTest : public FaultTest {
 
     // Kill moments over the insert period, at least 1 s apart.
     const double period = absl::ToDoubleSeconds(kInterval) * (kEvents / kBatch);
-    std::mt19937 rng(seed);
-    std::vector<double> moments;
-    while (moments.size() < kKills) {
-      double t = std::uniform_real_distribution<double>(1.0, period)(rng);
-      bool spaced = true;
-      for (double m : moments) spaced &= std::abs(m - t) >= 1.0;
-      if (spaced) moments.push_back(t);
-    }
-    std::sort(moments.begin(), moments.end());
+    const std::vector<double> moments =
+        KillMoments(seed, period, kKills, /*spacing_s=*/1.0);
 
     Inserter inserter(ConnInfo(), kEvents, kBatch, kInterval);
     const absl::Time start = absl::Now();
     inserter.Start();
-    for (double m : moments) {
-      absl::Time at = start + absl::Seconds(m);
-      absl::SleepFor(at - absl::Now());
-      ChildProcess& current = Outboxd(outboxd_.size() - 1);
-      EXPECT_TRUE(current.Running()) << Log(outboxd_.size() - 1);
-      current.Signal(SIGKILL);
-      current.Wait(absl::Seconds(10));
-      // The walsender may hold the slot for a moment: the new process waits.
-      StartOutboxd(args, /*wait_streaming=*/false);
-    }
+    KillAndRestartAt(start, moments,
+                     [&] { StartOutboxd(args, /*wait_streaming=*/false); });
     inserter.Join();
     ASSERT_EQ(inserter.written(), kEvents) << inserter.error();
     const double insert_seconds = absl::ToDoubleSeconds(absl::Now() - start);
@@ -70,21 +53,7 @@ class CrashTest : public FaultTest {
 
     // Per aggregate, first copies arrive in commit order: (outbox.lsn,
     // outbox.index) of the distinct events increases along each partition.
-    std::map<int32_t, std::pair<uint64_t, uint64_t>> last;
-    std::set<std::string> seen;
-    size_t out_of_order = 0;
-    for (const auto& r : records) {  // (partition, offset) order
-      if (!seen.insert(r.Header("id").value_or("")).second) continue;
-      uint64_t lsn = 0, index = 0;
-      ASSERT_TRUE(absl::SimpleAtoi(r.Header("outbox.lsn").value_or(""), &lsn));
-      ASSERT_TRUE(
-          absl::SimpleAtoi(r.Header("outbox.index").value_or(""), &index));
-      auto pos = std::make_pair(lsn, index);
-      auto it = last.find(r.partition);
-      if (it != last.end() && pos <= it->second) ++out_of_order;
-      last[r.partition] = pos;
-    }
-    EXPECT_EQ(out_of_order, 0u);
+    EXPECT_EQ(OutOfOrderPositions(records, /*first_copies_only=*/true), 0u);
   }
 };
 

@@ -9,7 +9,6 @@
 #include <librdkafka/rdkafka.h>
 
 #include <cstdlib>
-#include <random>
 
 #include "tests/harness/kafka_cluster.h"
 #include "tests/integration/fault_fixture.h"
@@ -93,38 +92,6 @@ class ExactlyOnceTest : public FaultTest {
     return records.ok() ? *std::move(records) : std::vector<ConsumedRecord>{};
   }
 
-  // Every event id of the outbox of database `db`.
-  std::set<std::string> IdsOf(const std::string& db) {
-    std::set<std::string> ids;
-    PGconn* conn = PQconnectdb(cluster_->ConnInfo(db).c_str());
-    PGresult* res = PQexec(conn, "SELECT id::text FROM outbox");
-    EXPECT_EQ(PQresultStatus(res), PGRES_TUPLES_OK) << PQerrorMessage(conn);
-    for (int r = 0; r < PQntuples(res); ++r) ids.insert(PQgetvalue(res, r, 0));
-    PQclear(res);
-    PQfinish(conn);
-    return ids;
-  }
-  // Lost / duplicated of `expected` in `records`.
-  static Tally CountIn(const std::set<std::string>& expected,
-                       const std::vector<ConsumedRecord>& records) {
-    std::map<std::string, int> seen;
-    for (const auto& r : records) {
-      if (auto id = r.Header("id")) ++seen[*id];
-    }
-    Tally t;
-    t.expected = expected.size();
-    t.received = records.size();
-    for (const auto& id : expected) {
-      auto it = seen.find(id);
-      if (it == seen.end()) {
-        ++t.lost;
-      } else {
-        t.duplicates += it->second - 1;
-      }
-    }
-    return t;
-  }
-
   void InsertEvents(const std::string& db, int n, const std::string& tag) {
     ASSERT_TRUE(
         cluster_
@@ -136,26 +103,6 @@ class ExactlyOnceTest : public FaultTest {
                                     "generate_series(1, ",
                                     n, ") g"))
             .ok());
-  }
-
-  bool WaitSlotConfirmed(const std::string& db, const std::string& slot,
-                         absl::Duration timeout) {
-    auto wal = cluster_->Query(db, "SELECT pg_current_wal_lsn()");
-    if (!wal.ok()) return false;
-    Lsn target = *Lsn::Parse(*wal);
-    absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      auto c = cluster_->Query(
-          db, absl::StrCat("SELECT confirmed_flush_lsn FROM "
-                           "pg_replication_slots WHERE slot_name = '",
-                           slot, "'"));
-      if (c.ok()) {
-        auto lsn = Lsn::Parse(*c);
-        if (lsn.ok() && *lsn >= target) return true;
-      }
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    return false;
   }
 
   // Produces one record with the position headers of another source.
@@ -222,8 +169,9 @@ TEST_F(ExactlyOnceTest, TwoSourcesOnOneTopicNeitherSkipsTheOther) {
   size_t b = Start(eos, true, cluster_->ConnInfo(db2), slot2);
   InsertEvents(db_, 30, "A1");
   InsertEvents(db2, 30, "B1");
-  ASSERT_TRUE(WaitSlotConfirmed(db_, slot_, absl::Seconds(60))) << Log(a);
-  ASSERT_TRUE(WaitSlotConfirmed(db2, slot2, absl::Seconds(60))) << Log(b);
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60))) << Log(a);
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60), slot2))
+      << Log(b);
 
   Outboxd(a).Signal(SIGTERM);
   ASSERT_EQ(Outboxd(a).Wait(absl::Seconds(30)), 0) << Log(a);
@@ -231,17 +179,19 @@ TEST_F(ExactlyOnceTest, TwoSourcesOnOneTopicNeitherSkipsTheOther) {
   // in the same partitions.
   InsertEvents(db_, 30, "A2");
   InsertEvents(db2, 30, "B2");
-  ASSERT_TRUE(WaitSlotConfirmed(db2, slot2, absl::Seconds(60))) << Log(b);
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60), slot2))
+      << Log(b);
   size_t a2 = Start(eos);
   InsertEvents(db_, 10, "A3");
   InsertEvents(db2, 10, "B3");
-  ASSERT_TRUE(WaitSlotConfirmed(db_, slot_, absl::Seconds(60))) << Log(a2);
-  ASSERT_TRUE(WaitSlotConfirmed(db2, slot2, absl::Seconds(60))) << Log(b);
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60))) << Log(a2);
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60), slot2))
+      << Log(b);
 
   // The restarted one found its checkpoint (Kafka kept the metadata).
   EXPECT_EQ(Log(a2).find("checkpoint none"), std::string::npos) << Log(a2);
   auto records = ReadKafka(topic, 140);
-  Tally ta = CountIn(IdsOf(db_), records);
+  Tally ta = CountIn(IdsOf(), records);
   Tally tb = CountIn(IdsOf(db2), records);
   EXPECT_EQ(ta.expected, 70u);
   EXPECT_EQ(tb.expected, 70u);
@@ -427,26 +377,12 @@ TEST_F(ExactlyOnceTest, TenSigkillsUnderLoadLoseAndDuplicateNothing) {
                                          "--delivery=exactly-once"};
   Start(args);
   const double period = absl::ToDoubleSeconds(kInterval) * (kEvents / kBatch);
-  std::mt19937 rng(777);
-  std::vector<double> moments;
-  while (moments.size() < kKills) {
-    double t = std::uniform_real_distribution<double>(1.0, period)(rng);
-    bool spaced = true;
-    for (double m : moments) spaced &= std::abs(m - t) >= 2.0;
-    if (spaced) moments.push_back(t);
-  }
-  std::sort(moments.begin(), moments.end());
+  const std::vector<double> moments =
+      KillMoments(/*seed=*/777, period, kKills, /*spacing_s=*/2.0);
   Inserter inserter(ConnInfo(), kEvents, kBatch, kInterval);
   const absl::Time start = absl::Now();
   inserter.Start();
-  for (double m : moments) {
-    absl::SleepFor(start + absl::Seconds(m) - absl::Now());
-    ChildProcess& current = Outboxd(outboxd_.size() - 1);
-    EXPECT_TRUE(current.Running()) << Log(outboxd_.size() - 1);
-    current.Signal(SIGKILL);
-    current.Wait(absl::Seconds(10));
-    Start(args, /*wait=*/false);
-  }
+  KillAndRestartAt(start, moments, [&] { Start(args, /*wait=*/false); });
   inserter.Join();
   ASSERT_EQ(inserter.written(), kEvents) << inserter.error();
   ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(180)))
@@ -461,19 +397,7 @@ TEST_F(ExactlyOnceTest, TenSigkillsUnderLoadLoseAndDuplicateNothing) {
   EXPECT_EQ(t.lost, 0u);
   EXPECT_EQ(t.duplicates, 0u);
   // Per partition, positions strictly increase.
-  std::map<int32_t, std::pair<uint64_t, uint64_t>> last;
-  size_t out_of_order = 0;
-  for (const auto& r : records) {
-    uint64_t lsn = 0, index = 0;
-    ASSERT_TRUE(absl::SimpleAtoi(r.Header("outbox.lsn").value_or(""), &lsn));
-    ASSERT_TRUE(
-        absl::SimpleAtoi(r.Header("outbox.index").value_or(""), &index));
-    auto pos = std::make_pair(lsn, index);
-    auto it = last.find(r.partition);
-    if (it != last.end() && pos <= it->second) ++out_of_order;
-    last[r.partition] = pos;
-  }
-  EXPECT_EQ(out_of_order, 0u);
+  EXPECT_EQ(OutOfOrderPositions(records, /*first_copies_only=*/false), 0u);
 }
 
 // Commit-to-receipt latency at a low rate (20 events/s, one per

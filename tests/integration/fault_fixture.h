@@ -9,12 +9,15 @@
 #include <libpq-fe.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -158,42 +161,28 @@ class FaultTest : public OutboxdTestBase {
                          argv.empty() ? BaseArgs() : std::move(argv));
   }
 
-  Lsn CurrentWalLsn() {
-    auto lsn = Lsn::Parse(Query("SELECT pg_current_wal_lsn()"));
-    EXPECT_TRUE(lsn.ok());
-    return lsn.ok() ? *lsn : Lsn();
-  }
-  // Waits until the slot has confirmed at least `target`.
-  bool WaitConfirmed(Lsn target, absl::Duration timeout) {
-    absl::Time deadline = absl::Now() + timeout;
-    while (ConfirmedFlush() < target) {
-      if (absl::Now() > deadline) return false;
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    return true;
-  }
-
-  // Every event id in the outbox table.
-  std::set<std::string> OutboxIds() {
+  // Every event id in the outbox table of database `db` (this test's when
+  // empty).
+  std::set<std::string> IdsOf(const std::string& db = "") {
     std::set<std::string> ids;
-    PGconn* conn = PQconnectdb(ConnInfo().c_str());
-    PGresult* res = PQexec(conn, "SELECT id::text FROM outbox");
-    EXPECT_EQ(PQresultStatus(res), PGRES_TUPLES_OK) << PQerrorMessage(conn);
-    for (int r = 0; r < PQntuples(res); ++r) ids.insert(PQgetvalue(res, r, 0));
-    PQclear(res);
-    PQfinish(conn);
+    for (const Row& row :
+         QueryRows(db.empty() ? ConnInfo() : cluster_->ConnInfo(db),
+                   "SELECT id::text FROM outbox")) {
+      ids.insert(row[0].value_or(""));
+    }
     return ids;
   }
+  std::set<std::string> OutboxIds() { return IdsOf(); }
 
-  // Lost and duplicated events of `records` against the outbox table.
+  // Lost and duplicated events of `records` against `expected` ids.
   struct Tally {
     size_t expected = 0;
     size_t received = 0;
     size_t lost = 0;
     size_t duplicates = 0;
   };
-  Tally Count(const std::vector<ConsumedRecord>& records) {
-    std::set<std::string> expected = OutboxIds();
+  static Tally CountIn(const std::set<std::string>& expected,
+                       const std::vector<ConsumedRecord>& records) {
     std::map<std::string, int> seen;
     for (const auto& r : records) {
       auto id = r.Header("id");
@@ -211,6 +200,71 @@ class FaultTest : public OutboxdTestBase {
       }
     }
     return t;
+  }
+  // Against the outbox table of this test.
+  Tally Count(const std::vector<ConsumedRecord>& records) {
+    return CountIn(OutboxIds(), records);
+  }
+
+  // `kills` moments (seconds after a start) in [1 s, `period_s`], at least
+  // `spacing_s` apart, in order; the same for the same `seed`.
+  static std::vector<double> KillMoments(uint32_t seed, double period_s,
+                                         int kills, double spacing_s) {
+    std::mt19937 rng(seed);
+    std::vector<double> moments;
+    while (moments.size() < static_cast<size_t>(kills)) {
+      double t = std::uniform_real_distribution<double>(1.0, period_s)(rng);
+      bool spaced = true;
+      for (double m : moments) spaced &= std::abs(m - t) >= spacing_s;
+      if (spaced) moments.push_back(t);
+    }
+    std::sort(moments.begin(), moments.end());
+    return moments;
+  }
+
+  // At each of `moments` after `start`: SIGKILLs the newest outboxd (which
+  // must still be running) and, once it is gone, calls `restart`, which
+  // starts the next one without waiting for it to stream (the walsender may
+  // hold the slot for a moment).
+  void KillAndRestartAt(absl::Time start, const std::vector<double>& moments,
+                        const std::function<void()>& restart) {
+    for (double m : moments) {
+      absl::SleepFor(start + absl::Seconds(m) - absl::Now());
+      ChildProcess& current = Outboxd(outboxd_.size() - 1);
+      EXPECT_TRUE(current.Running()) << Log(outboxd_.size() - 1);
+      current.Signal(SIGKILL);
+      current.Wait(absl::Seconds(10));
+      restart();
+    }
+  }
+
+  // Records of `records` ((partition, offset) order) whose position
+  // (outbox.lsn, outbox.index) is not above the one before it in its
+  // partition; with `first_copies_only`, a record whose id was seen before
+  // is passed over.
+  static size_t OutOfOrderPositions(const std::vector<ConsumedRecord>& records,
+                                    bool first_copies_only) {
+    std::map<int32_t, std::pair<uint64_t, uint64_t>> last;
+    std::set<std::string> seen;
+    size_t out_of_order = 0;
+    for (const auto& r : records) {
+      if (first_copies_only &&
+          !seen.insert(r.Header("id").value_or("")).second) {
+        continue;
+      }
+      uint64_t lsn = 0, index = 0;
+      if (!absl::SimpleAtoi(r.Header("outbox.lsn").value_or(""), &lsn) ||
+          !absl::SimpleAtoi(r.Header("outbox.index").value_or(""), &index)) {
+        ADD_FAILURE() << "no position at partition " << r.partition
+                      << " offset " << r.offset;
+        return out_of_order;
+      }
+      auto pos = std::make_pair(lsn, index);
+      auto it = last.find(r.partition);
+      if (it != last.end() && pos <= it->second) ++out_of_order;
+      last[r.partition] = pos;
+    }
+    return out_of_order;
   }
 };
 

@@ -42,30 +42,6 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-using Row = std::vector<std::optional<std::string>>;
-std::vector<Row> QueryRows(const std::string& conninfo,
-                           const std::string& sql) {
-  std::vector<Row> rows;
-  PGconn* conn = PQconnectdb(conninfo.c_str());
-  EXPECT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
-  PGresult* res = PQexec(conn, sql.c_str());
-  EXPECT_EQ(PQresultStatus(res), PGRES_TUPLES_OK) << PQerrorMessage(conn);
-  for (int r = 0; r < PQntuples(res); ++r) {
-    Row row;
-    for (int c = 0; c < PQnfields(res); ++c) {
-      if (PQgetisnull(res, r, c)) {
-        row.emplace_back();
-      } else {
-        row.emplace_back(std::string(PQgetvalue(res, r, c)));
-      }
-    }
-    rows.push_back(std::move(row));
-  }
-  PQclear(res);
-  PQfinish(conn);
-  return rows;
-}
-
 // Parses the two header values of the position.
 std::pair<uint64_t, uint32_t> Position(const ConsumedRecord& r) {
   uint64_t lsn = 0;

@@ -80,20 +80,6 @@ class TopicNamesTest : public OutboxdTestBase,
     return extra;
   }
 
-  Lsn CurrentWalLsn() {
-    auto lsn = Lsn::Parse(Query("SELECT pg_current_wal_lsn()"));
-    EXPECT_TRUE(lsn.ok());
-    return lsn.ok() ? *lsn : Lsn();
-  }
-  bool WaitConfirmed(Lsn target, absl::Duration timeout) {
-    absl::Time deadline = absl::Now() + timeout;
-    while (ConfirmedFlush() < target) {
-      if (absl::Now() > deadline) return false;
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    return true;
-  }
-
   // g1, the bad events, g2: the good ones arrive in order, each bad one is
   // in the dead-letter topic with `reason` and its whole content, outboxd
   // goes on and (cdc) confirms past all of them.
