@@ -5,9 +5,11 @@
 
 #include <sys/types.h>
 
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,12 +18,20 @@
 
 namespace outboxd::testing {
 
+// The whole file (a child's log); "" when it cannot be read.
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 struct ChildOptions {
-  std::vector<std::string> argv;            // argv[0] is the program path
-  std::map<std::string, std::string> env;   // added to the inherited env
-  bool pipe_stdin = false;                  // else /dev/null
-  bool capture_stdout = true;               // else inherited
-  std::string stderr_file;                  // "" = inherited
+  std::vector<std::string> argv;           // argv[0] is the program path
+  std::map<std::string, std::string> env;  // added to the inherited env
+  bool pipe_stdin = false;                 // else /dev/null
+  bool capture_stdout = true;              // else inherited
+  std::string stderr_file;                 // "" = inherited
 };
 
 class ChildProcess {

@@ -11,7 +11,9 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
 #include "spdlog/spdlog.h"
 
 namespace outboxd::testing {
@@ -183,6 +185,14 @@ std::optional<std::string> ConsumedRecord::Header(
     if (header_name == name) return value;
   }
   return std::nullopt;
+}
+
+uint64_t HeaderU64(const ConsumedRecord& r, const std::string& name) {
+  uint64_t v = 0;
+  auto h = r.Header(name);
+  EXPECT_TRUE(h.has_value() && absl::SimpleAtoi(*h, &v))
+      << name << ": " << h.value_or("(absent)");
+  return v;
 }
 
 absl::StatusOr<std::vector<ConsumedRecord>> ReadTopic(

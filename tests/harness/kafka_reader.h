@@ -21,22 +21,25 @@ struct ConsumedRecord {
   int32_t partition = 0;
   int64_t offset = 0;
   std::string key;
-  std::optional<std::string> value;   // nullopt: tombstone
+  std::optional<std::string> value;  // nullopt: tombstone
   int64_t timestamp_ms = 0;
-  bool create_time = false;           // timestamp type is CreateTime
+  bool create_time = false;  // timestamp type is CreateTime
   std::vector<std::pair<std::string, std::string>> headers;
 
   // First header with that name, nullopt when absent.
   std::optional<std::string> Header(const std::string& name) const;
 };
 
+// The header `name` of `r` as an unsigned decimal (outbox.lsn, outbox.index,
+// outbox.seq); a test failure, and 0, when it is absent or not one.
+uint64_t HeaderU64(const ConsumedRecord& r, const std::string& name);
+
 // Reads `topic` from the beginning until at least `min_records` records were
 // read and no more arrive for `quiet`, or until `timeout`. Returns the
 // records in (partition, offset) order. kNotFound if the topic never appears.
 absl::StatusOr<std::vector<ConsumedRecord>> ReadTopic(
-    const std::string& bootstrap, const std::string& topic,
-    size_t min_records, absl::Duration timeout,
-    absl::Duration quiet = absl::Seconds(1));
+    const std::string& bootstrap, const std::string& topic, size_t min_records,
+    absl::Duration timeout, absl::Duration quiet = absl::Seconds(1));
 
 }  // namespace outboxd::testing
 

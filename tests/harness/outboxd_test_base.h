@@ -34,14 +34,6 @@
 
 namespace outboxd::testing {
 
-// The whole file; "" when it cannot be read.
-inline std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 struct OutboxdTestOptions {
   // Per test N: database `db_stem`N, topic prefix `prefix_stem`N".", slot
   // `slot_stem`N (no --slot argument when `slot_stem` is empty).
@@ -71,8 +63,9 @@ class OutboxdTestBase : public ::testing::Test {
     delete cluster_;
     cluster_ = nullptr;
   }
-  static void StartServers(int brokers, int partitions = 4) {
-    auto cluster = PgCluster::Start();
+  static void StartServers(int brokers, int partitions = 4,
+                           const PgClusterOptions& pg = {}) {
+    auto cluster = PgCluster::Start(pg);
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = cluster->release();
     auto broker = DevBroker::Start(brokers, partitions);

@@ -40,14 +40,6 @@ Lsn ParseLsnOrDie(const std::string& text) {
   return lsn.ok() ? *lsn : Lsn();
 }
 
-uint64_t HeaderU64(const ConsumedRecord& r, const std::string& name) {
-  uint64_t v = 0;
-  auto h = r.Header(name);
-  EXPECT_TRUE(h.has_value()) << "missing header " << name;
-  if (h.has_value()) EXPECT_TRUE(absl::SimpleAtoi(*h, &v)) << *h;
-  return v;
-}
-
 class CdcTest : public OutboxdTestBase {
  protected:
   CdcTest()

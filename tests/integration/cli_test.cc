@@ -19,13 +19,6 @@
 namespace outboxd::testing {
 namespace {
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 CommandResult RunOutboxd(std::vector<std::string> argv) {
   argv.insert(argv.begin(), OUTBOXD_BINARY);
   auto r = RunCommand(argv, absl::Seconds(20));

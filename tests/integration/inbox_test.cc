@@ -35,13 +35,6 @@
 namespace outboxd::testing {
 namespace {
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // Parses the two header values of the position.
 std::pair<uint64_t, uint32_t> Position(const ConsumedRecord& r) {
   uint64_t lsn = 0;

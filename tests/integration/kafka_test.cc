@@ -36,16 +36,6 @@
 namespace outboxd::testing {
 namespace {
 
-uint64_t HeaderU64(const ConsumedRecord& r, const std::string& name) {
-  uint64_t v = 0;
-  auto h = r.Header(name);
-  EXPECT_TRUE(h.has_value()) << "missing header " << name;
-  if (h.has_value()) {
-    EXPECT_TRUE(absl::SimpleAtoi(*h, &v)) << *h;
-  }
-  return v;
-}
-
 // A PostgreSQL string literal ('' doubles the quote; the harness's servers
 // run with standard_conforming_strings on).
 std::string Literal(const std::string& text) {

@@ -31,14 +31,6 @@
 namespace outboxd::testing {
 namespace {
 
-int64_t HeaderI64(const ConsumedRecord& r, const std::string& name) {
-  int64_t v = -1;
-  auto h = r.Header(name);
-  EXPECT_TRUE(h.has_value()) << "missing header " << name;
-  if (h.has_value()) EXPECT_TRUE(absl::SimpleAtoi(*h, &v)) << *h;
-  return v;
-}
-
 // Rows of one aggregate must reach Kafka in seq order: checks every key's
 // records, in (partition, offset) order, for one partition and rising seq.
 void ExpectSeqOrderPerKey(const std::vector<ConsumedRecord>& all) {
@@ -51,8 +43,8 @@ void ExpectSeqOrderPerKey(const std::vector<ConsumedRecord>& all) {
     });
     EXPECT_EQ(recs.front()->partition, recs.back()->partition) << key;
     for (size_t i = 1; i < recs.size(); ++i) {
-      EXPECT_LT(HeaderI64(*recs[i - 1], "outbox.seq"),
-                HeaderI64(*recs[i], "outbox.seq"))
+      EXPECT_LT(HeaderU64(*recs[i - 1], "outbox.seq"),
+                HeaderU64(*recs[i], "outbox.seq"))
           << key;
     }
   }
