@@ -7,7 +7,6 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -25,6 +24,7 @@
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
 #include "tests/harness/kafka_reader.h"
+#include "tests/harness/metrics_scrape.h"
 #include "tests/harness/outboxd_test_base.h"
 #include "tests/harness/pg_cluster.h"
 
@@ -73,40 +73,6 @@ class OpsTest : public OutboxdTestBase {
 };
 
 // ---------------------------------------------------------------- metrics
-
-std::string Get(int port, const std::string& path, int* http_code) {
-  auto r = RunCommand({"curl", "-s", "-o", "-", "-w", "\n%{http_code}",
-                       absl::StrCat("http://127.0.0.1:", port, path)},
-                      absl::Seconds(10));
-  if (!r.ok() || r->exit_code != 0) {
-    *http_code = 0;
-    return "";
-  }
-  size_t nl = r->output.rfind('\n');
-  *http_code = std::atoi(r->output.c_str() + nl + 1);
-  return r->output.substr(0, nl);
-}
-
-// The value of the sample whose series (name and labels) is `series`; -1
-// when absent.
-double Sample(const std::string& scrape, const std::string& series) {
-  for (absl::string_view line : absl::StrSplit(scrape, '\n')) {
-    if (absl::StartsWith(line, series + " ")) {
-      double v = -1;
-      EXPECT_TRUE(absl::SimpleAtod(line.substr(series.size() + 1), &v))
-          << line;
-      return v;
-    }
-  }
-  return -1;
-}
-
-int MetricsPort(const std::string& log) {
-  std::smatch m;
-  static const std::regex kLine("metrics on http://[^:]+:([0-9]+)/metrics");
-  if (!std::regex_search(log, m, kLine)) return 0;
-  return std::stoi(m[1]);
-}
 
 TEST_F(OpsTest, MetricsScrapeMovesAsEventsFlow) {
   StartOutboxd({"--metrics-address=127.0.0.1:0"});
