@@ -1,6 +1,6 @@
 // OutboxPoller: where polled events come from and how their publication is
-// made durable, for --source=poll and --source=notify (DESIGN.md section 5:
-// publishers differ only in these two things).
+// made durable, for --source=poll and --source=notify (sources/poll_source.h
+// wraps it as an EventSource; docs/ARCHITECTURE.md, "The data path").
 //
 // One batch is one PostgreSQL transaction on the poller's own connection:
 //

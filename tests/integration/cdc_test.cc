@@ -99,8 +99,8 @@ INSTANTIATE_TEST_SUITE_P(Brokers, CdcContractTest,
                          });
 
 // 10,000 events over 200 aggregates in transactions of 1 to 100 events: each
-// record exactly as DESIGN.md section 2 says, none missing, none extra, each
-// aggregate in commit order.
+// record exactly as the record contract says (docs/ARCHITECTURE.md), none
+// missing, none extra, each aggregate in commit order.
 TEST_P(CdcContractTest, TenThousandEventsArriveExactlyAndInOrder) {
   StartOutboxd();
   const int kEvents = 10000;

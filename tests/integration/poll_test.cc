@@ -103,9 +103,9 @@ class PollTest : public OutboxdTestBase {
   }
 };
 
-// Every row exactly as DESIGN.md section 2 says (outbox.seq in place of the
-// LSN position), none missing, none extra, each aggregate in seq order, all
-// marked published; SIGTERM exits 0.
+// Every row exactly as the record contract says (docs/ARCHITECTURE.md;
+// outbox.seq in place of the LSN position), none missing, none extra, each
+// aggregate in seq order, all marked published; SIGTERM exits 0.
 TEST_F(PollTest, PollDeliversExactRecordsAndMarksThem) {
   const int kRows = 1500;
   InsertRows(kRows / 2, 40, 50, "order");
