@@ -28,15 +28,15 @@ void StoreBigEndian(std::string& out, T value) {
 
 absl::Status ByteReader::Truncated(absl::string_view what,
                                    size_t wanted) const {
-  return absl::DataLossError(absl::StrCat("truncated message: ", what,
-                                          " needs ", wanted, " bytes at offset ",
-                                          pos_, ", ", remaining(), " left"));
+  return absl::DataLossError(
+      absl::StrCat("truncated message: ", what, " needs ", wanted,
+                   " bytes at offset ", pos_, ", ", remaining(), " left"));
 }
 
-#define OUTBOXD_READ_FIXED_(T)                                 \
+#define OUTBOXD_READ_FIXED_(T)                                    \
   if (remaining() < sizeof(T)) return Truncated(what, sizeof(T)); \
-  T v = LoadBigEndian<T>(bytes_.data() + pos_);                \
-  pos_ += sizeof(T);                                           \
+  T v = LoadBigEndian<T>(bytes_.data() + pos_);                   \
+  pos_ += sizeof(T);                                              \
   return v
 
 absl::StatusOr<uint8_t> ByteReader::ReadU8(absl::string_view what) {
@@ -71,8 +71,9 @@ absl::StatusOr<absl::string_view> ByteReader::ReadCString(
     absl::string_view what) {
   const void* nul = std::memchr(bytes_.data() + pos_, '\0', remaining());
   if (nul == nullptr) {
-    return absl::DataLossError(absl::StrCat(
-        "truncated message: ", what, " has no NUL terminator at offset ", pos_));
+    return absl::DataLossError(absl::StrCat("truncated message: ", what,
+                                            " has no NUL terminator at offset ",
+                                            pos_));
   }
   size_t len = static_cast<const char*>(nul) - (bytes_.data() + pos_);
   absl::string_view v = bytes_.substr(pos_, len);
@@ -88,17 +89,34 @@ absl::string_view ByteReader::ReadRest() {
 
 absl::Status ByteReader::ExpectEnd(absl::string_view what) const {
   if (AtEnd()) return absl::OkStatus();
-  return absl::DataLossError(absl::StrCat(what, ": ", remaining(),
-                                          " unexpected trailing bytes at offset ",
-                                          pos_));
+  return absl::DataLossError(absl::StrCat(
+      what, ": ", remaining(), " unexpected trailing bytes at offset ", pos_));
 }
 
-ByteWriter& ByteWriter::U8(uint8_t v) { StoreBigEndian(out_, v); return *this; }
-ByteWriter& ByteWriter::I16(int16_t v) { StoreBigEndian(out_, v); return *this; }
-ByteWriter& ByteWriter::I32(int32_t v) { StoreBigEndian(out_, v); return *this; }
-ByteWriter& ByteWriter::U32(uint32_t v) { StoreBigEndian(out_, v); return *this; }
-ByteWriter& ByteWriter::I64(int64_t v) { StoreBigEndian(out_, v); return *this; }
-ByteWriter& ByteWriter::U64(uint64_t v) { StoreBigEndian(out_, v); return *this; }
+ByteWriter& ByteWriter::U8(uint8_t v) {
+  StoreBigEndian(out_, v);
+  return *this;
+}
+ByteWriter& ByteWriter::I16(int16_t v) {
+  StoreBigEndian(out_, v);
+  return *this;
+}
+ByteWriter& ByteWriter::I32(int32_t v) {
+  StoreBigEndian(out_, v);
+  return *this;
+}
+ByteWriter& ByteWriter::U32(uint32_t v) {
+  StoreBigEndian(out_, v);
+  return *this;
+}
+ByteWriter& ByteWriter::I64(int64_t v) {
+  StoreBigEndian(out_, v);
+  return *this;
+}
+ByteWriter& ByteWriter::U64(uint64_t v) {
+  StoreBigEndian(out_, v);
+  return *this;
+}
 ByteWriter& ByteWriter::Bytes(absl::string_view v) {
   out_.append(v.data(), v.size());
   return *this;

@@ -32,11 +32,10 @@ class JsonFormatter final : public spdlog::formatter {
     auto level = spdlog::level::to_string_view(msg.level);
     line.append(level.data(), level.size());
     line += "\",\"logger\":\"";
-    AppendJsonEscaped(absl::string_view(msg.logger_name.data(),
-                                        msg.logger_name.size()),
-                      &line);
-    absl::StrAppend(&line, "\",\"thread\":", msg.thread_id,
-                    ",\"message\":\"");
+    AppendJsonEscaped(
+        absl::string_view(msg.logger_name.data(), msg.logger_name.size()),
+        &line);
+    absl::StrAppend(&line, "\",\"thread\":", msg.thread_id, ",\"message\":\"");
     AppendJsonEscaped(absl::string_view(msg.payload.data(), msg.payload.size()),
                       &line);
     line += "\"}\n";
@@ -55,12 +54,23 @@ void AppendJsonEscaped(absl::string_view text, std::string* out) {
   for (size_t i = 0; i < text.size(); ++i) {
     unsigned char c = text[i];
     switch (c) {
-      case '"': *out += "\\\""; continue;
-      case '\\': *out += "\\\\"; continue;
-      case '\n': *out += "\\n"; continue;
-      case '\r': *out += "\\r"; continue;
-      case '\t': *out += "\\t"; continue;
-      default: break;
+      case '"':
+        *out += "\\\"";
+        continue;
+      case '\\':
+        *out += "\\\\";
+        continue;
+      case '\n':
+        *out += "\\n";
+        continue;
+      case '\r':
+        *out += "\\r";
+        continue;
+      case '\t':
+        *out += "\\t";
+        continue;
+      default:
+        break;
     }
     if (c < 0x20 || c == 0x7f) {
       *out += "\\u00";
@@ -74,8 +84,10 @@ void AppendJsonEscaped(absl::string_view text, std::string* out) {
     }
     // Multi-byte UTF-8 passes through when well formed; a stray byte
     // becomes U+FFFD so that the line stays valid JSON.
-    int extra = (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2
-                : (c & 0xF8) == 0xF0 ? 3 : -1;
+    int extra = (c & 0xE0) == 0xC0   ? 1
+                : (c & 0xF0) == 0xE0 ? 2
+                : (c & 0xF8) == 0xF0 ? 3
+                                     : -1;
     bool ok = extra > 0 && i + extra < text.size();
     for (int k = 1; ok && k <= extra; ++k) {
       ok = (static_cast<unsigned char>(text[i + k]) & 0xC0) == 0x80;
@@ -94,12 +106,11 @@ std::unique_ptr<spdlog::formatter> MakeJsonFormatter() {
 }
 
 absl::Status InitLogging(absl::string_view level, absl::string_view format) {
-  spdlog::level::level_enum lvl =
-      spdlog::level::from_str(std::string(level));
+  spdlog::level::level_enum lvl = spdlog::level::from_str(std::string(level));
   if (lvl == spdlog::level::off && level != "off") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--log-level: unknown log level '", level,
-        "' (trace, debug, info, warn, error, critical, off)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--log-level: unknown log level '", level,
+                     "' (trace, debug, info, warn, error, critical, off)"));
   }
   auto logger = std::make_shared<spdlog::logger>(
       "outboxd", std::make_shared<spdlog::sinks::stderr_sink_mt>());

@@ -13,17 +13,18 @@
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing
 // function when it is not OK.
-#define RETURN_IF_ERROR(expr)                             \
-  do {                                                    \
-    ::absl::Status outboxd_status_ = (expr);              \
-    if (!outboxd_status_.ok()) return outboxd_status_;    \
+#define RETURN_IF_ERROR(expr)                          \
+  do {                                                 \
+    ::absl::Status outboxd_status_ = (expr);           \
+    if (!outboxd_status_.ok()) return outboxd_status_; \
   } while (0)
 
 // ASSIGN_OR_RETURN(lhs, expr): evaluates `expr` (an absl::StatusOr<T>),
 // returns its status when not OK, otherwise move-assigns the value to `lhs`
 // (which may be a declaration such as `auto x`).
-#define ASSIGN_OR_RETURN(lhs, expr) \
-  OUTBOXD_ASSIGN_OR_RETURN_IMPL_(OUTBOXD_CONCAT_(outboxd_sor_, __LINE__), lhs, expr)
+#define ASSIGN_OR_RETURN(lhs, expr)                                            \
+  OUTBOXD_ASSIGN_OR_RETURN_IMPL_(OUTBOXD_CONCAT_(outboxd_sor_, __LINE__), lhs, \
+                                 expr)
 
 #define OUTBOXD_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                                   \

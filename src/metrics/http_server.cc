@@ -143,10 +143,10 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
                     res.set_content(state->registry->Exposition(),
                                     "text/plain; version=0.0.4; charset=utf-8");
                   });
-  s->server_->Get("/healthz", [](const httplib::Request&,
-                                 httplib::Response& res) {
-    res.set_content("ok\n", "text/plain");
-  });
+  s->server_->Get("/healthz",
+                  [](const httplib::Request&, httplib::Response& res) {
+                    res.set_content("ok\n", "text/plain");
+                  });
   s->server_->Get("/readyz", [state](const httplib::Request&,
                                      httplib::Response& res) {
     absl::MutexLock lock(&state->mu);

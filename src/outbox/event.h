@@ -21,8 +21,7 @@ struct EventPosition {
   Lsn commit_lsn;
   uint32_t index = 0;
 
-  friend auto operator<=>(const EventPosition&,
-                          const EventPosition&) = default;
+  friend auto operator<=>(const EventPosition&, const EventPosition&) = default;
 };
 
 struct OutboxEvent {

@@ -62,7 +62,8 @@ class OutboxMapperTest : public ::testing::Test {
   }
 
   void Begin(uint64_t commit_lsn) {
-    auto out = mapper_.Apply(pgoutput::Begin{Lsn(commit_lsn), kCommitTimePg, 7});
+    auto out =
+        mapper_.Apply(pgoutput::Begin{Lsn(commit_lsn), kCommitTimePg, 7});
     ASSERT_TRUE(out.ok()) << out.status();
     ASSERT_TRUE(std::holds_alternative<TransactionBegin>(*out));
   }
@@ -79,10 +80,10 @@ class OutboxMapperTest : public ::testing::Test {
 TEST_F(OutboxMapperTest, InsertBecomesEventWithPositionAndHeaders) {
   MustApply(OutboxRelation());
   Begin(1000);
-  MappedMessage first = MustApply(OutboxInsert(
-      {Text("6f1c5c1e-0000-4000-8000-000000000001"), Text("order"),
-       Text("o-1"), Text("OrderCreated"), Text(R"({"total": 12})"),
-       Text(R"({"traceparent": "00-abc", "tenant": "t1"})")}));
+  MappedMessage first = MustApply(
+      OutboxInsert({Text("6f1c5c1e-0000-4000-8000-000000000001"), Text("order"),
+                    Text("o-1"), Text("OrderCreated"), Text(R"({"total": 12})"),
+                    Text(R"({"traceparent": "00-abc", "tenant": "t1"})")}));
   ASSERT_TRUE(std::holds_alternative<OutboxEvent>(first));
   const auto& e = std::get<OutboxEvent>(first);
   EXPECT_EQ(e.id, "6f1c5c1e-0000-4000-8000-000000000001");
@@ -93,18 +94,18 @@ TEST_F(OutboxMapperTest, InsertBecomesEventWithPositionAndHeaders) {
   EXPECT_EQ(e.position.commit_lsn, Lsn(1000));
   EXPECT_EQ(e.position.index, 0u);
   EXPECT_EQ(e.commit_time_unix_ms, kCommitTimeUnixMs);
-  EXPECT_THAT(e.headers, ElementsAre(Pair("traceparent", "00-abc"),
-                                     Pair("tenant", "t1")));
+  EXPECT_THAT(e.headers,
+              ElementsAre(Pair("traceparent", "00-abc"), Pair("tenant", "t1")));
 
-  MappedMessage second = MustApply(OutboxInsert(
-      {Text("id2"), Text("order"), Text("o-1"), Text("OrderPaid"), Null(),
-       Null()}));
+  MappedMessage second =
+      MustApply(OutboxInsert({Text("id2"), Text("order"), Text("o-1"),
+                              Text("OrderPaid"), Null(), Null()}));
   ASSERT_TRUE(std::holds_alternative<OutboxEvent>(second));
   EXPECT_EQ(std::get<OutboxEvent>(second).position.index, 1u);
   EXPECT_FALSE(std::get<OutboxEvent>(second).payload.has_value());
 
-  MappedMessage end = MustApply(pgoutput::Commit{0, Lsn(1000), Lsn(1040),
-                                                 kCommitTimePg});
+  MappedMessage end =
+      MustApply(pgoutput::Commit{0, Lsn(1000), Lsn(1040), kCommitTimePg});
   ASSERT_TRUE(std::holds_alternative<TransactionCommit>(end));
   EXPECT_EQ(std::get<TransactionCommit>(end).end_lsn, Lsn(1040));
   EXPECT_EQ(mapper_.counters().events, 2u);
@@ -116,8 +117,7 @@ TEST_F(OutboxMapperTest, IndexRestartsInEachTransaction) {
     Begin(lsn);
     auto m = MustApply(OutboxInsert(
         {Text("i"), Text("a"), Text("k"), Text("t"), Text("{}"), Null()}));
-    EXPECT_EQ(std::get<OutboxEvent>(m).position,
-              (EventPosition{Lsn(lsn), 0}));
+    EXPECT_EQ(std::get<OutboxEvent>(m).position, (EventPosition{Lsn(lsn), 0}));
     MustApply(pgoutput::Commit{0, Lsn(lsn), Lsn(lsn + 8), kCommitTimePg});
   }
 }
@@ -128,7 +128,9 @@ TEST_F(OutboxMapperTest, ByteaPayloadIsDecodedToRawBytes) {
   auto m = MustApply(OutboxInsert(
       {Text("i"), Text("a"), Text("k"), Text("t"), Text("\\x00ff41")}));
   ASSERT_TRUE(std::holds_alternative<OutboxEvent>(m));
-  EXPECT_EQ(std::get<OutboxEvent>(m).payload, std::string("\x00\xff" "A", 3));
+  EXPECT_EQ(std::get<OutboxEvent>(m).payload, std::string("\x00\xff"
+                                                          "A",
+                                                          3));
 }
 
 TEST_F(OutboxMapperTest, OtherTablesUpdatesDeletesAreIgnoredAndCounted) {
@@ -138,8 +140,8 @@ TEST_F(OutboxMapperTest, OtherTablesUpdatesDeletesAreIgnoredAndCounted) {
   MustApply(OutboxRelation());
   MustApply(other);
   Begin(10);
-  std::vector<TupleValue> row = {Text("i"), Text("a"), Text("k"), Text("t"),
-                                 Text("{}"), Null()};
+  std::vector<TupleValue> row = {Text("i"), Text("a"),  Text("k"),
+                                 Text("t"), Text("{}"), Null()};
   EXPECT_TRUE(std::holds_alternative<std::monostate>(
       MustApply(OutboxInsert(row, kOtherRel))));
   pgoutput::Update upd;
@@ -160,7 +162,8 @@ TEST_F(OutboxMapperTest, OtherTablesUpdatesDeletesAreIgnoredAndCounted) {
 TEST_F(OutboxMapperTest, NewRelationMidStreamIsUsed) {
   MustApply(OutboxRelation(kJsonbOid, false));
   Begin(10);
-  MustApply(OutboxInsert({Text("i"), Text("a"), Text("k"), Text("t"), Text("{}")}));
+  MustApply(
+      OutboxInsert({Text("i"), Text("a"), Text("k"), Text("t"), Text("{}")}));
   MustApply(pgoutput::Commit{0, Lsn(10), Lsn(20), kCommitTimePg});
   // ALTER TABLE ... ADD COLUMN: a new Relation with one more column.
   pgoutput::Relation altered = OutboxRelation(kJsonbOid, false);
@@ -216,7 +219,8 @@ TEST_F(OutboxMapperTest, MissingColumnAfterDropIsInvalid) {
   rel.columns.erase(rel.columns.begin() + 3);  // DROP COLUMN type
   MustApply(rel);
   Begin(10);
-  auto m = MustApply(OutboxInsert({Text("i"), Text("a"), Text("k"), Text("{}")}));
+  auto m =
+      MustApply(OutboxInsert({Text("i"), Text("a"), Text("k"), Text("{}")}));
   ASSERT_TRUE(std::holds_alternative<InvalidEvent>(m));
   EXPECT_THAT(std::get<InvalidEvent>(m).reason, HasSubstr("no column 'type'"));
 }
@@ -256,16 +260,14 @@ TEST_F(OutboxMapperTest, ProtocolViolationsAreDataLoss) {
   EXPECT_EQ(mapper_.Apply(pgoutput::Begin{Lsn(20), 0, 1}).status().code(),
             absl::StatusCode::kDataLoss);
   // Commit for another LSN.
-  EXPECT_EQ(mapper_.Apply(pgoutput::Commit{0, Lsn(11), Lsn(12), 0})
-                .status()
-                .code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(
+      mapper_.Apply(pgoutput::Commit{0, Lsn(11), Lsn(12), 0}).status().code(),
+      absl::StatusCode::kDataLoss);
   MustApply(pgoutput::Commit{0, Lsn(10), Lsn(12), 0});
   // Commit and Insert outside a transaction.
-  EXPECT_EQ(mapper_.Apply(pgoutput::Commit{0, Lsn(10), Lsn(12), 0})
-                .status()
-                .code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(
+      mapper_.Apply(pgoutput::Commit{0, Lsn(10), Lsn(12), 0}).status().code(),
+      absl::StatusCode::kDataLoss);
   MustApply(OutboxRelation());
   EXPECT_EQ(mapper_.Apply(OutboxInsert({Text("x")})).status().code(),
             absl::StatusCode::kDataLoss);

@@ -111,8 +111,8 @@ absl::Status Invalid(absl::string_view format, absl::string_view what) {
 absl::StatusOr<std::string> StringField(const Json& j, const char* name) {
   auto it = j.find(name);
   if (it == j.end() || !it->is_string()) {
-    return Invalid("envelope-json", absl::StrCat("\"", name,
-                                                 "\" is not a string"));
+    return Invalid("envelope-json",
+                   absl::StrCat("\"", name, "\" is not a string"));
   }
   return it->get<std::string>();
 }
@@ -123,9 +123,10 @@ absl::StatusOr<OutboxEvent> DecodeEnvelopeJson(absl::string_view value) {
     return Invalid("envelope-json", "not a JSON object");
   }
   OutboxEvent e;
-  for (auto [field, name] :
-       {std::pair{&e.id, "id"}, {&e.aggregate_type, "aggregatetype"},
-        {&e.aggregate_id, "aggregateid"}, {&e.type, "type"}}) {
+  for (auto [field, name] : {std::pair{&e.id, "id"},
+                             {&e.aggregate_type, "aggregatetype"},
+                             {&e.aggregate_id, "aggregateid"},
+                             {&e.type, "type"}}) {
     auto v = StringField(j, name);
     if (!v.ok()) return v.status();
     *field = *std::move(v);
@@ -254,9 +255,12 @@ absl::StatusOr<ValueFormat> ParseValueFormat(absl::string_view name) {
 
 absl::string_view ValueFormatName(ValueFormat format) {
   switch (format) {
-    case ValueFormat::kPayload: return "payload";
-    case ValueFormat::kEnvelopeJson: return "envelope-json";
-    case ValueFormat::kProtobuf: return "protobuf";
+    case ValueFormat::kPayload:
+      return "payload";
+    case ValueFormat::kEnvelopeJson:
+      return "envelope-json";
+    case ValueFormat::kProtobuf:
+      return "protobuf";
   }
   return "?";
 }

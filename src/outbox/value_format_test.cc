@@ -185,8 +185,7 @@ TEST(ValueFormatTest, CorruptValuesAreErrors) {
   v.value = garbage;
   EXPECT_FALSE(DecodeRecord(ValueFormat::kProtobuf, v).ok());
   for (std::string bad :
-       {std::string("not json"), std::string("[1]"),
-        std::string(R"({"id":1})"),
+       {std::string("not json"), std::string("[1]"), std::string(R"({"id":1})"),
         std::string(R"({"id":"a","aggregatetype":"t","aggregateid":"k",)"
                     R"("type":"x","payload":null,"position":{"lsn":"x",)"
                     R"("index":0},"commit_time":"2023-11-14T22:13:20Z"})"),

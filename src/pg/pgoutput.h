@@ -26,16 +26,16 @@ namespace outboxd::pgoutput {
 
 // 'B'
 struct Begin {
-  Lsn final_lsn;         // LSN of the commit record
-  int64_t commit_time;   // microseconds since 2000-01-01 UTC
+  Lsn final_lsn;        // LSN of the commit record
+  int64_t commit_time;  // microseconds since 2000-01-01 UTC
   uint32_t xid;
 };
 
 // 'C'
 struct Commit {
-  uint8_t flags;         // currently always 0
-  Lsn commit_lsn;        // LSN of the commit record
-  Lsn end_lsn;           // end LSN of the transaction: what to confirm
+  uint8_t flags;   // currently always 0
+  Lsn commit_lsn;  // LSN of the commit record
+  Lsn end_lsn;     // end LSN of the transaction: what to confirm
   int64_t commit_time;
 };
 
@@ -46,7 +46,7 @@ struct Origin {
 };
 
 struct RelationColumn {
-  bool part_of_key;      // flags bit 1
+  bool part_of_key;  // flags bit 1
   std::string name;
   uint32_t type_oid;
   int32_t type_modifier;
@@ -55,9 +55,9 @@ struct RelationColumn {
 // 'R'
 struct Relation {
   uint32_t relation_id;
-  std::string nspname;   // "" is pg_catalog in PostgreSQL's encoding
+  std::string nspname;  // "" is pg_catalog in PostgreSQL's encoding
   std::string relname;
-  char replica_identity; // 'd', 'n', 'f' or 'i'
+  char replica_identity;  // 'd', 'n', 'f' or 'i'
   std::vector<RelationColumn> columns;
 };
 
@@ -101,19 +101,19 @@ struct Update {
 // 'D'
 struct Delete {
   uint32_t relation_id;
-  char old_kind;         // 'K' or 'O'
+  char old_kind;  // 'K' or 'O'
   TupleData old_tuple;
 };
 
 // 'T'
 struct Truncate {
-  uint8_t options;       // 1 = CASCADE, 2 = RESTART IDENTITY
+  uint8_t options;  // 1 = CASCADE, 2 = RESTART IDENTITY
   std::vector<uint32_t> relation_ids;
 };
 
 // 'M': a logical decoding message (pg_logical_emit_message).
 struct Message {
-  bool transactional;    // flags bit 1
+  bool transactional;  // flags bit 1
   Lsn lsn;
   absl::string_view prefix;
   absl::string_view content;

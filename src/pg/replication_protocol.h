@@ -23,7 +23,7 @@ struct XLogData {
   static constexpr size_t kHeaderSize = 1 + 8 + 8 + 8;
   Lsn data_start;
   Lsn wal_end;
-  int64_t send_time;     // microseconds since 2000-01-01 UTC
+  int64_t send_time;  // microseconds since 2000-01-01 UTC
   absl::string_view data;
 };
 
@@ -48,7 +48,7 @@ struct StandbyStatusUpdate {
   Lsn written;
   Lsn flushed;
   Lsn applied;
-  int64_t client_time;   // microseconds since 2000-01-01 UTC
+  int64_t client_time;  // microseconds since 2000-01-01 UTC
   bool reply_requested = false;
 };
 

@@ -24,8 +24,8 @@ struct ReplicationSetupOptions {
 };
 
 struct SlotState {
-  bool created = false;        // made by this call
-  Lsn confirmed_flush;         // where streaming resumes
+  bool created = false;  // made by this call
+  Lsn confirmed_flush;   // where streaming resumes
 };
 
 // What pg_replication_slots says about an existing logical pgoutput slot of

@@ -158,8 +158,7 @@ TEST(CliTest, CdcOnlyFlagsWithPollOrNotifyExitTwoWithOneLine) {
       EXPECT_EQ(r.exit_code, 2) << source << " " << flags[0];
       EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1)
           << r.output;
-      EXPECT_NE(r.output.find("--source=cdc"), std::string::npos)
-          << r.output;
+      EXPECT_NE(r.output.find("--source=cdc"), std::string::npos) << r.output;
     }
   }
 }

@@ -36,7 +36,8 @@ std::string InsertSql(const std::string& type, const std::string& agg,
                       const std::string& payload = "'{}'") {
   return absl::StrCat(
       "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES "
-      "('", type, "', '", agg, "', 'E', ", payload, ")");
+      "('",
+      type, "', '", agg, "', 'E', ", payload, ")");
 }
 
 // --- connection loss ---------------------------------------------------------
@@ -49,7 +50,8 @@ TEST_F(FaultTest, WalsenderTerminatedAndServerRestartedNothingLost) {
     absl::SleepFor(absl::Milliseconds(700));
     ASSERT_TRUE(Exec(absl::StrCat("SELECT pg_terminate_backend(active_pid) "
                                   "FROM pg_replication_slots WHERE slot_name "
-                                  "= '", slot_, "' AND active"))
+                                  "= '",
+                                  slot_, "' AND active"))
                     .ok());
   }
   absl::SleepFor(absl::Milliseconds(500));
@@ -59,8 +61,10 @@ TEST_F(FaultTest, WalsenderTerminatedAndServerRestartedNothingLost) {
   ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60))) << Log(n);
   auto records = Read(prefix_ + "conn", 6000);
   Tally t = Count(records);
-  std::printf("[ measure ] terminate x3 + restart: %zu events, %zu lost, "
-              "%zu duplicates\n", t.expected, t.lost, t.duplicates);
+  std::printf(
+      "[ measure ] terminate x3 + restart: %zu events, %zu lost, "
+      "%zu duplicates\n",
+      t.expected, t.lost, t.duplicates);
   EXPECT_EQ(t.lost, 0u);
   EXPECT_TRUE(Outboxd(n).Running()) << "reconnects instead of exiting";
   std::string log = Log(n);
@@ -79,8 +83,8 @@ TEST_F(FaultTest, ServerDownAtStartIsWaitedFor) {
   std::string log = Log(n);
   // Capped backoff: one line per distinct cause, not one per attempt.
   size_t lines = 0;
-  for (size_t p = 0; (p = log.find("cannot stream yet", p)) != std::string::npos;
-       ++p) {
+  for (size_t p = 0;
+       (p = log.find("cannot stream yet", p)) != std::string::npos; ++p) {
     ++lines;
   }
   EXPECT_LE(lines, 3u) << log;
@@ -113,12 +117,11 @@ TEST_F(FaultTest, FatalDeliveryErrorStopsWithoutConfirmingPastIt) {
 TEST_F(FaultTest, StandbyTakesOverWhenTheActiveOneDies) {
   const std::string topic = prefix_ + "standby";
   size_t active = StartOutboxd({"--topic=" + topic});
-  size_t standby = StartOutboxd(
-      {"--topic=" + topic, "--reconnect-backoff-initial=50ms",
-       "--reconnect-backoff-max=250ms"},
-      /*wait_streaming=*/false);
-  ASSERT_TRUE(WaitForLog(standby, "is active for PID"))
-      << Log(standby);
+  size_t standby =
+      StartOutboxd({"--topic=" + topic, "--reconnect-backoff-initial=50ms",
+                    "--reconnect-backoff-max=250ms"},
+                   /*wait_streaming=*/false);
+  ASSERT_TRUE(WaitForLog(standby, "is active for PID")) << Log(standby);
   Inserter inserter(ConnInfo(), 3000, 100, absl::Milliseconds(100));
   inserter.Start();
   absl::SleepFor(absl::Seconds(1));
@@ -131,10 +134,10 @@ TEST_F(FaultTest, StandbyTakesOverWhenTheActiveOneDies) {
   ASSERT_EQ(inserter.written(), 3000) << inserter.error();
   ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60)));
   Tally t = Count(Read(topic, 3000));
-  std::printf("[ measure ] standby takeover after SIGKILL: %.0f ms; %zu "
-              "events, %zu lost, %zu duplicates\n",
-              absl::ToDoubleMilliseconds(takeover), t.expected, t.lost,
-              t.duplicates);
+  std::printf(
+      "[ measure ] standby takeover after SIGKILL: %.0f ms; %zu "
+      "events, %zu lost, %zu duplicates\n",
+      absl::ToDoubleMilliseconds(takeover), t.expected, t.lost, t.duplicates);
   EXPECT_EQ(t.lost, 0u);
   EXPECT_LT(takeover, absl::Seconds(10));
   // The wait was quiet: no warning per attempt.
@@ -169,8 +172,10 @@ TEST_F(FaultTest, SigtermUnderLoadFlushesConfirmsAndExitsZero) {
   size_t m = StartOutboxd({"--topic=" + topic});
   ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(90))) << Log(m);
   Tally t = Count(Read(topic, inserter.written()));
-  std::printf("[ measure ] after SIGTERM and restart: %zu events, %zu lost, "
-              "%zu duplicates\n", t.expected, t.lost, t.duplicates);
+  std::printf(
+      "[ measure ] after SIGTERM and restart: %zu events, %zu lost, "
+      "%zu duplicates\n",
+      t.expected, t.lost, t.duplicates);
   EXPECT_EQ(t.lost, 0u);
 }
 
@@ -181,12 +186,13 @@ TEST_F(FaultTest, LargeTransactionIsDeliveredWholeWithBoundedMemory) {
   // big batch by resending all of it, which makes reading back quadratic.
   size_t n = StartOutboxd(
       {"--topic=" + topic, "--kafka-property=batch.num.messages=500"});
-  ASSERT_TRUE(Exec(absl::StrCat(
-                       "INSERT INTO outbox (aggregatetype, aggregateid, type, "
-                       "payload) SELECT 'large', 'agg-' || (g % 1000), 'E', "
-                       "jsonb_build_object('n', g, 'pad', repeat('x', 100)) "
-                       "FROM generate_series(1, ", kRows, ") g"))
-                  .ok());
+  ASSERT_TRUE(
+      Exec(absl::StrCat("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                        "payload) SELECT 'large', 'agg-' || (g % 1000), 'E', "
+                        "jsonb_build_object('n', g, 'pad', repeat('x', 100)) "
+                        "FROM generate_series(1, ",
+                        kRows, ") g"))
+          .ok());
   const absl::Time start = absl::Now();
   ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(240))) << Log(n);
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
@@ -195,10 +201,10 @@ TEST_F(FaultTest, LargeTransactionIsDeliveredWholeWithBoundedMemory) {
   // 200,000 records back far too slowly for CI. No restart happened, so no
   // record can be a duplicate.
   int64_t in_kafka = RecordCount(broker_->bootstrap(), topic);
-  std::printf("[ measure ] one transaction of %d rows: delivered in %.1f s, "
-              "outboxd peak RSS %.1f MiB, %lld records in Kafka\n",
-              kRows, seconds, peak_kib / 1024.0,
-              static_cast<long long>(in_kafka));
+  std::printf(
+      "[ measure ] one transaction of %d rows: delivered in %.1f s, "
+      "outboxd peak RSS %.1f MiB, %lld records in Kafka\n",
+      kRows, seconds, peak_kib / 1024.0, static_cast<long long>(in_kafka));
   EXPECT_EQ(in_kafka, kRows) << Log(n);
   // A sample is read back whole.
   EXPECT_GE(Read(topic, 1000, absl::Seconds(30)).size(), 1000u);
@@ -222,8 +228,9 @@ class BadRowTest : public FaultTest {
     size_t n = StartOutboxd(extra);
     ASSERT_TRUE(Exec(InsertSql("good", "g1")).ok());
     ASSERT_TRUE(Exec(bad_sql).ok());
-    std::string bad_id = Query("SELECT id::text FROM outbox ORDER BY "
-                               "created_at DESC, ctid DESC LIMIT 1");
+    std::string bad_id = Query(
+        "SELECT id::text FROM outbox ORDER BY "
+        "created_at DESC, ctid DESC LIMIT 1");
     ASSERT_TRUE(Exec(InsertSql("good", "g2")).ok());
     auto good = Read(topic, 2);
     EXPECT_EQ(good.size(), 2u) << Log(n);
@@ -329,12 +336,14 @@ TEST_F(FaultTest, TableNameWithSpaceAndQuoteWorks) {
       id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
       aggregatetype text NOT NULL, aggregateid text NOT NULL,
       type text NOT NULL, payload jsonb);
-  )sql").ok());
+  )sql")
+                  .ok());
   size_t n = StartOutboxd({R"(--table="odd schema"."my ""odd"" outbox")",
                            "--publication=odd pub \"x\""});
   ASSERT_TRUE(Exec(R"sql(INSERT INTO "odd schema"."my ""odd"" outbox"
       (aggregatetype, aggregateid, type, payload)
-      VALUES ('quoted', 'q', 'E', '{"ok": true}'))sql").ok());
+      VALUES ('quoted', 'q', 'E', '{"ok": true}'))sql")
+                  .ok());
   auto records = Read(prefix_ + "quoted", 1);
   ASSERT_EQ(records.size(), 1u) << Log(n);
   EXPECT_EQ(records[0].value, R"({"ok": true})");
@@ -344,8 +353,7 @@ TEST_F(FaultTest, InjectionThroughTableFailsCleanlyAndChangesNothing) {
   const std::string before = Query(
       "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE "
       "relnamespace = 'public'::regnamespace");
-  const std::string pubs_before =
-      Query("SELECT count(*) FROM pg_publication");
+  const std::string pubs_before = Query("SELECT count(*) FROM pg_publication");
   for (const std::string& table :
        {std::string("public.outbox; DROP TABLE orders; --"),
         std::string(R"(public."outbox""; DROP TABLE orders; --")"),
@@ -373,18 +381,26 @@ class PasswordTest : public FaultTest {
  protected:
   void SetUp() override {
     FaultTest::SetUp();
-    ASSERT_TRUE(Exec(absl::StrCat(
-                         "CREATE ROLE pw_user_", db_, " LOGIN REPLICATION "
-                         "PASSWORD '", kPassword, "'; GRANT SELECT ON outbox TO "
-                         "pw_user_", db_, "; GRANT USAGE ON SCHEMA outbox TO "
-                         "pw_user_", db_, "; GRANT SELECT, INSERT, UPDATE ON "
-                         "outbox.publisher_state TO pw_user_", db_))
+    ASSERT_TRUE(Exec(absl::StrCat("CREATE ROLE pw_user_", db_,
+                                  " LOGIN REPLICATION "
+                                  "PASSWORD '",
+                                  kPassword,
+                                  "'; GRANT SELECT ON outbox TO "
+                                  "pw_user_",
+                                  db_,
+                                  "; GRANT USAGE ON SCHEMA outbox TO "
+                                  "pw_user_",
+                                  db_,
+                                  "; GRANT SELECT, INSERT, UPDATE ON "
+                                  "outbox.publisher_state TO pw_user_",
+                                  db_))
                     .ok());
     // Password authentication for this role only, ahead of the trust lines.
     std::string hba = Query("SHOW hba_file");
-    std::string current = Query(absl::StrCat("SELECT pg_read_file('", hba, "')"));
-    std::string line = absl::StrCat("host all pw_user_", db_,
-                                    " 127.0.0.1/32 scram-sha-256\n");
+    std::string current =
+        Query(absl::StrCat("SELECT pg_read_file('", hba, "')"));
+    std::string line =
+        absl::StrCat("host all pw_user_", db_, " 127.0.0.1/32 scram-sha-256\n");
     {
       std::ofstream out(hba, std::ios::trunc);
       out << line << current;
@@ -412,8 +428,8 @@ class PasswordTest : public FaultTest {
 TEST_F(PasswordTest, PasswordWorksAndIsNeverLogged) {
   // In the conninfo (keyword form), with an error too (bad dbname) so that
   // failure paths are covered.
-  size_t a = StartOutboxd({}, true, {},
-                          ArgsWithPg(RoleConninfo() + " password=" + kPassword));
+  size_t a = StartOutboxd(
+      {}, true, {}, ArgsWithPg(RoleConninfo() + " password=" + kPassword));
   ASSERT_TRUE(Exec(InsertSql("pw", "a")).ok());
   ASSERT_EQ(Read(prefix_ + "pw", 1).size(), 1u) << Log(a);
   Outboxd(a).Signal(SIGTERM);
@@ -443,7 +459,8 @@ TEST_F(PasswordTest, PasswordWorksAndIsNeverLogged) {
   ASSERT_TRUE(Outboxd(b).Wait(absl::Seconds(15)).has_value());
 
   // PGPASSFILE.
-  std::string passfile = absl::StrCat(::testing::TempDir(), "/", db_, ".pgpass");
+  std::string passfile =
+      absl::StrCat(::testing::TempDir(), "/", db_, ".pgpass");
   {
     std::ofstream out(passfile);
     out << "127.0.0.1:" << cluster_->port() << ":" << db_ << ":pw_user_" << db_

@@ -96,11 +96,10 @@ TEST_F(OpsTest, MetricsScrapeMovesAsEventsFlow) {
   EXPECT_EQ(Sample(before, "outboxd_streaming"), 1);
   EXPECT_GE(Sample(before, "outboxd_kafka_brokers_up"), 1);
   EXPECT_EQ(Sample(before, "outboxd_commit_to_ack_seconds_count"), 0);
-  for (const char* name :
-       {"# TYPE outboxd_events_published_total counter",
-        "# TYPE outboxd_commit_to_ack_seconds histogram",
-        "# TYPE outboxd_slot_lag_bytes gauge",
-        "# HELP outboxd_confirmed_lsn "}) {
+  for (const char* name : {"# TYPE outboxd_events_published_total counter",
+                           "# TYPE outboxd_commit_to_ack_seconds histogram",
+                           "# TYPE outboxd_slot_lag_bytes gauge",
+                           "# HELP outboxd_confirmed_lsn "}) {
     EXPECT_NE(before.find(name), std::string::npos) << name;
   }
   double confirmed_before = Sample(before, "outboxd_confirmed_lsn");
@@ -271,11 +270,11 @@ TEST_F(OpsTest, SslPasswordNeverLoggedInTextOrJson) {
 }
 
 TEST_F(OpsTest, BadLogFlagsExitTwo) {
-  for (const char* flag : {"--log-format=xml", "--log-level=loud",
-                           "--value-format=avro"}) {
-    auto r = RunCommand({OUTBOXD_BINARY, "--pg=" + ConnInfo(),
-                         "--brokers=127.0.0.1:9", flag},
-                        absl::Seconds(10));
+  for (const char* flag :
+       {"--log-format=xml", "--log-level=loud", "--value-format=avro"}) {
+    auto r = RunCommand(
+        {OUTBOXD_BINARY, "--pg=" + ConnInfo(), "--brokers=127.0.0.1:9", flag},
+        absl::Seconds(10));
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(r->exit_code, 2) << flag << ": " << r->output;
   }
@@ -297,7 +296,8 @@ std::map<std::string, OutboxEvent> EventsInTable(PgCluster* cluster,
                        bytea ? "encode(payload, 'hex')" : "payload::text",
                        ", 'h', headers))::text, '[]') FROM ", table));
   EXPECT_TRUE(text.ok()) << text.status();
-  for (const auto& row : nlohmann::ordered_json::parse(text.ok() ? *text : "[]")) {
+  for (const auto& row :
+       nlohmann::ordered_json::parse(text.ok() ? *text : "[]")) {
     OutboxEvent e;
     e.id = row["id"];
     e.aggregate_type = row["at"];
@@ -335,7 +335,8 @@ class ValueFormatTest : public OpsTest {
         type text NOT NULL, payload bytea, headers jsonb);
       CREATE PUBLICATION bin_pub FOR TABLE bin_outbox
         WITH (publish = 'insert');
-    )sql").ok());
+    )sql")
+                    .ok());
     std::string name(ValueFormatName(format));
     StartOutboxd({"--value-format=" + name, "--metrics-address="});
     ChildOptions unused;
@@ -360,7 +361,8 @@ class ValueFormatTest : public OpsTest {
                ('blob', 'b2', 'Bytes', convert_to('Grüße', 'UTF8')),
                ('blob', 'b3', 'Bytes', ''::bytea),
                ('blob', 'b4', 'Bytes', NULL);
-    )sql").ok());
+    )sql")
+                    .ok());
     for (auto [topic, table, bytea, topic_prefix] :
          {std::tuple{prefix_ + "commande", std::string("public.outbox"), false,
                      prefix_},
@@ -405,7 +407,9 @@ TEST_F(ValueFormatTest, PayloadRoundTrip) { RoundTrip(ValueFormat::kPayload); }
 TEST_F(ValueFormatTest, EnvelopeJsonRoundTrip) {
   RoundTrip(ValueFormat::kEnvelopeJson);
 }
-TEST_F(ValueFormatTest, ProtobufRoundTrip) { RoundTrip(ValueFormat::kProtobuf); }
+TEST_F(ValueFormatTest, ProtobufRoundTrip) {
+  RoundTrip(ValueFormat::kProtobuf);
+}
 
 // --------------------------------------------------------------- SQL kit
 
@@ -415,8 +419,7 @@ TEST_F(OpsTest, PublisherRoleRunsOutboxdAndWriterRoleWritesEvents) {
   ASSERT_TRUE(Exec("DROP ROLE IF EXISTS ops_app; "
                    "CREATE ROLE ops_app LOGIN IN ROLE outboxd_writer")
                   .ok());
-  StartOutboxd({"--pg=" + ConnInfo("outboxd_publisher"),
-                "--metrics-address="},
+  StartOutboxd({"--pg=" + ConnInfo("outboxd_publisher"), "--metrics-address="},
                /*default_pg=*/false);
   // The writer: emit (a row) and emit_message (no row), nothing else.
   auto as_app = [&](const std::string& sql) {
@@ -427,8 +430,9 @@ TEST_F(OpsTest, PublisherRoleRunsOutboxdAndWriterRoleWritesEvents) {
   auto r = as_app("SELECT outbox.emit('acct', 'a1', 'Opened', '{\"n\": 1}')");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->exit_code, 0) << r->output;
-  r = as_app("SELECT outbox.emit_message('acct', 'a1', 'Closed', "
-             "'{\"n\": 2}', '{\"h\": \"v\"}')");
+  r = as_app(
+      "SELECT outbox.emit_message('acct', 'a1', 'Closed', "
+      "'{\"n\": 2}', '{\"h\": \"v\"}')");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->exit_code, 0) << r->output;
   r = as_app("SELECT count(*) FROM public.outbox");

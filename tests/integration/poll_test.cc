@@ -147,8 +147,8 @@ TEST_F(PollTest, PollDeliversExactRecordsAndMarksThem) {
     EXPECT_EQ(r.headers[3], std::make_pair(std::string("outbox.seq"), *row[6]));
     // The source: the database and the table (README "Polling and push
     // publishers").
-    EXPECT_EQ(r.headers[4], std::make_pair(std::string("outbox.source"),
-                                           source_id));
+    EXPECT_EQ(r.headers[4],
+              std::make_pair(std::string("outbox.source"), source_id));
   }
   ExpectSeqOrderPerKey(records);
   EXPECT_TRUE(
