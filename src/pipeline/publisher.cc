@@ -165,9 +165,10 @@ class Publisher::Impl {
     std::variant<OutboxEvent, InvalidEvent> item;
     uint64_t sequence;
   };
-  // Topic and commit time of each event in flight, by sequence (metrics).
+  // The topic's counter and the commit time of each produced event in
+  // flight, by sequence (metrics).
   struct PublishedEvent {
-    std::string topic;
+    metrics::Counter* published_to = nullptr;
     int64_t commit_time_unix_ms = 0;
   };
 
@@ -318,7 +319,6 @@ class Publisher::Impl {
   void ResetSession() {
     if (pending_.has_value()) {
       // Never produced; it belongs to the open transaction, resent later.
-      published_.erase(pending_->sequence);
       tracker_.Acknowledge(pending_->sequence);
       pending_.reset();
     }
@@ -395,18 +395,11 @@ class Publisher::Impl {
 
   absl::Status Publish(OutboxEvent event) {
     reserved_header_log_.Note(event, source_.Where(event));
-    PublishedEvent meta;
-    meta.topic =
-        options_.router.fixed_topic.empty()
-            ? absl::StrCat(options_.router.topic_prefix, event.aggregate_type)
-            : options_.router.fixed_topic;
-    meta.commit_time_unix_ms = event.commit_time_unix_ms;
     if (options_.value_format != ValueFormat::kPayload) {
       // The router publishes the payload as the value: make it the envelope.
       event.payload = EncodeValue(event, options_.value_format);
     }
     pending_ = Pending{std::move(event), tracker_.AddEvent()};
-    published_[pending_->sequence] = std::move(meta);
     return TryProducePending();
   }
 
@@ -443,7 +436,6 @@ class Publisher::Impl {
         if (absl::IsUnavailable(topic)) return absl::OkStatus();  // later
         if (!topic.ok()) {
           InvalidEvent bad = Misrouted(*event, record.topic, topic);
-          published_.erase(pending_->sequence);
           pending_->item = std::move(bad);
           RETURN_IF_ERROR(
               ReportInvalid(std::get<InvalidEvent>(pending_->item)));
@@ -456,6 +448,8 @@ class Publisher::Impl {
             batch_.Produced(pending_->sequence, event->position, record.topic);
           }
           ++stats_.events_produced;
+          published_[pending_->sequence] = {&m_.PublishedTo(record.topic),
+                                            event->commit_time_unix_ms};
           pending_.reset();
           return absl::OkStatus();
         }
@@ -470,7 +464,6 @@ class Publisher::Impl {
         }
         spdlog::warn("event {} {}: {}", event->id, source_.Where(*event),
                      bad.reason);
-        published_.erase(pending_->sequence);
         pending_->item = std::move(bad);
         continue;
       }
@@ -514,7 +507,6 @@ class Publisher::Impl {
   // The pending event is in Kafka already: it counts as acknowledged.
   absl::Status SkipPending() {
     ++stats_.events_skipped;
-    published_.erase(pending_->sequence);
     tracker_.Acknowledge(pending_->sequence);
     pending_.reset();
     return absl::OkStatus();
@@ -564,7 +556,7 @@ class Publisher::Impl {
     auto it = published_.find(sequence);
     if (it == published_.end()) return;  // a dead-lettered record
     if (status.ok()) {
-      m_.PublishedTo(it->second.topic).Increment();
+      it->second.published_to->Increment();
       int64_t ms =
           absl::ToUnixMillis(absl::Now()) - it->second.commit_time_unix_ms;
       m_.commit_to_ack_seconds->Observe(std::max<int64_t>(ms, 0) / 1000.0);
