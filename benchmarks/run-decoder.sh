@@ -2,14 +2,18 @@
 # Benchmark 3: the pgoutput decoder micro-benchmark (Google Benchmark).
 # Writes benchmarks/results/decoder.{json,txt,md} and decoder-machine.txt.
 #   benchmarks/run-decoder.sh [extra google-benchmark flags]
+# Refuses to run on a loaded machine (exit 3) unless --force (README).
 source "$(dirname "$0")/lib.sh"
+bench_args_init "$@"
 bench_deps
 bench_build decoder_bench
+bench_guard
 mkdir -p "$results"
 bench_machine "$results/decoder-machine.txt"
 "$root/build/decoder_bench" --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true \
-  --benchmark_out="$results/decoder.json" --benchmark_out_format=json "$@" |
+  --benchmark_out="$results/decoder.json" --benchmark_out_format=json \
+  "${bench_args[@]}" |
   tee "$results/decoder.txt"
 # The medians as a markdown table (messages/s and MB/s).
 {
@@ -26,4 +30,6 @@ bench_machine "$results/decoder-machine.txt"
       }
     }' "$results/decoder.json"
 } >"$results/decoder.md"
+bench_finish "$results/decoder-machine.txt" "$results/decoder.json" \
+  "$results/decoder.md"
 cat "$results/decoder.md"

@@ -14,9 +14,11 @@
 #
 # Other flags go to vs_debezium_bench, e.g. --events=200000 --duration=5s
 # --phases=throughput --throughput_runs=outboxd,debezium-tuned.
+# Refuses to run on a loaded machine (exit 3) unless --force (README).
 source "$(dirname "$0")/lib.sh"
+bench_args_init "$@"
 args=()
-for a in "$@"; do
+for a in "${bench_args[@]}"; do
   case $a in
     --equality-only) args+=(--phases=equality) ;;
     *) args+=("$a") ;;
@@ -42,6 +44,8 @@ bootstrap=$(KAFKA_HEAP=${KAFKA_HEAP:-1g} \
   "$cluster" start --nodes 1 --dir "$kafka_dir" --partitions 4 \
   --watch-pid $$)
 echo "run-vs-debezium: Kafka at $bootstrap, logs in $work" >&2
+# The broker's JVM start-up loads the machine for a while: the guard waits.
+bench_guard
 
 mkdir -p "$results"
 machine="$results/vs-debezium-machine.txt"
@@ -54,7 +58,8 @@ set +e
   --work_dir="$work/logs" "${args[@]}"
 rc=$?
 set -e
-echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, at the end)" >>"$machine"
+bench_finish "$machine" "$results/vs-debezium.json" "$results/vs-debezium.md" \
+  "$results/vs-debezium-partial.json" "$results/vs-debezium-partial.md"
 if [[ $rc -ne 0 && -n ${KEEP_LOGS:-} ]]; then
   cp -r "$work/logs" "$KEEP_LOGS"
   echo "run-vs-debezium: logs copied to $KEEP_LOGS" >&2
