@@ -8,6 +8,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "outbox/message_json.h"
 #include "outbox/router.h"
 
 namespace outboxd {
@@ -180,6 +181,7 @@ const std::string& AggregateIdOf(const RowEvent& event) {
 }
 
 absl::Status ParseHeadersText(absl::string_view text, OutboxEvent* event) {
+  if (FastParseHeadersText(text, event)) return absl::OkStatus();
   Json doc = Json::parse(text.begin(), text.end(), nullptr, false);
   if (doc.is_discarded()) {
     return absl::InvalidArgumentError("headers is not valid JSON");
@@ -252,6 +254,9 @@ absl::StatusOr<std::vector<std::string>> ParseIdArrayText(
 }
 
 absl::Status ParseMessageEvent(absl::string_view content, OutboxEvent* event) {
+  // One pass without a document for the usual content; anything else
+  // (and every error) through nlohmann as before (message_json.h).
+  if (FastParseMessageEvent(content, event)) return absl::OkStatus();
   Json doc = Json::parse(content.begin(), content.end(), nullptr,
                          /*allow_exceptions=*/false);
   if (doc.is_discarded()) {
