@@ -394,7 +394,10 @@ class Publisher::Impl {
   // --- producing ------------------------------------------------------------
 
   absl::Status Publish(OutboxEvent event) {
-    reserved_header_log_.Note(event, source_.Where(event));
+    if (!event.dropped_headers.empty()) {
+      // Where() formats a string: only for the events it is logged for.
+      reserved_header_log_.Note(event, source_.Where(event));
+    }
     if (options_.value_format != ValueFormat::kPayload) {
       // The router publishes the payload as the value: make it the envelope.
       event.payload = EncodeValue(event, options_.value_format);
