@@ -7,12 +7,42 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "benchmarks/bench_util.h"
 
 namespace outboxd::bench {
+
+absl::StatusOr<PublisherMode> ParsePublisherMode(const std::string& name) {
+  if (name == "cdc") return PublisherMode{name, "cdc", ""};
+  if (name == "notify") return PublisherMode{name, "notify", "1s"};
+  if (absl::StartsWith(name, "poll")) {
+    std::string interval = name.substr(4);
+    absl::Duration d;
+    if (interval.empty() || !absl::ParseDuration(interval, &d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("mode ", name, ": poll needs an interval, e.g. poll1s"));
+    }
+    return PublisherMode{name, "poll", interval};
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown mode ", name));
+}
+
+absl::Duration PollInterval(const PublisherMode& mode) {
+  absl::Duration d = absl::ZeroDuration();
+  if (!mode.interval.empty()) (void)absl::ParseDuration(mode.interval, &d);
+  return d;
+}
+
+std::vector<std::string> ModeArgs(const PublisherMode& mode) {
+  std::vector<std::string> args = {absl::StrCat("--source=", mode.source)};
+  if (!mode.interval.empty()) {
+    args.push_back(absl::StrCat("--poll-interval=", mode.interval));
+  }
+  return args;
+}
 
 absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
     const BenchEnvOptions& options) {
@@ -94,6 +124,19 @@ absl::StatusOr<int> BenchEnv::StopOutboxd(testing::ChildProcess& outboxd) {
   std::optional<int> code = outboxd.Wait(absl::Seconds(30));
   if (!code) return absl::DeadlineExceededError("outboxd did not stop in 30s");
   return *code;
+}
+
+absl::Status BenchEnv::PrepareMode(const PublisherMode& mode) {
+  if (mode.source != "notify") {
+    return pg_->Exec("postgres",
+                     "DROP TRIGGER IF EXISTS outbox_notify ON public.outbox");
+  }
+  std::ifstream sql_file(std::string(OUTBOXD_SOURCE_DIR) +
+                         "/sql/outbox_notify.sql");
+  if (!sql_file) return absl::NotFoundError("sql/outbox_notify.sql");
+  std::stringstream sql;
+  sql << sql_file.rdbuf();
+  return pg_->Exec("postgres", sql.str());
 }
 
 absl::StatusOr<double> BenchEnv::PublisherStatementCalls() {

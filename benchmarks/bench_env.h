@@ -27,6 +27,21 @@ namespace outboxd::bench {
 inline constexpr char kPublisherRole[] = "outboxd_bench";
 inline constexpr int kPartitions = 4;
 
+// A publisher mode of the latency and live benchmarks: "cdc",
+// "poll<interval>" (--source=poll --poll-interval=<interval>, e.g. poll100ms)
+// or "notify" (--source=notify, sql/outbox_notify.sql installed, 1 s
+// safety-net poll).
+struct PublisherMode {
+  std::string name;      // as given on the command line
+  std::string source;    // cdc | poll | notify
+  std::string interval;  // --poll-interval, "" = default
+};
+absl::StatusOr<PublisherMode> ParsePublisherMode(const std::string& name);
+// The poll interval (0 for cdc).
+absl::Duration PollInterval(const PublisherMode& mode);
+// outboxd's flags for the mode (--source, --poll-interval).
+std::vector<std::string> ModeArgs(const PublisherMode& mode);
+
 struct BenchEnvOptions {
   std::string outboxd_binary;  // "" = the one built with the harness
   std::string work_dir;        // outboxd logs go here
@@ -57,6 +72,10 @@ class BenchEnv {
       const std::vector<std::string>& args, const std::string& log_name);
   // SIGTERM, then wait; returns the exit code (or an error after 30 s).
   absl::StatusOr<int> StopOutboxd(testing::ChildProcess& outboxd);
+
+  // Installs sql/outbox_notify.sql's trigger for a notify mode, drops it
+  // for the others.
+  absl::Status PrepareMode(const PublisherMode& mode);
 
   // calls summed over pg_stat_statements for the publisher's role.
   absl::StatusOr<double> PublisherStatementCalls();

@@ -167,6 +167,49 @@ pid_t ChildPidByName(const std::string& prefix) {
 int64_t PeakRssBytes(pid_t pid) { return StatusKb(pid, "VmHWM:") * 1024; }
 int64_t RssBytes(pid_t pid) { return StatusKb(pid, "VmRSS:") * 1024; }
 
+namespace {
+// voluntary + involuntary context switches from one status file.
+std::pair<int64_t, int64_t> StatusSwitches(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::pair<int64_t, int64_t> v{0, 0};
+  while (std::getline(in, line)) {
+    int64_t* target = nullptr;
+    if (absl::StartsWith(line, "voluntary_ctxt_switches:")) {
+      target = &v.first;
+    } else if (absl::StartsWith(line, "nonvoluntary_ctxt_switches:")) {
+      target = &v.second;
+    } else {
+      continue;
+    }
+    const std::string rest = line.substr(line.find(':') + 1);
+    (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(rest), target);
+  }
+  return v;
+}
+}  // namespace
+
+ContextSwitches ProcessContextSwitches(pid_t pid) {
+  ContextSwitches c;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(
+           absl::StrCat("/proc/", pid, "/task"), ec)) {
+    auto [vol, invol] = StatusSwitches(entry.path().string() + "/status");
+    c.voluntary += vol;
+    c.involuntary += invol;
+  }
+  auto [vol, invol] =
+      StatusSwitches(absl::StrCat("/proc/", pid, "/task/", pid, "/status"));
+  c.main_thread = vol + invol;
+  return c;
+}
+
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 double LoadAverage1() {
   double load[3] = {0, 0, 0};
   if (getloadavg(load, 3) < 1) return -1;
@@ -278,7 +321,8 @@ void QuietLog(const rd_kafka_t*, int level, const char* fac, const char* buf) {
   if (level <= 3) std::fprintf(stderr, "bench kafka %s: %s\n", fac, buf);
 }
 
-// A librdkafka handle of `type` with `settings`, logging errors only.
+}  // namespace
+
 absl::StatusOr<rd_kafka_t*> NewKafkaHandle(
     rd_kafka_type_t type,
     const std::vector<std::pair<const char*, std::string>>& settings) {
@@ -299,8 +343,6 @@ absl::StatusOr<rd_kafka_t*> NewKafkaHandle(
   }
   return rk;
 }
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<ReceiptRecorder>> ReceiptRecorder::Start(
     const std::string& bootstrap, const std::string& topic, int partitions,
@@ -420,7 +462,6 @@ std::vector<std::pair<double, double>> CdfPoints(
   return points;
 }
 
-namespace {
 void SleepUntilNs(int64_t t) {
   timespec ts;
   ts.tv_sec = t / 1000000000;
@@ -429,7 +470,6 @@ void SleepUntilNs(int64_t t) {
          EINTR) {
   }
 }
-}  // namespace
 
 absl::StatusOr<LoadResult> GenerateLoad(
     const std::string& conninfo, int rate, int64_t events, int connections,

@@ -33,6 +33,8 @@ namespace outboxd::bench {
 // CLOCK_MONOTONIC in nanoseconds: commit and receipt times are taken in the
 // same process, so one monotonic clock compares them.
 int64_t NowNs();
+// Sleeps until NowNs() reaches `t`.
+void SleepUntilNs(int64_t t);
 
 // A plain libpq connection; aborts the benchmark on connection failure.
 class PgConn {
@@ -72,6 +74,17 @@ pid_t ParentPid(pid_t pid);
 int64_t PeakRssBytes(pid_t pid);
 // VmRSS of a live process in bytes; 0 if unknown.
 int64_t RssBytes(pid_t pid);
+// Context switches of a process, from /proc/<pid>/task/*/status (every
+// live thread; /proc/<pid>/status alone counts the main thread only).
+struct ContextSwitches {
+  int64_t voluntary = 0;
+  int64_t involuntary = 0;
+  int64_t main_thread = 0;  // voluntary + involuntary of the main thread
+  int64_t total() const { return voluntary + involuntary; }
+};
+ContextSwitches ProcessContextSwitches(pid_t pid);
+// CPU seconds of the calling thread (CLOCK_THREAD_CPUTIME_ID).
+double ThreadCpuSeconds();
 
 // nproc, CPU model, memory, kernel, load average, date.
 nlohmann::json MachineInfo();
@@ -152,6 +165,12 @@ class WatermarkProbe {
   WatermarkProbe() = default;
   rd_kafka_t* rk_ = nullptr;
 };
+
+// A librdkafka handle of `type` with `settings` (name, value), logging
+// errors only to stderr.
+absl::StatusOr<rd_kafka_t*> NewKafkaHandle(
+    rd_kafka_type_t type,
+    const std::vector<std::pair<const char*, std::string>>& settings);
 
 // Writes `text` to `path`, creating parent directories.
 absl::Status WriteFile(const std::string& path, const std::string& text);

@@ -61,32 +61,7 @@ ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-latency", "outboxd logs");
 namespace outboxd::bench {
 namespace {
 
-struct Mode {
-  std::string name;      // as given on the command line
-  std::string source;    // cdc | poll | notify
-  std::string interval;  // --poll-interval, "" = default
-};
-
-absl::StatusOr<Mode> ParseMode(const std::string& name) {
-  if (name == "cdc") return Mode{name, "cdc", ""};
-  if (name == "notify") return Mode{name, "notify", "1s"};
-  if (absl::StartsWith(name, "poll")) {
-    std::string interval = name.substr(4);
-    absl::Duration d;
-    if (interval.empty() || !absl::ParseDuration(interval, &d)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("mode ", name, ": poll needs an interval, e.g. poll1s"));
-    }
-    return Mode{name, "poll", interval};
-  }
-  return absl::InvalidArgumentError(absl::StrCat("unknown mode ", name));
-}
-
-absl::Duration PollInterval(const Mode& m) {
-  absl::Duration d = absl::ZeroDuration();
-  if (!m.interval.empty()) (void)absl::ParseDuration(m.interval, &d);
-  return d;
-}
+using Mode = PublisherMode;
 
 std::string InsertSql(int64_t id) {
   return absl::StrCat(
@@ -131,22 +106,7 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
                                   mode.name, rate, events);
 
   absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
-  if (!s.ok()) return s;
-  if (mode.source == "notify") {
-    std::string sql;
-    std::FILE* f = std::fopen(
-        (std::string(OUTBOXD_SOURCE_DIR) + "/sql/outbox_notify.sql").c_str(),
-        "r");
-    if (f == nullptr) return absl::NotFoundError("sql/outbox_notify.sql");
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) sql.append(buf, n);
-    std::fclose(f);
-    s = env.pg().Exec("postgres", sql);
-  } else {
-    s = env.pg().Exec("postgres",
-                      "DROP TRIGGER IF EXISTS outbox_notify ON public.outbox");
-  }
+  if (s.ok()) s = env.PrepareMode(mode);
   if (!s.ok()) return s;
   s = env.broker().CreateTopic(topic, kPartitions);
   if (!s.ok()) return s;
@@ -156,13 +116,10 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
                              absl::GetFlag(FLAGS_fetch_wait_ms));
   if (!recorder.ok()) return recorder.status();
 
-  std::vector<std::string> args = {
-      absl::StrCat("--source=", mode.source), absl::StrCat("--topic=", topic),
-      absl::StrCat("--slot=", slot), "--metrics-address=127.0.0.1:0",
-      "--log-level=info"};
-  if (!mode.interval.empty()) {
-    args.push_back(absl::StrCat("--poll-interval=", mode.interval));
-  }
+  std::vector<std::string> args = ModeArgs(mode);
+  args.insert(args.end(),
+              {absl::StrCat("--topic=", topic), absl::StrCat("--slot=", slot),
+               "--metrics-address=127.0.0.1:0", "--log-level=info"});
   for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
     args.push_back(a);
   }
@@ -326,7 +283,7 @@ int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   std::vector<Mode> modes;
   for (const std::string& m : absl::GetFlag(FLAGS_modes)) {
-    auto mode = ParseMode(m);
+    auto mode = ParsePublisherMode(m);
     if (!mode.ok()) {
       std::cerr << mode.status() << "\n";
       return 2;
