@@ -1,0 +1,553 @@
+// The first event after a start, and after a standby takeover
+// (benchmarks/README.md, benchmark 6).
+//
+// One throwaway cluster, one dev broker, one topic, and an independent
+// consumer (ReceiptRecorder: assigned to every partition from the start,
+// fetch.wait.max.ms=1) that runs the whole time and timestamps each record
+// on receipt, in this process's monotonic clock. Phases, each repeated
+// `--reps` times:
+//
+//   floor     the instrument: a warm librdkafka producer in this process
+//             (outboxd's settings, linger.ms=0) produces one record; time
+//             to its receipt. And a cold one: from rd_kafka_new to the
+//             receipt of the record produced right after it (what a fresh
+//             producer costs before its first record: connection, metadata,
+//             idempotent producer id).
+//   start     a slot with nothing to read but one event committed while no
+//             outboxd runs; time from just before outboxd's fork/exec to the
+//             receipt of that record.
+//   steady    after each start's first record, outboxd idle: `--steady`
+//             single events 0.3-1.3 s apart; commit (PQexec returned) to
+//             receipt.
+//   takeover  an active outboxd streaming (one event through it), and a
+//             standby on the same slot waiting ("is active for PID" in its
+//             log); random 0.5-1.5 s later, SIGKILL to the active one and one
+//             event committed right after; time from the kill to the receipt.
+//             Once with the standby's default flags and once with
+//             --reconnect-backoff-initial=50ms --reconnect-backoff-max=250ms
+//             (how often a standby checks the slot; README "Standby").
+//
+// Reports min/median/max per phase. Writes <out>/first-event.json and
+// first-event.md. Measures only; asserts nothing.
+//
+//   first_event_bench --reps=7 --phases=floor,start,steady,takeover
+#include <algorithm>
+#include <csignal>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "benchmarks/bench_env.h"
+#include "benchmarks/bench_util.h"
+#include "nlohmann/json.hpp"
+#include "tests/harness/child_process.h"
+
+ABSL_FLAG(int, reps, 7, "repetitions of each phase");
+ABSL_FLAG(int, steady, 5, "idle single events after each start's first one");
+ABSL_FLAG(std::vector<std::string>, phases,
+          std::vector<std::string>({"floor", "start", "steady", "takeover"}),
+          "floor, start, steady (needs start), takeover");
+ABSL_FLAG(int, fetch_wait_ms, 1, "consumer fetch.wait.max.ms");
+ABSL_FLAG(std::string, out, "benchmarks/results", "output directory");
+ABSL_FLAG(std::string, outboxd, "", "outboxd binary (default: the build's)");
+ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
+          "extra outboxd flags, comma-separated (e.g. --log-level=debug)");
+ABSL_FLAG(std::string, kafka_debug, "",
+          "librdkafka debug contexts for outboxd (--kafka-property=debug=...), "
+          "e.g. broker,topic,metadata,msg (commas are not split here)");
+ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-first-event",
+          "outboxd logs");
+
+namespace outboxd::bench {
+namespace {
+
+constexpr char kTopic[] = "bench.first";
+constexpr char kSlot[] = "bench_first";
+constexpr size_t kCapacity = 100000;
+constexpr absl::Duration kTimeout = absl::Seconds(30);
+
+class Rig {
+ public:
+  Rig(BenchEnv& env, ReceiptRecorder& recorder, PgConn& conn)
+      : env_(env), recorder_(recorder), conn_(conn) {}
+
+  // A new bench id; the record carrying it is the `expected()`th received.
+  int64_t NextId() { return next_id_++; }
+  int64_t expected() const { return next_id_; }
+
+  // Commits one event with bench id `id`; the time right after the commit.
+  absl::StatusOr<int64_t> Insert(int64_t id) {
+    absl::Status s = conn_.Exec(absl::StrCat(
+        "INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
+        "payload) VALUES ('order', 'order-",
+        id, "', 'OrderCreated', '", EventPayload(id), "')"));
+    if (!s.ok()) return s;
+    return NowNs();
+  }
+
+  // Waits until every id handed out so far was received; the receipt time
+  // of the last one (ids are received in the order they were committed,
+  // one at a time), 0 on timeout.
+  int64_t WaitReceived(absl::Duration timeout = kTimeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (recorder_.received() < expected()) {
+      if (absl::Now() > deadline) return 0;
+      absl::SleepFor(absl::Microseconds(200));
+    }
+    return recorder_.last_receipt_ns();
+  }
+
+  BenchEnv& env() { return env_; }
+
+ private:
+  BenchEnv& env_;
+  ReceiptRecorder& recorder_;
+  PgConn& conn_;
+  int64_t next_id_ = 0;
+};
+
+std::vector<std::string> OutboxdArgs(const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {absl::StrCat("--topic=", kTopic),
+                                   absl::StrCat("--slot=", kSlot),
+                                   "--metrics-address=127.0.0.1:0"};
+  bool log_level = false;
+  for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
+    log_level |= absl::StartsWith(a, "--log-level");
+    args.push_back(a);
+  }
+  if (!log_level) args.push_back("--log-level=info");
+  if (!absl::GetFlag(FLAGS_kafka_debug).empty()) {
+    args.push_back(absl::StrCat("--kafka-property=debug=",
+                                absl::GetFlag(FLAGS_kafka_debug)));
+  }
+  for (const std::string& a : extra) args.push_back(a);
+  return args;
+}
+
+bool WaitForLog(const std::string& path, const std::string& needle,
+                absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (testing::ReadFile(path).find(needle) != std::string::npos) return true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return false;
+}
+
+// What outboxd's log says on its way to the first record, in the order it
+// happens; the first line containing `needle` counts. The rdkafka lines need
+// --kafka_debug=broker,msg (or more); the others are at info level.
+struct Milestone {
+  const char* label;
+  const char* needle;
+};
+constexpr Milestone kMilestones[] = {
+    {"first log line (process up, flags, metrics server)", ""},
+    {"\"starting\" (before the first connection)", " starting: "},
+    {"slot inspected (connection, wal_level, publication, slot and "
+     "publisher_state checks)",
+     " found, confirmed position "},
+    {"START_REPLICATION accepted", "streaming from replication slot"},
+    {"ready line (producer created)", "streaming from slot"},
+    {"rdkafka: producer id acquired", "Acquired PID"},
+    {"rdkafka: first ProduceRequest sent", "Sent ProduceRequest"},
+    {"rdkafka: first ProduceResponse received", "Received ProduceResponse"},
+};
+
+// Milliseconds from `exec` to each milestone in the log at `path` (-1 when
+// the log does not have it). Log lines start with an ISO 8601 time in ms.
+std::vector<double> MilestoneOffsets(const std::string& path, absl::Time exec) {
+  std::vector<double> at(std::size(kMilestones), -1);
+  std::istringstream log(testing::ReadFile(path));
+  std::string line;
+  while (std::getline(log, line)) {
+    const size_t space = line.find(' ');
+    absl::Time t;
+    std::string error;
+    if (space == std::string::npos ||
+        !absl::ParseTime("%Y-%m-%dT%H:%M:%E3S%Ez", line.substr(0, space), &t,
+                         &error)) {
+      continue;
+    }
+    for (size_t m = 0; m < std::size(kMilestones); ++m) {
+      if (at[m] < 0 && line.find(kMilestones[m].needle) != std::string::npos) {
+        at[m] = absl::ToDoubleMilliseconds(t - exec);
+      }
+    }
+  }
+  return at;
+}
+
+struct Series {
+  std::string phase;
+  std::string what;
+  std::vector<double> ms;
+};
+
+nlohmann::json Summary(const Series& s) {
+  std::vector<double> sorted = s.ms;
+  std::sort(sorted.begin(), sorted.end());
+  return {{"phase", s.phase},
+          {"what", s.what},
+          {"n", sorted.size()},
+          {"min_ms", sorted.empty() ? 0 : sorted.front()},
+          {"median_ms", Quantile(sorted, 0.5)},
+          {"max_ms", sorted.empty() ? 0 : sorted.back()},
+          {"samples_ms", s.ms}};
+}
+
+// --- floor -----------------------------------------------------------------
+
+absl::StatusOr<rd_kafka_t*> NewProducer(const std::string& bootstrap) {
+  return NewKafkaHandle(RD_KAFKA_PRODUCER, {{"bootstrap.servers", bootstrap},
+                                            {"enable.idempotence", "true"},
+                                            {"acks", "all"},
+                                            {"linger.ms", "0"}});
+}
+
+absl::Status Produce(rd_kafka_t* rk, int64_t id) {
+  const std::string value = EventPayload(id);
+  const std::string key = absl::StrCat("order-", id);
+  rd_kafka_resp_err_t err = rd_kafka_producev(
+      rk, RD_KAFKA_V_TOPIC(kTopic),
+      RD_KAFKA_V_KEY(const_cast<char*>(key.data()), key.size()),
+      RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+  if (err) {
+    return absl::InternalError(
+        absl::StrCat("produce: ", rd_kafka_err2str(err)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunFloor(Rig& rig, int reps, std::vector<Series>& out) {
+  Series warm{"floor", "warm producer: produce -> consumer receipt", {}};
+  Series cold{"floor",
+              "cold producer: rd_kafka_new -> receipt of its first record",
+              {}};
+  auto rk = NewProducer(rig.env().bootstrap());
+  if (!rk.ok()) return rk.status();
+  absl::Status s = Produce(*rk, rig.NextId());  // warms it up
+  rd_kafka_flush(*rk, 10000);
+  if (s.ok() && rig.WaitReceived() == 0) {
+    s = absl::DeadlineExceededError("floor: warm-up record not received");
+  }
+  for (int i = 0; s.ok() && i < reps; ++i) {
+    absl::SleepFor(absl::Milliseconds(200));
+    const int64_t t0 = NowNs();
+    s = Produce(*rk, rig.NextId());
+    rd_kafka_poll(*rk, 0);
+    const int64_t t1 = rig.WaitReceived();
+    if (s.ok() && t1 == 0) s = absl::DeadlineExceededError("floor: timeout");
+    if (s.ok()) warm.ms.push_back((t1 - t0) / 1e6);
+    rd_kafka_flush(*rk, 10000);
+  }
+  rd_kafka_destroy(*rk);
+  for (int i = 0; s.ok() && i < reps; ++i) {
+    const int64_t t0 = NowNs();
+    auto fresh = NewProducer(rig.env().bootstrap());
+    if (!fresh.ok()) return fresh.status();
+    s = Produce(*fresh, rig.NextId());
+    const int64_t t1 = rig.WaitReceived();
+    if (s.ok() && t1 == 0) s = absl::DeadlineExceededError("floor: timeout");
+    if (s.ok()) cold.ms.push_back((t1 - t0) / 1e6);
+    rd_kafka_flush(*fresh, 10000);
+    rd_kafka_destroy(*fresh);
+  }
+  out.push_back(warm);
+  out.push_back(cold);
+  return s;
+}
+
+// --- start and steady -------------------------------------------------------
+
+absl::Status RunStart(Rig& rig, int reps, int steady, bool with_steady,
+                      std::vector<Series>& out,
+                      std::vector<std::vector<double>>& milestones) {
+  Series start{"start",
+               "outboxd fork/exec -> first record received (one event "
+               "committed before the start)",
+               {}};
+  Series idle{
+      "steady", "outboxd running and idle: commit -> record received", {}};
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> gap_ms(300, 1300);
+  for (int i = 0; i < reps; ++i) {
+    auto committed = rig.Insert(rig.NextId());
+    if (!committed.ok()) return committed.status();
+    absl::SleepFor(absl::Milliseconds(100));
+    const std::string log_name = absl::StrCat("outboxd-start-", i);
+    const absl::Time wall0 = absl::Now();  // to read beside outboxd's log
+    const int64_t t0 = NowNs();
+    auto outboxd = rig.env().StartOutboxd(OutboxdArgs({}), log_name);
+    if (!outboxd.ok()) return outboxd.status();
+    const int64_t t1 = rig.WaitReceived();
+    if (t1 == 0) {
+      return absl::DeadlineExceededError(absl::StrCat("start: no record (see ",
+                                                      rig.env().work_dir(), "/",
+                                                      log_name, ".log)"));
+    }
+    start.ms.push_back((t1 - t0) / 1e6);
+    std::cerr << absl::StreamFormat(
+        "start %d: %.1f ms (exec at %s UTC)\n", i, start.ms.back(),
+        absl::FormatTime("%H:%M:%E3S", wall0, absl::UTCTimeZone()));
+    for (int k = 0; with_steady && k < steady; ++k) {
+      absl::SleepFor(absl::Milliseconds(gap_ms(rng)));
+      auto c = rig.Insert(rig.NextId());
+      if (!c.ok()) return c.status();
+      const int64_t r = rig.WaitReceived();
+      if (r == 0) return absl::DeadlineExceededError("steady: no record");
+      idle.ms.push_back((r - *c) / 1e6);
+    }
+    auto code = rig.env().StopOutboxd(**outboxd);
+    if (!code.ok()) return code.status();
+    std::vector<double> at = MilestoneOffsets(
+        absl::StrCat(rig.env().work_dir(), "/", log_name, ".log"), wall0);
+    at.push_back(start.ms.back());
+    milestones.push_back(at);
+  }
+  out.push_back(start);
+  if (with_steady) out.push_back(idle);
+  return absl::OkStatus();
+}
+
+// --- takeover --------------------------------------------------------------
+
+// A standby configuration: its reconnect backoff (README "Standby").
+struct Standby {
+  std::string name;
+  absl::Duration initial;  // --reconnect-backoff-initial
+  absl::Duration max;      // --reconnect-backoff-max
+  bool defaults;           // outboxd's defaults: the flags are not passed
+};
+
+absl::Status RunTakeover(Rig& rig, int reps, const Standby& standby_config,
+                         std::vector<Series>& out) {
+  const std::string& name = standby_config.name;
+  std::vector<std::string> standby_flags;
+  if (!standby_config.defaults) {
+    standby_flags = {absl::StrCat("--reconnect-backoff-initial=",
+                                  absl::FormatDuration(standby_config.initial)),
+                     absl::StrCat("--reconnect-backoff-max=",
+                                  absl::FormatDuration(standby_config.max))};
+  }
+  // The standby's attempts come at doubling delays up to the cap; the kill
+  // comes after the ramp, at a random point of a capped interval, as for a
+  // standby that has been waiting for a while.
+  absl::Duration ramp = absl::ZeroDuration();
+  for (absl::Duration d = standby_config.initial; d < standby_config.max;
+       d *= 2) {
+    ramp += d;
+  }
+  const int64_t cap_ms = absl::ToInt64Milliseconds(standby_config.max);
+  Series takeover{"takeover",
+                  absl::StrCat("SIGKILL to the active outboxd -> the event "
+                               "committed right after it received, standby ",
+                               name),
+                  {}};
+  std::mt19937 rng(34);
+  std::uniform_int_distribution<int64_t> wait_ms(0, cap_ms);
+  for (int i = 0; i < reps; ++i) {
+    const std::string active_log = absl::StrCat("outboxd-active-", name, i);
+    const std::string standby_log = absl::StrCat("outboxd-standby-", name, i);
+    auto active = rig.env().StartOutboxd(OutboxdArgs({}), active_log);
+    if (!active.ok()) return active.status();
+    auto c = rig.Insert(rig.NextId());
+    if (!c.ok()) return c.status();
+    if (rig.WaitReceived() == 0) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("takeover: the active outboxd published nothing (see ",
+                       rig.env().work_dir(), "/", active_log, ".log)"));
+    }
+    auto standby =
+        rig.env().StartOutboxd(OutboxdArgs(standby_flags), standby_log);
+    if (!standby.ok()) return standby.status();
+    if (!WaitForLog(
+            absl::StrCat(rig.env().work_dir(), "/", standby_log, ".log"),
+            "is active for PID", kTimeout)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("takeover: the standby is not waiting (see ",
+                       rig.env().work_dir(), "/", standby_log, ".log)"));
+    }
+    absl::SleepFor(ramp + absl::Milliseconds(500 + wait_ms(rng)));
+    const int64_t t0 = NowNs();
+    (*active)->Signal(SIGKILL);
+    c = rig.Insert(rig.NextId());
+    if (!c.ok()) return c.status();
+    const int64_t t1 = rig.WaitReceived();
+    if (t1 == 0) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("takeover: no record from the standby (see ",
+                       rig.env().work_dir(), "/", standby_log, ".log)"));
+    }
+    takeover.ms.push_back((t1 - t0) / 1e6);
+    std::cerr << absl::StreamFormat("takeover %s %d: %.1f ms\n", name, i,
+                                    takeover.ms.back());
+    (*active)->Wait(absl::Seconds(10));
+    auto code = rig.env().StopOutboxd(**standby);
+    if (!code.ok()) return code.status();
+  }
+  out.push_back(takeover);
+  return absl::OkStatus();
+}
+
+// Per milestone (and the receipt, last), the median over the starts of its
+// time after exec; milestones missing from the logs are left out.
+nlohmann::json Breakdown(const std::vector<std::vector<double>>& starts) {
+  nlohmann::json rows = nlohmann::json::array();
+  if (starts.empty()) return rows;
+  for (size_t m = 0; m <= std::size(kMilestones); ++m) {
+    std::vector<double> v;
+    for (const std::vector<double>& at : starts) {
+      if (at[m] >= 0) v.push_back(at[m]);
+    }
+    if (v.empty()) continue;
+    std::sort(v.begin(), v.end());
+    rows.push_back(
+        {{"milestone", m < std::size(kMilestones)
+                           ? kMilestones[m].label
+                           : "first record received by the consumer"},
+         {"median_ms_after_exec", Quantile(v, 0.5)},
+         {"n", v.size()}});
+  }
+  return rows;
+}
+
+std::string BreakdownMarkdown(const nlohmann::json& rows) {
+  if (rows.empty()) return "";
+  std::string md =
+      "\nStart -> first record, where the time goes (outboxd's log "
+      "timestamps, ms resolution, median over the starts):\n\n"
+      "| milestone | ms after exec | step ms |\n|---|---:|---:|\n";
+  double previous = 0;
+  for (const nlohmann::json& r : rows) {
+    const double at = r["median_ms_after_exec"].get<double>();
+    absl::StrAppend(&md, "| ", r["milestone"].get<std::string>(), " | ",
+                    FormatMs(at), " | ", FormatMs(at - previous), " |\n");
+    previous = at;
+  }
+  return md;
+}
+
+std::string Markdown(const nlohmann::json& series) {
+  std::string md =
+      "| phase | what | n | min ms | median ms | max ms |\n"
+      "|---|---|---:|---:|---:|---:|\n";
+  for (const nlohmann::json& s : series) {
+    absl::StrAppend(&md, "| ", s["phase"].get<std::string>(), " | ",
+                    s["what"].get<std::string>(), " | ", s["n"].get<int>(),
+                    " | ", FormatMs(s["min_ms"].get<double>()), " | ",
+                    FormatMs(s["median_ms"].get<double>()), " | ",
+                    FormatMs(s["max_ms"].get<double>()), " |\n");
+  }
+  return md;
+}
+
+int Main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const std::vector<std::string> phases = absl::GetFlag(FLAGS_phases);
+  auto has = [&phases](const char* p) {
+    return std::find(phases.begin(), phases.end(), p) != phases.end();
+  };
+  const int reps = absl::GetFlag(FLAGS_reps);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  nlohmann::json machine = MachineInfo();
+  BenchEnvOptions env_options;
+  env_options.outboxd_binary = absl::GetFlag(FLAGS_outboxd);
+  env_options.work_dir = absl::GetFlag(FLAGS_work_dir);
+  auto env = BenchEnv::Start(env_options);
+  if (!env.ok()) {
+    std::cerr << "setup: " << env.status() << "\n";
+    return 1;
+  }
+  absl::Status s = (*env)->broker().CreateTopic(kTopic, kPartitions);
+  if (s.ok()) s = (*env)->CreateSlot(kSlot);
+  if (!s.ok()) {
+    std::cerr << "setup: " << s << "\n";
+    return 1;
+  }
+  auto recorder =
+      ReceiptRecorder::Start((*env)->bootstrap(), kTopic, kPartitions,
+                             kCapacity, absl::GetFlag(FLAGS_fetch_wait_ms));
+  auto conn = PgConn::Connect((*env)->AdminConnInfo());
+  if (!recorder.ok() || !conn.ok()) {
+    std::cerr << "setup: " << recorder.status() << " " << conn.status() << "\n";
+    return 1;
+  }
+  Rig rig(**env, **recorder, **conn);
+  std::vector<Series> series;
+  std::vector<std::vector<double>> milestones;
+  nlohmann::json failures = nlohmann::json::array();
+  auto note = [&failures](const char* phase, const absl::Status& st) {
+    if (st.ok()) return;
+    std::cerr << phase << ": " << st << "\n";
+    failures.push_back(
+        {{"phase", phase}, {"error", std::string(st.message())}});
+  };
+  if (has("floor")) note("floor", RunFloor(rig, reps, series));
+  if (has("start")) {
+    note("start", RunStart(rig, reps, absl::GetFlag(FLAGS_steady),
+                           has("steady"), series, milestones));
+  }
+  if (has("takeover")) {
+    // outboxd's defaults, and the README's fast standby.
+    note("takeover",
+         RunTakeover(rig, reps,
+                     {"defaults (backoff 100ms..5s)", absl::Milliseconds(100),
+                      absl::Seconds(5), true},
+                     series));
+    note("takeover",
+         RunTakeover(rig, reps,
+                     {"--reconnect-backoff-initial=50ms "
+                      "--reconnect-backoff-max=250ms",
+                      absl::Milliseconds(50), absl::Milliseconds(250), false},
+                     series));
+  }
+  (*recorder)->Stop();
+
+  nlohmann::json doc;
+  doc["benchmark"] = "first-event";
+  doc["machine"] = machine;
+  doc["setup"] = {
+      {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
+      {"broker",
+       "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 partitions"},
+      {"consumer", absl::StrCat("librdkafka, assign from the beginning, "
+                                "fetch.wait.max.ms=",
+                                absl::GetFlag(FLAGS_fetch_wait_ms),
+                                ", running before every phase")},
+      {"outboxd", absl::StrJoin(OutboxdArgs({}), " ")},
+  };
+  doc["series"] = nlohmann::json::array();
+  for (const Series& x : series) doc["series"].push_back(Summary(x));
+  doc["start_breakdown"] = Breakdown(milestones);
+  doc["duplicates"] = (*recorder)->duplicates();
+  doc["failures"] = failures;
+  s = WriteFile(out + "/first-event.json", doc.dump(2) + "\n");
+  const std::string md =
+      Markdown(doc["series"]) + BreakdownMarkdown(doc["start_breakdown"]);
+  if (s.ok()) s = WriteFile(out + "/first-event.md", md);
+  if (!s.ok()) {
+    std::cerr << s << "\n";
+    return 1;
+  }
+  std::cout << md;
+  return failures.empty() ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace outboxd::bench
+
+int main(int argc, char** argv) { return outboxd::bench::Main(argc, argv); }

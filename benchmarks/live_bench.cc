@@ -1,0 +1,395 @@
+// Live-rate throughput (benchmarks/README.md, benchmark 5): what outboxd
+// costs per event when services write one event per transaction.
+//
+// Per publisher mode (cdc by default) and target rate (3000, 8000 and max
+// by default), on one throwaway cluster and one dev broker, with a fresh
+// outboxd on its own slot and topic: `--connections` writer connections
+// each commit one outbox insert per transaction ("BEGIN; INSERT; COMMIT" in
+// one PQexec) for `--duration`, open loop at the target rate (event i due
+// at t0 + i / rate on connection i % connections; nothing is started after
+// the duration, late or not), or back to back for "max". Then it waits
+// until the broker holds every committed record (sum of the topic's high
+// watermarks, probed every 20 ms) and reports, over the window from the load's
+// start to that moment:
+//
+//   committed/s   commits / (last commit - first commit)
+//   published/s   commits / (all records in the broker - first commit)
+//   outboxd CPU   (utime + stime) delta / committed events, in µs
+//   context switches of outboxd per second (voluntary + involuntary, all
+//                 threads, and the main thread apart)
+//   outboxd peak RSS (VmHWM), and the CPU of PostgreSQL (the whole cluster,
+//                 the writers' backends included), of the writer threads
+//                 (libpq client side) and of the dev broker, in cores
+//
+// Writes <out>/live.json and live.md. Measures only; asserts nothing.
+//
+//   live_bench --rates=3000,8000,max --duration=15s --modes=cdc
+#include <algorithm>
+#include <atomic>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "benchmarks/bench_env.h"
+#include "benchmarks/bench_util.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::vector<std::string>, rates,
+          std::vector<std::string>({"3000", "8000", "max"}),
+          "target commit rates, events/s, or max (as fast as the writers "
+          "commit)");
+ABSL_FLAG(std::vector<std::string>, modes, std::vector<std::string>({"cdc"}),
+          "publisher modes: cdc, poll<duration> (e.g. poll100ms), notify");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(15), "load time per rate");
+ABSL_FLAG(int, connections, 4, "writer connections (threads)");
+ABSL_FLAG(std::string, out, "benchmarks/results", "output directory");
+ABSL_FLAG(std::string, outboxd, "", "outboxd binary (default: the build's)");
+ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
+          "extra outboxd flags, comma-separated (e.g. "
+          "--kafka-property=linger.ms=0)");
+ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-live", "outboxd logs");
+
+namespace outboxd::bench {
+namespace {
+
+std::string InsertSql(int64_t id) {
+  return absl::StrCat(
+      "BEGIN; INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
+      "payload, headers) VALUES ('order', 'order-",
+      1000000 + id % 5000, "', 'OrderCreated', '", EventPayload(id),
+      "', '{\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-",
+      absl::StrFormat("%016x", id), "-01\"}'); COMMIT");
+}
+
+struct Writers {
+  int64_t committed = 0;
+  int64_t errors = 0;
+  int64_t first_commit_ns = 0;
+  int64_t last_commit_ns = 0;
+  double cpu_s = 0;  // of the writer threads
+};
+
+// One event per transaction on each of `conns` from `t0_ns` until `end_ns`;
+// `rate` 0 = back to back.
+Writers Write(std::vector<std::unique_ptr<PgConn>>& conns, int rate,
+              int64_t t0_ns, int64_t end_ns) {
+  const int connections = static_cast<int>(conns.size());
+  std::vector<Writers> per(connections);
+  std::atomic<int64_t> errors{0};
+  std::atomic<int64_t> next_id{0};
+  const double step_ns = rate > 0 ? 1e9 / rate : 0;
+  std::vector<std::thread> threads;
+  for (int c = 0; c < connections; ++c) {
+    threads.emplace_back([&, c] {
+      const double cpu0 = ThreadCpuSeconds();
+      Writers& w = per[c];
+      w.first_commit_ns = INT64_MAX;
+      for (int64_t i = c;; i += connections) {
+        if (rate > 0) {
+          const int64_t due = t0_ns + static_cast<int64_t>(i * step_ns);
+          if (due >= end_ns) break;
+          if (NowNs() < due) SleepUntilNs(due);
+        } else if (NowNs() < t0_ns) {
+          SleepUntilNs(t0_ns);
+        }
+        if (NowNs() >= end_ns) break;
+        absl::Status s = conns[c]->Exec(InsertSql(next_id++));
+        const int64_t now = NowNs();
+        if (!s.ok()) {
+          if (errors.fetch_add(1) < 3) std::cerr << s << "\n";
+          (void)conns[c]->Exec("ROLLBACK");
+          continue;
+        }
+        ++w.committed;
+        w.first_commit_ns = std::min(w.first_commit_ns, now);
+        w.last_commit_ns = std::max(w.last_commit_ns, now);
+      }
+      w.cpu_s = ThreadCpuSeconds() - cpu0;
+    });
+  }
+  for (auto& t : threads) t.join();
+  Writers all;
+  all.first_commit_ns = INT64_MAX;
+  for (const Writers& w : per) {
+    all.committed += w.committed;
+    all.cpu_s += w.cpu_s;
+    if (w.committed > 0) {
+      all.first_commit_ns = std::min(all.first_commit_ns, w.first_commit_ns);
+      all.last_commit_ns = std::max(all.last_commit_ns, w.last_commit_ns);
+    }
+  }
+  if (all.committed == 0) all.first_commit_ns = 0;
+  all.errors = errors.load();
+  return all;
+}
+
+struct Snapshot {
+  int64_t at_ns = 0;
+  double outboxd_cpu = 0;
+  ContextSwitches outboxd_switches;
+  double postgres_cpu = 0;
+  double broker_cpu = 0;
+};
+
+Snapshot Take(BenchEnv& env, pid_t outboxd) {
+  Snapshot s;
+  s.at_ns = NowNs();
+  s.outboxd_cpu = ProcessCpuSeconds(outboxd);
+  s.outboxd_switches = ProcessContextSwitches(outboxd);
+  s.postgres_cpu = ClusterCpuSeconds(env.postmaster_pid());
+  s.broker_cpu = ProcessCpuSeconds(env.devbroker_pid());
+  return s;
+}
+
+absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
+                                      int rate, int run_index) {
+  const std::string rate_name = rate > 0 ? absl::StrCat(rate) : "max";
+  const std::string topic =
+      absl::StrCat("bench.live.", mode.name, ".", rate_name, ".", run_index);
+  const std::string slot = absl::StrCat("bench_live_", run_index);
+  const absl::Duration duration = absl::GetFlag(FLAGS_duration);
+  const int connections = absl::GetFlag(FLAGS_connections);
+  std::cerr << "== " << mode.name << " at " << rate_name << " events/s\n";
+
+  absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
+  if (s.ok()) s = env.PrepareMode(mode);
+  if (s.ok()) s = env.broker().CreateTopic(topic, kPartitions);
+  if (!s.ok()) return s;
+  auto probe = WatermarkProbe::Create(env.bootstrap());
+  if (!probe.ok()) return probe.status();
+
+  std::vector<std::string> args = ModeArgs(mode);
+  args.insert(args.end(),
+              {absl::StrCat("--topic=", topic), absl::StrCat("--slot=", slot),
+               "--metrics-address=127.0.0.1:0", "--log-level=info"});
+  for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
+    args.push_back(a);
+  }
+  const std::string log_name =
+      absl::StrCat("outboxd-live-", mode.name, "-", rate_name);
+  auto outboxd = env.StartOutboxd(args, log_name);
+  if (!outboxd.ok()) return outboxd.status();
+  testing::ChildProcess& child = **outboxd;
+  const pid_t pid = child.pid();
+  auto alive = [&child] { return child.Running(); };
+
+  // Ready when one warm-up event is in the broker: connections, metadata
+  // and the first batch are out of the measurement.
+  if (mode.source == "cdc") {
+    s = env.WaitSlotActive(slot, absl::Seconds(60));
+    if (!s.ok()) return s;
+  }
+  s = env.pg().Exec(
+      "postgres",
+      absl::StrCat("INSERT INTO public.outbox (aggregatetype, aggregateid, "
+                   "type, payload) VALUES ('order', 'warmup', 'Warmup', '",
+                   EventPayload(-1), "')"));
+  if (!s.ok()) return s;
+  RecordArrival warm =
+      WaitForRecords(**probe, topic, kPartitions, 1, absl::Seconds(60), alive);
+  if (warm.done_ns == 0) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "no warm-up record (see ", env.work_dir(), "/", log_name, ".log)"));
+  }
+  absl::SleepFor(absl::Milliseconds(500));  // let the warm-up settle
+
+  auto pool = ConnectAll(env.AdminConnInfo(), connections);
+  if (!pool.ok()) return pool.status();
+  const int64_t t0 = NowNs() + 20000000;  // 20 ms to get the threads going
+  const int64_t end = t0 + absl::ToInt64Nanoseconds(duration);
+  const Snapshot before = Take(env, pid);
+  const Writers w = Write(*pool, rate, t0, end);
+  const int64_t load_end_ns = NowNs();
+  const int64_t target = w.committed + 1;  // + the warm-up record
+  RecordArrival arrival = WaitForRecords(**probe, topic, kPartitions, target,
+                                         absl::Minutes(2), alive);
+  const Snapshot after = Take(env, pid);
+  const int64_t peak_rss = PeakRssBytes(pid);
+  auto code = env.StopOutboxd(child);
+  if (mode.source == "cdc") env.DropSlot(slot);
+
+  const double window_s = (after.at_ns - before.at_ns) / 1e9;
+  const int64_t n = w.committed;
+  const bool all_arrived = arrival.done_ns != 0;
+  const double outboxd_cpu = after.outboxd_cpu - before.outboxd_cpu;
+  const int64_t switches =
+      after.outboxd_switches.total() - before.outboxd_switches.total();
+  nlohmann::json j;
+  j["mode"] = mode.name;
+  j["target_rate"] = rate_name;
+  j["duration_s"] = absl::ToDoubleSeconds(duration);
+  j["connections"] = connections;
+  j["committed"] = n;
+  j["commit_errors"] = w.errors;
+  j["committed_per_s"] =
+      EventsPerSecond(n, w.last_commit_ns - w.first_commit_ns);
+  j["records_in_broker"] = arrival.last_total - 1;
+  j["all_arrived"] = all_arrived;
+  j["published_per_s"] =
+      all_arrived ? EventsPerSecond(n, arrival.done_ns - w.first_commit_ns)
+                  : 0.0;
+  j["last_record_after_last_commit_s"] =
+      all_arrived ? (arrival.done_ns - w.last_commit_ns) / 1e9 : -1.0;
+  j["load_end_to_all_arrived_s"] =
+      all_arrived ? (arrival.done_ns - load_end_ns) / 1e9 : -1.0;
+  j["window_s"] = window_s;
+  j["outboxd"] = {
+      {"cpu_s", outboxd_cpu},
+      {"cpu_us_per_event", n > 0 ? outboxd_cpu * 1e6 / n : 0.0},
+      {"cores", outboxd_cpu / window_s},
+      {"context_switches_per_s", switches / window_s},
+      {"voluntary_switches_per_s",
+       (after.outboxd_switches.voluntary - before.outboxd_switches.voluntary) /
+           window_s},
+      {"involuntary_switches_per_s", (after.outboxd_switches.involuntary -
+                                      before.outboxd_switches.involuntary) /
+                                         window_s},
+      {"main_thread_switches_per_s", (after.outboxd_switches.main_thread -
+                                      before.outboxd_switches.main_thread) /
+                                         window_s},
+      {"context_switches_per_event",
+       n > 0 ? static_cast<double>(switches) / n : 0.0},
+      {"peak_rss_mb", peak_rss / 1048576.0},
+      {"exit_code", code.ok() ? *code : -1}};
+  j["context"] = {
+      {"postgres_cpu_s", after.postgres_cpu - before.postgres_cpu},
+      {"postgres_cores", (after.postgres_cpu - before.postgres_cpu) / window_s},
+      {"writers_cpu_s", w.cpu_s},
+      {"writers_cores", w.cpu_s / window_s},
+      {"devbroker_cpu_s", after.broker_cpu - before.broker_cpu},
+      {"devbroker_cores", (after.broker_cpu - before.broker_cpu) / window_s}};
+  std::cerr << j.dump() << "\n";
+  if (!all_arrived) {
+    std::cerr << "only " << arrival.last_total - 1 << " of " << n
+              << " records arrived\n";
+  }
+  return j;
+}
+
+std::string Markdown(const nlohmann::json& runs) {
+  std::string md =
+      "| mode | target/s | committed/s | published/s | all arrived | outboxd "
+      "CPU µs/event | outboxd cores | outboxd ctx switches/s (main thread) | "
+      "outboxd peak RSS MB | PostgreSQL cores | writers cores | broker cores "
+      "|\n|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const nlohmann::json& j : runs) {
+    const nlohmann::json& o = j["outboxd"];
+    const nlohmann::json& c = j["context"];
+    absl::StrAppend(
+        &md,
+        absl::StrFormat(
+            "| %s | %s | %.0f | %.0f | %s | %.1f | %.2f | %.0f (%.0f) | %.1f | "
+            "%.2f | %.2f | %.2f |\n",
+            j["mode"].get<std::string>(), j["target_rate"].get<std::string>(),
+            j["committed_per_s"].get<double>(),
+            j["published_per_s"].get<double>(),
+            j["all_arrived"].get<bool>()
+                ? absl::StrCat("yes (", j["committed"].get<int64_t>(), ")")
+                : absl::StrCat("**no** (",
+                               j["records_in_broker"].get<int64_t>(), " of ",
+                               j["committed"].get<int64_t>(), ")"),
+            o["cpu_us_per_event"].get<double>(), o["cores"].get<double>(),
+            o["context_switches_per_s"].get<double>(),
+            o["main_thread_switches_per_s"].get<double>(),
+            o["peak_rss_mb"].get<double>(), c["postgres_cores"].get<double>(),
+            c["writers_cores"].get<double>(),
+            c["devbroker_cores"].get<double>()));
+  }
+  return md;
+}
+
+int Main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  std::vector<PublisherMode> modes;
+  for (const std::string& m : absl::GetFlag(FLAGS_modes)) {
+    auto mode = ParsePublisherMode(m);
+    if (!mode.ok()) {
+      std::cerr << mode.status() << "\n";
+      return 2;
+    }
+    modes.push_back(*mode);
+  }
+  std::vector<int> rates;  // 0 = max
+  for (const std::string& r : absl::GetFlag(FLAGS_rates)) {
+    int v = 0;
+    if (r == "max") {
+      v = 0;
+    } else if (!absl::SimpleAtoi(r, &v) || v <= 0) {
+      std::cerr << "bad rate " << r << " (a number of events/s, or max)\n";
+      return 2;
+    }
+    rates.push_back(v);
+  }
+  const std::string out = absl::GetFlag(FLAGS_out);
+  nlohmann::json machine = MachineInfo();
+  BenchEnvOptions env_options;
+  env_options.outboxd_binary = absl::GetFlag(FLAGS_outboxd);
+  env_options.work_dir = absl::GetFlag(FLAGS_work_dir);
+  auto env = BenchEnv::Start(env_options);
+  if (!env.ok()) {
+    std::cerr << "setup: " << env.status() << "\n";
+    return 1;
+  }
+  nlohmann::json runs = nlohmann::json::array();
+  nlohmann::json failures = nlohmann::json::array();
+  int run_index = 0;
+  for (const PublisherMode& mode : modes) {
+    for (int rate : rates) {
+      auto r = RunOne(**env, mode, rate, run_index++);
+      if (!r.ok()) {
+        std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
+        failures.push_back({{"mode", mode.name},
+                            {"rate", rate > 0 ? absl::StrCat(rate) : "max"},
+                            {"error", std::string(r.status().message())}});
+        continue;
+      }
+      runs.push_back(*r);
+    }
+  }
+  bool all_arrived = true;
+  for (const nlohmann::json& r : runs)
+    all_arrived &= r["all_arrived"].get<bool>();
+
+  nlohmann::json doc;
+  doc["benchmark"] = "live";
+  doc["machine"] = machine;
+  doc["setup"] = {
+      {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
+      {"broker",
+       "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 partitions"},
+      {"outboxd",
+       "a fresh process per rate, --topic=<one topic>, default producer "
+       "settings; one warm-up record before the window"},
+      {"load",
+       "one INSERT per transaction (BEGIN; INSERT; COMMIT in one PQexec), "
+       "open loop at the target rate, or back to back for max"},
+      {"window",
+       "from the load's start until the broker holds every committed record "
+       "(sum of the high watermarks, probed every 20 ms)"},
+      {"outboxd_args", absl::GetFlag(FLAGS_outboxd_args)},
+  };
+  doc["runs"] = runs;
+  doc["failures"] = failures;
+  absl::Status s = WriteFile(out + "/live.json", doc.dump(2) + "\n");
+  if (s.ok()) s = WriteFile(out + "/live.md", Markdown(runs));
+  if (!s.ok()) {
+    std::cerr << s << "\n";
+    return 1;
+  }
+  std::cout << Markdown(runs);
+  return failures.empty() && all_arrived ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace outboxd::bench
+
+int main(int argc, char** argv) { return outboxd::bench::Main(argc, argv); }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Benchmark 6: the first event after a start and after a standby takeover,
+# beside the single-event latency of an idle outboxd and the instrument's
+# own floor (a producer in the benchmark to the same consumer), 7 times
+# each, min/median/max (~2 min). Writes
+# benchmarks/results/first-event.{json,md} and first-event-machine.txt.
+# Extra flags go to first_event_bench, e.g.
+#   benchmarks/run-first-event.sh --reps=3 --phases=start
+#   benchmarks/run-first-event.sh --reps=1 --phases=start \
+#     --outboxd_args=--log-level=debug --kafka_debug=broker,topic,metadata,msg
+# (outboxd's logs stay in /tmp/outboxd-bench-first-event).
+# Refuses to run on a loaded machine (exit 3) unless --force (README).
+source "$(dirname "$0")/lib.sh"
+bench_args_init "$@"
+bench_deps
+bench_build outboxd outbox-devbroker first_event_bench
+bench_guard
+mkdir -p "$results"
+bench_machine "$results/first-event-machine.txt"
+set +e
+"$root/build/first_event_bench" --out="$results" "${bench_args[@]}"
+rc=$?
+set -e
+bench_finish "$results/first-event-machine.txt" \
+  "$results/first-event.json" "$results/first-event.md"
+exit $rc
