@@ -121,6 +121,7 @@ class Reader {
     }
   }
   bool AtEnd() const { return p_ == end_; }
+  size_t Remaining() const { return static_cast<size_t>(end_ - p_); }
   bool Peek(char c) const { return p_ < end_ && *p_ == c; }
   bool Consume(char c) {
     if (!Peek(c)) return false;
@@ -282,7 +283,9 @@ class Reader {
     if (!Consume('}')) {
       // Raw key texts so far, for the duplicate check (nlohmann keeps the
       // first position and the last value of a duplicate key).
-      absl::string_view keys[kMaxObjectKeys];
+      // Plain arrays: left uninitialised, only the first n are read.
+      const char* key_data[kMaxObjectKeys];
+      size_t key_size[kMaxObjectKeys];
       size_t n = 0;
       for (;;) {
         SkipSpace();
@@ -291,9 +294,11 @@ class Reader {
         if (!String(&key, &escaped, nullptr) || escaped) return false;
         if (n == kMaxObjectKeys) return false;
         for (size_t i = 0; i < n; ++i) {
-          if (keys[i] == key) return false;
+          if (absl::string_view(key_data[i], key_size[i]) == key) return false;
         }
-        keys[n++] = key;
+        key_data[n] = key.data();
+        key_size[n] = key.size();
+        ++n;
         SkipSpace();
         if (!Consume(':')) return false;
         SkipSpace();
@@ -569,6 +574,8 @@ bool FastParseMessageEvent(absl::string_view content, OutboxEvent* event) {
           f.payload.reset();
         } else {
           f.payload.emplace();
+          // The compact form is never longer than the text it comes from.
+          f.payload->reserve(r.Remaining());
           if (!r.Value(&*f.payload, 0)) return false;
         }
       } else if (key == "headers") {
