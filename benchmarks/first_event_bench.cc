@@ -19,10 +19,13 @@
 //   steady    after each start's first record, outboxd idle: `--steady`
 //             single events 0.3-1.3 s apart; commit (PQexec returned) to
 //             receipt.
+//   start-live  an empty slot, outboxd started, one event committed as soon
+//             as the log says "streaming from slot"; commit to receipt.
 //   takeover  an active outboxd streaming (one event through it), and a
 //             standby on the same slot waiting ("is active for PID" in its
-//             log); random 0.5-1.5 s later, SIGKILL to the active one and one
-//             event committed right after; time from the kill to the receipt.
+//             log) long enough to check the slot at its capped interval
+//             (random phase); SIGKILL to the active one and one event
+//             committed right after; time from the kill to the receipt.
 //             Once with the standby's default flags and once with
 //             --reconnect-backoff-initial=50ms --reconnect-backoff-max=250ms
 //             (how often a standby checks the slot; README "Standby").
@@ -30,7 +33,7 @@
 // Reports min/median/max per phase. Writes <out>/first-event.json and
 // first-event.md. Measures only; asserts nothing.
 //
-//   first_event_bench --reps=7 --phases=floor,start,steady,takeover
+//   first_event_bench --reps=7 --phases=floor,start,steady,start-live,takeover
 #include <algorithm>
 #include <csignal>
 #include <iostream>
@@ -57,8 +60,13 @@
 ABSL_FLAG(int, reps, 7, "repetitions of each phase");
 ABSL_FLAG(int, steady, 5, "idle single events after each start's first one");
 ABSL_FLAG(std::vector<std::string>, phases,
-          std::vector<std::string>({"floor", "start", "steady", "takeover"}),
-          "floor, start, steady (needs start), takeover");
+          std::vector<std::string>({"floor", "start", "steady", "start-live",
+                                    "takeover"}),
+          "floor, start, steady (needs start), start-live, takeover");
+ABSL_FLAG(bool, routed, false,
+          "route by aggregate type (outboxd's default: outbox.event.order) "
+          "instead of --topic=bench.first, so that outboxd looks the topic up "
+          "when its first event arrives");
 ABSL_FLAG(int, fetch_wait_ms, 1, "consumer fetch.wait.max.ms");
 ABSL_FLAG(std::string, out, "benchmarks/results", "output directory");
 ABSL_FLAG(std::string, outboxd, "", "outboxd binary (default: the build's)");
@@ -73,7 +81,10 @@ ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-first-event",
 namespace outboxd::bench {
 namespace {
 
-constexpr char kTopic[] = "bench.first";
+// The topic every record goes to (and the consumer reads).
+std::string Topic() {
+  return absl::GetFlag(FLAGS_routed) ? "outbox.event.order" : "bench.first";
+}
 constexpr char kSlot[] = "bench_first";
 constexpr size_t kCapacity = 100000;
 constexpr absl::Duration kTimeout = absl::Seconds(30);
@@ -119,9 +130,11 @@ class Rig {
 };
 
 std::vector<std::string> OutboxdArgs(const std::vector<std::string>& extra) {
-  std::vector<std::string> args = {absl::StrCat("--topic=", kTopic),
-                                   absl::StrCat("--slot=", kSlot),
+  std::vector<std::string> args = {absl::StrCat("--slot=", kSlot),
                                    "--metrics-address=127.0.0.1:0"};
+  if (!absl::GetFlag(FLAGS_routed)) {
+    args.push_back(absl::StrCat("--topic=", Topic()));
+  }
   bool log_level = false;
   for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
     log_level |= absl::StartsWith(a, "--log-level");
@@ -160,10 +173,12 @@ constexpr Milestone kMilestones[] = {
      "publisher_state checks)",
      " found, confirmed position "},
     {"START_REPLICATION accepted", "streaming from replication slot"},
+    {"rdkafka: producer initialized (rd_kafka_new returns)",
+     "initialized (builtin.features"},
     {"ready line (producer created)", "streaming from slot"},
-    {"rdkafka: producer id acquired", "Acquired PID"},
-    {"rdkafka: first ProduceRequest sent", "Sent ProduceRequest"},
-    {"rdkafka: first ProduceResponse received", "Received ProduceResponse"},
+    {"rdkafka: producer id acquired", "changed PID{Invalid}"},
+    {"rdkafka: first Produce MessageSet", "Produce MessageSet"},
+    {"rdkafka: first delivery", "BaseSeq 0) delivered"},
 };
 
 // Milliseconds from `exec` to each milestone in the log at `path` (-1 when
@@ -218,10 +233,11 @@ absl::StatusOr<rd_kafka_t*> NewProducer(const std::string& bootstrap) {
 }
 
 absl::Status Produce(rd_kafka_t* rk, int64_t id) {
+  const std::string topic = Topic();
   const std::string value = EventPayload(id);
   const std::string key = absl::StrCat("order-", id);
   rd_kafka_resp_err_t err = rd_kafka_producev(
-      rk, RD_KAFKA_V_TOPIC(kTopic),
+      rk, RD_KAFKA_V_TOPIC(topic.c_str()),
       RD_KAFKA_V_KEY(const_cast<char*>(key.data()), key.size()),
       RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
       RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
@@ -320,6 +336,37 @@ absl::Status RunStart(Rig& rig, int reps, int steady, bool with_steady,
   }
   out.push_back(start);
   if (with_steady) out.push_back(idle);
+  return absl::OkStatus();
+}
+
+// The first event committed right after outboxd says it streams, with an
+// empty slot: what the loop and the producer do with an event that arrives
+// live just after a start.
+absl::Status RunStartLive(Rig& rig, int reps, std::vector<Series>& out) {
+  Series live{"start-live",
+              "outboxd started on an empty slot; one event committed as "
+              "soon as its log says \"streaming from slot\": commit -> "
+              "record received",
+              {}};
+  for (int i = 0; i < reps; ++i) {
+    const std::string log_name = absl::StrCat("outboxd-start-live-", i);
+    auto outboxd = rig.env().StartOutboxd(OutboxdArgs({}), log_name);
+    if (!outboxd.ok()) return outboxd.status();
+    if (!WaitForLog(absl::StrCat(rig.env().work_dir(), "/", log_name, ".log"),
+                    "streaming from slot", kTimeout)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("start-live: outboxd does not stream (see ",
+                       rig.env().work_dir(), "/", log_name, ".log)"));
+    }
+    auto c = rig.Insert(rig.NextId());
+    if (!c.ok()) return c.status();
+    const int64_t r = rig.WaitReceived();
+    if (r == 0) return absl::DeadlineExceededError("start-live: no record");
+    live.ms.push_back((r - *c) / 1e6);
+    auto code = rig.env().StopOutboxd(**outboxd);
+    if (!code.ok()) return code.status();
+  }
+  out.push_back(live);
   return absl::OkStatus();
 }
 
@@ -472,14 +519,14 @@ int Main(int argc, char** argv) {
     std::cerr << "setup: " << env.status() << "\n";
     return 1;
   }
-  absl::Status s = (*env)->broker().CreateTopic(kTopic, kPartitions);
+  absl::Status s = (*env)->broker().CreateTopic(Topic(), kPartitions);
   if (s.ok()) s = (*env)->CreateSlot(kSlot);
   if (!s.ok()) {
     std::cerr << "setup: " << s << "\n";
     return 1;
   }
   auto recorder =
-      ReceiptRecorder::Start((*env)->bootstrap(), kTopic, kPartitions,
+      ReceiptRecorder::Start((*env)->bootstrap(), Topic(), kPartitions,
                              kCapacity, absl::GetFlag(FLAGS_fetch_wait_ms));
   auto conn = PgConn::Connect((*env)->AdminConnInfo());
   if (!recorder.ok() || !conn.ok()) {
@@ -501,6 +548,7 @@ int Main(int argc, char** argv) {
     note("start", RunStart(rig, reps, absl::GetFlag(FLAGS_steady),
                            has("steady"), series, milestones));
   }
+  if (has("start-live")) note("start-live", RunStartLive(rig, reps, series));
   if (has("takeover")) {
     // outboxd's defaults, and the README's fast standby.
     note("takeover",
