@@ -439,7 +439,7 @@ int Main(int argc, char** argv) {
   if (source_name == "cdc") {
     source = MakeCdcSource(*options, run_metrics.get(), stop);
   } else {  // poll, notify
-    source = std::make_unique<PollSource>(*poll_options, run_metrics.get());
+    source = NewPollSource(*poll_options, run_metrics.get());
   }
   Publisher publisher(PublisherOptionsOf(*options), *source, run_metrics.get());
   absl::Status s = publisher.Run(stop);

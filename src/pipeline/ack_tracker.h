@@ -59,6 +59,8 @@ class BasicAckTracker {
 
   // The flush position to report: never past an unacknowledged event.
   Lsn ConfirmableLsn() const { return confirmable_; }
+  // A transaction is open: begun, neither committed nor abandoned.
+  bool transaction_open() const { return transaction_open_; }
   // Events registered but not yet acknowledged (or failed).
   size_t EventsInFlight() const { return in_flight_; }
   // The first delivery failure, OK when none.

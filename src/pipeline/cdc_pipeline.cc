@@ -56,7 +56,7 @@ std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
       return RepublishCount{r->republished, r->dead_lettered};
     };
   }
-  return std::make_unique<CdcSource>(std::move(o), metrics);
+  return NewCdcSource(std::move(o), metrics);
 }
 
 }  // namespace outboxd

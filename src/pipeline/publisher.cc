@@ -41,6 +41,15 @@ constexpr absl::string_view kMockClusterPrefix = "mockCluster";
 // (the source's keep-alive waits meanwhile; wal_sender_timeout is longer).
 constexpr absl::Duration kTopicLookupTimeout = absl::Seconds(3);
 
+// Where an event is, for log lines: a polled row's seq ("row seq 42"), a
+// streamed event's commit LSN and index ("at 0/1A2B#3").
+template <typename Event>  // OutboxEvent or InvalidEvent
+std::string Where(const Event& e) {
+  if (e.table_seq.has_value()) return absl::StrCat("row seq ", *e.table_seq);
+  return absl::StrCat("at ", e.position.commit_lsn.ToString(), "#",
+                      e.position.index);
+}
+
 // The record that carries an invalid event to the dead-letter topic: the
 // original content as the value, the reason and position as headers (a
 // polled row's seq, a streamed event's LSN and index).
@@ -185,7 +194,8 @@ class Publisher::Impl {
     connected_ = true;
     source_connected_once_ = true;
     if (r.restart_at.has_value()) tracker_ = Tracker(*r.restart_at);
-    router_.source = source_.identity();
+    router_.source = std::move(r.identity);
+    ready_line_ = std::move(r.ready_line);
     if (sink_ == nullptr) RETURN_IF_ERROR(CreateSink());
     if (exactly_once_ && !broker_checked_) {
       RETURN_IF_ERROR(CheckBrokerHasTransactions());
@@ -197,7 +207,7 @@ class Publisher::Impl {
     if (exactly_once_ && !transactions_ready_) {
       RETURN_IF_ERROR(PrepareTransactions());
     }
-    spdlog::info("{}", source_.ReadyLine());
+    spdlog::info("{}", ready_line_);
     m_.streaming->Set(1);
     return absl::OkStatus();
   }
@@ -337,7 +347,7 @@ class Publisher::Impl {
       if (exactly_once_) {
         RETURN_IF_ERROR(DeliveryFailureInTransaction());
         const bool at_boundary =
-            !source_.in_transaction() && !pending_.has_value();
+            !tracker_.transaction_open() && !pending_.has_value();
         if (batch_.CommitDue(absl::Now(), at_boundary)) {
           RETURN_IF_ERROR(CommitOpenTransaction());
           if (!connected_) {
@@ -396,7 +406,7 @@ class Publisher::Impl {
   absl::Status Publish(OutboxEvent event) {
     if (!event.dropped_headers.empty()) {
       // Where() formats a string: only for the events it is logged for.
-      reserved_header_log_.Note(event, source_.Where(event));
+      reserved_header_log_.Note(event, Where(event));
     }
     if (options_.value_format != ValueFormat::kPayload) {
       // The router publishes the payload as the value: make it the envelope.
@@ -410,7 +420,7 @@ class Publisher::Impl {
   // --on-invalid=fail, OK when it is to be dead-lettered.
   absl::Status ReportInvalid(const InvalidEvent& bad) {
     m_.invalid_events->Increment();
-    const std::string where = source_.Where(bad);
+    const std::string where = Where(bad);
     spdlog::warn("invalid event {}: {}", where, bad.reason);
     if (options_.on_invalid == InvalidEventPolicy::kFail) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -461,12 +471,11 @@ class Publisher::Impl {
         InvalidEvent bad = Unproducible(*event, s);
         if (options_.on_invalid == InvalidEventPolicy::kFail) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "event ", event->id, " ", source_.Where(*event), ": ", bad.reason,
+              "event ", event->id, " ", Where(*event), ": ", bad.reason,
               " (--on-invalid=fail; the source is not "
               "confirmed past it)"));
         }
-        spdlog::warn("event {} {}: {}", event->id, source_.Where(*event),
-                     bad.reason);
+        spdlog::warn("event {} {}: {}", event->id, Where(*event), bad.reason);
         pending_->item = std::move(bad);
         continue;
       }
@@ -478,7 +487,7 @@ class Publisher::Impl {
       if (!topic.ok()) {
         // Never dropped: the event stays unconfirmed, resent on restart.
         return absl::FailedPreconditionError(absl::StrCat(
-            "cannot dead-letter the invalid event ", source_.Where(bad), " (",
+            "cannot dead-letter the invalid event ", Where(bad), " (",
             bad.reason, "): dead-letter topic: ", topic.message(),
             "; the source is not confirmed past it"));
       }
@@ -836,7 +845,8 @@ class Publisher::Impl {
   metrics::OutboxdMetrics& m_;
   SinkFactory sink_factory_;
   PipelineStats stats_;
-  RouterOptions router_;  // options.router plus the source identity
+  RouterOptions router_;    // options.router plus the source identity
+  std::string ready_line_;  // the source's, logged once connected
   Tracker tracker_;
   const bool exactly_once_;
   TransactionBatch batch_;        // the open Kafka transaction

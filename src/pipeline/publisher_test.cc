@@ -313,7 +313,22 @@ TEST_F(PublisherTest, OnInvalidFailStopsWithoutConfirming) {
   absl::Status s = Run(DurableAt(200));
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_THAT(s.message(), HasSubstr("--on-invalid=fail"));
+  // Where the event is: its commit LSN and index.
+  EXPECT_THAT(s.message(), HasSubstr("invalid event at 0/C8#0: aggregateid"));
   EXPECT_LT(source_.finished_at, SourcePosition(200));
+}
+
+TEST_F(PublisherTest, OnInvalidFailNamesAPolledRowBySeq) {
+  options_.on_invalid = InvalidEventPolicy::kFail;
+  InvalidEvent polled = Invalid(0, 0, "aggregateid is NULL");
+  polled.table_seq = 42;
+  source_.Add(Begin());
+  source_.Add(Of(std::move(polled)));
+  source_.Add(Commit(1));
+  absl::Status s = Run(DurableAt(1));
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("invalid event row seq 42: aggregateid"));
+  EXPECT_EQ(source_.finished_at, SourcePosition(0));
 }
 
 TEST_F(PublisherTest, MissingDeadLetterTopicStopsWithoutConfirming) {

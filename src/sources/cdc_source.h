@@ -17,22 +17,16 @@
 #ifndef OUTBOXD_SOURCES_CDC_SOURCE_H_
 #define OUTBOXD_SOURCES_CDC_SOURCE_H_
 
-#include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
-#include <utility>
 
 #include "absl/time/time.h"
 #include "metrics/outboxd_metrics.h"
 #include "outbox/outbox_mapper.h"
-#include "pg/connection.h"
 #include "pg/publisher_state.h"
 #include "pg/replication_setup.h"
-#include "pg/replication_stream.h"
 #include "sources/event_source.h"
 #include "sources/slot_loss.h"
 
@@ -61,56 +55,9 @@ struct CdcSourceOptions {
   RepublishFn republish;
 };
 
-class CdcSource : public EventSource {
- public:
-  // `metrics` must outlive the source.
-  CdcSource(CdcSourceOptions options, metrics::OutboxdMetrics& metrics);
-  ~CdcSource() override;
-
-  absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) override;
-  void Disconnect() override;
-  absl::StatusOr<SourceRead> Read(absl::Duration wait) override;
-  absl::Status Durable(SourcePosition durable) override;
-  absl::Status Finish(SourcePosition durable, bool clean) override;
-  bool in_transaction() const override { return mapper_.in_transaction(); }
-  const std::string& identity() const override { return identity_; }
-  std::string ReadyLine() const override;
-  std::string Progress() const override;
-  std::string Describe(SourcePosition position) const override;
-  std::string Where(const OutboxEvent& event) const override;
-  std::string Where(const InvalidEvent& event) const override;
-  absl::Status CheckCheckpoint(const EventPosition& checkpoint) override;
-
- private:
-  absl::StatusOr<Lsn> RecoverLostSlot(PgConnection& conn,
-                                      const std::optional<SlotInfo>& slot,
-                                      const PublisherState& recorded,
-                                      const SlotVerdict& verdict,
-                                      const ConnectContext& ctx);
-  absl::Status SendStatusIfDue(bool force);
-  absl::Status RecordProgress(absl::Time now, bool reply_requested);
-
-  const CdcSourceOptions options_;
-  metrics::OutboxdMetrics& m_;
-  OutboxMapper mapper_;
-  std::string identity_;  // outbox.source: "<system id>/<dbname>/<slot>"
-  std::unique_ptr<ReplicationStream> stream_;
-  // outboxd's record of its position; opened by the first Connect.
-  std::unique_ptr<PublisherStateStore> state_;
-  // (end LSN, commit time) of decoded transactions not yet recorded.
-  std::deque<std::pair<Lsn, int64_t>> commit_times_;
-  int64_t commit_time_ = 0;  // of the transaction being decoded, unix us
-  absl::Time next_record_ = absl::InfinitePast();
-  absl::Time next_idle_record_ = absl::InfinitePast();
-  absl::Time next_status_ = absl::InfinitePast();
-  // START_REPLICATION failed because the slot is invalidated.
-  bool start_said_invalidated_ = false;
-  bool finishing_ = false;
-  bool reply_requested_ = false;  // a keepalive asked for a status update
-  Lsn durable_;   // the last durable position the Publisher gave
-  Lsn received_;  // newest server position seen
-  Lsn reported_;  // last flush position reported
-};
+// The --source=cdc EventSource. `metrics` must outlive it.
+std::unique_ptr<EventSource> NewCdcSource(CdcSourceOptions options,
+                                          metrics::OutboxdMetrics& metrics);
 
 }  // namespace outboxd
 

@@ -3,7 +3,9 @@
 // events in transactions, and is told how far its events are durable in
 // Kafka; the Publisher owns everything else (encoding, routing,
 // backpressure, dead-lettering, acknowledgement, Kafka transactions,
-// metrics, reconnect backoff). docs/ARCHITECTURE.md "Adding a source".
+// metrics, reconnect backoff). What the Publisher can tell by itself is not
+// asked here: whether a transaction is open (it saw the SourceBegin), where
+// an event is (its own position). docs/ARCHITECTURE.md "Adding a source".
 //
 //   --source=cdc     sources/cdc_source.h: a logical replication slot; a
 //                    transaction is a PostgreSQL transaction, its position
@@ -86,6 +88,12 @@ struct ConnectResult {
   // first connection): nothing before it is tracked any more. Unset: the
   // stream continues from `durable`.
   std::optional<SourcePosition> restart_at;
+  // outbox.source: a stable id of the stream, the same across reconnects
+  // to the same database.
+  std::string identity;
+  // The line the Publisher logs once the connect is complete ("streaming
+  // from slot ...", "publishing from ..."): operators and tests wait for it.
+  std::string ready_line;
 };
 
 class EventSource {
@@ -111,20 +119,10 @@ class EventSource {
   // only give back what is not (after a failure).
   virtual absl::Status Finish(SourcePosition durable, bool clean) = 0;
 
-  // True while a transaction is half handed over.
-  virtual bool in_transaction() const = 0;
-  // outbox.source: a stable id of the stream (after the first Connect).
-  virtual const std::string& identity() const = 0;
-  // The line the Publisher logs once a connect is complete ("streaming
-  // from slot ...", "publishing from ..."): operators and tests wait for it.
-  virtual std::string ReadyLine() const = 0;
   // The source-specific part of the progress line.
   virtual std::string Progress() const = 0;
   // A position as the source's users know it ("0/1A2B", "batch 7").
   virtual std::string Describe(SourcePosition position) const = 0;
-  // "at 0/1A2B#3" or "row seq 42": where an event is, for log lines.
-  virtual std::string Where(const OutboxEvent& event) const = 0;
-  virtual std::string Where(const InvalidEvent& event) const = 0;
   // --delivery=exactly-once: OK when `checkpoint` can belong to this
   // source's history (CDC: not past the database's WAL).
   virtual absl::Status CheckCheckpoint(const EventPosition& checkpoint) {

@@ -16,10 +16,7 @@
 #ifndef OUTBOXD_SOURCES_POLL_SOURCE_H_
 #define OUTBOXD_SOURCES_POLL_SOURCE_H_
 
-#include <cstdint>
 #include <memory>
-#include <string>
-#include <vector>
 
 #include "absl/time/time.h"
 #include "metrics/outboxd_metrics.h"
@@ -35,49 +32,9 @@ struct PollSourceOptions {
   absl::Duration poll_interval = absl::Seconds(1);
 };
 
-class PollSource : public EventSource {
- public:
-  // `metrics` must outlive the source.
-  PollSource(PollSourceOptions options, metrics::OutboxdMetrics& metrics);
-  ~PollSource() override;
-
-  absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) override;
-  void Disconnect() override;
-  absl::StatusOr<SourceRead> Read(absl::Duration wait) override;
-  absl::Status Durable(SourcePosition durable) override;
-  absl::Status Finish(SourcePosition durable, bool clean) override;
-  bool in_transaction() const override { return open_ && !committed_; }
-  const std::string& identity() const override { return identity_; }
-  std::string ReadyLine() const override;
-  std::string Progress() const override;
-  std::string Describe(SourcePosition position) const override;
-  std::string Where(const OutboxEvent& event) const override;
-  std::string Where(const InvalidEvent& event) const override;
-
- private:
-  const char* mode() const {
-    return options_.poller.notify_channel.empty() ? "poll" : "notify";
-  }
-  void CloseBatch();
-
-  const PollSourceOptions options_;
-  metrics::OutboxdMetrics& m_;
-  std::unique_ptr<OutboxPoller> poller_;
-  std::string identity_;
-  // The open batch: rows handed over so far, and whether its Begin and
-  // Commit were.
-  bool open_ = false;
-  bool begun_ = false;
-  bool committed_ = false;
-  bool full_ = false;
-  std::vector<PolledRow> rows_;
-  size_t next_row_ = 0;
-  std::vector<int64_t> seqs_;
-  uint64_t batch_number_ = 0;
-  absl::Time next_poll_ = absl::InfinitePast();
-  uint64_t notifications_ = 0;
-  uint64_t rows_completed_ = 0;  // marked or deleted
-};
+// The --source=poll / notify EventSource. `metrics` must outlive it.
+std::unique_ptr<EventSource> NewPollSource(PollSourceOptions options,
+                                           metrics::OutboxdMetrics& metrics);
 
 }  // namespace outboxd
 

@@ -47,6 +47,8 @@ class FakeSource : public EventSource {
   bool finished = false;
   bool finished_clean = false;
   SourcePosition finished_at;
+  // A transaction is half handed over (Begin read, Commit not yet).
+  bool in_transaction() const { return open_; }
 
   // --- EventSource --------------------------------------------------------
   absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) override {
@@ -58,6 +60,8 @@ class FakeSource : public EventSource {
       script = std::move(after_reconnect.front());
       after_reconnect.pop_front();
     }
+    r.identity = source_identity;
+    r.ready_line = "fake source ready";
     open_ = false;
     return r;
   }
@@ -87,20 +91,9 @@ class FakeSource : public EventSource {
     finished_at = p;
     return absl::OkStatus();
   }
-  bool in_transaction() const override { return open_; }
-  const std::string& identity() const override { return source_identity; }
-  std::string ReadyLine() const override { return "fake source ready"; }
   std::string Progress() const override { return "fake"; }
   std::string Describe(SourcePosition p) const override {
     return absl::StrCat(p.value());
-  }
-  std::string Where(const OutboxEvent& e) const override {
-    return absl::StrCat("at ", e.position.commit_lsn.value(), "#",
-                        e.position.index);
-  }
-  std::string Where(const InvalidEvent& e) const override {
-    return absl::StrCat("at ", e.position.commit_lsn.value(), "#",
-                        e.position.index);
   }
 
  private:
