@@ -36,8 +36,10 @@ absl::Duration PollInterval(const PublisherMode& mode) {
   return d;
 }
 
-std::vector<std::string> ModeArgs(const PublisherMode& mode) {
+std::vector<std::string> ModeArgs(const PublisherMode& mode,
+                                  const std::string& slot) {
   std::vector<std::string> args = {absl::StrCat("--source=", mode.source)};
+  if (mode.source == "cdc") args.push_back(absl::StrCat("--slot=", slot));
   if (!mode.interval.empty()) {
     args.push_back(absl::StrCat("--poll-interval=", mode.interval));
   }

@@ -39,8 +39,10 @@ struct PublisherMode {
 absl::StatusOr<PublisherMode> ParsePublisherMode(const std::string& name);
 // The poll interval (0 for cdc).
 absl::Duration PollInterval(const PublisherMode& mode);
-// outboxd's flags for the mode (--source, --poll-interval).
-std::vector<std::string> ModeArgs(const PublisherMode& mode);
+// outboxd's flags for the mode: --source, and --slot=`slot` (cdc) or
+// --poll-interval (poll); poll and notify refuse --slot with exit 2.
+std::vector<std::string> ModeArgs(const PublisherMode& mode,
+                                  const std::string& slot);
 
 struct BenchEnvOptions {
   std::string outboxd_binary;  // "" = the one built with the harness

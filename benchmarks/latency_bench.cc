@@ -116,10 +116,10 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
                              absl::GetFlag(FLAGS_fetch_wait_ms));
   if (!recorder.ok()) return recorder.status();
 
-  std::vector<std::string> args = ModeArgs(mode);
+  std::vector<std::string> args = ModeArgs(mode, slot);
   args.insert(args.end(),
-              {absl::StrCat("--topic=", topic), absl::StrCat("--slot=", slot),
-               "--metrics-address=127.0.0.1:0", "--log-level=info"});
+              {absl::StrCat("--topic=", topic), "--metrics-address=127.0.0.1:0",
+               "--log-level=info"});
   for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
     args.push_back(a);
   }

@@ -167,10 +167,10 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
 
-  std::vector<std::string> args = ModeArgs(mode);
+  std::vector<std::string> args = ModeArgs(mode, slot);
   args.insert(args.end(),
-              {absl::StrCat("--topic=", topic), absl::StrCat("--slot=", slot),
-               "--metrics-address=127.0.0.1:0", "--log-level=info"});
+              {absl::StrCat("--topic=", topic), "--metrics-address=127.0.0.1:0",
+               "--log-level=info"});
   for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
     args.push_back(a);
   }

@@ -160,6 +160,32 @@ constexpr char kUsage[] =
 constexpr flags::Program kProgram = {"outboxd", OUTBOXD_VERSION, kUsage,
                                      "cli/main.cc"};
 
+// A flag that `source` would ignore, given on the command line whatever its
+// value, is refused (README "Flags": the mode column), rather than ignored.
+absl::Status RefuseOtherModesFlags(const flags::ParsedCommandLine& cmd,
+                                   const std::string& source) {
+  if (source == "cdc") {
+    return flags::OnlyFor(
+        cmd, "--source=poll or notify",
+        {FLAGS_poll_interval, FLAGS_batch_size, FLAGS_poll_cleanup,
+         FLAGS_poll_grace, FLAGS_notify_channel});
+  }
+  // The slot, the stream's positions and what is built on them
+  // (exactly-once transactions, lost-slot republishing, cleanup behind the
+  // confirmed position), and logical decoding messages, which only the
+  // stream carries.
+  RETURN_IF_ERROR(
+      flags::OnlyFor(cmd, "--source=cdc",
+                     {FLAGS_slot, FLAGS_publication, FLAGS_status_interval,
+                      FLAGS_message_prefix, FLAGS_on_slot_loss,
+                      FLAGS_republish_margin, FLAGS_cleanup_after,
+                      FLAGS_transactional_id, FLAGS_transaction_interval}));
+  if (source == "poll") {
+    return flags::OnlyFor(cmd, "--source=notify", {FLAGS_notify_channel});
+  }
+  return absl::OkStatus();
+}
+
 // Flag values that parse but make no sense, as one line each.
 absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     const flags::ParsedCommandLine& cmd) {
@@ -180,6 +206,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   }
   ASSIGN_OR_RETURN(std::string source,
                    flags::OneOfFlag(FLAGS_source, {"cdc", "poll", "notify"}));
+  RETURN_IF_ERROR(RefuseOtherModesFlags(cmd, source));
   RETURN_IF_ERROR(flags::PositiveFlag(FLAGS_poll_interval).status());
   ASSIGN_OR_RETURN(o.status_interval, flags::PositiveFlag(FLAGS_status_interval,
                                                           absl::Minutes(10)));
@@ -218,13 +245,12 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   ASSIGN_OR_RETURN(o.republish_margin,
                    flags::NotNegativeFlag(FLAGS_republish_margin));
 
-  if (o.on_slot_loss == SlotLossPolicy::kRepublish && source != "cdc") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--on-slot-loss=republish is for --source=cdc (there is no slot "
-        "with --source=",
-        source, ")"));
-  }
   std::string table = absl::GetFlag(FLAGS_table);
+  if (absl::GetFlag(FLAGS_cleanup_after) > absl::ZeroDuration() &&
+      table.empty()) {
+    return absl::InvalidArgumentError(
+        "--cleanup-after needs --table (it deletes the table's rows)");
+  }
   if (o.on_slot_loss == SlotLossPolicy::kRepublish && table.empty()) {
     return absl::InvalidArgumentError(
         "--on-slot-loss=republish needs --table (logical decoding messages "
@@ -412,12 +438,6 @@ int Main(int argc, char** argv) {
   std::unique_ptr<OutboxCleaner> cleaner;
   if (absl::Duration after = absl::GetFlag(FLAGS_cleanup_after);
       after > absl::ZeroDuration()) {
-    if (absl::GetFlag(FLAGS_source) != "cdc" || !options->setup.table) {
-      return flags::BadFlags(
-          kProgram.name,
-          absl::InvalidArgumentError(
-              "--cleanup-after needs --source=cdc and a --table"));
-    }
     OutboxCleanerOptions co;
     co.conninfo = options->conninfo;
     co.table = *options->setup.table;

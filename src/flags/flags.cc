@@ -50,6 +50,7 @@ absl::Status ApplyFlag(absl::string_view name, std::optional<std::string> value,
     }
   }
   std::string flag_name(flag->Name());
+  out->set.insert(flag_name);
   if (std::find(repeatable.begin(), repeatable.end(), flag_name) !=
       repeatable.end()) {
     out->repeated[flag_name].push_back(*value);
@@ -226,6 +227,26 @@ std::optional<int> ParseOrExit(int argc, char** argv, const Program& program,
 int BadFlags(absl::string_view program, const absl::Status& status) {
   std::cerr << program << ": " << status.message() << "\n";
   return 2;
+}
+
+std::string Dashed(AnyFlag flag) {
+  std::string name(flag.name());
+  std::replace(name.begin(), name.end(), '_', '-');
+  return "--" + name;
+}
+
+bool IsSet(const ParsedCommandLine& cmd, AnyFlag flag) {
+  return cmd.set.contains(flag.name());
+}
+
+absl::Status OnlyFor(const ParsedCommandLine& cmd, absl::string_view mode,
+                     std::initializer_list<AnyFlag> flags) {
+  for (AnyFlag flag : flags) {
+    if (!IsSet(cmd, flag)) continue;
+    return absl::InvalidArgumentError(
+        absl::StrCat(Dashed(flag), " applies only to ", mode));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status NotAChoice(absl::string_view flag,

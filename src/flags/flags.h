@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/status/status.h"
@@ -24,11 +25,32 @@
 
 namespace outboxd::flags {
 
+// A flag of any type, for lists of flags of different types; implicit so
+// that a list reads {FLAGS_a, FLAGS_b}. Keeps a view of the flag's name,
+// which lives as long as the program.
+class AnyFlag {
+ public:
+  template <typename T>
+  AnyFlag(const absl::Flag<T>& flag)  // NOLINT(google-explicit-constructor)
+      : name_(absl::GetFlagReflectionHandle(flag).Name()) {}
+  absl::string_view name() const { return name_; }
+
+ private:
+  absl::string_view name_;
+};
+
+// "--on-slot-loss" for FLAGS_on_slot_loss.
+std::string Dashed(AnyFlag flag);
+
 struct ParsedCommandLine {
   bool help = false;
   bool version = false;
   // Every value of each repeatable flag, in order.
   absl::flat_hash_map<std::string, std::vector<std::string>> repeated;
+  // The absl name (topic_prefix) of every flag given on the command line or
+  // in a --flagfile, whatever its value (its default too), repeatable and
+  // negated (--nofoo) flags included.
+  absl::flat_hash_set<std::string> set;
 };
 
 // Sets the registered absl flags from argv[1..]. Dashes in flag names are
@@ -80,19 +102,20 @@ std::optional<int> ParseOrExit(int argc, char** argv, const Program& program,
 // exit code.
 int BadFlags(absl::string_view program, const absl::Status& status);
 
+// --- flags that belong to one mode -------------------------------------------
+
+// Whether `flag` was given on the command line (or in a --flagfile).
+bool IsSet(const ParsedCommandLine& cmd, AnyFlag flag);
+
+// kInvalidArgument "--flag applies only to <mode>" naming the first of
+// `flags` that was given, whatever its value: a main refuses the flags of
+// another mode rather than ignore them (README "Flags").
+absl::Status OnlyFor(const ParsedCommandLine& cmd, absl::string_view mode,
+                     std::initializer_list<AnyFlag> flags);
+
 // --- checks of one flag's value ----------------------------------------------
 // Each returns the value, or kInvalidArgument with one line naming the flag
 // (dashed) and what it must be.
-
-// "--on-slot-loss" for FLAGS_on_slot_loss.
-template <typename T>
-std::string Dashed(const absl::Flag<T>& flag) {
-  std::string name(absl::GetFlagReflectionHandle(flag).Name());
-  for (char& c : name) {
-    if (c == '_') c = '-';
-  }
-  return "--" + name;
-}
 
 // One value an enumerated flag may take.
 template <typename T>

@@ -4,6 +4,8 @@
 #include "flags/flags.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,6 +24,7 @@ ABSL_FLAG(absl::Duration, flags_test_wait, absl::Seconds(1),
 ABSL_FLAG(int, flags_test_count, 5, "test flag: an integer");
 ABSL_FLAG(std::vector<std::string>, flags_test_property, {},
           "test flag: repeatable");
+ABSL_FLAG(bool, flags_test_flag, true, "test flag: a bool");
 
 namespace outboxd::flags {
 namespace {
@@ -196,6 +199,52 @@ TEST(FlagsTest, ParseOrExitGoesOnWithTheFlagsSet) {
   EXPECT_EQ(absl::GetFlag(FLAGS_flags_test_mode), "safe");
   EXPECT_THAT(r.cmd.repeated["flags_test_property"],
               ::testing::ElementsAre("a=1", "b=2"));
+}
+
+TEST(FlagsTest, ParseFlagsRecordsWhichFlagsWereGivenWhateverTheirValue) {
+  absl::FlagSaver saver;
+  // --flags-test-count=5 is its default: given is given. A negated bool and
+  // a repeatable flag count too; --help and --version are not flags.
+  ParseResult r = Parse({"--flags-test-count=5", "--flags_test_name", "x",
+                         "--noflags-test-flag", "--flags-test-property=a=1"});
+  ASSERT_FALSE(r.exit_code.has_value()) << r.err;
+  EXPECT_THAT(r.cmd.set, ::testing::UnorderedElementsAre(
+                             "flags_test_count", "flags_test_name",
+                             "flags_test_flag", "flags_test_property"));
+  EXPECT_TRUE(IsSet(r.cmd, FLAGS_flags_test_count));
+  EXPECT_TRUE(IsSet(r.cmd, FLAGS_flags_test_flag));
+  EXPECT_FALSE(IsSet(r.cmd, FLAGS_flags_test_mode));
+  EXPECT_FALSE(IsSet(r.cmd, FLAGS_flags_test_wait));
+  EXPECT_TRUE(Parse({}).cmd.set.empty());
+}
+
+TEST(FlagsTest, ParseFlagsRecordsTheFlagsOfAFlagfile) {
+  absl::FlagSaver saver;
+  const std::string path = ::testing::TempDir() + "/flags_test_flagfile";
+  {
+    std::ofstream out(path);
+    out << "# a comment\n--flags-test-wait=2s\n";
+  }
+  ParseResult r = Parse({"--flagfile=" + path});
+  ASSERT_FALSE(r.exit_code.has_value()) << r.err;
+  EXPECT_THAT(r.cmd.set, ::testing::ElementsAre("flags_test_wait"));
+  std::remove(path.c_str());
+}
+
+TEST(FlagsTest, OnlyForNamesTheFirstListedFlagThatWasGiven) {
+  absl::FlagSaver saver;
+  ParseResult r = Parse({"--flags-test-wait=1s", "--flags-test-name="});
+  ASSERT_FALSE(r.exit_code.has_value()) << r.err;
+  // Flags of different types in one list; the list's order decides.
+  absl::Status s = OnlyFor(
+      r.cmd, "--mode=slow",
+      {FLAGS_flags_test_count, FLAGS_flags_test_name, FLAGS_flags_test_wait});
+  EXPECT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_EQ(Message(s), "--flags-test-name applies only to --mode=slow");
+  EXPECT_TRUE(
+      OnlyFor(r.cmd, "x", {FLAGS_flags_test_count, FLAGS_flags_test_mode})
+          .ok());
+  EXPECT_TRUE(OnlyFor(r.cmd, "x", {}).ok());
 }
 
 TEST(FlagsTest, ParseOrExitPrintsVersionAndHelpAndExitsZero) {

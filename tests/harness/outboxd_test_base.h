@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -134,16 +135,35 @@ class OutboxdTestBase : public ::testing::Test {
   std::string Log(size_t n) const { return ReadFile(LogPath(n)); }
 
   // outboxd, --pg (if `with_pg`), --brokers, --topic-prefix, --slot and the
-  // fixture's default arguments.
-  std::vector<std::string> DefaultArgs(bool with_pg = true) const {
+  // fixture's default arguments. With `polling` (--source=poll or notify),
+  // without the cdc-only ones (--slot, --status-interval), which those
+  // modes refuse with exit 2.
+  std::vector<std::string> DefaultArgs(bool with_pg = true,
+                                       bool polling = false) const {
     std::vector<std::string> argv = {OUTBOXD_BINARY};
     if (with_pg) argv.push_back("--pg=" + ConnInfo());
     argv.push_back("--brokers=" + Bootstrap());
     argv.push_back("--topic-prefix=" + prefix_);
-    if (!slot_.empty()) argv.push_back("--slot=" + slot_);
-    argv.insert(argv.end(), options_.default_args.begin(),
-                options_.default_args.end());
+    if (!slot_.empty() && !polling) argv.push_back("--slot=" + slot_);
+    for (const std::string& arg : options_.default_args) {
+      if (polling && absl::StartsWith(arg, "--status-interval=")) continue;
+      argv.push_back(arg);
+    }
     return argv;
+  }
+
+  // Whether `args` (after the fixture's default arguments) make outboxd
+  // poll: the last --source wins.
+  bool Polling(const std::vector<std::string>& args) const {
+    bool polling = false;
+    for (const auto* list : {&options_.default_args, &args}) {
+      for (const std::string& arg : *list) {
+        if (absl::StartsWith(arg, "--source=")) {
+          polling = arg != "--source=cdc";
+        }
+      }
+    }
+    return polling;
   }
 
   // Starts `argv` with stderr to LogPath(n, `what`), n being its index in
@@ -179,7 +199,7 @@ class OutboxdTestBase : public ::testing::Test {
                        bool wait_ready = true,
                        std::map<std::string, std::string> env = {},
                        std::vector<std::string> argv = {}) {
-    if (argv.empty()) argv = DefaultArgs();
+    if (argv.empty()) argv = DefaultArgs(/*with_pg=*/true, Polling(extra));
     argv.insert(argv.end(), extra.begin(), extra.end());
     return StartChild(&outboxd_, "outboxd", std::move(argv),
                       wait_ready ? options_.ready : std::vector<std::string>{},

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "gtest/gtest.h"
 #include "tests/harness/child_process.h"
 
@@ -78,6 +80,75 @@ TEST(CliTest, ReadmeFlagTableListsExactlyTheFlagsOfHelp) {
   EXPECT_TRUE(stale.empty())
       << "flags in README.md's flag table but not in --help: "
       << absl::StrJoin(stale, " ");
+}
+
+// The mode column of README.md's flag table: flag (dashed, without "--")
+// -> "all", "cdc", "poll, notify" or "notify".
+std::map<std::string, std::string> ReadmeFlagModes() {
+  std::string readme = ReadFile(OUTBOXD_SOURCE_DIR "/README.md");
+  size_t start = readme.find("\n## Flags");
+  size_t end = readme.find("\n## ", start + 1);
+  std::map<std::string, std::string> modes;
+  static const std::regex kFlag("`--([a-z0-9-]+)");
+  for (absl::string_view line :
+       absl::StrSplit(readme.substr(start, end - start), '\n')) {
+    if (!absl::StartsWith(line, "| `--")) continue;
+    std::vector<std::string> cells = absl::StrSplit(line, '|');
+    if (cells.size() < 4) continue;
+    std::string mode(absl::StripAsciiWhitespace(cells[2]));
+    for (std::sregex_iterator it(cells[1].begin(), cells[1].end(), kFlag), e;
+         it != e; ++it) {
+      modes[(*it)[1].str()] = mode;
+    }
+  }
+  return modes;
+}
+
+// Each flag's default in `outboxd --help` ("" when it shows none): a line
+// "  --name", then one line of help ending in "(default: X)".
+std::map<std::string, std::string> HelpDefaults() {
+  CommandResult r = RunOutboxd({"--help"});
+  std::vector<std::string> lines = absl::StrSplit(r.output, '\n');
+  std::map<std::string, std::string> defaults;
+  static const std::regex kName("^  --([a-z0-9-]+)$");
+  static const std::regex kDefault("\\(default: (.*)\\)$");
+  for (size_t i = 0; i + 1 < lines.size(); ++i) {
+    std::smatch name, def;
+    if (!std::regex_match(lines[i], name, kName)) continue;
+    defaults[name[1].str()] =
+        std::regex_search(lines[i + 1], def, kDefault) ? def[1].str() : "";
+  }
+  return defaults;
+}
+
+// Every flag that the README gives to some modes only is refused by the
+// others, with one line, even at its default value: the mode column is
+// what outboxd does.
+TEST(CliTest, AFlagOfAnotherModeExitsTwoWithOneLineEvenAtItsDefault) {
+  std::map<std::string, std::string> modes = ReadmeFlagModes();
+  std::map<std::string, std::string> defaults = HelpDefaults();
+  ASSERT_EQ(modes["slot"], "cdc");
+  ASSERT_EQ(modes["poll-cleanup"], "poll, notify");
+  ASSERT_EQ(defaults["poll-cleanup"], "mark");
+  int refused = 0;
+  for (const auto& [flag, mode] : modes) {
+    if (mode == "all") continue;
+    for (const std::string source : {"cdc", "poll", "notify"}) {
+      if (absl::StrContains(mode, source)) continue;
+      ASSERT_TRUE(defaults.count(flag)) << "--" << flag << " not in --help";
+      const std::string arg = absl::StrCat("--", flag, "=", defaults[flag]);
+      CommandResult r = RunOutboxd(
+          {"--pg=host=127.0.0.1", "--brokers=h:1", "--source=" + source, arg});
+      EXPECT_EQ(r.exit_code, 2) << source << " " << arg << ": " << r.output;
+      EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1)
+          << r.output;
+      EXPECT_TRUE(absl::StartsWith(
+          r.output, absl::StrCat("outboxd: --", flag, " applies only to ")))
+          << source << " " << arg << ": " << r.output;
+      ++refused;
+    }
+  }
+  EXPECT_GE(refused, 20);
 }
 
 TEST(CliTest, HelpShowsDashedNamesAndDefaults) {

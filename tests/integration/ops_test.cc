@@ -62,8 +62,9 @@ class OpsTest : public OutboxdTestBase {
   // false: no --pg (the test gives it in `extra`).
   ChildProcess* StartOutboxd(std::vector<std::string> extra,
                              bool default_pg = true) {
+    std::vector<std::string> argv = DefaultArgs(default_pg, Polling(extra));
     size_t n = LaunchOutboxd(std::move(extra), /*wait_ready=*/true, {},
-                             DefaultArgs(default_pg));
+                             std::move(argv));
     ChildProcess* p = outboxd_[n].get();
     EXPECT_TRUE(p != nullptr && p->Running())
         << "outboxd did not start streaming:\n"

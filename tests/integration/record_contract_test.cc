@@ -706,27 +706,42 @@ void ExpectRefused(const std::vector<std::string>& base,
 }
 
 // What needs (outbox.lsn, outbox.index) is refused under poll and notify
-// (README "Polling and push publishers" and the flag table).
+// (README "Polling and push publishers" and the flag table), and so is every
+// other flag of cdc's, given at all (README "Flags": the mode column).
 TEST_P(RecordContractTest, AFlagTheModeCannotHonourIsExit2WithOneLine) {
-  if (Cdc()) GTEST_SKIP() << "the README names no flag cdc refuses";
-  ExpectRefused({OUTBOXD_BINARY, "--pg=" + ConnInfo(), "--brokers=127.0.0.1:9",
-                 "--metrics-address=", "--source=" + ModeName(GetParam())},
-                {{"--ordering=global", "--topic=t"},
-                 {"--delivery=exactly-once"},
-                 {"--on-slot-loss=republish"},
-                 {"--cleanup-after=1h"}});
+  if (Cdc()) GTEST_SKIP() << "PollOnlyFlagsAreExit2UnderCdc";
+  const std::vector<std::string> base = {
+      OUTBOXD_BINARY, "--pg=" + ConnInfo(), "--brokers=127.0.0.1:9",
+      "--metrics-address=", "--source=" + ModeName(GetParam())};
+  ExpectRefused(base, {{"--ordering=global", "--topic=t"},
+                       {"--delivery=exactly-once"},
+                       {"--on-slot-loss=republish"},
+                       {"--on-slot-loss=fail"},
+                       {"--cleanup-after=1h"},
+                       {"--cleanup-after=0"},
+                       {"--republish-margin=1h"},
+                       {"--slot=" + slot_},
+                       {"--publication=outbox_pub"},
+                       {"--status-interval=200ms"},
+                       {"--message-prefix=outbox"},
+                       {"--transactional-id=t"},
+                       {"--transaction-interval=100ms"}});
+  if (GetParam() == Mode::kPoll) {
+    ExpectRefused(base, {{"--notify-channel=outbox"}});
+  }
 }
 
-// Not yet promised (disabled until cli/main.cc refuses them): cdc accepts
-// the poll/notify flags and ignores them, e.g. --poll-cleanup=delete runs
-// and deletes nothing.
-TEST_P(RecordContractTest, DISABLED_PollOnlyFlagsAreExit2UnderCdc) {
+// cdc refuses the poll/notify flags rather than ignore them (e.g.
+// --poll-cleanup=delete would run and delete nothing), whatever their value.
+TEST_P(RecordContractTest, PollOnlyFlagsAreExit2UnderCdc) {
   if (!Cdc()) GTEST_SKIP() << "cdc only";
   ExpectRefused({OUTBOXD_BINARY, "--pg=" + ConnInfo(), "--brokers=127.0.0.1:9",
                  "--metrics-address=", "--slot=" + slot_, "--source=cdc"},
                 {{"--poll-cleanup=delete"},
+                 {"--poll-cleanup=mark"},
                  {"--batch-size=10"},
                  {"--poll-grace=1s"},
+                 {"--poll-interval=1s"},
                  {"--notify-channel=x"}});
 }
 
