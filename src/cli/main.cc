@@ -190,7 +190,9 @@ absl::Status RefuseOtherModesFlags(const flags::ParsedCommandLine& cmd,
 absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     const flags::ParsedCommandLine& cmd) {
   CdcPipelineOptions o;
-  ASSIGN_OR_RETURN(o.conninfo,
+  PublisherOptions& pub = o.publisher;
+  CdcSourceOptions& cdc = o.source;
+  ASSIGN_OR_RETURN(cdc.conninfo,
                    flags::RequiredFlag(FLAGS_pg, "libpq conninfo or URI"));
   ASSIGN_OR_RETURN(std::string brokers,
                    flags::RequiredFlag(FLAGS_brokers, "HOST:PORT[,...]"));
@@ -208,41 +210,43 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
                    flags::OneOfFlag(FLAGS_source, {"cdc", "poll", "notify"}));
   RETURN_IF_ERROR(RefuseOtherModesFlags(cmd, source));
   RETURN_IF_ERROR(flags::PositiveFlag(FLAGS_poll_interval).status());
-  ASSIGN_OR_RETURN(o.status_interval, flags::PositiveFlag(FLAGS_status_interval,
-                                                          absl::Minutes(10)));
-  ASSIGN_OR_RETURN(o.shutdown_timeout,
+  ASSIGN_OR_RETURN(
+      cdc.status_interval,
+      flags::PositiveFlag(FLAGS_status_interval, absl::Minutes(10)));
+  ASSIGN_OR_RETURN(pub.shutdown_timeout,
                    flags::NotNegativeFlag(FLAGS_shutdown_timeout));
-  o.reconnect.initial_backoff = absl::GetFlag(FLAGS_reconnect_backoff_initial);
-  o.reconnect.max_backoff = absl::GetFlag(FLAGS_reconnect_backoff_max);
-  if (o.reconnect.initial_backoff <= absl::ZeroDuration() ||
-      o.reconnect.max_backoff < o.reconnect.initial_backoff) {
+  pub.reconnect.initial_backoff =
+      absl::GetFlag(FLAGS_reconnect_backoff_initial);
+  pub.reconnect.max_backoff = absl::GetFlag(FLAGS_reconnect_backoff_max);
+  if (pub.reconnect.initial_backoff <= absl::ZeroDuration() ||
+      pub.reconnect.max_backoff < pub.reconnect.initial_backoff) {
     return absl::InvalidArgumentError(
         "--reconnect-backoff-initial must be positive and at most "
         "--reconnect-backoff-max");
   }
-  ASSIGN_OR_RETURN(o.reconnect.give_up_after,
+  ASSIGN_OR_RETURN(pub.reconnect.give_up_after,
                    flags::NotNegativeFlag(FLAGS_reconnect_give_up));
   ASSIGN_OR_RETURN(
-      o.delivery,
+      pub.delivery,
       flags::ChoiceFlag<DeliveryGuarantee>(
           FLAGS_delivery, {{"at-least-once", DeliveryGuarantee::kAtLeastOnce},
                            {"exactly-once", DeliveryGuarantee::kExactlyOnce}}));
-  if (o.delivery == DeliveryGuarantee::kExactlyOnce && source != "cdc") {
+  if (pub.delivery == DeliveryGuarantee::kExactlyOnce && source != "cdc") {
     return absl::InvalidArgumentError(absl::StrCat(
         "--delivery=exactly-once is supported with --source=cdc only, not '",
         source, "'"));
   }
-  o.transactional_id = absl::GetFlag(FLAGS_transactional_id);
-  ASSIGN_OR_RETURN(o.transactions.interval,
+  pub.transactional_id = absl::GetFlag(FLAGS_transactional_id);
+  ASSIGN_OR_RETURN(pub.transactions.interval,
                    flags::BetweenFlag(FLAGS_transaction_interval,
                                       absl::ZeroDuration(), absl::Seconds(30)));
 
   ASSIGN_OR_RETURN(
-      o.on_slot_loss,
+      cdc.on_slot_loss,
       flags::ChoiceFlag<SlotLossPolicy>(
           FLAGS_on_slot_loss, {{"fail", SlotLossPolicy::kFail},
                                {"republish", SlotLossPolicy::kRepublish}}));
-  ASSIGN_OR_RETURN(o.republish_margin,
+  ASSIGN_OR_RETURN(cdc.republish_margin,
                    flags::NotNegativeFlag(FLAGS_republish_margin));
 
   std::string table = absl::GetFlag(FLAGS_table);
@@ -251,7 +255,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     return absl::InvalidArgumentError(
         "--cleanup-after needs --table (it deletes the table's rows)");
   }
-  if (o.on_slot_loss == SlotLossPolicy::kRepublish && table.empty()) {
+  if (cdc.on_slot_loss == SlotLossPolicy::kRepublish && table.empty()) {
     return absl::InvalidArgumentError(
         "--on-slot-loss=republish needs --table (logical decoding messages "
         "cannot be republished)");
@@ -259,35 +263,36 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   if (!table.empty()) {
     ASSIGN_OR_RETURN(QualifiedName name,
                      flags::ParsedFlag(FLAGS_table, ParseQualifiedName));
-    o.setup.table = name;
-    o.mapper.table = name;
+    cdc.setup.table = name;
+    cdc.mapper.table = name;
   }
-  o.setup.slot = absl::GetFlag(FLAGS_slot);
-  o.setup.publication = absl::GetFlag(FLAGS_publication);
-  if (o.setup.slot.empty() || o.setup.publication.empty()) {
+  cdc.setup.slot = absl::GetFlag(FLAGS_slot);
+  cdc.setup.publication = absl::GetFlag(FLAGS_publication);
+  if (cdc.setup.slot.empty() || cdc.setup.publication.empty()) {
     return absl::InvalidArgumentError(
         "--slot and --publication must not be empty");
   }
-  for (char c : o.setup.slot) {
+  for (char c : cdc.setup.slot) {
     // PostgreSQL's rule for slot names.
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--slot: '", o.setup.slot,
+          "--slot: '", cdc.setup.slot,
           "' may contain only lower case letters, digits and underscores"));
     }
   }
-  o.mapper.message_prefix = absl::GetFlag(FLAGS_message_prefix);
-  o.mapper.columns.id = absl::GetFlag(FLAGS_column_id);
-  o.mapper.columns.aggregate_type = absl::GetFlag(FLAGS_column_aggregate_type);
-  o.mapper.columns.aggregate_id = absl::GetFlag(FLAGS_column_aggregate_id);
-  o.mapper.columns.type = absl::GetFlag(FLAGS_column_type);
-  o.mapper.columns.payload = absl::GetFlag(FLAGS_column_payload);
-  o.mapper.columns.headers = absl::GetFlag(FLAGS_column_headers);
-  o.mapper.columns.depends_on = absl::GetFlag(FLAGS_column_depends_on);
+  cdc.mapper.message_prefix = absl::GetFlag(FLAGS_message_prefix);
+  cdc.mapper.columns.id = absl::GetFlag(FLAGS_column_id);
+  cdc.mapper.columns.aggregate_type =
+      absl::GetFlag(FLAGS_column_aggregate_type);
+  cdc.mapper.columns.aggregate_id = absl::GetFlag(FLAGS_column_aggregate_id);
+  cdc.mapper.columns.type = absl::GetFlag(FLAGS_column_type);
+  cdc.mapper.columns.payload = absl::GetFlag(FLAGS_column_payload);
+  cdc.mapper.columns.headers = absl::GetFlag(FLAGS_column_headers);
+  cdc.mapper.columns.depends_on = absl::GetFlag(FLAGS_column_depends_on);
   for (const std::string* c :
-       {&o.mapper.columns.id, &o.mapper.columns.aggregate_type,
-        &o.mapper.columns.aggregate_id, &o.mapper.columns.type,
-        &o.mapper.columns.payload}) {
+       {&cdc.mapper.columns.id, &cdc.mapper.columns.aggregate_type,
+        &cdc.mapper.columns.aggregate_id, &cdc.mapper.columns.type,
+        &cdc.mapper.columns.payload}) {
     if (c->empty()) {
       return absl::InvalidArgumentError(
           "--column-* flags must not be empty "
@@ -295,11 +300,11 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     }
   }
 
-  o.router.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
-  o.router.fixed_topic = absl::GetFlag(FLAGS_topic);
+  pub.router.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
+  pub.router.fixed_topic = absl::GetFlag(FLAGS_topic);
   std::string ordering = absl::GetFlag(FLAGS_ordering);
   if (ordering == "global") {
-    if (o.router.fixed_topic.empty()) {
+    if (pub.router.fixed_topic.empty()) {
       return absl::InvalidArgumentError(
           "--ordering=global needs --topic (one topic, one partition)");
     }
@@ -312,44 +317,45 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
           "hazard of polling\"), not '",
           source, "'"));
     }
-    o.router.fixed_partition = 0;
+    pub.router.fixed_partition = 0;
   } else if (ordering != "aggregate") {
     return absl::InvalidArgumentError(absl::StrCat(
         "--ordering must be aggregate or global, not '", ordering, "'"));
   }
-  ASSIGN_OR_RETURN(o.dlq_topic, flags::NonEmptyFlag(FLAGS_dlq_topic));
+  ASSIGN_OR_RETURN(pub.dlq_topic, flags::NonEmptyFlag(FLAGS_dlq_topic));
   // Flags that can only make topic names Kafka refuses. A prefix is illegal
   // when no aggregatetype can complete it into a legal name.
-  if (absl::Status s = CheckTopicName(absl::StrCat(o.router.topic_prefix, "x"));
+  if (absl::Status s =
+          CheckTopicName(absl::StrCat(pub.router.topic_prefix, "x"));
       !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--topic-prefix makes no legal topic name: ", s.message()));
   }
-  if (!o.router.fixed_topic.empty()) {
-    if (absl::Status s = CheckTopicName(o.router.fixed_topic); !s.ok()) {
+  if (!pub.router.fixed_topic.empty()) {
+    if (absl::Status s = CheckTopicName(pub.router.fixed_topic); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("--topic: ", s.message()));
     }
   }
-  if (absl::Status s = CheckTopicName(o.dlq_topic); !s.ok()) {
+  if (absl::Status s = CheckTopicName(pub.dlq_topic); !s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--dlq-topic: ", s.message()));
   }
   ASSIGN_OR_RETURN(
-      o.on_invalid,
+      pub.on_invalid,
       flags::ChoiceFlag<InvalidEventPolicy>(
           FLAGS_on_invalid, {{"dead-letter", InvalidEventPolicy::kDeadLetter},
                              {"fail", InvalidEventPolicy::kFail}}));
 
-  ASSIGN_OR_RETURN(o.value_format,
+  ASSIGN_OR_RETURN(pub.value_format,
                    flags::ParsedFlag(FLAGS_value_format, ParseValueFormat));
-  o.producer.brokers = brokers;
+  pub.producer.brokers = brokers;
   if (!absl::GetFlag(FLAGS_kafka_config).empty()) {
     ASSIGN_OR_RETURN(
-        o.producer.properties,
+        pub.producer.properties,
         flags::ParsedFlag(FLAGS_kafka_config, flags::ParseKeyValueFile));
   }
   RETURN_IF_ERROR(flags::AppendKeyValueFlags(cmd, "kafka_property",
-                                             &o.producer.properties));
+                                             &pub.producer.properties));
   std::string metrics = absl::GetFlag(FLAGS_metrics_address);
   if (!metrics.empty()) {
     size_t colon = metrics.rfind(':');
@@ -367,7 +373,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
 // The polling sources' options: the table and columns from `cdc`, the rest
 // from the poll flags.
 absl::StatusOr<PollSourceOptions> PollOptionsFromFlags(
-    const CdcPipelineOptions& cdc) {
+    const CdcSourceOptions& cdc) {
   PollSourceOptions o;
   const std::string source = absl::GetFlag(FLAGS_source);
   if (!cdc.mapper.table.has_value()) {
@@ -407,7 +413,7 @@ int Main(int argc, char** argv) {
   const bool polling = source_name != "cdc";
   absl::StatusOr<PollSourceOptions> poll_options;
   if (polling) {
-    poll_options = PollOptionsFromFlags(*options);
+    poll_options = PollOptionsFromFlags(options->source);
     if (!poll_options.ok()) {
       return flags::BadFlags(kProgram.name, poll_options.status());
     }
@@ -439,20 +445,20 @@ int Main(int argc, char** argv) {
   if (absl::Duration after = absl::GetFlag(FLAGS_cleanup_after);
       after > absl::ZeroDuration()) {
     OutboxCleanerOptions co;
-    co.conninfo = options->conninfo;
-    co.table = *options->setup.table;
-    co.slot = options->setup.slot;
-    co.id_column = options->mapper.columns.id;
+    co.conninfo = options->source.conninfo;
+    co.table = *options->source.setup.table;
+    co.slot = options->source.setup.slot;
+    co.id_column = options->source.mapper.columns.id;
     co.older_than = after;
-    co.republish_margin = options->republish_margin;
+    co.republish_margin = options->source.republish_margin;
     co.metrics = options->metrics;
     cleaner = OutboxCleaner::Start(std::move(co));
   }
 
   spdlog::info("outboxd {} starting: pg {} brokers {} table {} slot {}",
-               OUTBOXD_VERSION, RedactConninfo(options->conninfo),
-               options->producer.brokers, absl::GetFlag(FLAGS_table),
-               options->setup.slot);
+               OUTBOXD_VERSION, RedactConninfo(options->source.conninfo),
+               options->publisher.producer.brokers, absl::GetFlag(FLAGS_table),
+               options->source.setup.slot);
   // Where events come from: one line per source.
   RunMetrics run_metrics(options->metrics);
   std::unique_ptr<EventSource> source;
@@ -461,7 +467,7 @@ int Main(int argc, char** argv) {
   } else {  // poll, notify
     source = NewPollSource(*poll_options, run_metrics.get());
   }
-  Publisher publisher(PublisherOptionsOf(*options), *source, run_metrics.get());
+  Publisher publisher(options->publisher, *source, run_metrics.get());
   absl::Status s = publisher.Run(stop);
   if (!s.ok()) {
     spdlog::critical("stopping: {}", s.ToString());
