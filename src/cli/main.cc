@@ -5,6 +5,7 @@
 // failure (its cause logged), 2 for bad flags.
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -157,8 +158,6 @@ constexpr char kUsage[] =
     "outboxd: publishes transactional-outbox events from PostgreSQL to "
     "Kafka\n\n"
     "usage: outboxd --pg=CONNINFO --brokers=HOST:PORT[,...] [flags]";
-constexpr flags::Program kProgram = {"outboxd", OUTBOXD_VERSION, kUsage,
-                                     "cli/main.cc"};
 
 // A flag that `source` would ignore, given on the command line whatever its
 // value, is refused (README "Flags": the mode column), rather than ignored.
@@ -398,27 +397,10 @@ absl::StatusOr<PollSourceOptions> PollOptionsFromFlags(
   return o;
 }
 
-int Main(int argc, char** argv) {
-  flags::ParsedCommandLine cmd;
-  if (auto done =
-          flags::ParseOrExit(argc, argv, kProgram, {"kafka_property"}, &cmd)) {
-    return *done;
-  }
-  absl::Status log = InitLogging(absl::GetFlag(FLAGS_log_level),
-                                 absl::GetFlag(FLAGS_log_format));
-  if (!log.ok()) return flags::BadFlags(kProgram.name, log);
-  auto options = OptionsFromFlags(cmd);
-  if (!options.ok()) return flags::BadFlags(kProgram.name, options.status());
-  const std::string source_name = absl::GetFlag(FLAGS_source);
-  const bool polling = source_name != "cdc";
-  absl::StatusOr<PollSourceOptions> poll_options;
-  if (polling) {
-    poll_options = PollOptionsFromFlags(options->source);
-    if (!poll_options.ok()) {
-      return flags::BadFlags(kProgram.name, poll_options.status());
-    }
-  }
-
+// outboxd's run, once its flags are read: `poll` is set for --source=poll
+// and notify.
+absl::Status Run(CdcPipelineOptions& options,
+                 const std::optional<PollSourceOptions>& poll) {
   std::atomic<bool>& stop = InstallStopSignals();
 
   // Metrics: one registry for the run, served on --metrics-address.
@@ -427,17 +409,14 @@ int Main(int argc, char** argv) {
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   if (std::string address = absl::GetFlag(FLAGS_metrics_address);
       !address.empty()) {
-    auto server = metrics::MetricsServer::Start(
-        address, &registry,
-        [&outboxd_metrics] { return outboxd_metrics.Ready(); });
-    if (!server.ok()) {
-      spdlog::critical("stopping: {}", server.status().ToString());
-      return 1;
-    }
-    metrics_server = *std::move(server);
+    ASSIGN_OR_RETURN(
+        metrics_server,
+        metrics::MetricsServer::Start(address, &registry, [&outboxd_metrics] {
+          return outboxd_metrics.Ready();
+        }));
     spdlog::info("metrics on http://{}:{}/metrics", metrics_server->host(),
                  metrics_server->port());
-    options->metrics = &outboxd_metrics;
+    options.metrics = &outboxd_metrics;
   }
 
   // --cleanup-after: a thread of its own, independent of the stream.
@@ -445,36 +424,48 @@ int Main(int argc, char** argv) {
   if (absl::Duration after = absl::GetFlag(FLAGS_cleanup_after);
       after > absl::ZeroDuration()) {
     OutboxCleanerOptions co;
-    co.conninfo = options->source.conninfo;
-    co.table = *options->source.setup.table;
-    co.slot = options->source.setup.slot;
-    co.id_column = options->source.mapper.columns.id;
+    co.conninfo = options.source.conninfo;
+    co.table = *options.source.setup.table;
+    co.slot = options.source.setup.slot;
+    co.id_column = options.source.mapper.columns.id;
     co.older_than = after;
-    co.republish_margin = options->source.republish_margin;
-    co.metrics = options->metrics;
+    co.republish_margin = options.source.republish_margin;
+    co.metrics = options.metrics;
     cleaner = OutboxCleaner::Start(std::move(co));
   }
 
   spdlog::info("outboxd {} starting: pg {} brokers {} table {} slot {}",
-               OUTBOXD_VERSION, RedactConninfo(options->source.conninfo),
-               options->publisher.producer.brokers, absl::GetFlag(FLAGS_table),
-               options->source.setup.slot);
+               OUTBOXD_VERSION, RedactConninfo(options.source.conninfo),
+               options.publisher.producer.brokers, absl::GetFlag(FLAGS_table),
+               options.source.setup.slot);
   // Where events come from: one line per source.
-  RunMetrics run_metrics(options->metrics);
+  RunMetrics run_metrics(options.metrics);
   std::unique_ptr<EventSource> source;
-  if (source_name == "cdc") {
-    source = MakeCdcSource(*options, run_metrics.get(), stop);
+  if (!poll.has_value()) {
+    source = MakeCdcSource(options, run_metrics.get(), stop);
   } else {  // poll, notify
-    source = NewPollSource(*poll_options, run_metrics.get());
+    source = NewPollSource(*poll, run_metrics.get());
   }
-  Publisher publisher(options->publisher, *source, run_metrics.get());
-  absl::Status s = publisher.Run(stop);
-  if (!s.ok()) {
-    spdlog::critical("stopping: {}", s.ToString());
-    return 1;
-  }
-  spdlog::info("stopped cleanly");
-  return 0;
+  Publisher publisher(options.publisher, *source, run_metrics.get());
+  return publisher.Run(stop);
+}
+
+int Main(int argc, char** argv) {
+  const flags::Program program = {
+      "outboxd",          OUTBOXD_VERSION,  kUsage,           "cli/main.cc",
+      {"kafka_property"}, &FLAGS_log_level, &FLAGS_log_format};
+  CdcPipelineOptions options;
+  std::optional<PollSourceOptions> poll;
+  return flags::RunMain(
+      argc, argv, program,
+      [&](const flags::ParsedCommandLine& cmd) -> absl::Status {
+        ASSIGN_OR_RETURN(options, OptionsFromFlags(cmd));
+        if (absl::GetFlag(FLAGS_source) != "cdc") {
+          ASSIGN_OR_RETURN(poll, PollOptionsFromFlags(options.source));
+        }
+        return absl::OkStatus();
+      },
+      [&] { return Run(options, poll); });
 }
 
 }  // namespace

@@ -13,7 +13,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <iostream>
 #include <string>
 #include <vector>
 
@@ -87,8 +86,6 @@ constexpr char kUsage[] =
     "once\n\n"
     "usage: outbox-inbox --pg=CONNINFO --brokers=HOST:PORT --group=ID "
     "--topics=T[,T] --handler-sql=SQL [flags]";
-constexpr flags::Program kProgram = {"outbox-inbox", OUTBOXD_VERSION, kUsage,
-                                     "consumer/inbox_main.cc"};
 
 // Characters a lock file name and a group.instance.id may hold.
 std::string Sanitized(absl::string_view text) {
@@ -225,46 +222,43 @@ InboxHandler SqlHandler(std::string sql) {
   };
 }
 
-int Main(int argc, char** argv) {
-  flags::ParsedCommandLine cmd;
-  if (auto done =
-          flags::ParseOrExit(argc, argv, kProgram, {"kafka_property"}, &cmd)) {
-    return *done;
-  }
-  absl::Status log = InitLogging(absl::GetFlag(FLAGS_log_level), "text");
-  if (!log.ok()) return flags::BadFlags(kProgram.name, log);
-  auto options = OptionsFromFlags(cmd);
-  if (!options.ok()) return flags::BadFlags(kProgram.name, options.status());
-  if (options->instance_id == "auto") {
-    auto id = AutoInstanceId(options->group_id);
-    if (!id.ok()) {
-      std::cerr << "outbox-inbox: " << id.status().message() << "\n";
-      return 1;
-    }
-    options->instance_id = *id;
+// The inbox's run, once its flags are read.
+absl::Status Run(InboxOptions& options) {
+  if (options.instance_id == "auto") {
+    ASSIGN_OR_RETURN(options.instance_id, AutoInstanceId(options.group_id));
   }
   std::atomic<bool>& stop = InstallStopSignals();
 
   spdlog::info(
       "outbox-inbox {} starting: pg {} brokers {} group {} topics {} "
       "instance {} session timeout {}",
-      OUTBOXD_VERSION, RedactConninfo(options->conninfo), options->brokers,
-      options->group_id, absl::GetFlag(FLAGS_topics),
-      options->instance_id.empty() ? "(dynamic)" : options->instance_id,
-      absl::FormatDuration(options->session_timeout));
+      OUTBOXD_VERSION, RedactConninfo(options.conninfo), options.brokers,
+      options.group_id, absl::GetFlag(FLAGS_topics),
+      options.instance_id.empty() ? "(dynamic)" : options.instance_id,
+      absl::FormatDuration(options.session_timeout));
   auto inbox =
-      Inbox::Create(*options, SqlHandler(absl::GetFlag(FLAGS_handler_sql)));
+      Inbox::Create(options, SqlHandler(absl::GetFlag(FLAGS_handler_sql)));
   if (!inbox.ok()) {
-    spdlog::critical("cannot start: {}", inbox.status().ToString());
-    return absl::IsInvalidArgument(inbox.status()) ? 2 : 1;
+    // Options the inbox refuses are bad flags too: exit 2.
+    absl::Status s(inbox.status().code(),
+                   absl::StrCat("cannot start: ", inbox.status().message()));
+    return absl::IsInvalidArgument(s) ? flags::WithExitCode(s, 2) : s;
   }
-  absl::Status s = (*inbox)->Run(stop);
-  if (!s.ok()) {
-    spdlog::critical("stopping: {}", s.ToString());
-    return 1;
-  }
-  spdlog::info("stopped cleanly");
-  return 0;
+  return (*inbox)->Run(stop);
+}
+
+int Main(int argc, char** argv) {
+  const flags::Program program = {
+      "outbox-inbox",           OUTBOXD_VERSION,    kUsage,
+      "consumer/inbox_main.cc", {"kafka_property"}, &FLAGS_log_level};
+  InboxOptions options;
+  return flags::RunMain(
+      argc, argv, program,
+      [&](const flags::ParsedCommandLine& cmd) -> absl::Status {
+        ASSIGN_OR_RETURN(options, OptionsFromFlags(cmd));
+        return absl::OkStatus();
+      },
+      [&] { return Run(options); });
 }
 
 }  // namespace

@@ -32,13 +32,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
-#include "absl/flags/reflection.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -49,6 +47,7 @@
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "flags/flags.h"
 
 ABSL_FLAG(int, brokers, 3, "Number of mock brokers (ids 1..N), 1 to 32.");
 ABSL_FLAG(int, partitions, 4,
@@ -78,90 +77,28 @@ constexpr int kMaxPartitions = 10000;
 
 // --- flags ------------------------------------------------------------------
 
-constexpr const char* kFlagNames[] = {"brokers", "partitions",  "topic",
-                                      "control", "exit_on_eof", "log_level"};
+constexpr char kUsage[] =
+    "outbox-devbroker: runs librdkafka's mock Kafka cluster on 127.0.0.1, "
+    "prints\n"
+    "BOOTSTRAP=<host:port,...> on stdout, then reads commands from stdin\n"
+    "(and --control), one per line, answering `ok` or `error: <reason>`:\n"
+    "  topic <name> [partitions]\n"
+    "  down <broker_id|all>      up <broker_id|all>\n"
+    "  rtt <broker_id|all> <ms>\n"
+    "  error <api_key> <error_code|ERROR_NAME> [count]\n"
+    "  clear <api_key>\n"
+    "  quit\n"
+    "SIGTERM/SIGINT exit 0.\n\n"
+    "usage: outbox-devbroker [flags]";
 
-void PrintHelp() {
-  std::string text =
-      "Usage: outbox-devbroker [flags]\n"
-      "Runs librdkafka's mock Kafka cluster on 127.0.0.1, prints\n"
-      "BOOTSTRAP=<host:port,...> on stdout, then reads commands from stdin\n"
-      "(and --control), one per line, answering `ok` or `error: <reason>`:\n"
-      "  topic <name> [partitions]\n"
-      "  down <broker_id|all>      up <broker_id|all>\n"
-      "  rtt <broker_id|all> <ms>\n"
-      "  error <api_key> <error_code|ERROR_NAME> [count]\n"
-      "  clear <api_key>\n"
-      "  quit\n"
-      "SIGTERM/SIGINT exit 0. Flags (--name=value; bools also --name and "
-      "--noname;\ndashes and underscores are interchangeable):\n";
-  for (const char* name : kFlagNames) {
-    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-    std::string dashed(name);
-    std::replace(dashed.begin(), dashed.end(), '_', '-');
-    absl::StrAppend(&text, "  --", dashed, "  ", flag->Help(),
-                    " Default: ", flag->DefaultValue(), "\n");
-  }
-  std::fputs(text.c_str(), stdout);
-}
+// A --topic entry: NAME or NAME:PARTITIONS.
+struct TopicEntry {
+  std::string name;
+  int partitions;
+};
 
-// Parses argv into the flags above. absl::ParseCommandLine would exit 1 with
-// several lines on a bad flag; the contract here is exit 2 with one line.
-absl::Status ParseFlags(int argc, char** argv, bool* help) {
-  *help = false;
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-h" || arg == "--helpfull") {
-      *help = true;
-      return absl::OkStatus();
-    }
-    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected argument '", arg, "'"));
-    }
-    std::string name(arg.substr(0, arg.find('=')));
-    std::replace(name.begin(), name.end(), '-', '_');
-    std::optional<std::string> value;
-    if (arg.find('=') != absl::string_view::npos) {
-      value = std::string(arg.substr(arg.find('=') + 1));
-    }
-    bool known = std::find_if(std::begin(kFlagNames), std::end(kFlagNames),
-                              [&](const char* n) { return name == n; }) !=
-                 std::end(kFlagNames);
-    bool negated = false;
-    if (!known && absl::StartsWith(name, "no")) {
-      std::string base = name.substr(2);
-      const absl::CommandLineFlag* f = absl::FindCommandLineFlag(base);
-      if (f != nullptr && f->IsOfType<bool>() && !value.has_value() &&
-          std::find_if(std::begin(kFlagNames), std::end(kFlagNames),
-                       [&](const char* n) { return base == n; }) !=
-              std::end(kFlagNames)) {
-        name = base;
-        known = true;
-        negated = true;
-      }
-    }
-    if (!known) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown flag '--", arg.substr(0, arg.find('=')), "' (see --help)"));
-    }
-    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-    if (!value.has_value()) {
-      if (flag->IsOfType<bool>()) {
-        value = negated ? "false" : "true";
-      } else if (i + 1 < argc) {
-        value = argv[++i];
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("flag '--", name, "' needs a value"));
-      }
-    }
-    std::string error;
-    if (!flag->ParseFrom(*value, &error)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad value for --", name, ": ", error));
-    }
-  }
+// The flags' values that parse but make no sense, as one line each.
+absl::StatusOr<std::vector<TopicEntry>> CheckFlags() {
   int brokers = absl::GetFlag(FLAGS_brokers);
   if (brokers < 1 || brokers > kMaxBrokers) {
     return absl::InvalidArgumentError(
@@ -172,7 +109,20 @@ absl::Status ParseFlags(int argc, char** argv, bool* help) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--partitions must be 1..", kMaxPartitions, ", got ", partitions));
   }
-  return absl::OkStatus();
+  std::vector<TopicEntry> topics;
+  for (const std::string& entry : absl::GetFlag(FLAGS_topic)) {
+    std::pair<std::string, std::string> parts =
+        absl::StrSplit(entry, absl::MaxSplits(':', 1));
+    TopicEntry topic{parts.first, partitions};
+    if (!parts.second.empty() &&
+        (!absl::SimpleAtoi(parts.second, &topic.partitions) ||
+         topic.partitions < 1 || topic.partitions > kMaxPartitions)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--topic ", entry, ": bad partition count"));
+    }
+    topics.push_back(std::move(topic));
+  }
+  return topics;
 }
 
 // --- the cluster ------------------------------------------------------------
@@ -411,7 +361,8 @@ absl::Status OpenControlFifo(const std::string& path, int* fd) {
   return absl::OkStatus();
 }
 
-int Run() {
+// Serves until quit, a stop signal or (--exit-on-eof) the end of stdin.
+absl::Status Run(const std::vector<TopicEntry>& topics) {
   // Block the stop signals before librdkafka starts threads (they inherit
   // the mask) and take them through a signalfd in the main loop.
   sigset_t stop_signals;
@@ -423,47 +374,30 @@ int Run() {
   signal(SIGPIPE, SIG_IGN);
   int signal_fd = signalfd(-1, &stop_signals, SFD_CLOEXEC);
   if (signal_fd < 0) {
-    spdlog::critical("signalfd: {}", std::strerror(errno));
-    return 1;
+    return absl::InternalError(
+        absl::StrCat("signalfd: ", std::strerror(errno)));
   }
 
   LineSource stdin_source{"stdin", STDIN_FILENO, {}};
   LineSource control_source{"control", -1, {}};
   const std::string control_path = absl::GetFlag(FLAGS_control);
   if (!control_path.empty()) {
-    absl::Status status = OpenControlFifo(control_path, &control_source.fd);
+    RETURN_IF_ERROR(OpenControlFifo(control_path, &control_source.fd));
+  }
+
+  ASSIGN_OR_RETURN(std::unique_ptr<MockCluster> cluster,
+                   MockCluster::Create(absl::GetFlag(FLAGS_brokers)));
+  for (const TopicEntry& topic : topics) {
+    absl::Status status = CreateTopic(*cluster, topic.name, topic.partitions);
     if (!status.ok()) {
-      spdlog::critical("{}", status.ToString());
-      return 1;
+      return absl::Status(status.code(), absl::StrCat("--topic ", topic.name,
+                                                      ": ", status.message()));
     }
   }
 
-  absl::StatusOr<std::unique_ptr<MockCluster>> cluster =
-      MockCluster::Create(absl::GetFlag(FLAGS_brokers));
-  if (!cluster.ok()) {
-    spdlog::critical("{}", cluster.status().ToString());
-    return 1;
-  }
-  for (const std::string& entry : absl::GetFlag(FLAGS_topic)) {
-    std::pair<std::string, std::string> parts =
-        absl::StrSplit(entry, absl::MaxSplits(':', 1));
-    int partitions = absl::GetFlag(FLAGS_partitions);
-    if (!parts.second.empty() &&
-        (!absl::SimpleAtoi(parts.second, &partitions) || partitions < 1 ||
-         partitions > kMaxPartitions)) {
-      spdlog::critical("--topic {}: bad partition count", entry);
-      return 1;
-    }
-    absl::Status status = CreateTopic(**cluster, parts.first, partitions);
-    if (!status.ok()) {
-      spdlog::critical("--topic {}: {}", entry, status.ToString());
-      return 1;
-    }
-  }
-
-  const std::string bootstraps = (*cluster)->bootstraps();
+  const std::string bootstraps = cluster->bootstraps();
   spdlog::info("mock cluster with {} brokers listening on {}",
-               (*cluster)->brokers(), bootstraps);
+               cluster->brokers(), bootstraps);
   Reply(absl::StrCat("BOOTSTRAP=", bootstraps));
 
   const bool exit_on_eof = absl::GetFlag(FLAGS_exit_on_eof);
@@ -479,15 +413,14 @@ int Run() {
     }
     if (poll(fds.data(), fds.size(), -1) < 0) {
       if (errno == EINTR) continue;
-      spdlog::critical("poll: {}", std::strerror(errno));
-      return 1;
+      return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
     }
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo info;
       if (read(signal_fd, &info, sizeof(info)) == sizeof(info)) {
         spdlog::info("signal {}: shutting down", strsignal(info.ssi_signo));
       }
-      return 0;
+      return absl::OkStatus();
     }
     for (size_t i = 0; i < sources.size(); ++i) {
       if (fds[i + 1].revents == 0) continue;
@@ -499,7 +432,7 @@ int Run() {
         spdlog::info("{} closed", source->name);
         if (source->fd != STDIN_FILENO) close(source->fd);
         source->fd = -1;
-        if (source == &stdin_source && exit_on_eof) return 0;
+        if (source == &stdin_source && exit_on_eof) return absl::OkStatus();
         continue;
       }
       source->buffer.append(buf, static_cast<size_t>(n));
@@ -509,13 +442,13 @@ int Run() {
         source->buffer.erase(0, newline + 1);
         if (absl::StripAsciiWhitespace(line).empty()) continue;
         spdlog::debug("{} command: {}", source->name, line);
-        absl::StatusOr<After> after = RunCommand(**cluster, line);
+        absl::StatusOr<After> after = RunCommand(*cluster, line);
         if (!after.ok()) {
           Reply(absl::StrCat("error: ", after.status().message()));
           continue;
         }
         Reply("ok");
-        if (*after == After::kQuit) return 0;
+        if (*after == After::kQuit) return absl::OkStatus();
       }
     }
   }
@@ -525,22 +458,19 @@ int Run() {
 }  // namespace outboxd::devbroker
 
 int main(int argc, char** argv) {
-  bool help = false;
-  absl::Status status = outboxd::devbroker::ParseFlags(argc, argv, &help);
-  if (!status.ok()) {
-    std::fprintf(stderr, "outbox-devbroker: %s\n",
-                 std::string(status.message()).c_str());
-    return 2;
-  }
-  if (help) {
-    outboxd::devbroker::PrintHelp();
-    return 0;
-  }
-  status = outboxd::InitLogging(absl::GetFlag(FLAGS_log_level), "text");
-  if (!status.ok()) {
-    std::fprintf(stderr, "outbox-devbroker: %s\n",
-                 std::string(status.message()).c_str());
-    return 2;
-  }
-  return outboxd::devbroker::Run();
+  using outboxd::devbroker::TopicEntry;
+  const outboxd::flags::Program program = {"outbox-devbroker",
+                                           OUTBOXD_VERSION,
+                                           outboxd::devbroker::kUsage,
+                                           "devbroker/main.cc",
+                                           {},
+                                           &FLAGS_log_level};
+  std::vector<TopicEntry> topics;
+  return outboxd::flags::RunMain(
+      argc, argv, program,
+      [&](const outboxd::flags::ParsedCommandLine&) -> absl::Status {
+        ASSIGN_OR_RETURN(topics, outboxd::devbroker::CheckFlags());
+        return absl::OkStatus();
+      },
+      [&] { return outboxd::devbroker::Run(topics); });
 }

@@ -8,25 +8,35 @@
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace outboxd::flags {
 namespace {
 
+// The payload of WithExitCode: the exit code in decimal.
+constexpr char kExitCodePayload[] = "type.outboxd/flags.ExitCode";
+
 absl::Status ApplyFlag(absl::string_view name, std::optional<std::string> value,
                        const std::vector<std::string>& repeatable,
-                       ParsedCommandLine* out, std::vector<std::string>* rest,
-                       size_t* next) {
+                       absl::string_view flags_file, ParsedCommandLine* out,
+                       std::vector<std::string>* rest, size_t* next) {
   absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
   bool negated = false;
   if (flag == nullptr && absl::StartsWith(name, "no")) {
     flag = absl::FindCommandLineFlag(name.substr(2));
     negated = flag != nullptr && flag->IsOfType<bool>();
     if (!negated) flag = nullptr;
+  }
+  if (flag != nullptr && !flags_file.empty() &&
+      !absl::StrContains(flag->Filename(), flags_file)) {
+    flag = nullptr;  // absl's own (--fromenv) or another library's
   }
   if (flag == nullptr || flag->IsRetired()) {
     return absl::InvalidArgumentError(
@@ -83,7 +93,8 @@ absl::Status ReadFlagFile(const std::string& path,
 }  // namespace
 
 absl::StatusOr<ParsedCommandLine> ParseFlags(
-    int argc, char** argv, const std::vector<std::string>& repeatable) {
+    int argc, char** argv, const std::vector<std::string>& repeatable,
+    absl::string_view flags_file) {
   ParsedCommandLine out;
   std::vector<std::string> args(argv + 1, argv + argc);
   for (size_t i = 0; i < args.size();) {
@@ -124,8 +135,8 @@ absl::StatusOr<ParsedCommandLine> ParseFlags(
     // --flagfile arrive here unnormalised, so normalise every name.
     std::string absl_name(name);
     std::replace(absl_name.begin(), absl_name.end(), '-', '_');
-    RETURN_IF_ERROR(
-        ApplyFlag(absl_name, std::move(value), repeatable, &out, &args, &i));
+    RETURN_IF_ERROR(ApplyFlag(absl_name, std::move(value), repeatable,
+                              flags_file, &out, &args, &i));
   }
   return out;
 }
@@ -208,9 +219,8 @@ ParseKeyValueFile(const std::string& path) {
 }
 
 std::optional<int> ParseOrExit(int argc, char** argv, const Program& program,
-                               const std::vector<std::string>& repeatable,
                                ParsedCommandLine* cmd) {
-  auto parsed = ParseFlags(argc, argv, repeatable);
+  auto parsed = ParseFlags(argc, argv, program.repeatable, program.flags_file);
   if (!parsed.ok()) return BadFlags(program.name, parsed.status());
   if (parsed->help) {
     std::cout << FlagsHelp(program.usage, program.flags_file);
@@ -227,6 +237,44 @@ std::optional<int> ParseOrExit(int argc, char** argv, const Program& program,
 int BadFlags(absl::string_view program, const absl::Status& status) {
   std::cerr << program << ": " << status.message() << "\n";
   return 2;
+}
+
+absl::Status WithExitCode(absl::Status status, int code) {
+  status.SetPayload(kExitCodePayload, absl::Cord(absl::StrCat(code)));
+  return status;
+}
+
+int ExitCode(const absl::Status& status) {
+  if (status.ok()) return 0;
+  int code = 1;
+  if (auto payload = status.GetPayload(kExitCodePayload);
+      payload.has_value() && absl::SimpleAtoi(std::string(*payload), &code)) {
+    return code;
+  }
+  return 1;
+}
+
+int RunMain(int argc, char** argv, const Program& program,
+            absl::FunctionRef<absl::Status(const ParsedCommandLine&)> check,
+            absl::FunctionRef<absl::Status()> run) {
+  ParsedCommandLine cmd;
+  if (std::optional<int> done = ParseOrExit(argc, argv, program, &cmd)) {
+    return *done;
+  }
+  absl::Status s = InitLogging(
+      program.log_level != nullptr ? absl::GetFlag(*program.log_level) : "info",
+      program.log_format != nullptr ? absl::GetFlag(*program.log_format)
+                                    : "text");
+  if (s.ok()) s = check(cmd);
+  if (!s.ok()) return BadFlags(program.name, s);
+  s = run();
+  if (!s.ok()) {
+    spdlog::critical("stopping: {}",
+                     s.ToString(absl::StatusToStringMode::kWithNoExtraData));
+    return ExitCode(s);
+  }
+  spdlog::info("stopped cleanly");
+  return 0;
 }
 
 std::string Dashed(AnyFlag flag) {

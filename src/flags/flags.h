@@ -1,7 +1,8 @@
-// Command-line parsing on top of absl flags, shared by every main (outboxd,
-// outbox-inbox), with the exit-code contract of README "Using it with your
-// database": a bad flag is one clear line and exit 2 (absl's own
-// ParseCommandLine exits 1), --help and --version exit 0, repeatable flags
+// Command-line parsing on top of absl flags, and the start and end that
+// every main (outboxd, outbox-inbox, outbox-devbroker) shares: RunMain.
+// The exit-code contract of README "Using it with your database": a bad
+// flag is one clear line and exit 2 (absl's own ParseCommandLine exits 1),
+// --help and --version exit 0, a runtime failure 1; repeatable flags
 // accumulate (--kafka-property), --flagfile reads one flag per line. Each
 // main defines its own flags and builds its own options from them.
 #ifndef OUTBOXD_FLAGS_FLAGS_H_
@@ -17,6 +18,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -58,8 +60,11 @@ struct ParsedCommandLine {
 // flags whose values accumulate instead of overriding. kInvalidArgument with
 // one line for an unknown flag, a missing or malformed value, or a positional
 // argument.
+// With `flags_file`, a flag defined in a file whose path does not contain
+// it is unknown too (absl's own, such as --fromenv, or another library's).
 absl::StatusOr<ParsedCommandLine> ParseFlags(
-    int argc, char** argv, const std::vector<std::string>& repeatable);
+    int argc, char** argv, const std::vector<std::string>& repeatable,
+    absl::string_view flags_file = "");
 
 // Help text for the flags defined in files whose path contains
 // `file_filter`, sorted by name, with defaults; names are shown dashed.
@@ -80,27 +85,55 @@ absl::Status AppendKeyValueFlags(
 absl::StatusOr<std::pair<std::string, std::string>> SplitKeyValue(
     absl::string_view text);
 
-// --- the start of a main ----------------------------------------------------
+// --- the start and end of a main
+// ----------------------------------------------
 
-// What a main prints about itself.
+// What a main prints about itself and how it starts.
 struct Program {
   absl::string_view name;        // "outboxd": the prefix of its error lines
   absl::string_view version;     // OUTBOXD_VERSION, for --version
   absl::string_view usage;       // the first lines of --help
-  absl::string_view flags_file;  // --help lists the flags defined here
+  absl::string_view flags_file;  // its flags: those defined in this file
+  // Flags whose values accumulate (ParseFlags), absl spelling.
+  std::vector<std::string> repeatable = {};
+  // Its --log-level flag, and its --log-format (null: text), read once the
+  // command line is parsed.
+  const absl::Flag<std::string>* log_level = nullptr;
+  const absl::Flag<std::string>* log_format = nullptr;
 };
 
-// The first step of every main: ParseFlags, then --help / --version are
-// printed to stdout ("<name> <version>"), a bad command line is one
-// line "<name>: <why>" on stderr. Returns the exit code when the main is done
-// (0 or 2), nullopt when it goes on with *cmd.
+// The first step of every main: ParseFlags (only the flags defined in the
+// program's flags_file), then --help / --version are printed to stdout
+// ("<name> <version>"), a bad command line is one line "<name>: <why>" on
+// stderr. Returns the exit code when the main is done (0 or 2), nullopt
+// when it goes on with *cmd.
 std::optional<int> ParseOrExit(int argc, char** argv, const Program& program,
-                               const std::vector<std::string>& repeatable,
                                ParsedCommandLine* cmd);
 
 // Prints "<program>: <status message>" on stderr; returns 2, the bad-flag
 // exit code.
 int BadFlags(absl::string_view program, const absl::Status& status);
+
+// `status` (not ok) marked with the exit code RunMain gives it instead of 1
+// (e.g. 2 for options that only the library found wrong).
+absl::Status WithExitCode(absl::Status status, int code);
+
+// 0 for ok, the code of WithExitCode, otherwise 1 (a runtime failure).
+int ExitCode(const absl::Status& status);
+
+// A whole main, with the exit codes of README "Using it with your
+// database" (0 clean stop, 1 runtime failure, 2 bad flags):
+//  1. ParseOrExit (--help, --version, a bad command line: exit 0 or 2);
+//  2. logging from the program's log flags (InitLogging; bad: exit 2);
+//  3. `check(cmd)` reads the flags into what `run` needs; an error is a bad
+//     flag: "<name>: <message>" on stderr, exit 2;
+//  4. `run()` works until it stops: ok is logged "stopped cleanly", exit 0;
+//     an error is logged "stopping: <status>", exit ExitCode(status).
+// The stop signals are `run`'s to install (common/stop_signal.h, or a
+// signalfd of its own).
+int RunMain(int argc, char** argv, const Program& program,
+            absl::FunctionRef<absl::Status(const ParsedCommandLine&)> check,
+            absl::FunctionRef<absl::Status()> run);
 
 // --- flags that belong to one mode -------------------------------------------
 

@@ -12,6 +12,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -25,11 +26,13 @@ ABSL_FLAG(int, flags_test_count, 5, "test flag: an integer");
 ABSL_FLAG(std::vector<std::string>, flags_test_property, {},
           "test flag: repeatable");
 ABSL_FLAG(bool, flags_test_flag, true, "test flag: a bool");
+ABSL_FLAG(std::string, flags_test_level, "info", "test flag: a log level");
 
 namespace outboxd::flags {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 enum class Mode { kFast, kSafe, kSlow };
 
@@ -178,12 +181,15 @@ ParseResult Parse(std::vector<std::string> args) {
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   ParseResult r;
-  const Program program = {"prog", "1.2.3", "prog: a test\n\nusage: prog",
-                           "flags/flags_test.cc"};
+  const Program program = {"prog",
+                           "1.2.3",
+                           "prog: a test\n\nusage: prog",
+                           "flags/flags_test.cc",
+                           {"flags_test_property"}};
   ::testing::internal::CaptureStdout();
   ::testing::internal::CaptureStderr();
-  r.exit_code = ParseOrExit(static_cast<int>(argv.size()), argv.data(), program,
-                            {"flags_test_property"}, &r.cmd);
+  r.exit_code =
+      ParseOrExit(static_cast<int>(argv.size()), argv.data(), program, &r.cmd);
   r.out = ::testing::internal::GetCapturedStdout();
   r.err = ::testing::internal::GetCapturedStderr();
   return r;
@@ -268,6 +274,116 @@ TEST(FlagsTest, ParseOrExitGivesTwoAndOneLineForABadFlag) {
     EXPECT_THAT(r.err, ::testing::StartsWith("prog: ")) << bad;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }
+}
+
+TEST(FlagsTest, ParseFlagsKnowsOnlyTheFlagsOfTheGivenFile) {
+  // A flag registered in the binary but defined in another file (absl's
+  // own --fromenv, another main's) is unknown to this one.
+  absl::FlagSaver saver;
+  std::vector<std::string> args = {"prog", "--flags-test-count=7"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  auto other = ParseFlags(2, argv.data(), {}, "no/such/main.cc");
+  EXPECT_TRUE(absl::IsInvalidArgument(other.status()));
+  EXPECT_THAT(Message(other.status()), HasSubstr("unknown flag"));
+  EXPECT_EQ(absl::GetFlag(FLAGS_flags_test_count), 5);
+  auto own = ParseFlags(2, argv.data(), {}, "flags/flags_test.cc");
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(absl::GetFlag(FLAGS_flags_test_count), 7);
+}
+
+TEST(FlagsTest, ExitCodeIsZeroOneOrTheCodeAStatusCarries) {
+  EXPECT_EQ(ExitCode(absl::OkStatus()), 0);
+  EXPECT_EQ(ExitCode(absl::UnavailableError("lost")), 1);
+  EXPECT_EQ(ExitCode(absl::InvalidArgumentError("bad")), 1);
+  absl::Status marked = WithExitCode(absl::InvalidArgumentError("bad"), 2);
+  EXPECT_EQ(ExitCode(marked), 2);
+  EXPECT_EQ(marked.message(), "bad");
+  EXPECT_EQ(marked.code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Runs RunMain on `args` with `check` and `run`; what it printed, and
+// whether check and run were called.
+struct MainResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+  bool checked = false;
+  bool ran = false;
+};
+MainResult Main(std::vector<std::string> args, absl::Status check_result,
+                absl::Status run_result) {
+  args.insert(args.begin(), "prog");
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  const Program program = {"prog",
+                           "1.2.3",
+                           "usage: prog",
+                           "flags/flags_test.cc",
+                           {},
+                           &FLAGS_flags_test_level};
+  MainResult r;
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  r.exit_code = RunMain(
+      static_cast<int>(argv.size()), argv.data(), program,
+      [&](const ParsedCommandLine& cmd) {
+        r.checked = true;
+        EXPECT_TRUE(IsSet(cmd, FLAGS_flags_test_level));
+        return check_result;
+      },
+      [&] {
+        r.ran = true;
+        return run_result;
+      });
+  r.out = ::testing::internal::GetCapturedStdout();
+  r.err = ::testing::internal::GetCapturedStderr();
+  return r;
+}
+
+TEST(FlagsTest, RunMainChecksThenRunsAndMapsTheEndToTheExitCode) {
+  absl::FlagSaver saver;
+  MainResult clean =
+      Main({"--flags-test-level=info"}, absl::OkStatus(), absl::OkStatus());
+  EXPECT_EQ(clean.exit_code, 0);
+  EXPECT_TRUE(clean.checked && clean.ran);
+  EXPECT_THAT(clean.err, HasSubstr("stopped cleanly"));
+
+  MainResult failed = Main({"--flags-test-level=info"}, absl::OkStatus(),
+                           absl::UnavailableError("connection lost"));
+  EXPECT_EQ(failed.exit_code, 1);
+  EXPECT_THAT(failed.err, HasSubstr("stopping: UNAVAILABLE: connection lost"));
+
+  MainResult marked =
+      Main({"--flags-test-level=info"}, absl::OkStatus(),
+           WithExitCode(absl::InvalidArgumentError("no such table"), 2));
+  EXPECT_EQ(marked.exit_code, 2);
+  EXPECT_THAT(marked.err,
+              HasSubstr("stopping: INVALID_ARGUMENT: no such table"));
+  EXPECT_THAT(marked.err, Not(HasSubstr("flags.ExitCode")));
+}
+
+TEST(FlagsTest, RunMainGivesTwoAndOneLineForABadFlagAndDoesNotRun) {
+  absl::FlagSaver saver;
+  MainResult bad_check =
+      Main({"--flags-test-level=info"},
+           absl::InvalidArgumentError("--x is wrong"), absl::OkStatus());
+  EXPECT_EQ(bad_check.exit_code, 2);
+  EXPECT_EQ(bad_check.err, "prog: --x is wrong\n");
+  EXPECT_FALSE(bad_check.ran);
+
+  MainResult bad_level =
+      Main({"--flags-test-level=loud"}, absl::OkStatus(), absl::OkStatus());
+  EXPECT_EQ(bad_level.exit_code, 2);
+  EXPECT_THAT(bad_level.err, ::testing::StartsWith("prog: "));
+  EXPECT_EQ(std::count(bad_level.err.begin(), bad_level.err.end(), '\n'), 1)
+      << bad_level.err;
+  EXPECT_FALSE(bad_level.checked || bad_level.ran);
+
+  MainResult help = Main({"--help"}, absl::OkStatus(), absl::OkStatus());
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("usage: prog"));
+  EXPECT_FALSE(help.checked || help.ran);
 }
 
 TEST(FlagsTest, BadFlagsPrintsOneLineAndReturnsTwo) {
