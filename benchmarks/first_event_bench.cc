@@ -374,6 +374,7 @@ absl::Status RunStartLive(Rig& rig, int reps, std::vector<Series>& out) {
 
 // A standby configuration: its reconnect backoff (README "Standby").
 struct Standby {
+  std::string id;  // in the log file names
   std::string name;
   absl::Duration initial;  // --reconnect-backoff-initial
   absl::Duration max;      // --reconnect-backoff-max
@@ -407,8 +408,10 @@ absl::Status RunTakeover(Rig& rig, int reps, const Standby& standby_config,
   std::mt19937 rng(34);
   std::uniform_int_distribution<int64_t> wait_ms(0, cap_ms);
   for (int i = 0; i < reps; ++i) {
-    const std::string active_log = absl::StrCat("outboxd-active-", name, i);
-    const std::string standby_log = absl::StrCat("outboxd-standby-", name, i);
+    const std::string active_log =
+        absl::StrCat("outboxd-active-", standby_config.id, "-", i);
+    const std::string standby_log =
+        absl::StrCat("outboxd-standby-", standby_config.id, "-", i);
     auto active = rig.env().StartOutboxd(OutboxdArgs({}), active_log);
     if (!active.ok()) return active.status();
     auto c = rig.Insert(rig.NextId());
@@ -553,12 +556,13 @@ int Main(int argc, char** argv) {
     // outboxd's defaults, and the README's fast standby.
     note("takeover",
          RunTakeover(rig, reps,
-                     {"defaults (backoff 100ms..5s)", absl::Milliseconds(100),
-                      absl::Seconds(5), true},
+                     {"default", "defaults (backoff 100ms..5s)",
+                      absl::Milliseconds(100), absl::Seconds(5), true},
                      series));
     note("takeover",
          RunTakeover(rig, reps,
-                     {"--reconnect-backoff-initial=50ms "
+                     {"fast",
+                      "--reconnect-backoff-initial=50ms "
                       "--reconnect-backoff-max=250ms",
                       absl::Milliseconds(50), absl::Milliseconds(250), false},
                      series));

@@ -2,7 +2,7 @@
 # Benchmark 6: the first event after a start and after a standby takeover,
 # beside the single-event latency of an idle outboxd and the instrument's
 # own floor (a producer in the benchmark to the same consumer), 7 times
-# each, min/median/max (~2 min). Writes
+# each, min/median/max (~3 min). Writes
 # benchmarks/results/first-event.{json,md} and first-event-machine.txt.
 # Extra flags go to first_event_bench, e.g.
 #   benchmarks/run-first-event.sh --reps=3 --phases=start
