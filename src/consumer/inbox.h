@@ -8,7 +8,8 @@
 //   2. otherwise run the handler with the open transaction;
 //   3. store the record's next offset in the offsets table (and, when the
 //      record carries outbox.source / outbox.lsn / outbox.index, the newest
-//      position of that source in the sources table);
+//      position of that source in the sources table; a polled record's
+//      outbox.seq is not a commit position and is not stored there);
 //   4. COMMIT. Only then is the Kafka offset committed (asynchronously,
 //      at most every `kafka_commit_interval`, and synchronously on
 //      revocation and close).

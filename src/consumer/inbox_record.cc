@@ -1,5 +1,6 @@
 #include "consumer/inbox_record.h"
 
+#include <cstdint>
 #include <utility>
 
 #include "absl/status/statusor.h"
@@ -30,9 +31,15 @@ void DecodeEnvelope(ValueFormat format, InboxRecord& r) {
   }
   r.value = event->payload;
   if (!event->id.empty()) r.event_id = event->id;
-  if (event->position.commit_lsn.valid()) {
+  if (event->table_seq.has_value()) {
+    // A polled event: its seq is its position, never an LSN of 0.
+    r.seq = event->table_seq;
+    r.lsn.reset();
+    r.index.reset();
+  } else if (event->position.commit_lsn.valid()) {
     r.lsn = event->position.commit_lsn.value();
     r.index = event->position.index;
+    r.seq.reset();
   }
   if (!event->depends_on.empty()) r.depends_on = event->depends_on;
 }
@@ -92,6 +99,17 @@ InboxRecord InboxRecordFromMessage(ConsumedMessage message,
   }
   if (auto h = r.Header(kHeaderIndex); h && absl::SimpleAtoi(*h, &index)) {
     r.index = index;
+  }
+  int64_t seq;
+  if (auto h = r.Header(kHeaderSeq); h && absl::SimpleAtoi(*h, &seq)) {
+    r.seq = seq;
+  }
+  if (r.seq.has_value() && (r.lsn.has_value() || r.index.has_value()) &&
+      r.decode_status.ok()) {
+    // outboxd gives a record one kind of position: both is ambiguous.
+    r.decode_status = absl::InvalidArgumentError(
+        "headers outbox.seq and outbox.lsn together: which position is "
+        "outboxd's is ambiguous");
   }
   if (format != ValueFormat::kPayload && r.decode_status.ok()) {
     DecodeEnvelope(format, r);

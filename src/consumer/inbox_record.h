@@ -27,10 +27,15 @@ struct InboxRecord : ConsumedMessage {
   std::string event_id;
   // Header outbox.depends-on, split at commas.
   std::vector<std::string> depends_on;
-  // Headers outbox.source, outbox.lsn, outbox.index when present.
+  // Headers outbox.source, outbox.lsn, outbox.index when present (or, with
+  // an envelope value format, the envelope's position).
   std::string source;
   std::optional<uint64_t> lsn;
   std::optional<uint32_t> index;
+  // A polled record's position (--source=poll|notify): header outbox.seq,
+  // the outbox row's seq. Such a record has no lsn or index: seq is not a
+  // commit LSN, and is not commit order either.
+  std::optional<int64_t> seq;
   // Not OK when the value could not be decoded in the configured
   // value format; the handler is not run and the record fails its attempts
   // (then goes to the dead-letter topic, or stops the inbox, by policy).

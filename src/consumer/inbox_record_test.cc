@@ -51,11 +51,57 @@ TEST(InboxRecordTest, PayloadFormatTakesIdPositionAndDependenciesFromHeaders) {
   EXPECT_EQ(r.offset, 41);
 }
 
+// --source=poll|notify: the position is the row's seq, never an LSN of 0.
+TEST(InboxRecordTest, PolledRecordsPositionIsItsSeqInEveryFormat) {
+  OutboxEvent polled;
+  polled.table_seq = 42;
+  polled.id = "e-3";
+  polled.aggregate_type = "order";
+  polled.aggregate_id = "order-1";
+  polled.type = "Created";
+  polled.payload = "{\"n\":1}";
+  for (ValueFormat format : {ValueFormat::kPayload, ValueFormat::kEnvelopeJson,
+                             ValueFormat::kProtobuf}) {
+    SCOPED_TRACE(ValueFormatName(format));
+    ConsumedMessage m = Message({{"id", "e-3"},
+                                 {"eventType", "Created"},
+                                 {"outbox.seq", "42"},
+                                 {"outbox.source", "db/public.outbox"}});
+    m.value = EncodeValue(polled, format);
+    InboxRecord r = InboxRecordFromMessage(std::move(m), format);
+    EXPECT_TRUE(r.decode_status.ok()) << r.decode_status;
+    EXPECT_EQ(r.event_id, "e-3");
+    EXPECT_EQ(r.seq, 42);
+    EXPECT_FALSE(r.lsn.has_value());
+    EXPECT_FALSE(r.index.has_value());
+    EXPECT_EQ(r.source, "db/public.outbox");
+    EXPECT_EQ(r.value, "{\"n\":1}");
+  }
+}
+
+TEST(InboxRecordTest, StreamedRecordHasNoSeq) {
+  InboxRecord r = InboxRecordFromMessage(
+      Message({{"id", "e-2"}, {"outbox.lsn", "12345"}, {"outbox.index", "0"}}),
+      ValueFormat::kPayload);
+  EXPECT_TRUE(r.decode_status.ok()) << r.decode_status;
+  EXPECT_EQ(r.lsn, 12345u);
+  EXPECT_FALSE(r.seq.has_value());
+}
+
+TEST(InboxRecordTest, SeqBesideAnLsnIsAnErrorNotAGuess) {
+  InboxRecord r = InboxRecordFromMessage(
+      Message({{"id", "e-2"}, {"outbox.lsn", "12345"}, {"outbox.seq", "7"}}),
+      ValueFormat::kPayload);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.decode_status)) << r.decode_status;
+  EXPECT_THAT(r.decode_status.message(), HasSubstr("outbox.seq"));
+}
+
 TEST(InboxRecordTest, WithoutAnIdTheOffsetIsTheId) {
   InboxRecord r =
       InboxRecordFromMessage(Message({{"id", ""}}), ValueFormat::kPayload);
   EXPECT_EQ(r.event_id, "outbox.event.order/2/41");
   EXPECT_FALSE(r.lsn.has_value());
+  EXPECT_FALSE(r.seq.has_value());
   EXPECT_TRUE(r.depends_on.empty());
 }
 

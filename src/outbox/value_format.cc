@@ -78,8 +78,13 @@ std::string EncodeEnvelopeJson(const OutboxEvent& e) {
   Json headers = Json::object();
   for (const auto& [name, value] : e.headers) headers[name] = value;
   j["headers"] = std::move(headers);
-  j["position"] = {{"lsn", absl::StrCat(e.position.commit_lsn.value())},
-                   {"index", e.position.index}};
+  if (e.table_seq.has_value()) {
+    // A polled row has no commit LSN: its position is the row's seq.
+    j["position"] = {{"seq", absl::StrCat(*e.table_seq)}};
+  } else {
+    j["position"] = {{"lsn", absl::StrCat(e.position.commit_lsn.value())},
+                     {"index", e.position.index}};
+  }
   j["commit_time"] = FormatCommitTime(e.commit_time_unix_ms);
   // Fields other than the payload come from PostgreSQL text and are UTF-8;
   // `replace` keeps a broken one from throwing.
@@ -98,8 +103,12 @@ std::string EncodeProtobuf(const OutboxEvent& e) {
     h->set_name(name);
     h->set_value(value);
   }
-  m.mutable_position()->set_lsn(e.position.commit_lsn.value());
-  m.mutable_position()->set_index(e.position.index);
+  if (e.table_seq.has_value()) {
+    m.mutable_position()->set_seq(*e.table_seq);  // a polled row: no LSN
+  } else {
+    m.mutable_position()->set_lsn(e.position.commit_lsn.value());
+    m.mutable_position()->set_index(e.position.index);
+  }
   m.set_commit_time_unix_ms(e.commit_time_unix_ms);
   return m.SerializeAsString();
 }
@@ -158,14 +167,24 @@ absl::StatusOr<OutboxEvent> DecodeEnvelopeJson(absl::string_view value) {
   if (pos == j.end() || !pos->is_object()) {
     return Invalid("envelope-json", "no \"position\"");
   }
-  uint64_t lsn = 0;
-  if (!pos->contains("lsn") || !(*pos)["lsn"].is_string() ||
-      !absl::SimpleAtoi((*pos)["lsn"].get<std::string>(), &lsn) ||
-      !pos->contains("index") || !(*pos)["index"].is_number_unsigned()) {
-    return Invalid("envelope-json", "bad \"position\"");
+  if (auto seq = pos->find("seq"); seq != pos->end()) {
+    // A polled row's position: {"seq": "<decimal>"}, nothing else.
+    int64_t value = 0;
+    if (pos->size() != 1 || !seq->is_string() ||
+        !absl::SimpleAtoi(seq->get<std::string>(), &value)) {
+      return Invalid("envelope-json", "bad \"position\"");
+    }
+    e.table_seq = value;
+  } else {
+    uint64_t lsn = 0;
+    if (!pos->contains("lsn") || !(*pos)["lsn"].is_string() ||
+        !absl::SimpleAtoi((*pos)["lsn"].get<std::string>(), &lsn) ||
+        !pos->contains("index") || !(*pos)["index"].is_number_unsigned()) {
+      return Invalid("envelope-json", "bad \"position\"");
+    }
+    e.position.commit_lsn = Lsn(lsn);
+    e.position.index = (*pos)["index"].get<uint32_t>();
   }
-  e.position.commit_lsn = Lsn(lsn);
-  e.position.index = (*pos)["index"].get<uint32_t>();
   auto time = StringField(j, "commit_time");
   if (!time.ok()) return time.status();
   absl::Time t;
@@ -189,8 +208,16 @@ absl::StatusOr<OutboxEvent> DecodeProtobuf(absl::string_view value) {
   e.type = m.type();
   if (m.has_payload()) e.payload = m.payload();
   for (const auto& h : m.headers()) e.headers.emplace_back(h.name(), h.value());
-  e.position.commit_lsn = Lsn(m.position().lsn());
-  e.position.index = m.position().index();
+  if (m.position().has_seq()) {
+    // A polled row's position; it has no LSN to go with it.
+    if (m.position().lsn() != 0 || m.position().index() != 0) {
+      return Invalid("protobuf", "position has both a seq and an lsn");
+    }
+    e.table_seq = m.position().seq();
+  } else {
+    e.position.commit_lsn = Lsn(m.position().lsn());
+    e.position.index = m.position().index();
+  }
   e.commit_time_unix_ms = m.commit_time_unix_ms();
   return e;
 }
@@ -203,7 +230,7 @@ absl::StatusOr<OutboxEvent> DecodePayload(const ConsumedRecordView& r) {
   if (absl::StartsWith(r.topic, r.topic_prefix) && !r.topic_prefix.empty()) {
     e.aggregate_type = std::string(r.topic.substr(r.topic_prefix.size()));
   }
-  bool have_id = false, have_type = false;
+  bool have_id = false, have_type = false, have_lsn = false;
   if (r.headers != nullptr) {
     std::vector<absl::string_view> reserved_seen;
     for (const auto& [name, value] : *r.headers) {
@@ -227,10 +254,18 @@ absl::StatusOr<OutboxEvent> DecodePayload(const ConsumedRecordView& r) {
           return Invalid("payload", "header outbox.lsn is not a number");
         }
         e.position.commit_lsn = Lsn(lsn);
+        have_lsn = true;
       } else if (name == kHeaderIndex) {
         if (!absl::SimpleAtoi(value, &e.position.index)) {
           return Invalid("payload", "header outbox.index is not a number");
         }
+        have_lsn = true;
+      } else if (name == kHeaderSeq) {
+        int64_t seq;
+        if (!absl::SimpleAtoi(value, &seq)) {
+          return Invalid("payload", "header outbox.seq is not a number");
+        }
+        e.table_seq = seq;
       } else if (!absl::StartsWith(name, "outbox.")) {
         e.headers.emplace_back(name, value);
       }
@@ -238,6 +273,11 @@ absl::StatusOr<OutboxEvent> DecodePayload(const ConsumedRecordView& r) {
   }
   if (!have_id || !have_type) {
     return Invalid("payload", "headers id and eventType are required");
+  }
+  // A polled record's position is outbox.seq alone: with outbox.lsn or
+  // outbox.index beside it, which one is meant is ambiguous.
+  if (e.table_seq.has_value() && have_lsn) {
+    return Invalid("payload", "headers outbox.seq and outbox.lsn together");
   }
   return e;
 }

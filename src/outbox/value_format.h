@@ -9,14 +9,18 @@
 //                              that are not UTF-8 as base64, with
 //                              "payload_encoding": "base64"),
 //                   "headers": {name: value},
-//                   "position": {"lsn": "<decimal u64>", "index": n},
+//                   "position": {"lsn": "<decimal u64>", "index": n}
+//                               (cdc), or {"seq": "<decimal i64>"} (a
+//                               polled row, --source=poll|notify: it has
+//                               no commit LSN),
 //                   "commit_time": "YYYY-MM-DDTHH:MM:SS.mmmZ"}
 //   protobuf       outboxd.v1.OutboxEvent (proto/outbox_event.proto)
 //
 // A NULL payload is a tombstone (null value) in the payload format only; the
 // envelope formats always have a value, with the payload absent inside.
-// Kafka headers (id, eventType, outbox.lsn, outbox.index, ...) are the same
-// in every format.
+// Kafka headers (id, eventType, outbox.lsn and outbox.index or outbox.seq,
+// ...) are the same in every format. Decoded, a polled event has table_seq
+// set and no position (commit LSN 0, index 0).
 //
 // Pure functions, thread-safe.
 #ifndef OUTBOXD_OUTBOX_VALUE_FORMAT_H_
@@ -58,9 +62,9 @@ struct ConsumedRecordView {
 
 // The event a record carries. In the payload format the fields come from
 // the key (aggregate id), the headers (id, eventType, outbox.lsn,
-// outbox.index, the rest as the event's headers), the topic (aggregate
-// type) and the timestamp (commit time). kInvalidArgument (with what is
-// wrong) for a value or header that is not of the format.
+// outbox.index or outbox.seq, the rest as the event's headers), the topic
+// (aggregate type) and the timestamp (commit time). kInvalidArgument (with what
+// is wrong) for a value or header that is not of the format.
 absl::StatusOr<OutboxEvent> DecodeRecord(ValueFormat format,
                                          const ConsumedRecordView& record);
 

@@ -6,6 +6,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "outbox/router.h"
+#include "outbox_event.pb.h"
 
 namespace outboxd {
 namespace {
@@ -34,7 +35,16 @@ void ExpectSameEvent(const OutboxEvent& a, const OutboxEvent& b) {
   EXPECT_EQ(a.payload, b.payload);
   EXPECT_EQ(a.headers, b.headers);
   EXPECT_EQ(a.position, b.position);
+  EXPECT_EQ(a.table_seq, b.table_seq);
   EXPECT_EQ(a.commit_time_unix_ms, b.commit_time_unix_ms);
+}
+
+// An event of --source=poll|notify: the row's seq, no commit LSN.
+OutboxEvent PolledEvent() {
+  OutboxEvent e = SampleEvent();
+  e.position = EventPosition{};
+  e.table_seq = 9007199254740993;  // beyond 2^53
+  return e;
 }
 
 // Encodes like the pipeline (value + routed headers) and decodes.
@@ -101,6 +111,16 @@ TEST_P(ValueFormatRoundTrip, LargeLsn) {
   auto back = RoundTrip(e, GetParam());
   ASSERT_TRUE(back.ok()) << back.status();
   ExpectSameEvent(e, *back);
+}
+
+// A polled event comes back as one: its seq, and no LSN made up for it.
+TEST_P(ValueFormatRoundTrip, PolledEventKeepsItsSeq) {
+  OutboxEvent e = PolledEvent();
+  auto back = RoundTrip(e, GetParam());
+  ASSERT_TRUE(back.ok()) << back.status();
+  ExpectSameEvent(e, *back);
+  EXPECT_EQ(back->table_seq, 9007199254740993);
+  EXPECT_FALSE(back->position.commit_lsn.valid());
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFormats, ValueFormatRoundTrip,
@@ -177,6 +197,68 @@ TEST(ValueFormatTest, EnvelopeJsonShape) {
   EXPECT_EQ(j["payload_encoding"], "base64");
 }
 
+// The position's bytes: a streamed event's LSN (a decimal string) and
+// index; a polled event's seq alone, as a decimal string too.
+TEST(ValueFormatTest, EnvelopeJsonPositionOfEachSource) {
+  const std::string cdc =
+      *EncodeValue(SampleEvent(), ValueFormat::kEnvelopeJson);
+  EXPECT_THAT(cdc, HasSubstr(R"(,"position":{"lsn":"23803720","index":3},)"));
+  OutboxEvent polled = PolledEvent();
+  polled.table_seq = 42;
+  const std::string poll = *EncodeValue(polled, ValueFormat::kEnvelopeJson);
+  EXPECT_THAT(poll, HasSubstr(R"(,"position":{"seq":"42"},)"));
+  EXPECT_THAT(poll, ::testing::Not(HasSubstr("lsn")));
+}
+
+TEST(ValueFormatTest, ProtobufPositionOfAPolledEventIsItsSeq) {
+  OutboxEvent polled = PolledEvent();
+  polled.table_seq = 42;
+  std::string value = *EncodeValue(polled, ValueFormat::kProtobuf);
+  outboxd::v1::OutboxEvent m;
+  ASSERT_TRUE(m.ParseFromString(value));
+  EXPECT_TRUE(m.position().has_seq());
+  EXPECT_EQ(m.position().seq(), 42);
+  EXPECT_EQ(m.position().lsn(), 0u);
+  EXPECT_EQ(m.position().index(), 0u);
+  ConsumedRecordView v;
+  v.value = value;
+  auto back = DecodeRecord(ValueFormat::kProtobuf, v);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->table_seq, 42);
+  EXPECT_EQ(back->position, EventPosition{});
+  // A streamed event has no seq.
+  value = *EncodeValue(SampleEvent(), ValueFormat::kProtobuf);
+  ASSERT_TRUE(m.ParseFromString(value));
+  EXPECT_FALSE(m.position().has_seq());
+  EXPECT_EQ(m.position().lsn(), 0x16B3748u);
+  v.value = value;
+  back = DecodeRecord(ValueFormat::kProtobuf, v);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_FALSE(back->table_seq.has_value());
+}
+
+// Both shapes of a position at once: which one is meant is ambiguous.
+TEST(ValueFormatTest, SeqBesideAnLsnIsAnError) {
+  const std::string envelope =
+      R"({"id":"a","aggregatetype":"t","aggregateid":"k","type":"x",)"
+      R"("payload":null,"headers":{},"position":{"seq":"7","lsn":"1",)"
+      R"("index":0},"commit_time":"2023-11-14T22:13:20Z"})";
+  ConsumedRecordView v;
+  v.value = envelope;
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      DecodeRecord(ValueFormat::kEnvelopeJson, v).status()));
+  std::vector<std::pair<std::string, std::string>> headers = {
+      {"id", "a"}, {"eventType", "t"}, {"outbox.seq", "7"}};
+  v.value.reset();
+  v.headers = &headers;
+  auto polled = DecodeRecord(ValueFormat::kPayload, v);
+  ASSERT_TRUE(polled.ok()) << polled.status();
+  EXPECT_EQ(polled->table_seq, 7);
+  headers.emplace_back("outbox.lsn", "1");
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(DecodeRecord(ValueFormat::kPayload, v).status()));
+}
+
 TEST(ValueFormatTest, CorruptValuesAreErrors) {
   std::vector<std::pair<std::string, std::string>> headers;
   ConsumedRecordView v;
@@ -190,6 +272,12 @@ TEST(ValueFormatTest, CorruptValuesAreErrors) {
                     R"("type":"x","payload":null,"position":{"lsn":"x",)"
                     R"("index":0},"commit_time":"2023-11-14T22:13:20Z"})"),
         std::string(R"({"id":"a","aggregatetype":"t","aggregateid":"k",)"
+                    R"("type":"x","payload":null,"position":{"seq":7},)"
+                    R"("commit_time":"2023-11-14T22:13:20Z"})"),
+        std::string(R"({"id":"a","aggregatetype":"t","aggregateid":"k",)"
+                    R"("type":"x","payload":null,"position":{"seq":"x"},)"
+                    R"("commit_time":"2023-11-14T22:13:20Z"})"),
+        std::string(R"({"id":"a","aggregatetype":"t","aggregateid":"k",)"
                     R"("type":"x","payload":"!!","payload_encoding":"base64",)"
                     R"("position":{"lsn":"1","index":0},)"
                     R"("commit_time":"2023-11-14T22:13:20Z"})")}) {
@@ -202,6 +290,8 @@ TEST(ValueFormatTest, CorruptValuesAreErrors) {
   // Payload format: id and eventType headers are required.
   EXPECT_FALSE(DecodeRecord(ValueFormat::kPayload, v).ok());
   headers = {{"id", "a"}, {"eventType", "t"}, {"outbox.lsn", "zz"}};
+  EXPECT_FALSE(DecodeRecord(ValueFormat::kPayload, v).ok());
+  headers = {{"id", "a"}, {"eventType", "t"}, {"outbox.seq", "zz"}};
   EXPECT_FALSE(DecodeRecord(ValueFormat::kPayload, v).ok());
 }
 

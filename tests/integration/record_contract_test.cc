@@ -451,21 +451,17 @@ class RecordContractTest : public OutboxdTestBase,
     Json headers = Json::object();
     for (const auto& [name, value] : e.headers) headers[name] = value;
     EXPECT_EQ(j["headers"], headers);
-    if (Cdc()) {
-      EXPECT_EQ(j["position"],
-                Json({{"lsn", r.Header("outbox.lsn").value_or("")},
-                      {"index", HeaderU64(r, "outbox.index")}}));
-    } else {
-      // A polled row has no commit LSN: none may be claimed (the README
-      // documents no position inside the envelope for poll and notify; the
-      // outbox.seq header carries it). Today: {"lsn": "0", "index": 0}.
-      const Json& p = j["position"];
-      EXPECT_TRUE(p.is_object() && p.value("lsn", "0") == "0" &&
-                  p.value("index", 0) == 0 &&
-                  (!p.contains("seq") || p["seq"] == e.seq ||
-                   p["seq"] == ToInt64(e.seq)))
-          << "position " << p.dump() << ", seq " << e.seq;
-    }
+    // The position, to the byte: cdc {"lsn":"<decimal>","index":n} (the
+    // headers' values); poll and notify {"seq":"<decimal>"}, the row's seq
+    // (a polled row has no commit LSN, none is claimed).
+    const std::string position =
+        Cdc() ? absl::StrCat(R"("position":{"lsn":")",
+                             r.Header("outbox.lsn").value_or("(absent)"),
+                             R"(","index":)", HeaderU64(r, "outbox.index"), "}")
+              : absl::StrCat(R"("position":{"seq":")", e.seq, R"("})");
+    EXPECT_NE(r.value->find(absl::StrCat(",", position, ",")),
+              std::string::npos)
+        << "want " << position << " in " << *r.value;
     EXPECT_EQ(Str(j, "commit_time"),
               absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ",
                                absl::FromUnixMillis(r.timestamp_ms),
@@ -491,11 +487,9 @@ class RecordContractTest : public OutboxdTestBase,
       EXPECT_EQ(m.position().index(), HeaderU64(r, "outbox.index"));
       EXPECT_FALSE(m.position().has_seq());
     } else {
-      // No commit LSN; Position.seq (reserved for polled events) is the
-      // row's seq if it is set at all (today it is not).
-      if (m.position().has_seq()) {
-        EXPECT_EQ(m.position().seq(), ToInt64(e.seq));
-      }
+      // No commit LSN: Position.seq is the row's seq, lsn and index unset.
+      EXPECT_TRUE(m.position().has_seq());
+      EXPECT_EQ(m.position().seq(), ToInt64(e.seq));
       EXPECT_EQ(m.position().lsn(), 0u);
       EXPECT_EQ(m.position().index(), 0u);
     }
