@@ -2,7 +2,7 @@
 # Benchmark 5: live-rate throughput, one event per transaction over 4 writer
 # connections at 3,000/s, 8,000/s and as fast as the machine commits, 15 s
 # each, outboxd (CDC) running: committed and published rates, outboxd CPU
-# per event, context switches, peak RSS (~1.5 min). Writes
+# per event, context switches, peak RSS (~1 min). Writes
 # benchmarks/results/live.{json,md} and live-machine.txt. Extra flags go to
 # live_bench, e.g.
 #   benchmarks/run-live.sh --rates=1000,max --duration=5s --modes=cdc,poll10ms
