@@ -76,6 +76,14 @@ TEST(InboxRecordTest, PolledRecordsPositionIsItsSeqInEveryFormat) {
     EXPECT_FALSE(r.index.has_value());
     EXPECT_EQ(r.source, "db/public.outbox");
     EXPECT_EQ(r.value, "{\"n\":1}");
+    if (format == ValueFormat::kPayload) continue;
+    // An envelope carries the position itself, headers or not.
+    m = Message({{"id", "e-3"}});
+    m.value = EncodeValue(polled, format);
+    r = InboxRecordFromMessage(std::move(m), format);
+    EXPECT_TRUE(r.decode_status.ok()) << r.decode_status;
+    EXPECT_EQ(r.seq, 42);
+    EXPECT_FALSE(r.lsn.has_value());
   }
 }
 
