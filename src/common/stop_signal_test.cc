@@ -2,6 +2,8 @@
 // does not end the process.
 #include "common/stop_signal.h"
 
+#include <poll.h>
+
 #include <csignal>
 
 #include "gtest/gtest.h"
@@ -21,6 +23,18 @@ TEST(StopSignalTest, TermAndIntSetTheFlagAndPipeIsIgnored) {
   ASSERT_EQ(raise(SIGINT), 0);
   EXPECT_TRUE(stop.load());
   stop.store(false);
+}
+
+TEST(StopSignalTest, TheFdBecomesReadableOnAStopSignal) {
+  InstallStopSignals();
+  const int fd = StopSignalFd();
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(raise(SIGTERM), 0);
+  pollfd pfd{fd, POLLIN, 0};
+  // Readable now, without waiting (timeout 0), and it stays readable.
+  EXPECT_EQ(poll(&pfd, 1, 0), 1);
+  EXPECT_EQ(poll(&pfd, 1, 0), 1);
+  InstallStopSignals().store(false);
 }
 
 }  // namespace
