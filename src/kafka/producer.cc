@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/wake_pipe.h"
 #include "kafka/kafka_status.h"
 #include "kafka/rdkafka_callbacks.h"
 #include "nlohmann/json.hpp"
@@ -130,10 +131,17 @@ struct KafkaProducer::Impl {
   absl::Status fatal;
   // Set while the destructor runs: no callbacks into an owner going away.
   bool destroying = false;
+  // librdkafka writes to it when the main queue becomes non-empty.
+  WakePipe events;
+  rd_kafka_queue_t* main_queue = nullptr;
 
   ~Impl() {
     if (rk != nullptr) {
       destroying = true;
+      if (main_queue != nullptr) {
+        rd_kafka_queue_io_event_enable(main_queue, -1, nullptr, 0);
+        rd_kafka_queue_destroy(main_queue);
+      }
       rd_kafka_destroy(rk);
     }
   }
@@ -230,6 +238,14 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
         absl::StrCat("kafka producer configuration: ", errstr));
   }
   conf.release();
+  // Delivery reports and errors arrive on the main queue (what
+  // rd_kafka_poll serves): a byte on the pipe says it is no longer empty.
+  absl::StatusOr<WakePipe> events = WakePipe::Create();
+  if (!events.ok()) return events.status();
+  impl->events = *std::move(events);
+  impl->main_queue = rd_kafka_queue_get_main(impl->rk);
+  rd_kafka_queue_io_event_enable(impl->main_queue, impl->events.write_fd(), "1",
+                                 1);
   return std::unique_ptr<KafkaProducer>(
       new KafkaProducer(std::move(impl), options));
 }
@@ -272,8 +288,12 @@ absl::Status KafkaProducer::Produce(const KafkaRecord& record,
 }
 
 void KafkaProducer::Poll(absl::Duration timeout) {
+  // Drained first: a report queued after this is written again.
+  impl_->events.Drain();
   rd_kafka_poll(impl_->rk, ToTimeoutMs(timeout));
 }
+
+int KafkaProducer::EventFd() const { return impl_->events.read_fd(); }
 
 absl::Status KafkaProducer::Flush(absl::Duration timeout) {
   rd_kafka_resp_err_t err = rd_kafka_flush(impl_->rk, ToTimeoutMs(timeout));

@@ -65,6 +65,10 @@ class KafkaProducer : public Sink {
 
   // Serves delivery reports and errors, waiting at most `timeout`.
   void Poll(absl::Duration timeout) override;
+  // Readable once librdkafka's main queue (delivery reports, errors:
+  // what rd_kafka_poll serves) goes from empty to non-empty
+  // (rd_kafka_queue_io_event_enable); Poll drains it.
+  int EventFd() const override;
 
   // Serves delivery reports (as Poll does) until every queued message is
   // delivered or failed, at most `timeout`; kDeadlineExceeded with the count

@@ -54,6 +54,12 @@ class Sink {
                                uint64_t sequence) = 0;
   // Serves delivery reports and errors, waiting at most `timeout`.
   virtual void Poll(absl::Duration timeout) = 0;
+  // A file descriptor that becomes readable when Poll has something to
+  // serve (a delivery report, an error), so that the Publisher sleeps in
+  // one poll() instead of polling on a timer; Poll itself drains it (before
+  // serving, so that nothing arriving meanwhile is missed). -1: none (the
+  // caller polls on a timer while records are in flight).
+  virtual int EventFd() const { return -1; }
   // Waits until every queued record is reported, at most `timeout`;
   // kDeadlineExceeded with the count left otherwise.
   virtual absl::Status Flush(absl::Duration timeout) = 0;

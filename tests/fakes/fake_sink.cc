@@ -33,6 +33,7 @@ absl::Status FakeSink::Produce(const KafkaRecord& record, uint64_t sequence) {
   r.timestamp_ms = record.timestamp_ms;
   r.headers = record.headers;
   queue_.push_back(std::move(r));
+  if (!hold_acks || released_ > 0) events_.Notify();
   return absl::OkStatus();
 }
 
@@ -58,6 +59,9 @@ void FakeSink::Deliver(bool all) {
 }
 
 void FakeSink::Poll(absl::Duration timeout) {
+  ++poll_calls_;
+  events_.Drain();
+  if (release_all_.exchange(false)) hold_acks = false;
   const size_t before = queue_.size();
   Deliver(/*all=*/false);
   // Nothing to report: wait a little, as a real producer would, so that a

@@ -7,11 +7,17 @@
 // releases them (hold_acks). A test can make chosen records unproducible,
 // fail their delivery, raise a fatal error, say topics are missing or
 // illegal, and look at Kafka transactions and their checkpoints.
+// With `use_event_fd`, EventFd() is readable whenever Poll would report
+// something (a record queued while acks are not held, a Release, a fatal
+// error), like the producer's: a Publisher sleeping in poll() wakes on it.
+// Without (the default), EventFd() is -1 and Poll(timeout) sleeps a little
+// when it has nothing to report.
 //
 // Not thread-safe, like every Sink.
 #ifndef OUTBOXD_TESTS_FAKES_FAKE_SINK_H_
 #define OUTBOXD_TESTS_FAKES_FAKE_SINK_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -21,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/wake_pipe.h"
 #include "kafka/sink.h"
 
 namespace outboxd::testing {
@@ -42,7 +49,7 @@ struct FakeRecord {
 class FakeSink : public Sink {
  public:
   explicit FakeSink(DeliveryCallback on_delivery)
-      : on_delivery_(std::move(on_delivery)) {}
+      : on_delivery_(std::move(on_delivery)), events_(*WakePipe::Create()) {}
   ~FakeSink() override {
     if (on_destroy) on_destroy(*this);
   }
@@ -56,6 +63,8 @@ class FakeSink : public Sink {
   size_t capacity = 1000;
   // When true, Poll/Flush report nothing until Release().
   bool hold_acks = false;
+  // EventFd() is a descriptor (see above), not -1.
+  bool use_event_fd = false;
   // Non-OK for a record Produce must refuse (not queued).
   std::function<absl::Status(const KafkaRecord&)> refuse;
   // Non-OK for a record whose delivery fails.
@@ -66,9 +75,22 @@ class FakeSink : public Sink {
   absl::Status lookup_error;
   std::string cluster_id = "fake-cluster";
   // Makes the producer unusable (fatal_error, transactional calls kAborted).
-  void SetFatal(absl::Status cause) { fatal_ = std::move(cause); }
+  void SetFatal(absl::Status cause) {
+    fatal_ = std::move(cause);
+    events_.Notify();
+  }
   // Lets the next `n` held reports through on the next Poll/Flush.
-  void Release(size_t n = SIZE_MAX) { released_ += n; }
+  void Release(size_t n = SIZE_MAX) {
+    released_ = n > SIZE_MAX - released_ ? SIZE_MAX : released_ + n;
+    events_.Notify();
+  }
+
+  // Ends hold_acks from another thread (the only thread-safe call): the
+  // next Poll reports everything queued, and EventFd() becomes readable.
+  void ReleaseAllFromAnyThread() {
+    release_all_.store(true);
+    events_.Notify();
+  }
 
   // --- what the test observes ---------------------------------------------
   // Records acknowledged, in delivery order (in a transaction: produced
@@ -77,6 +99,7 @@ class FakeSink : public Sink {
   // Records of committed transactions, in order.
   const std::vector<FakeRecord>& committed() const { return committed_; }
   size_t produce_calls() const { return produce_calls_; }
+  size_t poll_calls() const { return poll_calls_; }
   size_t queued() const { return queue_.size(); }
   int transactions_committed() const { return transactions_committed_; }
   int transactions_aborted() const { return transactions_aborted_; }
@@ -87,6 +110,7 @@ class FakeSink : public Sink {
   // --- Sink ---------------------------------------------------------------
   absl::Status Produce(const KafkaRecord& record, uint64_t sequence) override;
   void Poll(absl::Duration timeout) override;
+  int EventFd() const override { return use_event_fd ? events_.read_fd() : -1; }
   absl::Status Flush(absl::Duration timeout) override;
   int OutQueueLength() const override {
     return static_cast<int>(queue_.size());
@@ -122,6 +146,9 @@ class FakeSink : public Sink {
   bool in_transaction_ = false;
   bool transaction_failed_ = false;
   size_t produce_calls_ = 0;
+  size_t poll_calls_ = 0;
+  WakePipe events_;
+  std::atomic<bool> release_all_{false};
   int transactions_committed_ = 0;
   int transactions_aborted_ = 0;
 };
