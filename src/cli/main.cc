@@ -446,7 +446,9 @@ absl::Status Run(CdcPipelineOptions& options,
   } else {  // poll, notify
     source = NewPollSource(*poll, run_metrics.get());
   }
-  Publisher publisher(options.publisher, *source, run_metrics.get());
+  PublisherOptions publisher_options = options.publisher;
+  publisher_options.stop_fd = StopSignalFd();  // a stop wakes the loop
+  Publisher publisher(publisher_options, *source, run_metrics.get());
   return publisher.Run(stop);
 }
 

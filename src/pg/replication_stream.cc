@@ -144,8 +144,24 @@ absl::StatusOr<std::optional<ServerCopyMessage>> ReplicationStream::Read(
     return absl::FailedPreconditionError("replication stream is stopped");
   }
   PGconn* conn = conn_->raw();
-  const absl::Time deadline = absl::Now() + timeout;
   int length = PQgetCopyData(conn, &buffer_, /*async=*/1);
+  if (length == 0 && timeout <= absl::ZeroDuration()) {
+    // Without waiting: what the socket holds now (libpq's socket is
+    // non-blocking), then nothing.
+    if (PQconsumeInput(conn) == 0) {
+      length = PQgetCopyData(conn, &buffer_, /*async=*/1);
+      if (length == 0) {
+        stopped_ = true;
+        return absl::UnavailableError(
+            absl::StrCat("replication connection lost: ", TrimmedError(conn)));
+      }
+    } else {
+      length = PQgetCopyData(conn, &buffer_, /*async=*/1);
+      if (length == 0) return std::nullopt;
+    }
+  }
+  const absl::Time deadline =
+      length == 0 ? absl::Now() + timeout : absl::InfinitePast();
   while (length == 0) {
     ASSIGN_OR_RETURN(short revents,
                      WaitSocket(PQsocket(conn), POLLIN, deadline));
@@ -190,6 +206,8 @@ absl::StatusOr<std::optional<ServerCopyMessage>> ReplicationStream::Read(
   return DecodeServerCopyMessage(
       absl::string_view(buffer_, static_cast<size_t>(length)));
 }
+
+int ReplicationStream::socket() const { return PQsocket(conn_->raw()); }
 
 absl::Status ReplicationStream::SendStatus(Lsn written, Lsn flushed,
                                            bool reply_requested) {

@@ -37,10 +37,16 @@ class ReplicationStream {
   ~ReplicationStream();
 
   // Waits at most `timeout` for one CopyData message. nullopt when none
-  // arrived in time. The returned message (and XLogData::data) stays valid
-  // until the next Read or Stop. kUnavailable when the server ended the
-  // stream or the connection broke (with the server's error message).
+  // arrived in time. A zero timeout never blocks: it returns what libpq
+  // holds already or reads from the socket without waiting (one recv), so a
+  // caller drains everything received with Read(0) and then waits for
+  // socket() to become readable. The returned message (and XLogData::data)
+  // stays valid until the next Read or Stop. kUnavailable when the server ended
+  // the stream or the connection broke (with the server's error message).
   absl::StatusOr<std::optional<ServerCopyMessage>> Read(absl::Duration timeout);
+
+  // The connection's socket (to poll() for POLLIN), -1 when there is none.
+  int socket() const;
 
   // Sends a standby status update (write = flush = apply = `flushed`, except
   // that `written` may be ahead) and flushes it to the socket.

@@ -1,6 +1,10 @@
 #include "pipeline/publisher.h"
 
+#include <poll.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <optional>
 #include <utility>
 #include <variant>
@@ -21,13 +25,27 @@ namespace outboxd {
 namespace {
 
 constexpr absl::Duration kProgressLogInterval = absl::Seconds(10);
-// The longest a read of the source waits (the stop flag is checked after).
+// The longest the loop sleeps without a stop descriptor, and the longest a
+// source without a descriptor waits in Read (the stop flag is looked at
+// after).
 constexpr absl::Duration kIdleWait = absl::Seconds(1);
-// How long a read waits while acknowledgements are outstanding, so that
-// delivery reports are served promptly.
+// How often a sink without an event descriptor is polled while
+// acknowledgements are outstanding.
 constexpr absl::Duration kBusyPollInterval = absl::Milliseconds(5);
-// How long one wait for room in the sink's queue blocks.
+// How often an event waiting for its topic's state is retried (room in
+// the sink's queue wakes the loop through the sink's descriptor).
 constexpr absl::Duration kPendingPollInterval = absl::Milliseconds(50);
+// Items read per wakeup at most: during a backlog, delivery reports and the
+// source's status updates are served every so many.
+constexpr int kMaxReadsPerWakeup = 256;
+
+// Milliseconds for poll(): rounded up, so that a short wait does not spin.
+int PollTimeoutMs(absl::Duration d) {
+  if (d == absl::InfiniteDuration()) return -1;
+  if (d <= absl::ZeroDuration()) return 0;
+  return static_cast<int>(std::min<int64_t>(
+      absl::ToInt64Milliseconds(d + absl::Microseconds(999)), 1 << 30));
+}
 // Each blocking transactional call waits at most this long, so that the
 // source's keep-alive work (CDC status updates, wal_sender_timeout) goes on
 // while Kafka is slow.
@@ -340,15 +358,16 @@ class Publisher::Impl {
   absl::Status Stream() {
     absl::Time next_progress = absl::Now() + kProgressLogInterval;
     while (!stop_->load(std::memory_order_relaxed)) {
+      // One wakeup: the clock once, the sink's delivery reports, the
+      // source's keep-alive work, then what the source holds.
+      const absl::Time now = absl::Now();
       sink_->Poll(absl::ZeroDuration());
       RETURN_IF_ERROR(FencedOrFatal());
       RETURN_IF_ERROR(tracker_.failure());
       RETURN_IF_ERROR(source_.Durable(tracker_.ConfirmableLsn()));
       if (exactly_once_) {
         RETURN_IF_ERROR(DeliveryFailureInTransaction());
-        const bool at_boundary =
-            !tracker_.transaction_open() && !pending_.has_value();
-        if (batch_.CommitDue(absl::Now(), at_boundary)) {
+        if (batch_.CommitDue(now, AtBoundary())) {
           RETURN_IF_ERROR(CommitOpenTransaction());
           if (!connected_) {
             return absl::UnavailableError(
@@ -356,33 +375,125 @@ class Publisher::Impl {
           }
         }
       }
-      const absl::Time now = absl::Now();
       if (now >= next_progress) {
         LogProgress();
         next_progress = now + kProgressLogInterval;
       }
-      if (pending_.has_value()) {
-        // Backpressure: the source is not read until the queue has room.
-        RETURN_IF_ERROR(TryProducePending());
-        if (pending_.has_value()) sink_->Poll(kPendingPollInterval);
-        continue;
+      // Backpressure: the source is not read until the sink took the
+      // pending event.
+      if (pending_.has_value()) RETURN_IF_ERROR(TryProducePending());
+      Drained drained = Drained::kPending;
+      if (!pending_.has_value()) {
+        if (source_.WaitFd() >= 0) {
+          ASSIGN_OR_RETURN(drained, ReadAvailable(now));
+        } else {
+          ASSIGN_OR_RETURN(drained, ReadWaiting(now, next_progress));
+        }
       }
-      absl::Duration wait = kIdleWait;
-      if (tracker_.EventsInFlight() > 0) {
-        wait = std::min(wait, kBusyPollInterval);
-      }
-      if (exactly_once_) {
-        wait = std::min(
-            wait, std::max(batch_.Deadline() - now, absl::ZeroDuration()));
-      }
-      ASSIGN_OR_RETURN(SourceRead read, source_.Read(wait));
-      RETURN_IF_ERROR(OnRead(std::move(read), wait));
+      if (drained == Drained::kMore) continue;
+      RETURN_IF_ERROR(Sleep(next_progress,
+                            /*read_source=*/drained == Drained::kNothing));
     }
     spdlog::info("stop requested");
     return absl::OkStatus();
   }
 
-  absl::Status OnRead(SourceRead read, absl::Duration wait) {
+  // How a wakeup's reading ended.
+  enum class Drained {
+    kNothing,   // the source has nothing now: sleep on it too
+    kMore,      // there may be more: serve the sink and the source first
+    kAwaiting,  // the source waits until what it handed over is durable
+    kPending,   // an event waits for room in the sink (backpressure)
+  };
+
+  bool AtBoundary() const {
+    return !tracker_.transaction_open() && !pending_.has_value();
+  }
+
+  // Reads, without waiting, what a source with a descriptor holds: at most
+  // kMaxReadsPerWakeup items, so that delivery reports and status updates
+  // are served between them during a backlog.
+  absl::StatusOr<Drained> ReadAvailable(absl::Time now) {
+    for (int n = 0; n < kMaxReadsPerWakeup; ++n) {
+      ASSIGN_OR_RETURN(SourceRead read, source_.Read(absl::ZeroDuration()));
+      if (read.nothing()) return Drained::kNothing;
+      const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
+      RETURN_IF_ERROR(OnRead(std::move(read)));
+      if (awaiting) return Drained::kAwaiting;
+      if (pending_.has_value()) return Drained::kPending;
+      if (exactly_once_ && batch_.CommitDue(now, AtBoundary())) {
+        return Drained::kMore;
+      }
+    }
+    return Drained::kMore;
+  }
+
+  // One read of a source without a descriptor: it waits by itself (at
+  // most until the loop has work of its own).
+  absl::StatusOr<Drained> ReadWaiting(absl::Time now,
+                                      absl::Time next_progress) {
+    absl::Duration wait = std::min(
+        kIdleWait,
+        std::max(WakeDeadline(next_progress) - now, absl::ZeroDuration()));
+    if (tracker_.EventsInFlight() > 0 && sink_->EventFd() < 0) {
+      wait = std::min(wait, kBusyPollInterval);
+    }
+    ASSIGN_OR_RETURN(SourceRead read, source_.Read(wait));
+    const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
+    RETURN_IF_ERROR(OnRead(std::move(read)));
+    if (awaiting) return Drained::kAwaiting;
+    if (pending_.has_value()) return Drained::kPending;
+    return Drained::kMore;  // the read waited already
+  }
+
+  // The earliest time the loop has work without any event: the source's
+  // periodic work, the Kafka transaction's deadline, the progress log.
+  absl::Time WakeDeadline(absl::Time next_progress) const {
+    absl::Time until = std::min(next_progress, source_.NextDue());
+    if (exactly_once_) until = std::min(until, batch_.Deadline());
+    return until;
+  }
+
+  // Sleeps in one poll() until the source (`read_source`), the sink or the
+  // stop descriptor has something, or WakeDeadline. No descriptor where a
+  // timer has to do: a sink without one is polled every kBusyPollInterval
+  // while records are in flight, the stop flag without one looked at every
+  // kIdleWait, and an event waiting for a topic's state retried every
+  // kPendingPollInterval.
+  absl::Status Sleep(absl::Time next_progress, bool read_source) {
+    pollfd fds[3];
+    nfds_t n = 0;
+    const int source_fd = read_source ? source_.WaitFd() : -1;
+    const int sink_fd = sink_->EventFd();
+    for (int fd : {source_fd, sink_fd, options_.stop_fd}) {
+      if (fd >= 0) fds[n++] = pollfd{fd, POLLIN, 0};
+    }
+    // The clock again: the wakeup's work (a Kafka commit) may have taken a
+    // while, and the status update must not be late by that much.
+    const absl::Time now = absl::Now();
+    absl::Time until = WakeDeadline(next_progress);
+    if (sink_fd < 0 && tracker_.EventsInFlight() > 0) {
+      until = std::min(until, now + kBusyPollInterval);
+    }
+    if (pending_.has_value() && waiting_for_topic_) {
+      until = std::min(until, now + kPendingPollInterval);
+    }
+    if (options_.stop_fd < 0) until = std::min(until, now + kIdleWait);
+    ++stats_.waits;
+    if (n == 0) {
+      // Nothing to poll() on: the sink waits (it serves what comes).
+      sink_->Poll(std::max(until - now, absl::ZeroDuration()));
+      return absl::OkStatus();
+    }
+    const int rc = poll(fds, n, PollTimeoutMs(until - now));
+    if (rc == 0) ++stats_.wait_timeouts;
+    if (rc < 0 && errno != EINTR) {
+      return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status OnRead(SourceRead read) {
     if (auto* event = std::get_if<OutboxEvent>(&read.item)) {
       RETURN_IF_ERROR(Publish(std::move(*event)));
     } else if (auto* bad = std::get_if<InvalidEvent>(&read.item)) {
@@ -391,8 +502,6 @@ class Publisher::Impl {
       tracker_.BeginTransaction();
     } else if (auto* commit = std::get_if<SourceCommit>(&read.item)) {
       tracker_.CommitTransaction(commit->position);
-    } else if (std::holds_alternative<AwaitDurable>(read.item)) {
-      sink_->Poll(wait);
     }
     if (read.idle_position.has_value()) {
       tracker_.ObserveServerWalEnd(*read.idle_position);
@@ -528,6 +637,7 @@ class Publisher::Impl {
   // logged once per distinct cause, the caller keeps the event pending.
   absl::Status CheckTopic(const std::string& topic) {
     absl::Status s = catalog_->Check(topic);
+    waiting_for_topic_ = absl::IsUnavailable(s);
     if (absl::IsUnavailable(s)) {
       if (s.message() != last_topic_wait_) {
         spdlog::warn("{}; the event waits", std::string(s.message()));
@@ -866,6 +976,9 @@ class Publisher::Impl {
   // Asks sink_ whether a topic can take records (names, existence).
   std::unique_ptr<TopicCatalog> catalog_;
   std::string last_topic_wait_;  // the last "cannot tell yet" logged
+  // The pending event waits for its topic's state (not for room in the
+  // sink, which the sink's descriptor signals): retried on a timer.
+  bool waiting_for_topic_ = false;
   bool connected_ = false;
   bool source_connected_once_ = false;
   const std::atomic<bool>* stop_ = nullptr;

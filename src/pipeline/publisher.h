@@ -21,6 +21,16 @@
 // dead-letter topic that cannot take a record stops the run without
 // confirming past it.
 //
+// Waking: one thread, woken by events rather than timers. Per wakeup it
+// reads the clock once, serves the sink's delivery reports (Sink::Poll(0)),
+// tells the source what is durable (EventSource::Durable) and then reads
+// everything the source holds without waiting (bounded per wakeup); then it
+// sleeps in one poll() on the source's descriptor (not while an event waits
+// for room in the sink: backpressure), the sink's delivery-report
+// descriptor and the stop descriptor, until the earliest of the source's
+// NextDue() (CDC: the standby status update), the Kafka transaction's
+// deadline and the progress log.
+//
 // Threading: Run() on the calling thread; `stop` may be set from a signal
 // handler. Not thread-safe otherwise.
 #ifndef OUTBOXD_PIPELINE_PUBLISHER_H_
@@ -61,6 +71,10 @@ struct PublisherOptions {
   absl::Duration shutdown_timeout = absl::Seconds(8);
   // A lost source connection (kUnavailable) is retried with backoff.
   ReconnectOptions reconnect;
+  // Readable once `stop` is set (common/stop_signal.h StopSignalFd()), so
+  // that the loop's poll() wakes at once; -1: the loop looks at `stop` at
+  // least every second instead.
+  int stop_fd = -1;
 };
 
 // Creates the sink; `on_delivery` must be called once per produced record.

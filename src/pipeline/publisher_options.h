@@ -30,6 +30,10 @@ struct PipelineStats {
   // The newest position confirmed to the source (CDC: an LSN's value;
   // poll/notify: a batch number).
   uint64_t confirmed = 0;
+  // The loop's sleeps (poll() calls), and those that ended by their
+  // timeout rather than by an event (a source, sink or stop descriptor).
+  uint64_t waits = 0;
+  uint64_t wait_timeouts = 0;
 };
 
 }  // namespace outboxd

@@ -6,9 +6,11 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "common/wake_pipe.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -64,7 +66,10 @@ class PublisherTest : public ::testing::Test {
   absl::Status Run(std::function<bool(FakeSource&)> done) {
     source_.on_tick = [this, done](FakeSource& s) {
       if (on_tick_) on_tick_(s);
-      if (++ticks_ > kMaxTicks || done(s)) stop_ = true;
+      if (++ticks_ > kMaxTicks || done(s)) {
+        stop_ = true;
+        stop_pipe_.Notify();
+      }
     };
     Publisher publisher(
         options_, source_, metrics_.get(),
@@ -110,6 +115,8 @@ class PublisherTest : public ::testing::Test {
     int transactions = 0;
   } final_;
   std::atomic<bool> stop_{false};
+  // Readable once stop_ is set by Run (options_.stop_fd, when a test sets it).
+  WakePipe stop_pipe_ = *WakePipe::Create();
   int ticks_ = 0;
 };
 
@@ -402,6 +409,114 @@ TEST_F(PublisherTest, MisroutedEventIsDeadLetteredWhole) {
   EXPECT_EQ(content["id"], "a");
   EXPECT_EQ(records[1].topic, "outbox.event.order");
   EXPECT_EQ(metrics_.get().invalid_events->Value(), 1);
+}
+
+// --- waking on events ------------------------------------------------------
+
+// A source with a descriptor, a sink that signals its delivery reports and a
+// stop descriptor: the Publisher reads what the source holds without
+// waiting and sleeps in poll() in between, woken by events, not timers.
+class WakingPublisherTest : public PublisherTest {
+ protected:
+  WakingPublisherTest() {
+    source_.UseWaitFd();
+    options_.stop_fd = stop_pipe_.read_fd();
+    configure_sink_ = [this](FakeSink& s) {
+      s.use_event_fd = true;
+      if (configure_waking_sink_) configure_waking_sink_(s);
+      sink_created_.store(&s);
+    };
+  }
+  std::function<void(FakeSink&)> configure_waking_sink_;
+  std::atomic<FakeSink*> sink_created_{nullptr};
+};
+
+TEST_F(WakingPublisherTest, ADeliveryReportWakesTheLoopWithoutATimer) {
+  configure_waking_sink_ = [](FakeSink& s) { s.hold_acks = true; };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  // The report comes from another thread, whenever it comes: before the
+  // loop sleeps or while it does.
+  std::thread broker([this] {
+    FakeSink* sink = nullptr;
+    while ((sink = sink_created_.load()) == nullptr) std::this_thread::yield();
+    sink->ReleaseAllFromAnyThread();
+  });
+  absl::Status s = Run(DurableAt(100));
+  broker.join();
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(stats_.events_acknowledged, 1u);
+  // Nothing is due (no status deadline, the progress log 10 s away): had
+  // the loop not slept on the sink's descriptor, a timer would have ended a
+  // sleep.
+  EXPECT_EQ(stats_.wait_timeouts, 0u);
+}
+
+TEST_F(WakingPublisherTest, StopWakesTheLoop) {
+  std::thread signal([this] {
+    stop_ = true;
+    stop_pipe_.Notify();
+  });
+  absl::Status s = Run([](FakeSource&) { return false; });
+  signal.join();
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(stats_.wait_timeouts, 0u);
+  EXPECT_TRUE(source_.finished_clean);
+}
+
+TEST_F(WakingPublisherTest, DrainsTheSourceThenServesThePerWakeupWorkOnce) {
+  source_.Add(Begin());
+  for (uint32_t i = 0; i < 100; ++i) {
+    source_.Add(Of(Event(100, i, absl::StrCat("e", i))));
+  }
+  source_.Add(Commit(100));
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  EXPECT_EQ(stats_.events_acknowledged, 100u);
+  // 102 items: read in one wakeup, so Durable (and the sink's Poll) ran a
+  // few times, not once per item.
+  EXPECT_LE(source_.ticks, 4);
+  EXPECT_EQ(stats_.wait_timeouts, 0u);
+}
+
+TEST_F(WakingPublisherTest, BackpressureStopsReadingTheSource) {
+  configure_waking_sink_ = [](FakeSink& s) {
+    s.capacity = 2;
+    s.hold_acks = true;
+  };
+  source_.Add(Begin());
+  for (uint32_t i = 0; i < 5; ++i) {
+    source_.Add(Of(Event(100, i, absl::StrCat("e", i))));
+  }
+  source_.Add(Commit(100));
+  // Due at once, every time: the loop wakes for the source's keep-alive
+  // work while the sink is full.
+  source_.next_due = absl::InfinitePast();
+  int reads_while_full = -1;
+  on_tick_ = [&](FakeSource& s) {
+    if (ticks_ == 50) {
+      // Begin, e0, e1 queued, e2 pending: nothing more was read.
+      reads_while_full = s.reads;
+      EXPECT_EQ(sink_->queued(), 2u);
+      EXPECT_EQ(s.durable, SourcePosition(0));
+      sink_->hold_acks = false;
+      sink_->Release();
+    }
+  };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  EXPECT_EQ(reads_while_full, 4);
+  EXPECT_EQ(stats_.events_acknowledged, 5u);
+}
+
+TEST_F(WakingPublisherTest, TheSourcesDeadlineWakesTheLoop) {
+  // Nothing to read, nothing in flight: only the source's NextDue (CDC: the
+  // standby status update) ends each sleep, and Durable runs each time.
+  on_tick_ = [](FakeSource& s) {
+    s.next_due = absl::Now() + absl::Milliseconds(1);
+  };
+  ASSERT_TRUE(Run([](FakeSource& s) { return s.ticks >= 5; }).ok());
+  EXPECT_GE(stats_.wait_timeouts, 4u);
+  EXPECT_EQ(source_.reads, 0);
 }
 
 // --- exactly-once -----------------------------------------------------------

@@ -155,9 +155,11 @@ class CdcSource final : public EventSource {
 
   absl::StatusOr<SourceRead> Read(absl::Duration wait) override {
     SourceRead out;
-    const absl::Duration until_status =
-        std::max(next_status_ - absl::Now(), absl::ZeroDuration());
-    ASSIGN_OR_RETURN(auto message, stream_->Read(std::min(wait, until_status)));
+    if (wait > absl::ZeroDuration()) {
+      wait = std::min(
+          wait, std::max(next_status_ - absl::Now(), absl::ZeroDuration()));
+    }
+    ASSIGN_OR_RETURN(auto message, stream_->Read(wait));
     if (!message.has_value()) return out;
     if (const auto* keepalive = std::get_if<PrimaryKeepalive>(&*message)) {
       received_ = Lsn::Max(received_, keepalive->wal_end);
@@ -185,6 +187,17 @@ class CdcSource final : public EventSource {
     }
     if (!mapper_.in_transaction()) out.idle_position = AsPosition(data.wal_end);
     return out;
+  }
+
+  // The replication socket.
+  int WaitFd() const override {
+    return stream_ != nullptr ? stream_->socket() : -1;
+  }
+
+  // The next standby status update (now, when a keepalive asked for one).
+  absl::Time NextDue() const override {
+    if (stream_ == nullptr) return absl::InfiniteFuture();
+    return reply_requested_ ? absl::InfinitePast() : next_status_;
   }
 
   absl::Status Durable(SourcePosition durable) override {

@@ -11,7 +11,8 @@
 // Durable() records the durable position in the publisher state
 // (pg/publisher_state.h) and sends standby status updates on the timer
 // (never past the record); the walsender buffers while the Publisher does
-// not read.
+// not read. WaitFd() is the replication socket; NextDue() the next status
+// update (now, when a keepalive asked for a reply).
 //
 // Threading: the Publisher's thread only.
 #ifndef OUTBOXD_SOURCES_CDC_SOURCE_H_

@@ -14,6 +14,14 @@
 //   --source=notify  LOCKED batches; a transaction is one batch, its
 //                    position the batch's number.
 //
+// Waiting: a source that has a file descriptor (WaitFd) is read without
+// waiting: the Publisher calls Read(absl::ZeroDuration()) until it says
+// "nothing now" (SourceRead::nothing()), then sleeps in one poll() on that
+// descriptor, the sink's delivery-report descriptor and the stop
+// descriptor, until the earliest of the source's NextDue(), the Kafka
+// transaction's deadline and the progress log. A source without one
+// (WaitFd() == -1) waits inside Read(wait) itself, at most `wait`.
+//
 // Threading: the Publisher's thread calls every method.
 #ifndef OUTBOXD_SOURCES_EVENT_SOURCE_H_
 #define OUTBOXD_SOURCES_EVENT_SOURCE_H_
@@ -69,6 +77,12 @@ struct SourceRead {
   // With no transaction open: the source's newest position; it becomes
   // durable once nothing before it is in flight (CDC keepalives).
   std::optional<SourcePosition> idle_position;
+
+  // Nothing at all now (no item, no position): the reader may sleep.
+  bool nothing() const {
+    return std::holds_alternative<std::monostate>(item) &&
+           !idle_position.has_value();
+  }
 };
 
 // Given to Connect.
@@ -107,13 +121,20 @@ class EventSource {
   // open transaction (it is handed over again after Connect).
   virtual void Disconnect() = 0;
 
-  // The next item, waiting at most `wait` for one.
+  // The next item, waiting at most `wait` for one (zero: what is there
+  // already, without blocking; SourceRead::nothing() when there is none).
   virtual absl::StatusOr<SourceRead> Read(absl::Duration wait) = 0;
-  // Everything up to `durable` is in Kafka. Called on every turn of the
-  // Publisher's loop and while it blocks (Kafka transactional calls), so
-  // that the source's periodic work goes on (CDC: record the position and
-  // send the standby status update when due; poll: complete the batch).
-  // kUnavailable: the connection is lost.
+  // A descriptor that is readable when Read(0) may have something, or -1:
+  // Read(wait) waits by itself. Valid while connected.
+  virtual int WaitFd() const { return -1; }
+  // When Durable() has periodic work next (CDC: the standby status update);
+  // the Publisher calls it by then even when nothing else happens.
+  virtual absl::Time NextDue() const { return absl::InfiniteFuture(); }
+  // Everything up to `durable` is in Kafka. Called once per wakeup of the
+  // Publisher's loop (not per item), by NextDue(), and while it blocks (Kafka
+  // transactional calls), so that the source's periodic work goes on (CDC:
+  // record the position and send the standby status update when due; poll:
+  // complete the batch). kUnavailable: the connection is lost.
   virtual absl::Status Durable(SourcePosition durable) = 0;
   // The run ends: record what is durable and close cleanly (`clean`), or
   // only give back what is not (after a failure).

@@ -6,6 +6,11 @@
 // connection). Every Durable call is a "tick": the test's `on_tick` runs
 // there, sees the durable position and may act (release acknowledgements,
 // raise errors, set the stop flag).
+//
+// By default the source has no descriptor: Read returns at once (nothing
+// once the script is empty). After UseWaitFd() it has one, readable while
+// the script is not empty, and NextDue() is `next_due`: the Publisher then
+// reads it without waiting and sleeps in poll() in between.
 #ifndef OUTBOXD_TESTS_FAKES_FAKE_SOURCE_H_
 #define OUTBOXD_TESTS_FAKES_FAKE_SOURCE_H_
 
@@ -16,6 +21,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/wake_pipe.h"
 #include "sources/event_source.h"
 
 namespace outboxd::testing {
@@ -35,15 +41,29 @@ class FakeSource : public EventSource {
   std::function<void(FakeSource&)> on_tick;
   std::string source_identity = "7000000000000000001/db/slot";
 
-  void Add(SourceRead r) { script.push_back({absl::OkStatus(), std::move(r)}); }
-  void Fail(absl::Status s) { script.push_back({std::move(s), {}}); }
+  void Add(SourceRead r) {
+    script.push_back({absl::OkStatus(), std::move(r)});
+    SyncFd();
+  }
+  void Fail(absl::Status s) {
+    script.push_back({std::move(s), {}});
+    SyncFd();
+  }
+  // Gives the source a descriptor (see above).
+  void UseWaitFd() {
+    wait_pipe_ = *WakePipe::Create();
+    SyncFd();
+  }
+  absl::Time next_due = absl::InfiniteFuture();
 
   // --- what the test observes ---------------------------------------------
   SourcePosition durable;  // the newest durable position given
   std::vector<SourcePosition> durable_seen;  // each change, in order
   int connects = 0;
   int disconnects = 0;
-  int reads = 0;  // Read calls that handed over an item or failed
+  int reads = 0;        // Read calls that handed over an item or failed
+  int empty_reads = 0;  // Read calls that found the script empty
+  int ticks = 0;        // Durable calls
   bool finished = false;
   bool finished_clean = false;
   SourcePosition finished_at;
@@ -62,6 +82,7 @@ class FakeSource : public EventSource {
     }
     r.identity = source_identity;
     r.ready_line = "fake source ready";
+    SyncFd();
     open_ = false;
     return r;
   }
@@ -70,9 +91,13 @@ class FakeSource : public EventSource {
     open_ = false;
   }
   absl::StatusOr<SourceRead> Read(absl::Duration) override {
-    if (script.empty()) return SourceRead{};
+    if (script.empty()) {
+      ++empty_reads;
+      return SourceRead{};
+    }
     Entry e = std::move(script.front());
     script.pop_front();
+    SyncFd();
     ++reads;
     if (!e.error.ok()) return e.error;
     if (std::holds_alternative<SourceBegin>(e.read.item)) open_ = true;
@@ -82,8 +107,14 @@ class FakeSource : public EventSource {
   absl::Status Durable(SourcePosition p) override {
     if (p != durable) durable_seen.push_back(p);
     durable = p;
+    ++ticks;
     if (on_tick) on_tick(*this);
+    SyncFd();  // the tick may have added to the script
     return absl::OkStatus();
+  }
+  int WaitFd() const override { return wait_pipe_.read_fd(); }
+  absl::Time NextDue() const override {
+    return wait_pipe_.read_fd() >= 0 ? next_due : absl::InfiniteFuture();
   }
   absl::Status Finish(SourcePosition p, bool clean) override {
     finished = true;
@@ -97,7 +128,17 @@ class FakeSource : public EventSource {
   }
 
  private:
+  // Readable exactly while the script is not empty.
+  void SyncFd() {
+    if (script.empty()) {
+      wait_pipe_.Drain();
+    } else {
+      wait_pipe_.Notify();
+    }
+  }
+
   bool open_ = false;
+  WakePipe wait_pipe_;
 };
 
 }  // namespace outboxd::testing
