@@ -53,6 +53,9 @@ constexpr absl::Duration kTxnCallTimeout = absl::Milliseconds(500);
 // How long preparing the transactions (init, checkpoint read) may take
 // before the attempt counts as failed and is retried from the start.
 constexpr absl::Duration kTxnPrepareTimeout = absl::Seconds(60);
+// How long a connect waits for the sink to be usable (a broker's answer,
+// the fixed topic's metadata) before streaming anyway.
+constexpr absl::Duration kSinkReadyTimeout = absl::Seconds(2);
 // librdkafka's mock cluster (the dev broker) names its clusters so.
 constexpr absl::string_view kMockClusterPrefix = "mockCluster";
 // How long one metadata lookup of a topic may block the publisher's thread
@@ -204,6 +207,13 @@ class Publisher::Impl {
   // Connects the source; the first time also creates the sink (it needs
   // the source's identity) and checks the broker for transactions.
   absl::Status Connect() {
+    // At-least-once, the sink comes first: librdkafka connects to the
+    // brokers, reads their metadata and gets the idempotent producer id on
+    // its own threads while the source sets up (CDC: publication, slot,
+    // publisher state, START_REPLICATION), and a standby's producer is warm
+    // when it takes over. Exactly-once needs the source's identity first
+    // (the transactional id).
+    if (sink_ == nullptr && !exactly_once_) RETURN_IF_ERROR(CreateSink());
     ConnectContext ctx;
     ctx.first = !source_connected_once_;
     ctx.durable = tracker_.ConfirmableLsn();
@@ -225,9 +235,33 @@ class Publisher::Impl {
     if (exactly_once_ && !transactions_ready_) {
       RETURN_IF_ERROR(PrepareTransactions());
     }
+    WaitUntilSinkReady();
     spdlog::info("{}", ready_line_);
     m_.streaming->Set(1);
     return absl::OkStatus();
+  }
+
+  // Waits (at most kSinkReadyTimeout) until the sink is usable, so that the
+  // first event after a start or a takeover does not pay for it: a broker
+  // answered a metadata request (ClusterId), which is also when librdkafka
+  // asks for the idempotent producer id (it has no call that waits for the
+  // id itself; on the dev broker it arrives within a millisecond of the
+  // metadata), and, with --topic, the fixed topic's metadata (the catalog
+  // keeps it). Brokers that do not answer in time only delay the first
+  // event, as before: records wait in librdkafka's queue.
+  void WaitUntilSinkReady() {
+    const absl::Time since = absl::Now();
+    absl::StatusOr<std::string> cluster = sink_->ClusterId(kSinkReadyTimeout);
+    if (!cluster.ok()) {
+      spdlog::warn("Kafka not ready yet ({}); events wait for it",
+                   std::string(cluster.status().message()));
+      return;
+    }
+    if (!options_.router.fixed_topic.empty()) {
+      catalog_->Check(options_.router.fixed_topic).IgnoreError();
+    }
+    spdlog::debug("Kafka ready (cluster {}) in {}", *cluster,
+                  absl::FormatDuration(absl::Now() - since));
   }
 
   void Disconnect() {
