@@ -207,13 +207,16 @@ class Publisher::Impl {
   // Connects the source; the first time also creates the sink (it needs
   // the source's identity) and checks the broker for transactions.
   absl::Status Connect() {
-    // At-least-once, the sink comes first: librdkafka connects to the
-    // brokers, reads their metadata and gets the idempotent producer id on
-    // its own threads while the source sets up (CDC: publication, slot,
-    // publisher state, START_REPLICATION), and a standby's producer is warm
-    // when it takes over. Exactly-once needs the source's identity first
-    // (the transactional id).
-    if (sink_ == nullptr && !exactly_once_) RETURN_IF_ERROR(CreateSink());
+    // At-least-once, the sink comes first and is usable before the source
+    // starts streaming: librdkafka connects, reads the brokers' metadata and
+    // gets the idempotent producer id, and a standby's producer is warm when
+    // it takes over. Exactly-once needs the source's identity first (the
+    // transactional id); its broker check and init_transactions then do
+    // the same.
+    if (!exactly_once_) {
+      if (sink_ == nullptr) RETURN_IF_ERROR(CreateSink());
+      WaitUntilSinkReady();
+    }
     ConnectContext ctx;
     ctx.first = !source_connected_once_;
     ctx.durable = tracker_.ConfirmableLsn();
@@ -235,14 +238,14 @@ class Publisher::Impl {
     if (exactly_once_ && !transactions_ready_) {
       RETURN_IF_ERROR(PrepareTransactions());
     }
-    WaitUntilSinkReady();
     spdlog::info("{}", ready_line_);
     m_.streaming->Set(1);
     return absl::OkStatus();
   }
 
-  // Waits (at most kSinkReadyTimeout) until the sink is usable, so that the
-  // first event after a start or a takeover does not pay for it: a broker
+  // Waits (at most kSinkReadyTimeout), before the source connects (no
+  // keep-alive is due yet), until the sink is usable, so that the first
+  // event after a start or a takeover does not pay for it: a broker
   // answered a metadata request (ClusterId), which is also when librdkafka
   // asks for the idempotent producer id (it has no call that waits for the
   // id itself; on the dev broker it arrives within a millisecond of the
@@ -253,10 +256,15 @@ class Publisher::Impl {
     const absl::Time since = absl::Now();
     absl::StatusOr<std::string> cluster = sink_->ClusterId(kSinkReadyTimeout);
     if (!cluster.ok()) {
-      spdlog::warn("Kafka not ready yet ({}); events wait for it",
-                   std::string(cluster.status().message()));
+      // Once, not on every connect attempt of a standby.
+      if (!sink_wait_logged_) {
+        spdlog::warn("Kafka not ready yet ({}); events wait for it",
+                     std::string(cluster.status().message()));
+        sink_wait_logged_ = true;
+      }
       return;
     }
+    sink_wait_logged_ = false;
     if (!options_.router.fixed_topic.empty()) {
       catalog_->Check(options_.router.fixed_topic).IgnoreError();
     }
@@ -1015,6 +1023,7 @@ class Publisher::Impl {
   bool waiting_for_topic_ = false;
   bool connected_ = false;
   bool source_connected_once_ = false;
+  bool sink_wait_logged_ = false;  // "Kafka not ready yet", until it is
   const std::atomic<bool>* stop_ = nullptr;
   std::optional<Pending> pending_;
   absl::flat_hash_map<uint64_t, PublishedEvent> published_;
