@@ -204,8 +204,9 @@ class Publisher::Impl {
 
   // --- connecting -----------------------------------------------------------
 
-  // Connects the source; the first time also creates the sink (it needs
-  // the source's identity) and checks the broker for transactions.
+  // Connects the source; creates the sink first (at-least-once) or, needing
+  // the source's identity, after the first connect (exactly-once, which
+  // also checks the broker for transactions).
   absl::Status Connect() {
     // At-least-once, the sink comes first and is usable before the source
     // starts streaming: librdkafka connects, reads the brokers' metadata and
