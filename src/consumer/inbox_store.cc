@@ -19,21 +19,6 @@ constexpr char kStatusDeadLettered[] = "dead-lettered";
 
 }  // namespace
 
-std::string TextArrayLiteral(const std::vector<std::string>& items) {
-  std::string out = "{";
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += ',';
-    out += '"';
-    for (char c : items[i]) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    out += '"';
-  }
-  out += '}';
-  return out;
-}
-
 absl::StatusOr<InboxStatements> InboxStatements::ForTables(
     const std::string& processed_table, const std::string& offsets_table,
     const std::string& sources_table) {

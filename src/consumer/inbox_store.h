@@ -55,9 +55,6 @@ struct InboxStatements {
   std::string dependencies;
 };
 
-// A PostgreSQL text[] literal of `items`, every element quoted.
-std::string TextArrayLiteral(const std::vector<std::string>& items);
-
 class InboxStore {
  public:
   enum class Outcome { kApplied, kDuplicate, kHandlerFailed };

@@ -80,12 +80,5 @@ TEST(InboxStatementsTest, SourcePositionOnlyMovesForward) {
                         "(EXCLUDED.lsn, EXCLUDED.event_index)"));
 }
 
-TEST(TextArrayLiteralTest, QuotesEveryElementAndEscapes) {
-  EXPECT_EQ(TextArrayLiteral({}), "{}");
-  EXPECT_EQ(TextArrayLiteral({"a", "b c"}), "{\"a\",\"b c\"}");
-  EXPECT_EQ(TextArrayLiteral({"x\"y", "back\\slash", "{,}", "NULL"}),
-            "{\"x\\\"y\",\"back\\\\slash\",\"{,}\",\"NULL\"}");
-}
-
 }  // namespace
 }  // namespace outboxd

@@ -1,5 +1,6 @@
 // Identifiers as PostgreSQL reads and writes them: schema-qualified table
-// names from the command line, parsed and printed back.
+// names from the command line, parsed and printed back; and the text[]
+// literal that passes a list of strings as one query parameter.
 //
 // Pure string handling, no libpq: the outbox library (which names its
 // table) uses it without linking the database client.
@@ -8,6 +9,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -28,6 +30,10 @@ struct QualifiedName {
   std::string ToString() const;  // schema.name, quoted where needed
 };
 absl::StatusOr<QualifiedName> ParseQualifiedName(absl::string_view text);
+
+// A PostgreSQL text[] literal of `items`, every element quoted and '"' and
+// '\\' escaped: {"a","b\"c"} (for `= ANY($1::text[])`).
+std::string TextArrayLiteral(const std::vector<std::string>& items);
 
 }  // namespace outboxd
 

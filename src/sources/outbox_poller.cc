@@ -13,28 +13,13 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "pg/identifier.h"
 
 namespace outboxd {
 namespace {
 
 // How often a wait looks at the stop flag.
 constexpr absl::Duration kStopCheckInterval = absl::Milliseconds(20);
-
-// A PostgreSQL array literal of text values: {"a","b\"c"}.
-std::string TextArrayLiteral(const std::vector<std::string>& values) {
-  std::string out = "{";
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (i > 0) out += ',';
-    out += '"';
-    for (char c : values[i]) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    out += '"';
-  }
-  out += '}';
-  return out;
-}
 
 std::string BigintArrayLiteral(const std::vector<int64_t>& values) {
   return absl::StrCat("{", absl::StrJoin(values, ","), "}");
