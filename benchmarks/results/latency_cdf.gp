@@ -4,7 +4,6 @@ set output 'latency_cdf.png'
 set multiplot layout 1,3 title 'outboxd: commit-to-consumer latency CDF per publisher mode'
 set logscale x
 set grid
-set key bottom right
 set xlabel 'latency (ms, log)'
 set ylabel 'fraction of events'
 set yrange [0:1]
