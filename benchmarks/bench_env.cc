@@ -6,6 +6,7 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -244,6 +245,19 @@ absl::StatusOr<BenchEnv::RecvLogicalRun> BenchEnv::RunPgRecvLogical(
   run.seconds = (t1 - t0) / 1e9;
   run.postgres_cpu_s = ClusterCpuSeconds(postmaster_pid_) - pg_cpu0;
   return run;
+}
+
+std::unique_ptr<BenchEnv> StartBenchEnvOrReport(std::string outboxd_binary,
+                                                std::string work_dir) {
+  BenchEnvOptions options;
+  options.outboxd_binary = std::move(outboxd_binary);
+  options.work_dir = std::move(work_dir);
+  absl::StatusOr<std::unique_ptr<BenchEnv>> env = BenchEnv::Start(options);
+  if (!env.ok()) {
+    std::cerr << "setup: " << env.status() << "\n";
+    return nullptr;
+  }
+  return *std::move(env);
 }
 
 }  // namespace outboxd::bench

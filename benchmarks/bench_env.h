@@ -116,6 +116,12 @@ class BenchEnv {
   pid_t devbroker_pid_ = -1;
 };
 
+// BenchEnv::Start with the outboxd binary and the work directory every
+// benchmark takes as flags; prints "setup: <error>" to stderr and returns
+// null when it fails.
+std::unique_ptr<BenchEnv> StartBenchEnvOrReport(std::string outboxd_binary,
+                                                std::string work_dir);
+
 }  // namespace outboxd::bench
 
 #endif  // OUTBOXD_BENCHMARKS_BENCH_ENV_H_

@@ -283,6 +283,15 @@ std::string EventPayload(int64_t bench_id) {
       i % 10000, R"(@example.com"}})");
 }
 
+std::string OneEventTransactionSql(int64_t id) {
+  return absl::StrCat(
+      "BEGIN; INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
+      "payload, headers) VALUES ('order', 'order-",
+      1000000 + id % 5000, "', 'OrderCreated', '", EventPayload(id),
+      "', '{\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-",
+      absl::StrFormat("%016x", id), "-01\"}'); COMMIT");
+}
+
 int64_t ParseBenchId(const char* data, size_t size) {
   static constexpr char kKey[] = "\"bid\": ";
   static constexpr size_t kKeyLen = sizeof(kKey) - 1;

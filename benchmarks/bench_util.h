@@ -115,6 +115,9 @@ absl::StatusOr<LoadResult> GenerateLoad(
 // bytes), carrying `"bid": <bench_id>`. A negative id makes a warm-up event
 // without "bid".
 std::string EventPayload(int64_t bench_id);
+// One transaction of one outbox insert (aggregate "order", one of 5,000
+// ids, EventPayload(bench_id), a traceparent header): what a service writes.
+std::string OneEventTransactionSql(int64_t bench_id);
 // Parses the bench id out of a payload; -1 when it has none.
 int64_t ParseBenchId(const char* data, size_t size);
 // A version-4-looking uuid derived from `n` (unique per n).

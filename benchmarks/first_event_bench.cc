@@ -514,29 +514,24 @@ int Main(int argc, char** argv) {
   const int reps = absl::GetFlag(FLAGS_reps);
   const std::string out = absl::GetFlag(FLAGS_out);
   nlohmann::json machine = MachineInfo();
-  BenchEnvOptions env_options;
-  env_options.outboxd_binary = absl::GetFlag(FLAGS_outboxd);
-  env_options.work_dir = absl::GetFlag(FLAGS_work_dir);
-  auto env = BenchEnv::Start(env_options);
-  if (!env.ok()) {
-    std::cerr << "setup: " << env.status() << "\n";
-    return 1;
-  }
-  absl::Status s = (*env)->broker().CreateTopic(Topic(), kPartitions);
-  if (s.ok()) s = (*env)->CreateSlot(kSlot);
+  std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir));
+  if (env == nullptr) return 1;
+  absl::Status s = env->broker().CreateTopic(Topic(), kPartitions);
+  if (s.ok()) s = env->CreateSlot(kSlot);
   if (!s.ok()) {
     std::cerr << "setup: " << s << "\n";
     return 1;
   }
   auto recorder =
-      ReceiptRecorder::Start((*env)->bootstrap(), Topic(), kPartitions,
-                             kCapacity, absl::GetFlag(FLAGS_fetch_wait_ms));
-  auto conn = PgConn::Connect((*env)->AdminConnInfo());
+      ReceiptRecorder::Start(env->bootstrap(), Topic(), kPartitions, kCapacity,
+                             absl::GetFlag(FLAGS_fetch_wait_ms));
+  auto conn = PgConn::Connect(env->AdminConnInfo());
   if (!recorder.ok() || !conn.ok()) {
     std::cerr << "setup: " << recorder.status() << " " << conn.status() << "\n";
     return 1;
   }
-  Rig rig(**env, **recorder, **conn);
+  Rig rig(*env, **recorder, **conn);
   std::vector<Series> series;
   std::vector<std::vector<double>> milestones;
   nlohmann::json failures = nlohmann::json::array();

@@ -63,15 +63,6 @@ namespace {
 
 using Mode = PublisherMode;
 
-std::string InsertSql(int64_t id) {
-  return absl::StrCat(
-      "BEGIN; INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
-      "payload, headers) VALUES ('order', 'order-",
-      1000000 + id % 5000, "', 'OrderCreated', '", EventPayload(id),
-      "', '{\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-",
-      absl::StrFormat("%016x", id), "-01\"}'); COMMIT");
-}
-
 struct CostSnapshot {
   double outboxd_cpu = 0;
   double postgres_cpu = 0;
@@ -142,8 +133,9 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   if (!s.ok()) return s;
 
   CostSnapshot before = TakeCost(env, pid);
-  auto load = GenerateLoad(env.AdminConnInfo(), rate, events,
-                           absl::GetFlag(FLAGS_connections), InsertSql);
+  auto load =
+      GenerateLoad(env.AdminConnInfo(), rate, events,
+                   absl::GetFlag(FLAGS_connections), OneEventTransactionSql);
   if (!load.ok()) return load.status();
   const int64_t load_end_ns = NowNs();
   int64_t committed = 0;
@@ -302,21 +294,16 @@ int Main(int argc, char** argv) {
   const std::string out = absl::GetFlag(FLAGS_out);
   nlohmann::json machine_before = MachineInfo();
 
-  BenchEnvOptions env_options;
-  env_options.outboxd_binary = absl::GetFlag(FLAGS_outboxd);
-  env_options.work_dir = absl::GetFlag(FLAGS_work_dir);
-  auto env = BenchEnv::Start(env_options);
-  if (!env.ok()) {
-    std::cerr << "setup: " << env.status() << "\n";
-    return 1;
-  }
+  std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir));
+  if (env == nullptr) return 1;
   std::vector<RunResult> runs;
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
   for (int rate : rates) {
     for (const Mode& mode : modes) {
       auto r =
-          RunOne(**env, mode, rate, absl::GetFlag(FLAGS_duration), run_index++);
+          RunOne(*env, mode, rate, absl::GetFlag(FLAGS_duration), run_index++);
       if (!r.ok()) {
         std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
         failures.push_back({{"mode", mode.name},

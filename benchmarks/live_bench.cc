@@ -61,15 +61,6 @@ ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-live", "outboxd logs");
 namespace outboxd::bench {
 namespace {
 
-std::string InsertSql(int64_t id) {
-  return absl::StrCat(
-      "BEGIN; INSERT INTO public.outbox (aggregatetype, aggregateid, type, "
-      "payload, headers) VALUES ('order', 'order-",
-      1000000 + id % 5000, "', 'OrderCreated', '", EventPayload(id),
-      "', '{\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-",
-      absl::StrFormat("%016x", id), "-01\"}'); COMMIT");
-}
-
 struct Writers {
   int64_t committed = 0;
   int64_t errors = 0;
@@ -102,7 +93,7 @@ Writers Write(std::vector<std::unique_ptr<PgConn>>& conns, int rate,
           SleepUntilNs(t0_ns);
         }
         if (NowNs() >= end_ns) break;
-        absl::Status s = conns[c]->Exec(InsertSql(next_id++));
+        absl::Status s = conns[c]->Exec(OneEventTransactionSql(next_id++));
         const int64_t now = NowNs();
         if (!s.ok()) {
           if (errors.fetch_add(1) < 3) std::cerr << s << "\n";
@@ -331,20 +322,15 @@ int Main(int argc, char** argv) {
   }
   const std::string out = absl::GetFlag(FLAGS_out);
   nlohmann::json machine = MachineInfo();
-  BenchEnvOptions env_options;
-  env_options.outboxd_binary = absl::GetFlag(FLAGS_outboxd);
-  env_options.work_dir = absl::GetFlag(FLAGS_work_dir);
-  auto env = BenchEnv::Start(env_options);
-  if (!env.ok()) {
-    std::cerr << "setup: " << env.status() << "\n";
-    return 1;
-  }
+  std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir));
+  if (env == nullptr) return 1;
   nlohmann::json runs = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
   for (const PublisherMode& mode : modes) {
     for (int rate : rates) {
-      auto r = RunOne(**env, mode, rate, run_index++);
+      auto r = RunOne(*env, mode, rate, run_index++);
       if (!r.ok()) {
         std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
         failures.push_back({{"mode", mode.name},

@@ -385,14 +385,9 @@ int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const std::string out = absl::GetFlag(FLAGS_out);
   nlohmann::json machine = MachineInfo();
-  BenchEnvOptions env_options;
-  env_options.outboxd_binary = absl::GetFlag(FLAGS_outboxd);
-  env_options.work_dir = absl::GetFlag(FLAGS_work_dir);
-  auto env = BenchEnv::Start(env_options);
-  if (!env.ok()) {
-    std::cerr << "setup: " << env.status() << "\n";
-    return 1;
-  }
+  std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir));
+  if (env == nullptr) return 1;
   nlohmann::json runs = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   for (const std::string& kind : absl::GetFlag(FLAGS_kinds)) {
@@ -400,7 +395,7 @@ int Main(int argc, char** argv) {
       std::cerr << "unknown kind " << kind << "\n";
       return 2;
     }
-    auto r = RunKind(**env, kind, absl::GetFlag(FLAGS_events));
+    auto r = RunKind(*env, kind, absl::GetFlag(FLAGS_events));
     if (!r.ok()) {
       std::cerr << kind << ": " << r.status() << "\n";
       failures.push_back(
