@@ -31,6 +31,17 @@ absl::StatusOr<PublisherMode> ParsePublisherMode(const std::string& name) {
   return absl::InvalidArgumentError(absl::StrCat("unknown mode ", name));
 }
 
+absl::StatusOr<std::vector<PublisherMode>> ParsePublisherModes(
+    const std::vector<std::string>& names) {
+  std::vector<PublisherMode> modes;
+  for (const std::string& name : names) {
+    absl::StatusOr<PublisherMode> mode = ParsePublisherMode(name);
+    if (!mode.ok()) return mode.status();
+    modes.push_back(*std::move(mode));
+  }
+  return modes;
+}
+
 absl::Duration PollInterval(const PublisherMode& mode) {
   absl::Duration d = absl::ZeroDuration();
   if (!mode.interval.empty()) (void)absl::ParseDuration(mode.interval, &d);

@@ -37,6 +37,9 @@ struct PublisherMode {
   std::string interval;  // --poll-interval, "" = default
 };
 absl::StatusOr<PublisherMode> ParsePublisherMode(const std::string& name);
+// Every name of a --modes list, in order; the first bad one's error.
+absl::StatusOr<std::vector<PublisherMode>> ParsePublisherModes(
+    const std::vector<std::string>& names);
 // The poll interval (0 for cdc).
 absl::Duration PollInterval(const PublisherMode& mode);
 // outboxd's flags for the mode: --source, and --slot=`slot` (cdc) or

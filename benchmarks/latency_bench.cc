@@ -273,14 +273,11 @@ absl::Status WriteCdf(const std::string& out,
 
 int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  std::vector<Mode> modes;
-  for (const std::string& m : absl::GetFlag(FLAGS_modes)) {
-    auto mode = ParsePublisherMode(m);
-    if (!mode.ok()) {
-      std::cerr << mode.status() << "\n";
-      return 2;
-    }
-    modes.push_back(*mode);
+  absl::StatusOr<std::vector<PublisherMode>> modes =
+      ParsePublisherModes(absl::GetFlag(FLAGS_modes));
+  if (!modes.ok()) {
+    std::cerr << modes.status() << "\n";
+    return 2;
   }
   std::vector<int> rates;
   for (const std::string& r : absl::GetFlag(FLAGS_rates)) {
@@ -301,7 +298,7 @@ int Main(int argc, char** argv) {
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
   for (int rate : rates) {
-    for (const Mode& mode : modes) {
+    for (const Mode& mode : *modes) {
       auto r =
           RunOne(*env, mode, rate, absl::GetFlag(FLAGS_duration), run_index++);
       if (!r.ok()) {

@@ -300,14 +300,11 @@ std::string Markdown(const nlohmann::json& runs) {
 
 int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  std::vector<PublisherMode> modes;
-  for (const std::string& m : absl::GetFlag(FLAGS_modes)) {
-    auto mode = ParsePublisherMode(m);
-    if (!mode.ok()) {
-      std::cerr << mode.status() << "\n";
-      return 2;
-    }
-    modes.push_back(*mode);
+  absl::StatusOr<std::vector<PublisherMode>> modes =
+      ParsePublisherModes(absl::GetFlag(FLAGS_modes));
+  if (!modes.ok()) {
+    std::cerr << modes.status() << "\n";
+    return 2;
   }
   std::vector<int> rates;  // 0 = max
   for (const std::string& r : absl::GetFlag(FLAGS_rates)) {
@@ -328,7 +325,7 @@ int Main(int argc, char** argv) {
   nlohmann::json runs = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
-  for (const PublisherMode& mode : modes) {
+  for (const PublisherMode& mode : *modes) {
     for (int rate : rates) {
       auto r = RunOne(*env, mode, rate, run_index++);
       if (!r.ok()) {
