@@ -26,6 +26,7 @@
 #include "pipeline/cdc_pipeline.h"
 #include "pipeline/outbox_cleaner.h"
 #include "pipeline/publisher.h"
+#include "pipeline/slot_monitor.h"
 #include "sources/poll_source.h"
 
 ABSL_FLAG(std::string, pg, "",
@@ -75,6 +76,14 @@ ABSL_FLAG(std::string, kafka_config, "",
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9187",
           "host:port for /metrics (Prometheus), /healthz and /readyz; port "
           "0 picks a free port (logged); \"\" disables");
+ABSL_FLAG(absl::Duration, stall_timeout, absl::Seconds(60),
+          "events pending and nothing acknowledged by Kafka for this long: "
+          "/readyz fails, outboxd_stalled{reason} is 1 and one warning is "
+          "logged (README \"Stall alarm\"); 0 disables");
+ABSL_FLAG(absl::Duration, slot_metrics_interval, absl::Seconds(10),
+          "cdc: how often to read pg_replication_slots for "
+          "outboxd_slot_retained_wal_bytes and outboxd_slot_wal_status (a "
+          "normal connection of its own); 0 disables");
 ABSL_FLAG(absl::Duration, status_interval, absl::Seconds(1),
           "interval of standby status updates to PostgreSQL");
 ABSL_FLAG(std::string, column_id, "id", "outbox column: event id");
@@ -173,12 +182,12 @@ absl::Status RefuseOtherModesFlags(const flags::ParsedCommandLine& cmd,
   // (exactly-once transactions, lost-slot republishing, cleanup behind the
   // confirmed position), and logical decoding messages, which only the
   // stream carries.
-  RETURN_IF_ERROR(
-      flags::OnlyFor(cmd, "--source=cdc",
-                     {FLAGS_slot, FLAGS_publication, FLAGS_status_interval,
-                      FLAGS_message_prefix, FLAGS_on_slot_loss,
-                      FLAGS_republish_margin, FLAGS_cleanup_after,
-                      FLAGS_transactional_id, FLAGS_transaction_interval}));
+  RETURN_IF_ERROR(flags::OnlyFor(
+      cmd, "--source=cdc",
+      {FLAGS_slot, FLAGS_publication, FLAGS_status_interval,
+       FLAGS_slot_metrics_interval, FLAGS_message_prefix, FLAGS_on_slot_loss,
+       FLAGS_republish_margin, FLAGS_cleanup_after, FLAGS_transactional_id,
+       FLAGS_transaction_interval}));
   if (source == "poll") {
     return flags::OnlyFor(cmd, "--source=notify", {FLAGS_notify_channel});
   }
@@ -214,6 +223,9 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
       flags::PositiveFlag(FLAGS_status_interval, absl::Minutes(10)));
   ASSIGN_OR_RETURN(pub.shutdown_timeout,
                    flags::NotNegativeFlag(FLAGS_shutdown_timeout));
+  ASSIGN_OR_RETURN(pub.stall_timeout,
+                   flags::NotNegativeFlag(FLAGS_stall_timeout));
+  RETURN_IF_ERROR(flags::NotNegativeFlag(FLAGS_slot_metrics_interval).status());
   pub.reconnect.initial_backoff =
       absl::GetFlag(FLAGS_reconnect_backoff_initial);
   pub.reconnect.max_backoff = absl::GetFlag(FLAGS_reconnect_backoff_max);
@@ -412,11 +424,22 @@ absl::Status Run(CdcPipelineOptions& options,
     ASSIGN_OR_RETURN(
         metrics_server,
         metrics::MetricsServer::Start(address, &registry, [&outboxd_metrics] {
-          return outboxd_metrics.Ready();
+          return outboxd_metrics.NotReadyReason();
         }));
     spdlog::info("metrics on http://{}:{}/metrics", metrics_server->host(),
                  metrics_server->port());
     options.metrics = &outboxd_metrics;
+  }
+  // Polled positions are row seqs and batch numbers, not LSNs.
+  if (poll.has_value()) outboxd_metrics.DropStageLsn();
+  // cdc: the slot as PostgreSQL sees it, on a thread of its own.
+  std::unique_ptr<SlotMonitor> slot_monitor;
+  if (absl::Duration every = absl::GetFlag(FLAGS_slot_metrics_interval);
+      !poll.has_value() && options.metrics != nullptr &&
+      every > absl::ZeroDuration()) {
+    slot_monitor = SlotMonitor::Start(
+        {options.source.conninfo, options.source.setup.slot, every},
+        outboxd_metrics);
   }
 
   // --cleanup-after: a thread of its own, independent of the stream.

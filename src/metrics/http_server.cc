@@ -82,14 +82,14 @@ class ElasticTaskQueue : public httplib::TaskQueue {
 struct MetricsServer::HandlerState {
   absl::Mutex mu;
   const Registry* registry ABSL_GUARDED_BY(mu) = nullptr;
-  std::function<bool()> ready ABSL_GUARDED_BY(mu);
+  std::function<std::string()> not_ready ABSL_GUARDED_BY(mu);
   // Notified when the server thread has ended (every connection closed).
   absl::Notification stopped;
 };
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& address, const Registry* registry,
-    std::function<bool()> ready) {
+    std::function<std::string()> not_ready) {
   size_t colon = address.rfind(':');
   int port = -1;
   if (colon == std::string::npos ||
@@ -129,7 +129,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   {
     absl::MutexLock lock(&s->state_->mu);
     s->state_->registry = registry;
-    s->state_->ready = std::move(ready);
+    s->state_->not_ready = std::move(not_ready);
   }
   std::shared_ptr<HandlerState> state = s->state_;
   s->server_->Get("/metrics",
@@ -147,13 +147,20 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
                   [](const httplib::Request&, httplib::Response& res) {
                     res.set_content("ok\n", "text/plain");
                   });
-  s->server_->Get("/readyz", [state](const httplib::Request&,
-                                     httplib::Response& res) {
-    absl::MutexLock lock(&state->mu);
-    bool ok = state->registry != nullptr && (!state->ready || state->ready());
-    res.status = ok ? 200 : 503;
-    res.set_content(ok ? "ready\n" : "not ready\n", "text/plain");
-  });
+  s->server_->Get(
+      "/readyz", [state](const httplib::Request&, httplib::Response& res) {
+        absl::MutexLock lock(&state->mu);
+        std::string why;
+        if (state->registry == nullptr) {
+          why = "stopping";
+        } else if (state->not_ready) {
+          why = state->not_ready();
+        }
+        res.status = why.empty() ? 200 : 503;
+        res.set_content(why.empty() ? std::string("ready\n")
+                                    : absl::StrCat("not ready: ", why, "\n"),
+                        "text/plain");
+      });
   if (port == 0) {
     s->port_ = s->server_->bind_to_any_port(host);
   } else {
@@ -190,12 +197,12 @@ MetricsServer::~MetricsServer() {
     return;
   }
   // A client still sends (slowly) or holds a read: do not wait for it.
-  // The handlers stop touching the registry and `ready`; the server and its
+  // The handlers stop touching the registry and `not_ready`; the server and its
   // threads are left to end with the connection (or with the process).
   {
     absl::MutexLock lock(&state_->mu);
     state_->registry = nullptr;
-    state_->ready = nullptr;
+    state_->not_ready = nullptr;
   }
   spdlog::warn(
       "metrics server: a connection is still open {} after stop; not "

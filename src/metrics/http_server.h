@@ -4,11 +4,12 @@
 //   /metrics  200, text/plain; version=0.0.4: Registry::Exposition()
 //             (prometheus-cpp's TextSerializer)
 //   /healthz  200 "ok" while the process runs (the server answers)
-//   /readyz   200 "ready" when `ready()` is true, else 503 "not ready"
+//   /readyz   200 "ready" when `not_ready()` is empty, else 503
+//             "not ready: " and its reason
 //
 // Threading: Start() and the destructor are called from one thread; the
 // handlers run on the server's threads and only call Registry::Exposition
-// and `ready`, both thread-safe. The registry must outlive the server; once
+// and `not_ready`, both thread-safe. The registry must outlive the server; once
 // the destructor returned, no handler calls either any more.
 //
 // Why cpp-httplib and not prometheus-cpp-pull's civetweb Exposer: the
@@ -57,7 +58,7 @@ class MetricsServer {
   // be bound.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const std::string& address, const Registry* registry,
-      std::function<bool()> ready);
+      std::function<std::string()> not_ready);
   // Stops the server; waits at most kStopTimeout for its connections.
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;

@@ -112,6 +112,33 @@ outboxd_slot_lost 0
 # HELP outboxd_republished_events_total Outbox rows republished after a lost slot (--on-slot-loss=republish)
 # TYPE outboxd_republished_events_total counter
 outboxd_republished_events_total 0
+# HELP outboxd_stage_lsn Newest position that reached the stage, as a byte position (CDC only): wal = server walEnd, received/produced/acknowledged = commit LSN of the newest event, confirmed = position confirmed to the slot
+# TYPE outboxd_stage_lsn gauge
+outboxd_stage_lsn{stage="acknowledged"} 0
+outboxd_stage_lsn{stage="confirmed"} 0
+outboxd_stage_lsn{stage="produced"} 0
+outboxd_stage_lsn{stage="received"} 0
+outboxd_stage_lsn{stage="wal"} 0
+# HELP outboxd_stage_lag_seconds Now minus the commit time of the newest event that reached the stage; 0 when the stage holds every event received
+# TYPE outboxd_stage_lag_seconds gauge
+outboxd_stage_lag_seconds{stage="acknowledged"} 0
+outboxd_stage_lag_seconds{stage="confirmed"} 0
+outboxd_stage_lag_seconds{stage="produced"} 0
+outboxd_stage_lag_seconds{stage="received"} 0
+# HELP outboxd_slot_retained_wal_bytes WAL the replication slot retains: pg_current_wal_lsn() minus its restart_lsn (pg_replication_slots, read every --slot-metrics-interval)
+# TYPE outboxd_slot_retained_wal_bytes gauge
+outboxd_slot_retained_wal_bytes 0
+# HELP outboxd_slot_wal_status 1 for the replication slot's current wal_status (pg_replication_slots), 0 for the others
+# TYPE outboxd_slot_wal_status gauge
+outboxd_slot_wal_status{status="extended"} 0
+outboxd_slot_wal_status{status="lost"} 0
+outboxd_slot_wal_status{status="reserved"} 0
+outboxd_slot_wal_status{status="unreserved"} 0
+# HELP outboxd_stalled 1 while events are pending and nothing was acknowledged for --stall-timeout, by reason
+# TYPE outboxd_stalled gauge
+outboxd_stalled{reason="queue_full"} 0
+outboxd_stalled{reason="topic_metadata"} 0
+outboxd_stalled{reason="unacknowledged"} 0
 )");
 }
 
@@ -138,8 +165,38 @@ TEST(OutboxdMetricsTest, ReadyNeedsStreamingAndABroker) {
   EXPECT_FALSE(m.Ready());
   m.kafka_brokers_up->Set(3);
   EXPECT_TRUE(m.Ready());
+  EXPECT_EQ(m.NotReadyReason(), "");
   m.streaming->Set(0);
   EXPECT_FALSE(m.Ready());
+  EXPECT_EQ(m.NotReadyReason(), "not streaming from the source");
+}
+
+TEST(OutboxdMetricsTest, AStallMakesItNotReadyWithTheReason) {
+  Registry r;
+  OutboxdMetrics m(&r);
+  m.streaming->Set(1);
+  m.kafka_brokers_up->Set(1);
+  m.Stalled(StallReason::kQueueFull).Set(1);
+  EXPECT_FALSE(m.Ready());
+  EXPECT_THAT(m.NotReadyReason(), HasSubstr("stalled (queue_full)"));
+  m.Stalled(StallReason::kQueueFull).Set(0);
+  EXPECT_TRUE(m.Ready());
+}
+
+// Polling sources have no LSNs: outboxd_stage_lsn keeps its HELP and TYPE
+// lines but no child, and updates go nowhere.
+TEST(OutboxdMetricsTest, DropStageLsnRemovesTheChildren) {
+  Registry r;
+  OutboxdMetrics m(&r);
+  EXPECT_THAT(r.Exposition(), HasSubstr("outboxd_stage_lsn{stage=\"wal\"} 0"));
+  m.DropStageLsn();
+  m.DropStageLsn();  // twice is fine
+  m.StageLsn(Stage::kReceived).Set(42);
+  std::string text = r.Exposition();
+  EXPECT_THAT(text, HasSubstr("# TYPE outboxd_stage_lsn gauge\n"));
+  EXPECT_THAT(text, Not(HasSubstr("outboxd_stage_lsn{")));
+  EXPECT_THAT(text,
+              HasSubstr("outboxd_stage_lag_seconds{stage=\"received\"} 0"));
 }
 
 // The null object: a private registry; every update works and is kept,
@@ -199,8 +256,9 @@ TEST(MetricsServerTest, ServesMetricsHealthAndReadiness) {
   Registry r;
   r.AddCounter("served_total", "x").Add({}).Increment(7);
   std::atomic<bool> ready{false};
-  auto server =
-      MetricsServer::Start("127.0.0.1:0", &r, [&] { return ready.load(); });
+  auto server = MetricsServer::Start("127.0.0.1:0", &r, [&] {
+    return ready.load() ? std::string() : std::string("why not");
+  });
   ASSERT_TRUE(server.ok()) << server.status();
   ASSERT_GT((*server)->port(), 0);
   httplib::Client client("127.0.0.1", (*server)->port());
@@ -216,6 +274,7 @@ TEST(MetricsServerTest, ServesMetricsHealthAndReadiness) {
   res = client.Get("/readyz");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 503);
+  EXPECT_EQ(res->body, "not ready: why not\n");
   ready = true;
   res = client.Get("/readyz");
   ASSERT_TRUE(res);

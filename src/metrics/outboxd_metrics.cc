@@ -5,6 +5,7 @@
 #include <variant>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "prometheus/text_serializer.h"
@@ -198,7 +199,64 @@ OutboxdMetrics::OutboxdMetrics(Registry* r, std::unique_ptr<Registry> own)
           reg.AddCounter(m.name, m.help), std::vector<std::string>{m.label});
     }
   }
+  stage_lsn_family_ = &reg.AddGauge(
+      "outboxd_stage_lsn",
+      "Newest position that reached the stage, as a byte position (CDC "
+      "only): wal = server walEnd, received/produced/acknowledged = commit "
+      "LSN of the newest event, confirmed = position confirmed to the slot");
+  auto& lag = reg.AddGauge(
+      "outboxd_stage_lag_seconds",
+      "Now minus the commit time of the newest event that reached the "
+      "stage; 0 when the stage holds every event received");
+  for (int i = 0; i < kStageCount; ++i) {
+    stage_lsn[i] = &stage_lsn_family_->Add({{"stage", kStageNames[i]}});
+    stage_lag_seconds[i] = i == static_cast<int>(Stage::kWal)
+                               ? &unexposed_wal_lag_
+                               : &lag.Add({{"stage", kStageNames[i]}});
+  }
+  slot_retained_wal_bytes =
+      &reg.AddGauge("outboxd_slot_retained_wal_bytes",
+                    "WAL the replication slot retains: pg_current_wal_lsn() "
+                    "minus its "
+                    "restart_lsn (pg_replication_slots, read every "
+                    "--slot-metrics-interval)")
+           .Add({});
+  auto& wal_status =
+      reg.AddGauge("outboxd_slot_wal_status",
+                   "1 for the replication slot's current wal_status "
+                   "(pg_replication_slots), 0 for the others");
+  for (int i = 0; i < kWalStatusCount; ++i) {
+    slot_wal_status[i] = &wal_status.Add({{"status", kWalStatusNames[i]}});
+  }
+  auto& stalled_family = reg.AddGauge(
+      "outboxd_stalled",
+      "1 while events are pending and nothing was acknowledged for "
+      "--stall-timeout, by reason");
+  for (int i = 0; i < kStallReasonCount; ++i) {
+    stalled[i] = &stalled_family.Add({{"reason", kStallReasonNames[i]}});
+  }
   start_time_seconds->Set(absl::ToUnixMillis(absl::Now()) / 1000.0);
+}
+
+void OutboxdMetrics::DropStageLsn() {
+  for (int i = 0; i < kStageCount; ++i) {
+    if (stage_lsn[i] == &unexposed_lsn_[i]) continue;
+    stage_lsn_family_->Remove(stage_lsn[i]);
+    stage_lsn[i] = &unexposed_lsn_[i];
+  }
+}
+
+std::string OutboxdMetrics::NotReadyReason() const {
+  if (streaming->Value() <= 0) return "not streaming from the source";
+  if (kafka_brokers_up->Value() <= 0) return "no Kafka broker connection up";
+  for (int i = 0; i < kStallReasonCount; ++i) {
+    if (stalled[i]->Value() > 0) {
+      return absl::StrCat("stalled (", kStallReasonNames[i],
+                          "): events pending and nothing acknowledged for "
+                          "--stall-timeout");
+    }
+  }
+  return "";
 }
 
 }  // namespace outboxd::metrics

@@ -12,6 +12,7 @@
 #ifndef OUTBOXD_METRICS_OUTBOXD_METRICS_H_
 #define OUTBOXD_METRICS_OUTBOXD_METRICS_H_
 
+#include <array>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -93,6 +94,35 @@ class CounterFamily {
   absl::flat_hash_map<std::string, Counter*> children_;
 };
 
+// The stages of an event on its way, for outboxd_stage_lsn and
+// outboxd_stage_lag_seconds{stage} (README "Lag by stage").
+enum class Stage {
+  kWal,           // the server's WAL (its reported walEnd); LSN only
+  kReceived,      // handed over by the source
+  kProduced,      // queued in the producer
+  kAcknowledged,  // acknowledged by the broker (a delivery report)
+  kConfirmed,     // durable: confirmed to the source (the slot)
+};
+inline constexpr int kStageCount = 5;
+inline constexpr const char* kStageNames[kStageCount] = {
+    "wal", "received", "produced", "acknowledged", "confirmed"};
+
+// Why the stream is stalled (outboxd_stalled{reason}): events are pending
+// and nothing was acknowledged for --stall-timeout.
+enum class StallReason {
+  kUnacknowledged,  // produced, and the broker acknowledges nothing
+  kQueueFull,       // an event waits for room in the producer's queue
+  kTopicMetadata,   // an event waits for its topic's metadata
+};
+inline constexpr int kStallReasonCount = 3;
+inline constexpr const char* kStallReasonNames[kStallReasonCount] = {
+    "unacknowledged", "queue_full", "topic_metadata"};
+
+// pg_replication_slots.wal_status (outboxd_slot_wal_status{status}).
+inline constexpr int kWalStatusCount = 4;
+inline constexpr const char* kWalStatusNames[kWalStatusCount] = {
+    "reserved", "extended", "unreserved", "lost"};
+
 struct OutboxdMetrics {
  private:
   // Set by the default constructor only; declared first so that it exists
@@ -132,6 +162,29 @@ struct OutboxdMetrics {
   // (until a republish completes).
   Gauge* slot_lost;             // outboxd_slot_lost
   Counter* republished_events;  // outboxd_republished_events_total
+  // outboxd_stage_lsn{stage}: the newest position that reached the stage
+  // (CDC only: see DropStageLsn). Children exist from the start.
+  std::array<Gauge*, kStageCount> stage_lsn{};
+  // outboxd_stage_lag_seconds{stage}: now minus the commit time of the
+  // newest event that reached the stage, 0 when the stage holds everything
+  // received. No child for kWal (its entry is a gauge nothing exposes).
+  std::array<Gauge*, kStageCount> stage_lag_seconds{};
+  // outboxd_slot_retained_wal_bytes: pg_current_wal_lsn() - restart_lsn.
+  Gauge* slot_retained_wal_bytes;
+  // outboxd_slot_wal_status{status}: 1 for the slot's current wal_status.
+  std::array<Gauge*, kWalStatusCount> slot_wal_status{};
+  // outboxd_stalled{reason}: 1 while the stream is stalled for that reason.
+  std::array<Gauge*, kStallReasonCount> stalled{};
+
+  Gauge& StageLsn(Stage s) { return *stage_lsn[static_cast<int>(s)]; }
+  Gauge& StageLag(Stage s) { return *stage_lag_seconds[static_cast<int>(s)]; }
+  Gauge& Stalled(StallReason r) { return *stalled[static_cast<int>(r)]; }
+
+  // --source=poll|notify: their positions are row seqs and batch numbers,
+  // not LSNs, so outboxd_stage_lsn has no children (its HELP and TYPE stay);
+  // the fields then point at gauges nothing exposes. Call before anything
+  // updates them.
+  void DropStageLsn();
 
   // The per-topic child, cached: topics are few.
   Counter& PublishedTo(absl::string_view topic) {
@@ -142,14 +195,19 @@ struct OutboxdMetrics {
     return source_queries->With(source);
   }
 
-  // /readyz: streaming (the source runs and reads) and at least one Kafka
-  // broker connection up.
-  bool Ready() const {
-    return streaming->Value() > 0 && kafka_brokers_up->Value() > 0;
-  }
+  // /readyz: streaming (the source runs and reads), at least one Kafka
+  // broker connection up and not stalled. Empty when ready, else why not
+  // (one line).
+  std::string NotReadyReason() const;
+  bool Ready() const { return NotReadyReason().empty(); }
 
  private:
   OutboxdMetrics(Registry* registry, std::unique_ptr<Registry> own);
+
+  prometheus::Family<Gauge>* stage_lsn_family_ = nullptr;
+  // Where the fields point at when nothing exposes them.
+  std::array<Gauge, kStageCount> unexposed_lsn_;
+  Gauge unexposed_wal_lag_;
 };
 
 }  // namespace outboxd::metrics

@@ -20,6 +20,7 @@
 #include "pipeline/ack_tracker.h"
 #include "pipeline/checkpoint.h"
 #include "pipeline/reserved_header_log.h"
+#include "pipeline/stage_metrics.h"
 
 namespace outboxd {
 namespace {
@@ -161,7 +162,9 @@ class Publisher::Impl {
         router_(options.router),
         exactly_once_(options.delivery == DeliveryGuarantee::kExactlyOnce),
         batch_(options.transactions),
-        reserved_header_log_(&metrics) {}
+        reserved_header_log_(&metrics),
+        stages_(metrics),
+        stall_(metrics, options.stall_timeout) {}
 
   absl::Status Run(const std::atomic<bool>& stop) {
     stop_ = &stop;
@@ -200,6 +203,7 @@ class Publisher::Impl {
   struct PublishedEvent {
     metrics::Counter* published_to = nullptr;
     int64_t commit_time_unix_ms = 0;
+    uint64_t commit_lsn = 0;  // the value of a CDC event's commit LSN
   };
 
   // --- connecting -----------------------------------------------------------
@@ -225,7 +229,10 @@ class Publisher::Impl {
     ASSIGN_OR_RETURN(ConnectResult r, source_.Connect(ctx));
     connected_ = true;
     source_connected_once_ = true;
-    if (r.restart_at.has_value()) tracker_ = Tracker(*r.restart_at);
+    if (r.restart_at.has_value()) {
+      tracker_ = Tracker(*r.restart_at);
+      stages_.Restart();
+    }
     router_.source = std::move(r.identity);
     ready_line_ = std::move(r.ready_line);
     if (sink_ == nullptr) RETURN_IF_ERROR(CreateSink());
@@ -422,6 +429,7 @@ class Publisher::Impl {
         LogProgress();
         next_progress = now + kProgressLogInterval;
       }
+      UpdateStageMetrics(now);
       // Backpressure: the source is not read until the sink took the
       // pending event.
       if (pending_.has_value()) RETURN_IF_ERROR(TryProducePending());
@@ -459,7 +467,10 @@ class Publisher::Impl {
   absl::StatusOr<Drained> ReadAvailable(absl::Time now) {
     for (int n = 0; n < kMaxReadsPerWakeup; ++n) {
       ASSIGN_OR_RETURN(SourceRead read, source_.Read(absl::ZeroDuration()));
-      if (read.nothing()) return Drained::kNothing;
+      if (read.nothing()) {
+        stages_.SourceCaughtUp();
+        return Drained::kNothing;
+      }
       const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
       RETURN_IF_ERROR(OnRead(std::move(read)));
       if (awaiting) return Drained::kAwaiting;
@@ -482,6 +493,7 @@ class Publisher::Impl {
       wait = std::min(wait, kBusyPollInterval);
     }
     ASSIGN_OR_RETURN(SourceRead read, source_.Read(wait));
+    if (read.nothing()) stages_.SourceCaughtUp();
     const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
     RETURN_IF_ERROR(OnRead(std::move(read)));
     if (awaiting) return Drained::kAwaiting;
@@ -490,9 +502,11 @@ class Publisher::Impl {
   }
 
   // The earliest time the loop has work without any event: the source's
-  // periodic work, the Kafka transaction's deadline, the progress log.
+  // periodic work, the Kafka transaction's deadline, the progress log, the
+  // stall alarm.
   absl::Time WakeDeadline(absl::Time next_progress) const {
     absl::Time until = std::min(next_progress, source_.NextDue());
+    until = std::min(until, stall_.Deadline(tracker_.EventsInFlight()));
     if (exactly_once_) until = std::min(until, batch_.Deadline());
     return until;
   }
@@ -538,16 +552,22 @@ class Publisher::Impl {
 
   absl::Status OnRead(SourceRead read) {
     if (auto* event = std::get_if<OutboxEvent>(&read.item)) {
+      stages_.Received(event->position.commit_lsn.value(),
+                       event->commit_time_unix_ms);
       RETURN_IF_ERROR(Publish(std::move(*event)));
     } else if (auto* bad = std::get_if<InvalidEvent>(&read.item)) {
+      stages_.Received(bad->position.commit_lsn.value(),
+                       bad->commit_time_unix_ms);
       RETURN_IF_ERROR(OnInvalid(std::move(*bad)));
     } else if (std::holds_alternative<SourceBegin>(read.item)) {
       tracker_.BeginTransaction();
     } else if (auto* commit = std::get_if<SourceCommit>(&read.item)) {
       tracker_.CommitTransaction(commit->position);
+      stages_.Committed(commit->position);
     }
     if (read.idle_position.has_value()) {
       tracker_.ObserveServerWalEnd(*read.idle_position);
+      stages_.ServerWalEnd(read.idle_position->value());
     }
     m_.events_in_flight->Set(static_cast<double>(tracker_.EventsInFlight()));
     return absl::OkStatus();
@@ -614,7 +634,10 @@ class Publisher::Impl {
           }
           ++stats_.events_produced;
           published_[pending_->sequence] = {&m_.PublishedTo(record.topic),
-                                            event->commit_time_unix_ms};
+                                            event->commit_time_unix_ms,
+                                            event->position.commit_lsn.value()};
+          stages_.Produced(event->position.commit_lsn.value(),
+                           event->commit_time_unix_ms);
           pending_.reset();
           return absl::OkStatus();
         }
@@ -651,6 +674,8 @@ class Publisher::Impl {
         }
         ++stats_.events_dead_lettered;
         m_.dead_lettered->Increment();
+        stages_.Produced(bad.position.commit_lsn.value(),
+                         bad.commit_time_unix_ms);
         pending_.reset();
         return absl::OkStatus();
       }
@@ -718,15 +743,31 @@ class Publisher::Impl {
   // Metrics of one delivery report.
   void ObserveDelivery(uint64_t sequence, const absl::Status& status) {
     if (!status.ok()) m_.delivery_errors->Increment();
+    if (status.ok()) stall_.Acknowledged();
     auto it = published_.find(sequence);
     if (it == published_.end()) return;  // a dead-lettered record
     if (status.ok()) {
       it->second.published_to->Increment();
+      stages_.Acknowledged(it->second.commit_lsn,
+                           it->second.commit_time_unix_ms);
       int64_t ms =
           absl::ToUnixMillis(absl::Now()) - it->second.commit_time_unix_ms;
       m_.commit_to_ack_seconds->Observe(std::max<int64_t>(ms, 0) / 1000.0);
     }
     published_.erase(it);
+  }
+
+  // Once per wakeup: lag by stage and the stall alarm (stage_metrics.h).
+  void UpdateStageMetrics(absl::Time now) {
+    const size_t in_flight = tracker_.EventsInFlight();
+    stages_.Update(now, in_flight, pending_.has_value(),
+                   tracker_.ConfirmableLsn());
+    metrics::StallReason reason = metrics::StallReason::kUnacknowledged;
+    if (pending_.has_value()) {
+      reason = waiting_for_topic_ ? metrics::StallReason::kTopicMetadata
+                                  : metrics::StallReason::kQueueFull;
+    }
+    stall_.Update(now, in_flight, reason);
   }
 
   // --- exactly-once ---------------------------------------------------------
@@ -1029,6 +1070,8 @@ class Publisher::Impl {
   std::optional<Pending> pending_;
   absl::flat_hash_map<uint64_t, PublishedEvent> published_;
   ReservedHeaderLog reserved_header_log_;
+  StageLag stages_;
+  StallAlarm stall_;
 };
 
 Publisher::Publisher(const PublisherOptions& options, EventSource& source,

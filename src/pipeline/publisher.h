@@ -71,6 +71,9 @@ struct PublisherOptions {
   absl::Duration shutdown_timeout = absl::Seconds(8);
   // A lost source connection (kUnavailable) is retried with backoff.
   ReconnectOptions reconnect;
+  // Events pending and nothing acknowledged for this long: the stall alarm
+  // (pipeline/stage_metrics.h); zero disables it.
+  absl::Duration stall_timeout = absl::Seconds(60);
   // Readable once `stop` is set (common/stop_signal.h StopSignalFd()), so
   // that the loop's poll() wakes at once; -1: the loop looks at `stop` at
   // least every second instead.

@@ -519,6 +519,98 @@ TEST_F(WakingPublisherTest, TheSourcesDeadlineWakesTheLoop) {
   EXPECT_EQ(source_.reads, 0);
 }
 
+// --- lag by stage and the stall alarm ---------------------------------------
+
+// A broker that acknowledges nothing: after --stall-timeout the stall
+// gauge is 1 and /readyz's reason says why; once acknowledgements come,
+// it clears. The loop wakes for the alarm (no other deadline is near).
+TEST_F(WakingPublisherTest, NothingAcknowledgedStallsAndAcknowledgementsClear) {
+  options_.stall_timeout = absl::Milliseconds(100);
+  configure_waking_sink_ = [](FakeSink& s) { s.hold_acks = true; };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  metrics::OutboxdMetrics& m = metrics_.get();
+  const metrics::StallReason reason = metrics::StallReason::kUnacknowledged;
+  m.kafka_brokers_up->Set(1);
+  std::string reason_while_stalled;
+  bool cleared = false;
+  on_tick_ = [&](FakeSource& s) {
+    // Like CDC's status updates: the loop wakes again soon and the test
+    // sees what the last wakeup set.
+    s.next_due = absl::Now() + absl::Milliseconds(20);
+    if (reason_while_stalled.empty() && m.Stalled(reason).Value() == 1) {
+      reason_while_stalled = m.NotReadyReason();
+      EXPECT_EQ(s.durable, SourcePosition(0));
+      sink_->hold_acks = false;
+      sink_->Release();
+    }
+    if (!reason_while_stalled.empty() && m.Stalled(reason).Value() == 0) {
+      cleared = true;
+    }
+  };
+  ASSERT_TRUE(Run([&](FakeSource& s) {
+                return cleared && s.durable >= SourcePosition(100);
+              }).ok());
+  EXPECT_THAT(reason_while_stalled, HasSubstr("stalled (unacknowledged)"));
+  EXPECT_EQ(m.Stalled(reason).Value(), 0);
+}
+
+// An event that waits for room in a full queue stalls with that reason.
+TEST_F(WakingPublisherTest, AFullQueueStallsWithItsReason) {
+  options_.stall_timeout = absl::Milliseconds(100);
+  configure_waking_sink_ = [](FakeSink& s) {
+    s.capacity = 1;
+    s.hold_acks = true;
+  };
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Commit(100));
+  metrics::OutboxdMetrics& m = metrics_.get();
+  bool stalled = false;
+  on_tick_ = [&](FakeSource& s) {
+    s.next_due = absl::Now() + absl::Milliseconds(20);
+    if (!stalled && m.Stalled(metrics::StallReason::kQueueFull).Value() == 1) {
+      stalled = true;
+      EXPECT_EQ(m.StageLag(metrics::Stage::kProduced).Value(),
+                m.StageLag(metrics::Stage::kAcknowledged).Value());
+      sink_->hold_acks = false;
+      sink_->Release();
+    }
+  };
+  ASSERT_TRUE(Run([&](FakeSource& s) {
+                return stalled && s.durable >= SourcePosition(100);
+              }).ok());
+  EXPECT_EQ(m.Stalled(metrics::StallReason::kQueueFull).Value(), 0);
+}
+
+TEST_F(PublisherTest, StagePositionsFollowTheEvents) {
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(120));
+  source_.Add(Begin());
+  source_.Add(Of(Event(200, 0, "b")));
+  source_.Add(Commit(220));
+  source_.Add(SourceRead{std::monostate{}, SourcePosition(300)});  // keepalive
+  metrics::OutboxdMetrics& m = metrics_.get();
+  ASSERT_TRUE(Run([&](FakeSource& s) {
+                // The source said "nothing more" before the last update.
+                return s.script.empty() && s.durable >= SourcePosition(300) &&
+                       m.StageLsn(metrics::Stage::kConfirmed).Value() == 300 &&
+                       m.StageLag(metrics::Stage::kReceived).Value() == 0;
+              }).ok());
+  EXPECT_EQ(m.StageLsn(metrics::Stage::kWal).Value(), 300);
+  EXPECT_EQ(m.StageLsn(metrics::Stage::kReceived).Value(), 200);
+  EXPECT_EQ(m.StageLsn(metrics::Stage::kProduced).Value(), 200);
+  EXPECT_EQ(m.StageLsn(metrics::Stage::kAcknowledged).Value(), 200);
+  for (metrics::Stage s :
+       {metrics::Stage::kReceived, metrics::Stage::kProduced,
+        metrics::Stage::kAcknowledged, metrics::Stage::kConfirmed}) {
+    EXPECT_EQ(m.StageLag(s).Value(), 0);
+  }
+}
+
 // --- exactly-once -----------------------------------------------------------
 
 class ExactlyOncePublisherTest : public PublisherTest {

@@ -194,6 +194,19 @@ TEST(CliTest, FlagfileTakesDashedNamesCommentsAndIsOverriddenInOrder) {
   std::remove(path.c_str());
 }
 
+// A negative timeout or interval makes no sense: exit 2 naming the flag.
+TEST(CliTest, NegativeStallTimeoutOrSlotMetricsIntervalExitsTwo) {
+  for (const char* arg :
+       {"--stall-timeout=-1s", "--slot-metrics-interval=-10s"}) {
+    CommandResult r = RunOutboxd({"--pg=host=127.0.0.1", "--brokers=h:1", arg});
+    EXPECT_EQ(r.exit_code, 2) << arg << ": " << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1)
+        << r.output;
+    const std::string flag(arg, std::string(arg).find('='));
+    EXPECT_TRUE(absl::StartsWith(r.output, "outboxd: " + flag)) << r.output;
+  }
+}
+
 TEST(CliTest, UnknownFlagExitsTwoWithOneLine) {
   CommandResult r = RunOutboxd({"--no-such-flag=1"});
   EXPECT_EQ(r.exit_code, 2);
@@ -300,6 +313,20 @@ for arg in o["command"]:
         print(arg.split("=")[0][2:])
 w = s["writer"]
 assert w.get("restart", "no") in ("no", "on-failure"), w
+# The monitoring profile: every file it mounts exists, Prometheus scrapes
+# outboxd's metrics port, Grafana loads the dashboard.
+import os
+here = os.path.dirname(os.path.abspath(sys.argv[1]))
+for name in ("prometheus", "grafana"):
+    assert s[name].get("profiles") == ["monitoring"], s[name]
+    for v in s[name]["volumes"]:
+        src = v.split(":")[0]
+        assert os.path.exists(os.path.join(here, src)), v
+prom = yaml.safe_load(open(os.path.join(here, "prometheus.yml")))
+targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+assert "outboxd:9187" in targets, targets
+assert any(v.startswith("../deploy/grafana:") for v in s["grafana"]["volumes"])
+assert os.path.exists(os.path.join(here, "../deploy/grafana/outboxd-dashboard.json"))
 )py";
   std::string py = absl::StrCat(::testing::TempDir(), "/compose_check.py");
   { std::ofstream(py) << script; }

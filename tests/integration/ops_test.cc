@@ -4,15 +4,18 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -147,6 +150,135 @@ TEST_F(OpsTest, MetricsScrapeMovesAsEventsFlow) {
   EXPECT_EQ(outboxd_[0]->Wait(absl::Seconds(15)), 0);
 }
 
+// The metric names (and label values) every expression of a Grafana
+// dashboard selects: `name` -> the `label="value"` matchers used with it.
+std::map<std::string, std::set<std::string>> DashboardSelectors(
+    const nlohmann::json& dashboard) {
+  std::vector<std::string> exprs;
+  std::vector<const nlohmann::json*> todo = {&dashboard};
+  while (!todo.empty()) {
+    const nlohmann::json* j = todo.back();
+    todo.pop_back();
+    if (j->is_object()) {
+      for (const auto& [key, value] : j->items()) {
+        if (key == "expr" && value.is_string()) {
+          exprs.push_back(value.get<std::string>());
+        }
+        todo.push_back(&value);
+      }
+    } else if (j->is_array()) {
+      for (const auto& value : *j) todo.push_back(&value);
+    }
+  }
+  std::map<std::string, std::set<std::string>> selectors;
+  static const std::regex kSelector(R"((outboxd_[a-z0-9_]+)(\{([^}]*)\})?)");
+  static const std::regex kExact(R"re(([a-z_]+)\s*=\s*"([^"$]*)")re");
+  for (const std::string& e : exprs) {
+    for (std::sregex_iterator it(e.begin(), e.end(), kSelector), end; it != end;
+         ++it) {
+      std::set<std::string>& matchers = selectors[(*it)[1].str()];
+      const std::string inside = (*it)[3].str();
+      for (std::sregex_iterator m(inside.begin(), inside.end(), kExact);
+           m != std::sregex_iterator(); ++m) {
+        // Exact matchers only (=, not =~ or !=), without template variables.
+        if (m->position(0) > 0 && (inside[m->position(0) - 1] == '!' ||
+                                   inside[m->position(0) - 1] == '~')) {
+          continue;
+        }
+        matchers.insert(
+            absl::StrCat((*m)[1].str(), "=\"", (*m)[2].str(), "\""));
+      }
+    }
+  }
+  return selectors;
+}
+
+// deploy/grafana/outboxd-dashboard.json names only metrics that a running
+// outboxd serves from its start, with label values that exist (a labelled
+// metric shows a series only once its child exists); and the slot metrics
+// are read (pg_replication_slots) and the stage metrics move with an event.
+TEST_F(OpsTest, DashboardNamesOnlyServedMetricsAndStagesMove) {
+  StartOutboxd(
+      {"--metrics-address=127.0.0.1:0", "--slot-metrics-interval=100ms"});
+  int port = MetricsPort(ReadFile(LogPath(0)));
+  ASSERT_GT(port, 0) << ReadFile(LogPath(0));
+  int code = 0;
+  std::string scrape;
+  EXPECT_TRUE(Eventually([&] {
+    scrape = Get(port, "/metrics", &code);
+    return Sample(scrape, "outboxd_slot_wal_status{status=\"reserved\"}") == 1;
+  })) << scrape;
+  EXPECT_EQ(Sample(scrape, "outboxd_slot_wal_status{status=\"lost\"}"), 0);
+  EXPECT_GE(Sample(scrape, "outboxd_slot_retained_wal_bytes"), 0);
+
+  std::ifstream file(OUTBOXD_SOURCE_DIR
+                     "/deploy/grafana/outboxd-dashboard.json");
+  ASSERT_TRUE(file.good());
+  const nlohmann::json dashboard = nlohmann::json::parse(file);
+  const auto selectors = DashboardSelectors(dashboard);
+  EXPECT_GE(selectors.size(), 15u);
+  // Every name the dashboard uses is declared (# TYPE) and, with
+  // `all_samples`, has a sample; every label value it selects has a sample.
+  auto check = [&](const std::string& text, bool all_samples) {
+    std::map<std::string, std::vector<std::string>> samples;
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (line.empty() || line[0] == '#') continue;
+      samples[std::string(line.substr(0, line.find_first_of("{ ")))]
+          .emplace_back(line);
+    }
+    for (const auto& [name, matchers] : selectors) {
+      std::string family = name;
+      for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+        if (absl::EndsWith(family, suffix) &&
+            text.find("# TYPE " + family + " ") == std::string::npos) {
+          family.resize(family.size() - std::strlen(suffix));
+        }
+      }
+      EXPECT_NE(text.find("# TYPE " + family + " "), std::string::npos)
+          << "the dashboard uses " << name << ", which outboxd does not know";
+      auto it = samples.find(name);
+      if (all_samples || !matchers.empty()) {
+        ASSERT_NE(it, samples.end())
+            << "the dashboard uses " << name << ", which /metrics does not "
+            << "serve";
+      }
+      for (const std::string& matcher : matchers) {
+        bool found = false;
+        for (const std::string& line : it->second) {
+          found = found || line.find(matcher) != std::string::npos;
+        }
+        EXPECT_TRUE(found) << "the dashboard selects " << name << "{" << matcher
+                           << "}, which /metrics does not serve";
+      }
+    }
+  };
+  // From the start: the labelled series the dashboard selects exist before
+  // any event (outboxd_events_published_total{topic} only once a topic is
+  // known).
+  check(scrape, /*all_samples=*/false);
+
+  // One event through every stage: positions move, lags return to 0.
+  ASSERT_TRUE(Exec("SELECT outbox.emit('order', 'o1', 'Created', '{}')").ok());
+  ASSERT_EQ(Read(prefix_ + "order", 1).size(), 1u);
+  EXPECT_TRUE(Eventually([&] {
+    scrape = Get(port, "/metrics", &code);
+    return Sample(scrape, "outboxd_stage_lsn{stage=\"acknowledged\"}") > 0 &&
+           Sample(scrape, "outboxd_stage_lsn{stage=\"confirmed\"}") >
+               Sample(scrape, "outboxd_stage_lsn{stage=\"acknowledged\"}") &&
+           Sample(scrape, "outboxd_stage_lag_seconds{stage=\"confirmed\"}") ==
+               0;
+  })) << scrape;
+  EXPECT_GE(Sample(scrape, "outboxd_stage_lsn{stage=\"wal\"}"),
+            Sample(scrape, "outboxd_stage_lsn{stage=\"received\"}"));
+  EXPECT_EQ(Sample(scrape, "outboxd_stage_lsn{stage=\"received\"}"),
+            Sample(scrape, "outboxd_stage_lsn{stage=\"acknowledged\"}"));
+  EXPECT_EQ(Sample(scrape, "outboxd_stalled{reason=\"unacknowledged\"}"), 0);
+  // After an event every name has a sample.
+  check(scrape, /*all_samples=*/true);
+  outboxd_[0]->Signal(SIGTERM);
+  EXPECT_EQ(outboxd_[0]->Wait(absl::Seconds(15)), 0);
+}
+
 TEST_F(OpsTest, PollModeIsReadyAndCountsItsQueries) {
   StartOutboxd({"--metrics-address=127.0.0.1:0", "--source=poll",
                 "--poll-interval=100ms"});
@@ -158,8 +290,12 @@ TEST_F(OpsTest, PollModeIsReadyAndCountsItsQueries) {
     return code == 200;
   })) << Get(port, "/metrics", &code);
   const std::string series = "outboxd_source_queries_total{source=\"poll\"}";
-  double first = Sample(Get(port, "/metrics", &code), series);
+  std::string scrape = Get(port, "/metrics", &code);
+  double first = Sample(scrape, series);
   EXPECT_GE(first, 1);
+  // Polled positions are not LSNs: no stage LSN, but the lags are there.
+  EXPECT_EQ(scrape.find("outboxd_stage_lsn{"), std::string::npos) << scrape;
+  EXPECT_EQ(Sample(scrape, "outboxd_stage_lag_seconds{stage=\"received\"}"), 0);
   EXPECT_TRUE(Eventually([&] {
     return Sample(Get(port, "/metrics", &code), series) > first;
   })) << "polls every 100ms, so the count moves";
