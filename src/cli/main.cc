@@ -21,6 +21,7 @@
 #include "flags/flags.h"
 #include "metrics/http_server.h"
 #include "metrics/outboxd_metrics.h"
+#include "outbox/cloudevents.h"
 #include "outbox/value_format.h"
 #include "pg/connection.h"
 #include "pipeline/cdc_pipeline.h"
@@ -101,6 +102,20 @@ ABSL_FLAG(std::string, column_headers, "headers",
 ABSL_FLAG(std::string, column_depends_on, "depends_on",
           "optional outbox column: uuid[] of event ids this event depends "
           "on, published as header outbox.depends-on; \"\" to ignore");
+ABSL_FLAG(std::string, column_content_type, "content_type",
+          "optional outbox column: the payload's media type per row (the "
+          "CloudEvents datacontenttype); absent or NULL: application/json "
+          "for json/jsonb payloads, application/octet-stream for bytea, "
+          "text/plain for text; \"\" to ignore");
+ABSL_FLAG(std::string, cloudevents, "off",
+          "publish CloudEvents 1.0 (Kafka protocol binding): off, binary "
+          "(value = payload, ce_* and content-type headers) or structured "
+          "(value = application/cloudevents+json document; needs "
+          "--value-format=payload)");
+ABSL_FLAG(std::string, cloudevents_source, "",
+          "the CloudEvents source attribute, a URI-reference (default "
+          "/outboxd/<system identifier>/<database>/<slot or table>, from "
+          "outbox.source)");
 ABSL_FLAG(std::string, ordering, "aggregate",
           "aggregate: key = aggregate id, order per aggregate across "
           "partitions; global: every event to partition 0 of --topic, one "
@@ -190,6 +205,37 @@ absl::Status RefuseOtherModesFlags(const flags::ParsedCommandLine& cmd,
        FLAGS_transaction_interval}));
   if (source == "poll") {
     return flags::OnlyFor(cmd, "--source=notify", {FLAGS_notify_channel});
+  }
+  return absl::OkStatus();
+}
+
+// --cloudevents and the flags that only it reads; needs pub.value_format.
+absl::Status CloudEventsFromFlags(const flags::ParsedCommandLine& cmd,
+                                  PublisherOptions& pub) {
+  ASSIGN_OR_RETURN(pub.cloudevents.mode,
+                   flags::ParsedFlag(FLAGS_cloudevents, ParseCloudEventsMode));
+  if (pub.cloudevents.mode == CloudEventsMode::kOff) {
+    return flags::OnlyFor(
+        cmd, "--cloudevents=binary or structured",
+        {FLAGS_cloudevents_source, FLAGS_column_content_type});
+  }
+  if (pub.cloudevents.mode == CloudEventsMode::kStructured &&
+      pub.value_format != ValueFormat::kPayload) {
+    // The document is the value: an envelope has no place in it.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--cloudevents=structured needs --value-format=payload (the "
+        "CloudEvents document is the value), not '",
+        ValueFormatName(pub.value_format), "'"));
+  }
+  pub.cloudevents.source = absl::GetFlag(FLAGS_cloudevents_source);
+  if (flags::IsSet(cmd, FLAGS_cloudevents_source)) {
+    RETURN_IF_ERROR(
+        flags::ParsedFlag(FLAGS_cloudevents_source,
+                          [](const std::string& s) -> absl::StatusOr<bool> {
+                            RETURN_IF_ERROR(CheckCloudEventsSource(s));
+                            return true;
+                          })
+            .status());
   }
   return absl::OkStatus();
 }
@@ -300,6 +346,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   cdc.mapper.columns.payload = absl::GetFlag(FLAGS_column_payload);
   cdc.mapper.columns.headers = absl::GetFlag(FLAGS_column_headers);
   cdc.mapper.columns.depends_on = absl::GetFlag(FLAGS_column_depends_on);
+  cdc.mapper.columns.content_type = absl::GetFlag(FLAGS_column_content_type);
   for (const std::string* c :
        {&cdc.mapper.columns.id, &cdc.mapper.columns.aggregate_type,
         &cdc.mapper.columns.aggregate_id, &cdc.mapper.columns.type,
@@ -307,7 +354,8 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     if (c->empty()) {
       return absl::InvalidArgumentError(
           "--column-* flags must not be empty "
-          "(except --column-headers)");
+          "(except --column-headers, --column-depends-on and "
+          "--column-content-type)");
     }
   }
 
@@ -359,6 +407,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
 
   ASSIGN_OR_RETURN(pub.value_format,
                    flags::ParsedFlag(FLAGS_value_format, ParseValueFormat));
+  RETURN_IF_ERROR(CloudEventsFromFlags(cmd, pub));
   pub.producer.brokers = brokers;
   if (!absl::GetFlag(FLAGS_kafka_config).empty()) {
     ASSIGN_OR_RETURN(

@@ -39,7 +39,9 @@ ABSL_FLAG(std::string, handler_sql, "",
           "SQL run once per new event, in the transaction that records its "
           "id (required). Parameters, all text: $1 key, $2 value, $3 headers "
           "(JSON object), $4 topic, $5 partition, $6 offset, $7 event id, $8 "
-          "timestamp (ms); cast as needed ($2::jsonb, $6::bigint)");
+          "timestamp (ms), $9 the CloudEvents attributes (JSON object; NULL "
+          "for a record that is not a CloudEvent; $2 is then its data); cast "
+          "as needed ($2::jsonb, $6::bigint)");
 ABSL_FLAG(std::string, processed_table, "inbox_processed",
           "table of processed event ids (created if missing)");
 ABSL_FLAG(std::string, offsets_table, "inbox_offsets",
@@ -195,24 +197,30 @@ InboxHandler SqlHandler(std::string sql) {
     std::string offset = absl::StrCat(r.offset);
     std::string timestamp = absl::StrCat(r.timestamp_ms);
     std::string headers = r.HeadersJson();
+    std::string cloudevent;
+    if (r.cloudevent.has_value()) {
+      cloudevent = CloudEventAttributesJson(*r.cloudevent);
+    }
     for (const auto* v : {&r.key, &r.value}) {
       if (v->has_value() && (*v)->find('\0') != std::string::npos) {
         return absl::InvalidArgumentError(
             "key or value contains a NUL byte; --handler-sql takes text");
       }
     }
-    const char* values[8] = {r.key.has_value() ? r.key->c_str() : nullptr,
-                             r.value.has_value() ? r.value->c_str() : nullptr,
-                             headers.c_str(),
-                             r.topic.c_str(),
-                             partition.c_str(),
-                             offset.c_str(),
-                             r.event_id.c_str(),
-                             timestamp.c_str()};
+    const char* values[9] = {
+        r.key.has_value() ? r.key->c_str() : nullptr,
+        r.value.has_value() ? r.value->c_str() : nullptr,
+        headers.c_str(),
+        r.topic.c_str(),
+        partition.c_str(),
+        offset.c_str(),
+        r.event_id.c_str(),
+        timestamp.c_str(),
+        r.cloudevent.has_value() ? cloudevent.c_str() : nullptr};
     constexpr Oid kText = 25;
-    const Oid types[8] = {kText, kText, kText, kText,
+    const Oid types[9] = {kText, kText, kText, kText, kText,
                           kText, kText, kText, kText};
-    PgResult res(PQexecParams(tx.raw(), sql.c_str(), 8, types, values, nullptr,
+    PgResult res(PQexecParams(tx.raw(), sql.c_str(), 9, types, values, nullptr,
                               nullptr, 0));
     ExecStatusType st = res ? PQresultStatus(res.get()) : PGRES_FATAL_ERROR;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {

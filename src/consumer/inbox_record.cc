@@ -82,10 +82,25 @@ InboxRecord InboxRecordFromMessage(ConsumedMessage message,
       }
     }
   }
+  if (CloudEventsModeOf(r.headers) != CloudEventsMode::kOff &&
+      r.decode_status.ok()) {
+    absl::StatusOr<CloudEvent> ce = DecodeCloudEvent(r.headers, r.value);
+    if (ce.ok()) {
+      r.value = ce->data;
+      r.cloudevent = *std::move(ce);
+    } else {
+      r.decode_status = absl::InvalidArgumentError(
+          absl::StrCat("not a valid CloudEvent: ", ce.status().message()));
+    }
+  }
   auto id = r.Header(kHeaderId);
-  r.event_id = id.has_value() && !id->empty()
-                   ? *id
-                   : absl::StrCat(r.topic, "/", r.partition, "/", r.offset);
+  if (id.has_value() && !id->empty()) {
+    r.event_id = *id;
+  } else if (r.cloudevent.has_value()) {
+    r.event_id = r.cloudevent->id;
+  } else {
+    r.event_id = absl::StrCat(r.topic, "/", r.partition, "/", r.offset);
+  }
   if (auto deps = r.Header(kHeaderDependsOn); deps.has_value()) {
     for (absl::string_view d : absl::StrSplit(*deps, ',', absl::SkipEmpty())) {
       r.depends_on.emplace_back(d);

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "kafka/group_consumer.h"
+#include "outbox/cloudevents.h"
 #include "outbox/value_format.h"
 
 namespace outboxd {
@@ -36,6 +37,12 @@ struct InboxRecord : ConsumedMessage {
   // the outbox row's seq. Such a record has no lsn or index: seq is not a
   // commit LSN, and is not commit order either.
   std::optional<int64_t> seq;
+  // A CloudEvent (outboxd's --cloudevents, or any producer of the Kafka
+  // binding): its attributes, mode and data. `value` is then the event's
+  // data: the payload (a structured document's data or data_base64
+  // decoded), nullopt for an event without data. When the record has no
+  // `id` header, event_id is the CloudEvent's id. Unset for a plain record.
+  std::optional<CloudEvent> cloudevent;
   // Not OK when the value could not be decoded in the configured
   // value format; the handler is not run and the record fails its attempts
   // (then goes to the dead-letter topic, or stops the inbox, by policy).
@@ -48,8 +55,10 @@ struct InboxRecord : ConsumedMessage {
 };
 
 // The record `message` carries, its value encoded in `format` (outboxd's
-// --value-format). Never fails: what cannot be read (a reserved header
-// repeated, a value not in `format`) is in decode_status.
+// --value-format), in either CloudEvents mode or none (CloudEventsModeOf).
+// Never fails: what cannot be read (a reserved header repeated, a value not
+// in `format`, a record that claims to be a CloudEvent and is not a valid
+// one) is in decode_status.
 InboxRecord InboxRecordFromMessage(ConsumedMessage message, ValueFormat format);
 
 }  // namespace outboxd

@@ -51,6 +51,84 @@ TEST(InboxRecordTest, PayloadFormatTakesIdPositionAndDependenciesFromHeaders) {
   EXPECT_EQ(r.offset, 41);
 }
 
+TEST(InboxRecordTest, PlainRecordHasNoCloudEvent) {
+  InboxRecord r =
+      InboxRecordFromMessage(Message({{"id", "e-1"}}), ValueFormat::kPayload);
+  EXPECT_TRUE(r.decode_status.ok()) << r.decode_status;
+  EXPECT_FALSE(r.cloudevent.has_value());
+  EXPECT_EQ(r.value, "{\"n\":1}");
+}
+
+// outboxd's --cloudevents=binary: the value is the payload, the attributes
+// are headers beside outboxd's own.
+TEST(InboxRecordTest, BinaryCloudEventGivesAttributesAndPayload) {
+  InboxRecord r = InboxRecordFromMessage(
+      Message({{"id", "e-2"},
+               {"eventType", "OrderCreated"},
+               {"ce_specversion", "1.0"},
+               {"ce_id", "e-2"},
+               {"ce_source", "/outboxd/73/shop/outbox_slot"},
+               {"ce_type", "OrderCreated"},
+               {"ce_time", "2023-11-14T22:13:20.123Z"},
+               {"ce_subject", "order-1"},
+               {"content-type", "application/json"},
+               {"outbox.lsn", "12345"},
+               {"outbox.index", "0"}}),
+      ValueFormat::kPayload);
+  ASSERT_TRUE(r.decode_status.ok()) << r.decode_status;
+  ASSERT_TRUE(r.cloudevent.has_value());
+  EXPECT_EQ(r.cloudevent->mode, CloudEventsMode::kBinary);
+  EXPECT_EQ(r.cloudevent->source, "/outboxd/73/shop/outbox_slot");
+  EXPECT_EQ(r.cloudevent->subject, "order-1");
+  EXPECT_EQ(r.cloudevent->datacontenttype, "application/json");
+  EXPECT_EQ(r.value, "{\"n\":1}");
+  EXPECT_EQ(r.event_id, "e-2");
+  EXPECT_EQ(r.lsn, 12345u);
+}
+
+// --cloudevents=structured, or another producer's structured event without
+// outboxd's headers: the value becomes the data, the id the CloudEvent's.
+TEST(InboxRecordTest, StructuredCloudEventGivesDataAsValue) {
+  ConsumedMessage m = Message(
+      {{"content-type", "application/cloudevents+json; charset=UTF-8"}});
+  m.value = R"({"specversion":"1.0","id":"ce-7","source":"/elsewhere",)"
+            R"("type":"Shipped","datacontenttype":"application/json",)"
+            R"("data":{"n": 2}})";
+  InboxRecord r = InboxRecordFromMessage(std::move(m), ValueFormat::kPayload);
+  ASSERT_TRUE(r.decode_status.ok()) << r.decode_status;
+  ASSERT_TRUE(r.cloudevent.has_value());
+  EXPECT_EQ(r.cloudevent->mode, CloudEventsMode::kStructured);
+  EXPECT_EQ(r.cloudevent->type, "Shipped");
+  EXPECT_EQ(r.value, R"({"n": 2})");
+  EXPECT_EQ(r.event_id, "ce-7");
+}
+
+TEST(InboxRecordTest, CloudEventTombstoneHasNoValue) {
+  ConsumedMessage m = Message({{"ce_specversion", "1.0"},
+                               {"ce_id", "e-9"},
+                               {"ce_source", "/s"},
+                               {"ce_type", "OrderDeleted"}});
+  m.value.reset();
+  InboxRecord r = InboxRecordFromMessage(std::move(m), ValueFormat::kPayload);
+  ASSERT_TRUE(r.decode_status.ok()) << r.decode_status;
+  ASSERT_TRUE(r.cloudevent.has_value());
+  EXPECT_FALSE(r.value.has_value());
+  EXPECT_EQ(r.event_id, "e-9");
+}
+
+TEST(InboxRecordTest, InvalidCloudEventFailsDecoding) {
+  InboxRecord r = InboxRecordFromMessage(
+      Message({{"id", "e-3"}, {"ce_specversion", "1.0"}, {"ce_id", "e-3"}}),
+      ValueFormat::kPayload);
+  EXPECT_THAT(r.decode_status.message(),
+              HasSubstr("not a valid CloudEvent: attribute 'source'"));
+  ConsumedMessage m =
+      Message({{"content-type", "application/cloudevents+json"}});
+  m.value = "not json";
+  r = InboxRecordFromMessage(std::move(m), ValueFormat::kPayload);
+  EXPECT_THAT(r.decode_status.message(), HasSubstr("not a JSON object"));
+}
+
 // --source=poll|notify: the position is the row's seq, never an LSN of 0.
 TEST(InboxRecordTest, PolledRecordsPositionIsItsSeqInEveryFormat) {
   OutboxEvent polled;

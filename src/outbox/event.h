@@ -37,6 +37,11 @@ struct OutboxEvent {
   std::string aggregate_id;
   std::string type;
   std::optional<std::string> payload;  // nullopt: tombstone
+  // The payload's media type (CloudEvents datacontenttype): the row's
+  // content_type column, else what the payload column's type implies
+  // (PayloadContentType); application/json for a logical decoding message.
+  // Empty when unknown.
+  std::string content_type;
   // From the optional `headers` column, in the object's order. Never a
   // reserved name (IsReservedHeader): those are in dropped_headers.
   std::vector<std::pair<std::string, std::string>> headers;

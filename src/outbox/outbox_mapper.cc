@@ -109,9 +109,9 @@ absl::StatusOr<MappedMessage> OutboxMapper::OnRelation(
       rel.relname == table->name) {
     OutboxRowLayout layout =
         LocateOutboxColumns(cached.column_names, options_.columns);
-    layout.payload_is_bytea =
-        layout.payload >= 0 &&
-        rel.columns[layout.payload].type_oid == kByteaTypeOid;
+    if (layout.payload >= 0) {
+      SetPayloadType(rel.columns[layout.payload].type_oid, &layout);
+    }
     cached.outbox = layout;
   }
   relations_.insert_or_assign(rel.relation_id, std::move(cached));
@@ -170,6 +170,7 @@ absl::StatusOr<MappedMessage> OutboxMapper::OnMessage(
   OutboxEvent event;
   event.position = NextPosition();
   event.commit_time_unix_ms = commit_time_unix_ms_;
+  event.content_type = "application/json";  // the content is JSON
   absl::Status s = ParseMessageEvent(message.content, &event);
   if (!s.ok()) {
     ++counters_.invalid_events;

@@ -131,6 +131,23 @@ TEST_F(OutboxMapperTest, ByteaPayloadIsDecodedToRawBytes) {
   EXPECT_EQ(std::get<OutboxEvent>(m).payload, std::string("\x00\xff"
                                                           "A",
                                                           3));
+  // The Relation's type oid gives the content type (CloudEvents).
+  EXPECT_EQ(std::get<OutboxEvent>(m).content_type, "application/octet-stream");
+}
+
+TEST_F(OutboxMapperTest, ContentTypeFromTheColumnOrThePayloadType) {
+  pgoutput::Relation rel = OutboxRelation(kTextOid, false);
+  rel.columns.push_back({false, "content_type", kTextOid, -1});
+  MustApply(rel);
+  Begin(10);
+  auto own = MustApply(OutboxInsert({Text("i"), Text("a"), Text("k"), Text("t"),
+                                     Text("x"), Text("application/avro")}));
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(own));
+  EXPECT_EQ(std::get<OutboxEvent>(own).content_type, "application/avro");
+  auto by_type = MustApply(OutboxInsert(
+      {Text("i"), Text("a"), Text("k"), Text("t"), Text("x"), Null()}));
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(by_type));
+  EXPECT_EQ(std::get<OutboxEvent>(by_type).content_type, "text/plain");
 }
 
 TEST_F(OutboxMapperTest, OtherTablesUpdatesDeletesAreIgnoredAndCounted) {
@@ -236,6 +253,7 @@ TEST_F(OutboxMapperTest, TransactionalMessagesWithPrefixAreEvents) {
   EXPECT_EQ(e.id, "m1");
   EXPECT_EQ(e.aggregate_id, "o-9");
   EXPECT_EQ(e.payload, R"({"a":[1,"é"]})");
+  EXPECT_EQ(e.content_type, "application/json");
   EXPECT_THAT(e.headers, ElementsAre(Pair("h", "v")));
 
   EXPECT_TRUE(std::holds_alternative<std::monostate>(

@@ -99,6 +99,14 @@ absl::Status Decode(absl::Span<const RowCell> row,
                      CellText(row, layout.headers, names.headers));
     if (headers.has_value()) RETURN_IF_ERROR(ParseHeadersText(*headers, event));
   }
+  event->content_type = std::string(layout.payload_content_type);
+  if (layout.content_type >= 0) {
+    ASSIGN_OR_RETURN(std::optional<absl::string_view> content_type,
+                     CellText(row, layout.content_type, names.content_type));
+    if (content_type.has_value() && !content_type->empty()) {
+      event->content_type = std::string(*content_type);
+    }
+  }
   if (layout.depends_on >= 0) {
     ASSIGN_OR_RETURN(std::optional<absl::string_view> deps,
                      CellText(row, layout.depends_on, names.depends_on));
@@ -131,8 +139,33 @@ OutboxRowLayout LocateOutboxColumns(absl::Span<const std::string> cell_names,
     if (!names.depends_on.empty() && n == names.depends_on) {
       layout.depends_on = idx;
     }
+    if (!names.content_type.empty() && n == names.content_type) {
+      layout.content_type = idx;
+    }
   }
   return layout;
+}
+
+absl::string_view PayloadContentType(uint32_t type_oid) {
+  constexpr uint32_t kJsonTypeOid = 114;
+  constexpr uint32_t kJsonbTypeOid = 3802;
+  constexpr uint32_t kXmlTypeOid = 142;
+  switch (type_oid) {
+    case kJsonTypeOid:
+    case kJsonbTypeOid:
+      return "application/json";
+    case kByteaTypeOid:
+      return "application/octet-stream";
+    case kXmlTypeOid:
+      return "application/xml";
+    default:
+      return "text/plain";
+  }
+}
+
+void SetPayloadType(uint32_t type_oid, OutboxRowLayout* layout) {
+  layout->payload_is_bytea = type_oid == kByteaTypeOid;
+  layout->payload_content_type = PayloadContentType(type_oid);
 }
 
 RowEvent RowToEvent(absl::Span<const RowCell> row,

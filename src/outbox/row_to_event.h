@@ -33,6 +33,12 @@ namespace outboxd {
 // its raw bytes.
 inline constexpr uint32_t kByteaTypeOid = 17;
 
+// The content type an event gets from its payload column's type oid when
+// its content_type column is absent or NULL: application/json for json and
+// jsonb, application/octet-stream for bytea, application/xml for xml,
+// text/plain for text and every other type (PostgreSQL prints it as text).
+absl::string_view PayloadContentType(uint32_t type_oid);
+
 // Column names of the outbox table (README "Using it with your database"),
 // Debezium's names by default; each is configurable by flag.
 struct OutboxColumns {
@@ -45,6 +51,9 @@ struct OutboxColumns {
   // Optional uuid[] (or text[]) column of event ids this event depends on;
   // header outbox.depends-on. "" to ignore.
   std::string depends_on = "depends_on";
+  // Optional text column: the payload's media type, per row (the
+  // CloudEvents datacontenttype). "" to ignore.
+  std::string content_type = "content_type";
 };
 
 // One column of a row as received. The views must outlive the call.
@@ -65,13 +74,22 @@ struct OutboxRowLayout {
   int payload = -1;
   int headers = -1;
   int depends_on = -1;
+  int content_type = -1;
   bool payload_is_bytea = false;  // the payload text is bytea output
+  // The event's content type when the row has none (PayloadContentType).
+  absl::string_view payload_content_type = "application/json";
 };
 
 // The layout of a row whose cells have these names, in this order. Leaves
-// payload_is_bytea false: the caller knows the column types.
+// the payload's type at its default (jsonb): the caller knows the column
+// types and calls SetPayloadType.
+
 OutboxRowLayout LocateOutboxColumns(absl::Span<const std::string> cell_names,
                                     const OutboxColumns& names);
+
+// Records the payload column's type oid in `layout` (payload_is_bytea,
+// payload_content_type).
+void SetPayloadType(uint32_t type_oid, OutboxRowLayout* layout);
 
 // Where a row stands in its stream; copied into the event or invalid event.
 struct RowOrigin {
@@ -86,7 +104,8 @@ using RowEvent = std::variant<OutboxEvent, InvalidEvent>;
 // (aggregate id, id, aggregate type, type, payload) absent, NULL or
 // unchanged TOAST; a bad bytea text; headers that are not a JSON object of
 // strings; a depends_on that is not an array of ids. The payload may be
-// NULL (a tombstone); headers and depends_on may be absent or NULL.
+// NULL (a tombstone); headers, depends_on and content_type may be absent or
+// NULL (an empty content_type counts as NULL).
 RowEvent RowToEvent(absl::Span<const RowCell> row,
                     const OutboxRowLayout& layout, const OutboxColumns& names,
                     const RowOrigin& origin);

@@ -34,6 +34,10 @@ class RowToEventTest : public ::testing::Test {
   }
 
   RowEvent Decode(bool payload_is_bytea = false) {
+    return DecodeTyped(payload_is_bytea ? kByteaTypeOid : 3802 /* jsonb */);
+  }
+
+  RowEvent DecodeTyped(uint32_t payload_type_oid) {
     cells_.clear();
     for (size_t i = 0; i < names_.size(); ++i) {
       RowCell& c = cells_.emplace_back();
@@ -41,7 +45,7 @@ class RowToEventTest : public ::testing::Test {
       if (texts_[i].has_value()) c.text = *texts_[i];
     }
     OutboxRowLayout layout = LocateOutboxColumns(names_, columns_);
-    layout.payload_is_bytea = payload_is_bytea;
+    SetPayloadType(payload_type_oid, &layout);
     return RowToEvent(cells_, layout, columns_, origin_);
   }
 
@@ -117,6 +121,30 @@ TEST_F(RowToEventTest, ByteaPayloadIsDecodedToRawBytes) {
   EXPECT_EQ(Valid(r).payload, std::string("\x00\xff\x41", 3));
   Set("payload", "\\x0");
   EXPECT_THAT(Invalid(Decode(true)).reason, HasSubstr("odd length"));
+}
+
+TEST_F(RowToEventTest, ContentTypeDefaultsByThePayloadColumnsType) {
+  EXPECT_EQ(Valid(DecodeTyped(3802)).content_type, "application/json");
+  EXPECT_EQ(Valid(DecodeTyped(114)).content_type, "application/json");
+  EXPECT_EQ(Valid(DecodeTyped(25)).content_type, "text/plain");
+  EXPECT_EQ(Valid(DecodeTyped(1043)).content_type, "text/plain");  // varchar
+  Set("payload", "\\x00ff");
+  EXPECT_EQ(Valid(DecodeTyped(kByteaTypeOid)).content_type,
+            "application/octet-stream");
+}
+
+TEST_F(RowToEventTest, ContentTypeColumnGivesEachRowItsOwn) {
+  names_.push_back("content_type");
+  texts_.push_back("application/avro");
+  EXPECT_EQ(Valid(Decode()).content_type, "application/avro");
+  Set("content_type", std::nullopt);
+  EXPECT_EQ(Valid(Decode()).content_type, "application/json");
+  Set("content_type", "");
+  EXPECT_EQ(Valid(Decode()).content_type, "application/json");
+  // Under another name, by flag; "" ignores the column.
+  columns_.content_type = "";
+  Set("content_type", "application/avro");
+  EXPECT_EQ(Valid(Decode()).content_type, "application/json");
 }
 
 TEST_F(RowToEventTest, EachNullRequiredColumnIsInvalidWithTheRowAsContent) {

@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/utf8.h"
 #include "nlohmann/json.hpp"
 #include "outbox/router.h"
 #include "outbox_event.pb.h"
@@ -18,43 +19,6 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 constexpr char kTimeFormat[] = "%Y-%m-%dT%H:%M:%E3SZ";
-
-// Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF).
-bool IsValidUtf8(absl::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = s[i];
-    int extra;
-    uint32_t cp;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      extra = 1;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      extra = 2;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      extra = 3;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + extra >= s.size()) return false;  // truncated sequence
-    for (int k = 1; k <= extra; ++k) {
-      unsigned char cc = s[i + k];
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return false;
-    }
-    i += extra + 1;
-  }
-  return true;
-}
 
 std::string FormatCommitTime(int64_t unix_ms) {
   return absl::FormatTime(kTimeFormat, absl::FromUnixMillis(unix_ms),
@@ -303,6 +267,18 @@ absl::string_view ValueFormatName(ValueFormat format) {
       return "protobuf";
   }
   return "?";
+}
+
+absl::string_view ValueFormatContentType(ValueFormat format) {
+  switch (format) {
+    case ValueFormat::kPayload:
+      return "";
+    case ValueFormat::kEnvelopeJson:
+      return "application/json";
+    case ValueFormat::kProtobuf:
+      return "application/x-protobuf";
+  }
+  return "";
 }
 
 std::optional<std::string> EncodeValue(const OutboxEvent& event,

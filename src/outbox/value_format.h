@@ -43,6 +43,10 @@ enum class ValueFormat { kPayload, kEnvelopeJson, kProtobuf };
 // "payload", "envelope-json", "protobuf"; kInvalidArgument otherwise.
 absl::StatusOr<ValueFormat> ParseValueFormat(absl::string_view name);
 absl::string_view ValueFormatName(ValueFormat format);
+// The media type of an envelope format's value (application/json,
+// application/x-protobuf); "" for the payload format, whose value is the
+// payload (of the event's own content type).
+absl::string_view ValueFormatContentType(ValueFormat format);
 
 // The record value of `event`; nullopt is a tombstone.
 std::optional<std::string> EncodeValue(const OutboxEvent& event,

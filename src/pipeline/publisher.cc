@@ -160,6 +160,7 @@ class Publisher::Impl {
         m_(metrics),
         sink_factory_(std::move(sink_factory)),
         router_(options.router),
+        cloudevents_(options.cloudevents),
         exactly_once_(options.delivery == DeliveryGuarantee::kExactlyOnce),
         batch_(options.transactions),
         reserved_header_log_(&metrics),
@@ -234,6 +235,9 @@ class Publisher::Impl {
       stages_.Restart();
     }
     router_.source = std::move(r.identity);
+    if (options_.cloudevents.source.empty()) {
+      cloudevents_.source = DefaultCloudEventsSource(router_.source);
+    }
     ready_line_ = std::move(r.ready_line);
     if (sink_ == nullptr) RETURN_IF_ERROR(CreateSink());
     if (exactly_once_ && !broker_checked_) {
@@ -576,13 +580,25 @@ class Publisher::Impl {
   // --- producing ------------------------------------------------------------
 
   absl::Status Publish(OutboxEvent event) {
-    if (!event.dropped_headers.empty()) {
-      // Where() formats a string: only for the events it is logged for.
-      reserved_header_log_.Note(event, Where(event));
-    }
     if (options_.value_format != ValueFormat::kPayload) {
       // The router publishes the payload as the value: make it the envelope.
       event.payload = EncodeValue(event, options_.value_format);
+      event.content_type =
+          std::string(ValueFormatContentType(options_.value_format));
+    }
+    if (cloudevents_.mode != CloudEventsMode::kOff) {
+      // Headers (binary) or the value's document (structured) of the
+      // CloudEvent; an event that cannot be one is invalid.
+      if (absl::Status s = ToCloudEvent(cloudevents_, &event); !s.ok()) {
+        InvalidEvent bad =
+            InvalidFrom(event, absl::StrCat("not a CloudEvent: ", s.message()));
+        bad.content = EventAsJson(event);
+        return OnInvalid(std::move(bad));
+      }
+    }
+    if (!event.dropped_headers.empty()) {
+      // Where() formats a string: only for the events it is logged for.
+      reserved_header_log_.Note(event, Where(event));
     }
     pending_ = Pending{std::move(event), tracker_.AddEvent()};
     return TryProducePending();
@@ -1039,7 +1055,9 @@ class Publisher::Impl {
   metrics::OutboxdMetrics& m_;
   SinkFactory sink_factory_;
   PipelineStats stats_;
-  RouterOptions router_;    // options.router plus the source identity
+  RouterOptions router_;  // options.router plus the source identity
+  // options.cloudevents, its default source from the source identity.
+  CloudEventsOptions cloudevents_;
   std::string ready_line_;  // the source's, logged once connected
   Tracker tracker_;
   const bool exactly_once_;

@@ -1,7 +1,8 @@
 // Publisher: the one publishing core behind every source (--source=cdc,
 // poll, notify). It owns, on one thread:
 //
-//   EventSource::Read -> value format -> Route (+ outbox.source)
+//   EventSource::Read -> value format -> CloudEvents -> Route
+//     (+ outbox.source)
 //     -> TopicCatalog -> [exactly-once admission] -> Sink::Produce
 //     -> (delivery reports) AckTracker -> EventSource::Durable
 //
@@ -47,6 +48,7 @@
 #include "kafka/producer.h"
 #include "kafka/sink.h"
 #include "metrics/outboxd_metrics.h"
+#include "outbox/cloudevents.h"
 #include "outbox/router.h"
 #include "outbox/value_format.h"
 #include "pipeline/publisher_options.h"
@@ -60,6 +62,9 @@ struct PublisherOptions {
   RouterOptions router;  // outbox.source is the source's identity
   ProducerOptions producer;
   ValueFormat value_format = ValueFormat::kPayload;
+  // --cloudevents: the records as CloudEvents (binary or structured). An
+  // empty source: DefaultCloudEventsSource of the source's identity.
+  CloudEventsOptions cloudevents;
   std::string dlq_topic = "outbox.dlq";
   InvalidEventPolicy on_invalid = InvalidEventPolicy::kDeadLetter;
   DeliveryGuarantee delivery = DeliveryGuarantee::kAtLeastOnce;

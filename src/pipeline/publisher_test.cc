@@ -180,6 +180,81 @@ TEST_F(PublisherTest, ValueFormatAppliesToEverySource) {
   EXPECT_EQ(value["id"], "a");
 }
 
+// --cloudevents: every source's events, in the Publisher's one place.
+TEST_F(PublisherTest, CloudEventsBinaryHeadersWithTheDefaultSource) {
+  options_.cloudevents.mode = CloudEventsMode::kBinary;
+  source_.Add(Begin());
+  OutboxEvent e = Event(100, 0, "a");
+  e.content_type = "application/json";
+  source_.Add(Of(std::move(e)));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].value, "{\"n\":1}");
+  EXPECT_EQ(records[0].Header("ce_specversion"), "1.0");
+  EXPECT_EQ(records[0].Header("ce_id"), "a");
+  EXPECT_EQ(records[0].Header("ce_source"),
+            DefaultCloudEventsSource(source_.source_identity));
+  EXPECT_EQ(records[0].Header("ce_time"), "1970-01-01T00:00:01.000Z");
+  EXPECT_EQ(records[0].Header("content-type"), "application/json");
+  EXPECT_EQ(records[0].Header("id"), "a");  // outboxd's own stay
+}
+
+TEST_F(PublisherTest, CloudEventsStructuredValueWithTheGivenSource) {
+  options_.cloudevents.mode = CloudEventsMode::kStructured;
+  options_.cloudevents.source = "urn:shop";
+  source_.Add(Begin());
+  OutboxEvent e = Event(100, 0, "a");
+  e.content_type = "application/json";
+  source_.Add(Of(std::move(e)));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 1u);
+  auto doc = nlohmann::json::parse(*records[0].value);
+  EXPECT_EQ(doc["source"], "urn:shop");
+  EXPECT_EQ(doc["data"]["n"], 1);
+  EXPECT_EQ(records[0].Header("content-type"),
+            "application/cloudevents+json; charset=UTF-8");
+}
+
+// Binary mode over an envelope format: the envelope is the data.
+TEST_F(PublisherTest, CloudEventsBinaryOverAnEnvelopeTypesItsContent) {
+  options_.cloudevents.mode = CloudEventsMode::kBinary;
+  options_.value_format = ValueFormat::kEnvelopeJson;
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(*records[0].value)["id"], "a");
+  EXPECT_EQ(records[0].Header("content-type"), "application/json");
+}
+
+// An event that cannot be a CloudEvent is not lost: dead-lettered whole.
+TEST_F(PublisherTest, EventThatCannotBeACloudEventIsDeadLettered) {
+  options_.cloudevents.mode = CloudEventsMode::kStructured;
+  source_.Add(Begin());
+  OutboxEvent e = Event(100, 0, "a");
+  e.type = "";
+  source_.Add(Of(std::move(e)));
+  source_.Add(Commit(100));
+  std::vector<FakeRecord> records;
+  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].topic, "outbox.dlq");
+  EXPECT_THAT(*records[0].Header("outbox.error"),
+              HasSubstr("not a CloudEvent: the event type is empty"));
+  EXPECT_EQ(nlohmann::json::parse(*records[0].value)["payload"], "{\"n\":1}");
+  EXPECT_EQ(stats_.events_dead_lettered, 1u);
+}
+
 // --- backpressure -----------------------------------------------------------
 
 TEST_F(PublisherTest, FullQueueStopsReadingUntilThereIsRoom) {

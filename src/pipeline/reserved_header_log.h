@@ -1,6 +1,7 @@
 // ReservedHeaderLog: reports the reserved header names (id, eventType,
-// outbox.*) that an event's `headers` column tried to set and that the
-// mapper dropped (OutboxEvent::dropped_headers): each one is counted in
+// outbox.*, and with --cloudevents the headers it sets) that an event's
+// `headers` column tried to set and that the mapper (or ToCloudEvent)
+// dropped (OutboxEvent::dropped_headers): each one is counted in
 // outboxd_reserved_headers_dropped_total and logged as a warning, at most
 // one line per interval (with the number of events it did not name).
 //
@@ -40,7 +41,8 @@ class ReservedHeaderLog {
     }
     spdlog::warn(
         "event {} at {}: reserved header(s) {} in its headers column dropped "
-        "(only outboxd sets id, eventType and outbox.*); the event is "
+        "(only outboxd sets id, eventType, outbox.* and, with --cloudevents, "
+        "its ce_ attributes and content-type); the event is "
         "published without them{}",
         event.id, where, absl::StrJoin(event.dropped_headers, ", "),
         suppressed_ > 0

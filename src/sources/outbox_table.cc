@@ -45,8 +45,8 @@ absl::StatusOr<OutboxTable> OutboxTable::Load(PgConnection& conn,
         Wanted{columns.aggregate_id, "--column-aggregate-id"},
         Wanted{columns.type, "--column-type"},
         Wanted{columns.payload, "--column-payload"},
-        Wanted{columns.headers, nullptr},
-        Wanted{columns.depends_on, nullptr}}) {
+        Wanted{columns.headers, nullptr}, Wanted{columns.depends_on, nullptr},
+        Wanted{columns.content_type, nullptr}}) {
     std::string quoted;
     if (w.flag != nullptr) {
       ASSIGN_OR_RETURN(quoted, t.Require(w.name, w.flag));
@@ -60,8 +60,7 @@ absl::StatusOr<OutboxTable> OutboxTable::Load(PgConnection& conn,
     t.cell_names_.push_back(w.name);
   }
   t.layout_ = LocateOutboxColumns(t.cell_names_, columns);
-  t.layout_.payload_is_bytea =
-      t.by_name_.at(columns.payload).type_oid == kByteaTypeOid;
+  SetPayloadType(t.by_name_.at(columns.payload).type_oid, &t.layout_);
   return t;
 }
 

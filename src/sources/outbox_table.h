@@ -45,7 +45,8 @@ class OutboxTable {
   std::string Optional(const std::string& column) const;
 
   // The outbox columns present (id, aggregate type, aggregate id, type,
-  // payload, then headers and depends_on when present), as text, comma
+  // payload, then headers, depends_on and content_type when present), as
+  // text, comma
   // separated: select_width() result columns.
   const std::string& select_list() const { return select_list_; }
   int select_width() const { return static_cast<int>(cell_names_.size()); }

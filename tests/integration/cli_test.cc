@@ -247,6 +247,34 @@ TEST(CliTest, CdcOnlyFlagsWithPollOrNotifyExitTwoWithOneLine) {
   }
 }
 
+// --cloudevents: the values that make no sense, one line each.
+TEST(CliTest, CloudEventsFlagsThatMakeNoSenseExitTwoWithOneLine) {
+  for (const auto& [flags, says] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--cloudevents=json"},
+            "--cloudevents: must be off, binary or structured, not 'json'"},
+           {{"--cloudevents=structured", "--value-format=envelope-json"},
+            "--cloudevents=structured needs --value-format=payload"},
+           {{"--cloudevents-source=urn:x"},
+            "--cloudevents-source applies only to --cloudevents=binary or "
+            "structured"},
+           {{"--column-content-type=ct"},
+            "--column-content-type applies only to --cloudevents=binary or "
+            "structured"},
+           {{"--cloudevents=binary", "--cloudevents-source=my source"},
+            "--cloudevents-source: 'my source' is not a URI-reference"},
+           {{"--cloudevents=binary", "--cloudevents-source="},
+            "--cloudevents-source: must not be empty"}}) {
+    std::vector<std::string> args = {"--pg=host=127.0.0.1", "--brokers=h:1"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    CommandResult r = RunOutboxd(args);
+    EXPECT_EQ(r.exit_code, 2) << flags[0] << ": " << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1)
+        << r.output;
+    EXPECT_NE(r.output.find("outboxd: " + says), std::string::npos) << r.output;
+  }
+}
+
 TEST(CliTest, FlagsThatCanOnlyMakeIllegalTopicNamesExitTwoWithOneLine) {
   const std::vector<std::string> base = {
       "--pg=host=127.0.0.1 port=1 dbname=x connect_timeout=1",
