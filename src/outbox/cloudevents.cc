@@ -63,13 +63,15 @@ void AppendAttributeHeaders(
   headers->emplace_back(kCeHeaderId, event.id);
   headers->emplace_back(kCeHeaderSource, options.source);
   headers->emplace_back(kCeHeaderType, event.type);
-  headers->emplace_back(kCeHeaderTime,
-                        FormatRfc3339Millis(event.commit_time_unix_ms));
+  if (event.commit_time_unix_ms > 0) {
+    headers->emplace_back(kCeHeaderTime,
+                          FormatRfc3339Millis(event.commit_time_unix_ms));
+  }
   if (!event.aggregate_id.empty()) {
     headers->emplace_back(kCeHeaderSubject, event.aggregate_id);
   }
-  if (with_content_type && !event.content_type.empty()) {
-    headers->emplace_back(kContentTypeHeader, event.content_type);
+  if (with_content_type) {
+    headers->emplace_back(kContentTypeHeader, ContentTypeOf(event));
   }
 }
 
@@ -81,12 +83,15 @@ std::string StructuredDocument(const CloudEventsOptions& options,
       {"id", event.id},
       {"source", options.source},
       {"type", event.type},
-      {"time", FormatRfc3339Millis(event.commit_time_unix_ms)},
   };
+  if (event.commit_time_unix_ms > 0) {
+    doc["time"] = FormatRfc3339Millis(event.commit_time_unix_ms);
+  }
   if (!event.aggregate_id.empty()) doc["subject"] = event.aggregate_id;
-  if (!event.content_type.empty()) doc["datacontenttype"] = event.content_type;
+  const absl::string_view content_type = ContentTypeOf(event);
+  doc["datacontenttype"] = std::string(content_type);
   const std::string& payload = *event.payload;
-  const std::string media = MediaType(event.content_type);
+  const std::string media = MediaType(content_type);
   if (IsJsonMediaType(media) && Json::accept(payload)) {
     // The payload's own text, byte for byte: a re-serialised value could
     // round numbers that do not fit a double.
@@ -376,6 +381,11 @@ absl::Status CheckCloudEventsSource(absl::string_view source) {
 std::string FormatRfc3339Millis(int64_t unix_ms) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixMillis(unix_ms),
                           absl::UTCTimeZone());
+}
+
+absl::string_view ContentTypeOf(const OutboxEvent& event) {
+  return event.content_type.empty() ? event.default_content_type
+                                    : absl::string_view(event.content_type);
 }
 
 bool IsCloudEventsHeader(absl::string_view name) {

@@ -89,6 +89,10 @@ absl::Status CheckCloudEventsSource(absl::string_view source);
 // "YYYY-MM-DDTHH:MM:SS.mmmZ" (RFC 3339, UTC).
 std::string FormatRfc3339Millis(int64_t unix_ms);
 
+// The event's datacontenttype: its content_type, or its
+// default_content_type when that is empty.
+absl::string_view ContentTypeOf(const OutboxEvent& event);
+
 // True for the header names that --cloudevents sets (the ce_ attributes
 // above and content-type, matched case-insensitively): an event's own
 // `headers` column cannot set them in a CloudEvents mode.
@@ -96,7 +100,8 @@ bool IsCloudEventsHeader(absl::string_view name);
 
 // Turns `event` into the CloudEvent of `options.mode` (not kOff): appends
 // the mode's headers, and in structured mode makes the payload the JSON
-// document (a tombstone stays one, with the binary-mode headers). Event
+// document (a tombstone stays one, with the binary-mode headers). `time` is
+// left out when the commit time is unknown (0). Event
 // headers that IsCloudEventsHeader names move to event->dropped_headers.
 // kInvalidArgument (event untouched) when the event cannot be a CloudEvent:
 // an empty id or type, an id, type, aggregate id or content type that is not
@@ -105,7 +110,7 @@ bool IsCloudEventsHeader(absl::string_view name);
 // Structured data: a JSON content type (application/json, text/json,
 // */*+json) and a payload that is one JSON value: "data" with the payload's
 // exact text; a text/* content type and a UTF-8 payload: "data" as a JSON
-// string; anything else: "data_base64". No content type: "data_base64".
+// string; anything else: "data_base64".
 absl::Status ToCloudEvent(const CloudEventsOptions& options,
                           OutboxEvent* event);
 

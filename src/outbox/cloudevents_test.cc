@@ -164,15 +164,34 @@ TEST(CloudEventsTest, StructuredModeJsonTypedButInvalidPayloadIsBase64) {
   EXPECT_EQ(Document(event)["data_base64"], absl::Base64Escape("{not json"));
 }
 
-TEST(CloudEventsTest, StructuredModeOmitsEmptySubjectAndContentType) {
+TEST(CloudEventsTest, StructuredModeOmitsEmptySubjectAndUnknownTime) {
   OutboxEvent event = SampleEvent();
   event.aggregate_id = "";
-  event.content_type = "";
+  event.commit_time_unix_ms = 0;  // a polled row without created_at
   ASSERT_TRUE(ToCloudEvent(Options(CloudEventsMode::kStructured), &event).ok());
   nlohmann::json doc = Document(event);
   EXPECT_FALSE(doc.contains("subject"));
-  EXPECT_FALSE(doc.contains("datacontenttype"));
-  EXPECT_TRUE(doc.contains("data_base64"));
+  EXPECT_FALSE(doc.contains("time"));
+  event = SampleEvent();
+  event.commit_time_unix_ms = 0;
+  ASSERT_TRUE(ToCloudEvent(Options(CloudEventsMode::kBinary), &event).ok());
+  for (const auto& [name, value] : event.headers) EXPECT_NE(name, "ce_time");
+}
+
+// No content_type column value: the payload column type's default.
+TEST(CloudEventsTest, EmptyContentTypeIsThePayloadTypesDefault) {
+  OutboxEvent event = SampleEvent();
+  event.content_type = "";
+  event.default_content_type = "application/octet-stream";
+  EXPECT_EQ(ContentTypeOf(event), "application/octet-stream");
+  ASSERT_TRUE(ToCloudEvent(Options(CloudEventsMode::kBinary), &event).ok());
+  EXPECT_THAT(event.headers.back(),
+              Pair("content-type", "application/octet-stream"));
+  event = SampleEvent();
+  event.content_type = "";
+  ASSERT_TRUE(ToCloudEvent(Options(CloudEventsMode::kStructured), &event).ok());
+  EXPECT_EQ(Document(event)["datacontenttype"], "application/json");
+  EXPECT_EQ(Document(event)["data"]["total"], 10);
 }
 
 TEST(CloudEventsTest, HeadersColumnCannotForgeCloudEventsHeaders) {

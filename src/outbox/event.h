@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "common/lsn.h"
 
 namespace outboxd {
@@ -37,11 +38,13 @@ struct OutboxEvent {
   std::string aggregate_id;
   std::string type;
   std::optional<std::string> payload;  // nullopt: tombstone
-  // The payload's media type (CloudEvents datacontenttype): the row's
-  // content_type column, else what the payload column's type implies
-  // (PayloadContentType); application/json for a logical decoding message.
-  // Empty when unknown.
+  // The payload's media type (CloudEvents datacontenttype) is content_type,
+  // the row's content_type column, or when that is empty
+  // default_content_type, what the payload column's type implies
+  // (PayloadContentType; application/json for a logical decoding message).
+  // The default is a view of static storage: no copy per event.
   std::string content_type;
+  absl::string_view default_content_type = "application/json";
   // From the optional `headers` column, in the object's order. Never a
   // reserved name (IsReservedHeader): those are in dropped_headers.
   std::vector<std::pair<std::string, std::string>> headers;

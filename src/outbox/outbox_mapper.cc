@@ -170,7 +170,7 @@ absl::StatusOr<MappedMessage> OutboxMapper::OnMessage(
   OutboxEvent event;
   event.position = NextPosition();
   event.commit_time_unix_ms = commit_time_unix_ms_;
-  event.content_type = "application/json";  // the content is JSON
+  event.default_content_type = "application/json";  // the content is JSON
   absl::Status s = ParseMessageEvent(message.content, &event);
   if (!s.ok()) {
     ++counters_.invalid_events;

@@ -99,7 +99,7 @@ absl::Status Decode(absl::Span<const RowCell> row,
                      CellText(row, layout.headers, names.headers));
     if (headers.has_value()) RETURN_IF_ERROR(ParseHeadersText(*headers, event));
   }
-  event->content_type = std::string(layout.payload_content_type);
+  event->default_content_type = layout.payload_content_type;
   if (layout.content_type >= 0) {
     ASSIGN_OR_RETURN(std::optional<absl::string_view> content_type,
                      CellText(row, layout.content_type, names.content_type));

@@ -76,7 +76,8 @@ struct OutboxRowLayout {
   int depends_on = -1;
   int content_type = -1;
   bool payload_is_bytea = false;  // the payload text is bytea output
-  // The event's content type when the row has none (PayloadContentType).
+  // The event's content type when the row has none (PayloadContentType's,
+  // static storage).
   absl::string_view payload_content_type = "application/json";
 };
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "outbox/cloudevents.h"
 
 namespace outboxd {
 namespace {
@@ -124,27 +125,27 @@ TEST_F(RowToEventTest, ByteaPayloadIsDecodedToRawBytes) {
 }
 
 TEST_F(RowToEventTest, ContentTypeDefaultsByThePayloadColumnsType) {
-  EXPECT_EQ(Valid(DecodeTyped(3802)).content_type, "application/json");
-  EXPECT_EQ(Valid(DecodeTyped(114)).content_type, "application/json");
-  EXPECT_EQ(Valid(DecodeTyped(25)).content_type, "text/plain");
-  EXPECT_EQ(Valid(DecodeTyped(1043)).content_type, "text/plain");  // varchar
+  EXPECT_EQ(ContentTypeOf(Valid(DecodeTyped(3802))), "application/json");
+  EXPECT_EQ(ContentTypeOf(Valid(DecodeTyped(114))), "application/json");
+  EXPECT_EQ(ContentTypeOf(Valid(DecodeTyped(25))), "text/plain");
+  EXPECT_EQ(ContentTypeOf(Valid(DecodeTyped(1043))), "text/plain");  // varchar
   Set("payload", "\\x00ff");
-  EXPECT_EQ(Valid(DecodeTyped(kByteaTypeOid)).content_type,
+  EXPECT_EQ(ContentTypeOf(Valid(DecodeTyped(kByteaTypeOid))),
             "application/octet-stream");
 }
 
 TEST_F(RowToEventTest, ContentTypeColumnGivesEachRowItsOwn) {
   names_.push_back("content_type");
   texts_.push_back("application/avro");
-  EXPECT_EQ(Valid(Decode()).content_type, "application/avro");
+  EXPECT_EQ(ContentTypeOf(Valid(Decode())), "application/avro");
   Set("content_type", std::nullopt);
-  EXPECT_EQ(Valid(Decode()).content_type, "application/json");
+  EXPECT_EQ(ContentTypeOf(Valid(Decode())), "application/json");
   Set("content_type", "");
-  EXPECT_EQ(Valid(Decode()).content_type, "application/json");
+  EXPECT_EQ(ContentTypeOf(Valid(Decode())), "application/json");
   // Under another name, by flag; "" ignores the column.
   columns_.content_type = "";
   Set("content_type", "application/avro");
-  EXPECT_EQ(Valid(Decode()).content_type, "application/json");
+  EXPECT_EQ(ContentTypeOf(Valid(Decode())), "application/json");
 }
 
 TEST_F(RowToEventTest, EachNullRequiredColumnIsInvalidWithTheRowAsContent) {
