@@ -103,6 +103,31 @@ TEST(InboxRecordTest, StructuredCloudEventGivesDataAsValue) {
   EXPECT_EQ(r.event_id, "ce-7");
 }
 
+// --cloudevents=binary over --value-format=envelope-json: the data is the
+// envelope, decoded as before; the handler gets the payload inside it.
+TEST(InboxRecordTest, BinaryCloudEventOverAnEnvelope) {
+  OutboxEvent event;
+  event.position = {Lsn(12345), 0};
+  event.id = "e-4";
+  event.aggregate_type = "order";
+  event.aggregate_id = "order-1";
+  event.type = "Created";
+  event.payload = "{\"n\":4}";
+  ConsumedMessage m = Message({{"ce_specversion", "1.0"},
+                               {"ce_id", "e-4"},
+                               {"ce_source", "/s"},
+                               {"ce_type", "Created"},
+                               {"content-type", "application/json"}});
+  m.value = EncodeValue(event, ValueFormat::kEnvelopeJson);
+  InboxRecord r =
+      InboxRecordFromMessage(std::move(m), ValueFormat::kEnvelopeJson);
+  ASSERT_TRUE(r.decode_status.ok()) << r.decode_status;
+  ASSERT_TRUE(r.cloudevent.has_value());
+  EXPECT_EQ(r.value, "{\"n\":4}");
+  EXPECT_EQ(r.event_id, "e-4");
+  EXPECT_EQ(r.lsn, 12345u);
+}
+
 TEST(InboxRecordTest, CloudEventTombstoneHasNoValue) {
   ConsumedMessage m = Message({{"ce_specversion", "1.0"},
                                {"ce_id", "e-9"},
@@ -127,6 +152,15 @@ TEST(InboxRecordTest, InvalidCloudEventFailsDecoding) {
   m.value = "not json";
   r = InboxRecordFromMessage(std::move(m), ValueFormat::kPayload);
   EXPECT_THAT(r.decode_status.message(), HasSubstr("not a JSON object"));
+  // Header values are UTF-8 strings (the binding's rule).
+  r = InboxRecordFromMessage(Message({{"ce_specversion", "1.0"},
+                                      {"ce_id", "e-5"},
+                                      {"ce_source", "/s"},
+                                      {"ce_type", "T"},
+                                      {"ce_subject", "bad\xff"}}),
+                             ValueFormat::kPayload);
+  EXPECT_THAT(r.decode_status.message(),
+              HasSubstr("header 'ce_subject' is not UTF-8"));
 }
 
 // --source=poll|notify: the position is the row's seq, never an LSN of 0.
