@@ -297,6 +297,14 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   ASSIGN_OR_RETURN(pub.transactions.interval,
                    flags::BetweenFlag(FLAGS_transaction_interval,
                                       absl::ZeroDuration(), absl::Seconds(30)));
+  if (pub.delivery == DeliveryGuarantee::kExactlyOnce &&
+      pub.stall_timeout > absl::ZeroDuration() &&
+      pub.stall_timeout <= pub.transactions.interval) {
+    // Events stay pending until their Kafka transaction commits.
+    return absl::InvalidArgumentError(
+        "--stall-timeout must be longer than --transaction-interval with "
+        "--delivery=exactly-once (or 0)");
+  }
 
   ASSIGN_OR_RETURN(
       cdc.on_slot_loss,

@@ -922,6 +922,7 @@ class Publisher::Impl {
     if (batch_.size() > 0) checkpoint_ = batch_.last_position();
     std::vector<uint64_t> committed = batch_.TakeCommitted();
     for (uint64_t sequence : committed) tracker_.Acknowledge(sequence);
+    if (!committed.empty()) stall_.Acknowledged();  // progress, too
     stats_.events_acknowledged += committed.size();
     ++stats_.transactions_committed;
     spdlog::debug(

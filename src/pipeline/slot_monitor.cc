@@ -84,6 +84,7 @@ void SlotMonitor::Run() {
             cause, absl::FormatDuration(options_.interval));
         failing = std::move(cause);
       }
+      ++rounds_;
       continue;
     }
     if (!failing.empty()) {
@@ -91,6 +92,7 @@ void SlotMonitor::Run() {
       failing.clear();
     }
     ApplySlotSample(*sample, m_);
+    ++rounds_;
   } while (!stop_.WaitForNotificationWithTimeout(options_.interval));
 }
 

@@ -53,6 +53,9 @@ class SlotMonitor {
   SlotMonitor(const SlotMonitor&) = delete;
   SlotMonitor& operator=(const SlotMonitor&) = delete;
 
+  // Rounds done so far, whether they worked or not.
+  uint64_t rounds() const { return rounds_.load(); }
+
  private:
   SlotMonitor(SlotMonitorOptions options, metrics::OutboxdMetrics& metrics)
       : options_(std::move(options)), m_(metrics) {}
@@ -61,6 +64,7 @@ class SlotMonitor {
   const SlotMonitorOptions options_;
   metrics::OutboxdMetrics& m_;
   absl::Notification stop_;
+  std::atomic<uint64_t> rounds_{0};
   std::thread thread_;
 };
 

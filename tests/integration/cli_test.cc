@@ -205,6 +205,16 @@ TEST(CliTest, NegativeStallTimeoutOrSlotMetricsIntervalExitsTwo) {
     const std::string flag(arg, std::string(arg).find('='));
     EXPECT_TRUE(absl::StartsWith(r.output, "outboxd: " + flag)) << r.output;
   }
+  // Exactly-once events stay pending until their transaction commits: a
+  // stall timeout within the transaction interval would fire on its own.
+  CommandResult r = RunOutboxd(
+      {"--pg=host=127.0.0.1", "--brokers=h:1", "--delivery=exactly-once",
+       "--transaction-interval=5s", "--stall-timeout=5s"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(absl::StartsWith(r.output,
+                               "outboxd: --stall-timeout must be "
+                               "longer than --transaction-interval"))
+      << r.output;
 }
 
 TEST(CliTest, UnknownFlagExitsTwoWithOneLine) {

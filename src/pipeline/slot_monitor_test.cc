@@ -1,0 +1,83 @@
+// The slot monitor's gauges from a sample, and a database it cannot reach:
+// logged once, retried, never fatal. No server needed (a closed port).
+#include "pipeline/slot_monitor.h"
+
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
+
+namespace outboxd {
+namespace {
+
+double Status(metrics::OutboxdMetrics& m, const std::string& status) {
+  for (int i = 0; i < metrics::kWalStatusCount; ++i) {
+    if (status == metrics::kWalStatusNames[i]) {
+      return m.slot_wal_status[i]->Value();
+    }
+  }
+  ADD_FAILURE() << "no status " << status;
+  return -1;
+}
+
+TEST(SlotMonitorTest, ASampleSetsTheRetainedBytesAndOneStatus) {
+  metrics::OutboxdMetrics m;
+  ApplySlotSample({true, 123456, "reserved"}, m);
+  EXPECT_EQ(m.slot_retained_wal_bytes->Value(), 123456);
+  EXPECT_EQ(Status(m, "reserved"), 1);
+  EXPECT_EQ(Status(m, "lost"), 0);
+  // max_slot_wal_keep_size is near: the status moves, one at a time.
+  ApplySlotSample({true, 999999, "unreserved"}, m);
+  EXPECT_EQ(Status(m, "reserved"), 0);
+  EXPECT_EQ(Status(m, "unreserved"), 1);
+  // Invalidated: restart_lsn is NULL, nothing is retained.
+  ApplySlotSample({true, std::nullopt, "lost"}, m);
+  EXPECT_EQ(m.slot_retained_wal_bytes->Value(), 0);
+  EXPECT_EQ(Status(m, "unreserved"), 0);
+  EXPECT_EQ(Status(m, "lost"), 1);
+  // No slot (yet, or dropped): every status 0.
+  ApplySlotSample({}, m);
+  for (const char* s : metrics::kWalStatusNames) EXPECT_EQ(Status(m, s), 0);
+}
+
+TEST(SlotMonitorTest, AnUnreachableDatabaseIsLoggedOnceAndRetried) {
+  std::ostringstream out;
+  auto previous = spdlog::default_logger();
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+  sink->set_pattern("%l %v");
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("t", sink));
+  metrics::OutboxdMetrics m;
+  {
+    // Port 1 on loopback: refused at once.
+    std::unique_ptr<SlotMonitor> monitor =
+        SlotMonitor::Start({"host=127.0.0.1 port=1 connect_timeout=2",
+                            "outbox_slot", absl::Milliseconds(5)},
+                           m);
+    const absl::Time give_up = absl::Now() + absl::Seconds(30);
+    while (monitor->rounds() < 5 && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    EXPECT_GE(monitor->rounds(), 5u);
+  }
+  spdlog::set_default_logger(previous);
+  // One line (libpq's message may hold a newline of its own).
+  const std::string log = out.str();
+  EXPECT_TRUE(absl::StartsWith(
+      log, "warning slot metrics: cannot read pg_replication_slots"))
+      << log;
+  size_t lines = 0;
+  for (size_t at = log.find("slot metrics:"); at != std::string::npos;
+       at = log.find("slot metrics:", at + 1)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 1u) << log;
+}
+
+}  // namespace
+}  // namespace outboxd
