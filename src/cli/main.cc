@@ -36,13 +36,15 @@ ABSL_FLAG(std::string, pg, "",
 ABSL_FLAG(std::string, brokers, "",
           "Kafka bootstrap servers, HOST:PORT[,...] (required)");
 ABSL_FLAG(std::string, table, "public.outbox",
-          "outbox table, schema-qualified; \"\" for logical decoding "
-          "messages only");
+          "outbox table, schema-qualified, or a comma-separated list of them "
+          "(cdc: each routed the same way, header outbox.table names it; "
+          "poll/notify: one table); \"\" for logical decoding messages only");
 ABSL_FLAG(std::string, slot, "outbox_slot",
           "logical replication slot, created with pgoutput if missing");
 ABSL_FLAG(std::string, publication, "outbox_pub",
-          "publication, created FOR TABLE --table WITH (publish = 'insert') "
-          "if missing");
+          "publication, created FOR TABLE <every --table> WITH (publish = "
+          "'insert') if missing; an existing one must publish inserts of "
+          "every --table");
 ABSL_FLAG(std::string, topic_prefix, "outbox.event.",
           "topic = prefix + aggregatetype");
 ABSL_FLAG(std::string, topic, "",
@@ -326,10 +328,16 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
         "cannot be republished)");
   }
   if (!table.empty()) {
-    ASSIGN_OR_RETURN(QualifiedName name,
-                     flags::ParsedFlag(FLAGS_table, ParseQualifiedName));
-    cdc.setup.table = name;
-    cdc.mapper.table = name;
+    ASSIGN_OR_RETURN(std::vector<QualifiedName> names,
+                     flags::ParsedFlag(FLAGS_table, ParseQualifiedNameList));
+    if (names.size() > 1 && source != "cdc") {
+      // One poller reads one table, and outbox.source names that table.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--table: --source=", source,
+          " publishes from one table; several tables need --source=cdc"));
+    }
+    cdc.setup.tables = names;
+    cdc.mapper.tables = std::move(names);
   }
   cdc.setup.slot = absl::GetFlag(FLAGS_slot);
   cdc.setup.publication = absl::GetFlag(FLAGS_publication);
@@ -444,12 +452,12 @@ absl::StatusOr<PollSourceOptions> PollOptionsFromFlags(
     const CdcSourceOptions& cdc) {
   PollSourceOptions o;
   const std::string source = absl::GetFlag(FLAGS_source);
-  if (!cdc.mapper.table.has_value()) {
+  if (cdc.mapper.tables.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--source=", source, " needs --table"));
   }
   o.poller.conninfo = cdc.conninfo;
-  o.poller.table = *cdc.mapper.table;
+  o.poller.table = cdc.mapper.tables.front();
   o.poller.columns = cdc.mapper.columns;
   ASSIGN_OR_RETURN(o.poller.batch_size,
                    flags::IntBetweenFlag(FLAGS_batch_size, 1, 1000000));
@@ -499,19 +507,22 @@ absl::Status Run(CdcPipelineOptions& options,
         outboxd_metrics);
   }
 
-  // --cleanup-after: a thread of its own, independent of the stream.
-  std::unique_ptr<OutboxCleaner> cleaner;
+  // --cleanup-after: a thread of its own per table, independent of the
+  // stream; each decides from the slot's publisher state row.
+  std::vector<std::unique_ptr<OutboxCleaner>> cleaners;
   if (absl::Duration after = absl::GetFlag(FLAGS_cleanup_after);
       after > absl::ZeroDuration()) {
-    OutboxCleanerOptions co;
-    co.conninfo = options.source.conninfo;
-    co.table = *options.source.setup.table;
-    co.slot = options.source.setup.slot;
-    co.id_column = options.source.mapper.columns.id;
-    co.older_than = after;
-    co.republish_margin = options.source.republish_margin;
-    co.metrics = options.metrics;
-    cleaner = OutboxCleaner::Start(std::move(co));
+    for (const QualifiedName& table : options.source.setup.tables) {
+      OutboxCleanerOptions co;
+      co.conninfo = options.source.conninfo;
+      co.table = table;
+      co.slot = options.source.setup.slot;
+      co.id_column = options.source.mapper.columns.id;
+      co.older_than = after;
+      co.republish_margin = options.source.republish_margin;
+      co.metrics = options.metrics;
+      cleaners.push_back(OutboxCleaner::Start(std::move(co)));
+    }
   }
 
   spdlog::info("outboxd {} starting: pg {} brokers {} table {} slot {}",

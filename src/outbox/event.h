@@ -60,6 +60,10 @@ struct OutboxEvent {
   // loss; header outbox.republished. `position` is then not a commit
   // position but (start of the new slot - 1, rank in the republish).
   std::optional<Lsn> republished_after;
+  // The outbox table the row was inserted into, "schema.table" as
+  // PostgreSQL names them (unquoted); header outbox.table. Empty for a
+  // logical decoding message, which has no table.
+  std::string table;
 };
 
 // A row or message that is not a valid event; `content` is a JSON rendering
@@ -72,6 +76,7 @@ struct InvalidEvent {
   std::string reason;
   std::string content;
   std::string aggregate_id;  // best effort, "" when unknown
+  std::string table;         // as OutboxEvent::table
 };
 
 }  // namespace outboxd

@@ -1,5 +1,6 @@
 #include "outbox/outbox_mapper.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -104,15 +105,16 @@ absl::StatusOr<MappedMessage> OutboxMapper::OnRelation(
   cached.column_names.reserve(rel.columns.size());
   for (const auto& c : rel.columns) cached.column_names.push_back(c.name);
 
-  const auto& table = options_.table;
-  if (table.has_value() && rel.nspname == table->schema &&
-      rel.relname == table->name) {
+  const QualifiedName name{rel.nspname, rel.relname};
+  if (std::find(options_.tables.begin(), options_.tables.end(), name) !=
+      options_.tables.end()) {
     OutboxRowLayout layout =
         LocateOutboxColumns(cached.column_names, options_.columns);
     if (layout.payload >= 0) {
       SetPayloadType(rel.columns[layout.payload].type_oid, &layout);
     }
     cached.outbox = layout;
+    cached.table = absl::StrCat(rel.nspname, ".", rel.relname);
   }
   relations_.insert_or_assign(rel.relation_id, std::move(cached));
   return MappedMessage();
@@ -143,9 +145,9 @@ absl::StatusOr<MappedMessage> OutboxMapper::OnInsert(
     }
     cell.unchanged_toast = v.kind == TupleValue::Kind::kUnchangedToast;
   }
-  RowEvent event =
-      RowToEvent(cells_, *rel->outbox, options_.columns,
-                 RowOrigin{NextPosition(), std::nullopt, commit_time_unix_ms_});
+  RowEvent event = RowToEvent(cells_, *rel->outbox, options_.columns,
+                              RowOrigin{NextPosition(), std::nullopt,
+                                        commit_time_unix_ms_, rel->table});
   if (auto* bad = std::get_if<InvalidEvent>(&event)) {
     ++counters_.invalid_events;
     return std::move(*bad);

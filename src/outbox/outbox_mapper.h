@@ -3,8 +3,9 @@
 //
 // Owns the relation cache (relation id -> columns, replaced whenever a new
 // Relation message arrives, e.g. after ALTER TABLE) and the state of the
-// transaction being decoded. Inserts into the outbox table and transactional
-// logical decoding messages with the configured prefix become events;
+// transaction being decoded. Inserts into any of the outbox tables and
+// transactional logical decoding messages with the configured prefix become
+// events (an insert's event names its table: OutboxEvent::table);
 // updates, deletes, truncates, other tables and non-transactional messages
 // are counted and ignored. A row or message that cannot be an event (NULL
 // aggregate id, headers that are not an object of strings, ...) becomes an
@@ -32,8 +33,9 @@
 namespace outboxd {
 
 struct OutboxMapperOptions {
-  // nullopt: no table, logical decoding messages only.
-  std::optional<QualifiedName> table;
+  // The outbox tables, each mapped the same way (same columns, same
+  // routing); empty: no table, logical decoding messages only.
+  std::vector<QualifiedName> tables;
   OutboxColumns columns;
   // Transactional logical decoding messages with exactly this prefix are
   // events; "" disables them.
@@ -82,7 +84,8 @@ class OutboxMapper {
     std::string relname;
     size_t column_count = 0;
     std::vector<std::string> column_names;
-    std::optional<OutboxRowLayout> outbox;  // set when this is the outbox table
+    std::optional<OutboxRowLayout> outbox;  // set when this is an outbox table
+    std::string table;  // "schema.table" of an outbox table (outbox.table)
   };
 
   absl::StatusOr<MappedMessage> OnRelation(const pgoutput::Relation& rel);

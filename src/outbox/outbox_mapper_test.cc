@@ -58,7 +58,7 @@ class OutboxMapperTest : public ::testing::Test {
 
   static OutboxMapperOptions Options() {
     OutboxMapperOptions o;
-    o.table = QualifiedName{"public", "outbox"};
+    o.tables = {QualifiedName{"public", "outbox"}};
     return o;
   }
 
@@ -242,6 +242,67 @@ TEST_F(OutboxMapperTest, MissingColumnAfterDropIsInvalid) {
       MustApply(OutboxInsert({Text("i"), Text("a"), Text("k"), Text("{}")}));
   ASSERT_TRUE(std::holds_alternative<InvalidEvent>(m));
   EXPECT_THAT(std::get<InvalidEvent>(m).reason, HasSubstr("no column 'type'"));
+}
+
+TEST_F(OutboxMapperTest, AnInsertNamesItsTable) {
+  MustApply(OutboxRelation());
+  Begin(10);
+  auto m = MustApply(OutboxInsert(
+      {Text("i"), Text("a"), Text("k"), Text("t"), Text("{}"), Null()}));
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(m));
+  EXPECT_EQ(std::get<OutboxEvent>(m).table, "public.outbox");
+  // An invalid row names it too (its dead-letter record carries it).
+  auto bad = MustApply(
+      OutboxInsert({Text("i"), Text("a"), Null(), Text("t"), Null(), Null()}));
+  ASSERT_TRUE(std::holds_alternative<InvalidEvent>(bad));
+  EXPECT_EQ(std::get<InvalidEvent>(bad).table, "public.outbox");
+}
+
+TEST(OutboxMapperTablesTest, EveryListedTableIsMappedTheSameWayAndNamed) {
+  OutboxMapperOptions o;
+  o.tables = {QualifiedName{"public", "outbox"},
+              QualifiedName{"Billing", "Out box"}};
+  OutboxMapper mapper(o);
+  pgoutput::Relation first = OutboxRelation();
+  pgoutput::Relation second = OutboxRelation(kByteaOid, false);
+  second.relation_id = kOtherRel;
+  second.nspname = "Billing";
+  second.relname = "Out box";
+  pgoutput::Relation unlisted = OutboxRelation();
+  unlisted.relation_id = kOtherRel + 1;
+  unlisted.relname = "orders";
+  for (const auto& rel : {first, second, unlisted}) {
+    ASSERT_TRUE(mapper.Apply(rel).ok());
+  }
+  ASSERT_TRUE(mapper.Apply(pgoutput::Begin{Lsn(50), kCommitTimePg, 7}).ok());
+  auto a = mapper.Apply(OutboxInsert(
+      {Text("1"), Text("order"), Text("o-1"), Text("T"), Text("{}"), Null()}));
+  auto b = mapper.Apply(OutboxInsert(
+      {Text("2"), Text("invoice"), Text("i-1"), Text("T"), Text("\\x4142")},
+      kOtherRel));
+  auto c = mapper.Apply(OutboxInsert(
+      {Text("3"), Text("order"), Text("o-2"), Text("T"), Text("{}"), Null()},
+      kOtherRel + 1));
+  auto m = mapper.Apply(pgoutput::Message{
+      true, Lsn(50), "outbox",
+      R"({"id":"4","aggregatetype":"order","aggregateid":"o-3",)"
+      R"("type":"T","payload":{}})"});
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok() && m.ok());
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(*a));
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(*b));
+  EXPECT_EQ(std::get<OutboxEvent>(*a).table, "public.outbox");
+  EXPECT_EQ(std::get<OutboxEvent>(*b).table, "Billing.Out box");
+  // Each table's own column types: the second table's payload is bytea.
+  EXPECT_EQ(std::get<OutboxEvent>(*b).payload, "AB");
+  // One position sequence over the tables of a transaction.
+  EXPECT_EQ(std::get<OutboxEvent>(*a).position.index, 0u);
+  EXPECT_EQ(std::get<OutboxEvent>(*b).position.index, 1u);
+  // A table that is not listed is ignored; a message has no table.
+  EXPECT_TRUE(std::holds_alternative<std::monostate>(*c));
+  EXPECT_EQ(mapper.counters().ignored_other_tables, 1u);
+  ASSERT_TRUE(std::holds_alternative<OutboxEvent>(*m));
+  EXPECT_EQ(std::get<OutboxEvent>(*m).table, "");
+  EXPECT_EQ(std::get<OutboxEvent>(*m).position.index, 2u);
 }
 
 TEST_F(OutboxMapperTest, TransactionalMessagesWithPrefixAreEvents) {

@@ -49,6 +49,9 @@ KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
   if (!options.source.empty()) {
     record.headers.emplace_back(kHeaderSource, options.source);
   }
+  if (!event.table.empty()) {
+    record.headers.emplace_back(kHeaderTable, event.table);
+  }
   return record;
 }
 

@@ -57,6 +57,9 @@ inline constexpr absl::string_view kHeaderDependsOn = "outbox.depends-on";
 inline constexpr absl::string_view kHeaderRepublished = "outbox.republished";
 // The stream the position belongs to: "<system id>/<dbname>/<slot>".
 inline constexpr absl::string_view kHeaderSource = "outbox.source";
+// The outbox table of the event, "schema.table" (unquoted); absent for a
+// logical decoding message, which has no table.
+inline constexpr absl::string_view kHeaderTable = "outbox.table";
 
 // True for the names only outboxd may set: id, eventType and every name
 // starting with "outbox." (exact, case-sensitive match, as Kafka headers).

@@ -1,5 +1,6 @@
 #include "outbox/router.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -113,6 +114,32 @@ TEST(RouterTest, ReservedNamesAmongTheEventsHeadersNeverReachTheRecord) {
   EXPECT_TRUE(IsReservedHeader("outbox.seq"));
   EXPECT_FALSE(IsReservedHeader("Id"));
   EXPECT_FALSE(IsReservedHeader("outbox"));
+}
+
+TEST(RouterTest, AnEventFromATableNamesItLast) {
+  OutboxEvent event = SampleEvent();
+  event.headers.clear();
+  event.table = "billing.outbox";
+  RouterOptions options;
+  options.source = "7301/app/outbox_slot";
+  KafkaRecord record = Route(event, options);
+  ASSERT_GE(record.headers.size(), 2u);
+  EXPECT_THAT(record.headers[record.headers.size() - 2],
+              Pair("outbox.source", "7301/app/outbox_slot"));
+  EXPECT_THAT(record.headers.back(), Pair("outbox.table", "billing.outbox"));
+  // A row's headers column cannot forge it.
+  event.headers = {{"outbox.table", "public.other"}};
+  record = Route(event, options);
+  EXPECT_EQ(
+      std::count_if(record.headers.begin(), record.headers.end(),
+                    [](const auto& h) { return h.first == "outbox.table"; }),
+      1);
+  EXPECT_THAT(record.headers.back(), Pair("outbox.table", "billing.outbox"));
+  // No table (a logical decoding message): no header.
+  event.table.clear();
+  for (const auto& h : Route(event, options).headers) {
+    EXPECT_NE(h.first, "outbox.table");
+  }
 }
 
 TEST(RouterTest, NoOwnHeaders) {

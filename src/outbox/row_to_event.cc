@@ -177,6 +177,7 @@ RowEvent RowToEvent(absl::Span<const RowCell> row,
   event.position = origin.position;
   event.table_seq = origin.table_seq;
   event.commit_time_unix_ms = origin.commit_time_unix_ms;
+  event.table = origin.table;
   return event;
 }
 
@@ -187,6 +188,7 @@ InvalidEvent InvalidRow(absl::Span<const RowCell> row,
   bad.position = origin.position;
   bad.table_seq = origin.table_seq;
   bad.commit_time_unix_ms = origin.commit_time_unix_ms;
+  bad.table = origin.table;
   bad.reason = std::move(reason);
   Json content = Json::object();
   for (const RowCell& cell : row) {

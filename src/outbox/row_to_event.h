@@ -97,6 +97,7 @@ struct RowOrigin {
   EventPosition position;
   std::optional<int64_t> table_seq;
   int64_t commit_time_unix_ms = 0;
+  std::string table;  // "schema.table", unquoted (OutboxEvent::table)
 };
 
 using RowEvent = std::variant<OutboxEvent, InvalidEvent>;

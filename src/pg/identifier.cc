@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace outboxd {
 namespace {
@@ -232,6 +233,33 @@ absl::StatusOr<QualifiedName> ParseQualifiedName(absl::string_view text) {
     result.name = std::move(parts[0]);
   }
   return result;
+}
+
+absl::StatusOr<std::vector<QualifiedName>> ParseQualifiedNameList(
+    absl::string_view text) {
+  std::vector<QualifiedName> names;
+  size_t start = 0;
+  bool quoted = false;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    if (i < text.size()) {
+      // A doubled quote inside a quoted part toggles twice: no effect.
+      if (text[i] == '"') quoted = !quoted;
+      if (quoted || text[i] != ',') continue;
+    }
+    absl::string_view element = text.substr(start, i - start);
+    start = i + 1;
+    if (absl::StripAsciiWhitespace(element).empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid table list '", text, "': empty element"));
+    }
+    ASSIGN_OR_RETURN(QualifiedName name, ParseQualifiedName(element));
+    if (std::find(names.begin(), names.end(), name) != names.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "invalid table list '", text, "': ", name.ToString(), " twice"));
+    }
+    names.push_back(std::move(name));
+  }
+  return names;
 }
 
 std::string TextArrayLiteral(const std::vector<std::string>& items) {

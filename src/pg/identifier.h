@@ -28,8 +28,16 @@ struct QualifiedName {
   std::string name;
 
   std::string ToString() const;  // schema.name, quoted where needed
+
+  friend bool operator==(const QualifiedName&, const QualifiedName&) = default;
 };
 absl::StatusOr<QualifiedName> ParseQualifiedName(absl::string_view text);
+
+// A comma-separated list of such names (`a, app."b,c"`): commas inside a
+// quoted part belong to the name. kInvalidArgument for an empty list, an
+// empty element, a bad name or a name given twice.
+absl::StatusOr<std::vector<QualifiedName>> ParseQualifiedNameList(
+    absl::string_view text);
 
 // A PostgreSQL text[] literal of `items`, every element quoted and '"' and
 // '\\' escaped: {"a","b\"c"} (for `= ANY($1::text[])`).

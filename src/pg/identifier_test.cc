@@ -69,6 +69,35 @@ TEST(QualifiedNameTest, RoundTrips) {
   }
 }
 
+TEST(ParseQualifiedNameListTest, SplitsOnCommasOutsideQuotes) {
+  auto names = ParseQualifiedNameList(R"(outbox, App.Orders ,"a,b"."c"", d")");
+  ASSERT_TRUE(names.ok()) << names.status();
+  ASSERT_EQ(names->size(), 3u);
+  EXPECT_EQ((*names)[0], (QualifiedName{"public", "outbox"}));
+  EXPECT_EQ((*names)[1], (QualifiedName{"app", "orders"}));
+  EXPECT_EQ((*names)[2], (QualifiedName{"a,b", "c\", d"}));
+}
+
+TEST(ParseQualifiedNameListTest, OneNameIsAListOfOne) {
+  auto names = ParseQualifiedNameList("app.outbox");
+  ASSERT_TRUE(names.ok()) << names.status();
+  ASSERT_EQ(names->size(), 1u);
+  EXPECT_EQ((*names)[0], (QualifiedName{"app", "outbox"}));
+}
+
+TEST(ParseQualifiedNameListTest, RejectsEmptyElementsBadNamesAndDuplicates) {
+  for (const char* bad : {"", " ", "a,", ",a", "a,,b", "a, ,b", "a,b.c.d",
+                          "a,\"b", "outbox,public.outbox", "A,a"}) {
+    auto names = ParseQualifiedNameList(bad);
+    EXPECT_EQ(names.status().code(), absl::StatusCode::kInvalidArgument)
+        << "'" << bad << "'";
+  }
+  auto twice = ParseQualifiedNameList("outbox,public.outbox");
+  EXPECT_NE(twice.status().message().find("public.outbox twice"),
+            std::string::npos)
+      << twice.status();
+}
+
 TEST(TextArrayLiteralTest, QuotesEveryElementAndEscapes) {
   EXPECT_EQ(TextArrayLiteral({}), "{}");
   EXPECT_EQ(TextArrayLiteral({"a", "b c"}), "{\"a\",\"b c\"}");

@@ -4,6 +4,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -41,6 +42,13 @@ absl::Status ValidatePublicationName(absl::string_view publication) {
   return absl::OkStatus();
 }
 
+std::string TablesToString(const ReplicationSetupOptions& options) {
+  return absl::StrJoin(options.tables, ", ",
+                       [](std::string* out, const QualifiedName& t) {
+                         out->append(t.ToString());
+                       });
+}
+
 std::string FieldOrEmpty(const PGresult* result, int row, int column) {
   if (PQgetisnull(result, row, column)) return "";
   return PQgetvalue(result, row, column);
@@ -75,11 +83,16 @@ absl::StatusOr<TableInfo> LookUpTable(PgConnection& conn,
                    FieldOrEmpty(result.get(), 0, 1)};
 }
 
-// Warns when an existing publication does not carry the outbox inserts;
-// it belongs to the user, so outboxd does not alter it.
-absl::Status CheckExistingPublication(PgConnection& conn,
-                                      const ReplicationSetupOptions& options,
-                                      const std::optional<TableInfo>& table) {
+// Whether an existing publication carries inserts into `table` (nullopt:
+// whether it publishes inserts at all): listed itself, its schema listed
+// (PostgreSQL 15), or FOR ALL TABLES.
+struct PublicationCoverage {
+  bool publishes_inserts = false;
+  bool includes_table = false;
+};
+absl::StatusOr<PublicationCoverage> InspectPublication(
+    PgConnection& conn, const std::string& publication,
+    const std::optional<TableInfo>& table) {
   std::string sql =
       "SELECT p.pubinsert, p.puballtables, "
       "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r "
@@ -101,25 +114,49 @@ absl::Status CheckExistingPublication(PgConnection& conn,
     nsp = table->namespace_oid;
   }
   ASSIGN_OR_RETURN(PgResult result,
-                   conn.ExecParams(sql, {options.publication, oid, nsp}));
+                   conn.ExecParams(sql, {publication, oid, nsp}));
   if (PQntuples(result.get()) == 0) {
-    return absl::InternalError(absl::StrCat("publication ", options.publication,
+    return absl::InternalError(absl::StrCat("publication ", publication,
                                             " disappeared while checking it"));
   }
-  const bool publishes_inserts = FieldOrEmpty(result.get(), 0, 0) == "t";
-  const bool all_tables = FieldOrEmpty(result.get(), 0, 1) == "t";
-  const bool includes_table = FieldOrEmpty(result.get(), 0, 2) == "t";
-  if (!publishes_inserts) {
-    spdlog::warn(
-        "publication {} exists but does not publish inserts: no outbox "
-        "events will arrive (ALTER PUBLICATION ... SET (publish = 'insert'))",
-        options.publication);
+  PublicationCoverage coverage;
+  coverage.publishes_inserts = FieldOrEmpty(result.get(), 0, 0) == "t";
+  coverage.includes_table = FieldOrEmpty(result.get(), 0, 1) == "t" ||
+                            FieldOrEmpty(result.get(), 0, 2) == "t";
+  return coverage;
+}
+
+// An existing publication belongs to the user, so outboxd does not alter
+// it; but one that would never carry an outbox table's inserts is an error
+// naming the fix, not a stream that silently publishes nothing from that
+// table (whose rows --cleanup-after would then delete unpublished).
+absl::Status CheckExistingPublication(PgConnection& conn,
+                                      const ReplicationSetupOptions& options,
+                                      const std::vector<TableInfo>& tables) {
+  ASSIGN_OR_RETURN(PublicationCoverage any,
+                   InspectPublication(conn, options.publication, std::nullopt));
+  if (!any.publishes_inserts) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "publication ", options.publication,
+        " exists but does not publish inserts, so no outbox event would "
+        "arrive: ALTER PUBLICATION ... SET (publish = 'insert'), or pass "
+        "another --publication"));
   }
-  if (options.table.has_value() && !all_tables && !includes_table) {
-    spdlog::warn(
-        "publication {} exists but does not include table {}: no outbox "
-        "events will arrive from it (ALTER PUBLICATION ... ADD TABLE ...)",
-        options.publication, options.table->ToString());
+  std::vector<std::string> missing;
+  for (size_t i = 0; i < tables.size(); ++i) {
+    ASSIGN_OR_RETURN(PublicationCoverage c,
+                     InspectPublication(conn, options.publication, tables[i]));
+    if (!c.includes_table) missing.push_back(options.tables[i].ToString());
+  }
+  if (!missing.empty()) {
+    const std::string list = absl::StrJoin(missing, ", ");
+    return absl::FailedPreconditionError(absl::StrCat(
+        "publication ", options.publication, " exists but does not include ",
+        list,
+        ", so no event of it would arrive: ALTER PUBLICATION ... ADD TABLE ",
+        list,
+        ", or pass another --publication (outboxd creates a missing "
+        "one for every --table)"));
   }
   return absl::OkStatus();
 }
@@ -144,9 +181,9 @@ absl::Status CheckWalLevel(PgConnection& conn) {
 absl::Status EnsurePublication(PgConnection& conn,
                                const ReplicationSetupOptions& options) {
   RETURN_IF_ERROR(ValidatePublicationName(options.publication));
-  std::optional<TableInfo> table;
-  if (options.table.has_value()) {
-    ASSIGN_OR_RETURN(table, LookUpTable(conn, *options.table));
+  std::vector<TableInfo> tables;
+  for (const QualifiedName& name : options.tables) {
+    ASSIGN_OR_RETURN(tables.emplace_back(), LookUpTable(conn, name));
   }
   ASSIGN_OR_RETURN(
       PgResult existing,
@@ -154,31 +191,31 @@ absl::Status EnsurePublication(PgConnection& conn,
           "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
           {options.publication}));
   if (PQntuples(existing.get()) > 0) {
-    return CheckExistingPublication(conn, options, table);
+    return CheckExistingPublication(conn, options, tables);
   }
 
   ASSIGN_OR_RETURN(std::string publication,
                    conn.QuoteIdentifier(options.publication));
   std::string sql = absl::StrCat("CREATE PUBLICATION ", publication);
-  if (options.table.has_value()) {
+  for (size_t i = 0; i < options.tables.size(); ++i) {
     ASSIGN_OR_RETURN(std::string schema,
-                     conn.QuoteIdentifier(options.table->schema));
+                     conn.QuoteIdentifier(options.tables[i].schema));
     ASSIGN_OR_RETURN(std::string name,
-                     conn.QuoteIdentifier(options.table->name));
-    absl::StrAppend(&sql, " FOR TABLE ", schema, ".", name);
+                     conn.QuoteIdentifier(options.tables[i].name));
+    absl::StrAppend(&sql, i == 0 ? " FOR TABLE " : ", ", schema, ".", name);
   }
   absl::StrAppend(&sql, " WITH (publish = 'insert')");
   absl::StatusOr<PgResult> created = conn.Exec(sql);
   if (created.ok()) {
     spdlog::info("created publication {}{}", options.publication,
-                 options.table.has_value()
-                     ? absl::StrCat(" for table ", options.table->ToString())
-                     : std::string(" (messages only, no table)"));
+                 options.tables.empty()
+                     ? std::string(" (messages only, no table)")
+                     : absl::StrCat(" for table ", TablesToString(options)));
     return absl::OkStatus();
   }
   if (absl::IsAlreadyExists(created.status())) {
     // Another process created it between our check and CREATE.
-    return CheckExistingPublication(conn, options, table);
+    return CheckExistingPublication(conn, options, tables);
   }
   return absl::Status(
       created.status().code(),

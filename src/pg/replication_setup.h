@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -17,8 +18,8 @@
 namespace outboxd {
 
 struct ReplicationSetupOptions {
-  // nullopt: no outbox table, logical decoding messages only.
-  std::optional<QualifiedName> table;
+  // The outbox tables; empty: no table, logical decoding messages only.
+  std::vector<QualifiedName> tables;
   std::string publication = "outbox_pub";
   std::string slot = "outbox_slot";
 };
@@ -46,9 +47,13 @@ struct SlotInfo {
 // kFailedPrecondition naming the problem when wal_level is not logical.
 absl::Status CheckWalLevel(PgConnection& conn);
 
-// Creates the publication `FOR TABLE <table> WITH (publish = 'insert')`
+// Creates the publication `FOR TABLE <tables> WITH (publish = 'insert')`
 // when missing (an empty publication when there is no table).
-// kFailedPrecondition when the table does not exist.
+// kFailedPrecondition when a table does not exist, or when the publication
+// exists (it is then the user's, and outboxd never alters it) but does not
+// publish inserts or lacks some of the tables: their events would never
+// arrive, so the error names them and the ALTER PUBLICATION that adds them.
+// Tables it holds beyond `tables` are fine: their inserts are ignored.
 absl::Status EnsurePublication(PgConnection& conn,
                                const ReplicationSetupOptions& options);
 

@@ -10,13 +10,13 @@ std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
                                            metrics::OutboxdMetrics& metrics,
                                            const std::atomic<bool>& stop) {
   CdcSourceOptions o = options.source;
-  if (o.setup.table.has_value()) {
+  if (!o.setup.tables.empty()) {
     // The republisher routes as the Publisher does (topic, key, value
     // format, headers), with a producer of its own.
     const PublisherOptions& p = options.publisher;
     RepublishOptions ro;
     ro.conninfo = o.conninfo;
-    ro.table = *o.setup.table;
+    ro.tables = o.setup.tables;
     ro.columns = o.mapper.columns;
     ro.margin = o.republish_margin;
     ro.router = p.router;

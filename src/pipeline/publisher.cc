@@ -74,7 +74,7 @@ std::string Where(const Event& e) {
 
 // The record that carries an invalid event to the dead-letter topic: the
 // original content as the value, the reason and position as headers (a
-// polled row's seq, a streamed event's LSN and index).
+// polled row's seq, a streamed event's LSN and index) and its table.
 KafkaRecord DeadLetterRecord(const InvalidEvent& bad,
                              const std::string& topic) {
   KafkaRecord r;
@@ -92,6 +92,9 @@ KafkaRecord DeadLetterRecord(const InvalidEvent& bad,
     r.headers.emplace_back(std::string(kHeaderIndex),
                            absl::StrCat(bad.position.index));
   }
+  if (!bad.table.empty()) {
+    r.headers.emplace_back(std::string(kHeaderTable), bad.table);
+  }
   return r;
 }
 
@@ -103,6 +106,7 @@ InvalidEvent InvalidFrom(const OutboxEvent& e, std::string reason) {
   bad.commit_time_unix_ms = e.commit_time_unix_ms;
   bad.reason = std::move(reason);
   bad.aggregate_id = e.aggregate_id;
+  bad.table = e.table;
   return bad;
 }
 

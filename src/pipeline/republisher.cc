@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "outbox/row_to_event.h"
@@ -48,10 +49,19 @@ absl::StatusOr<RepublishResult> RepublishLostEvents(
     const std::atomic<bool>& stop) {
   ASSIGN_OR_RETURN(auto conn, PgConnection::Connect(
                                   o.conninfo, PgConnection::Mode::kNormal));
-  ASSIGN_OR_RETURN(OutboxTable table,
-                   OutboxTable::Load(*conn, o.table, o.columns,
-                                     "--on-slot-loss=republish: "));
-  ASSIGN_OR_RETURN(std::string select, BuildQuery(table, o));
+  // Every table is checked before anything is produced.
+  std::vector<OutboxTable> tables;
+  std::vector<std::string> selects;
+  for (const QualifiedName& name : o.tables) {
+    ASSIGN_OR_RETURN(OutboxTable table,
+                     OutboxTable::Load(*conn, name, o.columns,
+                                       "--on-slot-loss=republish: "));
+    tables.push_back(std::move(table));
+    ASSIGN_OR_RETURN(selects.emplace_back(), BuildQuery(tables.back(), o));
+  }
+  const std::string table_list = absl::StrJoin(
+      o.tables, ", ",
+      [](std::string* out, const auto& t) { out->append(t.ToString()); });
 
   uint64_t acknowledged = 0;
   absl::Status failure;
@@ -74,85 +84,95 @@ absl::StatusOr<RepublishResult> RepublishLostEvents(
         "republish: the recorded position {} has no {}: republishing every "
         "row of {}",
         from.last_ack.ToString(),
-        time.has_value() ? "xmin horizon" : "commit time", o.table.ToString());
+        time.has_value() ? "xmin horizon" : "commit time", table_list);
   }
   spdlog::info(
       "republish: rows of {} with xmin not older than {} or created_at at "
       "most {} before {} us",
-      o.table.ToString(), from.xmin_horizon.value_or("(unknown)"),
+      table_list, from.xmin_horizon.value_or("(unknown)"),
       absl::FormatDuration(o.margin), time.value_or("(unknown)"));
   // One snapshot for the whole scan, taken now (after the new slot exists).
   RETURN_IF_ERROR(
       conn->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").status());
-  RETURN_IF_ERROR(
-      conn->ExecParams(absl::StrCat("DECLARE outboxd_republish NO SCROLL "
-                                    "CURSOR FOR ",
-                                    select),
-                       {time, absl::StrCat(absl::ToDoubleSeconds(o.margin)),
-                        from.xmin_horizon})
-          .status());
 
   const Lsn position_lsn(new_slot_start.value() - 1);
   RepublishResult result;
+  // One rank sequence over all the tables: positions stay unique.
   uint64_t produced = 0;
   const std::string fetch =
       absl::StrCat("FETCH ", o.fetch_size, " FROM outboxd_republish");
   std::vector<RowCell> cells;
-  while (true) {
-    ASSIGN_OR_RETURN(PgResult rows, conn->Exec(fetch));
-    const PGresult* r = rows.get();
-    if (PQntuples(r) == 0) break;
-    for (int i = 0; i < PQntuples(r); ++i) {
-      const uint32_t rank = static_cast<uint32_t>(produced);
-      cells.clear();
-      table.AppendCells(r, i, /*first=*/0, &cells);
-      RowEvent row = RowToEvent(
-          cells, table.layout(), table.columns(),
-          RowOrigin{EventPosition{position_lsn, rank}, std::nullopt, 0});
-      KafkaRecord record;
-      OutboxEvent event;
-      if (auto* decoded = std::get_if<OutboxEvent>(&row)) {
-        event = std::move(*decoded);
-        event.republished_after = from.last_ack;
-        if (o.value_format != ValueFormat::kPayload) {
-          event.payload = EncodeValue(event, o.value_format);
+  for (size_t t = 0; t < tables.size(); ++t) {
+    const OutboxTable& table = tables[t];
+    // outbox.table, as the stream names it.
+    const std::string table_name =
+        absl::StrCat(o.tables[t].schema, ".", o.tables[t].name);
+    RETURN_IF_ERROR(
+        conn->ExecParams(absl::StrCat("DECLARE outboxd_republish NO SCROLL "
+                                      "CURSOR FOR ",
+                                      selects[t]),
+                         {time, absl::StrCat(absl::ToDoubleSeconds(o.margin)),
+                          from.xmin_horizon})
+            .status());
+    while (true) {
+      ASSIGN_OR_RETURN(PgResult rows, conn->Exec(fetch));
+      const PGresult* r = rows.get();
+      if (PQntuples(r) == 0) break;
+      for (int i = 0; i < PQntuples(r); ++i) {
+        const uint32_t rank = static_cast<uint32_t>(produced);
+        cells.clear();
+        table.AppendCells(r, i, /*first=*/0, &cells);
+        RowEvent row = RowToEvent(cells, table.layout(), table.columns(),
+                                  RowOrigin{EventPosition{position_lsn, rank},
+                                            std::nullopt, 0, table_name});
+        KafkaRecord record;
+        OutboxEvent event;
+        if (auto* decoded = std::get_if<OutboxEvent>(&row)) {
+          event = std::move(*decoded);
+          event.republished_after = from.last_ack;
+          if (o.value_format != ValueFormat::kPayload) {
+            event.payload = EncodeValue(event, o.value_format);
+          }
+          record = Route(event, o.router);
+          ++result.republished;
+        } else {
+          const InvalidEvent& bad = std::get<InvalidEvent>(row);
+          if (o.fail_on_invalid) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("republish: invalid row: ", bad.reason,
+                             " (--on-invalid=fail)"));
+          }
+          record.topic = o.dlq_topic;
+          record.key = bad.aggregate_id;
+          record.value = absl::string_view(bad.content);
+          record.headers = {
+              {"outbox.error", bad.reason},
+              {std::string(kHeaderLsn), absl::StrCat(position_lsn.value())},
+              {std::string(kHeaderIndex), absl::StrCat(rank)},
+              {std::string(kHeaderRepublished),
+               absl::StrCat(from.last_ack.value())},
+              {std::string(kHeaderTable), table_name},
+          };
+          ++result.dead_lettered;
         }
-        record = Route(event, o.router);
-        ++result.republished;
-      } else {
-        const InvalidEvent& bad = std::get<InvalidEvent>(row);
-        if (o.fail_on_invalid) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "republish: invalid row: ", bad.reason, " (--on-invalid=fail)"));
+        while (true) {
+          absl::Status s = producer->Produce(record, produced);
+          if (s.ok()) break;
+          if (!absl::IsResourceExhausted(s)) {
+            return absl::Status(s.code(),
+                                absl::StrCat("republish: ", s.message()));
+          }
+          producer->Poll(absl::Milliseconds(50));
+          if (stop.load())
+            return absl::CancelledError("stopped during republish");
         }
-        record.topic = o.dlq_topic;
-        record.key = bad.aggregate_id;
-        record.value = absl::string_view(bad.content);
-        record.headers = {
-            {"outbox.error", bad.reason},
-            {std::string(kHeaderLsn), absl::StrCat(position_lsn.value())},
-            {std::string(kHeaderIndex), absl::StrCat(rank)},
-            {std::string(kHeaderRepublished),
-             absl::StrCat(from.last_ack.value())},
-        };
-        ++result.dead_lettered;
+        ++produced;
+        producer->Poll(absl::ZeroDuration());
+        RETURN_IF_ERROR(producer->fatal_error());
+        RETURN_IF_ERROR(failure);
       }
-      while (true) {
-        absl::Status s = producer->Produce(record, produced);
-        if (s.ok()) break;
-        if (!absl::IsResourceExhausted(s)) {
-          return absl::Status(s.code(),
-                              absl::StrCat("republish: ", s.message()));
-        }
-        producer->Poll(absl::Milliseconds(50));
-        if (stop.load())
-          return absl::CancelledError("stopped during republish");
-      }
-      ++produced;
-      producer->Poll(absl::ZeroDuration());
-      RETURN_IF_ERROR(producer->fatal_error());
-      RETURN_IF_ERROR(failure);
     }
+    RETURN_IF_ERROR(conn->Exec("CLOSE outboxd_republish").status());
   }
   RETURN_IF_ERROR(conn->Exec("COMMIT").status());
   while (acknowledged < produced) {

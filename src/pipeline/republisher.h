@@ -15,7 +15,8 @@
 //
 // Records are routed as streamed ones (topic, key, value format, headers)
 // with header outbox.republished and the position (new slot start - 1,
-// rank), in created_at, seq order. Logical decoding messages and rows
+// rank), in created_at, seq order, table after table (the ranks go on
+// from one table to the next). Logical decoding messages and rows
 // deleted in their own transaction left nothing to republish.
 //
 // Uses a producer of its own and returns only once Kafka acknowledged every
@@ -26,6 +27,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -40,7 +42,7 @@ namespace outboxd {
 
 struct RepublishOptions {
   std::string conninfo;
-  QualifiedName table;
+  std::vector<QualifiedName> tables;  // republished one after the other
   OutboxColumns columns;
   std::string created_at_column = "created_at";  // required
   std::string seq_column = "seq";                // optional tie-break

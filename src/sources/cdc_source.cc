@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "pg/connection.h"
@@ -263,7 +264,7 @@ class CdcSource final : public EventSource {
     const std::string message =
         SlotLossMessage(options_.setup.slot, verdict, recorded);
     if (options_.on_slot_loss == SlotLossPolicy::kFail ||
-        !options_.setup.table.has_value() || !options_.republish) {
+        options_.setup.tables.empty() || !options_.republish) {
       return absl::DataLossError(message);
     }
     spdlog::error("{} -- republishing (--on-slot-loss=republish)", message);
@@ -297,7 +298,11 @@ class CdcSource final : public EventSource {
         "committed after {} (margin {}); streaming from the new slot at {}. "
         "Logical decoding messages and rows deleted in their own transaction "
         "during the loss could not be republished",
-        r.republished, r.dead_lettered, options_.setup.table->ToString(),
+        r.republished, r.dead_lettered,
+        absl::StrJoin(options_.setup.tables, ", ",
+                      [](std::string* out, const QualifiedName& t) {
+                        out->append(t.ToString());
+                      }),
         recorded.last_ack.ToString(),
         absl::FormatDuration(options_.republish_margin), start.ToString());
     m_.republished_events->Increment(static_cast<double>(r.republished));

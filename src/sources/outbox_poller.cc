@@ -133,6 +133,7 @@ absl::StatusOr<PolledBatch> OutboxPoller::FetchBatch() {
     RowCell& seq_cell = cells.emplace_back();
     seq_cell.name = options_.seq_column;
     RowOrigin origin;
+    origin.table = table_name_;  // outbox.table, as the CDC stream names it
     int64_t seq = 0;
     if (!PQgetisnull(r, i, 0)) {
       seq_cell.text = PQgetvalue(r, i, 0);

@@ -30,6 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "outbox/event.h"
 #include "outbox/row_to_event.h"
@@ -103,7 +104,10 @@ class OutboxPoller {
  private:
   OutboxPoller(const OutboxPollerOptions& options,
                std::unique_ptr<PgConnection> conn)
-      : options_(options), conn_(std::move(conn)) {}
+      : options_(options),
+        conn_(std::move(conn)),
+        table_name_(
+            absl::StrCat(options.table.schema, ".", options.table.name)) {}
   absl::Status Prepare();
   // Serves pending notifications; true when at least one arrived.
   absl::StatusOr<bool> DrainNotifications();
@@ -112,6 +116,7 @@ class OutboxPoller {
   std::unique_ptr<PgConnection> conn_;
   bool in_batch_ = false;
   std::optional<OutboxTable> table_;  // set by Prepare
+  const std::string table_name_;      // "schema.table": header outbox.table
   // Quoted identifiers ("" when the optional column is absent).
   std::string seq_, published_, created_, aggregate_id_;
   std::string select_sql_, blockers_sql_, complete_sql_;

@@ -188,8 +188,8 @@ TEST_P(CdcContractTest, TenThousandEventsArriveExactlyAndInOrder) {
     EXPECT_TRUE(r.create_time);
     EXPECT_LT(std::abs(r.timestamp_ms - now_ms), 10 * 60 * 1000);
     // Header order: id, eventType, the row's headers, outbox.lsn,
-    // outbox.index, then outbox.source (the database and slot).
-    ASSERT_EQ(r.headers.size(), 6u);
+    // outbox.index, outbox.source (the database and slot), outbox.table.
+    ASSERT_EQ(r.headers.size(), 7u);
     EXPECT_EQ(r.headers[0].first, "id");
     EXPECT_EQ(r.headers[1].first, "eventType");
     EXPECT_EQ(r.headers[2].first, "tx");
@@ -199,6 +199,8 @@ TEST_P(CdcContractTest, TenThousandEventsArriveExactlyAndInOrder) {
     EXPECT_TRUE(
         absl::EndsWith(r.headers[5].second, absl::StrCat("/", db_, "/", slot_)))
         << r.headers[5].second;
+    EXPECT_EQ(r.headers[6], std::make_pair(std::string("outbox.table"),
+                                           std::string("public.outbox")));
     uint64_t lsn = HeaderU64(r, "outbox.lsn");
     indexes_by_lsn[lsn].push_back(HeaderU64(r, "outbox.index"));
     tx_by_lsn[lsn].insert(*row[5]);
@@ -451,6 +453,126 @@ TEST_P(CdcContractTest, AlterTableAddColumnWhileStreaming) {
   ASSERT_EQ(records.size(), 2u);
   EXPECT_EQ(records[1].Header("eventType"), "After");
   EXPECT_TRUE(outboxd_.back()->Running());
+}
+
+// --table with several tables: one publication for all of them, every table
+// routed the same way, each record naming its table in outbox.table; a
+// logical decoding message has no table and no such header.
+TEST_F(CdcTest, SeveralTablesEachRecordNamesItsTable) {
+  ASSERT_TRUE(Exec(R"sql(
+    CREATE SCHEMA billing;
+    CREATE TABLE billing.outbox (LIKE public.outbox INCLUDING ALL);
+    CREATE SCHEMA "Audit";
+    CREATE TABLE "Audit"."Out box" (id uuid PRIMARY KEY
+      DEFAULT gen_random_uuid(), aggregatetype text NOT NULL,
+      aggregateid text NOT NULL, type text NOT NULL, payload bytea);
+  )sql")
+                  .ok());
+  StartOutboxd({R"(--table=public.outbox, billing.outbox,"Audit"."Out box")",
+                "--publication=pub_tables_" + db_});
+  const std::map<std::string, std::string> kTables = {
+      {"public.outbox", "public.outbox"},
+      {"billing.outbox", "billing.outbox"},
+      {R"("Audit"."Out box")", "Audit.Out box"}};
+  // Per table: 20 events in one transaction per table, then one
+  // transaction touching all three, then a message.
+  std::map<std::string, std::string> expected_table;  // aggregate id -> table
+  std::vector<std::string> mixed;
+  for (const auto& [quoted, name] : kTables) {
+    std::vector<std::string> values;
+    for (int i = 0; i < 20; ++i) {
+      std::string agg = absl::StrCat(name, "#", i);
+      expected_table[agg] = name;
+      values.push_back(absl::StrCat("('multi', '", agg, "', 'T', '{}')"));
+    }
+    ASSERT_TRUE(Exec(absl::StrCat("INSERT INTO ", quoted,
+                                  " (aggregatetype, aggregateid, type, "
+                                  "payload) VALUES ",
+                                  absl::StrJoin(values, ",")))
+                    .ok());
+    std::string agg = absl::StrCat(name, "#mixed");
+    expected_table[agg] = name;
+    mixed.push_back(absl::StrCat("INSERT INTO ", quoted,
+                                 " (aggregatetype, aggregateid, type, "
+                                 "payload) VALUES ('multi', '",
+                                 agg, "', 'T', '{}');"));
+  }
+  ASSERT_TRUE(
+      Exec(absl::StrCat("BEGIN; ", absl::StrJoin(mixed, " "),
+                        "SELECT pg_logical_emit_message(true, 'outbox', "
+                        "'{\"id\": \"m-1\", \"aggregatetype\": \"multi\", "
+                        "\"aggregateid\": \"message\", \"type\": \"M\", "
+                        "\"payload\": {}}'); COMMIT;"))
+          .ok());
+  auto records = Read(prefix_ + "multi", expected_table.size() + 1);
+  ASSERT_EQ(records.size(), expected_table.size() + 1) << ReadFile(LogPath(0));
+  std::map<std::string, int> per_table;
+  std::set<std::string> seen;
+  std::map<uint64_t, std::set<uint64_t>> indexes_by_lsn;
+  for (const auto& r : records) {
+    EXPECT_TRUE(seen.insert(r.key).second) << "duplicate " << r.key;
+    indexes_by_lsn[HeaderU64(r, "outbox.lsn")].insert(
+        HeaderU64(r, "outbox.index"));
+    if (r.key == "message") {
+      EXPECT_FALSE(r.Header("outbox.table").has_value());
+      continue;
+    }
+    auto it = expected_table.find(r.key);
+    ASSERT_NE(it, expected_table.end()) << r.key;
+    EXPECT_EQ(r.Header("outbox.table"), it->second) << r.key;
+    // The last header, after outbox.source.
+    ASSERT_GE(r.headers.size(), 2u);
+    EXPECT_EQ(r.headers.back().first, "outbox.table");
+    EXPECT_EQ(r.headers[r.headers.size() - 2].first, "outbox.source");
+    ++per_table[it->second];
+  }
+  for (const auto& [quoted, name] : kTables) EXPECT_EQ(per_table[name], 21);
+  // The mixed transaction: one commit LSN, indexes 0..3 over its tables and
+  // the message.
+  bool found_mixed = false;
+  for (const auto& [lsn, indexes] : indexes_by_lsn) {
+    if (indexes.size() == 4) {
+      found_mixed = true;
+      EXPECT_EQ(*indexes.rbegin(), 3u);
+    }
+  }
+  EXPECT_TRUE(found_mixed);
+}
+
+TEST_F(CdcTest, SeveralTablesWithPollingOrAMissingTableAreRefused) {
+  for (const std::string& source : {"poll", "notify"}) {
+    auto r = RunCommand(
+        {OUTBOXD_BINARY, "--pg=" + ConnInfo(), "--brokers=" + Bootstrap(),
+         "--source=" + source, "--table=public.outbox,public.orders"},
+        absl::Seconds(10));
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->exit_code, 2) << r->output;
+    EXPECT_NE(r->output.find("--table"), std::string::npos) << r->output;
+    EXPECT_NE(r->output.find("several tables need --source=cdc"),
+              std::string::npos)
+        << r->output;
+  }
+  auto twice =
+      RunCommand({OUTBOXD_BINARY, "--pg=" + ConnInfo(),
+                  "--brokers=" + Bootstrap(), "--table=public.outbox, outbox"},
+                 absl::Seconds(10));
+  ASSERT_TRUE(twice.ok());
+  EXPECT_EQ(twice->exit_code, 2) << twice->output;
+  EXPECT_NE(twice->output.find("public.outbox twice"), std::string::npos)
+      << twice->output;
+  // An existing publication without one of the tables: exit 1 naming it.
+  ASSERT_TRUE(Exec("CREATE PUBLICATION pub_partial_" + db_ +
+                   " FOR TABLE public.outbox WITH (publish = 'insert')")
+                  .ok());
+  ChildProcess* p = StartOutboxd({"--table=public.outbox,public.orders",
+                                  "--publication=pub_partial_" + db_},
+                                 /*wait_streaming=*/false);
+  auto code = p->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 1);
+  std::string log = ReadFile(LogPath(0));
+  EXPECT_NE(log.find("does not include public.orders"), std::string::npos)
+      << log;
 }
 
 TEST_F(CdcTest, SlotWithAnotherPluginIsRefused) {

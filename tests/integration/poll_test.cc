@@ -140,7 +140,7 @@ TEST_F(PollTest, PollDeliversExactRecordsAndMarksThem) {
     EXPECT_EQ(r.key, *row[2]);
     EXPECT_EQ(r.value, row[4]);  // NULL payload: tombstone
     EXPECT_EQ(r.timestamp_ms, std::stoll(*row[7]));
-    ASSERT_EQ(r.headers.size(), 5u);
+    ASSERT_EQ(r.headers.size(), 6u);
     EXPECT_EQ(r.headers[0], std::make_pair(std::string("id"), *row[0]));
     EXPECT_EQ(r.headers[1], std::make_pair(std::string("eventType"), *row[3]));
     EXPECT_EQ(r.headers[2], std::make_pair(std::string("tx"), *row[5]));
@@ -149,6 +149,8 @@ TEST_F(PollTest, PollDeliversExactRecordsAndMarksThem) {
     // publishers").
     EXPECT_EQ(r.headers[4],
               std::make_pair(std::string("outbox.source"), source_id));
+    EXPECT_EQ(r.headers[5], std::make_pair(std::string("outbox.table"),
+                                           std::string("public.outbox")));
   }
   ExpectSeqOrderPerKey(records);
   EXPECT_TRUE(

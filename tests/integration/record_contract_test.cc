@@ -511,6 +511,7 @@ class RecordContractTest : public OutboxdTestBase,
       want.emplace_back("outbox.depends-on", e.depends_on);
     }
     want.emplace_back("outbox.source", r.Header("outbox.source").value_or(""));
+    want.emplace_back("outbox.table", Table(run));  // every mode names it
     EXPECT_EQ(r.headers, want)
         << "names: " << absl::StrJoin(Names(r.headers), ", ");
     ExpectSource(r, run);
@@ -531,6 +532,7 @@ class RecordContractTest : public OutboxdTestBase,
     } else {
       want.emplace_back("outbox.seq", e.seq);
     }
+    want.emplace_back("outbox.table", Table(run));
     EXPECT_EQ(r.headers, want)
         << "names: " << absl::StrJoin(Names(r.headers), ", ");
     ASSERT_TRUE(r.value.has_value());

@@ -61,7 +61,7 @@ class ReplicationTest : public ::testing::Test {
   // A publication on public.outbox plus a fresh pgoutput slot.
   static ReplicationSetupOptions SetUpSlot(const std::string& slot) {
     ReplicationSetupOptions options;
-    options.table = QualifiedName{"public", "outbox"};
+    options.tables = {QualifiedName{"public", "outbox"}};
     options.publication = "outbox_pub";
     options.slot = slot;
     auto conn = Connect();
@@ -196,7 +196,7 @@ TEST_F(ReplicationTest, WalLevelReplicaIsFailedPrecondition) {
 TEST_F(ReplicationTest, EnsurePublicationCreatesItOnceForTheTable) {
   auto conn = Connect();
   ReplicationSetupOptions options;
-  options.table = QualifiedName{"public", "outbox"};
+  options.tables = {QualifiedName{"public", "outbox"}};
   options.publication = "pub_create";
   ASSERT_TRUE(EnsurePublication(*conn, options).ok());
   EXPECT_EQ(Query("SELECT count(*) FROM pg_publication_tables WHERE pubname = "
@@ -214,7 +214,7 @@ TEST_F(ReplicationTest, EnsurePublicationCreatesItOnceForTheTable) {
 TEST_F(ReplicationTest, EnsurePublicationWithoutTableIsEmpty) {
   auto conn = Connect();
   ReplicationSetupOptions options;
-  options.table = std::nullopt;
+  options.tables.clear();
   options.publication = "pub_messages_only";
   ASSERT_TRUE(EnsurePublication(*conn, options).ok());
   EXPECT_EQ(Query("SELECT count(*) FROM pg_publication WHERE pubname = "
@@ -228,7 +228,7 @@ TEST_F(ReplicationTest, EnsurePublicationWithoutTableIsEmpty) {
 TEST_F(ReplicationTest, EnsurePublicationForMissingTableNamesIt) {
   auto conn = Connect();
   ReplicationSetupOptions options;
-  options.table = QualifiedName{"app", "no_such_outbox"};
+  options.tables = {QualifiedName{"app", "no_such_outbox"}};
   options.publication = "pub_missing";
   absl::Status status = EnsurePublication(*conn, options);
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
@@ -239,14 +239,84 @@ TEST_F(ReplicationTest, EnsurePublicationForMissingTableNamesIt) {
             "0");
 }
 
-TEST_F(ReplicationTest, EnsurePublicationExistingWithoutTableStillSucceeds) {
+TEST_F(ReplicationTest, EnsurePublicationCreatesItForEveryTable) {
+  ASSERT_TRUE(cluster_
+                  ->Exec("postgres",
+                         "CREATE SCHEMA IF NOT EXISTS billing; "
+                         "CREATE TABLE billing.events (LIKE public.outbox)")
+                  .ok());
   auto conn = Connect();
-  ASSERT_TRUE(cluster_->Exec("postgres", "CREATE PUBLICATION pub_other").ok());
   ReplicationSetupOptions options;
-  options.table = QualifiedName{"public", "outbox"};
+  options.tables = {QualifiedName{"public", "outbox"},
+                    QualifiedName{"billing", "events"}};
+  options.publication = "pub_two";
+  ASSERT_TRUE(EnsurePublication(*conn, options).ok());
+  EXPECT_EQ(Query("SELECT string_agg(schemaname || '.' || tablename, ',' "
+                  "ORDER BY schemaname) FROM pg_publication_tables WHERE "
+                  "pubname = 'pub_two'"),
+            "billing.events,public.outbox");
+  EXPECT_TRUE(EnsurePublication(*conn, options).ok());  // idempotent
+
+  // A missing table among several: named, nothing created.
+  options.tables.push_back(QualifiedName{"billing", "no_such"});
+  options.publication = "pub_three";
+  absl::Status status = EnsurePublication(*conn, options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "billing.no_such")) << status;
+  EXPECT_EQ(Query("SELECT count(*) FROM pg_publication WHERE pubname = "
+                  "'pub_three'"),
+            "0");
+}
+
+TEST_F(ReplicationTest, EnsurePublicationExistingWithoutATableNamesTheFix) {
+  ASSERT_TRUE(cluster_
+                  ->Exec("postgres",
+                         "CREATE SCHEMA IF NOT EXISTS billing; "
+                         "CREATE TABLE IF NOT EXISTS billing.events "
+                         "(LIKE public.outbox); "
+                         "CREATE PUBLICATION pub_other; "
+                         "CREATE PUBLICATION pub_partial FOR TABLE "
+                         "public.outbox WITH (publish = 'insert'); "
+                         "CREATE PUBLICATION pub_schema FOR TABLES IN SCHEMA "
+                         "billing, public WITH (publish = 'insert'); "
+                         "CREATE PUBLICATION pub_no_insert FOR TABLE "
+                         "public.outbox, billing.events "
+                         "WITH (publish = 'delete')")
+                  .ok());
+  auto conn = Connect();
+  ReplicationSetupOptions options;
+  options.tables = {QualifiedName{"public", "outbox"},
+                    QualifiedName{"billing", "events"}};
+  // The publication is the user's: never altered, but one that would not
+  // carry a table's events is an error naming the missing tables.
   options.publication = "pub_other";
-  // Only a warning in the log: the publication is the user's.
+  absl::Status status = EnsurePublication(*conn, options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_TRUE(absl::StrContains(
+      status.message(), "does not include public.outbox, billing.events"))
+      << status;
+  options.publication = "pub_partial";
+  status = EnsurePublication(*conn, options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_TRUE(
+      absl::StrContains(status.message(), "does not include billing.events,"))
+      << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "ADD TABLE billing.events"))
+      << status;
+  options.publication = "pub_no_insert";
+  status = EnsurePublication(*conn, options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "does not publish inserts"))
+      << status;
+  // Covered through their schemas: fine; so is a table subset.
+  options.publication = "pub_schema";
   EXPECT_TRUE(EnsurePublication(*conn, options).ok());
+  options.publication = "pub_partial";
+  options.tables = {QualifiedName{"public", "outbox"}};
+  EXPECT_TRUE(EnsurePublication(*conn, options).ok());
+  EXPECT_EQ(Query("SELECT count(*) FROM pg_publication_tables WHERE "
+                  "pubname = 'pub_partial'"),
+            "1");
 }
 
 TEST_F(ReplicationTest, OddTableAndPublicationNamesAreQuoted) {
@@ -260,7 +330,7 @@ TEST_F(ReplicationTest, OddTableAndPublicationNamesAreQuoted) {
   ASSERT_TRUE(name.ok()) << name.status();
   auto conn = Connect();
   ReplicationSetupOptions options;
-  options.table = *name;
+  options.tables = {*name};
   options.publication = "pub \"odd\" 'name'";
   ASSERT_TRUE(EnsurePublication(*conn, options).ok());
   EXPECT_EQ(Query(R"(SELECT tablename FROM pg_publication_tables WHERE )"
@@ -272,13 +342,13 @@ TEST_F(ReplicationTest, OddTableAndPublicationNamesAreQuoted) {
 TEST_F(ReplicationTest, InjectionThroughNamesFailsCleanly) {
   auto conn = Connect();
   ReplicationSetupOptions options;
-  options.table =
-      QualifiedName{"public", "outbox\"; DROP TABLE public.outbox; --"};
+  options.tables = {
+      QualifiedName{"public", "outbox\"; DROP TABLE public.outbox; --"}};
   options.publication = "pub_inject";
   absl::Status status = EnsurePublication(*conn, options);
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
 
-  options.table = QualifiedName{"public", "outbox"};
+  options.tables = {QualifiedName{"public", "outbox"}};
   options.publication = "x\" FOR ALL TABLES; DROP TABLE public.outbox; --";
   EXPECT_TRUE(EnsurePublication(*conn, options).ok());
   EXPECT_EQ(Query("SELECT count(*) FROM pg_publication WHERE pubname = "
