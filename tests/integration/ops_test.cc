@@ -279,6 +279,59 @@ TEST_F(OpsTest, DashboardNamesOnlyServedMetricsAndStagesMove) {
   EXPECT_EQ(outboxd_[0]->Wait(absl::Seconds(15)), 0);
 }
 
+// A broker that answers produce requests only after 4 s: past
+// --stall-timeout nothing is acknowledged, /readyz says why (503), the
+// gauge is 1 and one warning is logged; once the acknowledgement comes, it
+// clears.
+TEST_F(OpsTest, StallAlarmFailsReadinessWithTheReasonAndClears) {
+  StartOutboxd({"--metrics-address=127.0.0.1:0", "--stall-timeout=1s"});
+  int port = MetricsPort(ReadFile(LogPath(0)));
+  ASSERT_GT(port, 0) << ReadFile(LogPath(0));
+  int code = 0;
+  ASSERT_TRUE(Eventually([&] {
+    Get(port, "/readyz", &code);
+    return code == 200;
+  })) << Get(port, "/metrics", &code);
+  // The topic known first (an unknown one waits for its metadata, which
+  // the slow broker delays too: reason topic_metadata).
+  ASSERT_TRUE(Exec("SELECT outbox.emit('order', 's0', 'Created', '{}')").ok());
+  ASSERT_EQ(Read(prefix_ + "order", 1).size(), 1u);
+  // Restored whatever happens: the broker is shared by the suite.
+  struct RttGuard {
+    ~RttGuard() { broker_->SetRtt(1, 0).IgnoreError(); }
+  } guard;
+  ASSERT_TRUE(broker_->SetRtt(1, 4000).ok());
+  ASSERT_TRUE(Exec("SELECT outbox.emit('order', 's1', 'Created', '{}')").ok());
+  std::string body;
+  EXPECT_TRUE(Eventually([&] {
+    body = Get(port, "/readyz", &code);
+    return code == 503;
+  })) << body;
+  EXPECT_TRUE(absl::StartsWith(body, "not ready: stalled (unacknowledged)"))
+      << body;
+  EXPECT_EQ(Sample(Get(port, "/metrics", &code),
+                   "outboxd_stalled{reason=\"unacknowledged\"}"),
+            1);
+  ASSERT_TRUE(broker_->SetRtt(1, 0).ok());
+  EXPECT_TRUE(Eventually([&] {
+    body = Get(port, "/readyz", &code);
+    return code == 200;
+  })) << body;
+  EXPECT_EQ(Sample(Get(port, "/metrics", &code),
+                   "outboxd_stalled{reason=\"unacknowledged\"}"),
+            0);
+  outboxd_[0]->Signal(SIGTERM);
+  EXPECT_EQ(outboxd_[0]->Wait(absl::Seconds(15)), 0);
+  const std::string log = ReadFile(LogPath(0));
+  size_t warnings = 0;
+  for (size_t at = log.find("warning stalled: "); at != std::string::npos;
+       at = log.find("warning stalled: ", at + 1)) {
+    ++warnings;
+  }
+  EXPECT_EQ(warnings, 1u) << log;
+  EXPECT_NE(log.find("no longer stalled"), std::string::npos) << log;
+}
+
 TEST_F(OpsTest, PollModeIsReadyAndCountsItsQueries) {
   StartOutboxd({"--metrics-address=127.0.0.1:0", "--source=poll",
                 "--poll-interval=100ms"});
