@@ -39,6 +39,12 @@ constexpr absl::Duration kPendingPollInterval = absl::Milliseconds(50);
 // Items read per wakeup at most: during a backlog, delivery reports and the
 // source's status updates are served every so many.
 constexpr int kMaxReadsPerWakeup = 256;
+// The sequence a record carries through the sink (its delivery report's
+// opaque): the stream's index in the top bits, the stream's own sequence
+// (AckTracker::AddEvent) below; 2^48 events per stream and connection.
+constexpr int kStreamShift = 48;
+constexpr uint64_t kSequenceMask = (uint64_t{1} << kStreamShift) - 1;
+constexpr size_t kMaxStreams = size_t{1} << (64 - kStreamShift);
 
 // Milliseconds for poll(): rounded up, so that a short wait does not spin.
 int PollTimeoutMs(absl::Duration d) {
@@ -157,40 +163,41 @@ RunMetrics::RunMetrics(metrics::OutboxdMetrics* given) : metrics_(given) {
 
 class Publisher::Impl {
  public:
-  Impl(const PublisherOptions& options, EventSource& source,
+  Impl(const PublisherOptions& options, std::vector<PublisherStream> streams,
        metrics::OutboxdMetrics& metrics, SinkFactory sink_factory)
       : options_(options),
-        source_(source),
         m_(metrics),
         sink_factory_(std::move(sink_factory)),
-        router_(options.router),
-        cloudevents_(options.cloudevents),
         exactly_once_(options.delivery == DeliveryGuarantee::kExactlyOnce),
         batch_(options.transactions),
-        reserved_header_log_(&metrics),
-        stages_(metrics),
-        stall_(metrics, options.stall_timeout) {}
+        reserved_header_log_(&metrics) {
+    for (size_t i = 0; i < streams.size(); ++i) {
+      PublisherStream& spec = streams[i];
+      metrics::OutboxdMetrics& sm =
+          spec.metrics != nullptr ? *spec.metrics : metrics;
+      std::string prefix = spec.name.empty()
+                               ? std::string()
+                               : absl::StrCat("[", spec.name, "] ");
+      streams_.push_back(
+          std::make_unique<Stream>(*spec.source, sm, std::move(prefix),
+                                   static_cast<uint64_t>(i), options));
+    }
+  }
 
   absl::Status Run(const std::atomic<bool>& stop) {
     stop_ = &stop;
-    absl::Status s = ConnectWithRetry();
-    while (s.ok() && connected_) {
-      s = Stream();  // OK only when stopped
-      if (s.ok() || !Reconnectable(s)) break;
-      spdlog::warn("{}; reconnecting", std::string(s.message()));
-      // What the open Kafka transaction holds is committed first: the
-      // source resends from the confirmed position, and the checkpoint
-      // tells which of those events Kafka has. The old connection is of no
-      // use meanwhile.
-      Disconnect();
-      if (absl::Status c = CommitOpenTransaction(); !c.ok()) {
-        s = c;
-        break;
-      }
-      m_.reconnects->Increment();
-      ResetSession();
-      s = ConnectWithRetry();
+    if (streams_.empty()) return absl::InvalidArgumentError("no source");
+    if (streams_.size() > kMaxStreams) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("at most ", kMaxStreams, " sources per process"));
     }
+    if (exactly_once_ && streams_.size() > 1) {
+      // One transactional producer and one checkpoint per source: several
+      // sources would need a producer each.
+      return absl::InvalidArgumentError(
+          "--delivery=exactly-once publishes one source per process");
+    }
+    absl::Status s = Loop();
     absl::Status end = Finish(s.ok());
     return s.ok() ? end : s;
   }
@@ -198,51 +205,408 @@ class Publisher::Impl {
   const PipelineStats& stats() const { return stats_; }
 
  private:
+  using Tracker = BasicAckTracker<SourcePosition>;
+
   // What waits to be produced while the queue is full.
   struct Pending {
     std::variant<OutboxEvent, InvalidEvent> item;
-    uint64_t sequence;
+    uint64_t sequence;  // the stream's own (Tracker::AddEvent)
   };
   // The topic's counter and the commit time of each produced event in
-  // flight, by sequence (metrics).
+  // flight, by tagged sequence (metrics).
   struct PublishedEvent {
     metrics::Counter* published_to = nullptr;
     int64_t commit_time_unix_ms = 0;
     uint64_t commit_lsn = 0;  // the value of a CDC event's commit LSN
   };
 
+  // How a wakeup's reading ended.
+  enum class Drained {
+    kNothing,   // the source has nothing now: sleep on it too
+    kMore,      // there may be more: serve the sink and the source first
+    kAwaiting,  // the source waits until what it handed over is durable
+    kPending,   // an event waits for room in the sink (backpressure)
+  };
+
+  // One source and everything the Publisher keeps for it: its own
+  // acknowledgements (and so its own confirmed position), its pending event,
+  // its connection state and reconnect backoff. Only the sink (and with it
+  // the topic catalog and, exactly-once, the Kafka transaction) is shared.
+  struct Stream {
+    Stream(EventSource& s, metrics::OutboxdMetrics& sm, std::string prefix,
+           uint64_t index, const PublisherOptions& options)
+        : source(s),
+          m(sm),
+          log_prefix(std::move(prefix)),
+          tag(index << kStreamShift),
+          router(options.router),
+          cloudevents(options.cloudevents),
+          backoff(options.reconnect),
+          stages(sm),
+          stall(sm, options.stall_timeout) {}
+
+    EventSource& source;
+    metrics::OutboxdMetrics& m;    // per source with several, else shared
+    const std::string log_prefix;  // "[name] " with several sources, or ""
+    // Set in the high bits of every sequence this stream produces, so that
+    // a delivery report (whose opaque is the sequence) finds its stream.
+    const uint64_t tag;
+    Tracker tracker;
+    RouterOptions router;  // options.router plus the source's identity
+    // options.cloudevents, its default source from the source's identity.
+    CloudEventsOptions cloudevents;
+    std::string ready_line;
+    std::optional<Pending> pending;
+    // The pending event waits for its topic's state (not for room in the
+    // sink, which the sink's descriptor signals): retried on a timer.
+    bool waiting_for_topic = false;
+    bool connected = false;
+    bool connected_once = false;
+    Drained drained = Drained::kNothing;  // this wakeup's
+    // Reconnecting: the next attempt is due at retry_at; the outage began
+    // at down_since (--reconnect-give-up).
+    ReconnectBackoff backoff;
+    absl::Time retry_at = absl::InfinitePast();
+    absl::Time down_since = absl::InfiniteFuture();
+    int attempts = 0;
+    std::string last_cause;  // the last "cannot stream yet" logged
+    // Lag by stage and the stall alarm, of this stream (stage_metrics.h).
+    StageLag stages;
+    StallAlarm stall;
+  };
+
+  // The sequence the sink carries for a stream's `sequence`, and back.
+  static uint64_t Tagged(const Stream& st, uint64_t sequence) {
+    return st.tag | sequence;
+  }
+  Stream* StreamOf(uint64_t tagged) const {
+    const uint64_t index = tagged >> kStreamShift;
+    return index < streams_.size() ? streams_[index].get() : nullptr;
+  }
+  // The stream of --delivery=exactly-once, which has exactly one.
+  Stream& Only() const { return *streams_.front(); }
+
+  // --- the loop -------------------------------------------------------------
+
+  // Every wakeup: the clock once, the sink's delivery reports, then each
+  // stream in turn (a due reconnect attempt, or the source's keep-alive
+  // work and what it holds), then one sleep over every descriptor. A stream
+  // whose connection is lost (kUnavailable) reconnects on its own backoff
+  // while the others go on; anything else stops the run.
+  absl::Status Loop() {
+    if (!exactly_once_) RETURN_IF_ERROR(CreateSink());
+    absl::Time next_progress = absl::Now() + kProgressLogInterval;
+    while (!stop_->load(std::memory_order_relaxed)) {
+      const absl::Time now = absl::Now();
+      if (sink_ != nullptr) {
+        sink_->Poll(absl::ZeroDuration());
+        RETURN_IF_ERROR(FencedOrFatal());
+      }
+      bool more = false;
+      for (const std::unique_ptr<Stream>& st : streams_) {
+        if (stop_->load(std::memory_order_relaxed)) break;
+        RETURN_IF_ERROR(st->tracker.failure());
+        if (!st->connected) {
+          if (exactly_once_) RETURN_IF_ERROR(txn_delivery_failure_);
+          if (now < st->retry_at) continue;
+          RETURN_IF_ERROR(AttemptConnect(*st));
+          // Connected: read it at once.
+          if (st->connected) more = true;
+          continue;
+        }
+        absl::Status s = Wakeup(*st, now, next_progress);
+        if (s.ok()) {
+          if (st->drained == Drained::kMore) more = true;
+          continue;
+        }
+        if (!Reconnectable(s)) return s;
+        RETURN_IF_ERROR(LoseConnection(*st, s));
+        more = true;  // the first attempt is immediate
+      }
+      if (now >= next_progress) {
+        LogProgress();
+        next_progress = now + kProgressLogInterval;
+      }
+      if (more) continue;
+      RETURN_IF_ERROR(Sleep(next_progress));
+    }
+    if (AnyConnected()) spdlog::info("stop requested");
+    return absl::OkStatus();
+  }
+
+  // One wakeup of a connected stream: its source's keep-alive work, the
+  // Kafka transaction when due (exactly-once), its pending event, then what
+  // its source holds.
+  absl::Status Wakeup(Stream& st, absl::Time now, absl::Time next_progress) {
+    RETURN_IF_ERROR(st.source.Durable(st.tracker.ConfirmableLsn()));
+    if (exactly_once_) {
+      RETURN_IF_ERROR(DeliveryFailureInTransaction());
+      if (batch_.CommitDue(now, AtBoundary(st))) {
+        RETURN_IF_ERROR(CommitOpenTransaction());
+        if (!st.connected) {
+          return absl::UnavailableError(
+              "source connection lost during a Kafka commit");
+        }
+      }
+    }
+    UpdateStageMetrics(st, now);
+    // Backpressure: the source is not read until the sink took the
+    // pending event.
+    if (st.pending.has_value()) RETURN_IF_ERROR(TryProducePending(st));
+    st.drained = Drained::kPending;
+    if (st.pending.has_value()) return absl::OkStatus();
+    if (st.source.WaitFd() >= 0 || streams_.size() > 1) {
+      ASSIGN_OR_RETURN(st.drained, ReadAvailable(st, now));
+    } else {
+      ASSIGN_OR_RETURN(st.drained, ReadWaiting(st, now, next_progress));
+    }
+    return absl::OkStatus();
+  }
+
+  bool AtBoundary(const Stream& st) const {
+    return !st.tracker.transaction_open() && !st.pending.has_value();
+  }
+
+  bool AnyConnected() const {
+    for (const auto& st : streams_) {
+      if (st->connected) return true;
+    }
+    return false;
+  }
+
+  // Reads, without waiting, what a source with a descriptor holds: at most
+  // kMaxReadsPerWakeup items, so that delivery reports, status updates and
+  // the other streams are served between them during a backlog.
+  absl::StatusOr<Drained> ReadAvailable(Stream& st, absl::Time now) {
+    for (int n = 0; n < kMaxReadsPerWakeup; ++n) {
+      ASSIGN_OR_RETURN(SourceRead read, st.source.Read(absl::ZeroDuration()));
+      if (read.nothing()) {
+        st.stages.SourceCaughtUp();
+        return Drained::kNothing;
+      }
+      const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
+      RETURN_IF_ERROR(OnRead(st, std::move(read)));
+      if (awaiting) return Drained::kAwaiting;
+      if (st.pending.has_value()) return Drained::kPending;
+      if (exactly_once_ && batch_.CommitDue(now, AtBoundary(st))) {
+        return Drained::kMore;
+      }
+    }
+    return Drained::kMore;
+  }
+
+  // One read of a source without a descriptor (the only source of the
+  // run): it waits by itself (at most until the loop has work of its own).
+  absl::StatusOr<Drained> ReadWaiting(Stream& st, absl::Time now,
+                                      absl::Time next_progress) {
+    absl::Duration wait = std::min(
+        kIdleWait,
+        std::max(WakeDeadline(next_progress) - now, absl::ZeroDuration()));
+    if (st.tracker.EventsInFlight() > 0 && sink_->EventFd() < 0) {
+      wait = std::min(wait, kBusyPollInterval);
+    }
+    ASSIGN_OR_RETURN(SourceRead read, st.source.Read(wait));
+    if (read.nothing()) st.stages.SourceCaughtUp();
+    const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
+    RETURN_IF_ERROR(OnRead(st, std::move(read)));
+    if (awaiting) return Drained::kAwaiting;
+    if (st.pending.has_value()) return Drained::kPending;
+    return Drained::kMore;  // the read waited already
+  }
+
+  // The earliest time the loop has work without any event: a source's
+  // periodic work, a stream's next reconnect attempt, the Kafka
+  // transaction's deadline, the progress log, the stall alarm.
+  absl::Time WakeDeadline(absl::Time next_progress) const {
+    absl::Time until = next_progress;
+    for (const auto& st : streams_) {
+      if (!st->connected) {
+        until = std::min(until, st->retry_at);
+        continue;
+      }
+      until = std::min(until, st->source.NextDue());
+      until = std::min(until, st->stall.Deadline(st->tracker.EventsInFlight()));
+    }
+    if (exactly_once_) until = std::min(until, batch_.Deadline());
+    return until;
+  }
+
+  // Sleeps in one poll() until a source that has nothing now, the sink or
+  // the stop descriptor has something, or WakeDeadline. No descriptor where
+  // a timer has to do: a sink without one is polled every kBusyPollInterval
+  // while records are in flight, the stop flag without one looked at every
+  // kIdleWait, and an event waiting for a topic's state retried every
+  // kPendingPollInterval.
+  absl::Status Sleep(absl::Time next_progress) {
+    fds_.clear();
+    bool in_flight = false;
+    bool waiting_for_topic = false;
+    for (const auto& st : streams_) {
+      if (st->tracker.EventsInFlight() > 0) in_flight = true;
+      if (st->pending.has_value() && st->waiting_for_topic) {
+        waiting_for_topic = true;
+      }
+      if (!st->connected || st->drained != Drained::kNothing) continue;
+      if (int fd = st->source.WaitFd(); fd >= 0) {
+        fds_.push_back(pollfd{fd, POLLIN, 0});
+      }
+    }
+    const int sink_fd = sink_ != nullptr ? sink_->EventFd() : -1;
+    for (int fd : {sink_fd, options_.stop_fd}) {
+      if (fd >= 0) fds_.push_back(pollfd{fd, POLLIN, 0});
+    }
+    // The clock again: the wakeup's work (a Kafka commit, a connect) may
+    // have taken a while, and a status update must not be late by that much.
+    const absl::Time now = absl::Now();
+    absl::Time until = WakeDeadline(next_progress);
+    if (sink_fd < 0 && in_flight) {
+      until = std::min(until, now + kBusyPollInterval);
+    }
+    if (waiting_for_topic) until = std::min(until, now + kPendingPollInterval);
+    if (options_.stop_fd < 0) until = std::min(until, now + kIdleWait);
+    ++stats_.waits;
+    if (fds_.empty()) {
+      // Nothing to poll() on: the sink waits (it serves what comes).
+      const absl::Duration wait = std::max(until - now, absl::ZeroDuration());
+      if (sink_ != nullptr) {
+        sink_->Poll(wait);
+      } else {
+        absl::SleepFor(std::min(wait, kIdleWait));
+      }
+      return absl::OkStatus();
+    }
+    const int rc = poll(fds_.data(), fds_.size(), PollTimeoutMs(until - now));
+    if (rc == 0) ++stats_.wait_timeouts;
+    if (rc < 0 && errno != EINTR) {
+      return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status OnRead(Stream& st, SourceRead read) {
+    if (auto* event = std::get_if<OutboxEvent>(&read.item)) {
+      st.stages.Received(event->position.commit_lsn.value(),
+                         event->commit_time_unix_ms);
+      RETURN_IF_ERROR(Publish(st, std::move(*event)));
+    } else if (auto* bad = std::get_if<InvalidEvent>(&read.item)) {
+      st.stages.Received(bad->position.commit_lsn.value(),
+                         bad->commit_time_unix_ms);
+      RETURN_IF_ERROR(OnInvalid(st, std::move(*bad)));
+    } else if (std::holds_alternative<SourceBegin>(read.item)) {
+      st.tracker.BeginTransaction();
+    } else if (auto* commit = std::get_if<SourceCommit>(&read.item)) {
+      st.tracker.CommitTransaction(commit->position);
+      st.stages.Committed(commit->position);
+    }
+    if (read.idle_position.has_value()) {
+      st.tracker.ObserveServerWalEnd(*read.idle_position);
+      st.stages.ServerWalEnd(read.idle_position->value());
+    }
+    st.m.events_in_flight->Set(
+        static_cast<double>(st.tracker.EventsInFlight()));
+    return absl::OkStatus();
+  }
+
   // --- connecting -----------------------------------------------------------
 
-  // Connects the source; creates the sink first (at-least-once) or, needing
-  // the source's identity, after the first connect (exactly-once, which
-  // also checks the broker for transactions).
-  absl::Status Connect() {
-    // At-least-once, the sink comes first and is usable before the source
+  // One attempt to connect `st`. A failure that is worth retrying
+  // (kUnavailable: connection refused, server restarting, slot active in
+  // another process) schedules the next attempt on the stream's own
+  // backoff; anything else, or --reconnect-give-up, is returned.
+  absl::Status AttemptConnect(Stream& st) {
+    const absl::Time start = absl::Now();
+    if (st.attempts == 0) st.down_since = start;
+    absl::Status s = Connect(st);
+    if (s.ok()) {
+      if (st.attempts > 0) {
+        spdlog::info("{}connected after {} attempts in {}", st.log_prefix,
+                     st.attempts + 1,
+                     absl::FormatDuration(absl::Now() - st.down_since));
+      }
+      st.attempts = 0;
+      st.last_cause.clear();
+      st.backoff.Reset();
+      return absl::OkStatus();
+    }
+    Disconnect(st);
+    if (absl::IsCancelled(s) && stop_->load()) return absl::OkStatus();
+    if (!Reconnectable(s)) return s;
+    ++st.attempts;
+    const absl::Duration give_up = options_.reconnect.give_up_after;
+    if (give_up > absl::ZeroDuration() &&
+        absl::Now() - st.down_since > give_up) {
+      return absl::UnavailableError(
+          absl::StrCat(st.log_prefix, s.message(), " (gave up after ",
+                       absl::FormatDuration(give_up), ")"));
+    }
+    // One line per distinct cause, not one per attempt: a standby waits
+    // quietly while the slot is active elsewhere.
+    std::string cause(s.message());
+    if (cause.find("is active for PID") != std::string::npos) {
+      cause = "replication slot is active in another process";
+    }
+    const absl::Duration delay = st.backoff.Next();
+    if (cause != st.last_cause) {
+      spdlog::info("{}cannot stream yet: {}; retrying with backoff up to {}",
+                   st.log_prefix, std::string(s.message()),
+                   absl::FormatDuration(options_.reconnect.max_backoff));
+      st.last_cause = cause;
+    } else {
+      spdlog::debug("{}attempt {}: {}; next in {}", st.log_prefix, st.attempts,
+                    std::string(s.message()), absl::FormatDuration(delay));
+    }
+    st.retry_at = absl::Now() + delay;
+    return absl::OkStatus();
+  }
+
+  // A connected stream lost its source's connection: what the open Kafka
+  // transaction holds is committed first (exactly-once: the source resends
+  // from the confirmed position, and the checkpoint tells which of those
+  // events Kafka has), then the stream starts over and reconnects at once,
+  // then on its backoff.
+  absl::Status LoseConnection(Stream& st, const absl::Status& cause) {
+    spdlog::warn("{}{}; reconnecting", st.log_prefix,
+                 std::string(cause.message()));
+    Disconnect(st);
+    RETURN_IF_ERROR(CommitOpenTransaction());
+    st.m.reconnects->Increment();
+    ResetSession(st);
+    st.retry_at = absl::InfinitePast();
+    st.attempts = 0;
+    st.backoff.Reset();
+    return absl::OkStatus();
+  }
+
+  // Connects a stream's source; creates the sink first (at-least-once, in
+  // Loop) or, needing the source's identity, after the first connect
+  // (exactly-once, which also checks the broker for transactions).
+  absl::Status Connect(Stream& st) {
+    // At-least-once, the sink exists and is usable before the first source
     // starts streaming: librdkafka connects, reads the brokers' metadata and
     // gets the idempotent producer id, and a standby's producer is warm when
     // it takes over. Exactly-once needs the source's identity first (the
     // transactional id); its broker check and init_transactions then do
     // the same.
-    if (!exactly_once_) {
-      if (sink_ == nullptr) RETURN_IF_ERROR(CreateSink());
+    if (!exactly_once_ && !sink_waited_) {
       WaitUntilSinkReady();
+      sink_waited_ = true;
     }
     ConnectContext ctx;
-    ctx.first = !source_connected_once_;
-    ctx.durable = tracker_.ConfirmableLsn();
+    ctx.first = !st.connected_once;
+    ctx.durable = st.tracker.ConfirmableLsn();
     ctx.drain_in_flight = [this] { return DrainInFlight(); };
-    ASSIGN_OR_RETURN(ConnectResult r, source_.Connect(ctx));
-    connected_ = true;
-    source_connected_once_ = true;
+    ASSIGN_OR_RETURN(ConnectResult r, st.source.Connect(ctx));
+    st.connected = true;
+    st.connected_once = true;
     if (r.restart_at.has_value()) {
-      tracker_ = Tracker(*r.restart_at);
-      stages_.Restart();
+      st.tracker = Tracker(*r.restart_at);
+      st.stages.Restart();
     }
-    router_.source = std::move(r.identity);
+    st.router.source = std::move(r.identity);
     if (options_.cloudevents.source.empty()) {
-      cloudevents_.source = DefaultCloudEventsSource(router_.source);
+      st.cloudevents.source = DefaultCloudEventsSource(st.router.source);
     }
-    ready_line_ = std::move(r.ready_line);
+    st.ready_line = std::move(r.ready_line);
     if (sink_ == nullptr) RETURN_IF_ERROR(CreateSink());
     if (exactly_once_ && !broker_checked_) {
       RETURN_IF_ERROR(CheckBrokerHasTransactions());
@@ -254,12 +618,12 @@ class Publisher::Impl {
     if (exactly_once_ && !transactions_ready_) {
       RETURN_IF_ERROR(PrepareTransactions());
     }
-    spdlog::info("{}", ready_line_);
-    m_.streaming->Set(1);
+    spdlog::info("{}{}", st.log_prefix, st.ready_line);
+    SetStreaming(st, true);
     return absl::OkStatus();
   }
 
-  // Waits (at most kSinkReadyTimeout), before the source connects (no
+  // Waits (at most kSinkReadyTimeout), before the first source connects (no
   // keep-alive is due yet), until the sink is usable, so that the first
   // event after a start or a takeover does not pay for it: a broker
   // answered a metadata request (ClusterId), which is also when librdkafka
@@ -267,20 +631,17 @@ class Publisher::Impl {
   // id itself; on the dev broker it arrives within a millisecond of the
   // metadata), and, with --topic, the fixed topic's metadata (the catalog
   // keeps it). Brokers that do not answer in time only delay the first
-  // event, as before: records wait in librdkafka's queue.
+  // event, as before: records wait in librdkafka's queue. Once per run:
+  // the producer stays warm, and with several sources the others would
+  // wait for nothing.
   void WaitUntilSinkReady() {
     const absl::Time since = absl::Now();
     absl::StatusOr<std::string> cluster = sink_->ClusterId(kSinkReadyTimeout);
     if (!cluster.ok()) {
-      // Once, not on every connect attempt of a standby.
-      if (!sink_wait_logged_) {
-        spdlog::warn("Kafka not ready yet ({}); events wait for it",
-                     std::string(cluster.status().message()));
-        sink_wait_logged_ = true;
-      }
+      spdlog::warn("Kafka not ready yet ({}); events wait for it",
+                   std::string(cluster.status().message()));
       return;
     }
-    sink_wait_logged_ = false;
     if (!options_.router.fixed_topic.empty()) {
       catalog_->Check(options_.router.fixed_topic).IgnoreError();
     }
@@ -288,10 +649,17 @@ class Publisher::Impl {
                   absl::FormatDuration(absl::Now() - since));
   }
 
-  void Disconnect() {
-    if (connected_) source_.Disconnect();
-    connected_ = false;
-    m_.streaming->Set(0);
+  void Disconnect(Stream& st) {
+    if (st.connected) st.source.Disconnect();
+    SetStreaming(st, false);
+  }
+
+  // outboxd_streaming: the stream's own (labelled by source with several
+  // sources), and the process's: 1 while any source streams (/readyz).
+  void SetStreaming(Stream& st, bool streaming) {
+    st.connected = streaming;
+    st.m.streaming->Set(streaming ? 1 : 0);
+    if (&st.m != &m_) m_.streaming->Set(AnyConnected() ? 1 : 0);
   }
 
   absl::Status CreateSink() {
@@ -299,7 +667,7 @@ class Publisher::Impl {
     if (exactly_once_) {
       transactional_id_ = options_.transactional_id;
       if (transactional_id_.empty()) {
-        transactional_id_ = absl::StrCat("outboxd-", router_.source);
+        transactional_id_ = absl::StrCat("outboxd-", Only().router.source);
         std::replace(transactional_id_.begin(), transactional_id_.end(), '/',
                      '-');
       }
@@ -322,67 +690,15 @@ class Publisher::Impl {
   }
 
   // A lost connection, a restarting server or a slot active in another
-  // process; not a broken producer or a failed delivery.
+  // process; not a broken producer or a failed delivery (of any stream:
+  // those stop the run).
   bool Reconnectable(const absl::Status& s) const {
-    return absl::IsUnavailable(s) && tracker_.failure().ok() &&
-           txn_delivery_failure_.ok() &&
-           (sink_ == nullptr || sink_->fatal_error().ok());
-  }
-
-  // Connect() until it succeeds, with capped jittered backoff while the
-  // cause is kUnavailable. OK with !connected_ when stopped meanwhile.
-  absl::Status ConnectWithRetry() {
-    ReconnectBackoff backoff(options_.reconnect);
-    const absl::Time since = absl::Now();
-    std::string last_cause;
-    for (int attempt = 1;; ++attempt) {
-      absl::Status s = Connect();
-      if (s.ok()) {
-        if (attempt > 1) {
-          spdlog::info("connected after {} attempts in {}", attempt,
-                       absl::FormatDuration(absl::Now() - since));
-        }
-        return s;
-      }
-      Disconnect();
-      if (absl::IsCancelled(s) && stop_->load()) return absl::OkStatus();
-      if (!Reconnectable(s)) return s;
-      const absl::Duration give_up = options_.reconnect.give_up_after;
-      if (give_up > absl::ZeroDuration() && absl::Now() - since > give_up) {
-        return absl::UnavailableError(
-            absl::StrCat(s.message(), " (gave up after ",
-                         absl::FormatDuration(give_up), ")"));
-      }
-      // One line per distinct cause, not one per attempt: a standby waits
-      // quietly while the slot is active elsewhere.
-      std::string cause(s.message());
-      if (cause.find("is active for PID") != std::string::npos) {
-        cause = "replication slot is active in another process";
-      }
-      absl::Duration delay = backoff.Next();
-      if (cause != last_cause) {
-        spdlog::info("cannot stream yet: {}; retrying with backoff up to {}",
-                     std::string(s.message()),
-                     absl::FormatDuration(options_.reconnect.max_backoff));
-        last_cause = cause;
-      } else {
-        spdlog::debug("attempt {}: {}; next in {}", attempt,
-                      std::string(s.message()), absl::FormatDuration(delay));
-      }
-      const absl::Time until = absl::Now() + delay;
-      while (absl::Now() < until) {
-        if (stop_->load(std::memory_order_relaxed)) return absl::OkStatus();
-        // Deliveries go on meanwhile; failures stop the wait.
-        if (sink_ != nullptr) {
-          sink_->Poll(std::min(until - absl::Now(), absl::Milliseconds(50)));
-          RETURN_IF_ERROR(sink_->fatal_error());
-          RETURN_IF_ERROR(tracker_.failure());
-          RETURN_IF_ERROR(txn_delivery_failure_);
-        } else {
-          absl::SleepFor(std::min(until - absl::Now(), absl::Milliseconds(50)));
-        }
-      }
+    if (!absl::IsUnavailable(s) || !txn_delivery_failure_.ok()) return false;
+    if (sink_ != nullptr && !sink_->fatal_error().ok()) return false;
+    for (const auto& st : streams_) {
+      if (!st->tracker.failure().ok()) return false;
     }
+    return true;
   }
 
   // Waits until nothing is in flight (a source starting over, e.g. after a
@@ -392,7 +708,7 @@ class Publisher::Impl {
     while (sink_->OutQueueLength() > 0) {
       sink_->Poll(absl::Milliseconds(50));
       RETURN_IF_ERROR(sink_->fatal_error());
-      RETURN_IF_ERROR(tracker_.failure());
+      for (const auto& st : streams_) RETURN_IF_ERROR(st->tracker.failure());
       if (stop_->load()) return absl::CancelledError("stop requested");
     }
     return absl::OkStatus();
@@ -402,210 +718,40 @@ class Publisher::Impl {
   // confirmed position, every transaction not yet committed in the
   // tracker: what was handed over of one is dropped (duplicates at worst,
   // never a loss).
-  void ResetSession() {
-    if (pending_.has_value()) {
+  void ResetSession(Stream& st) {
+    if (st.pending.has_value()) {
       // Never produced; it belongs to the open transaction, resent later.
-      tracker_.Acknowledge(pending_->sequence);
-      pending_.reset();
+      st.tracker.Acknowledge(st.pending->sequence);
+      st.pending.reset();
     }
-    tracker_.AbandonOpenTransaction();
-  }
-
-  // --- the loop -------------------------------------------------------------
-
-  absl::Status Stream() {
-    absl::Time next_progress = absl::Now() + kProgressLogInterval;
-    while (!stop_->load(std::memory_order_relaxed)) {
-      // One wakeup: the clock once, the sink's delivery reports, the
-      // source's keep-alive work, then what the source holds.
-      const absl::Time now = absl::Now();
-      sink_->Poll(absl::ZeroDuration());
-      RETURN_IF_ERROR(FencedOrFatal());
-      RETURN_IF_ERROR(tracker_.failure());
-      RETURN_IF_ERROR(source_.Durable(tracker_.ConfirmableLsn()));
-      if (exactly_once_) {
-        RETURN_IF_ERROR(DeliveryFailureInTransaction());
-        if (batch_.CommitDue(now, AtBoundary())) {
-          RETURN_IF_ERROR(CommitOpenTransaction());
-          if (!connected_) {
-            return absl::UnavailableError(
-                "source connection lost during a Kafka commit");
-          }
-        }
-      }
-      if (now >= next_progress) {
-        LogProgress();
-        next_progress = now + kProgressLogInterval;
-      }
-      UpdateStageMetrics(now);
-      // Backpressure: the source is not read until the sink took the
-      // pending event.
-      if (pending_.has_value()) RETURN_IF_ERROR(TryProducePending());
-      Drained drained = Drained::kPending;
-      if (!pending_.has_value()) {
-        if (source_.WaitFd() >= 0) {
-          ASSIGN_OR_RETURN(drained, ReadAvailable(now));
-        } else {
-          ASSIGN_OR_RETURN(drained, ReadWaiting(now, next_progress));
-        }
-      }
-      if (drained == Drained::kMore) continue;
-      RETURN_IF_ERROR(Sleep(next_progress,
-                            /*read_source=*/drained == Drained::kNothing));
-    }
-    spdlog::info("stop requested");
-    return absl::OkStatus();
-  }
-
-  // How a wakeup's reading ended.
-  enum class Drained {
-    kNothing,   // the source has nothing now: sleep on it too
-    kMore,      // there may be more: serve the sink and the source first
-    kAwaiting,  // the source waits until what it handed over is durable
-    kPending,   // an event waits for room in the sink (backpressure)
-  };
-
-  bool AtBoundary() const {
-    return !tracker_.transaction_open() && !pending_.has_value();
-  }
-
-  // Reads, without waiting, what a source with a descriptor holds: at most
-  // kMaxReadsPerWakeup items, so that delivery reports and status updates
-  // are served between them during a backlog.
-  absl::StatusOr<Drained> ReadAvailable(absl::Time now) {
-    for (int n = 0; n < kMaxReadsPerWakeup; ++n) {
-      ASSIGN_OR_RETURN(SourceRead read, source_.Read(absl::ZeroDuration()));
-      if (read.nothing()) {
-        stages_.SourceCaughtUp();
-        return Drained::kNothing;
-      }
-      const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
-      RETURN_IF_ERROR(OnRead(std::move(read)));
-      if (awaiting) return Drained::kAwaiting;
-      if (pending_.has_value()) return Drained::kPending;
-      if (exactly_once_ && batch_.CommitDue(now, AtBoundary())) {
-        return Drained::kMore;
-      }
-    }
-    return Drained::kMore;
-  }
-
-  // One read of a source without a descriptor: it waits by itself (at
-  // most until the loop has work of its own).
-  absl::StatusOr<Drained> ReadWaiting(absl::Time now,
-                                      absl::Time next_progress) {
-    absl::Duration wait = std::min(
-        kIdleWait,
-        std::max(WakeDeadline(next_progress) - now, absl::ZeroDuration()));
-    if (tracker_.EventsInFlight() > 0 && sink_->EventFd() < 0) {
-      wait = std::min(wait, kBusyPollInterval);
-    }
-    ASSIGN_OR_RETURN(SourceRead read, source_.Read(wait));
-    if (read.nothing()) stages_.SourceCaughtUp();
-    const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
-    RETURN_IF_ERROR(OnRead(std::move(read)));
-    if (awaiting) return Drained::kAwaiting;
-    if (pending_.has_value()) return Drained::kPending;
-    return Drained::kMore;  // the read waited already
-  }
-
-  // The earliest time the loop has work without any event: the source's
-  // periodic work, the Kafka transaction's deadline, the progress log, the
-  // stall alarm.
-  absl::Time WakeDeadline(absl::Time next_progress) const {
-    absl::Time until = std::min(next_progress, source_.NextDue());
-    until = std::min(until, stall_.Deadline(tracker_.EventsInFlight()));
-    if (exactly_once_) until = std::min(until, batch_.Deadline());
-    return until;
-  }
-
-  // Sleeps in one poll() until the source (`read_source`), the sink or the
-  // stop descriptor has something, or WakeDeadline. No descriptor where a
-  // timer has to do: a sink without one is polled every kBusyPollInterval
-  // while records are in flight, the stop flag without one looked at every
-  // kIdleWait, and an event waiting for a topic's state retried every
-  // kPendingPollInterval.
-  absl::Status Sleep(absl::Time next_progress, bool read_source) {
-    pollfd fds[3];
-    nfds_t n = 0;
-    const int source_fd = read_source ? source_.WaitFd() : -1;
-    const int sink_fd = sink_->EventFd();
-    for (int fd : {source_fd, sink_fd, options_.stop_fd}) {
-      if (fd >= 0) fds[n++] = pollfd{fd, POLLIN, 0};
-    }
-    // The clock again: the wakeup's work (a Kafka commit) may have taken a
-    // while, and the status update must not be late by that much.
-    const absl::Time now = absl::Now();
-    absl::Time until = WakeDeadline(next_progress);
-    if (sink_fd < 0 && tracker_.EventsInFlight() > 0) {
-      until = std::min(until, now + kBusyPollInterval);
-    }
-    if (pending_.has_value() && waiting_for_topic_) {
-      until = std::min(until, now + kPendingPollInterval);
-    }
-    if (options_.stop_fd < 0) until = std::min(until, now + kIdleWait);
-    ++stats_.waits;
-    if (n == 0) {
-      // Nothing to poll() on: the sink waits (it serves what comes).
-      sink_->Poll(std::max(until - now, absl::ZeroDuration()));
-      return absl::OkStatus();
-    }
-    const int rc = poll(fds, n, PollTimeoutMs(until - now));
-    if (rc == 0) ++stats_.wait_timeouts;
-    if (rc < 0 && errno != EINTR) {
-      return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status OnRead(SourceRead read) {
-    if (auto* event = std::get_if<OutboxEvent>(&read.item)) {
-      stages_.Received(event->position.commit_lsn.value(),
-                       event->commit_time_unix_ms);
-      RETURN_IF_ERROR(Publish(std::move(*event)));
-    } else if (auto* bad = std::get_if<InvalidEvent>(&read.item)) {
-      stages_.Received(bad->position.commit_lsn.value(),
-                       bad->commit_time_unix_ms);
-      RETURN_IF_ERROR(OnInvalid(std::move(*bad)));
-    } else if (std::holds_alternative<SourceBegin>(read.item)) {
-      tracker_.BeginTransaction();
-    } else if (auto* commit = std::get_if<SourceCommit>(&read.item)) {
-      tracker_.CommitTransaction(commit->position);
-      stages_.Committed(commit->position);
-    }
-    if (read.idle_position.has_value()) {
-      tracker_.ObserveServerWalEnd(*read.idle_position);
-      stages_.ServerWalEnd(read.idle_position->value());
-    }
-    m_.events_in_flight->Set(static_cast<double>(tracker_.EventsInFlight()));
-    return absl::OkStatus();
+    st.tracker.AbandonOpenTransaction();
   }
 
   // --- producing ------------------------------------------------------------
 
-  absl::Status Publish(OutboxEvent event) {
+  absl::Status Publish(Stream& st, OutboxEvent event) {
     if (options_.value_format != ValueFormat::kPayload) {
       // The router publishes the payload as the value: make it the envelope.
       event.payload = EncodeValue(event, options_.value_format);
       event.content_type =
           std::string(ValueFormatContentType(options_.value_format));
     }
-    if (cloudevents_.mode != CloudEventsMode::kOff) {
+    if (st.cloudevents.mode != CloudEventsMode::kOff) {
       // Headers (binary) or the value's document (structured) of the
       // CloudEvent; an event that cannot be one is invalid.
-      if (absl::Status s = ToCloudEvent(cloudevents_, &event); !s.ok()) {
+      if (absl::Status s = ToCloudEvent(st.cloudevents, &event); !s.ok()) {
         InvalidEvent bad =
             InvalidFrom(event, absl::StrCat("not a CloudEvent: ", s.message()));
         bad.content = EventAsJson(event);
-        return OnInvalid(std::move(bad));
+        return OnInvalid(st, std::move(bad));
       }
     }
     if (!event.dropped_headers.empty()) {
       // Where() formats a string: only for the events it is logged for.
       reserved_header_log_.Note(event, Where(event));
     }
-    pending_ = Pending{std::move(event), tracker_.AddEvent()};
-    return TryProducePending();
+    st.pending = Pending{std::move(event), st.tracker.AddEvent()};
+    return TryProducePending(st);
   }
 
   // Counts and logs an invalid event; the error that stops the run under
@@ -622,43 +768,45 @@ class Publisher::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status OnInvalid(InvalidEvent bad) {
+  absl::Status OnInvalid(Stream& st, InvalidEvent bad) {
     RETURN_IF_ERROR(ReportInvalid(bad));
-    pending_ = Pending{std::move(bad), tracker_.AddEvent()};
-    return TryProducePending();
+    st.pending = Pending{std::move(bad), st.tracker.AddEvent()};
+    return TryProducePending(st);
   }
 
-  // Produces pending_; leaves it in place when the queue is full or the
+  // Produces st.pending; leaves it in place when the queue is full or the
   // topic's state is not known yet. An event whose topic cannot take it, or
   // that cannot be produced as it is, becomes an invalid event (at most
   // once) and is dead-lettered by policy.
-  absl::Status TryProducePending() {
+  absl::Status TryProducePending(Stream& st) {
     for (;;) {
-      if (auto* event = std::get_if<OutboxEvent>(&pending_->item)) {
-        if (AlreadyInKafka(event->position)) return SkipPending();
-        KafkaRecord record = Route(*event, router_);
-        absl::Status topic = CheckTopic(record.topic);
+      if (auto* event = std::get_if<OutboxEvent>(&st.pending->item)) {
+        if (AlreadyInKafka(event->position)) return SkipPending(st);
+        KafkaRecord record = Route(*event, st.router);
+        absl::Status topic = CheckTopic(st, record.topic);
         if (absl::IsUnavailable(topic)) return absl::OkStatus();  // later
         if (!topic.ok()) {
           InvalidEvent bad = Misrouted(*event, record.topic, topic);
-          pending_->item = std::move(bad);
+          st.pending->item = std::move(bad);
           RETURN_IF_ERROR(
-              ReportInvalid(std::get<InvalidEvent>(pending_->item)));
+              ReportInvalid(std::get<InvalidEvent>(st.pending->item)));
           continue;
         }
         RETURN_IF_ERROR(EnsureTransaction());
-        absl::Status s = sink_->Produce(record, pending_->sequence);
+        absl::Status s =
+            sink_->Produce(record, Tagged(st, st.pending->sequence));
         if (s.ok()) {
           if (exactly_once_) {
-            batch_.Produced(pending_->sequence, event->position, record.topic);
+            batch_.Produced(Tagged(st, st.pending->sequence), event->position,
+                            record.topic);
           }
           ++stats_.events_produced;
-          published_[pending_->sequence] = {&m_.PublishedTo(record.topic),
-                                            event->commit_time_unix_ms,
-                                            event->position.commit_lsn.value()};
-          stages_.Produced(event->position.commit_lsn.value(),
-                           event->commit_time_unix_ms);
-          pending_.reset();
+          published_[Tagged(st, st.pending->sequence)] = {
+              &m_.PublishedTo(record.topic), event->commit_time_unix_ms,
+              event->position.commit_lsn.value()};
+          st.stages.Produced(event->position.commit_lsn.value(),
+                             event->commit_time_unix_ms);
+          st.pending.reset();
           return absl::OkStatus();
         }
         if (absl::IsResourceExhausted(s)) return absl::OkStatus();
@@ -671,13 +819,13 @@ class Publisher::Impl {
               "confirmed past it)"));
         }
         spdlog::warn("event {} {}: {}", event->id, Where(*event), bad.reason);
-        pending_->item = std::move(bad);
+        st.pending->item = std::move(bad);
         continue;
       }
-      const auto& bad = std::get<InvalidEvent>(pending_->item);
-      if (AlreadyInKafka(bad.position)) return SkipPending();
+      const auto& bad = std::get<InvalidEvent>(st.pending->item);
+      if (AlreadyInKafka(bad.position)) return SkipPending(st);
       KafkaRecord record = DeadLetterRecord(bad, options_.dlq_topic);
-      absl::Status topic = CheckTopic(record.topic);
+      absl::Status topic = CheckTopic(st, record.topic);
       if (absl::IsUnavailable(topic)) return absl::OkStatus();  // later
       if (!topic.ok()) {
         // Never dropped: the event stays unconfirmed, resent on restart.
@@ -687,16 +835,17 @@ class Publisher::Impl {
             "; the source is not confirmed past it"));
       }
       RETURN_IF_ERROR(EnsureTransaction());
-      absl::Status s = sink_->Produce(record, pending_->sequence);
+      absl::Status s = sink_->Produce(record, Tagged(st, st.pending->sequence));
       if (s.ok()) {
         if (exactly_once_) {
-          batch_.Produced(pending_->sequence, bad.position, record.topic);
+          batch_.Produced(Tagged(st, st.pending->sequence), bad.position,
+                          record.topic);
         }
         ++stats_.events_dead_lettered;
         m_.dead_lettered->Increment();
-        stages_.Produced(bad.position.commit_lsn.value(),
-                         bad.commit_time_unix_ms);
-        pending_.reset();
+        st.stages.Produced(bad.position.commit_lsn.value(),
+                           bad.commit_time_unix_ms);
+        st.pending.reset();
         return absl::OkStatus();
       }
       if (absl::IsResourceExhausted(s)) return absl::OkStatus();
@@ -714,18 +863,18 @@ class Publisher::Impl {
   }
 
   // The pending event is in Kafka already: it counts as acknowledged.
-  absl::Status SkipPending() {
+  absl::Status SkipPending(Stream& st) {
     ++stats_.events_skipped;
-    tracker_.Acknowledge(pending_->sequence);
-    pending_.reset();
+    st.tracker.Acknowledge(st.pending->sequence);
+    st.pending.reset();
     return absl::OkStatus();
   }
 
   // The catalog's answer for `topic`; kUnavailable (cannot tell yet) is
   // logged once per distinct cause, the caller keeps the event pending.
-  absl::Status CheckTopic(const std::string& topic) {
+  absl::Status CheckTopic(Stream& st, const std::string& topic) {
     absl::Status s = catalog_->Check(topic);
-    waiting_for_topic_ = absl::IsUnavailable(s);
+    st.waiting_for_topic = absl::IsUnavailable(s);
     if (absl::IsUnavailable(s)) {
       if (s.message() != last_topic_wait_) {
         spdlog::warn("{}; the event waits", std::string(s.message()));
@@ -737,8 +886,15 @@ class Publisher::Impl {
     return s;
   }
 
-  void OnDelivery(uint64_t sequence, absl::Status status) {
-    ObserveDelivery(sequence, status);
+  // `tagged`: the stream's tag and its sequence (Tagged).
+  void OnDelivery(uint64_t tagged, absl::Status status) {
+    Stream* st = StreamOf(tagged);
+    if (st == nullptr) {
+      spdlog::error("delivery report for unknown sequence {}", tagged);
+      return;
+    }
+    ObserveDelivery(*st, tagged, status);
+    const uint64_t sequence = tagged & kSequenceMask;
     if (exactly_once_) {
       // Written, not committed: acknowledged when the transaction commits.
       // A failure dooms the open transaction (reports of records purged by
@@ -751,25 +907,26 @@ class Publisher::Impl {
       return;
     }
     if (status.ok()) {
-      tracker_.Acknowledge(sequence);
+      st->tracker.Acknowledge(sequence);
       ++stats_.events_acknowledged;
     } else {
-      spdlog::error("delivery of event #{} failed: {}", sequence,
-                    status.ToString());
-      tracker_.Fail(sequence, std::move(status));
+      spdlog::error("{}delivery of event #{} failed: {}", st->log_prefix,
+                    sequence, status.ToString());
+      st->tracker.Fail(sequence, std::move(status));
     }
   }
 
   // Metrics of one delivery report.
-  void ObserveDelivery(uint64_t sequence, const absl::Status& status) {
+  void ObserveDelivery(Stream& st, uint64_t tagged,
+                       const absl::Status& status) {
     if (!status.ok()) m_.delivery_errors->Increment();
-    if (status.ok()) stall_.Acknowledged();
-    auto it = published_.find(sequence);
+    if (status.ok()) st.stall.Acknowledged();
+    auto it = published_.find(tagged);
     if (it == published_.end()) return;  // a dead-lettered record
     if (status.ok()) {
       it->second.published_to->Increment();
-      stages_.Acknowledged(it->second.commit_lsn,
-                           it->second.commit_time_unix_ms);
+      st.stages.Acknowledged(it->second.commit_lsn,
+                             it->second.commit_time_unix_ms);
       int64_t ms =
           absl::ToUnixMillis(absl::Now()) - it->second.commit_time_unix_ms;
       m_.commit_to_ack_seconds->Observe(std::max<int64_t>(ms, 0) / 1000.0);
@@ -778,16 +935,16 @@ class Publisher::Impl {
   }
 
   // Once per wakeup: lag by stage and the stall alarm (stage_metrics.h).
-  void UpdateStageMetrics(absl::Time now) {
-    const size_t in_flight = tracker_.EventsInFlight();
-    stages_.Update(now, in_flight, pending_.has_value(),
-                   tracker_.ConfirmableLsn());
+  void UpdateStageMetrics(Stream& st, absl::Time now) {
+    const size_t in_flight = st.tracker.EventsInFlight();
+    st.stages.Update(now, in_flight, st.pending.has_value(),
+                     st.tracker.ConfirmableLsn());
     metrics::StallReason reason = metrics::StallReason::kUnacknowledged;
-    if (pending_.has_value()) {
-      reason = waiting_for_topic_ ? metrics::StallReason::kTopicMetadata
-                                  : metrics::StallReason::kQueueFull;
+    if (st.pending.has_value()) {
+      reason = st.waiting_for_topic ? metrics::StallReason::kTopicMetadata
+                                    : metrics::StallReason::kQueueFull;
     }
-    stall_.Update(now, in_flight, reason);
+    st.stall.Update(now, in_flight, reason);
   }
 
   // --- exactly-once ---------------------------------------------------------
@@ -821,7 +978,7 @@ class Publisher::Impl {
       if (!absl::IsUnavailable(s) || absl::Now() > deadline) return s;
       spdlog::debug("exactly-once: init_transactions: {}",
                     std::string(s.message()));
-      RETURN_IF_ERROR(source_.Durable(tracker_.ConfirmableLsn()));
+      RETURN_IF_ERROR(Only().source.Durable(Only().tracker.ConfirmableLsn()));
     }
     std::vector<CommittedOffset> offsets;
     bool logged_wait = false;
@@ -840,16 +997,17 @@ class Publisher::Impl {
                      std::string(o.status().message()));
         logged_wait = true;
       }
-      RETURN_IF_ERROR(source_.Durable(tracker_.ConfirmableLsn()));
+      RETURN_IF_ERROR(Only().source.Durable(Only().tracker.ConfirmableLsn()));
       absl::SleepFor(absl::Milliseconds(100));
     }
-    ASSIGN_OR_RETURN(checkpoint_, NewestCheckpoint(offsets, router_.source,
-                                                   transactional_id_));
+    ASSIGN_OR_RETURN(
+        checkpoint_,
+        NewestCheckpoint(offsets, Only().router.source, transactional_id_));
     if (checkpoint_.has_value()) {
       // A checkpoint from another history (a database restored from a
       // backup) says nothing about this one's events; skipping by it could
       // lose them.
-      absl::Status c = source_.CheckCheckpoint(*checkpoint_);
+      absl::Status c = Only().source.CheckCheckpoint(*checkpoint_);
       if (!c.ok()) {
         return absl::Status(
             c.code(),
@@ -900,7 +1058,8 @@ class Publisher::Impl {
         RETURN_IF_ERROR(KeepSourceAlive());
       }
       const EventPosition& last = batch_.last_position();
-      std::string metadata = EncodeCheckpoint(Checkpoint{router_.source, last});
+      std::string metadata =
+          EncodeCheckpoint(Checkpoint{Only().router.source, last});
       for (;;) {
         absl::Status s = sink_->SendCheckpoint(
             transactional_id_, batch_.first_topic(), /*partition=*/0,
@@ -925,8 +1084,9 @@ class Publisher::Impl {
     checkpoint_sent_ = false;
     if (batch_.size() > 0) checkpoint_ = batch_.last_position();
     std::vector<uint64_t> committed = batch_.TakeCommitted();
-    for (uint64_t sequence : committed) tracker_.Acknowledge(sequence);
-    if (!committed.empty()) stall_.Acknowledged();  // progress, too
+    // One stream (tag 0): the tagged sequence is the stream's own.
+    for (uint64_t sequence : committed) Only().tracker.Acknowledge(sequence);
+    if (!committed.empty()) Only().stall.Acknowledged();  // progress, too
     stats_.events_acknowledged += committed.size();
     ++stats_.transactions_committed;
     spdlog::debug(
@@ -949,12 +1109,12 @@ class Publisher::Impl {
   // The source's keep-alive work while a transactional call waits; the
   // connection may be gone already (a reconnect commits first).
   absl::Status KeepSourceAlive() {
-    if (!connected_) return absl::OkStatus();
-    absl::Status s = source_.Durable(tracker_.ConfirmableLsn());
+    if (!Only().connected) return absl::OkStatus();
+    absl::Status s = Only().source.Durable(Only().tracker.ConfirmableLsn());
     // A lost connection is not the transaction's problem: the commit goes
     // on, and the reconnect that follows notices it again.
     if (absl::IsUnavailable(s)) {
-      Disconnect();
+      Disconnect(Only());
       return absl::OkStatus();
     }
     return s;
@@ -993,17 +1153,39 @@ class Publisher::Impl {
   // --- the end --------------------------------------------------------------
 
   void LogProgress() {
+    if (streams_.size() == 1) {
+      const Stream& st = Only();
+      spdlog::info(
+          "events produced {} acknowledged {} dead-lettered {} in flight {}, "
+          "confirmed {}, {}",
+          stats_.events_produced, stats_.events_acknowledged,
+          stats_.events_dead_lettered, st.tracker.EventsInFlight(),
+          st.source.Describe(st.tracker.ConfirmableLsn()),
+          st.source.Progress());
+      return;
+    }
+    size_t connected = 0;
+    uint64_t in_flight = 0;
+    for (const auto& st : streams_) {
+      connected += st->connected ? 1 : 0;
+      in_flight += st->tracker.EventsInFlight();
+      spdlog::debug("{}{}, in flight {}, confirmed {}, {}", st->log_prefix,
+                    st->connected ? "streaming" : "not streaming",
+                    st->tracker.EventsInFlight(),
+                    st->source.Describe(st->tracker.ConfirmableLsn()),
+                    st->source.Progress());
+    }
     spdlog::info(
         "events produced {} acknowledged {} dead-lettered {} in flight {}, "
-        "confirmed {}, {}",
+        "{} of {} sources streaming",
         stats_.events_produced, stats_.events_acknowledged,
-        stats_.events_dead_lettered, tracker_.EventsInFlight(),
-        source_.Describe(tracker_.ConfirmableLsn()), source_.Progress());
+        stats_.events_dead_lettered, in_flight, connected, streams_.size());
   }
 
   // Waits for outstanding deliveries (bounded), confirms what is
-  // acknowledged and ends the source. After a failure it only confirms.
+  // acknowledged and ends every source. After a failure it only confirms.
   absl::Status Finish(bool clean) {
+    for (const auto& st : streams_) st->m.streaming->Set(0);
     m_.streaming->Set(0);
     absl::Status final_commit;  // exactly-once: the last transaction's
     if (exactly_once_ && sink_ != nullptr && batch_.open()) {
@@ -1026,8 +1208,11 @@ class Publisher::Impl {
       absl::Time deadline = absl::Now() + options_.shutdown_timeout;
       while (sink_->OutQueueLength() > 0 && absl::Now() < deadline) {
         sink_->Poll(absl::Milliseconds(50));
-        if (connected_)
-          source_.Durable(tracker_.ConfirmableLsn()).IgnoreError();
+        for (const auto& st : streams_) {
+          if (st->connected) {
+            st->source.Durable(st->tracker.ConfirmableLsn()).IgnoreError();
+          }
+        }
       }
       if (sink_->OutQueueLength() > 0) {
         spdlog::warn("{} events not acknowledged at stop; they will be resent",
@@ -1035,14 +1220,22 @@ class Publisher::Impl {
       }
     }
     absl::Status s;
-    if (connected_) {
-      s = source_.Finish(tracker_.ConfirmableLsn(), clean);
-      connected_ = false;
+    for (const auto& st : streams_) {
+      if (st->connected) {
+        absl::Status f = st->source.Finish(st->tracker.ConfirmableLsn(), clean);
+        if (!f.ok()) {
+          spdlog::error("{}{}", st->log_prefix, std::string(f.message()));
+          if (s.ok()) s = f;
+        }
+        st->connected = false;
+      }
     }
-    stats_.confirmed = tracker_.ConfirmableLsn().value();
+    stats_.confirmed = Only().tracker.ConfirmableLsn().value();
     LogProgress();
-    spdlog::info("confirmed position {}",
-                 source_.Describe(tracker_.ConfirmableLsn()));
+    for (const auto& st : streams_) {
+      spdlog::info("{}confirmed position {}", st->log_prefix,
+                   st->source.Describe(st->tracker.ConfirmableLsn()));
+    }
     if (exactly_once_) {
       spdlog::info(
           "exactly-once: {} transactions committed, {} resent events "
@@ -1053,18 +1246,13 @@ class Publisher::Impl {
     return s.ok() ? final_commit : s;
   }
 
-  using Tracker = BasicAckTracker<SourcePosition>;
-
   const PublisherOptions options_;  // a copy: callers may pass a temporary
-  EventSource& source_;
-  metrics::OutboxdMetrics& m_;
+  metrics::OutboxdMetrics& m_;      // the process's (shared) metrics
   SinkFactory sink_factory_;
   PipelineStats stats_;
-  RouterOptions router_;  // options.router plus the source identity
-  // options.cloudevents, its default source from the source identity.
-  CloudEventsOptions cloudevents_;
-  std::string ready_line_;  // the source's, logged once connected
-  Tracker tracker_;
+  // Declared before the sink, which is destroyed first: no delivery report
+  // can reach a destroyed tracker.
+  std::vector<std::unique_ptr<Stream>> streams_;
   const bool exactly_once_;
   TransactionBatch batch_;        // the open Kafka transaction
   std::string transactional_id_;  // also the checkpoint's consumer group
@@ -1077,29 +1265,26 @@ class Publisher::Impl {
   bool checkpoint_sent_ = false;     // for the open transaction
   bool aborting_ = false;
   absl::Status txn_delivery_failure_;
-  // Declared after the tracker: destroyed first, so no delivery report can
-  // reach a destroyed tracker.
   std::unique_ptr<Sink> sink_;
   // Asks sink_ whether a topic can take records (names, existence).
   std::unique_ptr<TopicCatalog> catalog_;
   std::string last_topic_wait_;  // the last "cannot tell yet" logged
-  // The pending event waits for its topic's state (not for room in the
-  // sink, which the sink's descriptor signals): retried on a timer.
-  bool waiting_for_topic_ = false;
-  bool connected_ = false;
-  bool source_connected_once_ = false;
-  bool sink_wait_logged_ = false;  // "Kafka not ready yet", until it is
+  bool sink_waited_ = false;     // WaitUntilSinkReady ran (once per run)
   const std::atomic<bool>* stop_ = nullptr;
-  std::optional<Pending> pending_;
   absl::flat_hash_map<uint64_t, PublishedEvent> published_;
+  std::vector<pollfd> fds_;  // Sleep's, kept to avoid an allocation
   ReservedHeaderLog reserved_header_log_;
-  StageLag stages_;
-  StallAlarm stall_;
 };
 
 Publisher::Publisher(const PublisherOptions& options, EventSource& source,
                      metrics::OutboxdMetrics& metrics, SinkFactory sink_factory)
-    : impl_(std::make_unique<Impl>(options, source, metrics,
+    : Publisher(options, {PublisherStream{&source, nullptr, ""}}, metrics,
+                std::move(sink_factory)) {}
+
+Publisher::Publisher(const PublisherOptions& options,
+                     std::vector<PublisherStream> streams,
+                     metrics::OutboxdMetrics& metrics, SinkFactory sink_factory)
+    : impl_(std::make_unique<Impl>(options, std::move(streams), metrics,
                                    std::move(sink_factory))) {}
 
 Publisher::~Publisher() = default;

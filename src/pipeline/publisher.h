@@ -32,6 +32,17 @@
 // NextDue() (CDC: the standby status update), the Kafka transaction's
 // deadline and the progress log.
 //
+// Several sources (--databases): one sink, shared, and per source its own
+// acknowledgement tracker (so each source is confirmed only up to its own
+// acknowledged events), pending event, connection and reconnect backoff,
+// lag by stage and stall alarm, all on the same thread and in the same
+// poll(): a source that loses its connection, or waits for a slot active
+// in another process, reconnects on its own backoff while the others go
+// on. The sequence each record carries through the sink names its source
+// (high bits), so a delivery report finds its tracker. A failure that
+// stops one source for good (a failed delivery, a fatal producer, a lost
+// slot, --on-invalid=fail) stops the run, as with one source.
+//
 // Threading: Run() on the calling thread; `stop` may be set from a signal
 // handler. Not thread-safe otherwise.
 #ifndef OUTBOXD_PIPELINE_PUBLISHER_H_
@@ -41,6 +52,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -104,10 +116,26 @@ class RunMetrics {
   metrics::OutboxdMetrics* metrics_;
 };
 
+// One source of a Publisher with several.
+struct PublisherStream {
+  EventSource* source = nullptr;
+  // Its own metrics (per-source series); nullptr: the Publisher's.
+  metrics::OutboxdMetrics* metrics = nullptr;
+  // Prefixes its log lines ("[name] "); "" for none.
+  std::string name;
+};
+
 class Publisher {
  public:
   // `source` and `metrics` must outlive the Publisher.
   Publisher(const PublisherOptions& options, EventSource& source,
+            metrics::OutboxdMetrics& metrics,
+            SinkFactory sink_factory = KafkaSinkFactory());
+  // Several sources, one sink (see above); one only with
+  // --delivery=exactly-once (Run says kInvalidArgument). The sources and
+  // the metrics must outlive the Publisher.
+  Publisher(const PublisherOptions& options,
+            std::vector<PublisherStream> streams,
             metrics::OutboxdMetrics& metrics,
             SinkFactory sink_factory = KafkaSinkFactory());
   ~Publisher();

@@ -872,5 +872,180 @@ TEST_F(ExactlyOncePublisherTest, ReconnectCommitsFirstThenSkipsTheResent) {
   EXPECT_EQ(source_.finished_at, SourcePosition(100));
 }
 
+// --- several sources, one sink ------------------------------------------
+
+// Two sources (--databases) on one Publisher: each has a descriptor, so
+// both are read without waiting and the loop sleeps on both.
+class TwoSourcePublisherTest : public PublisherTest {
+ protected:
+  TwoSourcePublisherTest() {
+    a_.source_identity = "7000000000000000001/db_a/slot_a";
+    b_.source_identity = "7000000000000000001/db_b/slot_b";
+    a_.UseWaitFd();
+    b_.UseWaitFd();
+    options_.stop_fd = stop_pipe_.read_fd();
+  }
+
+  // Runs until `done` holds at a tick of either source, or an error.
+  absl::Status RunBoth(std::function<bool()> done) {
+    auto tick = [this, done](FakeSource&) {
+      if (on_tick_both_) on_tick_both_();
+      if (++ticks_ > kMaxTicks || done()) {
+        stop_ = true;
+        stop_pipe_.Notify();
+      }
+    };
+    a_.on_tick = tick;
+    b_.on_tick = tick;
+    Publisher publisher(
+        options_,
+        {PublisherStream{&a_, &metrics_a_, "db_a"},
+         PublisherStream{&b_, &metrics_b_, "db_b"}},
+        metrics_.get(),
+        [this](const ProducerOptions&,
+               DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
+          auto sink = std::make_unique<FakeSink>(std::move(cb));
+          sink_ = sink.get();
+          sink->use_event_fd = true;
+          sink->on_destroy = [this](const FakeSink& s) {
+            acknowledged_ = s.acknowledged();
+            sink_ = nullptr;
+          };
+          if (configure_sink_) configure_sink_(*sink);
+          return std::unique_ptr<Sink>(std::move(sink));
+        });
+    absl::Status s = publisher.Run(stop_);
+    stats_ = publisher.stats();
+    EXPECT_LE(ticks_, kMaxTicks) << "never stopped";
+    return s;
+  }
+
+  static void Script(FakeSource& s, uint64_t lsn, int events,
+                     const std::string& prefix) {
+    s.Add(Begin());
+    for (int i = 0; i < events; ++i) {
+      s.Add(Of(Event(lsn, i, absl::StrCat(prefix, i))));
+    }
+    s.Add(Commit(lsn));
+  }
+
+  FakeSource a_;
+  FakeSource b_;
+  metrics::OutboxdMetrics metrics_a_;
+  metrics::OutboxdMetrics metrics_b_;
+  std::function<void()> on_tick_both_;
+  std::vector<FakeRecord> acknowledged_;
+};
+
+TEST_F(TwoSourcePublisherTest, EachSourceConfirmsOnlyItsOwnAcknowledgements) {
+  configure_sink_ = [](FakeSink& s) { s.hold_acks = true; };
+  Script(a_, 100, 2, "a");
+  Script(b_, 900, 3, "b");
+  // Acknowledgements come one per wakeup (a release wakes the loop through
+  // the sink's descriptor): no source is ever durable before all its own
+  // records are acknowledged, whatever the other's state.
+  bool b_durable_before_its_acks = false;
+  on_tick_both_ = [&] {
+    if (sink_ == nullptr) return;
+    size_t b_acked = 0;
+    for (const FakeRecord& r : sink_->acknowledged()) {
+      if (r.Header("outbox.source") == b_.source_identity) ++b_acked;
+    }
+    if (b_.durable >= SourcePosition(900) && b_acked < 3) {
+      b_durable_before_its_acks = true;
+    }
+    sink_->Release(1);
+  };
+  ASSERT_TRUE(RunBoth([&] {
+                return a_.durable >= SourcePosition(100) &&
+                       b_.durable >= SourcePosition(900);
+              }).ok());
+  EXPECT_FALSE(b_durable_before_its_acks);
+  EXPECT_EQ(a_.durable_seen, std::vector<SourcePosition>{SourcePosition(100)});
+  EXPECT_EQ(b_.durable_seen, std::vector<SourcePosition>{SourcePosition(900)});
+  EXPECT_EQ(a_.finished_at, SourcePosition(100));
+  EXPECT_EQ(b_.finished_at, SourcePosition(900));
+  ASSERT_EQ(acknowledged_.size(), 5u);
+  int from_a = 0;
+  for (const FakeRecord& r : acknowledged_) {
+    // outbox.source tells the streams apart.
+    if (r.Header("outbox.source") == a_.source_identity) {
+      ++from_a;
+      EXPECT_TRUE(absl::StartsWith(r.key, "agg-a")) << r.key;
+    } else {
+      EXPECT_EQ(r.Header("outbox.source"), b_.source_identity);
+      EXPECT_TRUE(absl::StartsWith(r.key, "agg-b")) << r.key;
+    }
+  }
+  EXPECT_EQ(from_a, 2);
+  // Per-source metrics: each its own series; the process streams.
+  EXPECT_EQ(metrics_a_.streaming->Value(), 0);  // after the stop
+}
+
+TEST_F(TwoSourcePublisherTest, ALostSourceReconnectsAloneWhileTheOtherFlows) {
+  options_.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.reconnect.max_backoff = absl::Milliseconds(2);
+  Script(a_, 100, 1, "a");
+  a_.Fail(absl::UnavailableError("terminating connection"));
+  // a's slot is busy for a while (a standby's wait): three refusals.
+  for (int i = 0; i < 3; ++i) {
+    a_.connect_errors.push_back(absl::UnavailableError(
+        "replication slot \"slot_a\" is active for PID 42"));
+  }
+  std::deque<FakeSource::Entry> again;
+  for (SourceRead r : {Begin(), Of(Event(300, 0, "a2")), Commit(300)}) {
+    again.push_back({absl::OkStatus(), std::move(r)});
+  }
+  a_.after_reconnect.push_back(std::move(again));
+  Script(b_, 900, 2, "b");
+  bool b_durable_while_a_down = false;
+  on_tick_both_ = [&] {
+    if (b_.durable >= SourcePosition(900) && a_.failed_connects > 0 &&
+        a_.connects == 1) {
+      b_durable_while_a_down = true;
+    }
+    // b keeps handing over while a reconnects.
+    if (a_.failed_connects == 1 && b_.script.empty() &&
+        b_.durable < SourcePosition(950)) {
+      Script(b_, 950, 1, "b-late");
+    }
+  };
+  ASSERT_TRUE(RunBoth([&] {
+                return a_.durable >= SourcePosition(300) &&
+                       b_.durable >= SourcePosition(950);
+              }).ok());
+  EXPECT_TRUE(b_durable_while_a_down);
+  EXPECT_EQ(a_.connects, 2);
+  EXPECT_EQ(a_.failed_connects, 3);
+  EXPECT_EQ(a_.disconnects, 1);
+  EXPECT_EQ(b_.connects, 1);  // never disturbed
+  EXPECT_EQ(b_.disconnects, 0);
+  EXPECT_EQ(metrics_a_.reconnects->Value(), 1);
+  EXPECT_EQ(metrics_b_.reconnects->Value(), 0);
+  EXPECT_EQ(stats_.events_acknowledged, 5u);
+}
+
+TEST_F(TwoSourcePublisherTest, AFailedDeliveryOfOneSourceStopsTheRun) {
+  configure_sink_ = [](FakeSink& s) {
+    s.fail_delivery = [](const FakeRecord& r) {
+      return r.key == "agg-b1" ? absl::InternalError("broken")
+                               : absl::OkStatus();
+    };
+  };
+  Script(a_, 100, 1, "a");
+  Script(b_, 900, 2, "b");
+  absl::Status s = RunBoth([] { return false; });
+  EXPECT_FALSE(s.ok());
+  EXPECT_LT(b_.durable, SourcePosition(900));
+  EXPECT_FALSE(b_.finished_clean);
+}
+
+TEST_F(TwoSourcePublisherTest, ExactlyOnceTakesOneSource) {
+  options_.delivery = DeliveryGuarantee::kExactlyOnce;
+  absl::Status s = RunBoth([] { return true; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(a_.connects + b_.connects, 0);
+}
+
 }  // namespace
 }  // namespace outboxd

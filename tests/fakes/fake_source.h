@@ -39,6 +39,9 @@ class FakeSource : public EventSource {
   // first), replacing what was left of `script`.
   std::deque<std::deque<Entry>> after_reconnect;
   std::function<void(FakeSource&)> on_tick;
+  // Errors the next Connect calls return, one each (e.g. kUnavailable: the
+  // slot is active in another process).
+  std::deque<absl::Status> connect_errors;
   std::string source_identity = "7000000000000000001/db/slot";
 
   void Add(SourceRead r) {
@@ -59,7 +62,8 @@ class FakeSource : public EventSource {
   // --- what the test observes ---------------------------------------------
   SourcePosition durable;  // the newest durable position given
   std::vector<SourcePosition> durable_seen;  // each change, in order
-  int connects = 0;
+  int connects = 0;                          // successful ones
+  int failed_connects = 0;  // those that returned a connect_errors entry
   int disconnects = 0;
   int reads = 0;        // Read calls that handed over an item or failed
   int empty_reads = 0;  // Read calls that found the script empty
@@ -72,6 +76,12 @@ class FakeSource : public EventSource {
 
   // --- EventSource --------------------------------------------------------
   absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) override {
+    if (!connect_errors.empty()) {
+      absl::Status error = std::move(connect_errors.front());
+      connect_errors.pop_front();
+      ++failed_connects;
+      return error;
+    }
     ++connects;
     ConnectResult r;
     if (ctx.first) {
