@@ -8,13 +8,56 @@
 #include <thread>
 #include <utility>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "benchmarks/bench_util.h"
 
+ABSL_FLAG(std::string, broker, "dev",
+          "the broker to run on: dev (the dev broker, librdkafka's mock "
+          "cluster) or apache (a single-node Apache Kafka, jars from "
+          "scripts/fetch-kafka.sh)");
+
 namespace outboxd::bench {
+
+absl::StatusOr<BrokerKind> BrokerFlag() {
+  const std::string name = absl::GetFlag(FLAGS_broker);
+  if (name == "dev") return BrokerKind::kDev;
+  if (name == "apache") return BrokerKind::kApache;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--broker: must be dev or apache, not \"", name, "\""));
+}
+
+std::string BrokerName(BrokerKind broker) {
+  return broker == BrokerKind::kApache ? "apache" : "dev";
+}
+
+std::string ResultStem(const std::string& base, BrokerKind broker) {
+  return broker == BrokerKind::kDev
+             ? base
+             : absl::StrCat(base, "-", BrokerName(broker));
+}
+
+namespace {
+
+// The broker jar's version in the rig's folder (kafka_<scala>-<version>.jar),
+// "" if there is none.
+std::string KafkaVersion(const std::string& libs_dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(libs_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StartsWith(name, "kafka_") && absl::EndsWith(name, ".jar") &&
+        name.find('-') != std::string::npos) {
+      const size_t dash = name.find('-');
+      return name.substr(dash + 1, name.size() - dash - 1 - 4);
+    }
+  }
+  return "";
+}
+
+}  // namespace
 
 absl::StatusOr<PublisherMode> ParsePublisherMode(const std::string& name) {
   if (name == "cdc") return PublisherMode{name, "cdc", ""};
@@ -99,9 +142,31 @@ absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
   (void)absl::SimpleAtoi(*pid_text, &pid);
   env->postmaster_pid_ = ParentPid(pid);
 
+  env->broker_kind_ = options.broker;
   if (!options.bootstrap.empty()) {
     env->bootstrap_ = options.bootstrap;
+    env->broker_description_ = absl::StrCat("Kafka at ", options.bootstrap);
     std::cerr << "postmaster pid " << env->postmaster_pid_ << ", Kafka "
+              << env->bootstrap() << "\n";
+    return env;
+  }
+  if (options.broker == BrokerKind::kApache) {
+    testing::KafkaClusterOptions kafka_options;
+    kafka_options.nodes = 1;
+    kafka_options.partitions = kPartitions;  // as the dev broker's topics
+    auto kafka = testing::KafkaCluster::Start(kafka_options);
+    if (!kafka.ok()) return kafka.status();
+    env->kafka_ = *std::move(kafka);
+    env->bootstrap_ = env->kafka_->bootstrap();
+    std::ifstream pid_file(env->kafka_->dir() + "/node-0/pid");
+    pid_file >> env->broker_pid_;
+    const std::string version = KafkaVersion(env->kafka_->LibsDir());
+    env->broker_description_ =
+        absl::StrCat("Apache Kafka", version.empty() ? "" : " ", version,
+                     " (KRaft, JVM), 1 node, ", kPartitions,
+                     " partitions per topic, topics created up front");
+    std::cerr << "postmaster pid " << env->postmaster_pid_
+              << ", Apache Kafka pid " << env->broker_pid_ << ", bootstrap "
               << env->bootstrap() << "\n";
     return env;
   }
@@ -110,10 +175,21 @@ absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
   env->broker_ = *std::move(broker);
   env->bootstrap_ = env->broker_->bootstrap();
   env->devbroker_pid_ = ChildPidByName("outbox-devbrok");
+  env->broker_pid_ = env->devbroker_pid_;
+  env->broker_description_ =
+      absl::StrCat("outbox-devbroker (librdkafka mock cluster), 1 broker, ",
+                   kPartitions, " partitions");
   std::cerr << "postmaster pid " << env->postmaster_pid_ << ", dev broker pid "
             << env->devbroker_pid_ << ", bootstrap " << env->bootstrap()
             << "\n";
   return env;
+}
+
+absl::Status BenchEnv::CreateTopic(const std::string& topic) {
+  if (kafka_ != nullptr) return kafka_->CreateTopic(topic, kPartitions);
+  if (broker_ != nullptr) return broker_->CreateTopic(topic, kPartitions);
+  return absl::FailedPreconditionError(
+      absl::StrCat("cannot create topic ", topic, " on a given Kafka"));
 }
 
 std::string BenchEnv::PublisherConnInfo() const {
@@ -259,10 +335,12 @@ absl::StatusOr<BenchEnv::RecvLogicalRun> BenchEnv::RunPgRecvLogical(
 }
 
 std::unique_ptr<BenchEnv> StartBenchEnvOrReport(std::string outboxd_binary,
-                                                std::string work_dir) {
+                                                std::string work_dir,
+                                                BrokerKind broker) {
   BenchEnvOptions options;
   options.outboxd_binary = std::move(outboxd_binary);
   options.work_dir = std::move(work_dir);
+  options.broker = broker;
   absl::StatusOr<std::unique_ptr<BenchEnv>> env = BenchEnv::Start(options);
   if (!env.ok()) {
     std::cerr << "setup: " << env.status() << "\n";

@@ -1,9 +1,10 @@
 // BenchEnv: what every end-to-end benchmark stands on. A throwaway
 // PostgreSQL 15 cluster (tests/harness PgCluster) with pg_stat_statements
 // preloaded and the outbox installed (sql/outbox.sql), a role the publisher
-// runs as (so that its statements can be told apart), the dev broker (or a
-// given Kafka cluster), and a way to run outboxd as a child process with its
-// log in a file.
+// runs as (so that its statements can be told apart), the broker (the dev
+// broker, a single-node Apache Kafka with --broker=apache, or a given Kafka
+// cluster), and a way to run outboxd as a child process with its log in a
+// file.
 //
 // Threading: one thread drives a BenchEnv.
 #ifndef OUTBOXD_BENCHMARKS_BENCH_ENV_H_
@@ -20,6 +21,7 @@
 #include "absl/time/time.h"
 #include "tests/harness/child_process.h"
 #include "tests/harness/dev_broker.h"
+#include "tests/harness/kafka_cluster.h"
 #include "tests/harness/pg_cluster.h"
 
 namespace outboxd::bench {
@@ -47,12 +49,28 @@ absl::Duration PollInterval(const PublisherMode& mode);
 std::vector<std::string> ModeArgs(const PublisherMode& mode,
                                   const std::string& slot);
 
+// The broker a benchmark runs on: the dev broker (librdkafka's mock
+// cluster) or a single-node Apache Kafka (tests/harness/kafka_cluster.h).
+enum class BrokerKind { kDev, kApache };
+// The --broker flag (dev|apache, default dev) that live_bench,
+// first_event_bench and latency_bench share; an error naming the flag for
+// anything else (the benchmarks exit 2 on it).
+absl::StatusOr<BrokerKind> BrokerFlag();
+// "dev" or "apache".
+std::string BrokerName(BrokerKind broker);
+// The stem of a benchmark's result files: `base` on the dev broker,
+// "<base>-apache" on Apache Kafka, so that the two runs do not overwrite
+// each other (benchmarks/run-*.sh name the same files).
+std::string ResultStem(const std::string& base, BrokerKind broker);
+
 struct BenchEnvOptions {
   std::string outboxd_binary;  // "" = the one built with the harness
   std::string work_dir;        // outboxd logs go here
-  // A Kafka cluster to use instead of the dev broker ("" = start the dev
-  // broker). broker() and devbroker_pid() are only valid with the dev broker.
+  // A Kafka cluster to use instead of starting a broker ("" = start the one
+  // `broker` names). broker() and devbroker_pid() are only valid with the
+  // dev broker.
   std::string bootstrap;
+  BrokerKind broker = BrokerKind::kDev;
 };
 
 class BenchEnv {
@@ -63,6 +81,18 @@ class BenchEnv {
   testing::PgCluster& pg() { return *pg_; }
   testing::DevBroker& broker() { return *broker_; }
   const std::string& bootstrap() const { return bootstrap_; }
+  BrokerKind broker_kind() const { return broker_kind_; }
+  // What the results say the broker was, e.g. "Apache Kafka 3.9.0 (KRaft),
+  // 1 node, 4 partitions per topic".
+  const std::string& broker_description() const { return broker_description_; }
+  // The broker's process (the dev broker, or the Kafka node's JVM); -1 with
+  // a given bootstrap.
+  pid_t broker_pid() const { return broker_pid_; }
+  // Creates `topic` with kPartitions partitions on the dev broker or Apache
+  // Kafka (which then has every partition's leader): the dev broker would
+  // auto-create it with as many, Apache Kafka gets it up front so that the
+  // two runs compare.
+  absl::Status CreateTopic(const std::string& topic);
   // Superuser conninfo for the load generator and the measurements.
   std::string AdminConnInfo() const { return pg_->ConnInfo("postgres"); }
   // Conninfo of the publisher's role (superuser, replication).
@@ -112,7 +142,11 @@ class BenchEnv {
   BenchEnv() = default;
   std::unique_ptr<testing::PgCluster> pg_;
   std::unique_ptr<testing::DevBroker> broker_;
+  std::unique_ptr<testing::KafkaCluster> kafka_;
   std::string bootstrap_;
+  BrokerKind broker_kind_ = BrokerKind::kDev;
+  std::string broker_description_;
+  pid_t broker_pid_ = -1;
   std::string outboxd_binary_;
   std::string work_dir_;
   pid_t postmaster_pid_ = -1;
@@ -120,10 +154,11 @@ class BenchEnv {
 };
 
 // BenchEnv::Start with the outboxd binary and the work directory every
-// benchmark takes as flags; prints "setup: <error>" to stderr and returns
-// null when it fails.
-std::unique_ptr<BenchEnv> StartBenchEnvOrReport(std::string outboxd_binary,
-                                                std::string work_dir);
+// benchmark takes as flags, on `broker`; prints "setup: <error>" to stderr
+// and returns null when it fails.
+std::unique_ptr<BenchEnv> StartBenchEnvOrReport(
+    std::string outboxd_binary, std::string work_dir,
+    BrokerKind broker = BrokerKind::kDev);
 
 }  // namespace outboxd::bench
 

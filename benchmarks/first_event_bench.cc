@@ -1,7 +1,8 @@
 // The first event after a start, and after a standby takeover
 // (benchmarks/README.md, benchmark 6).
 //
-// One throwaway cluster, one dev broker, one topic, and an independent
+// One throwaway cluster, one broker (the dev broker, or Apache Kafka with
+// --broker=apache), one topic, and an independent
 // consumer (ReceiptRecorder: assigned to every partition from the start,
 // fetch.wait.max.ms=1) that runs the whole time and timestamps each record
 // on receipt, in this process's monotonic clock. Phases, each repeated
@@ -31,9 +32,12 @@
 //             (how often a standby checks the slot; README "Standby").
 //
 // Reports min/median/max per phase. Writes <out>/first-event.json and
-// first-event.md. Measures only; asserts nothing.
+// first-event.md (first-event-apache.* with --broker=apache: a single-node
+// Apache Kafka instead of the dev broker, for every phase, the floor
+// included). Measures only; asserts nothing.
 //
 //   first_event_bench --reps=7 --phases=floor,start,steady,start-live,takeover
+//   first_event_bench --reps=1 --broker=apache
 #include <algorithm>
 #include <csignal>
 #include <iostream>
@@ -507,6 +511,11 @@ std::string Markdown(const nlohmann::json& series) {
 
 int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  absl::StatusOr<BrokerKind> broker = BrokerFlag();
+  if (!broker.ok()) {
+    std::cerr << broker.status().message() << "\n";
+    return 2;
+  }
   const std::vector<std::string> phases = absl::GetFlag(FLAGS_phases);
   auto has = [&phases](const char* p) {
     return std::find(phases.begin(), phases.end(), p) != phases.end();
@@ -515,9 +524,10 @@ int Main(int argc, char** argv) {
   const std::string out = absl::GetFlag(FLAGS_out);
   nlohmann::json machine = MachineInfo();
   std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
-      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir));
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker);
   if (env == nullptr) return 1;
-  absl::Status s = env->broker().CreateTopic(Topic(), kPartitions);
+  machine["broker"] = env->broker_description();
+  absl::Status s = env->CreateTopic(Topic());
   if (s.ok()) s = env->CreateSlot(kSlot);
   if (!s.ok()) {
     std::cerr << "setup: " << s << "\n";
@@ -569,8 +579,7 @@ int Main(int argc, char** argv) {
   doc["machine"] = machine;
   doc["setup"] = {
       {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
-      {"broker",
-       "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 partitions"},
+      {"broker", env->broker_description()},
       {"consumer", absl::StrCat("librdkafka, assign from the beginning, "
                                 "fetch.wait.max.ms=",
                                 absl::GetFlag(FLAGS_fetch_wait_ms),
@@ -582,10 +591,12 @@ int Main(int argc, char** argv) {
   doc["start_breakdown"] = Breakdown(milestones);
   doc["duplicates"] = (*recorder)->duplicates();
   doc["failures"] = failures;
-  s = WriteFile(out + "/first-event.json", doc.dump(2) + "\n");
+  const std::string stem = out + "/" + ResultStem("first-event", *broker);
+  s = WriteFile(stem + ".json", doc.dump(2) + "\n");
   const std::string md =
+      absl::StrCat("First event, broker: ", env->broker_description(), "\n\n") +
       Markdown(doc["series"]) + BreakdownMarkdown(doc["start_breakdown"]);
-  if (s.ok()) s = WriteFile(out + "/first-event.md", md);
+  if (s.ok()) s = WriteFile(stem + ".md", md);
   if (!s.ok()) {
     std::cerr << s << "\n";
     return 1;

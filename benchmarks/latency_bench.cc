@@ -12,9 +12,12 @@
 // the whole PostgreSQL cluster.
 //
 // Writes <out>/latency.json, latency.csv, latency.md, latency_cdf.dat and
-// latency_cdf.gp (render with gnuplot). Measures only; asserts nothing.
+// latency_cdf.gp (render with gnuplot); latency-apache.*, latency-apache_cdf.*
+// with --broker=apache (a single-node Apache Kafka instead of the dev
+// broker). Measures only; asserts nothing.
 //
 //   latency_bench --modes=cdc,poll1s --rates=100,1000 --duration=15s
+//   latency_bench --rates=1000 --broker=apache
 #include <time.h>
 
 #include <algorithm>
@@ -99,7 +102,7 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
   absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
   if (s.ok()) s = env.PrepareMode(mode);
   if (!s.ok()) return s;
-  s = env.broker().CreateTopic(topic, kPartitions);
+  s = env.CreateTopic(topic);
   if (!s.ok()) return s;
 
   auto recorder =
@@ -257,7 +260,8 @@ std::string Csv(const std::vector<RunResult>& runs) {
   return csv;
 }
 
-absl::Status WriteCdf(const std::string& out,
+absl::Status WriteCdf(const std::string& out, const std::string& name,
+                      const std::string& broker,
                       const std::vector<RunResult>& runs) {
   std::vector<CdfLine> lines;
   for (const RunResult& r : runs) {
@@ -266,13 +270,21 @@ absl::Status WriteCdf(const std::string& out,
   }
   return WriteCdfPlot(
       out,
-      {"latency", "latency_bench",
-       "outboxd: commit-to-consumer latency CDF per publisher mode", 0.1},
+      {name, "latency_bench",
+       absl::StrCat("outboxd: commit-to-consumer latency CDF per publisher "
+                    "mode (",
+                    broker, ")"),
+       0.1},
       lines);
 }
 
 int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  absl::StatusOr<BrokerKind> broker = BrokerFlag();
+  if (!broker.ok()) {
+    std::cerr << broker.status().message() << "\n";
+    return 2;
+  }
   absl::StatusOr<std::vector<PublisherMode>> modes =
       ParsePublisherModes(absl::GetFlag(FLAGS_modes));
   if (!modes.ok()) {
@@ -292,8 +304,9 @@ int Main(int argc, char** argv) {
   nlohmann::json machine_before = MachineInfo();
 
   std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
-      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir));
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker);
   if (env == nullptr) return 1;
+  machine_before["broker"] = env->broker_description();
   std::vector<RunResult> runs;
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
@@ -318,9 +331,7 @@ int Main(int argc, char** argv) {
   doc["load_average_after"] = LoadAverage1();
   doc["setup"] = {
       {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
-      {"broker",
-       "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 "
-       "partitions"},
+      {"broker", env->broker_description()},
       {"consumer", absl::StrCat("librdkafka, assign, fetch.wait.max.ms=",
                                 absl::GetFlag(FLAGS_fetch_wait_ms))},
       {"load",
@@ -330,15 +341,20 @@ int Main(int argc, char** argv) {
   doc["runs"] = nlohmann::json::array();
   for (const RunResult& r : runs) doc["runs"].push_back(r.summary);
   doc["failures"] = failures;
-  absl::Status s = WriteFile(out + "/latency.json", doc.dump(2) + "\n");
-  if (s.ok()) s = WriteFile(out + "/latency.csv", Csv(runs));
-  if (s.ok()) s = WriteFile(out + "/latency.md", MarkdownTable(runs));
-  if (s.ok()) s = WriteCdf(out, runs);
+  const std::string name = ResultStem("latency", *broker);
+  const std::string stem = out + "/" + name;
+  const std::string md =
+      absl::StrCat("Latency, broker: ", env->broker_description(), "\n\n",
+                   MarkdownTable(runs));
+  absl::Status s = WriteFile(stem + ".json", doc.dump(2) + "\n");
+  if (s.ok()) s = WriteFile(stem + ".csv", Csv(runs));
+  if (s.ok()) s = WriteFile(stem + ".md", md);
+  if (s.ok()) s = WriteCdf(out, name, env->broker_description(), runs);
   if (!s.ok()) {
     std::cerr << s << "\n";
     return 1;
   }
-  std::cout << MarkdownTable(runs);
+  std::cout << md;
   return failures.empty() ? 0 : 1;
 }
 

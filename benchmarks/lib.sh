@@ -7,8 +7,10 @@
 #   source "$(dirname "$0")/lib.sh"
 #   bench_args_init "$@"            # bench_args = "$@" without --force
 #   bench_build <targets>
+#   bench_broker_deps               # the Kafka jars when --broker=apache
 #   bench_guard                     # waits, or exits 3 when the load is high
-#   bench_machine "$results/<name>-machine.txt"
+#   stem=<name>$(bench_suffix)      # <name>-apache with --broker=apache
+#   bench_machine "$results/$stem-machine.txt"
 #   ... run the benchmark with "${bench_args[@]}" ...
 #   bench_finish "$results/<name>-machine.txt" <json and md files written>
 set -euo pipefail
@@ -54,6 +56,40 @@ bench_args_init() {
       bench_args+=("$a")
     fi
   done
+}
+
+# The broker the arguments choose (--broker=dev|apache, as live_bench,
+# first_event_bench and latency_bench take it; default dev).
+bench_broker() {
+  local a b=dev next=""
+  for a in "${bench_args[@]}"; do
+    if [[ -n $next ]]; then
+      b=$a
+      next=""
+    elif [[ $a == --broker=* ]]; then
+      b=${a#--broker=}
+    elif [[ $a == --broker ]]; then
+      next=1
+    fi
+  done
+  echo "$b"
+}
+
+# The suffix of the result files' names: "" on the dev broker, "-apache" on
+# Apache Kafka, so that one run does not overwrite the other's results.
+bench_suffix() {
+  local b
+  b=$(bench_broker)
+  [[ $b == dev ]] || echo "-$b"
+}
+
+# With --broker=apache: the Kafka jars (scripts/fetch-kafka.sh, cached in
+# .cache/kafka-libs), fetched before the load guard rather than during the
+# run.
+bench_broker_deps() {
+  if [[ $(bench_broker) == apache ]]; then
+    "$root/scripts/fetch-kafka.sh" >/dev/null
+  fi
 }
 
 bench_load1() { cut -d' ' -f1 /proc/loadavg; }
@@ -112,6 +148,7 @@ bench_machine() {
     echo "git:      $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet -- src || echo ' (src modified)')"
     echo "postgres: $(/usr/lib/postgresql/15/bin/postgres --version)"
     echo "librdkafka: $(pkg-config --modversion rdkafka)"
+    echo "broker:   $(bench_broker)"
   } >"$out"
 }
 

@@ -2,7 +2,8 @@
 // costs per event when services write one event per transaction.
 //
 // Per publisher mode (cdc by default) and target rate (3000, 8000 and max
-// by default), on one throwaway cluster and one dev broker, with a fresh
+// by default), on one throwaway cluster and one broker (the dev broker, or
+// a single-node Apache Kafka with --broker=apache), with a fresh
 // outboxd on its own slot and topic: `--connections` writer connections
 // each commit one outbox insert per transaction ("BEGIN; INSERT; COMMIT" in
 // one PQexec) for `--duration`, open loop at the target rate (event i due
@@ -19,11 +20,14 @@
 //                 threads, and the main thread apart)
 //   outboxd peak RSS (VmHWM), and the CPU of PostgreSQL (the whole cluster,
 //                 the writers' backends included), of the writer threads
-//                 (libpq client side) and of the dev broker, in cores
+//                 (libpq client side) and of the broker (the dev broker or
+//                 the Kafka JVM), in cores
 //
-// Writes <out>/live.json and live.md. Measures only; asserts nothing.
+// Writes <out>/live.json and live.md (live-apache.* with --broker=apache).
+// Measures only; asserts nothing.
 //
 //   live_bench --rates=3000,8000,max --duration=15s --modes=cdc
+//   live_bench --rates=3000 --broker=apache
 #include <algorithm>
 #include <atomic>
 #include <iostream>
@@ -137,7 +141,7 @@ Snapshot Take(BenchEnv& env, pid_t outboxd) {
   s.outboxd_cpu = ProcessCpuSeconds(outboxd);
   s.outboxd_switches = ProcessContextSwitches(outboxd);
   s.postgres_cpu = ClusterCpuSeconds(env.postmaster_pid());
-  s.broker_cpu = ProcessCpuSeconds(env.devbroker_pid());
+  s.broker_cpu = ProcessCpuSeconds(env.broker_pid());
   return s;
 }
 
@@ -153,7 +157,7 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
 
   absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
   if (s.ok()) s = env.PrepareMode(mode);
-  if (s.ok()) s = env.broker().CreateTopic(topic, kPartitions);
+  if (s.ok()) s = env.CreateTopic(topic);
   if (!s.ok()) return s;
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
@@ -256,8 +260,8 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
       {"postgres_cores", (after.postgres_cpu - before.postgres_cpu) / window_s},
       {"writers_cpu_s", w.cpu_s},
       {"writers_cores", w.cpu_s / window_s},
-      {"devbroker_cpu_s", after.broker_cpu - before.broker_cpu},
-      {"devbroker_cores", (after.broker_cpu - before.broker_cpu) / window_s}};
+      {"broker_cpu_s", after.broker_cpu - before.broker_cpu},
+      {"broker_cores", (after.broker_cpu - before.broker_cpu) / window_s}};
   std::cerr << j.dump() << "\n";
   if (!all_arrived) {
     std::cerr << "only " << arrival.last_total - 1 << " of " << n
@@ -266,8 +270,9 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   return j;
 }
 
-std::string Markdown(const nlohmann::json& runs) {
-  std::string md =
+std::string Markdown(const std::string& broker, const nlohmann::json& runs) {
+  std::string md = absl::StrCat("Live rate, broker: ", broker, "\n\n");
+  md +=
       "| mode | target/s | committed/s | published/s | all arrived | outboxd "
       "CPU µs/event | outboxd cores | outboxd ctx switches/s (main thread) | "
       "outboxd peak RSS MB | PostgreSQL cores | writers cores | broker cores "
@@ -292,14 +297,18 @@ std::string Markdown(const nlohmann::json& runs) {
             o["context_switches_per_s"].get<double>(),
             o["main_thread_switches_per_s"].get<double>(),
             o["peak_rss_mb"].get<double>(), c["postgres_cores"].get<double>(),
-            c["writers_cores"].get<double>(),
-            c["devbroker_cores"].get<double>()));
+            c["writers_cores"].get<double>(), c["broker_cores"].get<double>()));
   }
   return md;
 }
 
 int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  absl::StatusOr<BrokerKind> broker = BrokerFlag();
+  if (!broker.ok()) {
+    std::cerr << broker.status().message() << "\n";
+    return 2;
+  }
   absl::StatusOr<std::vector<PublisherMode>> modes =
       ParsePublisherModes(absl::GetFlag(FLAGS_modes));
   if (!modes.ok()) {
@@ -320,8 +329,9 @@ int Main(int argc, char** argv) {
   const std::string out = absl::GetFlag(FLAGS_out);
   nlohmann::json machine = MachineInfo();
   std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
-      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir));
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker);
   if (env == nullptr) return 1;
+  machine["broker"] = env->broker_description();
   nlohmann::json runs = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
@@ -347,8 +357,7 @@ int Main(int argc, char** argv) {
   doc["machine"] = machine;
   doc["setup"] = {
       {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
-      {"broker",
-       "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 partitions"},
+      {"broker", env->broker_description()},
       {"outboxd",
        "a fresh process per rate, --topic=<one topic>, default producer "
        "settings; one warm-up record before the window"},
@@ -362,13 +371,15 @@ int Main(int argc, char** argv) {
   };
   doc["runs"] = runs;
   doc["failures"] = failures;
-  absl::Status s = WriteFile(out + "/live.json", doc.dump(2) + "\n");
-  if (s.ok()) s = WriteFile(out + "/live.md", Markdown(runs));
+  const std::string stem = out + "/" + ResultStem("live", *broker);
+  const std::string md = Markdown(env->broker_description(), runs);
+  absl::Status s = WriteFile(stem + ".json", doc.dump(2) + "\n");
+  if (s.ok()) s = WriteFile(stem + ".md", md);
   if (!s.ok()) {
     std::cerr << s << "\n";
     return 1;
   }
-  std::cout << Markdown(runs);
+  std::cout << md;
   return failures.empty() && all_arrived ? 0 : 1;
 }
 

@@ -3,21 +3,25 @@
 # connections at 3,000/s, 8,000/s and as fast as the machine commits, 15 s
 # each, outboxd (CDC) running: committed and published rates, outboxd CPU
 # per event, context switches, peak RSS (~1 min). Writes
-# benchmarks/results/live.{json,md} and live-machine.txt. Extra flags go to
+# benchmarks/results/live.{json,md} and live-machine.txt; with
+# --broker=apache (a single-node Apache Kafka instead of the dev broker)
+# live-apache.{json,md} and live-apache-machine.txt. Extra flags go to
 # live_bench, e.g.
 #   benchmarks/run-live.sh --rates=1000,max --duration=5s --modes=cdc,poll10ms
+#   benchmarks/run-live.sh --broker=apache
 # Refuses to run on a loaded machine (exit 3) unless --force (README).
 source "$(dirname "$0")/lib.sh"
 bench_args_init "$@"
 bench_deps
 bench_build outboxd outbox-devbroker live_bench
+bench_broker_deps
 bench_guard
 mkdir -p "$results"
-bench_machine "$results/live-machine.txt"
+stem="$results/live$(bench_suffix)"
+bench_machine "$stem-machine.txt"
 set +e
 "$root/build/live_bench" --out="$results" "${bench_args[@]}"
 rc=$?
 set -e
-bench_finish "$results/live-machine.txt" "$results/live.json" \
-  "$results/live.md"
+bench_finish "$stem-machine.txt" "$stem.json" "$stem.md"
 exit $rc

@@ -383,6 +383,12 @@ std::string Markdown(const nlohmann::json& runs) {
 
 int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  // bench_env's --broker: this benchmark measures the dev broker only.
+  absl::StatusOr<BrokerKind> broker = BrokerFlag();
+  if (!broker.ok() || *broker != BrokerKind::kDev) {
+    std::cerr << "--broker: throughput_bench runs on the dev broker only\n";
+    return 2;
+  }
   const std::string out = absl::GetFlag(FLAGS_out);
   nlohmann::json machine = MachineInfo();
   std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(

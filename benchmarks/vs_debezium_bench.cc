@@ -1134,6 +1134,12 @@ absl::Status WriteCdf(const std::string& out,
 
 int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  // bench_env's --broker: this benchmark's Kafka is --bootstrap.
+  absl::StatusOr<BrokerKind> broker = BrokerFlag();
+  if (!broker.ok() || *broker != BrokerKind::kDev) {
+    std::cerr << "--broker: vs_debezium_bench takes its Kafka as --bootstrap\n";
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_bootstrap).empty() ||
       absl::GetFlag(FLAGS_connect_libs).empty()) {
     std::cerr << "--bootstrap and --connect_libs are required "
