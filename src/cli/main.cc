@@ -39,6 +39,10 @@ ABSL_FLAG(std::string, table, "public.outbox",
           "outbox table, schema-qualified, or a comma-separated list of them "
           "(cdc: each routed the same way, header outbox.table names it; "
           "poll/notify: one table); \"\" for logical decoding messages only");
+ABSL_FLAG(std::vector<std::string>, databases, {},
+          "cdc: stream from these databases of the server --pg points to, "
+          "in one process (--pg is the template: its dbname is replaced); "
+          "slot --slot_<database> in each, one shared producer");
 ABSL_FLAG(std::string, slot, "outbox_slot",
           "logical replication slot, created with pgoutput if missing");
 ABSL_FLAG(std::string, publication, "outbox_pub",
@@ -201,7 +205,7 @@ absl::Status RefuseOtherModesFlags(const flags::ParsedCommandLine& cmd,
   // stream carries.
   RETURN_IF_ERROR(flags::OnlyFor(
       cmd, "--source=cdc",
-      {FLAGS_slot, FLAGS_publication, FLAGS_status_interval,
+      {FLAGS_databases, FLAGS_slot, FLAGS_publication, FLAGS_status_interval,
        FLAGS_slot_metrics_interval, FLAGS_message_prefix, FLAGS_on_slot_loss,
        FLAGS_republish_margin, FLAGS_cleanup_after, FLAGS_transactional_id,
        FLAGS_transaction_interval}));
@@ -353,6 +357,44 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
           "' may contain only lower case letters, digits and underscores"));
     }
   }
+  for (const std::string& db : absl::GetFlag(FLAGS_databases)) {
+    // The slot of each database is --slot_<database>: slot names are
+    // cluster-wide.
+    const std::string slot = absl::StrCat(cdc.setup.slot, "_", db);
+    bool legal = !db.empty() && slot.size() <= 63;
+    for (char c : db) {
+      if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) {
+        legal = false;
+      }
+    }
+    if (!legal) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--databases: '", db,
+          "' cannot name a slot (--slot + '_' + database: lower case "
+          "letters, digits and underscores, at most 63)"));
+    }
+  }
+  if (const std::vector<std::string> dbs = absl::GetFlag(FLAGS_databases);
+      !dbs.empty()) {
+    for (size_t i = 0; i < dbs.size(); ++i) {
+      for (size_t j = 0; j < i; ++j) {
+        if (dbs[i] == dbs[j]) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("--databases: '", dbs[i], "' given twice"));
+        }
+      }
+    }
+    if (pub.delivery == DeliveryGuarantee::kExactlyOnce) {
+      return absl::InvalidArgumentError(
+          "--databases: --delivery=exactly-once publishes one database per "
+          "process (one transactional producer and checkpoint each)");
+    }
+    if (absl::GetFlag(FLAGS_cleanup_after) > absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          "--databases: --cleanup-after is not supported with several "
+          "databases yet");
+    }
+  }
   cdc.mapper.message_prefix = absl::GetFlag(FLAGS_message_prefix);
   cdc.mapper.columns.id = absl::GetFlag(FLAGS_column_id);
   cdc.mapper.columns.aggregate_type =
@@ -501,7 +543,7 @@ absl::Status Run(CdcPipelineOptions& options,
   std::unique_ptr<SlotMonitor> slot_monitor;
   if (absl::Duration every = absl::GetFlag(FLAGS_slot_metrics_interval);
       !poll.has_value() && options.metrics != nullptr &&
-      every > absl::ZeroDuration()) {
+      absl::GetFlag(FLAGS_databases).empty() && every > absl::ZeroDuration()) {
     slot_monitor = SlotMonitor::Start(
         {options.source.conninfo, options.source.setup.slot, every},
         outboxd_metrics);
@@ -531,14 +573,36 @@ absl::Status Run(CdcPipelineOptions& options,
                options.source.setup.slot);
   // Where events come from: one line per source.
   RunMetrics run_metrics(options.metrics);
+  PublisherOptions publisher_options = options.publisher;
+  publisher_options.stop_fd = StopSignalFd();  // a stop wakes the loop
+  if (const std::vector<std::string> dbs = absl::GetFlag(FLAGS_databases);
+      !dbs.empty()) {
+    // One source per database, one Publisher and producer for all.
+    std::vector<std::unique_ptr<metrics::OutboxdMetrics>> source_metrics;
+    std::vector<std::unique_ptr<EventSource>> sources;
+    std::vector<PublisherStream> streams;
+    for (const std::string& db : dbs) {
+      CdcPipelineOptions o = options;
+      ASSIGN_OR_RETURN(o.source.conninfo,
+                       ConninfoWithDatabase(options.source.conninfo, db));
+      o.source.setup.slot = absl::StrCat(options.source.setup.slot, "_", db);
+      // Per-source series are not exported yet: a source's own positions
+      // go to metrics nothing serves.
+      source_metrics.push_back(std::make_unique<metrics::OutboxdMetrics>());
+      sources.push_back(MakeCdcSource(o, *source_metrics.back(), stop));
+      streams.push_back(
+          {sources.back().get(), source_metrics.back().get(), db});
+    }
+    Publisher publisher(publisher_options, std::move(streams),
+                        run_metrics.get());
+    return publisher.Run(stop);
+  }
   std::unique_ptr<EventSource> source;
   if (!poll.has_value()) {
     source = MakeCdcSource(options, run_metrics.get(), stop);
   } else {  // poll, notify
     source = NewPollSource(*poll, run_metrics.get());
   }
-  PublisherOptions publisher_options = options.publisher;
-  publisher_options.stop_fd = StopSignalFd();  // a stop wakes the loop
   Publisher publisher(publisher_options, *source, run_metrics.get());
   return publisher.Run(stop);
 }

@@ -443,4 +443,31 @@ absl::Status PgConnection::Error(absl::string_view context) const {
   return StatusFromPgResult(context, nullptr, conn_);
 }
 
+absl::StatusOr<std::string> ConninfoWithDatabase(absl::string_view conninfo,
+                                                 absl::string_view database) {
+  const std::string text(conninfo);
+  char* parse_error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(text.c_str(), &parse_error);
+  if (options == nullptr) {
+    if (parse_error != nullptr) PQfreemem(parse_error);
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid PostgreSQL connection string '",
+                     RedactConninfo(conninfo), "'"));
+  }
+  auto quoted = [](absl::string_view v) {
+    return absl::StrCat(
+        "'", absl::StrReplaceAll(v, {{"\\", "\\\\"}, {"'", "\\'"}}), "'");
+  };
+  std::string out;
+  for (PQconninfoOption* opt = options; opt->keyword != nullptr; ++opt) {
+    if (opt->val == nullptr || absl::string_view(opt->keyword) == "dbname") {
+      continue;
+    }
+    absl::StrAppend(&out, opt->keyword, "=", quoted(opt->val), " ");
+  }
+  PQconninfoFree(options);
+  absl::StrAppend(&out, "dbname=", quoted(database));
+  return out;
+}
+
 }  // namespace outboxd

@@ -32,6 +32,12 @@ using PgResult = std::unique_ptr<PGresult, PgResultDeleter>;
 // "*") replaced by "********", safe for logs.
 std::string RedactConninfo(absl::string_view conninfo);
 
+// `conninfo` (key=value or URI) as key=value with its dbname replaced by
+// `database`, every other setting kept (--databases). kInvalidArgument,
+// with the conninfo redacted, when libpq cannot parse it.
+absl::StatusOr<std::string> ConninfoWithDatabase(absl::string_view conninfo,
+                                                 absl::string_view database);
+
 // The error carried by `result` (or by `conn` when `result` is null) as a
 // Status prefixed with `context`, the code chosen from the SQLSTATE: class
 // 08 and 57P0x (connection, shutdown) and 55006 (object in use, e.g. an

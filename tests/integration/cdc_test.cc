@@ -575,6 +575,97 @@ TEST_F(CdcTest, SeveralTablesWithPollingOrAMissingTableAreRefused) {
       << log;
 }
 
+// --databases: one process, one producer, a slot per database; each
+// record names its database in outbox.source. One database's walsender is
+// killed: it reconnects alone, and nothing is lost in any database.
+TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
+  std::vector<std::string> dbs;
+  const std::string install =
+      ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
+  for (int i = 0; i < 3; ++i) {
+    dbs.push_back(absl::StrCat(db_, "_m", i));
+    ASSERT_TRUE(cluster_->CreateDatabase(dbs.back()).ok());
+    ASSERT_TRUE(cluster_->Exec(dbs.back(), install).ok());
+  }
+  // The template's own dbname (db_) is replaced.
+  size_t n = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ",")});
+  for (const std::string& db : dbs) {
+    ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", db, "] streaming from slot")))
+        << Log(n);
+  }
+  auto write = [&](int round) {
+    for (const std::string& db : dbs) {
+      std::vector<std::string> values;
+      for (int i = 0; i < 50; ++i) {
+        values.push_back(absl::StrCat("('multi', '", db, "#", round, "#", i,
+                                      "', 'T', '{}')"));
+      }
+      ASSERT_TRUE(cluster_
+                      ->Exec(db, absl::StrCat("INSERT INTO outbox "
+                                              "(aggregatetype, aggregateid, "
+                                              "type, payload) VALUES ",
+                                              absl::StrJoin(values, ",")))
+                      .ok());
+    }
+  };
+  write(0);
+  ASSERT_EQ(Read(prefix_ + "multi", 150).size(), 150u) << Log(n);
+  const std::string killed_slot = absl::StrCat(slot_, "_", dbs[1]);
+  ASSERT_EQ(Query("SELECT count(pg_terminate_backend(active_pid)) FROM "
+                  "pg_replication_slots WHERE slot_name = '" +
+                  killed_slot + "'"),
+            "1");
+  write(1);
+  ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", dbs[1], "] "))) << Log(n);
+  auto records = Read(prefix_ + "multi", 300);
+  ASSERT_EQ(records.size(), 300u) << Log(n);
+  std::map<std::string, int> per_db;
+  std::set<std::string> keys;
+  for (const auto& r : records) {
+    keys.insert(r.key);
+    const std::string db = r.key.substr(0, r.key.find('#'));
+    ++per_db[db];
+    auto source = r.Header("outbox.source");
+    ASSERT_TRUE(source.has_value());
+    EXPECT_TRUE(
+        absl::EndsWith(*source, absl::StrCat("/", db, "/", slot_, "_", db)))
+        << *source;
+  }
+  EXPECT_EQ(keys.size(), 300u);  // nothing lost (duplicates would be fine)
+  for (const std::string& db : dbs) EXPECT_EQ(per_db[db], 100) << db;
+  EXPECT_TRUE(Outboxd(n).Running()) << Log(n);
+  EXPECT_NE(Log(n).find("reconnecting"), std::string::npos) << Log(n);
+  // Every slot confirmed past its events.
+  const Lsn now = CurrentWalLsn();
+  for (const std::string& db : dbs) {
+    EXPECT_TRUE(
+        WaitConfirmed(now, absl::Seconds(30), absl::StrCat(slot_, "_", db)))
+        << db << "\n"
+        << Log(n);
+  }
+  StopAll(&outboxd_);
+  for (const std::string& db : dbs) {
+    Exec(
+        absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "_", db, "')"))
+        .IgnoreError();
+  }
+}
+
+TEST_F(CdcTest, SeveralDatabasesRefuseExactlyOnceAndBadNames) {
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{"--databases=a,b", "--delivery=exactly-once"},
+        std::vector<std::string>{"--databases=a,Bad-Name"},
+        std::vector<std::string>{"--databases=a,a"}}) {
+    std::vector<std::string> argv = {OUTBOXD_BINARY, "--pg=" + ConnInfo(),
+                                     "--brokers=" + Bootstrap()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto r = RunCommand(argv, absl::Seconds(10));
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->exit_code, 2) << r->output;
+    EXPECT_NE(r->output.find("--databases"), std::string::npos) << r->output;
+  }
+}
+
 TEST_F(CdcTest, SlotWithAnotherPluginIsRefused) {
   ASSERT_TRUE(Exec("SELECT pg_create_logical_replication_slot('td_slot', "
                    "'test_decoding')")
