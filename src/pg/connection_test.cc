@@ -8,6 +8,29 @@
 namespace outboxd {
 namespace {
 
+TEST(ConninfoWithDatabaseTest, ReplacesTheDbnameAndKeepsTheRest) {
+  auto kv = ConninfoWithDatabase(
+      "host=/tmp port=5433 dbname=template user=u password='p w\\'x'",
+      "shop_1");
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  EXPECT_EQ(*kv,
+            "user='u' password='p w\\'x' host='/tmp' port='5433' "
+            "dbname='shop_1'");
+  auto uri = ConninfoWithDatabase(
+      "postgresql://u@db.example:5432/template?sslmode=disable", "crm");
+  ASSERT_TRUE(uri.ok()) << uri.status();
+  EXPECT_NE(uri->find("host='db.example'"), std::string::npos) << *uri;
+  EXPECT_NE(uri->find("sslmode='disable'"), std::string::npos) << *uri;
+  EXPECT_EQ(uri->find("template"), std::string::npos) << *uri;
+  EXPECT_TRUE(uri->ends_with("dbname='crm'")) << *uri;
+  // No dbname at all: one is added.
+  auto none = ConninfoWithDatabase("host=h", "a");
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, "host='h' dbname='a'");
+  EXPECT_EQ(ConninfoWithDatabase("host='unterminated", "a").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(RedactConninfoTest, KeyValuePassword) {
   EXPECT_EQ(RedactConninfo("host=db password=s3cret user=app"),
             "host=db password=******** user=app");
