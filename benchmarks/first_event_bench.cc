@@ -23,12 +23,11 @@
 //   start-live  an empty slot, outboxd started, one event committed as soon
 //             as the log says "streaming from slot"; commit to receipt.
 //   takeover  an active outboxd streaming (one event through it), and a
-//             standby on the same slot waiting ("is active for PID" in its
-//             log) long enough to check the slot at its capped interval
-//             (random phase); SIGKILL to the active one and one event
-//             committed right after; time from the kill to the receipt.
-//             Once with the standby's default flags and once with
-//             --reconnect-backoff-initial=50ms --reconnect-backoff-max=250ms
+//             standby on the same slot waiting ("is active in another
+//             process" in its log) for 0.5-0.75 s (random phase); SIGKILL
+//             to the active one and one event committed right after; time
+//             from the kill to the receipt. Once with the standby's default
+//             flags and once with --standby-poll-interval=5ms
 //             (how often a standby checks the slot; README "Standby").
 //
 // Reports min/median/max per phase. Writes <out>/first-event.json and
@@ -376,41 +375,26 @@ absl::Status RunStartLive(Rig& rig, int reps, std::vector<Series>& out) {
 
 // --- takeover --------------------------------------------------------------
 
-// A standby configuration: its reconnect backoff (README "Standby").
+// A standby configuration (README "Standby").
 struct Standby {
-  std::string id;  // in the log file names
-  std::string name;
-  absl::Duration initial;  // --reconnect-backoff-initial
-  absl::Duration max;      // --reconnect-backoff-max
-  bool defaults;           // outboxd's defaults: the flags are not passed
+  std::string id;    // in the log file names
+  std::string name;  // in the results
+  std::vector<std::string> flags;
 };
 
 absl::Status RunTakeover(Rig& rig, int reps, const Standby& standby_config,
                          std::vector<Series>& out) {
   const std::string& name = standby_config.name;
-  std::vector<std::string> standby_flags;
-  if (!standby_config.defaults) {
-    standby_flags = {absl::StrCat("--reconnect-backoff-initial=",
-                                  absl::FormatDuration(standby_config.initial)),
-                     absl::StrCat("--reconnect-backoff-max=",
-                                  absl::FormatDuration(standby_config.max))};
-  }
-  // The standby's attempts come at doubling delays up to the cap; the kill
-  // comes after the ramp, at a random point of a capped interval, as for a
-  // standby that has been waiting for a while.
-  absl::Duration ramp = absl::ZeroDuration();
-  for (absl::Duration d = standby_config.initial; d < standby_config.max;
-       d *= 2) {
-    ramp += d;
-  }
-  const int64_t cap_ms = absl::ToInt64Milliseconds(standby_config.max);
+  const std::vector<std::string>& standby_flags = standby_config.flags;
+  // The kill comes at a random point after the standby started waiting, as
+  // for a standby that has been waiting for a while.
   Series takeover{"takeover",
                   absl::StrCat("SIGKILL to the active outboxd -> the event "
                                "committed right after it received, standby ",
                                name),
                   {}};
   std::mt19937 rng(34);
-  std::uniform_int_distribution<int64_t> wait_ms(0, cap_ms);
+  std::uniform_int_distribution<int64_t> wait_ms(0, 250);
   for (int i = 0; i < reps; ++i) {
     const std::string active_log =
         absl::StrCat("outboxd-active-", standby_config.id, "-", i);
@@ -430,12 +414,12 @@ absl::Status RunTakeover(Rig& rig, int reps, const Standby& standby_config,
     if (!standby.ok()) return standby.status();
     if (!WaitForLog(
             absl::StrCat(rig.env().work_dir(), "/", standby_log, ".log"),
-            "is active for PID", kTimeout)) {
+            "is active in another process", kTimeout)) {
       return absl::DeadlineExceededError(
           absl::StrCat("takeover: the standby is not waiting (see ",
                        rig.env().work_dir(), "/", standby_log, ".log)"));
     }
-    absl::SleepFor(ramp + absl::Milliseconds(500 + wait_ms(rng)));
+    absl::SleepFor(absl::Milliseconds(500 + wait_ms(rng)));
     const int64_t t0 = NowNs();
     (*active)->Signal(SIGKILL);
     c = rig.Insert(rig.NextId());
@@ -561,16 +545,13 @@ int Main(int argc, char** argv) {
     // outboxd's defaults, and the README's fast standby.
     note("takeover",
          RunTakeover(rig, reps,
-                     {"default", "defaults (backoff 100ms..5s)",
-                      absl::Milliseconds(100), absl::Seconds(5), true},
+                     {"default", "defaults (--standby-poll-interval=20ms)", {}},
                      series));
-    note("takeover",
-         RunTakeover(rig, reps,
-                     {"fast",
-                      "--reconnect-backoff-initial=50ms "
-                      "--reconnect-backoff-max=250ms",
-                      absl::Milliseconds(50), absl::Milliseconds(250), false},
-                     series));
+    note("takeover", RunTakeover(rig, reps,
+                                 {"fast",
+                                  "--standby-poll-interval=5ms",
+                                  {"--standby-poll-interval=5ms"}},
+                                 series));
   }
   (*recorder)->Stop();
 

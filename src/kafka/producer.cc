@@ -67,8 +67,12 @@ constexpr std::pair<const char*, const char*> kDefaultProperties[] = {
     {"acks", "all"},
     // Keys land on the partition a Java client would choose.
     {"partitioner", "murmur2_random"},
-    // Latency matters more than batching: commit-to-consumer is the metric.
-    {"linger.ms", "1"},
+    // Sent as soon as the broker thread is woken: live traffic reaches the
+    // sink in batches already (the Publisher's read coalescing,
+    // --read-coalesce), so lingering would only add its time to every
+    // event's latency. A backlog still batches: records queue while the
+    // previous requests are in flight.
+    {"linger.ms", "0"},
     // Bounded memory: a full queue is backpressure on the WAL reader. Each
     // queued record also costs its headers and librdkafka's bookkeeping
     // (~0.5 KB besides the value), so the count bounds memory more than the

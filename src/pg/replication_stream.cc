@@ -106,6 +106,12 @@ absl::StatusOr<std::unique_ptr<ReplicationStream>> ReplicationStream::Start(
   ASSIGN_OR_RETURN(std::unique_ptr<PgConnection> conn,
                    PgConnection::Connect(options.conninfo,
                                          PgConnection::Mode::kReplication));
+  return Start(options, start, std::move(conn));
+}
+
+absl::StatusOr<std::unique_ptr<ReplicationStream>> ReplicationStream::Start(
+    const ReplicationStreamOptions& options, Lsn start,
+    std::unique_ptr<PgConnection> conn) {
   ASSIGN_OR_RETURN(std::string slot, conn->QuoteIdentifier(options.slot));
   // publication_names is a list of identifiers inside a string option.
   ASSIGN_OR_RETURN(std::string publication,

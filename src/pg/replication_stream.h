@@ -34,6 +34,11 @@ class ReplicationStream {
   // the server cannot be reached.
   static absl::StatusOr<std::unique_ptr<ReplicationStream>> Start(
       const ReplicationStreamOptions& options, Lsn start = Lsn());
+  // The same on `conn`, a replication connection opened beforehand (e.g.
+  // while other setup ran); options.conninfo is not used.
+  static absl::StatusOr<std::unique_ptr<ReplicationStream>> Start(
+      const ReplicationStreamOptions& options, Lsn start,
+      std::unique_ptr<PgConnection> conn);
   ~ReplicationStream();
 
   // Waits at most `timeout` for one CopyData message. nullopt when none

@@ -19,6 +19,7 @@
 #include "nlohmann/json.hpp"
 #include "pipeline/ack_tracker.h"
 #include "pipeline/checkpoint.h"
+#include "pipeline/read_coalescer.h"
 #include "pipeline/reserved_header_log.h"
 #include "pipeline/stage_metrics.h"
 
@@ -46,12 +47,13 @@ constexpr int kStreamShift = 48;
 constexpr uint64_t kSequenceMask = (uint64_t{1} << kStreamShift) - 1;
 constexpr size_t kMaxStreams = size_t{1} << (64 - kStreamShift);
 
-// Milliseconds for poll(): rounded up, so that a short wait does not spin.
-int PollTimeoutMs(absl::Duration d) {
-  if (d == absl::InfiniteDuration()) return -1;
-  if (d <= absl::ZeroDuration()) return 0;
-  return static_cast<int>(std::min<int64_t>(
-      absl::ToInt64Milliseconds(d + absl::Microseconds(999)), 1 << 30));
+// The timeout for ppoll(): nullptr (none) for an infinite wait. A wait
+// that ends within the same microsecond does not spin: at least 1 µs.
+const timespec* PollTimeout(absl::Duration d) {
+  thread_local timespec ts;
+  if (d == absl::InfiniteDuration()) return nullptr;
+  ts = absl::ToTimespec(std::max(d, absl::Microseconds(1)));
+  return &ts;
 }
 // Each blocking transactional call waits at most this long, so that the
 // source's keep-alive work (CDC status updates, wal_sender_timeout) goes on
@@ -226,6 +228,10 @@ class Publisher::Impl {
     kMore,      // there may be more: serve the sink and the source first
     kAwaiting,  // the source waits until what it handed over is durable
     kPending,   // an event waits for room in the sink (backpressure)
+    // Live traffic: the source handed over transactions and then had
+    // nothing; it is read again at read_after, not sooner
+    // (pipeline/read_coalescer.h).
+    kCoalescing,
   };
 
   // One source and everything the Publisher keeps for it: its own
@@ -242,6 +248,7 @@ class Publisher::Impl {
           router(options.router),
           cloudevents(options.cloudevents),
           backoff(options.reconnect),
+          coalescer(options.coalesce),
           stages(sm),
           stall(sm, options.stall_timeout) {}
 
@@ -270,6 +277,10 @@ class Publisher::Impl {
     absl::Time down_since = absl::InfiniteFuture();
     int attempts = 0;
     std::string last_cause;  // the last "cannot stream yet" logged
+    // Read coalescing: how long to wait after live transactions, and until
+    // when (Drained::kCoalescing).
+    ReadCoalescer coalescer;
+    absl::Time read_after = absl::InfinitePast();
     // Lag by stage and the stall alarm, of this stream (stage_metrics.h).
     StageLag stages;
     StallAlarm stall;
@@ -353,10 +364,29 @@ class Publisher::Impl {
     // Backpressure: the source is not read until the sink took the
     // pending event.
     if (st.pending.has_value()) RETURN_IF_ERROR(TryProducePending(st));
+    if (st.drained == Drained::kCoalescing && !st.pending.has_value() &&
+        now < st.read_after) {
+      return absl::OkStatus();  // woken for something else: not yet
+    }
     st.drained = Drained::kPending;
     if (st.pending.has_value()) return absl::OkStatus();
     if (st.source.WaitFd() >= 0 || streams_.size() > 1) {
-      ASSIGN_OR_RETURN(st.drained, ReadAvailable(st, now));
+      ReadCount count;
+      ASSIGN_OR_RETURN(st.drained, ReadAvailable(st, now, count));
+      if (count.items > 0) {
+        st.coalescer.Observe(now, count.commits);
+        if (st.drained == Drained::kNothing &&
+            st.coalescer.Window() > absl::ZeroDuration()) {
+          // Live traffic: the source just handed over a transaction and
+          // the next one is likely moments away. Waiting a moment reads a
+          // few per wakeup and hands them to the sink as one batch
+          // (pipeline/read_coalescer.h); delivery reports are served at
+          // that wakeup too. The first transaction after a quiet spell is
+          // read at once.
+          st.drained = Drained::kCoalescing;
+          st.read_after = now + st.coalescer.Window();
+        }
+      }
     } else {
       ASSIGN_OR_RETURN(st.drained, ReadWaiting(st, now, next_progress));
     }
@@ -374,16 +404,26 @@ class Publisher::Impl {
     return false;
   }
 
+  // What one wakeup read.
+  struct ReadCount {
+    int items = 0;    // of any kind
+    int commits = 0;  // transactions ended
+  };
+
   // Reads, without waiting, what a source with a descriptor holds: at most
   // kMaxReadsPerWakeup items, so that delivery reports, status updates and
-  // the other streams are served between them during a backlog.
-  absl::StatusOr<Drained> ReadAvailable(Stream& st, absl::Time now) {
+  // the other streams are served between them during a backlog. Counts
+  // them in `count`.
+  absl::StatusOr<Drained> ReadAvailable(Stream& st, absl::Time now,
+                                        ReadCount& count) {
     for (int n = 0; n < kMaxReadsPerWakeup; ++n) {
       ASSIGN_OR_RETURN(SourceRead read, st.source.Read(absl::ZeroDuration()));
       if (read.nothing()) {
         st.stages.SourceCaughtUp();
         return Drained::kNothing;
       }
+      if (!std::holds_alternative<std::monostate>(read.item)) ++count.items;
+      if (std::holds_alternative<SourceCommit>(read.item)) ++count.commits;
       const bool awaiting = std::holds_alternative<AwaitDurable>(read.item);
       RETURN_IF_ERROR(OnRead(st, std::move(read)));
       if (awaiting) return Drained::kAwaiting;
@@ -426,6 +466,9 @@ class Publisher::Impl {
       }
       until = std::min(until, st->source.NextDue());
       until = std::min(until, st->stall.Deadline(st->tracker.EventsInFlight()));
+      if (st->drained == Drained::kCoalescing) {
+        until = std::min(until, st->read_after);
+      }
     }
     if (exactly_once_) until = std::min(until, batch_.Deadline());
     return until;
@@ -436,22 +479,31 @@ class Publisher::Impl {
   // a timer has to do: a sink without one is polled every kBusyPollInterval
   // while records are in flight, the stop flag without one looked at every
   // kIdleWait, and an event waiting for a topic's state retried every
-  // kPendingPollInterval.
+  // kPendingPollInterval. While every connected stream is coalescing, the
+  // sink is not waited on either: the next wakeup is moments away and
+  // serves its reports.
   absl::Status Sleep(absl::Time next_progress) {
     fds_.clear();
     bool in_flight = false;
     bool waiting_for_topic = false;
+    size_t connected = 0;
+    size_t coalescing = 0;
     for (const auto& st : streams_) {
       if (st->tracker.EventsInFlight() > 0) in_flight = true;
       if (st->pending.has_value() && st->waiting_for_topic) {
         waiting_for_topic = true;
       }
-      if (!st->connected || st->drained != Drained::kNothing) continue;
+      if (!st->connected) continue;
+      ++connected;
+      if (st->drained == Drained::kCoalescing) ++coalescing;
+      if (st->drained != Drained::kNothing) continue;
       if (int fd = st->source.WaitFd(); fd >= 0) {
         fds_.push_back(pollfd{fd, POLLIN, 0});
       }
     }
-    const int sink_fd = sink_ != nullptr ? sink_->EventFd() : -1;
+    const bool all_coalescing = connected > 0 && coalescing == connected;
+    const int sink_fd =
+        sink_ != nullptr && !all_coalescing ? sink_->EventFd() : -1;
     for (int fd : {sink_fd, options_.stop_fd}) {
       if (fd >= 0) fds_.push_back(pollfd{fd, POLLIN, 0});
     }
@@ -459,7 +511,7 @@ class Publisher::Impl {
     // have taken a while, and a status update must not be late by that much.
     const absl::Time now = absl::Now();
     absl::Time until = WakeDeadline(next_progress);
-    if (sink_fd < 0 && in_flight) {
+    if (sink_fd < 0 && in_flight && !all_coalescing) {
       until = std::min(until, now + kBusyPollInterval);
     }
     if (waiting_for_topic) until = std::min(until, now + kPendingPollInterval);
@@ -475,7 +527,8 @@ class Publisher::Impl {
       }
       return absl::OkStatus();
     }
-    const int rc = poll(fds_.data(), fds_.size(), PollTimeoutMs(until - now));
+    const int rc =
+        ppoll(fds_.data(), fds_.size(), PollTimeout(until - now), nullptr);
     if (rc == 0) ++stats_.wait_timeouts;
     if (rc < 0 && errno != EINTR) {
       return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
@@ -542,14 +595,18 @@ class Publisher::Impl {
     // One line per distinct cause, not one per attempt: a standby waits
     // quietly while the slot is active elsewhere.
     std::string cause(s.message());
-    if (cause.find("is active for PID") != std::string::npos) {
-      cause = "replication slot is active in another process";
-    }
-    const absl::Duration delay = st.backoff.Next();
+    const std::optional<absl::Duration> retry_after = RetryAfter(s);
+    const absl::Duration delay =
+        retry_after.has_value() ? *retry_after : st.backoff.Next();
     if (cause != st.last_cause) {
-      spdlog::info("{}cannot stream yet: {}; retrying with backoff up to {}",
-                   st.log_prefix, std::string(s.message()),
-                   absl::FormatDuration(options_.reconnect.max_backoff));
+      spdlog::info(
+          "{}cannot stream yet: {}; {}", st.log_prefix, cause,
+          retry_after.has_value()
+              ? absl::StrCat("checking again every ",
+                             absl::FormatDuration(*retry_after))
+              : absl::StrCat(
+                    "retrying with backoff up to ",
+                    absl::FormatDuration(options_.reconnect.max_backoff)));
       st.last_cause = cause;
     } else {
       spdlog::debug("{}attempt {}: {}; next in {}", st.log_prefix, st.attempts,

@@ -91,6 +91,13 @@ struct PublisherOptions {
   // Events pending and nothing acknowledged for this long: the stall alarm
   // (pipeline/stage_metrics.h); zero disables it.
   absl::Duration stall_timeout = absl::Seconds(60);
+  // After a wakeup that read transactions from a live source (one with a
+  // descriptor), wait a moment before reading it again, so that a few are
+  // read and produced per wakeup instead of one: fewer wakeups per event.
+  // The wait grows with the rate (pipeline/read_coalescer.h) up to this
+  // maximum, which bounds the latency it adds; the first transaction after
+  // a quiet spell is read at once. Zero: read at once.
+  absl::Duration coalesce = absl::ZeroDuration();
   // Readable once `stop` is set (common/stop_signal.h StopSignalFd()), so
   // that the loop's poll() wakes at once; -1: the loop looks at `stop` at
   // least every second instead.

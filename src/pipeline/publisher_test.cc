@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "pipeline/checkpoint.h"
+#include "pipeline/read_coalescer.h"
 #include "tests/fakes/fake_sink.h"
 #include "tests/fakes/fake_source.h"
 
@@ -684,6 +685,45 @@ TEST_F(PublisherTest, StagePositionsFollowTheEvents) {
         metrics::Stage::kAcknowledged, metrics::Stage::kConfirmed}) {
     EXPECT_EQ(m.StageLag(s).Value(), 0);
   }
+}
+
+// Live traffic: the source hands over one transaction, has nothing for a
+// moment (an empty read), and then the next one. Without coalescing the
+// loop sleeps on the source's descriptor and reads the second at once; with
+// it, the loop waits out the window before reading the source again.
+class LiveTrafficTest : public WakingPublisherTest {
+ protected:
+  // How long the run took.
+  absl::Duration RunTwoTransactions() {
+    source_.Add(Begin());
+    source_.Add(Of(Event(100, 0, "a")));
+    source_.Add(Commit(100));
+    source_.Add(SourceRead{});  // nothing now
+    source_.Add(Begin());
+    source_.Add(Of(Event(200, 0, "b")));
+    source_.Add(Commit(200));
+    const absl::Time start = absl::Now();
+    absl::Status s = Run(DurableAt(200));
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_EQ(stats_.events_acknowledged, 2u);
+    return absl::Now() - start;
+  }
+};
+
+TEST_F(LiveTrafficTest, WithoutCoalescingTheNextTransactionIsReadAtOnce) {
+  RunTwoTransactions();
+  // Every sleep was ended by a descriptor, none by a timer.
+  EXPECT_EQ(stats_.wait_timeouts, 0u);
+}
+
+TEST_F(LiveTrafficTest, CoalescingWaitsBeforeReadingTheSourceAgain) {
+  options_.coalesce = absl::Milliseconds(100);
+  const absl::Duration took = RunTwoTransactions();
+  // The source was readable all along, yet after each transaction the loop
+  // slept the window out (ended by its timeout, not the descriptor): at a
+  // low rate, the shortest window (pipeline/read_coalescer.h).
+  EXPECT_EQ(stats_.wait_timeouts, 2u);
+  EXPECT_GE(took, 2 * ReadCoalescer::kMinWindow);
 }
 
 // --- exactly-once -----------------------------------------------------------

@@ -49,9 +49,22 @@ class CdcSource final : public EventSource {
       : options_(std::move(options)), m_(metrics), mapper_(options_.mapper) {}
 
   absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) override {
-    ASSIGN_OR_RETURN(
-        auto conn,
-        PgConnection::Connect(options_.conninfo, PgConnection::Mode::kNormal));
+    std::unique_ptr<PgConnection> conn = std::move(standby_conn_);
+    if (conn != nullptr) {
+      // A standby: one query on the connection it kept tells whether the
+      // slot is still taken; the rest is done once it is free.
+      absl::StatusOr<std::optional<SlotInfo>> slot =
+          InspectSlot(*conn, options_.setup);
+      if (slot.ok() && slot->has_value() && (*slot)->active) {
+        return SlotTaken(std::move(conn));
+      }
+      if (!slot.ok()) conn.reset();  // a new connection, all checks again
+    }
+    if (conn == nullptr) {
+      ASSIGN_OR_RETURN(conn,
+                       PgConnection::Connect(options_.conninfo,
+                                             PgConnection::Mode::kNormal));
+    }
     RETURN_IF_ERROR(CheckWalLevel(*conn));
     RETURN_IF_ERROR(EnsurePublication(*conn, options_.setup));
     // outbox.source: the stream's identity (it changes only when the
@@ -65,6 +78,7 @@ class CdcSource final : public EventSource {
     // The slot first, then the record (sources/slot_loss.h).
     ASSIGN_OR_RETURN(std::optional<SlotInfo> slot,
                      InspectSlot(*conn, options_.setup));
+    if (slot.has_value() && slot->active) return SlotTaken(std::move(conn));
     ASSIGN_OR_RETURN(std::optional<PublisherState> recorded, state_->Read());
     ASSIGN_OR_RETURN(SlotVerdict verdict,
                      JudgeSlot(slot, recorded, identity_, options_.setup.slot));
@@ -138,12 +152,29 @@ class CdcSource final : public EventSource {
       }
       return absl::UnavailableError(stream.status().message());
     }
+    if (!stream.ok() &&
+        absl::StrContains(stream.status().message(), "is active for PID")) {
+      // Taken between the check and START_REPLICATION.
+      return SlotTaken(std::move(conn));
+    }
     ASSIGN_OR_RETURN(stream_, std::move(stream));
     result.identity = identity_;
     result.ready_line =
         absl::StrCat("streaming from slot ", options_.setup.slot,
                      " (publication ", options_.setup.publication, ")");
     return result;
+  }
+
+  // The slot is active in another process (the active instance, when this
+  // one is a standby): the connection is kept, and the Publisher asks again
+  // after standby_poll_interval (one query), so that this instance takes
+  // over within about that much of the slot's release.
+  absl::Status SlotTaken(std::unique_ptr<PgConnection> conn) {
+    standby_conn_ = std::move(conn);
+    return WithRetryAfter(absl::UnavailableError(absl::StrCat(
+                              "replication slot ", options_.setup.slot,
+                              " is active in another process")),
+                          options_.standby_poll_interval);
   }
 
   void Disconnect() override {
@@ -162,6 +193,10 @@ class CdcSource final : public EventSource {
     }
     ASSIGN_OR_RETURN(auto message, stream_->Read(wait));
     if (!message.has_value()) return out;
+    // Whatever it maps to, a message was there: libpq may hold more (a
+    // Relation message inside a transaction maps to nothing, and the rest
+    // of the transaction may already be in libpq's buffer, not the socket).
+    out.more = true;
     if (const auto* keepalive = std::get_if<PrimaryKeepalive>(&*message)) {
       received_ = Lsn::Max(received_, keepalive->wal_end);
       out.idle_position = AsPosition(keepalive->wal_end);
@@ -383,6 +418,8 @@ class CdcSource final : public EventSource {
   std::unique_ptr<ReplicationStream> stream_;
   // outboxd's record of its position; opened by the first Connect.
   std::unique_ptr<PublisherStateStore> state_;
+  // A standby's connection, kept while the slot is active elsewhere.
+  std::unique_ptr<PgConnection> standby_conn_;
   // (end LSN, commit time) of decoded transactions not yet recorded.
   std::deque<std::pair<Lsn, int64_t>> commit_times_;
   int64_t commit_time_ = 0;  // of the transaction being decoded, unix us

@@ -49,6 +49,10 @@ struct CdcSourceOptions {
   ReplicationSetupOptions setup;
   OutboxMapperOptions mapper;
   absl::Duration status_interval = absl::Seconds(1);
+  // While the slot is active in another process (this instance is a
+  // standby), how often one query asks whether it still is; a takeover
+  // starts within about this long of the slot's release.
+  absl::Duration standby_poll_interval = absl::Milliseconds(20);
   // A slot outboxd streamed from that is gone, invalidated or replaced:
   // stop (kDataLoss), or re-create it and call `republish`.
   SlotLossPolicy on_slot_loss = SlotLossPolicy::kFail;

@@ -35,11 +35,18 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "outbox/event.h"
 #include "outbox/outbox_mapper.h"
 
 namespace outboxd {
+
+// The status payload of WithRetryAfter.
+inline constexpr absl::string_view kRetryAfterPayload =
+    "type.outboxd/retry-after";
 
 // An ordered position in one source's stream, opaque to the Publisher:
 // the CDC source's are LSNs, the polling source's batch numbers. The
@@ -77,11 +84,17 @@ struct SourceRead {
   // With no transaction open: the source's newest position; it becomes
   // durable once nothing before it is in flight (CDC keepalives).
   std::optional<SourcePosition> idle_position;
+  // No item, but the source took something in and may hold more already
+  // (CDC: a message that maps to no item, such as a Relation message inside
+  // a transaction): read again before sleeping on WaitFd(), which only
+  // tells about what has not been taken in yet.
+  bool more = false;
 
-  // Nothing at all now (no item, no position): the reader may sleep.
+  // Nothing at all now (no item, no position, nothing taken in): the
+  // reader may sleep.
   bool nothing() const {
     return std::holds_alternative<std::monostate>(item) &&
-           !idle_position.has_value();
+           !idle_position.has_value() && !more;
   }
 };
 
@@ -110,12 +123,32 @@ struct ConnectResult {
   std::string ready_line;
 };
 
+// A Connect that fails with kUnavailable may say when to try again: a
+// source that can tell cheaply when it is worth it (CDC: a standby asks
+// whether the slot is still active in another process) is tried again
+// after `after`, without the Publisher's growing backoff, and its repeated
+// cause is logged once.
+inline absl::Status WithRetryAfter(absl::Status s, absl::Duration after) {
+  s.SetPayload(kRetryAfterPayload,
+               absl::Cord(absl::StrCat(absl::ToInt64Microseconds(after))));
+  return s;
+}
+inline std::optional<absl::Duration> RetryAfter(const absl::Status& s) {
+  auto p = s.GetPayload(kRetryAfterPayload);
+  int64_t us = 0;
+  if (!p.has_value() || !absl::SimpleAtoi(std::string(*p), &us) || us < 0) {
+    return std::nullopt;
+  }
+  return absl::Microseconds(us);
+}
+
 class EventSource {
  public:
   virtual ~EventSource() = default;
 
   // Connects (ctx.first) or reconnects after Disconnect. kUnavailable means
-  // "try again later" (the Publisher backs off); anything else stops.
+  // "try again later" (the Publisher backs off, or waits what
+  // WithRetryAfter says); anything else stops.
   virtual absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) = 0;
   // The connection is gone or abandoned: forget what was handed over of the
   // open transaction (it is handed over again after Connect).

@@ -117,11 +117,15 @@ TEST_F(FaultTest, FatalDeliveryErrorStopsWithoutConfirmingPastIt) {
 TEST_F(FaultTest, StandbyTakesOverWhenTheActiveOneDies) {
   const std::string topic = prefix_ + "standby";
   size_t active = StartOutboxd({"--topic=" + topic});
+  // A backoff far longer than the wait below: the standby does not back
+  // off while the slot is taken, it asks every --standby-poll-interval
+  // (one query on the connection it keeps) and starts once it is free.
   size_t standby =
-      StartOutboxd({"--topic=" + topic, "--reconnect-backoff-initial=50ms",
-                    "--reconnect-backoff-max=250ms"},
+      StartOutboxd({"--topic=" + topic, "--reconnect-backoff-initial=30s",
+                    "--reconnect-backoff-max=60s"},
                    /*wait_streaming=*/false);
-  ASSERT_TRUE(WaitForLog(standby, "is active for PID")) << Log(standby);
+  ASSERT_TRUE(WaitForLog(standby, "is active in another process"))
+      << Log(standby);
   Inserter inserter(ConnInfo(), 3000, 100, absl::Milliseconds(100));
   inserter.Start();
   absl::SleepFor(absl::Seconds(1));
