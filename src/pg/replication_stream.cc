@@ -140,6 +140,20 @@ absl::StatusOr<std::unique_ptr<ReplicationStream>> ReplicationStream::Start(
       new ReplicationStream(std::move(conn)));
 }
 
+absl::StatusOr<int> ReplicationStream::ConsumeAndGet() {
+  PGconn* conn = conn_->raw();
+  const bool alive = PQconsumeInput(conn) != 0;
+  // When the socket died, an ErrorResponse read before that (the server's
+  // reason) may still be buffered, and PQgetCopyData reports it (-1).
+  const int length = PQgetCopyData(conn, &buffer_, /*async=*/1);
+  if (length == 0 && !alive) {
+    stopped_ = true;
+    return absl::UnavailableError(
+        absl::StrCat("replication connection lost: ", TrimmedError(conn)));
+  }
+  return length;
+}
+
 absl::StatusOr<std::optional<ServerCopyMessage>> ReplicationStream::Read(
     absl::Duration timeout) {
   if (buffer_ != nullptr) {
@@ -154,17 +168,8 @@ absl::StatusOr<std::optional<ServerCopyMessage>> ReplicationStream::Read(
   if (length == 0 && timeout <= absl::ZeroDuration()) {
     // Without waiting: what the socket holds now (libpq's socket is
     // non-blocking), then nothing.
-    if (PQconsumeInput(conn) == 0) {
-      length = PQgetCopyData(conn, &buffer_, /*async=*/1);
-      if (length == 0) {
-        stopped_ = true;
-        return absl::UnavailableError(
-            absl::StrCat("replication connection lost: ", TrimmedError(conn)));
-      }
-    } else {
-      length = PQgetCopyData(conn, &buffer_, /*async=*/1);
-      if (length == 0) return std::nullopt;
-    }
+    ASSIGN_OR_RETURN(length, ConsumeAndGet());
+    if (length == 0) return std::nullopt;
   }
   const absl::Time deadline =
       length == 0 ? absl::Now() + timeout : absl::InfinitePast();
@@ -175,18 +180,7 @@ absl::StatusOr<std::optional<ServerCopyMessage>> ReplicationStream::Read(
       if (absl::Now() >= deadline) return std::nullopt;
       continue;  // interrupted by a signal
     }
-    if (PQconsumeInput(conn) == 0) {
-      // The socket died; an ErrorResponse read before that (the server's
-      // reason) may still be buffered, and PQgetCopyData reports it below.
-      length = PQgetCopyData(conn, &buffer_, /*async=*/1);
-      if (length == 0) {
-        stopped_ = true;
-        return absl::UnavailableError(
-            absl::StrCat("replication connection lost: ", TrimmedError(conn)));
-      }
-      break;
-    }
-    length = PQgetCopyData(conn, &buffer_, /*async=*/1);
+    ASSIGN_OR_RETURN(length, ConsumeAndGet());
     if (length == 0 && absl::Now() >= deadline) return std::nullopt;
   }
   if (length == -1) {

@@ -62,6 +62,10 @@ class ReplicationStream {
 
  private:
   ReplicationStream(std::unique_ptr<PgConnection> conn);
+  // Takes in what the socket holds (without waiting) and returns
+  // PQgetCopyData's length of the next message: 0 none complete yet, -1
+  // the copy ended. kUnavailable when the connection is lost.
+  absl::StatusOr<int> ConsumeAndGet();
   std::unique_ptr<PgConnection> conn_;
   char* buffer_ = nullptr;  // owned libpq copy buffer (PQfreemem)
   bool stopped_ = false;
