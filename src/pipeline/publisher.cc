@@ -599,14 +599,13 @@ class Publisher::Impl {
     const absl::Duration delay =
         retry_after.has_value() ? *retry_after : st.backoff.Next();
     if (cause != st.last_cause) {
-      spdlog::info(
-          "{}cannot stream yet: {}; {}", st.log_prefix, cause,
-          retry_after.has_value()
-              ? absl::StrCat("checking again every ",
-                             absl::FormatDuration(*retry_after))
-              : absl::StrCat(
-                    "retrying with backoff up to ",
-                    absl::FormatDuration(options_.reconnect.max_backoff)));
+      spdlog::info("{}cannot stream yet: {}; {}", st.log_prefix, cause,
+                   retry_after.has_value()
+                       ? absl::StrCat("checking again every ",
+                                      absl::FormatDuration(*retry_after))
+                       : absl::StrCat("retrying with backoff up to ",
+                                      absl::FormatDuration(
+                                          options_.reconnect.max_backoff)));
       st.last_cause = cause;
     } else {
       spdlog::debug("{}attempt {}: {}; next in {}", st.log_prefix, st.attempts,

@@ -42,8 +42,8 @@ class CdcSourceTest : public ::testing::Test {
   std::unique_ptr<EventSource> Connected(const std::string& slot) {
     CdcSourceOptions options;
     options.conninfo = cluster_->ConnInfo();
-    options.setup.table = QualifiedName{"public", "outbox"};
-    options.mapper.table = options.setup.table;
+    options.setup.tables = {QualifiedName{"public", "outbox"}};
+    options.mapper.tables = options.setup.tables;
     options.setup.publication = "outbox_pub";
     options.setup.slot = slot;
     std::unique_ptr<EventSource> source =
