@@ -94,6 +94,20 @@ class PublisherTest : public ::testing::Test {
     return s;
   }
 
+  // Hands `items` over as one transaction committed at `commit`, runs
+  // until it is durable and returns what the sink committed by then.
+  std::vector<FakeRecord> PublishTransaction(std::vector<SourceRead> items,
+                                             uint64_t commit = 100) {
+    source_.Add(Begin());
+    for (SourceRead& r : items) source_.Add(std::move(r));
+    source_.Add(Commit(commit));
+    std::vector<FakeRecord> records;
+    on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
+    absl::Status s = Run(DurableAt(commit));
+    EXPECT_TRUE(s.ok()) << s;
+    return records;
+  }
+
   // Done once the script is handed over and `p` is durable.
   static std::function<bool(FakeSource&)> DurableAt(uint64_t p) {
     return [p](FakeSource& s) {
@@ -124,13 +138,8 @@ class PublisherTest : public ::testing::Test {
 // --- routing and the record ---------------------------------------------
 
 TEST_F(PublisherTest, PublishesAndConfirmsAtTheCommit) {
-  source_.Add(Begin());
-  source_.Add(Of(Event(100, 0, "a")));
-  source_.Add(Of(Event(100, 1, "b")));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records =
+      PublishTransaction({Of(Event(100, 0, "a")), Of(Event(100, 1, "b"))});
   ASSERT_EQ(records.size(), 2u);
   EXPECT_EQ(records[0].topic, "outbox.event.order");
   EXPECT_EQ(records[0].key, "agg-a");
@@ -170,12 +179,8 @@ TEST_F(PublisherTest, KeepsItsOwnCopyOfTheOptions) {
 
 TEST_F(PublisherTest, ValueFormatAppliesToEverySource) {
   options_.value_format = ValueFormat::kEnvelopeJson;
-  source_.Add(Begin());
-  source_.Add(Of(Event(100, 0, "a")));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records =
+      PublishTransaction({Of(Event(100, 0, "a"))});
   ASSERT_EQ(records.size(), 1u);
   auto value = nlohmann::json::parse(*records[0].value);
   EXPECT_EQ(value["id"], "a");
@@ -184,14 +189,9 @@ TEST_F(PublisherTest, ValueFormatAppliesToEverySource) {
 // --cloudevents: every source's events, in the Publisher's one place.
 TEST_F(PublisherTest, CloudEventsBinaryHeadersWithTheDefaultSource) {
   options_.cloudevents.mode = CloudEventsMode::kBinary;
-  source_.Add(Begin());
   OutboxEvent e = Event(100, 0, "a");
   e.content_type = "application/json";
-  source_.Add(Of(std::move(e)));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records = PublishTransaction({Of(std::move(e))});
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].value, "{\"n\":1}");
   EXPECT_EQ(records[0].Header("ce_specversion"), "1.0");
@@ -206,14 +206,9 @@ TEST_F(PublisherTest, CloudEventsBinaryHeadersWithTheDefaultSource) {
 TEST_F(PublisherTest, CloudEventsStructuredValueWithTheGivenSource) {
   options_.cloudevents.mode = CloudEventsMode::kStructured;
   options_.cloudevents.source = "urn:shop";
-  source_.Add(Begin());
   OutboxEvent e = Event(100, 0, "a");
   e.content_type = "application/json";
-  source_.Add(Of(std::move(e)));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records = PublishTransaction({Of(std::move(e))});
   ASSERT_EQ(records.size(), 1u);
   auto doc = nlohmann::json::parse(*records[0].value);
   EXPECT_EQ(doc["source"], "urn:shop");
@@ -226,12 +221,8 @@ TEST_F(PublisherTest, CloudEventsStructuredValueWithTheGivenSource) {
 TEST_F(PublisherTest, CloudEventsBinaryOverAnEnvelopeTypesItsContent) {
   options_.cloudevents.mode = CloudEventsMode::kBinary;
   options_.value_format = ValueFormat::kEnvelopeJson;
-  source_.Add(Begin());
-  source_.Add(Of(Event(100, 0, "a")));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records =
+      PublishTransaction({Of(Event(100, 0, "a"))});
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(nlohmann::json::parse(*records[0].value)["id"], "a");
   EXPECT_EQ(records[0].Header("content-type"), "application/json");
@@ -240,14 +231,9 @@ TEST_F(PublisherTest, CloudEventsBinaryOverAnEnvelopeTypesItsContent) {
 // An event that cannot be a CloudEvent is not lost: dead-lettered whole.
 TEST_F(PublisherTest, EventThatCannotBeACloudEventIsDeadLettered) {
   options_.cloudevents.mode = CloudEventsMode::kStructured;
-  source_.Add(Begin());
   OutboxEvent e = Event(100, 0, "a");
   e.type = "";
-  source_.Add(Of(std::move(e)));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records = PublishTransaction({Of(std::move(e))});
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].topic, "outbox.dlq");
   EXPECT_THAT(*records[0].Header("outbox.error"),
@@ -349,13 +335,8 @@ TEST_F(PublisherTest, FatalProducerStops) {
 // --- dead-lettering ---------------------------------------------------------
 
 TEST_F(PublisherTest, InvalidEventIsDeadLetteredWithItsPosition) {
-  source_.Add(Begin());
-  source_.Add(Of(Invalid(100, 0, "aggregateid is NULL")));
-  source_.Add(Of(Event(100, 1, "b")));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records = PublishTransaction(
+      {Of(Invalid(100, 0, "aggregateid is NULL")), Of(Event(100, 1, "b"))});
   ASSERT_EQ(records.size(), 2u);
   const FakeRecord& dlq = records[0];
   EXPECT_EQ(dlq.topic, "outbox.dlq");
@@ -373,12 +354,7 @@ TEST_F(PublisherTest, InvalidEventIsDeadLetteredWithItsPosition) {
 TEST_F(PublisherTest, PolledInvalidRowCarriesItsSeqOnly) {
   InvalidEvent bad = Invalid(0, 0, "payload is not JSON");
   bad.table_seq = 42;
-  source_.Add(Begin());
-  source_.Add(Of(std::move(bad)));
-  source_.Add(Commit(1));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(1)).ok());
+  std::vector<FakeRecord> records = PublishTransaction({Of(std::move(bad))}, 1);
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].Header("outbox.seq"), "42");
   EXPECT_EQ(records[0].Header("outbox.lsn"), std::nullopt);
@@ -436,12 +412,8 @@ TEST_F(PublisherTest, UnproducibleEventIsDeadLetteredWithEscapedContent) {
                  : absl::OkStatus();
     };
   };
-  source_.Add(Begin());
-  source_.Add(Of(Event(100, 0, "quote\"id")));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records =
+      PublishTransaction({Of(Event(100, 0, "quote\"id"))});
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].topic, "outbox.dlq");
   EXPECT_THAT(*records[0].Header("outbox.error"),
@@ -470,13 +442,8 @@ TEST_F(PublisherTest, MisroutedEventIsDeadLetteredWhole) {
   configure_sink_ = [](FakeSink& s) {
     s.topics["outbox.event.bad"] = TopicState::kIllegal;
   };
-  source_.Add(Begin());
-  source_.Add(Of(Event(100, 0, "a", "bad")));
-  source_.Add(Of(Event(100, 1, "b")));
-  source_.Add(Commit(100));
-  std::vector<FakeRecord> records;
-  on_tick_ = [&](FakeSource&) { records = sink_->committed(); };
-  ASSERT_TRUE(Run(DurableAt(100)).ok());
+  std::vector<FakeRecord> records = PublishTransaction(
+      {Of(Event(100, 0, "a", "bad")), Of(Event(100, 1, "b"))});
   ASSERT_EQ(records.size(), 2u);
   EXPECT_EQ(records[0].topic, "outbox.dlq");
   EXPECT_THAT(*records[0].Header("outbox.error"),

@@ -1,7 +1,8 @@
 // Integration tests of src/pg against a throwaway PostgreSQL 15 cluster:
 // connection errors, replication setup (wal_level, publication, slot) and
 // the CopyBoth replication stream (XLogData, keepalives, status updates,
-// clean stop, active slot, terminated walsender).
+// clean stop, active slot, terminated walsender); and the CDC source on top
+// of it (sources/cdc_source.h): when its Read says "nothing".
 #include "pg/replication_stream.h"
 
 #include <memory>
@@ -16,8 +17,10 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "metrics/outboxd_metrics.h"
 #include "pg/connection.h"
 #include "pg/replication_setup.h"
+#include "sources/cdc_source.h"
 #include "tests/harness/pg_cluster.h"
 
 namespace outboxd {
@@ -672,6 +675,48 @@ TEST_F(ReplicationTest, ServerRestartEndsStreamAndStreamingResumes) {
   }
   EXPECT_EQ(inserts, 2);
   EXPECT_TRUE((*resumed)->Stop().ok());
+}
+
+// --- the CDC source ----------------------------------------------------------
+
+// The walsender sends a Relation message before a table's first row in a
+// session; it maps to no item. When the whole transaction is already in
+// the socket, libpq takes all of it in with one recv: a Read that said
+// "nothing" at the Relation message would leave Begin's transaction half
+// read, and a caller sleeping on the socket would wait for the next
+// keepalive (seconds) to see the rest.
+TEST_F(ReplicationTest, CdcSourceSaysNothingOnlyWhenNothingIsThere) {
+  CdcSourceOptions options;
+  options.conninfo = cluster_->ConnInfo();
+  options.setup = SetUpSlot("slot_relation");
+  options.mapper.tables = options.setup.tables;
+  metrics::OutboxdMetrics metrics;
+  std::unique_ptr<EventSource> source =
+      NewCdcSource(std::move(options), metrics);
+  ASSERT_TRUE(source->Connect(ConnectContext{}).ok());
+  InsertEvents(1);
+  // The whole transaction reaches the socket before the first Read.
+  absl::SleepFor(absl::Milliseconds(500));
+  int begins = 0, events = 0, commits = 0;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (commits == 0 && absl::Now() < deadline) {
+    absl::StatusOr<SourceRead> read = source->Read(absl::ZeroDuration());
+    ASSERT_TRUE(read.ok()) << read.status();
+    if (read->nothing()) {
+      // Only before the transaction started: once Begin was read, the rest
+      // was taken in with it.
+      ASSERT_EQ(begins, 0) << "said nothing with the transaction half read";
+      absl::SleepFor(absl::Milliseconds(20));
+      continue;
+    }
+    if (std::holds_alternative<SourceBegin>(read->item)) ++begins;
+    if (std::holds_alternative<OutboxEvent>(read->item)) ++events;
+    if (std::holds_alternative<SourceCommit>(read->item)) ++commits;
+  }
+  EXPECT_EQ(begins, 1);
+  EXPECT_EQ(events, 1);
+  EXPECT_EQ(commits, 1);
+  EXPECT_TRUE(source->Finish(SourcePosition(0), /*clean=*/true).ok());
 }
 
 }  // namespace
