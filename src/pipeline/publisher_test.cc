@@ -497,11 +497,19 @@ TEST_F(WakingPublisherTest, ADeliveryReportWakesTheLoopWithoutATimer) {
 }
 
 TEST_F(WakingPublisherTest, StopWakesTheLoop) {
-  std::thread signal([this] {
-    stop_ = true;
-    stop_pipe_.Notify();
-  });
+  // The stop comes from another thread once the source is connected (a
+  // stop before that ends the run without connecting), whenever it comes:
+  // before the loop sleeps or while it does.
+  std::thread signal;
+  on_tick_ = [&](FakeSource&) {
+    if (signal.joinable()) return;
+    signal = std::thread([this] {
+      stop_ = true;
+      stop_pipe_.Notify();
+    });
+  };
   absl::Status s = Run([](FakeSource&) { return false; });
+  ASSERT_TRUE(signal.joinable());
   signal.join();
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(stats_.wait_timeouts, 0u);
