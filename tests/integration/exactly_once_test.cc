@@ -311,7 +311,8 @@ class ZombieTest : public ExactlyOnceTest {
         "--reconnect-backoff-initial=50ms", "--reconnect-backoff-max=250ms"};
     size_t active = Start(args, true, conninfo);
     size_t standby = Start(args, /*wait=*/false, conninfo);
-    EXPECT_TRUE(WaitForLog(standby, "is active for PID")) << Log(standby);
+    EXPECT_TRUE(WaitForLog(standby, "is active in another process"))
+        << Log(standby);
 
     constexpr int kEvents = 6000;
     // 400 events/s for 15 s: events keep coming through the pause, the
