@@ -67,12 +67,12 @@ constexpr std::pair<const char*, const char*> kDefaultProperties[] = {
     {"acks", "all"},
     // Keys land on the partition a Java client would choose.
     {"partitioner", "murmur2_random"},
-    // Sent as soon as the broker thread is woken: live traffic reaches the
-    // sink in batches already (the Publisher's read coalescing,
-    // --read-coalesce), so lingering would only add its time to every
-    // event's latency. A backlog still batches: records queue while the
-    // previous requests are in flight.
-    {"linger.ms", "0"},
+    // 1 ms: a backlog needs it (with 0, librdkafka sends a small request
+    // per partition whenever its thread wakes: 65 % more CPU per logical
+    // message and a lower drain rate, README "Benchmarks"); live traffic
+    // pays it once per batch of the Publisher's read coalescing.
+    // --kafka-property=linger.ms=0 trades that for about 1 ms of latency.
+    {"linger.ms", "1"},
     // Bounded memory: a full queue is backpressure on the WAL reader. Each
     // queued record also costs its headers and librdkafka's bookkeeping
     // (~0.5 KB besides the value), so the count bounds memory more than the
