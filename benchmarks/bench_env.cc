@@ -148,6 +148,9 @@ absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
       "checkpoint_timeout=30min",
       "max_connections=50",
   };
+  for (const std::string& setting : options.pg_settings) {
+    pg_options.settings.push_back(setting);
+  }
   auto pg = testing::PgCluster::Start(pg_options);
   if (!pg.ok()) return pg.status();
   env->pg_ = *std::move(pg);
@@ -223,16 +226,22 @@ absl::Status BenchEnv::CreateTopic(const std::string& topic) {
       absl::StrCat("cannot create topic ", topic, " on a given Kafka"));
 }
 
-std::string BenchEnv::PublisherConnInfo() const {
+std::string BenchEnv::PublisherConnInfo(const std::string& dbname) const {
   // In a conninfo string a later keyword overrides an earlier one.
-  return absl::StrCat(pg_->ConnInfo("postgres"), " user=", kPublisherRole,
+  return absl::StrCat(pg_->ConnInfo(dbname), " user=", kPublisherRole,
                       " application_name=outboxd");
 }
 
 absl::StatusOr<std::unique_ptr<testing::ChildProcess>> BenchEnv::StartOutboxd(
     const std::vector<std::string>& args, const std::string& log_name) {
+  return StartOutboxdOn("postgres", args, log_name);
+}
+
+absl::StatusOr<std::unique_ptr<testing::ChildProcess>> BenchEnv::StartOutboxdOn(
+    const std::string& dbname, const std::vector<std::string>& args,
+    const std::string& log_name) {
   testing::ChildOptions o;
-  o.argv = {outboxd_binary_, absl::StrCat("--pg=", PublisherConnInfo()),
+  o.argv = {outboxd_binary_, absl::StrCat("--pg=", PublisherConnInfo(dbname)),
             absl::StrCat("--brokers=", bootstrap())};
   for (const std::string& a : args) o.argv.push_back(a);
   o.capture_stdout = false;

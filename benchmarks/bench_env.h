@@ -71,6 +71,9 @@ struct BenchEnvOptions {
   // dev broker.
   std::string bootstrap;
   BrokerKind broker = BrokerKind::kDev;
+  // Extra PostgreSQL settings ("name=value"), after the defaults (a later
+  // one wins), e.g. more connections and slots for many databases.
+  std::vector<std::string> pg_settings;
 };
 
 class BenchEnv {
@@ -95,8 +98,8 @@ class BenchEnv {
   absl::Status CreateTopic(const std::string& topic);
   // Superuser conninfo for the load generator and the measurements.
   std::string AdminConnInfo() const { return pg_->ConnInfo("postgres"); }
-  // Conninfo of the publisher's role (superuser, replication).
-  std::string PublisherConnInfo() const;
+  // Conninfo of the publisher's role (superuser, replication) for `dbname`.
+  std::string PublisherConnInfo(const std::string& dbname = "postgres") const;
   pid_t postmaster_pid() const { return postmaster_pid_; }
   pid_t devbroker_pid() const { return devbroker_pid_; }
   const std::string& work_dir() const { return work_dir_; }
@@ -105,6 +108,10 @@ class BenchEnv {
   // work_dir/<log_name>.log.
   absl::StatusOr<std::unique_ptr<testing::ChildProcess>> StartOutboxd(
       const std::vector<std::string>& args, const std::string& log_name);
+  // The same with --pg pointing to `dbname`.
+  absl::StatusOr<std::unique_ptr<testing::ChildProcess>> StartOutboxdOn(
+      const std::string& dbname, const std::vector<std::string>& args,
+      const std::string& log_name);
   // SIGTERM, then wait; returns the exit code (or an error after 30 s).
   absl::StatusOr<int> StopOutboxd(testing::ChildProcess& outboxd);
 
