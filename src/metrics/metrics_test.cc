@@ -252,6 +252,174 @@ TEST(OutboxdMetricsTest, ConcurrentUpdatesAreNotLost) {
               HasSubstr("outboxd_commit_to_ack_seconds_count 40000\n"));
 }
 
+// The label values of `label` in every series of `family` ("" when a
+// series has no such label), from the registry's Collect().
+std::vector<std::string> LabelValues(const Registry& r,
+                                     const std::string& family,
+                                     const std::string& label) {
+  std::vector<std::string> values;
+  for (const prometheus::MetricFamily& f : r.Collect()) {
+    if (f.name != family) continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      std::string value;
+      for (const prometheus::ClientMetric::Label& l : m.label) {
+        if (l.name == label) value = l.value;
+      }
+      values.push_back(value);
+    }
+  }
+  return values;
+}
+
+// The families that are one per process, never labelled by source.
+const std::vector<std::string> kProcessFamilies = {
+    "outboxd_delivery_errors_total", "outboxd_source_queries_total",
+    "outboxd_kafka_brokers_up", "outboxd_cleanup_deleted_rows_total",
+    "outboxd_start_time_seconds"};
+
+// --databases: every per-source family has exactly one series per source
+// (and per other label value) and none without a source label, so sum()
+// counts each once; the per-process families have no source label at all.
+TEST(OutboxdMetricsTest, SeveralSourcesLabelEveryPerSourceSeries) {
+  Registry r;
+  OutboxdMetrics process(&r, Sources::kSeveral);
+  OutboxdMetrics& a = process.ForSource("a");
+  OutboxdMetrics& b = process.ForSource("b");
+  EXPECT_EQ(a.source(), "a");
+  EXPECT_EQ(process.source(), "");
+  a.PublishedTo("t").Increment();
+  b.PublishedTo("t").Increment(2);
+  process.source_queries->Labels({"poll"}).Increment();
+
+  Registry one;
+  OutboxdMetrics single(&one);
+  single.PublishedTo("t").Increment();
+  single.source_queries->Labels({"poll"}).Increment();
+  std::vector<std::string> names;
+  for (const prometheus::MetricFamily& f : one.Collect()) {
+    names.push_back(f.name);
+  }
+  std::vector<std::string> several_names;
+  for (const prometheus::MetricFamily& f : r.Collect()) {
+    several_names.push_back(f.name);
+  }
+  // The same families in the same order.
+  EXPECT_EQ(several_names, names);
+
+  for (const std::string& name : names) {
+    std::vector<std::string> sources = LabelValues(r, name, "source");
+    const bool per_process =
+        std::find(kProcessFamilies.begin(), kProcessFamilies.end(), name) !=
+        kProcessFamilies.end();
+    if (per_process) {
+      // The same series as with one source (outboxd_source_queries_total's
+      // own `source` label names the poll/notify mode).
+      EXPECT_EQ(sources, LabelValues(one, name, "source")) << name;
+      continue;
+    }
+    // Per source: each series of the one-source exposition, once per
+    // source, and nothing unlabelled.
+    const size_t per_source = LabelValues(one, name, "source").size();
+    ASSERT_GT(per_source, 0u) << name;
+    EXPECT_EQ(std::count(sources.begin(), sources.end(), "a"),
+              static_cast<long>(per_source))
+        << name;
+    EXPECT_EQ(std::count(sources.begin(), sources.end(), "b"),
+              static_cast<long>(per_source))
+        << name;
+    EXPECT_EQ(sources.size(), 2 * per_source) << name;
+  }
+}
+
+TEST(OutboxdMetricsTest, ASourceViewUpdatesItsOwnSeries) {
+  Registry r;
+  OutboxdMetrics process(&r, Sources::kSeveral);
+  OutboxdMetrics& a = process.ForSource("a");
+  OutboxdMetrics& b = process.ForSource("b");
+  EXPECT_EQ(&process.ForSource("a"), &a);
+  EXPECT_NE(&a, &b);
+  // Per process: the same child in every view.
+  EXPECT_EQ(a.kafka_brokers_up, process.kafka_brokers_up);
+  EXPECT_EQ(b.delivery_errors, process.delivery_errors);
+  EXPECT_EQ(b.start_time_seconds, process.start_time_seconds);
+  EXPECT_EQ(a.source_queries, process.source_queries);
+  // Per source: a child each.
+  EXPECT_NE(a.confirmed_lsn, b.confirmed_lsn);
+  EXPECT_NE(a.confirmed_lsn, process.confirmed_lsn);
+  a.confirmed_lsn->Set(1234);
+  b.reconnects->Increment();
+  a.PublishedTo("t").Increment(3);
+  b.commit_to_ack_seconds->Observe(0.002);
+  a.StageLsn(Stage::kConfirmed).Set(99);
+  b.Stalled(StallReason::kQueueFull).Set(1);
+  b.slot_wal_status[0]->Set(1);
+  b.slot_retained_wal_bytes->Set(4096);
+  process.kafka_brokers_up->Set(2);
+  // The process's own per-source fields go nowhere.
+  process.confirmed_lsn->Set(777);
+  process.reconnects->Increment(5);
+  const std::string text = r.Exposition();
+  for (const char* line : {
+           "outboxd_confirmed_lsn{source=\"a\"} 1234\n",
+           "outboxd_confirmed_lsn{source=\"b\"} 0\n",
+           "outboxd_reconnects_total{source=\"a\"} 0\n",
+           "outboxd_reconnects_total{source=\"b\"} 1\n",
+           "outboxd_events_published_total{source=\"a\",topic=\"t\"} 3\n",
+           "outboxd_commit_to_ack_seconds_count{source=\"b\"} 1\n",
+           "outboxd_commit_to_ack_seconds_count{source=\"a\"} 0\n",
+           "outboxd_stage_lsn{source=\"a\",stage=\"confirmed\"} 99\n",
+           "outboxd_stalled{reason=\"queue_full\",source=\"b\"} 1\n",
+           "outboxd_slot_wal_status{source=\"b\",status=\"reserved\"} 1\n",
+           "outboxd_slot_retained_wal_bytes{source=\"b\"} 4096\n",
+           "outboxd_kafka_brokers_up 2\n",
+       }) {
+    EXPECT_THAT(text, HasSubstr(line));
+  }
+  EXPECT_THAT(text, Not(HasSubstr("\noutboxd_confirmed_lsn ")));
+  EXPECT_THAT(text, Not(HasSubstr("\noutboxd_reconnects_total ")));
+  EXPECT_THAT(text, Not(HasSubstr("outboxd_kafka_brokers_up{")));
+}
+
+// With one source there is no view: ForSource is the metrics themselves.
+TEST(OutboxdMetricsTest, OneSourceHasNoViews) {
+  Registry r;
+  OutboxdMetrics m(&r);
+  EXPECT_EQ(&m.ForSource("a"), &m);
+  EXPECT_THAT(r.Exposition(), Not(HasSubstr("source=")));
+}
+
+// /readyz with several sources: one streaming source is enough (another may
+// be a standby for its slot), a broker must be up, and a stalled source
+// makes the process unready, named in the reason.
+TEST(OutboxdMetricsTest, ReadinessOfSeveralSources) {
+  Registry r;
+  OutboxdMetrics process(&r, Sources::kSeveral);
+  EXPECT_EQ(process.NotReadyReason(), "not streaming from any source");
+  OutboxdMetrics& a = process.ForSource("a");
+  OutboxdMetrics& b = process.ForSource("b");
+  process.kafka_brokers_up->Set(1);
+  EXPECT_EQ(process.NotReadyReason(), "not streaming from any source");
+  b.streaming->Set(1);  // a waits as a standby
+  EXPECT_TRUE(process.Ready()) << process.NotReadyReason();
+  process.kafka_brokers_up->Set(0);
+  EXPECT_EQ(process.NotReadyReason(), "no Kafka broker connection up");
+  process.kafka_brokers_up->Set(1);
+  a.streaming->Set(1);
+  a.Stalled(StallReason::kTopicMetadata).Set(1);
+  EXPECT_EQ(process.NotReadyReason(),
+            "source a stalled (topic_metadata): events pending and nothing "
+            "acknowledged for --stall-timeout");
+  a.Stalled(StallReason::kTopicMetadata).Set(0);
+  // A stalled source is not ready even while it reconnects.
+  b.streaming->Set(0);
+  b.Stalled(StallReason::kUnacknowledged).Set(1);
+  EXPECT_THAT(process.NotReadyReason(), HasSubstr("source b stalled"));
+  b.Stalled(StallReason::kUnacknowledged).Set(0);
+  EXPECT_TRUE(process.Ready());
+  a.streaming->Set(0);
+  EXPECT_FALSE(process.Ready());
+}
+
 TEST(MetricsServerTest, ServesMetricsHealthAndReadiness) {
   Registry r;
   r.AddCounter("served_total", "x").Add({}).Increment(7);

@@ -79,8 +79,11 @@ std::string Registry::Exposition() const {
 }
 
 CounterFamily::CounterFamily(prometheus::Family<Counter>& family,
-                             std::vector<std::string> label_names)
-    : family_(family), label_names_(std::move(label_names)) {}
+                             std::vector<std::string> label_names,
+                             prometheus::Labels constant_labels)
+    : family_(family),
+      label_names_(std::move(label_names)),
+      constant_labels_(std::move(constant_labels)) {}
 
 Counter& CounterFamily::Labels(const std::vector<std::string>& values) {
   std::vector<absl::string_view> padded(label_names_.size());
@@ -94,7 +97,7 @@ Counter& CounterFamily::With(absl::string_view key) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = children_.find(key);
   if (it != children_.end()) return *it->second;
-  prometheus::Labels labels;
+  prometheus::Labels labels = constant_labels_;
   size_t start = 0;
   for (size_t i = 0; i < label_names_.size(); ++i) {
     size_t end = i + 1 < label_names_.size() ? key.find('\0', start)
@@ -109,31 +112,43 @@ Counter& CounterFamily::With(absl::string_view key) {
 }
 
 OutboxdMetrics::OutboxdMetrics()
-    : OutboxdMetrics(nullptr, std::make_unique<Registry>()) {}
+    : OutboxdMetrics(nullptr, std::make_unique<Registry>(), Sources::kOne) {}
 
-OutboxdMetrics::OutboxdMetrics(Registry* r) : OutboxdMetrics(r, nullptr) {}
+OutboxdMetrics::OutboxdMetrics(Registry* r, Sources sources)
+    : OutboxdMetrics(
+          r,
+          sources == Sources::kSeveral ? std::make_unique<Registry>() : nullptr,
+          sources) {}
+
+OutboxdMetrics::~OutboxdMetrics() = default;
 
 namespace {
 
 using CounterField = Counter* OutboxdMetrics::*;
 using GaugeField = Gauge* OutboxdMetrics::*;
 using HistogramField = Histogram* OutboxdMetrics::*;
-using FamilyField = std::unique_ptr<CounterFamily> OutboxdMetrics::*;
+using FamilyField = CounterFamily* OutboxdMetrics::*;
+
+// Whether a metric is one per process or one per source (labelled
+// source="<name>" with several sources). README "Monitoring" lists them.
+enum class Scope { kSource, kProcess };
 
 // Every metric, in the order /metrics lists them: where its field is, name,
-// help, and for a labelled counter family its one label.
+// help, for a labelled counter family its one label, and its scope.
 struct MetricSpec {
   std::variant<CounterField, GaugeField, HistogramField, FamilyField> field;
   const char* name;
   const char* help;
   const char* label = nullptr;
+  Scope scope = Scope::kSource;
 };
 
 const MetricSpec kMetrics[] = {
     {&OutboxdMetrics::events_published, "outboxd_events_published_total",
      "Events acknowledged by the Kafka broker, by topic", "topic"},
     {&OutboxdMetrics::delivery_errors, "outboxd_delivery_errors_total",
-     "Delivery reports with an error (the pipeline stops on them)"},
+     "Delivery reports with an error (the pipeline stops on them)", nullptr,
+     Scope::kProcess},
     {&OutboxdMetrics::dead_lettered, "outboxd_events_dead_lettered_total",
      "Invalid events produced to the dead-letter topic"},
     {&OutboxdMetrics::invalid_events, "outboxd_invalid_events_total",
@@ -157,17 +172,20 @@ const MetricSpec kMetrics[] = {
     {&OutboxdMetrics::reconnects, "outboxd_reconnects_total",
      "Reconnections to PostgreSQL after a lost connection"},
     {&OutboxdMetrics::source_queries, "outboxd_source_queries_total",
-     "Queries issued by the polling or notify publisher", "source"},
+     "Queries issued by the polling or notify publisher", "source",
+     Scope::kProcess},
     {&OutboxdMetrics::streaming, "outboxd_streaming",
      "1 while the source is streaming (replication started or poller "
      "running), else 0"},
     {&OutboxdMetrics::kafka_brokers_up, "outboxd_kafka_brokers_up",
-     "Kafka broker connections in state UP (librdkafka statistics)"},
+     "Kafka broker connections in state UP (librdkafka statistics)", nullptr,
+     Scope::kProcess},
     {&OutboxdMetrics::cleanup_deleted_rows,
      "outboxd_cleanup_deleted_rows_total",
-     "Outbox rows deleted by --cleanup-after"},
+     "Outbox rows deleted by --cleanup-after", nullptr, Scope::kProcess},
     {&OutboxdMetrics::start_time_seconds, "outboxd_start_time_seconds",
-     "Start time of the process since the Unix epoch"},
+     "Start time of the process since the Unix epoch", nullptr,
+     Scope::kProcess},
     {&OutboxdMetrics::slot_lost, "outboxd_slot_lost",
      "1 when the replication slot outboxd streamed from is gone, invalidated "
      "or re-created (events may be missing), until a republish completes"},
@@ -183,59 +201,126 @@ const Histogram::BucketBoundaries kLatencyBuckets = {
 
 }  // namespace
 
-OutboxdMetrics::OutboxdMetrics(Registry* r, std::unique_ptr<Registry> own)
+OutboxdMetrics::OutboxdMetrics(Registry* r, std::unique_ptr<Registry> own,
+                               Sources sources)
     : own_registry_(std::move(own)),
-      registry(r != nullptr ? r : own_registry_.get()) {
+      registry(r != nullptr ? r : own_registry_.get()),
+      sources_(sources) {
+  // With several sources the process's per-source fields point at a
+  // private registry (own_registry_): its families on `registry` have
+  // labelled children only, those of the views.
+  Build(
+      sources == Sources::kSeveral && r != nullptr ? *own_registry_ : *registry,
+      nullptr);
+  start_time_seconds->Set(absl::ToUnixMillis(absl::Now()) / 1000.0);
+}
+
+OutboxdMetrics::OutboxdMetrics(OutboxdMetrics& process, std::string source)
+    : registry(process.registry),
+      source_(std::move(source)),
+      sources_(Sources::kSeveral) {
+  Build(*registry, &process);
+}
+
+OutboxdMetrics& OutboxdMetrics::ForSource(const std::string& name) {
+  if (sources_ == Sources::kOne) return *this;
+  absl::MutexLock lock(&views_mu_);
+  for (const std::unique_ptr<OutboxdMetrics>& v : views_) {
+    if (v->source_ == name) return *v;
+  }
+  views_.push_back(
+      std::unique_ptr<OutboxdMetrics>(new OutboxdMetrics(*this, name)));
+  return *views_.back();
+}
+
+void OutboxdMetrics::Build(Registry& per_source, OutboxdMetrics* process) {
   Registry& reg = *registry;
+  // The labels of a per-source child, and where it lives.
+  prometheus::Labels own;
+  if (!source_.empty()) own["source"] = source_;
+  auto with = [&own](prometheus::Labels labels) {
+    labels.insert(own.begin(), own.end());
+    return labels;
+  };
+  const prometheus::Labels none;
+  // The family where the children of `m` go, declared on the served
+  // registry first (so /metrics lists every family in kMetrics' order,
+  // children or not). `add` is &Registry::AddCounter, AddGauge, ...
+  auto home = [&](const MetricSpec& m, auto add) -> auto& {
+    auto& served = (reg.*add)(m.name, m.help);
+    if (m.scope == Scope::kProcess) return served;
+    return (per_source.*add)(m.name, m.help);
+  };
   for (const MetricSpec& m : kMetrics) {
+    // A view shares the process's per-process children.
+    const bool shared = m.scope == Scope::kProcess && process != nullptr;
+    const prometheus::Labels& labels = m.scope == Scope::kSource ? own : none;
     if (const auto* f = std::get_if<CounterField>(&m.field)) {
-      this->*(*f) = &reg.AddCounter(m.name, m.help).Add({});
+      this->*(*f) =
+          shared ? process->*(*f) : &home(m, &Registry::AddCounter).Add(labels);
     } else if (const auto* g = std::get_if<GaugeField>(&m.field)) {
-      this->*(*g) = &reg.AddGauge(m.name, m.help).Add({});
+      this->*(*g) =
+          shared ? process->*(*g) : &home(m, &Registry::AddGauge).Add(labels);
     } else if (const auto* h = std::get_if<HistogramField>(&m.field)) {
-      this->*(*h) = &reg.AddHistogram(m.name, m.help).Add({}, kLatencyBuckets);
+      this->*(*h) =
+          shared
+              ? process->*(*h)
+              : &home(m, &Registry::AddHistogram).Add(labels, kLatencyBuckets);
     } else {
-      this->*std::get<FamilyField>(m.field) = std::make_unique<CounterFamily>(
-          reg.AddCounter(m.name, m.help), std::vector<std::string>{m.label});
+      const FamilyField f = std::get<FamilyField>(m.field);
+      if (shared) {
+        this->*f = process->*f;
+        continue;
+      }
+      families_.push_back(std::make_unique<CounterFamily>(
+          home(m, &Registry::AddCounter), std::vector<std::string>{m.label},
+          labels));
+      this->*f = families_.back().get();
     }
   }
-  stage_lsn_family_ = &reg.AddGauge(
-      "outboxd_stage_lsn",
+  // The labelled gauges, all per source.
+  const char* const kStageLsnHelp =
       "Newest position that reached the stage, as a byte position (CDC "
       "only): wal = server walEnd, received/produced/acknowledged = commit "
-      "LSN of the newest event, confirmed = position confirmed to the slot");
-  auto& lag = reg.AddGauge(
-      "outboxd_stage_lag_seconds",
+      "LSN of the newest event, confirmed = position confirmed to the slot";
+  const char* const kStageLagHelp =
       "Now minus the commit time of the newest event that reached the "
-      "stage; 0 when the stage holds every event received");
+      "stage; 0 when the stage holds every event received";
+  const char* const kRetainedHelp =
+      "WAL the replication slot retains: pg_current_wal_lsn() minus its "
+      "restart_lsn (pg_replication_slots, read every "
+      "--slot-metrics-interval)";
+  const char* const kWalStatusHelp =
+      "1 for the replication slot's current wal_status "
+      "(pg_replication_slots), 0 for the others";
+  const char* const kStalledHelp =
+      "1 while events are pending and nothing was acknowledged for "
+      "--stall-timeout, by reason";
+  // Declares on the served registry, returns the family children go to.
+  auto gauges = [&](const char* name,
+                    const char* help) -> prometheus::Family<Gauge>& {
+    reg.AddGauge(name, help);
+    return per_source.AddGauge(name, help);
+  };
+  stage_lsn_family_ = &gauges("outboxd_stage_lsn", kStageLsnHelp);
+  auto& lag = gauges("outboxd_stage_lag_seconds", kStageLagHelp);
   for (int i = 0; i < kStageCount; ++i) {
-    stage_lsn[i] = &stage_lsn_family_->Add({{"stage", kStageNames[i]}});
+    stage_lsn[i] = &stage_lsn_family_->Add(with({{"stage", kStageNames[i]}}));
     stage_lag_seconds[i] = i == static_cast<int>(Stage::kWal)
                                ? &unexposed_wal_lag_
-                               : &lag.Add({{"stage", kStageNames[i]}});
+                               : &lag.Add(with({{"stage", kStageNames[i]}}));
   }
   slot_retained_wal_bytes =
-      &reg.AddGauge("outboxd_slot_retained_wal_bytes",
-                    "WAL the replication slot retains: pg_current_wal_lsn() "
-                    "minus its "
-                    "restart_lsn (pg_replication_slots, read every "
-                    "--slot-metrics-interval)")
-           .Add({});
-  auto& wal_status =
-      reg.AddGauge("outboxd_slot_wal_status",
-                   "1 for the replication slot's current wal_status "
-                   "(pg_replication_slots), 0 for the others");
+      &gauges("outboxd_slot_retained_wal_bytes", kRetainedHelp).Add(own);
+  auto& wal_status = gauges("outboxd_slot_wal_status", kWalStatusHelp);
   for (int i = 0; i < kWalStatusCount; ++i) {
-    slot_wal_status[i] = &wal_status.Add({{"status", kWalStatusNames[i]}});
+    slot_wal_status[i] =
+        &wal_status.Add(with({{"status", kWalStatusNames[i]}}));
   }
-  auto& stalled_family = reg.AddGauge(
-      "outboxd_stalled",
-      "1 while events are pending and nothing was acknowledged for "
-      "--stall-timeout, by reason");
+  auto& stalled_family = gauges("outboxd_stalled", kStalledHelp);
   for (int i = 0; i < kStallReasonCount; ++i) {
-    stalled[i] = &stalled_family.Add({{"reason", kStallReasonNames[i]}});
+    stalled[i] = &stalled_family.Add(with({{"reason", kStallReasonNames[i]}}));
   }
-  start_time_seconds->Set(absl::ToUnixMillis(absl::Now()) / 1000.0);
 }
 
 void OutboxdMetrics::DropStageLsn() {
@@ -246,14 +331,37 @@ void OutboxdMetrics::DropStageLsn() {
   }
 }
 
-std::string OutboxdMetrics::NotReadyReason() const {
-  if (streaming->Value() <= 0) return "not streaming from the source";
-  if (kafka_brokers_up->Value() <= 0) return "no Kafka broker connection up";
+std::string OutboxdMetrics::StalledReason() const {
   for (int i = 0; i < kStallReasonCount; ++i) {
     if (stalled[i]->Value() > 0) {
       return absl::StrCat("stalled (", kStallReasonNames[i],
                           "): events pending and nothing acknowledged for "
                           "--stall-timeout");
+    }
+  }
+  return "";
+}
+
+std::string OutboxdMetrics::NotReadyReason() const {
+  if (sources_ == Sources::kOne || !source_.empty()) {
+    if (streaming->Value() <= 0) return "not streaming from the source";
+    if (kafka_brokers_up->Value() <= 0) {
+      return "no Kafka broker connection up";
+    }
+    return StalledReason();
+  }
+  absl::MutexLock lock(&views_mu_);
+  bool any_streaming = false;
+  for (const std::unique_ptr<OutboxdMetrics>& v : views_) {
+    if (v->streaming->Value() > 0) any_streaming = true;
+  }
+  if (!any_streaming) return "not streaming from any source";
+  if (kafka_brokers_up->Value() <= 0) return "no Kafka broker connection up";
+  // A source that does not stream (a standby, or reconnecting) does not
+  // hold up the others; a stalled one does: its events wait.
+  for (const std::unique_ptr<OutboxdMetrics>& v : views_) {
+    if (std::string why = v->StalledReason(); !why.empty()) {
+      return absl::StrCat("source ", v->source_, " ", why);
     }
   }
   return "";

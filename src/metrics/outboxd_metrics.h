@@ -5,10 +5,23 @@
 // default constructor) is never exposed, so its updates go nowhere. That is
 // the null object for "metrics off"; callers need no null checks.
 //
+// Several sources in one process (--databases): the process's
+// OutboxdMetrics is built with Sources::kSeveral and each source gets a view
+// of it, ForSource(name). A metric is per source or per process (README
+// "Monitoring"): a view's per-source fields are the children
+// {source="<name>"} of the same families on the same registry, its
+// per-process fields are the process's own children. The process instance
+// of several sources declares every family but creates children only for
+// the per-process ones, so that no family mixes an unlabelled series with
+// labelled ones of the same meaning (sum() would count twice); its
+// per-source fields point at metrics nothing exposes. With one source
+// (Sources::kOne) nothing carries a source label.
+//
 // Threading: updates of a child (Counter, Gauge, Histogram) are atomics
 // (Histogram::Observe takes one short mutex) and safe from any thread.
 // Looking up a labelled child (PublishedTo, Labels) takes the family's
-// mutex and a hash lookup, no allocation once the child exists.
+// mutex and a hash lookup, no allocation once the child exists. ForSource
+// and NotReadyReason may be called from any thread.
 #ifndef OUTBOXD_METRICS_OUTBOXD_METRICS_H_
 #define OUTBOXD_METRICS_OUTBOXD_METRICS_H_
 
@@ -26,6 +39,7 @@
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
+#include "prometheus/labels.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 
@@ -71,9 +85,11 @@ class Registry : public prometheus::Registry {
 // A labelled counter family with its children cached by label values.
 class CounterFamily {
  public:
-  // `family` must outlive this object.
+  // `family` must outlive this object. Every child also carries
+  // `constant_labels` (a source's view: {source="<name>"}).
   CounterFamily(prometheus::Family<Counter>& family,
-                std::vector<std::string> label_names);
+                std::vector<std::string> label_names,
+                prometheus::Labels constant_labels = {});
   CounterFamily(const CounterFamily&) = delete;
   CounterFamily& operator=(const CounterFamily&) = delete;
 
@@ -86,6 +102,7 @@ class CounterFamily {
  private:
   prometheus::Family<Counter>& family_;
   const std::vector<std::string> label_names_;
+  const prometheus::Labels constant_labels_;
   // A std::mutex, not absl::Mutex: this lock is taken once per delivered
   // event, and Debian's absl::Mutex (deadlock detection on) costs some 350
   // instructions per lock and unlock against some 40.
@@ -123,9 +140,14 @@ inline constexpr int kWalStatusCount = 4;
 inline constexpr const char* kWalStatusNames[kWalStatusCount] = {
     "reserved", "extended", "unreserved", "lost"};
 
+// How many sources the process publishes from: kSeveral labels the
+// per-source metrics with `source` (see above).
+enum class Sources { kOne, kSeveral };
+
 struct OutboxdMetrics {
  private:
-  // Set by the default constructor only; declared first so that it exists
+  // Set by the default constructor and with Sources::kSeveral (where the
+  // process's per-source fields point); declared first so that it exists
   // before the fields below are built on it.
   std::unique_ptr<Registry> own_registry_;
 
@@ -133,13 +155,21 @@ struct OutboxdMetrics {
   // On a private registry that nothing exposes: the null object.
   OutboxdMetrics();
   // On `registry`, which must outlive this object.
-  explicit OutboxdMetrics(Registry* registry);
+  explicit OutboxdMetrics(Registry* registry, Sources sources = Sources::kOne);
   OutboxdMetrics(const OutboxdMetrics&) = delete;
   OutboxdMetrics& operator=(const OutboxdMetrics&) = delete;
+  ~OutboxdMetrics();
+
+  // Sources::kSeveral: the view of source `name` (created on first use, the
+  // same view afterwards), owned by this object. With one source: *this.
+  // Call it on the process's metrics, not on a view.
+  OutboxdMetrics& ForSource(const std::string& name);
+  // The view's source name; "" for the process's metrics.
+  const std::string& source() const { return source_; }
 
   Registry* registry;
   // outboxd_events_published_total{topic}: acknowledged by the broker.
-  std::unique_ptr<CounterFamily> events_published;
+  CounterFamily* events_published;
   Counter* delivery_errors;  // outboxd_delivery_errors_total
   Counter* dead_lettered;    // outboxd_events_dead_lettered_total
   Counter* invalid_events;   // outboxd_invalid_events_total
@@ -153,7 +183,7 @@ struct OutboxdMetrics {
   Histogram* commit_to_ack_seconds;  // outboxd_commit_to_ack_seconds
   Counter* reconnects;               // outboxd_reconnects_total
   // outboxd_source_queries_total{source}: queries of poll/notify sources.
-  std::unique_ptr<CounterFamily> source_queries;
+  CounterFamily* source_queries;
   Gauge* streaming;               // outboxd_streaming (0/1)
   Gauge* kafka_brokers_up;        // outboxd_kafka_brokers_up
   Counter* cleanup_deleted_rows;  // outboxd_cleanup_deleted_rows_total
@@ -197,17 +227,37 @@ struct OutboxdMetrics {
 
   // /readyz: streaming (the source runs and reads), at least one Kafka
   // broker connection up and not stalled. Empty when ready, else why not
-  // (one line).
+  // (one line). Sources::kSeveral: at least one source streams (a standby
+  // or reconnecting source does not count against the others), a broker
+  // connection is up, and no source is stalled (the reason names it).
   std::string NotReadyReason() const;
   bool Ready() const { return NotReadyReason().empty(); }
 
  private:
-  OutboxdMetrics(Registry* registry, std::unique_ptr<Registry> own);
+  OutboxdMetrics(Registry* registry, std::unique_ptr<Registry> own,
+                 Sources sources);
+  // A source's view of `process` (ForSource).
+  OutboxdMetrics(OutboxdMetrics& process, std::string source);
+  // Fills the fields: per-source children on `per_source` (the served
+  // registry, or a private one for the process of several sources);
+  // `process` set: a view, which shares the process's per-process fields.
+  void Build(Registry& per_source, OutboxdMetrics* process);
+  // Why this source is stalled, one line; "" when it is not.
+  std::string StalledReason() const;
 
+  const std::string source_;
+  const Sources sources_;
+  // The counter families behind events_published and source_queries that
+  // this object made (a view shares the process's per-process ones).
+  std::vector<std::unique_ptr<CounterFamily>> families_;
   prometheus::Family<Gauge>* stage_lsn_family_ = nullptr;
   // Where the fields point at when nothing exposes them.
   std::array<Gauge, kStageCount> unexposed_lsn_;
   Gauge unexposed_wal_lag_;
+  // Sources::kSeveral: the views, in creation order.
+  mutable absl::Mutex views_mu_;
+  std::vector<std::unique_ptr<OutboxdMetrics>> views_
+      ABSL_GUARDED_BY(views_mu_);
 };
 
 }  // namespace outboxd::metrics
