@@ -171,8 +171,7 @@ class Publisher::Impl {
         m_(metrics),
         sink_factory_(std::move(sink_factory)),
         exactly_once_(options.delivery == DeliveryGuarantee::kExactlyOnce),
-        batch_(options.transactions),
-        reserved_header_log_(&metrics) {
+        batch_(options.transactions) {
     for (size_t i = 0; i < streams.size(); ++i) {
       PublisherStream& spec = streams[i];
       metrics::OutboxdMetrics& sm =
@@ -250,10 +249,14 @@ class Publisher::Impl {
           backoff(options.reconnect),
           coalescer(options.coalesce),
           stages(sm),
-          stall(sm, options.stall_timeout) {}
+          stall(sm, options.stall_timeout, log_prefix),
+          reserved_headers(&sm) {}
 
     EventSource& source;
-    metrics::OutboxdMetrics& m;    // per source with several, else shared
+    // Per source with several (labelled source="<name>"), else shared. The
+    // per-event metrics of this source's events go here; m_ keeps the
+    // per-process ones (delivery errors, broker connections).
+    metrics::OutboxdMetrics& m;
     const std::string log_prefix;  // "[name] " with several sources, or ""
     // Set in the high bits of every sequence this stream produces, so that
     // a delivery report (whose opaque is the sequence) finds its stream.
@@ -284,6 +287,8 @@ class Publisher::Impl {
     // Lag by stage and the stall alarm, of this stream (stage_metrics.h).
     StageLag stages;
     StallAlarm stall;
+    // Reserved header names dropped from this source's events.
+    ReservedHeaderLog reserved_headers;
   };
 
   // The sequence the sink carries for a stream's `sequence`, and back.
@@ -804,7 +809,7 @@ class Publisher::Impl {
     }
     if (!event.dropped_headers.empty()) {
       // Where() formats a string: only for the events it is logged for.
-      reserved_header_log_.Note(event, Where(event));
+      st.reserved_headers.Note(event, Where(event));
     }
     st.pending = Pending{std::move(event), st.tracker.AddEvent()};
     return TryProducePending(st);
@@ -812,10 +817,10 @@ class Publisher::Impl {
 
   // Counts and logs an invalid event; the error that stops the run under
   // --on-invalid=fail, OK when it is to be dead-lettered.
-  absl::Status ReportInvalid(const InvalidEvent& bad) {
-    m_.invalid_events->Increment();
+  absl::Status ReportInvalid(Stream& st, const InvalidEvent& bad) {
+    st.m.invalid_events->Increment();
     const std::string where = Where(bad);
-    spdlog::warn("invalid event {}: {}", where, bad.reason);
+    spdlog::warn("{}invalid event {}: {}", st.log_prefix, where, bad.reason);
     if (options_.on_invalid == InvalidEventPolicy::kFail) {
       return absl::InvalidArgumentError(absl::StrCat(
           "invalid event ", where, ": ", bad.reason,
@@ -825,7 +830,7 @@ class Publisher::Impl {
   }
 
   absl::Status OnInvalid(Stream& st, InvalidEvent bad) {
-    RETURN_IF_ERROR(ReportInvalid(bad));
+    RETURN_IF_ERROR(ReportInvalid(st, bad));
     st.pending = Pending{std::move(bad), st.tracker.AddEvent()};
     return TryProducePending(st);
   }
@@ -845,7 +850,7 @@ class Publisher::Impl {
           InvalidEvent bad = Misrouted(*event, record.topic, topic);
           st.pending->item = std::move(bad);
           RETURN_IF_ERROR(
-              ReportInvalid(std::get<InvalidEvent>(st.pending->item)));
+              ReportInvalid(st, std::get<InvalidEvent>(st.pending->item)));
           continue;
         }
         RETURN_IF_ERROR(EnsureTransaction());
@@ -858,7 +863,7 @@ class Publisher::Impl {
           }
           ++stats_.events_produced;
           published_[Tagged(st, st.pending->sequence)] = {
-              &m_.PublishedTo(record.topic), event->commit_time_unix_ms,
+              &st.m.PublishedTo(record.topic), event->commit_time_unix_ms,
               event->position.commit_lsn.value()};
           st.stages.Produced(event->position.commit_lsn.value(),
                              event->commit_time_unix_ms);
@@ -898,7 +903,7 @@ class Publisher::Impl {
                           record.topic);
         }
         ++stats_.events_dead_lettered;
-        m_.dead_lettered->Increment();
+        st.m.dead_lettered->Increment();
         st.stages.Produced(bad.position.commit_lsn.value(),
                            bad.commit_time_unix_ms);
         st.pending.reset();
@@ -985,7 +990,7 @@ class Publisher::Impl {
                              it->second.commit_time_unix_ms);
       int64_t ms =
           absl::ToUnixMillis(absl::Now()) - it->second.commit_time_unix_ms;
-      m_.commit_to_ack_seconds->Observe(std::max<int64_t>(ms, 0) / 1000.0);
+      st.m.commit_to_ack_seconds->Observe(std::max<int64_t>(ms, 0) / 1000.0);
     }
     published_.erase(it);
   }
@@ -1329,7 +1334,6 @@ class Publisher::Impl {
   const std::atomic<bool>* stop_ = nullptr;
   absl::flat_hash_map<uint64_t, PublishedEvent> published_;
   std::vector<pollfd> fds_;  // Sleep's, kept to avoid an allocation
-  ReservedHeaderLog reserved_header_log_;
 };
 
 Publisher::Publisher(const PublisherOptions& options, EventSource& source,

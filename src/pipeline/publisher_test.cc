@@ -1040,6 +1040,36 @@ TEST_F(TwoSourcePublisherTest, ALostSourceReconnectsAloneWhileTheOtherFlows) {
   EXPECT_EQ(stats_.events_acknowledged, 5u);
 }
 
+// The per-event metrics of a source's events go to its own view (labelled
+// source="<database>" by main.cc); the shared metrics keep the per-process
+// ones.
+TEST_F(TwoSourcePublisherTest, PerEventMetricsGoToTheirSource) {
+  Script(a_, 100, 2, "a");
+  b_.Add(Begin());
+  b_.Add(Of(Invalid(900, 0, "aggregateid is NULL")));
+  b_.Add(Of(Event(900, 1, "b0")));
+  b_.Add(Commit(900));
+  ASSERT_TRUE(RunBoth([&] {
+                return a_.durable >= SourcePosition(100) &&
+                       b_.durable >= SourcePosition(900);
+              }).ok());
+  const std::string topic = "outbox.event.order";
+  EXPECT_EQ(metrics_a_.PublishedTo(topic).Value(), 2);
+  EXPECT_EQ(metrics_b_.PublishedTo(topic).Value(), 1);
+  EXPECT_EQ(metrics_.get().PublishedTo(topic).Value(), 0);
+  EXPECT_THAT(metrics_a_.registry->Exposition(),
+              HasSubstr("outboxd_commit_to_ack_seconds_count 2\n"));
+  EXPECT_THAT(metrics_b_.registry->Exposition(),
+              HasSubstr("outboxd_commit_to_ack_seconds_count 1\n"));
+  EXPECT_THAT(metrics_.get().registry->Exposition(),
+              HasSubstr("outboxd_commit_to_ack_seconds_count 0\n"));
+  EXPECT_EQ(metrics_a_.invalid_events->Value(), 0);
+  EXPECT_EQ(metrics_b_.invalid_events->Value(), 1);
+  EXPECT_EQ(metrics_b_.dead_lettered->Value(), 1);
+  EXPECT_EQ(metrics_.get().invalid_events->Value(), 0);
+  EXPECT_EQ(metrics_.get().dead_lettered->Value(), 0);
+}
+
 TEST_F(TwoSourcePublisherTest, AFailedDeliveryOfOneSourceStopsTheRun) {
   configure_sink_ = [](FakeSink& s) {
     s.fail_delivery = [](const FakeRecord& r) {

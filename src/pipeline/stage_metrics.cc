@@ -65,9 +65,10 @@ void StallAlarm::Update(absl::Time now, size_t in_flight,
       m_.Stalled(*stalled_).Set(0);
     } else {
       spdlog::warn(
-          "stalled: {} events pending ({}) and nothing acknowledged by Kafka "
-          "for {}; /readyz fails until it moves",
-          in_flight, metrics::kStallReasonNames[static_cast<int>(reason)],
+          "{}stalled: {} events pending ({}) and nothing acknowledged by "
+          "Kafka for {}; /readyz fails until it moves",
+          log_prefix_, in_flight,
+          metrics::kStallReasonNames[static_cast<int>(reason)],
           absl::FormatDuration(now - progress_));
     }
     m_.Stalled(reason).Set(1);
@@ -77,7 +78,8 @@ void StallAlarm::Update(absl::Time now, size_t in_flight,
   if (stalled_.has_value()) {
     m_.Stalled(*stalled_).Set(0);
     stalled_.reset();
-    spdlog::info("no longer stalled: {} events in flight", in_flight);
+    spdlog::info("{}no longer stalled: {} events in flight", log_prefix_,
+                 in_flight);
   }
 }
 

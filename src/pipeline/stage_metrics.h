@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <string>
+#include <utility>
 
 #include "absl/time/time.h"
 #include "metrics/outboxd_metrics.h"
@@ -118,8 +120,10 @@ class StageLag {
 class StallAlarm {
  public:
   // `timeout` zero: never stalled. `metrics` must outlive this object.
-  StallAlarm(metrics::OutboxdMetrics& metrics, absl::Duration timeout)
-      : m_(metrics), timeout_(timeout) {}
+  // `log_prefix` starts its log lines (a source's "[name] ", or "").
+  StallAlarm(metrics::OutboxdMetrics& metrics, absl::Duration timeout,
+             std::string log_prefix = "")
+      : m_(metrics), timeout_(timeout), log_prefix_(std::move(log_prefix)) {}
 
   // A delivery report without error.
   void Acknowledged() { ++acknowledged_; }
@@ -142,6 +146,7 @@ class StallAlarm {
  private:
   metrics::OutboxdMetrics& m_;
   const absl::Duration timeout_;
+  const std::string log_prefix_;
   uint64_t acknowledged_ = 0;
   uint64_t seen_acknowledged_ = 0;
   // The last wakeup with nothing pending or with a new acknowledgement.

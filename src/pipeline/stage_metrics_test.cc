@@ -162,6 +162,20 @@ TEST(StallAlarmTest, StallsOnceAfterTheTimeoutAndClears) {
   EXPECT_THAT(lines[1], HasSubstr("info no longer stalled"));
 }
 
+// With several sources (--databases) the lines name the database.
+TEST(StallAlarmTest, TheLinesNameTheSource) {
+  metrics::OutboxdMetrics m;
+  StallAlarm alarm(m, absl::Seconds(10), "[db_a] ");
+  LogCapture log;
+  alarm.Update(At(0), 2, StallReason::kUnacknowledged);
+  alarm.Update(At(10), 2, StallReason::kUnacknowledged);
+  alarm.Update(At(11), 0, StallReason::kUnacknowledged);
+  std::vector<std::string> lines = log.Lines();
+  ASSERT_EQ(lines.size(), 2u) << absl::StrJoin(lines, "\n");
+  EXPECT_THAT(lines[0], HasSubstr("warning [db_a] stalled: 2 events pending"));
+  EXPECT_THAT(lines[1], HasSubstr("info [db_a] no longer stalled"));
+}
+
 TEST(StallAlarmTest, AcknowledgementsKeepItFromStalling) {
   metrics::OutboxdMetrics m;
   StallAlarm alarm(m, absl::Seconds(10));
