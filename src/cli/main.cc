@@ -538,9 +538,16 @@ absl::Status Run(CdcPipelineOptions& options,
                  const std::optional<PollSourceOptions>& poll) {
   std::atomic<bool>& stop = InstallStopSignals();
 
-  // Metrics: one registry for the run, served on --metrics-address.
+  // Metrics: one registry for the run, served on --metrics-address; with
+  // --databases a view per database, its series labelled source=<database>.
+  const std::vector<std::string> dbs = absl::GetFlag(FLAGS_databases);
   metrics::Registry registry;
-  metrics::OutboxdMetrics outboxd_metrics(&registry);
+  metrics::OutboxdMetrics outboxd_metrics(
+      &registry,
+      dbs.empty() ? metrics::Sources::kOne : metrics::Sources::kSeveral);
+  auto slot_of = [&options](const std::string& db) {
+    return absl::StrCat(options.source.setup.slot, "_", db);
+  };
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   if (std::string address = absl::GetFlag(FLAGS_metrics_address);
       !address.empty()) {
@@ -555,14 +562,23 @@ absl::Status Run(CdcPipelineOptions& options,
   }
   // Polled positions are row seqs and batch numbers, not LSNs.
   if (poll.has_value()) outboxd_metrics.DropStageLsn();
-  // cdc: the slot as PostgreSQL sees it, on a thread of its own.
+  // cdc: the slots as PostgreSQL sees them, on a thread of its own (one
+  // connection and one query per round for every database's slot).
   std::unique_ptr<SlotMonitor> slot_monitor;
   if (absl::Duration every = absl::GetFlag(FLAGS_slot_metrics_interval);
       !poll.has_value() && options.metrics != nullptr &&
-      absl::GetFlag(FLAGS_databases).empty() && every > absl::ZeroDuration()) {
-    slot_monitor = SlotMonitor::Start(
-        {options.source.conninfo, options.source.setup.slot, every},
-        outboxd_metrics);
+      every > absl::ZeroDuration()) {
+    std::string conninfo = options.source.conninfo;
+    std::vector<WatchedSlot> slots;
+    if (dbs.empty()) {
+      slots.push_back({options.source.setup.slot, &outboxd_metrics});
+    } else {
+      ASSIGN_OR_RETURN(conninfo, ConninfoWithDatabase(conninfo, dbs.front()));
+      for (const std::string& db : dbs) {
+        slots.push_back({slot_of(db), &outboxd_metrics.ForSource(db)});
+      }
+    }
+    slot_monitor = SlotMonitor::Start({conninfo, every}, std::move(slots));
   }
 
   // --cleanup-after: a thread of its own per table, independent of the
@@ -591,23 +607,20 @@ absl::Status Run(CdcPipelineOptions& options,
   RunMetrics run_metrics(options.metrics);
   PublisherOptions publisher_options = options.publisher;
   publisher_options.stop_fd = StopSignalFd();  // a stop wakes the loop
-  if (const std::vector<std::string> dbs = absl::GetFlag(FLAGS_databases);
-      !dbs.empty()) {
+  if (!dbs.empty()) {
     // One source per database, one Publisher and producer for all.
-    std::vector<std::unique_ptr<metrics::OutboxdMetrics>> source_metrics;
     std::vector<std::unique_ptr<EventSource>> sources;
     std::vector<PublisherStream> streams;
     for (const std::string& db : dbs) {
       CdcPipelineOptions o = options;
       ASSIGN_OR_RETURN(o.source.conninfo,
                        ConninfoWithDatabase(options.source.conninfo, db));
-      o.source.setup.slot = absl::StrCat(options.source.setup.slot, "_", db);
-      // Per-source series are not exported yet: a source's own positions
-      // go to metrics nothing serves.
-      source_metrics.push_back(std::make_unique<metrics::OutboxdMetrics>());
-      sources.push_back(MakeCdcSource(o, *source_metrics.back(), stop));
-      streams.push_back(
-          {sources.back().get(), source_metrics.back().get(), db});
+      o.source.setup.slot = slot_of(db);
+      // The database's view (labelled source=<db>; nothing serves it when
+      // metrics are off).
+      metrics::OutboxdMetrics& view = outboxd_metrics.ForSource(db);
+      sources.push_back(MakeCdcSource(o, view, stop));
+      streams.push_back({sources.back().get(), &view, db});
     }
     Publisher publisher(publisher_options, std::move(streams),
                         run_metrics.get());

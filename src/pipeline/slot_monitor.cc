@@ -3,6 +3,8 @@
 #include <utility>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "pg/connection.h"
@@ -10,28 +12,32 @@
 namespace outboxd {
 namespace {
 
-// One query per round; the connection is kept between rounds.
-absl::StatusOr<SlotSample> ReadSlot(PgConnection& conn,
-                                    const std::string& slot) {
+// One query per round for every slot; the connection is kept between
+// rounds. `slots` is a text[] literal ("{a,b}").
+absl::StatusOr<absl::flat_hash_map<std::string, SlotSample>> ReadSlots(
+    PgConnection& conn, const std::string& slots) {
   ASSIGN_OR_RETURN(
       PgResult r,
       conn.ExecParams(
-          "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)"
-          "::bigint::text, wal_status FROM pg_replication_slots "
-          "WHERE slot_name = $1",
-          {slot}));
-  SlotSample sample;
-  if (PQntuples(r.get()) == 0) return sample;
-  sample.exists = true;
-  if (!PQgetisnull(r.get(), 0, 0)) {
-    int64_t bytes = 0;
-    if (absl::SimpleAtoi(PQgetvalue(r.get(), 0, 0), &bytes)) {
-      sample.retained_bytes = bytes;
+          "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), "
+          "restart_lsn)::bigint::text, wal_status FROM pg_replication_slots "
+          "WHERE slot_name = ANY($1::text[])",
+          {slots}));
+  absl::flat_hash_map<std::string, SlotSample> samples;
+  for (int row = 0; row < PQntuples(r.get()); ++row) {
+    SlotSample& sample = samples[PQgetvalue(r.get(), row, 0)];
+    sample.exists = true;
+    if (!PQgetisnull(r.get(), row, 1)) {
+      int64_t bytes = 0;
+      if (absl::SimpleAtoi(PQgetvalue(r.get(), row, 1), &bytes)) {
+        sample.retained_bytes = bytes;
+      }
+    }
+    if (!PQgetisnull(r.get(), row, 2)) {
+      sample.wal_status = PQgetvalue(r.get(), row, 2);
     }
   }
-  if (!PQgetisnull(r.get(), 0, 1))
-    sample.wal_status = PQgetvalue(r.get(), 0, 1);
-  return sample;
+  return samples;
 }
 
 }  // namespace
@@ -48,10 +54,20 @@ void ApplySlotSample(const SlotSample& sample, metrics::OutboxdMetrics& m) {
   }
 }
 
+void ApplySlotSamples(
+    const absl::flat_hash_map<std::string, SlotSample>& samples,
+    const std::vector<WatchedSlot>& slots) {
+  for (const WatchedSlot& w : slots) {
+    auto it = samples.find(w.slot);
+    ApplySlotSample(it != samples.end() ? it->second : SlotSample{},
+                    *w.metrics);
+  }
+}
+
 std::unique_ptr<SlotMonitor> SlotMonitor::Start(
-    SlotMonitorOptions options, metrics::OutboxdMetrics& metrics) {
+    SlotMonitorOptions options, std::vector<WatchedSlot> slots) {
   std::unique_ptr<SlotMonitor> monitor(
-      new SlotMonitor(std::move(options), metrics));
+      new SlotMonitor(std::move(options), std::move(slots)));
   SlotMonitor* raw = monitor.get();
   monitor->thread_ = std::thread([raw] { raw->Run(); });
   return monitor;
@@ -65,14 +81,18 @@ SlotMonitor::~SlotMonitor() {
 void SlotMonitor::Run() {
   std::unique_ptr<PgConnection> conn;
   std::string failing;  // the cause logged last, until a round works
+  std::vector<std::string> names;
+  for (const WatchedSlot& w : slots_) names.push_back(w.slot);
+  const std::string array = absl::StrCat("{", absl::StrJoin(names, ","), "}");
+  using Samples = absl::flat_hash_map<std::string, SlotSample>;
   do {
-    absl::StatusOr<SlotSample> sample = [&]() -> absl::StatusOr<SlotSample> {
+    absl::StatusOr<Samples> sample = [&]() -> absl::StatusOr<Samples> {
       if (conn == nullptr) {
         ASSIGN_OR_RETURN(conn,
                          PgConnection::Connect(options_.conninfo,
                                                PgConnection::Mode::kNormal));
       }
-      return ReadSlot(*conn, options_.slot);
+      return ReadSlots(*conn, array);
     }();
     if (!sample.ok()) {
       // Not fatal for publishing: the gauges keep their last values.
@@ -91,7 +111,7 @@ void SlotMonitor::Run() {
       spdlog::info("slot metrics: reading pg_replication_slots again");
       failing.clear();
     }
-    ApplySlotSample(*sample, m_);
+    ApplySlotSamples(*sample, slots_);
     ++rounds_;
   } while (!stop_.WaitForNotificationWithTimeout(options_.interval));
 }

@@ -1,15 +1,18 @@
-// SlotMonitor: the replication slot as PostgreSQL sees it, for
+// SlotMonitor: the replication slots as PostgreSQL sees them, for
 // outboxd_slot_retained_wal_bytes and outboxd_slot_wal_status{status}
 // (README "Lag by stage"). Every `interval`, on a thread of its own with its
 // own normal (not replication) connection, it reads pg_replication_slots:
-// pg_current_wal_lsn() minus the slot's restart_lsn (the WAL the server
-// keeps for it) and its wal_status. The publisher's loop never waits for
-// it. A failed query is logged once (and once more when it works again),
-// the connection is opened again next round, and publishing goes on.
+// pg_current_wal_lsn() minus each slot's restart_lsn (the WAL the server
+// keeps for it) and its wal_status. pg_replication_slots is cluster-wide:
+// with several slots (--databases) one connection and one query per round
+// serve them all, each slot's gauges in its source's metrics. The
+// publisher's loop never waits for it. A failed query is logged once (and once
+// more when it works again), the connection is opened again next round, and
+// publishing goes on.
 //
 // Threading: Start() and the destructor from one thread; the queries run
 // on the monitor's thread; the gauges are atomics. `metrics` must outlive
-// the monitor.
+// the monitor (every slot's).
 #ifndef OUTBOXD_PIPELINE_SLOT_MONITOR_H_
 #define OUTBOXD_PIPELINE_SLOT_MONITOR_H_
 
@@ -19,7 +22,9 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -28,9 +33,15 @@
 namespace outboxd {
 
 struct SlotMonitorOptions {
+  // Any database of the cluster whose slots are watched.
   std::string conninfo;
-  std::string slot;
   absl::Duration interval = absl::Seconds(10);  // --slot-metrics-interval
+};
+
+// A slot to watch and the metrics its gauges are in.
+struct WatchedSlot {
+  std::string slot;
+  metrics::OutboxdMetrics* metrics = nullptr;
 };
 
 // One reading of pg_replication_slots for the slot.
@@ -45,10 +56,18 @@ struct SlotSample {
 // its wal_status and 0 for the others (all 0 when the slot does not exist).
 void ApplySlotSample(const SlotSample& sample, metrics::OutboxdMetrics& m);
 
+// One round of several slots: each slot's sample, by slot name; a slot
+// missing from `samples` does not exist (its gauges all 0).
+void ApplySlotSamples(
+    const absl::flat_hash_map<std::string, SlotSample>& samples,
+    const std::vector<WatchedSlot>& slots);
+
 class SlotMonitor {
  public:
+  // Watches `slots` (slot names need no quoting: PostgreSQL allows
+  // [a-z0-9_] only).
   static std::unique_ptr<SlotMonitor> Start(SlotMonitorOptions options,
-                                            metrics::OutboxdMetrics& metrics);
+                                            std::vector<WatchedSlot> slots);
   ~SlotMonitor();  // stops and joins (a running query finishes first)
   SlotMonitor(const SlotMonitor&) = delete;
   SlotMonitor& operator=(const SlotMonitor&) = delete;
@@ -57,12 +76,12 @@ class SlotMonitor {
   uint64_t rounds() const { return rounds_.load(); }
 
  private:
-  SlotMonitor(SlotMonitorOptions options, metrics::OutboxdMetrics& metrics)
-      : options_(std::move(options)), m_(metrics) {}
+  SlotMonitor(SlotMonitorOptions options, std::vector<WatchedSlot> slots)
+      : options_(std::move(options)), slots_(std::move(slots)) {}
   void Run();
 
   const SlotMonitorOptions options_;
-  metrics::OutboxdMetrics& m_;
+  const std::vector<WatchedSlot> slots_;
   absl::Notification stop_;
   std::atomic<uint64_t> rounds_{0};
   std::thread thread_;

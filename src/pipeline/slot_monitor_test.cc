@@ -46,6 +46,30 @@ TEST(SlotMonitorTest, ASampleSetsTheRetainedBytesAndOneStatus) {
   for (const char* s : metrics::kWalStatusNames) EXPECT_EQ(Status(m, s), 0);
 }
 
+// --databases: one round's rows, by slot name, each to its source's
+// metrics; a slot without a row (dropped, or not created yet) reads 0.
+TEST(SlotMonitorTest, SeveralSlotsEachSetTheirOwnSourcesGauges) {
+  metrics::OutboxdMetrics a;
+  metrics::OutboxdMetrics b;
+  metrics::OutboxdMetrics c;
+  const std::vector<WatchedSlot> slots = {
+      {"s_a", &a}, {"s_b", &b}, {"s_c", &c}};
+  c.slot_retained_wal_bytes->Set(5);  // from an earlier round
+  c.slot_wal_status[0]->Set(1);
+  ApplySlotSamples({{"s_a", {true, 100, "reserved"}},
+                    {"s_b", {true, 2000, "extended"}},
+                    {"other", {true, 7, "lost"}}},
+                   slots);
+  EXPECT_EQ(a.slot_retained_wal_bytes->Value(), 100);
+  EXPECT_EQ(Status(a, "reserved"), 1);
+  EXPECT_EQ(Status(a, "extended"), 0);
+  EXPECT_EQ(b.slot_retained_wal_bytes->Value(), 2000);
+  EXPECT_EQ(Status(b, "extended"), 1);
+  EXPECT_EQ(Status(b, "reserved"), 0);
+  EXPECT_EQ(c.slot_retained_wal_bytes->Value(), 0);
+  for (const char* s : metrics::kWalStatusNames) EXPECT_EQ(Status(c, s), 0);
+}
+
 TEST(SlotMonitorTest, AnUnreachableDatabaseIsLoggedOnceAndRetried) {
   std::ostringstream out;
   auto previous = spdlog::default_logger();
@@ -55,10 +79,9 @@ TEST(SlotMonitorTest, AnUnreachableDatabaseIsLoggedOnceAndRetried) {
   metrics::OutboxdMetrics m;
   {
     // Port 1 on loopback: refused at once.
-    std::unique_ptr<SlotMonitor> monitor =
-        SlotMonitor::Start({"host=127.0.0.1 port=1 connect_timeout=2",
-                            "outbox_slot", absl::Milliseconds(5)},
-                           m);
+    std::unique_ptr<SlotMonitor> monitor = SlotMonitor::Start(
+        {"host=127.0.0.1 port=1 connect_timeout=2", absl::Milliseconds(5)},
+        {{"outbox_slot", &m}});
     const absl::Time give_up = absl::Now() + absl::Seconds(30);
     while (monitor->rounds() < 5 && absl::Now() < give_up) {
       absl::SleepFor(absl::Milliseconds(5));

@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -28,6 +29,7 @@
 #include "tests/harness/dev_broker.h"
 #include "tests/harness/kafka_cluster.h"
 #include "tests/harness/kafka_reader.h"
+#include "tests/harness/metrics_scrape.h"
 #include "tests/harness/outboxd_test_base.h"
 #include "tests/harness/pg_cluster.h"
 
@@ -588,10 +590,59 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
     ASSERT_TRUE(cluster_->Exec(dbs.back(), install).ok());
   }
   // The template's own dbname (db_) is replaced.
-  size_t n = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ",")});
+  size_t n = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ","),
+                            "--metrics-address=127.0.0.1:0",
+                            "--slot-metrics-interval=200ms"});
   for (const std::string& db : dbs) {
     ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", db, "] streaming from slot")))
         << Log(n);
+  }
+  const int port = MetricsPort(Log(n));
+  ASSERT_GT(port, 0) << Log(n);
+  int code = 0;
+  // The series of one database (labelled source=<db>), with one more
+  // label `label`="`value`" unless empty; labels in name order, as exposed.
+  auto series = [](const std::string& name, const std::string& db,
+                   const std::string& label = "",
+                   const std::string& value = "") {
+    std::string source = absl::StrCat("source=\"", db, "\"");
+    if (label.empty()) return absl::StrCat(name, "{", source, "}");
+    std::string other = absl::StrCat(label, "=\"", value, "\"");
+    return label < "source" ? absl::StrCat(name, "{", other, ",", source, "}")
+                            : absl::StrCat(name, "{", source, ",", other, "}");
+  };
+  // Waits until `pred` holds for a scrape (polling), at most 30 s.
+  std::string scrape;
+  auto eventually = [&](const std::function<bool()>& pred) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    do {
+      scrape = Get(port, "/metrics", &code);
+      if (pred()) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    } while (absl::Now() < deadline);
+    return false;
+  };
+  EXPECT_TRUE(eventually([&] {
+    for (const std::string& db : dbs) {
+      if (Sample(scrape, series("outboxd_slot_wal_status", db, "status",
+                                "reserved")) != 1) {
+        return false;
+      }
+    }
+    return Get(port, "/readyz", &code) == "ready\n";
+  })) << scrape;
+  for (const std::string& db : dbs) {
+    EXPECT_GE(Sample(scrape, series("outboxd_slot_retained_wal_bytes", db)), 0)
+        << db;
+    EXPECT_EQ(Sample(scrape, series("outboxd_streaming", db)), 1) << db;
+  }
+  // No unlabelled series beside the labelled ones; per process, no label.
+  EXPECT_EQ(Sample(scrape, "outboxd_confirmed_lsn"), -1) << scrape;
+  EXPECT_EQ(Sample(scrape, "outboxd_streaming"), -1) << scrape;
+  EXPECT_GE(Sample(scrape, "outboxd_kafka_brokers_up"), 1) << scrape;
+  std::map<std::string, double> confirmed_before;
+  for (const std::string& db : dbs) {
+    confirmed_before[db] = Sample(scrape, series("outboxd_confirmed_lsn", db));
   }
   auto write = [&](int round) {
     for (const std::string& db : dbs) {
@@ -635,6 +686,28 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
   for (const std::string& db : dbs) EXPECT_EQ(per_db[db], 100) << db;
   EXPECT_TRUE(Outboxd(n).Running()) << Log(n);
   EXPECT_NE(Log(n).find("reconnecting"), std::string::npos) << Log(n);
+  // Per database: its own events, its confirmed position moved, and the
+  // killed walsender's reconnect counted for its database only.
+  EXPECT_TRUE(eventually([&] {
+    for (const std::string& db : dbs) {
+      if (Sample(scrape, series("outboxd_events_published_total", db, "topic",
+                                prefix_ + "multi")) < 100 ||
+          Sample(scrape, series("outboxd_confirmed_lsn", db)) <=
+              confirmed_before[db]) {
+        return false;
+      }
+    }
+    return true;
+  })) << scrape;
+  for (const std::string& db : dbs) {
+    EXPECT_EQ(Sample(scrape, series("outboxd_reconnects_total", db)),
+              db == dbs[1] ? 1 : 0)
+        << db << "\n"
+        << scrape;
+    EXPECT_EQ(Sample(scrape,
+                     series("outboxd_stalled", db, "reason", "unacknowledged")),
+              0);
+  }
   // Every slot confirmed past its events.
   const Lsn now = CurrentWalLsn();
   for (const std::string& db : dbs) {

@@ -161,7 +161,8 @@ std::map<std::string, std::set<std::string>> DashboardSelectors(
     todo.pop_back();
     if (j->is_object()) {
       for (const auto& [key, value] : j->items()) {
-        if (key == "expr" && value.is_string()) {
+        // Panels' queries, and template variables' (label_values(...)).
+        if ((key == "expr" || key == "definition") && value.is_string()) {
           exprs.push_back(value.get<std::string>());
         }
         todo.push_back(&value);
