@@ -89,7 +89,9 @@ TEST(CloudEventsTest, BinaryModeAddsAttributeHeadersAndKeepsThePayload) {
                   Pair("ce_subject", "order-42"),
                   Pair("content-type", "application/json")));
   // The router keeps its own headers around them.
-  KafkaRecord record = Route(event, RouterOptions{.source = "s"});
+  RouterOptions router;
+  router.source = "s";
+  KafkaRecord record = Route(event, router);
   EXPECT_THAT(record.headers.front(), Pair("id", event.id));
   EXPECT_THAT(record.headers.back(), Pair("outbox.source", "s"));
 }

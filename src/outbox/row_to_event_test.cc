@@ -71,7 +71,7 @@ class RowToEventTest : public ::testing::Test {
   std::vector<std::string> names_;
   std::vector<std::optional<std::string>> texts_;
   std::vector<RowCell> cells_;
-  RowOrigin origin_{EventPosition{Lsn(1000), 3}, 42, 1700000000123};
+  RowOrigin origin_{EventPosition{Lsn(1000), 3}, 42, 1700000000123, ""};
 };
 
 TEST_F(RowToEventTest, TextRowBecomesEventWithItsOrigin) {
