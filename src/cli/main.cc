@@ -95,7 +95,7 @@ ABSL_FLAG(absl::Duration, status_interval, absl::Seconds(1),
           "interval of standby status updates to PostgreSQL");
 ABSL_FLAG(absl::Duration, read_coalesce, absl::Milliseconds(5),
           "after reading live transactions, wait before reading the source "
-          "again, 1 ms per 1,000 transactions/s from 1 ms up to this, so "
+          "again, 1 ms per 1,000 transactions/s from 2,000/s up to this, so "
           "that several share one wakeup and one Kafka batch (less CPU per "
           "event; adds at most this much latency); 0: read at once");
 ABSL_FLAG(absl::Duration, standby_poll_interval, absl::Milliseconds(20),

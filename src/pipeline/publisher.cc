@@ -247,7 +247,7 @@ class Publisher::Impl {
           router(options.router),
           cloudevents(options.cloudevents),
           backoff(options.reconnect),
-          coalescer(options.coalesce),
+          coalescer(options.coalesce, options.coalesce_min_rate),
           stages(sm),
           stall(sm, options.stall_timeout, log_prefix),
           reserved_headers(&sm) {}

@@ -64,6 +64,7 @@
 #include "outbox/router.h"
 #include "outbox/value_format.h"
 #include "pipeline/publisher_options.h"
+#include "pipeline/read_coalescer.h"
 #include "pipeline/reconnect_backoff.h"
 #include "pipeline/transaction_batch.h"
 #include "sources/event_source.h"
@@ -95,9 +96,11 @@ struct PublisherOptions {
   // descriptor), wait a moment before reading it again, so that a few are
   // read and produced per wakeup instead of one: fewer wakeups per event.
   // The wait grows with the rate (pipeline/read_coalescer.h) up to this
-  // maximum, which bounds the latency it adds; the first transaction after
-  // a quiet spell is read at once. Zero: read at once.
+  // maximum, which bounds the latency it adds; below coalesce_min_rate
+  // transactions/s, and for the first transaction after a quiet spell,
+  // there is none. Zero: read at once.
   absl::Duration coalesce = absl::ZeroDuration();
+  double coalesce_min_rate = ReadCoalescer::kMinRate;
   // Readable once `stop` is set (common/stop_signal.h StopSignalFd()), so
   // that the loop's poll() wakes at once; -1: the loop looks at `stop` at
   // least every second instead.

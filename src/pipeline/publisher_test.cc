@@ -288,8 +288,12 @@ TEST_F(PublisherTest, DurableNeverPassesAnUnacknowledgedEvent) {
   source_.Add(Commit(200));
   on_tick_ = [&](FakeSource& s) {
     const size_t acked = sink_->acknowledged().size();
-    if (s.durable >= SourcePosition(100)) EXPECT_GE(acked, 2u);
-    if (s.durable >= SourcePosition(200)) EXPECT_GE(acked, 3u);
+    if (s.durable >= SourcePosition(100)) {
+      EXPECT_GE(acked, 2u);
+    }
+    if (s.durable >= SourcePosition(200)) {
+      EXPECT_GE(acked, 3u);
+    }
     if (ticks_ % 50 == 0) sink_->Release(1);  // one at a time
   };
   ASSERT_TRUE(Run(DurableAt(200)).ok());
@@ -691,12 +695,19 @@ TEST_F(LiveTrafficTest, WithoutCoalescingTheNextTransactionIsReadAtOnce) {
   EXPECT_EQ(stats_.wait_timeouts, 0u);
 }
 
+TEST_F(LiveTrafficTest, BelowTheMinimumRateCoalescingDoesNotWait) {
+  options_.coalesce = absl::Milliseconds(100);
+  RunTwoTransactions();
+  EXPECT_EQ(stats_.wait_timeouts, 0u);
+}
+
 TEST_F(LiveTrafficTest, CoalescingWaitsBeforeReadingTheSourceAgain) {
   options_.coalesce = absl::Milliseconds(100);
+  options_.coalesce_min_rate = 0;  // as if the rate were high already
   const absl::Duration took = RunTwoTransactions();
   // The source was readable all along, yet after each transaction the loop
-  // slept the window out (ended by its timeout, not the descriptor): at a
-  // low rate, the shortest window (pipeline/read_coalescer.h).
+  // slept the window out (ended by its timeout, not the descriptor): the
+  // shortest window (pipeline/read_coalescer.h).
   EXPECT_EQ(stats_.wait_timeouts, 2u);
   EXPECT_GE(took, 2 * ReadCoalescer::kMinWindow);
 }
@@ -740,7 +751,9 @@ TEST_F(ExactlyOncePublisherTest, SkipsAtOrBelowTheCheckpointCommitsTheRest) {
     committed = sink_->committed();
     checkpoint = CommittedCheckpoint(*sink_);
     // Durable only once committed in Kafka.
-    if (s.durable >= SourcePosition(200)) EXPECT_EQ(committed.size(), 2u);
+    if (s.durable >= SourcePosition(200)) {
+      EXPECT_EQ(committed.size(), 2u);
+    }
   };
   ASSERT_TRUE(Run(DurableAt(200)).ok());
   EXPECT_EQ(producer_options_.transactional_id, Group());

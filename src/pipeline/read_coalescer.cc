@@ -5,7 +5,6 @@
 namespace outboxd {
 
 void ReadCoalescer::Observe(absl::Time now, int64_t transactions) {
-  if (!window_set_) SetWindow();
   if (span_start_ == absl::InfinitePast()) span_start_ = now;
   span_transactions_ += transactions;
   const absl::Duration span = now - span_start_;
@@ -13,18 +12,14 @@ void ReadCoalescer::Observe(absl::Time now, int64_t transactions) {
   rate_ = static_cast<double>(span_transactions_) / absl::ToDoubleSeconds(span);
   span_start_ = now;
   span_transactions_ = 0;
-  SetWindow();
+  window_ = WindowAt(rate_);
 }
 
-void ReadCoalescer::SetWindow() {
-  window_set_ = true;
-  if (max_ <= absl::ZeroDuration()) {
-    window_ = absl::ZeroDuration();
-    return;
+absl::Duration ReadCoalescer::WindowAt(double rate) const {
+  if (max_ <= absl::ZeroDuration() || rate < min_rate_) {
+    return absl::ZeroDuration();
   }
-  // 1 ms per 1,000 transactions/s.
-  const absl::Duration by_rate = absl::Microseconds(rate_);
-  window_ = std::min(max_, std::max(kMinWindow, by_rate));
+  return std::min(max_, std::max(kMinWindow, absl::Microseconds(rate)));
 }
 
 }  // namespace outboxd

@@ -5,9 +5,12 @@
 // context switching), so reading one transaction per wakeup makes live
 // traffic cost several times more CPU per event than a backlog. Waiting a
 // moment reads several per wakeup and hands them to the sink as one batch.
-// The wait grows with the traffic, 1 ms per 1,000 transactions/s, from
-// 1 ms up to the maximum: low rates keep their latency, high rates get the
-// batches. The rate is measured over spans of at least kRateSpan.
+// The wait grows with the traffic, 1 ms per 1,000 transactions/s, up to
+// the maximum. Below kMinRate there is no wait: there a wakeup per
+// transaction costs little CPU in all, and the wait would only add
+// latency (at 1,000/s a 1 ms wait moved the median commit-to-consumer
+// latency from 2.7 to 3.4 ms). The rate is measured over spans of at
+// least kRateSpan.
 //
 // Pure; not thread-safe.
 #ifndef OUTBOXD_PIPELINE_READ_COALESCER_H_
@@ -22,10 +25,14 @@ namespace outboxd {
 class ReadCoalescer {
  public:
   static constexpr absl::Duration kRateSpan = absl::Milliseconds(100);
+  // The shortest wait, once there is one.
   static constexpr absl::Duration kMinWindow = absl::Milliseconds(1);
+  // Transactions per second below which reads do not wait.
+  static constexpr double kMinRate = 2000;
 
-  // `max` zero: never wait.
-  explicit ReadCoalescer(absl::Duration max) : max_(max) {}
+  // `max` zero: never wait. `min_rate` zero: wait from the start (tests).
+  explicit ReadCoalescer(absl::Duration max, double min_rate = kMinRate)
+      : max_(max), min_rate_(min_rate), window_(WindowAt(0)) {}
 
   // A wakeup at `now` read `transactions` (committed) transactions.
   void Observe(absl::Time now, int64_t transactions);
@@ -37,14 +44,15 @@ class ReadCoalescer {
   double rate() const { return rate_; }
 
  private:
-  void SetWindow();
+  // 1 ms per 1,000 transactions/s from min_rate_ on, kMinWindow to max_.
+  absl::Duration WindowAt(double rate) const;
 
-  absl::Duration max_;
+  const absl::Duration max_;
+  const double min_rate_;
   absl::Time span_start_ = absl::InfinitePast();
   int64_t span_transactions_ = 0;
   double rate_ = 0;
-  absl::Duration window_ = absl::ZeroDuration();
-  bool window_set_ = false;
+  absl::Duration window_;
 };
 
 }  // namespace outboxd

@@ -20,39 +20,48 @@ absl::Time Feed(ReadCoalescer& c, absl::Time t, int per_second,
   return t;
 }
 
-TEST(ReadCoalescerTest, StartsAtTheMinimum) {
+TEST(ReadCoalescerTest, DoesNotWaitBeforeItKnowsTheRate) {
   ReadCoalescer c(absl::Milliseconds(5));
+  EXPECT_EQ(c.Window(), absl::ZeroDuration());
   c.Observe(absl::UnixEpoch(), 1);
-  EXPECT_EQ(c.Window(), absl::Milliseconds(1));
+  EXPECT_EQ(c.Window(), absl::ZeroDuration());
 }
 
 TEST(ReadCoalescerTest, GrowsWithTheRateUpToTheMaximum) {
   ReadCoalescer c(absl::Milliseconds(5));
   absl::Time t = absl::UnixEpoch();
-  t = Feed(c, t, 500, absl::Milliseconds(300));
-  EXPECT_EQ(c.Window(), absl::Milliseconds(1));  // below 1,000/s
+  t = Feed(c, t, 1500, absl::Milliseconds(300));
+  EXPECT_NEAR(c.rate(), 1500, 100);
+  EXPECT_EQ(c.Window(), absl::ZeroDuration());  // below kMinRate
   t = Feed(c, t, 3000, absl::Milliseconds(300));
   EXPECT_NEAR(c.rate(), 3000, 100);
   EXPECT_NEAR(absl::ToDoubleMilliseconds(c.Window()), 3.0, 0.1);
   t = Feed(c, t, 20000, absl::Milliseconds(300));
   EXPECT_EQ(c.Window(), absl::Milliseconds(5));  // capped
-  // The traffic falls again: so does the wait.
-  Feed(c, t, 1500, absl::Milliseconds(300));
-  EXPECT_NEAR(absl::ToDoubleMilliseconds(c.Window()), 1.5, 0.1);
+  // The traffic falls again: so does the wait, and below kMinRate it ends.
+  t = Feed(c, t, 2500, absl::Milliseconds(300));
+  EXPECT_NEAR(absl::ToDoubleMilliseconds(c.Window()), 2.5, 0.1);
+  Feed(c, t, 1000, absl::Milliseconds(300));
+  EXPECT_EQ(c.Window(), absl::ZeroDuration());
 }
 
-TEST(ReadCoalescerTest, AQuietSpellCountsAsALowRate) {
+TEST(ReadCoalescerTest, AQuietSpellEndsTheWait) {
   ReadCoalescer c(absl::Milliseconds(5));
   absl::Time t = Feed(c, absl::UnixEpoch(), 20000, absl::Milliseconds(300));
   ASSERT_EQ(c.Window(), absl::Milliseconds(5));
   // One transaction a minute later: the span it closes had almost none.
   c.Observe(t + absl::Minutes(1), 1);
-  EXPECT_EQ(c.Window(), absl::Milliseconds(1));
+  EXPECT_EQ(c.Window(), absl::ZeroDuration());
 }
 
-TEST(ReadCoalescerTest, AMaximumBelowTheMinimumIsTheWindow) {
+TEST(ReadCoalescerTest, WithoutAMinimumRateItWaitsTheShortestWindowAtOnce) {
+  ReadCoalescer c(absl::Milliseconds(5), 0);
+  EXPECT_EQ(c.Window(), ReadCoalescer::kMinWindow);
+}
+
+TEST(ReadCoalescerTest, TheMaximumCapsEvenASmallWindow) {
   ReadCoalescer c(absl::Microseconds(300));
-  c.Observe(absl::UnixEpoch(), 1);
+  Feed(c, absl::UnixEpoch(), 5000, absl::Milliseconds(300));
   EXPECT_EQ(c.Window(), absl::Microseconds(300));
 }
 
