@@ -250,7 +250,7 @@ class Publisher::Impl {
           coalescer(options.coalesce, options.coalesce_min_rate),
           stages(sm),
           stall(sm, options.stall_timeout, log_prefix),
-          reserved_headers(&sm) {}
+          reserved_headers(&sm, absl::Seconds(10), log_prefix) {}
 
     EventSource& source;
     // Per source with several (labelled source="<name>"), else shared. The
@@ -879,7 +879,8 @@ class Publisher::Impl {
               " (--on-invalid=fail; the source is not "
               "confirmed past it)"));
         }
-        spdlog::warn("event {} {}: {}", event->id, Where(*event), bad.reason);
+        spdlog::warn("{}event {} {}: {}", st.log_prefix, event->id,
+                     Where(*event), bad.reason);
         st.pending->item = std::move(bad);
         continue;
       }

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -16,6 +17,8 @@
 #include "nlohmann/json.hpp"
 #include "pipeline/checkpoint.h"
 #include "pipeline/read_coalescer.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 #include "tests/fakes/fake_sink.h"
 #include "tests/fakes/fake_source.h"
 
@@ -1060,12 +1063,21 @@ TEST_F(TwoSourcePublisherTest, PerEventMetricsGoToTheirSource) {
   Script(a_, 100, 2, "a");
   b_.Add(Begin());
   b_.Add(Of(Invalid(900, 0, "aggregateid is NULL")));
-  b_.Add(Of(Event(900, 1, "b0")));
+  OutboxEvent forged = Event(900, 1, "b0");
+  forged.dropped_headers = {"id", "outbox.lsn"};
+  b_.Add(Of(std::move(forged)));
   b_.Add(Commit(900));
-  ASSERT_TRUE(RunBoth([&] {
-                return a_.durable >= SourcePosition(100) &&
-                       b_.durable >= SourcePosition(900);
-              }).ok());
+  std::ostringstream log;
+  auto previous = spdlog::default_logger();
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  sink->set_pattern("%l %v");
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("t", sink));
+  absl::Status run = RunBoth([&] {
+    return a_.durable >= SourcePosition(100) &&
+           b_.durable >= SourcePosition(900);
+  });
+  spdlog::set_default_logger(previous);
+  ASSERT_TRUE(run.ok()) << run;
   const std::string topic = "outbox.event.order";
   EXPECT_EQ(metrics_a_.PublishedTo(topic).Value(), 2);
   EXPECT_EQ(metrics_b_.PublishedTo(topic).Value(), 1);
@@ -1081,6 +1093,14 @@ TEST_F(TwoSourcePublisherTest, PerEventMetricsGoToTheirSource) {
   EXPECT_EQ(metrics_b_.dead_lettered->Value(), 1);
   EXPECT_EQ(metrics_.get().invalid_events->Value(), 0);
   EXPECT_EQ(metrics_.get().dead_lettered->Value(), 0);
+  EXPECT_EQ(metrics_b_.reserved_headers_dropped->Value(), 2);
+  EXPECT_EQ(metrics_.get().reserved_headers_dropped->Value(), 0);
+  // The log lines of a source's events name it.
+  EXPECT_THAT(log.str(), HasSubstr("warning [db_b] invalid event at 0/384#0: "
+                                   "aggregateid is NULL"));
+  EXPECT_THAT(log.str(),
+              HasSubstr("warning [db_b] event b0 at 0/384#1: reserved "
+                        "header(s) id, outbox.lsn in its headers column"));
 }
 
 TEST_F(TwoSourcePublisherTest, AFailedDeliveryOfOneSourceStopsTheRun) {

@@ -5,11 +5,14 @@
 // outboxd_reserved_headers_dropped_total and logged as a warning, at most
 // one line per interval (with the number of events it did not name).
 //
-// Not thread-safe: one per pipeline, used from the pipeline's thread.
+// Not thread-safe: one per stream of a pipeline, used from the pipeline's
+// thread.
 #ifndef OUTBOXD_PIPELINE_RESERVED_HEADER_LOG_H_
 #define OUTBOXD_PIPELINE_RESERVED_HEADER_LOG_H_
 
 #include <cstdint>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -23,11 +26,16 @@ namespace outboxd {
 class ReservedHeaderLog {
  public:
   // `metrics` may be null (metrics off); it must outlive this object.
+  // `log_prefix` starts the log lines (a source's "[name] ", or "").
   explicit ReservedHeaderLog(metrics::OutboxdMetrics* metrics,
-                             absl::Duration interval = absl::Seconds(10))
-      : metrics_(metrics), interval_(interval) {}
+                             absl::Duration interval = absl::Seconds(10),
+                             std::string log_prefix = "")
+      : metrics_(metrics),
+        interval_(interval),
+        log_prefix_(std::move(log_prefix)) {}
 
-  // `where` names the event's origin for the log line (e.g. "0/1A2B#0").
+  // `where` names the event's origin for the log line (e.g. "at 0/1A2B#0"
+  // or "row seq 42").
   void Note(const OutboxEvent& event, const std::string& where) {
     if (event.dropped_headers.empty()) return;
     if (metrics_ != nullptr) {
@@ -40,11 +48,12 @@ class ReservedHeaderLog {
       return;
     }
     spdlog::warn(
-        "event {} at {}: reserved header(s) {} in its headers column dropped "
+        "{}event {} {}: reserved header(s) {} in its headers column dropped "
         "(only outboxd sets id, eventType, outbox.* and, with --cloudevents, "
         "its ce_ attributes and content-type); the event is "
         "published without them{}",
-        event.id, where, absl::StrJoin(event.dropped_headers, ", "),
+        log_prefix_, event.id, where,
+        absl::StrJoin(event.dropped_headers, ", "),
         suppressed_ > 0
             ? absl::StrCat(" (", suppressed_,
                            " more events with reserved headers since the "
@@ -57,6 +66,7 @@ class ReservedHeaderLog {
  private:
   metrics::OutboxdMetrics* metrics_;
   absl::Duration interval_;
+  const std::string log_prefix_;
   absl::Time last_warning_ = absl::InfinitePast();
   uint64_t suppressed_ = 0;
 };

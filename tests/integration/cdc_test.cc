@@ -724,6 +724,68 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
   }
 }
 
+// A standby per slot with --databases: a second outboxd over a and b waits
+// for a's slot (active in the first outboxd) and streams b meanwhile; it is
+// ready (one database streams, none is stalled), a's series say it waits,
+// and it takes a over when the first outboxd stops.
+TEST_F(CdcTest, SeveralDatabasesAreReadyWhileOneWaitsAsAStandby) {
+  std::vector<std::string> dbs;
+  const std::string install =
+      ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
+  for (int i = 0; i < 2; ++i) {
+    dbs.push_back(absl::StrCat(db_, "_s", i));
+    ASSERT_TRUE(cluster_->CreateDatabase(dbs.back()).ok());
+    ASSERT_TRUE(cluster_->Exec(dbs.back(), install).ok());
+  }
+  const size_t first = LaunchOutboxd({"--databases=" + dbs[0]});
+  ASSERT_TRUE(
+      WaitForLog(first, absl::StrCat("[", dbs[0], "] streaming from slot")))
+      << Log(first);
+  const size_t second = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ","),
+                                       "--metrics-address=127.0.0.1:0"});
+  ASSERT_TRUE(
+      WaitForLog(second, absl::StrCat("[", dbs[1], "] streaming from slot")))
+      << Log(second);
+  ASSERT_TRUE(WaitForLog(second, absl::StrCat("[", dbs[0], "] cannot stream")))
+      << Log(second);
+  const int port = MetricsPort(Log(second));
+  ASSERT_GT(port, 0) << Log(second);
+  auto streaming = [](const std::string& scrape, const std::string& db) {
+    return Sample(scrape,
+                  absl::StrCat("outboxd_streaming{source=\"", db, "\"}"));
+  };
+  int code = 0;
+  std::string scrape;
+  std::string ready;
+  auto eventually = [&](const std::function<bool()>& pred) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    do {
+      ready = Get(port, "/readyz", &code);
+      scrape = Get(port, "/metrics", &code);
+      if (pred()) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    } while (absl::Now() < deadline);
+    return false;
+  };
+  EXPECT_TRUE(eventually([&] { return ready == "ready\n"; }))
+      << ready << scrape;
+  EXPECT_EQ(streaming(scrape, dbs[0]), 0) << scrape;
+  EXPECT_EQ(streaming(scrape, dbs[1]), 1) << scrape;
+  // The first outboxd stops: the second takes a's slot over.
+  Outboxd(first).Signal(SIGTERM);
+  EXPECT_EQ(Outboxd(first).Wait(absl::Seconds(15)), std::optional<int>(0));
+  EXPECT_TRUE(eventually([&] {
+    return streaming(scrape, dbs[0]) == 1 && ready == "ready\n";
+  })) << ready
+      << scrape << Log(second);
+  StopAll(&outboxd_);
+  for (const std::string& db : dbs) {
+    Exec(
+        absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "_", db, "')"))
+        .IgnoreError();
+  }
+}
+
 // 20 databases in one process, 500 events each, with a SIGKILL of
 // outboxd halfway and a restart: nothing is lost in any database.
 TEST_F(CdcTest, TwentyDatabasesSurviveASigkill) {
