@@ -996,9 +996,12 @@ class Publisher::Impl {
     published_.erase(it);
   }
 
-  // Once per wakeup: lag by stage and the stall alarm (stage_metrics.h).
+  // Once per wakeup: lag by stage, the stall alarm (stage_metrics.h) and
+  // the events in flight (also set per read: this one follows the
+  // acknowledgements when the source has nothing to hand over).
   void UpdateStageMetrics(Stream& st, absl::Time now) {
     const size_t in_flight = st.tracker.EventsInFlight();
+    st.m.events_in_flight->Set(static_cast<double>(in_flight));
     st.stages.Update(now, in_flight, st.pending.has_value(),
                      st.tracker.ConfirmableLsn());
     metrics::StallReason reason = metrics::StallReason::kUnacknowledged;

@@ -1103,6 +1103,27 @@ TEST_F(TwoSourcePublisherTest, PerEventMetricsGoToTheirSource) {
                         "header(s) id, outbox.lsn in its headers column"));
 }
 
+// outboxd_events_in_flight falls back to 0 once the events are
+// acknowledged, without waiting for the source to hand over anything more
+// (an idle database's walsender may send nothing for a while).
+TEST_F(TwoSourcePublisherTest, EventsInFlightFallsToZeroOnceAcknowledged) {
+  Script(a_, 100, 2, "a");
+  double in_flight_once_durable = -1;
+  int ticks_since_durable = 0;
+  ASSERT_TRUE(RunBoth([&] {
+                // A tick is a Durable call, at the start of a stream's
+                // wakeup: the next tick (b's, or a's next wakeup) comes
+                // after a's metrics of the wakeup that made it durable.
+                if (a_.durable < SourcePosition(100) ||
+                    ++ticks_since_durable < 2) {
+                  return false;
+                }
+                in_flight_once_durable = metrics_a_.events_in_flight->Value();
+                return true;
+              }).ok());
+  EXPECT_EQ(in_flight_once_durable, 0);
+}
+
 TEST_F(TwoSourcePublisherTest, AFailedDeliveryOfOneSourceStopsTheRun) {
   configure_sink_ = [](FakeSink& s) {
     s.fail_delivery = [](const FakeRecord& r) {
