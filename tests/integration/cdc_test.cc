@@ -55,6 +55,69 @@ class CdcTest : public OutboxdTestBase {
                      "note text)")
                     .ok());
   }
+
+  // `n` new databases, db_ + `stem` + 0..n-1, each with the outbox
+  // installed; their slots (--slot_<database>) are dropped after the test.
+  std::vector<std::string> CreateOutboxDatabases(const std::string& stem,
+                                                 int n) {
+    std::vector<std::string> dbs;
+    const std::string install =
+        ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
+    for (int i = 0; i < n; ++i) {
+      dbs.push_back(absl::StrCat(db_, stem, i));
+      EXPECT_TRUE(cluster_->CreateDatabase(dbs.back()).ok());
+      EXPECT_TRUE(cluster_->Exec(dbs.back(), install).ok());
+      extra_slots_.push_back(absl::StrCat(slot_, "_", dbs.back()));
+    }
+    return dbs;
+  }
+
+  // Events `first`..`last`-1 of aggregate type `type` in `db`, in one
+  // transaction; key "<db>#<i>", so a record names its database.
+  void WriteEvents(const std::string& db, const std::string& type, int first,
+                   int last) {
+    std::vector<std::string> values;
+    for (int i = first; i < last; ++i) {
+      values.push_back(
+          absl::StrCat("('", type, "', '", db, "#", i, "', 'T', '{}')"));
+    }
+    ASSERT_TRUE(cluster_
+                    ->Exec(db, absl::StrCat("INSERT INTO outbox "
+                                            "(aggregatetype, aggregateid, "
+                                            "type, payload) VALUES ",
+                                            absl::StrJoin(values, ",")))
+                    .ok());
+  }
+
+  // The distinct keys of `topic` per database (the key's part before '#'),
+  // read until there are `expected` distinct keys in all (duplicates are
+  // allowed: at-least-once) or `timeout`.
+  std::map<std::string, std::set<std::string>> KeysPerDatabase(
+      const std::string& topic, size_t expected,
+      absl::Duration timeout = absl::Seconds(60)) {
+    std::map<std::string, std::set<std::string>> keys;
+    const absl::Time deadline = absl::Now() + timeout;
+    size_t distinct = 0;
+    while (distinct < expected && absl::Now() < deadline) {
+      keys.clear();
+      distinct = 0;
+      for (const auto& r : Read(topic, expected, deadline - absl::Now())) {
+        distinct += keys[r.key.substr(0, r.key.find('#'))].insert(r.key).second;
+      }
+    }
+    return keys;
+  }
+
+  void TearDown() override {
+    StopAll(&outboxd_);
+    for (const std::string& slot : extra_slots_) {
+      Exec(absl::StrCat("SELECT pg_drop_replication_slot('", slot, "')"))
+          .IgnoreError();
+    }
+    OutboxdTestBase::TearDown();
+  }
+
+  std::vector<std::string> extra_slots_;
 };
 
 enum class BrokerKind { kDev, kApacheKafka };
@@ -581,14 +644,7 @@ TEST_F(CdcTest, SeveralTablesWithPollingOrAMissingTableAreRefused) {
 // record names its database in outbox.source. One database's walsender is
 // killed: it reconnects alone, and nothing is lost in any database.
 TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
-  std::vector<std::string> dbs;
-  const std::string install =
-      ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
-  for (int i = 0; i < 3; ++i) {
-    dbs.push_back(absl::StrCat(db_, "_m", i));
-    ASSERT_TRUE(cluster_->CreateDatabase(dbs.back()).ok());
-    ASSERT_TRUE(cluster_->Exec(dbs.back(), install).ok());
-  }
+  const std::vector<std::string> dbs = CreateOutboxDatabases("_m", 3);
   // The template's own dbname (db_) is replaced.
   size_t n = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ","),
                             "--metrics-address=127.0.0.1:0",
@@ -646,17 +702,7 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
   }
   auto write = [&](int round) {
     for (const std::string& db : dbs) {
-      std::vector<std::string> values;
-      for (int i = 0; i < 50; ++i) {
-        values.push_back(absl::StrCat("('multi', '", db, "#", round, "#", i,
-                                      "', 'T', '{}')"));
-      }
-      ASSERT_TRUE(cluster_
-                      ->Exec(db, absl::StrCat("INSERT INTO outbox "
-                                              "(aggregatetype, aggregateid, "
-                                              "type, payload) VALUES ",
-                                              absl::StrJoin(values, ",")))
-                      .ok());
+      WriteEvents(db, "multi", round * 50, (round + 1) * 50);
     }
   };
   write(0);
@@ -715,12 +761,6 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
         WaitConfirmed(now, absl::Seconds(30), absl::StrCat(slot_, "_", db)))
         << db << "\n"
         << Log(n);
-  }
-  StopAll(&outboxd_);
-  for (const std::string& db : dbs) {
-    Exec(
-        absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "_", db, "')"))
-        .IgnoreError();
   }
 }
 
@@ -791,28 +831,11 @@ TEST_F(CdcTest, SeveralDatabasesAreReadyWhileOneWaitsAsAStandby) {
 TEST_F(CdcTest, TwentyDatabasesSurviveASigkill) {
   constexpr int kDatabases = 20;
   constexpr int kEvents = 500;  // per database, in two halves
-  std::vector<std::string> dbs;
-  const std::string install =
-      ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
-  for (int i = 0; i < kDatabases; ++i) {
-    dbs.push_back(absl::StrCat(db_, "_t", i));
-    ASSERT_TRUE(cluster_->CreateDatabase(dbs.back()).ok());
-    ASSERT_TRUE(cluster_->Exec(dbs.back(), install).ok());
-  }
+  const std::vector<std::string> dbs = CreateOutboxDatabases("_t", kDatabases);
   const std::string flag = "--databases=" + absl::StrJoin(dbs, ",");
   auto write = [&](int half) {
     for (const std::string& db : dbs) {
-      std::vector<std::string> values;
-      for (int i = half * kEvents / 2; i < (half + 1) * kEvents / 2; ++i) {
-        values.push_back(
-            absl::StrCat("('twenty', '", db, "#", i, "', 'T', '{}')"));
-      }
-      ASSERT_TRUE(cluster_
-                      ->Exec(db, absl::StrCat("INSERT INTO outbox "
-                                              "(aggregatetype, aggregateid, "
-                                              "type, payload) VALUES ",
-                                              absl::StrJoin(values, ",")))
-                      .ok());
+      WriteEvents(db, "twenty", half * kEvents / 2, (half + 1) * kEvents / 2);
     }
   };
   size_t first = LaunchOutboxd({flag});
@@ -841,11 +864,63 @@ TEST_F(CdcTest, TwentyDatabasesSurviveASigkill) {
   for (const std::string& db : dbs) {
     EXPECT_EQ(keys[db].size(), static_cast<size_t>(kEvents)) << db;
   }
-  StopAll(&outboxd_);
+}
+
+// A standby takes over per slot, not all or nothing. A streams x and y; B,
+// given x, y and z with the same --slot, streams z at once and stands by for
+// x and y. Events of all three arrive; A is killed with events in flight,
+// and B takes over x and y: nothing is lost in any database.
+TEST_F(CdcTest, StandbyTakesOverPerSlot) {
+  const std::vector<std::string> dbs = CreateOutboxDatabases("_s", 3);
+  const std::string& x = dbs[0];
+  const std::string& y = dbs[1];
+  const std::string& z = dbs[2];
+  const std::string topic = prefix_ + "standby";
+  size_t a = LaunchOutboxd({absl::StrCat("--databases=", x, ",", y)});
+  ASSERT_TRUE(WaitForLog(a, absl::StrCat("[", x, "] streaming from slot")));
+  ASSERT_TRUE(WaitForLog(a, absl::StrCat("[", y, "] streaming from slot")));
+  size_t b = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ",")});
+  ASSERT_TRUE(WaitForLog(b, absl::StrCat("[", z, "] streaming from slot")))
+      << Log(b);
+  for (const std::string& db : {x, y}) {
+    ASSERT_TRUE(WaitForLog(
+        b, absl::StrCat("[", db, "] cannot stream yet: replication slot ",
+                        slot_, "_", db, " is active in another process")))
+        << Log(b);
+  }
+  for (const std::string& db : dbs) WriteEvents(db, "standby", 0, 50);
+  auto keys = KeysPerDatabase(topic, 150);
+  for (const std::string& db : dbs) EXPECT_EQ(keys[db].size(), 50u) << db;
+  // x and y are still A's.
+  EXPECT_EQ(Log(b).find(absl::StrCat("[", x, "] streaming")), std::string::npos)
+      << Log(b);
+  EXPECT_EQ(Log(b).find(absl::StrCat("[", y, "] streaming")), std::string::npos)
+      << Log(b);
+
+  // Written while A streams, and A killed at once: some in flight,
+  // unconfirmed.
+  WriteEvents(x, "standby", 50, 100);
+  WriteEvents(y, "standby", 50, 100);
+  Outboxd(a).Signal(SIGKILL);
+  Outboxd(a).Wait(absl::Seconds(10));
+  for (const std::string& db : dbs) WriteEvents(db, "standby", 100, 150);
+  for (const std::string& db : {x, y}) {
+    ASSERT_TRUE(WaitForLog(b, absl::StrCat("[", db, "] streaming from slot")))
+        << Log(b);
+  }
+  for (const std::string& db : dbs) WriteEvents(db, "standby", 150, 200);
+  keys = KeysPerDatabase(topic, 200 + 200 + 150);
+  EXPECT_EQ(keys[x].size(), 200u);
+  EXPECT_EQ(keys[y].size(), 200u);
+  EXPECT_EQ(keys[z].size(), 150u);
+  EXPECT_TRUE(Outboxd(b).Running()) << Log(b);
+  // Every slot is B's now and confirmed past its events.
+  const Lsn now = CurrentWalLsn();
   for (const std::string& db : dbs) {
-    Exec(
-        absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "_", db, "')"))
-        .IgnoreError();
+    EXPECT_TRUE(
+        WaitConfirmed(now, absl::Seconds(30), absl::StrCat(slot_, "_", db)))
+        << db << "\n"
+        << Log(b);
   }
 }
 
