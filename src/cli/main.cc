@@ -405,11 +405,6 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
           "--databases: --delivery=exactly-once publishes one database per "
           "process (one transactional producer and checkpoint each)");
     }
-    if (absl::GetFlag(FLAGS_cleanup_after) > absl::ZeroDuration()) {
-      return absl::InvalidArgumentError(
-          "--databases: --cleanup-after is not supported with several "
-          "databases yet");
-    }
   }
   cdc.mapper.message_prefix = absl::GetFlag(FLAGS_message_prefix);
   cdc.mapper.columns.id = absl::GetFlag(FLAGS_column_id);
@@ -581,23 +576,22 @@ absl::Status Run(CdcPipelineOptions& options,
     slot_monitor = SlotMonitor::Start({conninfo, every}, std::move(slots));
   }
 
-  // --cleanup-after: a thread of its own per table, independent of the
-  // stream; each decides from the slot's publisher state row.
-  std::vector<std::unique_ptr<OutboxCleaner>> cleaners;
-  if (absl::Duration after = absl::GetFlag(FLAGS_cleanup_after);
-      after > absl::ZeroDuration()) {
-    for (const QualifiedName& table : options.source.setup.tables) {
-      OutboxCleanerOptions co;
-      co.conninfo = options.source.conninfo;
-      co.table = table;
-      co.slot = options.source.setup.slot;
-      co.id_column = options.source.mapper.columns.id;
-      co.older_than = after;
-      co.republish_margin = options.source.republish_margin;
-      co.metrics = options.metrics;
-      cleaners.push_back(OutboxCleaner::Start(std::move(co)));
+  // --cleanup-after: one thread for every (database, table), independent of
+  // the streams; each target decides from its slot's publisher state row.
+  OutboxCleanerOptions cleanup;
+  cleanup.id_column = options.source.mapper.columns.id;
+  cleanup.older_than = absl::GetFlag(FLAGS_cleanup_after);
+  cleanup.republish_margin = options.source.republish_margin;
+  cleanup.metrics = options.metrics;
+  auto clean = [&cleanup](const CdcSourceOptions& source,
+                          const std::string& name) {
+    if (cleanup.older_than <= absl::ZeroDuration()) return;
+    for (const QualifiedName& table : source.setup.tables) {
+      cleanup.targets.push_back(
+          {source.conninfo, table, source.setup.slot, name});
     }
-  }
+  };
+  std::unique_ptr<OutboxCleaner> cleaner;
 
   spdlog::info("outboxd {} starting: pg {} brokers {} table {} slot {}",
                OUTBOXD_VERSION, RedactConninfo(options.source.conninfo),
@@ -621,7 +615,9 @@ absl::Status Run(CdcPipelineOptions& options,
       metrics::OutboxdMetrics& view = outboxd_metrics.ForSource(db);
       sources.push_back(MakeCdcSource(o, view, stop));
       streams.push_back({sources.back().get(), &view, db});
+      clean(o.source, db);
     }
+    if (!cleanup.targets.empty()) cleaner = OutboxCleaner::Start(cleanup);
     Publisher publisher(publisher_options, std::move(streams),
                         run_metrics.get());
     return publisher.Run(stop);
@@ -629,6 +625,8 @@ absl::Status Run(CdcPipelineOptions& options,
   std::unique_ptr<EventSource> source;
   if (!poll.has_value()) {
     source = MakeCdcSource(options, run_metrics.get(), stop);
+    clean(options.source, "");
+    if (!cleanup.targets.empty()) cleaner = OutboxCleaner::Start(cleanup);
   } else {  // poll, notify
     source = NewPollSource(*poll, run_metrics.get());
   }

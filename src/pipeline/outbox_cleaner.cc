@@ -14,6 +14,11 @@
 namespace outboxd {
 namespace {
 
+// "[name] ", or "" for a target without a name.
+std::string LogPrefix(const CleanupTarget& t) {
+  return t.name.empty() ? "" : absl::StrCat("[", t.name, "] ");
+}
+
 std::optional<std::string> Field(const PgResult& r, int col) {
   if (PQntuples(r.get()) == 0 || PQgetisnull(r.get(), 0, col)) {
     return std::nullopt;
@@ -21,20 +26,22 @@ std::optional<std::string> Field(const PgResult& r, int col) {
   return std::string(PQgetvalue(r.get(), 0, col));
 }
 
+// One target's round and its connection (kept between rounds).
 class CleanerRound {
  public:
-  explicit CleanerRound(const OutboxCleanerOptions& o) : o_(o) {}
+  CleanerRound(const OutboxCleanerOptions& o, const CleanupTarget& t)
+      : o_(o), t_(t) {}
 
   // One round: delete what the publisher state proves acknowledged. Returns
   // the rows deleted.
   absl::StatusOr<uint64_t> Run() {
     if (conn_ == nullptr) {
       ASSIGN_OR_RETURN(conn_, PgConnection::Connect(
-                                  o_.conninfo, PgConnection::Mode::kNormal));
+                                  t_.conninfo, PgConnection::Mode::kNormal));
       ASSIGN_OR_RETURN(std::string id, conn_->QuoteIdentifier(o_.id_column));
       ASSIGN_OR_RETURN(std::string created,
                        conn_->QuoteIdentifier(o_.created_at_column));
-      std::string table = o_.table.ToString();
+      std::string table = t_.table.ToString();
       // $1: older_than in microseconds, $2: recorded commit time (unix us),
       // $3: republish margin in microseconds, $4: recorded xmin horizon
       // (xid8 text), $5: batch size.
@@ -54,7 +61,7 @@ class CleanerRound {
             "SELECT (extract(epoch FROM last_ack_commit_time) * 1000000)"
             "::bigint::text, xmin_horizon::text "
             "FROM outbox.publisher_state WHERE slot_name = $1",
-            {o_.slot}));
+            {t_.slot}));
     std::optional<std::string> time = Field(state, 0);
     std::optional<std::string> horizon = Field(state, 1);
     if (!time.has_value() || !horizon.has_value()) return 0;  // not yet known
@@ -77,9 +84,11 @@ class CleanerRound {
   }
 
   void Reset() { conn_.reset(); }
+  const CleanupTarget& target() const { return t_; }
 
  private:
   const OutboxCleanerOptions& o_;
+  const CleanupTarget& t_;
   std::unique_ptr<PgConnection> conn_;
   std::string delete_sql_;
 };
@@ -105,28 +114,37 @@ void OutboxCleaner::Run() {
     interval =
         std::clamp(options_.older_than / 4, absl::Seconds(1), absl::Minutes(1));
   }
-  spdlog::info(
-      "cleanup: deleting rows of {} older than {} and {} older "
-      "than the last acknowledged commit (every {})",
-      options_.table.ToString(), absl::FormatDuration(options_.older_than),
-      absl::FormatDuration(options_.republish_margin),
-      absl::FormatDuration(interval));
-  CleanerRound round(options_);
+  std::vector<CleanerRound> rounds;
+  for (const CleanupTarget& t : options_.targets) {
+    spdlog::info(
+        "{}cleanup: deleting rows of {} older than {} and {} older "
+        "than the last acknowledged commit (every {})",
+        LogPrefix(t), t.table.ToString(),
+        absl::FormatDuration(options_.older_than),
+        absl::FormatDuration(options_.republish_margin),
+        absl::FormatDuration(interval));
+    rounds.emplace_back(options_, t);
+  }
   do {
-    absl::StatusOr<uint64_t> n = round.Run();
-    if (!n.ok()) {
-      // Not fatal for publishing: log, reconnect next round.
-      spdlog::warn("cleanup: {}", n.status().ToString());
-      round.Reset();
-      continue;
-    }
-    if (*n > 0) {
-      deleted_ += *n;
-      if (options_.metrics != nullptr) {
-        options_.metrics->cleanup_deleted_rows->Increment(
-            static_cast<double>(*n));
+    for (CleanerRound& round : rounds) {
+      if (stop_.HasBeenNotified()) break;
+      const std::string prefix = LogPrefix(round.target());
+      absl::StatusOr<uint64_t> n = round.Run();
+      if (!n.ok()) {
+        // Not fatal for publishing: log, reconnect next round.
+        spdlog::warn("{}cleanup: {}", prefix, n.status().ToString());
+        round.Reset();
+        continue;
       }
-      spdlog::info("cleanup: deleted {} published rows", *n);
+      if (*n > 0) {
+        deleted_ += *n;
+        if (options_.metrics != nullptr) {
+          options_.metrics->cleanup_deleted_rows->Increment(
+              static_cast<double>(*n));
+        }
+        spdlog::info("{}cleanup: deleted {} published rows of {}", prefix, *n,
+                     round.target().table.ToString());
+      }
     }
   } while (!stop_.WaitForNotificationWithTimeout(interval));
 }

@@ -1,8 +1,8 @@
 // OutboxCleaner: --cleanup-after=DURATION (cleanup strategy 3). On a thread
-// of its own with its own connection, deletes outbox rows that are older
-// than the duration AND that a republish after a lost slot would never need
-// (pipeline/republisher.h), i.e. rows the publisher state
-// (pg/publisher_state.h, outbox.publisher_state) proves acknowledged:
+// of its own, deletes outbox rows that are older than the duration AND that
+// a republish after a lost slot would never need (pipeline/republisher.h),
+// i.e. rows the publisher state (pg/publisher_state.h,
+// outbox.publisher_state) proves acknowledged:
 //   xmin older than the recorded xmin horizon (committed at or before the
 //   recorded position, which Kafka acknowledged), AND
 //   created_at < recorded commit time - republish margin.
@@ -11,6 +11,12 @@
 // events that were never published. Nothing is deleted while the record is
 // missing or incomplete. Deleting a published row never affects the
 // stream: outboxd reads events from the WAL, not from the table.
+//
+// One cleaner serves every (database, table) target in turn, each with a
+// connection of its own and the record of its own slot: several tables or
+// databases (--databases) cost one thread, not one each. A target that
+// fails (its database down) is logged and retried next round; the others
+// go on.
 //
 // Threading: Start() and the destructor from one thread; the work runs on
 // the cleaner's thread. `metrics` (may be null) must outlive the cleaner.
@@ -21,6 +27,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
@@ -30,17 +37,26 @@
 
 namespace outboxd {
 
-struct OutboxCleanerOptions {
+// One table to clean, in one database, behind one slot's record.
+struct CleanupTarget {
   std::string conninfo;
   QualifiedName table;
   std::string slot;
+  // Prefix of its log lines ("[name] "), the stream's name with several
+  // sources; "" with one.
+  std::string name;
+};
+
+struct OutboxCleanerOptions {
+  std::vector<CleanupTarget> targets;
   std::string id_column = "id";
   std::string created_at_column = "created_at";
   absl::Duration older_than = absl::Hours(1);
   // --republish-margin: rows this much older than the recorded commit time
   // are kept too.
   absl::Duration republish_margin = absl::Hours(1);
-  // Time between rounds; 0: older_than / 4, clamped to [1s, 1min].
+  // Time between rounds (a round visits every target); 0: older_than / 4,
+  // clamped to [1s, 1min].
   absl::Duration interval = absl::ZeroDuration();
   int batch_size = 10000;
   metrics::OutboxdMetrics* metrics = nullptr;
@@ -53,7 +69,7 @@ class OutboxCleaner {
   OutboxCleaner(const OutboxCleaner&) = delete;
   OutboxCleaner& operator=(const OutboxCleaner&) = delete;
 
-  // Rows deleted so far.
+  // Rows deleted so far, in every target.
   uint64_t deleted() const { return deleted_.load(); }
 
  private:

@@ -924,6 +924,54 @@ TEST_F(CdcTest, StandbyTakesOverPerSlot) {
   }
 }
 
+// --cleanup-after with --databases: one cleaner for every database, each
+// database's rows judged by its own slot's record. Acknowledged rows go in
+// both databases; with Kafka down nothing is acknowledged, and the rows stay
+// in both although they are older than --cleanup-after.
+TEST_F(CdcTest, SeveralDatabasesCleanupDeletesOnlyConfirmedRows) {
+  const std::vector<std::string> dbs = CreateOutboxDatabases("_c", 2);
+  const std::string topic = prefix_ + "clean";
+  // --republish-margin=0s: rows may go as soon as the record proves them
+  // acknowledged.
+  size_t n = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ","),
+                            "--cleanup-after=1s", "--republish-margin=0s"});
+  for (const std::string& db : dbs) {
+    ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", db, "] streaming from slot")))
+        << Log(n);
+  }
+  auto rows = [&](const std::string& db) {
+    auto count = cluster_->Query(db, "SELECT count(*) FROM outbox");
+    EXPECT_TRUE(count.ok()) << count.status();
+    return count.ok() ? *count : "";
+  };
+  auto all_deleted = [&] {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (rows(dbs[0]) != "0" || rows(dbs[1]) != "0") {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return true;
+  };
+  for (const std::string& db : dbs) WriteEvents(db, "clean", 0, 10);
+  auto keys = KeysPerDatabase(topic, 20);
+  for (const std::string& db : dbs) EXPECT_EQ(keys[db].size(), 10u) << db;
+  EXPECT_TRUE(all_deleted()) << Log(n);
+
+  ASSERT_TRUE(broker_->SetAllBrokersDown().ok());
+  for (const std::string& db : dbs) WriteEvents(db, "clean", 10, 15);
+  absl::SleepFor(absl::Seconds(5));  // several cleaner rounds
+  for (const std::string& db : dbs) EXPECT_EQ(rows(db), "5") << db;
+  ASSERT_TRUE(broker_->SetAllBrokersUp().ok());
+  keys = KeysPerDatabase(topic, 30);
+  for (const std::string& db : dbs) EXPECT_EQ(keys[db].size(), 15u) << db;
+  EXPECT_TRUE(all_deleted()) << Log(n);
+  for (const std::string& db : dbs) {
+    EXPECT_NE(Log(n).find(absl::StrCat("[", db, "] cleanup: deleted")),
+              std::string::npos)
+        << Log(n);
+  }
+}
+
 TEST_F(CdcTest, SeveralDatabasesRefuseExactlyOnceAndBadNames) {
   for (const std::vector<std::string>& extra :
        {std::vector<std::string>{"--databases=a,b", "--delivery=exactly-once"},
