@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -11,6 +12,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace outboxd {
@@ -443,8 +445,11 @@ absl::Status PgConnection::Error(absl::string_view context) const {
   return StatusFromPgResult(context, nullptr, conn_);
 }
 
-absl::StatusOr<std::string> ConninfoWithDatabase(absl::string_view conninfo,
-                                                 absl::string_view database) {
+namespace {
+
+// The settings of a conninfo, in libpq's keyword order, only those given.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseConninfo(
+    absl::string_view conninfo) {
   const std::string text(conninfo);
   char* parse_error = nullptr;
   PQconninfoOption* options = PQconninfoParse(text.c_str(), &parse_error);
@@ -454,20 +459,48 @@ absl::StatusOr<std::string> ConninfoWithDatabase(absl::string_view conninfo,
         absl::StrCat("invalid PostgreSQL connection string '",
                      RedactConninfo(conninfo), "'"));
   }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (PQconninfoOption* opt = options; opt->keyword != nullptr; ++opt) {
+    if (opt->val != nullptr) out.emplace_back(opt->keyword, opt->val);
+  }
+  PQconninfoFree(options);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ConninfoWithDatabase(absl::string_view conninfo,
+                                                 absl::string_view database) {
+  ASSIGN_OR_RETURN(auto settings, ParseConninfo(conninfo));
   auto quoted = [](absl::string_view v) {
     return absl::StrCat(
         "'", absl::StrReplaceAll(v, {{"\\", "\\\\"}, {"'", "\\'"}}), "'");
   };
   std::string out;
-  for (PQconninfoOption* opt = options; opt->keyword != nullptr; ++opt) {
-    if (opt->val == nullptr || absl::string_view(opt->keyword) == "dbname") {
-      continue;
-    }
-    absl::StrAppend(&out, opt->keyword, "=", quoted(opt->val), " ");
+  for (const auto& [keyword, value] : settings) {
+    if (keyword == "dbname") continue;
+    absl::StrAppend(&out, keyword, "=", quoted(value), " ");
   }
-  PQconninfoFree(options);
   absl::StrAppend(&out, "dbname=", quoted(database));
   return out;
+}
+
+absl::StatusOr<ConninfoTarget> ConninfoServerAndDatabase(
+    absl::string_view conninfo) {
+  ASSIGN_OR_RETURN(auto settings, ParseConninfo(conninfo));
+  std::string host, hostaddr, port;
+  ConninfoTarget target;
+  for (const auto& [keyword, value] : settings) {
+    if (keyword == "host") host = value;
+    if (keyword == "hostaddr") hostaddr = value;
+    if (keyword == "port") port = value;
+    if (keyword == "dbname") target.database = value;
+  }
+  target.server = !host.empty()       ? host
+                  : !hostaddr.empty() ? hostaddr
+                                      : std::string("local");
+  if (!port.empty()) absl::StrAppend(&target.server, ":", port);
+  return target;
 }
 
 }  // namespace outboxd

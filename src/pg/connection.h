@@ -38,6 +38,18 @@ std::string RedactConninfo(absl::string_view conninfo);
 absl::StatusOr<std::string> ConninfoWithDatabase(absl::string_view conninfo,
                                                  absl::string_view database);
 
+// Where a conninfo (key=value or URI) points, as written in it.
+struct ConninfoTarget {
+  // host (else hostaddr, else "local": libpq's default Unix socket), with
+  // ":" + port when a port is given.
+  std::string server;
+  // "" when absent (libpq would take the user name).
+  std::string database;
+};
+// kInvalidArgument, with the conninfo redacted, when libpq cannot parse it.
+absl::StatusOr<ConninfoTarget> ConninfoServerAndDatabase(
+    absl::string_view conninfo);
+
 // The error carried by `result` (or by `conn` when `result` is null) as a
 // Status prefixed with `context`, the code chosen from the SQLSTATE: class
 // 08 and 57P0x (connection, shutdown) and 55006 (object in use, e.g. an

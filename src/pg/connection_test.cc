@@ -31,6 +31,26 @@ TEST(ConninfoWithDatabaseTest, ReplacesTheDbnameAndKeepsTheRest) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ConninfoServerAndDatabaseTest, HostPortAndDbnameAsWritten) {
+  auto kv = ConninfoServerAndDatabase("host=db1 port=5433 dbname=shop");
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  EXPECT_EQ(kv->server, "db1:5433");
+  EXPECT_EQ(kv->database, "shop");
+  auto uri = ConninfoServerAndDatabase("postgresql://u:pw@db.example/crm");
+  ASSERT_TRUE(uri.ok()) << uri.status();
+  EXPECT_EQ(uri->server, "db.example");
+  EXPECT_EQ(uri->database, "crm");
+  auto addr = ConninfoServerAndDatabase("hostaddr=10.0.0.7 user=u");
+  ASSERT_TRUE(addr.ok());
+  EXPECT_EQ(addr->server, "10.0.0.7");
+  EXPECT_EQ(addr->database, "");  // libpq would take the user name
+  auto socket = ConninfoServerAndDatabase("dbname=app");
+  ASSERT_TRUE(socket.ok());
+  EXPECT_EQ(socket->server, "local");
+  EXPECT_EQ(ConninfoServerAndDatabase("host='unterminated").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(RedactConninfoTest, KeyValuePassword) {
   EXPECT_EQ(RedactConninfo("host=db password=s3cret user=app"),
             "host=db password=******** user=app");
