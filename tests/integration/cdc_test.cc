@@ -605,7 +605,7 @@ TEST_F(CdcTest, SeveralTablesEachRecordNamesItsTable) {
 }
 
 TEST_F(CdcTest, SeveralTablesWithPollingOrAMissingTableAreRefused) {
-  for (const std::string& source : {"poll", "notify"}) {
+  for (const std::string source : {"poll", "notify"}) {
     auto r = RunCommand(
         {OUTBOXD_BINARY, "--pg=" + ConnInfo(), "--brokers=" + Bootstrap(),
          "--source=" + source, "--table=public.outbox,public.orders"},
