@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/algorithm/container.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -32,7 +33,10 @@
 
 ABSL_FLAG(std::string, pg, "",
           "PostgreSQL libpq conninfo or URI (required); its password is "
-          "never printed. PGPASSWORD / PGPASSFILE work as usual");
+          "never printed. PGPASSWORD / PGPASSFILE work as usual. cdc: "
+          "repeatable, one stream per --pg (several servers), each named "
+          "<host[:port]>/<dbname> with slot --slot_<dbname>; with "
+          "--databases each --pg is a template");
 ABSL_FLAG(std::string, brokers, "",
           "Kafka bootstrap servers, HOST:PORT[,...] (required)");
 ABSL_FLAG(std::string, table, "public.outbox",
@@ -40,9 +44,10 @@ ABSL_FLAG(std::string, table, "public.outbox",
           "(cdc: each routed the same way, header outbox.table names it; "
           "poll/notify: one table); \"\" for logical decoding messages only");
 ABSL_FLAG(std::vector<std::string>, databases, {},
-          "cdc: stream from these databases of the server --pg points to, "
-          "in one process (--pg is the template: its dbname is replaced); "
-          "slot --slot_<database> in each, one shared producer");
+          "cdc: stream from these databases of the server --pg points to "
+          "(of each --pg), in one process (--pg is the template: its dbname "
+          "is replaced); slot --slot_<database> in each, one shared "
+          "producer");
 ABSL_FLAG(std::string, slot, "outbox_slot",
           "logical replication slot, created with pgoutput if missing");
 ABSL_FLAG(std::string, publication, "outbox_pub",
@@ -256,14 +261,46 @@ absl::Status CloudEventsFromFlags(const flags::ParsedCommandLine& cmd,
   return absl::OkStatus();
 }
 
+// Every --pg (repeatable), in order; "--pg is required" when there is none
+// or one is empty.
+absl::StatusOr<std::vector<std::string>> PgFlags(
+    const flags::ParsedCommandLine& cmd) {
+  auto it = cmd.repeated.find("pg");
+  if (it == cmd.repeated.end() || it->second.empty() ||
+      absl::c_any_of(it->second,
+                     [](const std::string& pg) { return pg.empty(); })) {
+    return absl::InvalidArgumentError(
+        "--pg is required (libpq conninfo or URI)");
+  }
+  return it->second;
+}
+
+// --slot_<database> is a slot name, and slot names are cluster-wide: the
+// database (named by `flag`) must make a legal one.
+absl::Status CheckSlotOfDatabase(absl::string_view flag,
+                                 const std::string& slot,
+                                 const std::string& db) {
+  bool legal = !db.empty() && slot.size() + 1 + db.size() <= 63;
+  for (char c : db) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) {
+      legal = false;
+    }
+  }
+  if (legal) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(flag, ": '", db,
+                   "' cannot name a slot (--slot + '_' + database: lower "
+                   "case letters, digits and underscores, at most 63)"));
+}
+
 // Flag values that parse but make no sense, as one line each.
 absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     const flags::ParsedCommandLine& cmd) {
   CdcPipelineOptions o;
   PublisherOptions& pub = o.publisher;
   CdcSourceOptions& cdc = o.source;
-  ASSIGN_OR_RETURN(cdc.conninfo,
-                   flags::RequiredFlag(FLAGS_pg, "libpq conninfo or URI"));
+  ASSIGN_OR_RETURN(const std::vector<std::string> pgs, PgFlags(cmd));
+  cdc.conninfo = pgs.front();
   ASSIGN_OR_RETURN(std::string brokers,
                    flags::RequiredFlag(FLAGS_brokers, "HOST:PORT[,...]"));
   for (absl::string_view b : absl::StrSplit(brokers, ',')) {
@@ -279,6 +316,11 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   ASSIGN_OR_RETURN(std::string source,
                    flags::OneOfFlag(FLAGS_source, {"cdc", "poll", "notify"}));
   RETURN_IF_ERROR(RefuseOtherModesFlags(cmd, source));
+  if (pgs.size() > 1 && source != "cdc") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--pg: --source=", source,
+                     " reads one database; several --pg need --source=cdc"));
+  }
   RETURN_IF_ERROR(flags::PositiveFlag(FLAGS_poll_interval).status());
   ASSIGN_OR_RETURN(
       cdc.status_interval,
@@ -374,21 +416,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     }
   }
   for (const std::string& db : absl::GetFlag(FLAGS_databases)) {
-    // The slot of each database is --slot_<database>: slot names are
-    // cluster-wide.
-    const std::string slot = absl::StrCat(cdc.setup.slot, "_", db);
-    bool legal = !db.empty() && slot.size() <= 63;
-    for (char c : db) {
-      if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) {
-        legal = false;
-      }
-    }
-    if (!legal) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--databases: '", db,
-          "' cannot name a slot (--slot + '_' + database: lower case "
-          "letters, digits and underscores, at most 63)"));
-    }
+    RETURN_IF_ERROR(CheckSlotOfDatabase("--databases", cdc.setup.slot, db));
   }
   if (const std::vector<std::string> dbs = absl::GetFlag(FLAGS_databases);
       !dbs.empty()) {
@@ -405,6 +433,11 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
           "--databases: --delivery=exactly-once publishes one database per "
           "process (one transactional producer and checkpoint each)");
     }
+  }
+  if (pgs.size() > 1 && pub.delivery == DeliveryGuarantee::kExactlyOnce) {
+    return absl::InvalidArgumentError(
+        "--pg: --delivery=exactly-once publishes one database per process "
+        "(one transactional producer and checkpoint each); give one --pg");
   }
   cdc.mapper.message_prefix = absl::GetFlag(FLAGS_message_prefix);
   cdc.mapper.columns.id = absl::GetFlag(FLAGS_column_id);
@@ -527,22 +560,82 @@ absl::StatusOr<PollSourceOptions> PollOptionsFromFlags(
   return o;
 }
 
+// One CDC stream of the run: where it reads, its slot, its name (the log
+// prefix "[name] " and the metrics' source label; "" when it is the only
+// stream) and the index of its --pg (one slot monitor per server).
+struct StreamSpec {
+  std::string conninfo;
+  std::string slot;
+  std::string name;
+  size_t server = 0;
+};
+
+// The CDC streams of --pg (repeatable) and --databases, server by server:
+//  - one --pg: one stream, slot --slot, no name; with --databases one per
+//    database, named by it, slot --slot_<database>, the --pg a template
+//    whose dbname is replaced;
+//  - several --pg: one stream per --pg (its own dbname), or with
+//    --databases one per --pg and database, named <server>/<database>
+//    (server: host[:port] as written in the --pg), slot --slot_<database>.
+//    Two streams of one name (the same server and database) are refused;
+//    the same server spelled two ways is not seen here (the second stream
+//    would wait for the slot as a standby).
+absl::StatusOr<std::vector<StreamSpec>> StreamsFromFlags(
+    const std::vector<std::string>& pgs, const std::string& slot) {
+  const std::vector<std::string> dbs = absl::GetFlag(FLAGS_databases);
+  if (pgs.size() == 1 && dbs.empty()) {
+    return std::vector<StreamSpec>{{pgs.front(), slot, "", 0}};
+  }
+  std::vector<StreamSpec> specs;
+  for (size_t server = 0; server < pgs.size(); ++server) {
+    absl::StatusOr<ConninfoTarget> target =
+        ConninfoServerAndDatabase(pgs[server]);
+    if (!target.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--pg: ", target.status().message()));
+    }
+    std::vector<std::string> databases = dbs;
+    if (databases.empty()) {
+      if (target->database.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--pg: '", RedactConninfo(pgs[server]),
+            "' names no dbname; with several --pg each names its database "
+            "(or --databases names them)"));
+      }
+      RETURN_IF_ERROR(CheckSlotOfDatabase("--pg", slot, target->database));
+      databases.push_back(target->database);
+    }
+    for (const std::string& db : databases) {
+      StreamSpec spec;
+      ASSIGN_OR_RETURN(spec.conninfo, ConninfoWithDatabase(pgs[server], db));
+      spec.slot = absl::StrCat(slot, "_", db);
+      spec.name = pgs.size() == 1 ? db : absl::StrCat(target->server, "/", db);
+      spec.server = server;
+      for (const StreamSpec& other : specs) {
+        if (other.name == spec.name) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "--pg: '", spec.name, "' twice (the same server and database)"));
+        }
+      }
+      specs.push_back(std::move(spec));
+    }
+  }
+  return specs;
+}
+
 // outboxd's run, once its flags are read: `poll` is set for --source=poll
-// and notify.
+// and notify; `specs`, for cdc, are its streams (StreamsFromFlags).
 absl::Status Run(CdcPipelineOptions& options,
-                 const std::optional<PollSourceOptions>& poll) {
+                 const std::optional<PollSourceOptions>& poll,
+                 const std::vector<StreamSpec>& specs) {
   std::atomic<bool>& stop = InstallStopSignals();
 
   // Metrics: one registry for the run, served on --metrics-address; with
-  // --databases a view per database, its series labelled source=<database>.
-  const std::vector<std::string> dbs = absl::GetFlag(FLAGS_databases);
+  // several streams a view per stream, its series labelled source=<name>.
+  const bool several = !specs.empty() && !specs.front().name.empty();
   metrics::Registry registry;
   metrics::OutboxdMetrics outboxd_metrics(
-      &registry,
-      dbs.empty() ? metrics::Sources::kOne : metrics::Sources::kSeveral);
-  auto slot_of = [&options](const std::string& db) {
-    return absl::StrCat(options.source.setup.slot, "_", db);
-  };
+      &registry, several ? metrics::Sources::kSeveral : metrics::Sources::kOne);
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   if (std::string address = absl::GetFlag(FLAGS_metrics_address);
       !address.empty()) {
@@ -557,23 +650,23 @@ absl::Status Run(CdcPipelineOptions& options,
   }
   // Polled positions are row seqs and batch numbers, not LSNs.
   if (poll.has_value()) outboxd_metrics.DropStageLsn();
-  // cdc: the slots as PostgreSQL sees them, on a thread of its own (one
-  // connection and one query per round for every database's slot).
-  std::unique_ptr<SlotMonitor> slot_monitor;
+  // cdc: the slots as PostgreSQL sees them, on a thread per server (one
+  // connection and one query per round for every slot of the server).
+  std::vector<std::unique_ptr<SlotMonitor>> slot_monitors;
   if (absl::Duration every = absl::GetFlag(FLAGS_slot_metrics_interval);
       !poll.has_value() && options.metrics != nullptr &&
       every > absl::ZeroDuration()) {
-    std::string conninfo = options.source.conninfo;
-    std::vector<WatchedSlot> slots;
-    if (dbs.empty()) {
-      slots.push_back({options.source.setup.slot, &outboxd_metrics});
-    } else {
-      ASSIGN_OR_RETURN(conninfo, ConninfoWithDatabase(conninfo, dbs.front()));
-      for (const std::string& db : dbs) {
-        slots.push_back({slot_of(db), &outboxd_metrics.ForSource(db)});
+    for (size_t i = 0; i < specs.size(); ++i) {
+      if (i > 0 && specs[i].server == specs[i - 1].server) continue;
+      std::vector<WatchedSlot> slots;
+      for (const StreamSpec& s : specs) {
+        if (s.server != specs[i].server) continue;
+        slots.push_back({s.slot, several ? &outboxd_metrics.ForSource(s.name)
+                                         : &outboxd_metrics});
       }
+      slot_monitors.push_back(
+          SlotMonitor::Start({specs[i].conninfo, every}, std::move(slots)));
     }
-    slot_monitor = SlotMonitor::Start({conninfo, every}, std::move(slots));
   }
 
   // --cleanup-after: one thread for every (database, table), independent of
@@ -593,29 +686,31 @@ absl::Status Run(CdcPipelineOptions& options,
   };
   std::unique_ptr<OutboxCleaner> cleaner;
 
-  spdlog::info("outboxd {} starting: pg {} brokers {} table {} slot {}",
+  spdlog::info("outboxd {} starting: pg {}{} brokers {} table {} slot {}",
                OUTBOXD_VERSION, RedactConninfo(options.source.conninfo),
+               specs.empty() || specs.back().server == 0
+                   ? ""
+                   : absl::StrCat(" and ", specs.back().server, " more --pg"),
                options.publisher.producer.brokers, absl::GetFlag(FLAGS_table),
                options.source.setup.slot);
   // Where events come from: one line per source.
   RunMetrics run_metrics(options.metrics);
   PublisherOptions publisher_options = options.publisher;
   publisher_options.stop_fd = StopSignalFd();  // a stop wakes the loop
-  if (!dbs.empty()) {
-    // One source per database, one Publisher and producer for all.
+  if (several) {
+    // One source per stream, one Publisher and producer for all.
     std::vector<std::unique_ptr<EventSource>> sources;
     std::vector<PublisherStream> streams;
-    for (const std::string& db : dbs) {
+    for (const StreamSpec& spec : specs) {
       CdcPipelineOptions o = options;
-      ASSIGN_OR_RETURN(o.source.conninfo,
-                       ConninfoWithDatabase(options.source.conninfo, db));
-      o.source.setup.slot = slot_of(db);
-      // The database's view (labelled source=<db>; nothing serves it when
+      o.source.conninfo = spec.conninfo;
+      o.source.setup.slot = spec.slot;
+      // The stream's view (labelled source=<name>; nothing serves it when
       // metrics are off).
-      metrics::OutboxdMetrics& view = outboxd_metrics.ForSource(db);
+      metrics::OutboxdMetrics& view = outboxd_metrics.ForSource(spec.name);
       sources.push_back(MakeCdcSource(o, view, stop));
-      streams.push_back({sources.back().get(), &view, db});
-      clean(o.source, db);
+      streams.push_back({sources.back().get(), &view, spec.name});
+      clean(o.source, spec.name);
     }
     if (!cleanup.targets.empty()) cleaner = OutboxCleaner::Start(cleanup);
     Publisher publisher(publisher_options, std::move(streams),
@@ -636,20 +731,26 @@ absl::Status Run(CdcPipelineOptions& options,
 
 int Main(int argc, char** argv) {
   const flags::Program program = {
-      "outboxd",          OUTBOXD_VERSION,  kUsage,           "cli/main.cc",
-      {"kafka_property"}, &FLAGS_log_level, &FLAGS_log_format};
+      "outboxd",        OUTBOXD_VERSION,          kUsage,
+      "cli/main.cc",    {"kafka_property", "pg"}, &FLAGS_log_level,
+      &FLAGS_log_format};
   CdcPipelineOptions options;
   std::optional<PollSourceOptions> poll;
+  std::vector<StreamSpec> specs;
   return flags::RunMain(
       argc, argv, program,
       [&](const flags::ParsedCommandLine& cmd) -> absl::Status {
         ASSIGN_OR_RETURN(options, OptionsFromFlags(cmd));
         if (absl::GetFlag(FLAGS_source) != "cdc") {
           ASSIGN_OR_RETURN(poll, PollOptionsFromFlags(options.source));
+          return absl::OkStatus();
         }
+        ASSIGN_OR_RETURN(std::vector<std::string> pgs, PgFlags(cmd));
+        ASSIGN_OR_RETURN(specs,
+                         StreamsFromFlags(pgs, options.source.setup.slot));
         return absl::OkStatus();
       },
-      [&] { return Run(options, poll); });
+      [&] { return Run(options, poll, specs); });
 }
 
 }  // namespace

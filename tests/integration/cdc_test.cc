@@ -987,6 +987,96 @@ TEST_F(CdcTest, SeveralDatabasesRefuseExactlyOnceAndBadNames) {
   }
 }
 
+// A repeatable --pg: several servers in one outboxd (here two databases of
+// the test cluster, each given as a --pg of its own), one stream each, named
+// <host:port>/<database> in the log and the metrics' source label, slot
+// --slot_<database>, one producer; nothing lost, each slot confirmed past
+// its events.
+TEST_F(CdcTest, RepeatedPgStreamsFromEachServer) {
+  const std::vector<std::string> dbs = CreateOutboxDatabases("_p", 2);
+  const std::string topic = prefix_ + "servers";
+  size_t n = LaunchOutboxd(
+      {"--pg=" + cluster_->ConnInfo(dbs[0]),
+       "--pg=" + cluster_->ConnInfo(dbs[1]), "--metrics-address=127.0.0.1:0",
+       "--slot-metrics-interval=200ms"},
+      /*wait_ready=*/true, {}, DefaultArgs(/*with_pg=*/false));
+  auto name = [&](const std::string& db) {
+    return absl::StrCat("127.0.0.1:", cluster_->port(), "/", db);
+  };
+  for (const std::string& db : dbs) {
+    ASSERT_TRUE(WaitForLog(
+        n,
+        absl::StrCat("[", name(db), "] streaming from slot ", slot_, "_", db)))
+        << Log(n);
+  }
+  for (const std::string& db : dbs) WriteEvents(db, "servers", 0, 50);
+  auto records = Read(topic, 100);
+  std::map<std::string, std::set<std::string>> keys;
+  for (const auto& r : records) {
+    const std::string db = r.key.substr(0, r.key.find('#'));
+    keys[db].insert(r.key);
+    auto source = r.Header("outbox.source");
+    ASSERT_TRUE(source.has_value());
+    EXPECT_TRUE(
+        absl::EndsWith(*source, absl::StrCat("/", db, "/", slot_, "_", db)))
+        << *source;
+  }
+  for (const std::string& db : dbs) EXPECT_EQ(keys[db].size(), 50u) << db;
+  const int port = MetricsPort(Log(n));
+  ASSERT_GT(port, 0) << Log(n);
+  // Each stream's series, and its slot's (a slot monitor per server).
+  int code = 0;
+  std::string scrape;
+  auto labelled = [&](const std::string& metric, const std::string& db,
+                      const std::string& more = "") {
+    return Sample(
+        scrape, absl::StrCat(metric, "{source=\"", name(db), "\"", more, "}"));
+  };
+  const std::string reserved = ",status=\"reserved\"";
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  do {
+    scrape = Get(port, "/metrics", &code);
+    absl::SleepFor(absl::Milliseconds(100));
+  } while ((labelled("outboxd_slot_wal_status", dbs[0], reserved) != 1 ||
+            labelled("outboxd_slot_wal_status", dbs[1], reserved) != 1) &&
+           absl::Now() < deadline);
+  for (const std::string& db : dbs) {
+    EXPECT_EQ(labelled("outboxd_streaming", db), 1) << scrape;
+    EXPECT_EQ(labelled("outboxd_slot_wal_status", db, reserved), 1) << scrape;
+  }
+  const Lsn now = CurrentWalLsn();
+  for (const std::string& db : dbs) {
+    EXPECT_TRUE(
+        WaitConfirmed(now, absl::Seconds(30), absl::StrCat(slot_, "_", db)))
+        << db << "\n"
+        << Log(n);
+  }
+}
+
+TEST_F(CdcTest, RepeatedPgRefusesDuplicatesAndOneDatabaseModes) {
+  const std::string a = cluster_->ConnInfo("a");
+  const std::string b = cluster_->ConnInfo("b");
+  for (const std::vector<std::string>& extra : {
+           // The same server and database twice.
+           std::vector<std::string>{"--pg=" + a, "--pg=" + a},
+           // Two templates of one server: each database twice.
+           std::vector<std::string>{"--pg=" + a, "--pg=" + b, "--databases=x"},
+           // No dbname: no database to name the stream and the slot by.
+           std::vector<std::string>{"--pg=" + a, "--pg=host=127.0.0.1"},
+           std::vector<std::string>{"--pg=" + a, "--pg=" + b,
+                                    "--delivery=exactly-once"},
+           std::vector<std::string>{"--pg=" + a, "--pg=" + b, "--source=poll"},
+       }) {
+    std::vector<std::string> argv = {OUTBOXD_BINARY,
+                                     "--brokers=" + Bootstrap()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto r = RunCommand(argv, absl::Seconds(10));
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->exit_code, 2) << r->output;
+    EXPECT_TRUE(absl::StartsWith(r->output, "outboxd: --pg")) << r->output;
+  }
+}
+
 TEST_F(CdcTest, SlotWithAnotherPluginIsRefused) {
   ASSERT_TRUE(Exec("SELECT pg_create_logical_replication_slot('td_slot', "
                    "'test_decoding')")
