@@ -685,7 +685,9 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
         return false;
       }
     }
-    return Get(port, "/readyz", &code) == "ready\n";
+    // The scrape precedes /readyz: the brokers may come up in between.
+    return Sample(scrape, "outboxd_kafka_brokers_up") >= 1 &&
+           Get(port, "/readyz", &code) == "ready\n";
   })) << scrape;
   for (const std::string& db : dbs) {
     EXPECT_GE(Sample(scrape, series("outboxd_slot_retained_wal_bytes", db)), 0)
