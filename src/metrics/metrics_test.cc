@@ -112,6 +112,9 @@ outboxd_slot_lost 0
 # HELP outboxd_republished_events_total Outbox rows republished after a lost slot (--on-slot-loss=republish)
 # TYPE outboxd_republished_events_total counter
 outboxd_republished_events_total 0
+# HELP outboxd_source_failed 1 while the source is stopped by a failure of its own and waits to be retried (several sources: the others go on; one source: outboxd exits instead)
+# TYPE outboxd_source_failed gauge
+outboxd_source_failed 0
 # HELP outboxd_stage_lsn Newest position that reached the stage, as a byte position (CDC only): wal = server walEnd, received/produced/acknowledged = commit LSN of the newest event, confirmed = position confirmed to the slot
 # TYPE outboxd_stage_lsn gauge
 outboxd_stage_lsn{stage="acknowledged"} 0
@@ -416,6 +419,10 @@ TEST(OutboxdMetricsTest, ReadinessOfSeveralSources) {
   EXPECT_THAT(process.NotReadyReason(), HasSubstr("source b stalled"));
   b.Stalled(StallReason::kUnacknowledged).Set(0);
   EXPECT_TRUE(process.Ready());
+  // A source stopped by a failure of its own, while the other streams.
+  b.source_failed->Set(1);
+  EXPECT_THAT(process.NotReadyReason(), HasSubstr("source b failed"));
+  b.source_failed->Set(0);
   a.streaming->Set(0);
   EXPECT_FALSE(process.Ready());
 }

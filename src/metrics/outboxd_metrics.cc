@@ -192,6 +192,10 @@ const MetricSpec kMetrics[] = {
     {&OutboxdMetrics::republished_events, "outboxd_republished_events_total",
      "Outbox rows republished after a lost slot "
      "(--on-slot-loss=republish)"},
+    {&OutboxdMetrics::source_failed, "outboxd_source_failed",
+     "1 while the source is stopped by a failure of its own and waits to be "
+     "retried (several sources: the others go on; one source: outboxd "
+     "exits instead)"},
 };
 
 // The buckets of outboxd_commit_to_ack_seconds.
@@ -358,8 +362,12 @@ std::string OutboxdMetrics::NotReadyReason() const {
   if (!any_streaming) return "not streaming from any source";
   if (kafka_brokers_up->Value() <= 0) return "no Kafka broker connection up";
   // A source that does not stream (a standby, or reconnecting) does not
-  // hold up the others; a stalled one does: its events wait.
+  // hold up the others; a stalled or failed one does: its events wait.
   for (const std::unique_ptr<OutboxdMetrics>& v : views_) {
+    if (v->source_failed->Value() > 0) {
+      return absl::StrCat("source ", v->source_,
+                          " failed (its log says why) and waits to be retried");
+    }
     if (std::string why = v->StalledReason(); !why.empty()) {
       return absl::StrCat("source ", v->source_, " ", why);
     }

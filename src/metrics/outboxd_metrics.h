@@ -192,6 +192,9 @@ struct OutboxdMetrics {
   // (until a republish completes).
   Gauge* slot_lost;             // outboxd_slot_lost
   Counter* republished_events;  // outboxd_republished_events_total
+  // outboxd_source_failed: 1 while a source of several is stopped by a
+  // failure of its own (pipeline/publisher.h) and waits to be retried.
+  Gauge* source_failed;
   // outboxd_stage_lsn{stage}: the newest position that reached the stage
   // (CDC only: see DropStageLsn). Children exist from the start.
   std::array<Gauge*, kStageCount> stage_lsn{};

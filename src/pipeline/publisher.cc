@@ -37,6 +37,9 @@ constexpr absl::Duration kBusyPollInterval = absl::Milliseconds(5);
 // How often an event waiting for its topic's state is retried (room in
 // the sink's queue wakes the loop through the sink's descriptor).
 constexpr absl::Duration kPendingPollInterval = absl::Milliseconds(50);
+// A source of several stopped by a failure of its own is retried from
+// --reconnect-backoff-max on, doubling up to this while the cause recurs.
+constexpr absl::Duration kMaxFailureRetry = absl::Minutes(5);
 // Items read per wakeup at most: during a backlog, delivery reports and the
 // source's status updates are served every so many.
 constexpr int kMaxReadsPerWakeup = 256;
@@ -247,6 +250,9 @@ class Publisher::Impl {
           router(options.router),
           cloudevents(options.cloudevents),
           backoff(options.reconnect),
+          failure_backoff(ReconnectOptions{
+              options.reconnect.max_backoff,
+              std::max(kMaxFailureRetry, options.reconnect.max_backoff)}),
           coalescer(options.coalesce, options.coalesce_min_rate),
           stages(sm),
           stall(sm, options.stall_timeout, log_prefix),
@@ -280,6 +286,13 @@ class Publisher::Impl {
     absl::Time down_since = absl::InfiniteFuture();
     int attempts = 0;
     std::string last_cause;  // the last "cannot stream yet" logged
+    // Stopped by a failure of its own while the other sources go on
+    // (IsolateOrStop); last_failure is the last one logged.
+    bool failed = false;
+    std::string last_failure;
+    // Its retries: from max_backoff, doubling up to kMaxFailureRetry while
+    // the cause stays the same.
+    ReconnectBackoff failure_backoff;
     // Read coalescing: how long to wait after live transactions, and until
     // when (Drained::kCoalescing).
     ReadCoalescer coalescer;
@@ -321,10 +334,13 @@ class Publisher::Impl {
       bool more = false;
       for (const std::unique_ptr<Stream>& st : streams_) {
         if (stop_->load(std::memory_order_relaxed)) break;
-        RETURN_IF_ERROR(st->tracker.failure());
+        if (!st->failed && !st->tracker.failure().ok()) {
+          RETURN_IF_ERROR(IsolateOrStop(*st, st->tracker.failure()));
+        }
         if (!st->connected) {
           if (exactly_once_) RETURN_IF_ERROR(txn_delivery_failure_);
           if (now < st->retry_at) continue;
+          if (st->failed && !RecoverFailed(*st, now)) continue;
           RETURN_IF_ERROR(AttemptConnect(*st));
           // Connected: read it at once.
           if (st->connected) more = true;
@@ -335,7 +351,10 @@ class Publisher::Impl {
           if (st->drained == Drained::kMore) more = true;
           continue;
         }
-        if (!Reconnectable(s)) return s;
+        if (!Reconnectable(*st, s)) {
+          RETURN_IF_ERROR(IsolateOrStop(*st, s));
+          continue;
+        }
         RETURN_IF_ERROR(LoseConnection(*st, s));
         more = true;  // the first attempt is immediate
       }
@@ -588,7 +607,7 @@ class Publisher::Impl {
     }
     Disconnect(st);
     if (absl::IsCancelled(s) && stop_->load()) return absl::OkStatus();
-    if (!Reconnectable(s)) return s;
+    if (!Reconnectable(st, s)) return IsolateOrStop(st, s);
     ++st.attempts;
     const absl::Duration give_up = options_.reconnect.give_up_after;
     if (give_up > absl::ZeroDuration() &&
@@ -751,14 +770,72 @@ class Publisher::Impl {
   }
 
   // A lost connection, a restarting server or a slot active in another
-  // process; not a broken producer or a failed delivery (of any stream:
-  // those stop the run).
-  bool Reconnectable(const absl::Status& s) const {
+  // process; not a broken producer or a failed delivery of the stream's.
+  bool Reconnectable(const Stream& st, const absl::Status& s) const {
     if (!absl::IsUnavailable(s) || !txn_delivery_failure_.ok()) return false;
     if (sink_ != nullptr && !sink_->fatal_error().ok()) return false;
-    for (const auto& st : streams_) {
-      if (!st->tracker.failure().ok()) return false;
+    return st.tracker.failure().ok();
+  }
+
+  // A failure of the stream's own that is not worth a reconnect (a failed
+  // delivery of its event, an invalid event under --on-invalid=fail, a lost
+  // slot under --on-slot-loss=fail, a refused login or a missing database).
+  // With one source, or exactly-once, it stops the run (returned). With
+  // several, at-least-once, it stops this stream only, while the others go
+  // on and the shared producer is sound: the stream is disconnected without
+  // confirming past its acknowledged events, outboxd_source_failed is 1
+  // (/readyz fails naming it), and it is retried every max_backoff from its
+  // confirmed position (RecoverFailed): duplicates at worst, never a loss.
+  // When no other stream is left, the run ends with the cause.
+  absl::Status IsolateOrStop(Stream& st, absl::Status cause) {
+    if (streams_.size() < 2 || exactly_once_ || stop_->load() ||
+        sink_ == nullptr || !sink_->fatal_error().ok()) {
+      return cause;
     }
+    bool others = false;
+    for (const auto& other : streams_) {
+      if (other.get() != &st && !other->failed) others = true;
+    }
+    if (!others) return cause;  // every source failed
+    Disconnect(st);
+    ResetSession(st);
+    st.failed = true;
+    st.m.source_failed->Set(1);
+    const std::string why(cause.message());
+    if (why != st.last_failure) st.failure_backoff.Reset();
+    const absl::Duration delay = st.failure_backoff.Next();
+    st.retry_at = absl::Now() + delay;
+    if (why != st.last_failure) {
+      spdlog::error(
+          "{}stopped: {}; the other sources go on; retrying from its "
+          "confirmed position {} in {}, then less often (up to every {}) "
+          "while this recurs",
+          st.log_prefix, cause.ToString(),
+          st.source.Describe(st.tracker.ConfirmableLsn()),
+          absl::FormatDuration(delay),
+          absl::FormatDuration(
+              std::max(kMaxFailureRetry, options_.reconnect.max_backoff)));
+      st.last_failure = why;
+    } else {
+      spdlog::warn("{}stopped again: {}; next retry in {}", st.log_prefix,
+                   std::string(cause.message()), absl::FormatDuration(delay));
+    }
+    return absl::OkStatus();
+  }
+
+  // A stream stopped by IsolateOrStop may connect again once every report
+  // of what it produced arrived (no late report can then reach the fresh
+  // tracker, whose sequences start over); false: not yet.
+  bool RecoverFailed(Stream& st, absl::Time now) {
+    if (st.tracker.EventsInFlight() > 0) {
+      st.retry_at = now + kPendingPollInterval;
+      return false;
+    }
+    st.tracker = Tracker(st.tracker.ConfirmableLsn());
+    st.failed = false;
+    st.m.source_failed->Set(0);
+    spdlog::info("{}retrying after its failure, from {}", st.log_prefix,
+                 st.source.Describe(st.tracker.ConfirmableLsn()));
     return true;
   }
 
@@ -769,7 +846,9 @@ class Publisher::Impl {
     while (sink_->OutQueueLength() > 0) {
       sink_->Poll(absl::Milliseconds(50));
       RETURN_IF_ERROR(sink_->fatal_error());
-      for (const auto& st : streams_) RETURN_IF_ERROR(st->tracker.failure());
+      for (const auto& st : streams_) {
+        if (!st->failed) RETURN_IF_ERROR(st->tracker.failure());
+      }
       if (stop_->load()) return absl::CancelledError("stop requested");
     }
     return absl::OkStatus();

@@ -39,9 +39,14 @@
 // poll(): a source that loses its connection, or waits for a slot active
 // in another process, reconnects on its own backoff while the others go
 // on. The sequence each record carries through the sink names its source
-// (high bits), so a delivery report finds its tracker. A failure that
-// stops one source for good (a failed delivery, a fatal producer, a lost
-// slot, --on-invalid=fail) stops the run, as with one source.
+// (high bits), so a delivery report finds its tracker. A failure of one
+// source's own that no reconnect cures (a failed delivery of its event, a
+// lost slot, --on-invalid=fail, a refused login) stops that source only:
+// never confirmed past it, outboxd_source_failed 1, retried from its
+// confirmed position on a slower backoff once its reports are in; the run
+// ends when every source has failed. With one source such a failure stops
+// the run, and so does anything that breaks the shared sink (a fatal
+// producer error).
 //
 // Threading: Run() on the calling thread; `stop` may be set from a signal
 // handler. Not thread-safe otherwise.

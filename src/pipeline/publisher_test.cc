@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -1124,19 +1125,100 @@ TEST_F(TwoSourcePublisherTest, EventsInFlightFallsToZeroOnceAcknowledged) {
   EXPECT_EQ(in_flight_once_durable, 0);
 }
 
-TEST_F(TwoSourcePublisherTest, AFailedDeliveryOfOneSourceStopsTheRun) {
-  configure_sink_ = [](FakeSink& s) {
-    s.fail_delivery = [](const FakeRecord& r) {
-      return r.key == "agg-b1" ? absl::InternalError("broken")
-                               : absl::OkStatus();
+// A failure of one source's own (here a delivery Kafka refused) stops
+// that source only: the other goes on, the failed one is never confirmed
+// past the refused event, /readyz names it, and it is retried from its
+// confirmed position once its reports are in, publishing what it had not.
+TEST_F(TwoSourcePublisherTest, AFailedDeliveryStopsOnlyItsSource) {
+  options_.reconnect.initial_backoff = absl::Milliseconds(1);
+  // b is retried after this: long enough for a to publish meanwhile.
+  options_.reconnect.max_backoff = absl::Milliseconds(200);
+  configure_sink_ = [this](FakeSink& s) {
+    s.fail_delivery = [this](const FakeRecord& r) {
+      if (r.key != "agg-b1") return absl::OkStatus();
+      Script(a_, 200, 1, "a-late");  // a goes on meanwhile
+      return absl::InternalError("broken");
     };
   };
   Script(a_, 100, 1, "a");
   Script(b_, 900, 2, "b");
+  std::deque<FakeSource::Entry> again;  // what b hands over once retried
+  for (SourceRead r : {Begin(), Of(Event(900, 0, "b0-again")),
+                       Of(Event(900, 1, "b1-again")), Commit(900)}) {
+    again.push_back({absl::OkStatus(), std::move(r)});
+  }
+  b_.after_reconnect.push_back(std::move(again));
+  bool a_flowed_while_b_failed = false;
+  bool b_failed_seen = false;
+  on_tick_both_ = [&] {
+    if (metrics_b_.source_failed->Value() > 0) {
+      b_failed_seen = true;
+      EXPECT_LT(b_.durable, SourcePosition(900));  // never past agg-b1
+    }
+    if (a_.durable >= SourcePosition(200) && b_.connects == 1) {
+      a_flowed_while_b_failed = true;  // before b was retried
+    }
+  };
+  absl::Status s = RunBoth([&] {
+    return a_.durable >= SourcePosition(200) &&
+           b_.durable >= SourcePosition(900);
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(b_failed_seen);
+  EXPECT_TRUE(a_flowed_while_b_failed);
+  EXPECT_EQ(a_.connects, 1);  // never disturbed
+  EXPECT_EQ(a_.disconnects, 0);
+  EXPECT_EQ(b_.connects, 2);
+  EXPECT_EQ(b_.disconnects, 1);
+  EXPECT_EQ(metrics_b_.source_failed->Value(), 0);  // recovered
+  std::set<std::string> keys;
+  for (const FakeRecord& r : acknowledged_) keys.insert(r.key);
+  EXPECT_THAT(keys, ::testing::IsSupersetOf({"agg-a0", "agg-a-late0",
+                                             "agg-b0-again", "agg-b1-again"}));
+  EXPECT_FALSE(keys.contains("agg-b1"));
+}
+
+// A source that cannot connect for a reason a reconnect would not cure (a
+// missing database, a refused login) does not keep the others from
+// streaming; it is retried, and streams once the cause is gone.
+TEST_F(TwoSourcePublisherTest, ASourceThatCannotConnectDoesNotStopTheOthers) {
+  options_.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.reconnect.max_backoff = absl::Milliseconds(5);
+  b_.connect_errors = {
+      absl::FailedPreconditionError("database \"db_b\" does not exist"),
+      absl::FailedPreconditionError("database \"db_b\" does not exist")};
+  Script(a_, 100, 1, "a");
+  Script(b_, 900, 1, "b");
+  bool b_failed_seen = false;
+  on_tick_both_ = [&] {
+    if (metrics_b_.source_failed->Value() > 0) b_failed_seen = true;
+  };
+  ASSERT_TRUE(RunBoth([&] {
+                return a_.durable >= SourcePosition(100) &&
+                       b_.durable >= SourcePosition(900);
+              }).ok());
+  EXPECT_TRUE(b_failed_seen);
+  EXPECT_EQ(b_.failed_connects, 2);
+  EXPECT_EQ(b_.connects, 1);
+  EXPECT_EQ(a_.connects, 1);
+  EXPECT_EQ(stats_.events_acknowledged, 2u);
+}
+
+// When every source has failed, the run ends with the cause (exit 1).
+TEST_F(TwoSourcePublisherTest, WhenEverySourceFailedTheRunEnds) {
+  a_.connect_errors = {absl::PermissionDeniedError("password refused a")};
+  b_.connect_errors = {absl::PermissionDeniedError("password refused b")};
   absl::Status s = RunBoth([] { return false; });
-  EXPECT_FALSE(s.ok());
-  EXPECT_LT(b_.durable, SourcePosition(900));
-  EXPECT_FALSE(b_.finished_clean);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_EQ(a_.connects + b_.connects, 0);
+}
+
+// With one source a failure of its own still stops the run (exit 1).
+TEST_F(PublisherTest, AFailureOfTheOnlySourceStopsTheRun) {
+  source_.connect_errors = {absl::PermissionDeniedError("password refused")};
+  absl::Status s = Run(DurableAt(100));
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_EQ(metrics_.get().source_failed->Value(), 0);
 }
 
 TEST_F(TwoSourcePublisherTest, ExactlyOnceTakesOneSource) {
