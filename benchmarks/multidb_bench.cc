@@ -20,11 +20,10 @@
 //             broker holds every record (sum of the topic's high
 //             watermarks, probed every 20 ms). Measured: outboxd CPU
 //             (utime + stime, summed over the processes) per 1,000 events,
-//             context switches,
-//             RSS (VmRSS summed, sampled every 100 ms: mean and max) and
-//             VmHWM summed, threads (librdkafka's "rdk:" threads apart),
-//             PostgreSQL connections of the publisher's role (walsenders
-//             apart), the whole cluster's CPU.
+//             context switches, RSS (VmRSS summed, sampled every 100 ms:
+//             mean and max) and VmHWM summed, threads (librdkafka's "rdk:"
+//             threads apart) and PostgreSQL connections of the publisher's
+//             role (walsenders apart) halfway, the whole cluster's CPU.
 //   backlog   the processes stop (SIGTERM); `--backlog` events per database
 //             are committed (`--backlog_batch` rows per transaction); the
 //             processes start again on their slots: start until every slot
@@ -36,10 +35,16 @@
 //             and duplicates, and records whose outbox.source names another
 //             database.
 //
-// Writes <out>/multidb.json and multidb.md (multidb-apache.*
-// with --broker=apache). Measures only; asserts nothing.
+// `--rounds` rounds (3 by default) run the setups alternately on the same
+// server and broker; the table gives each setup's median over the rounds
+// (losses and duplicates: the sum) and the ratio of the medians, with the
+// range of the rounds' own ratios, because on a shared 2-core machine one
+// round's figures move with the other load.
 //
-//   multidb_bench --databases=20 --rate=1000 --duration=20s --backlog=2000
+// Writes <out>/multidb.json and multidb.md (multidb-apache.* with
+// --broker=apache). Measures only; asserts nothing.
+//
+//   multidb_bench --databases=20 --rate=1000 --duration=20s --backlog=5000
 #include <librdkafka/rdkafka.h>
 #include <unistd.h>
 
@@ -78,11 +83,14 @@ ABSL_FLAG(std::vector<std::string>, setups,
           std::vector<std::string>({"one", "per-db"}),
           "one (one outboxd, --databases) and/or per-db (one outboxd per "
           "database), run one after the other in this order");
+ABSL_FLAG(int, rounds, 3,
+          "rounds; each runs every setup once, in --setups order, and the "
+          "table gives the median of the rounds (losses: the sum)");
 ABSL_FLAG(int, rate, 1000, "steady load: events/s over all databases");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(20), "steady load time");
 ABSL_FLAG(absl::Duration, idle, absl::Seconds(10),
           "idle time measured after the warm-up (no events)");
-ABSL_FLAG(int, backlog, 2000, "backlog: events per database");
+ABSL_FLAG(int, backlog, 5000, "backlog: events per database");
 ABSL_FLAG(int, backlog_batch, 10, "backlog: events per transaction");
 ABSL_FLAG(int, writer_threads, 4,
           "writer threads (each database's connection belongs to one)");
@@ -119,18 +127,21 @@ struct Processes {
 
 std::string DatabaseName(int i) { return absl::StrCat("d", i); }
 
-std::string SlotBase(const std::string& setup) {
-  return setup == "one" ? "bench_one" : "bench_perdb";
+std::string SlotBase(const std::string& setup, int round) {
+  return absl::StrCat(setup == "one" ? "bench_one" : "bench_perdb", "_r",
+                      round);
 }
 
 // Slot of database `db` in `setup` (outboxd names it --slot_<db> with
 // --databases; the per-database processes get the same names).
-std::string SlotName(const std::string& setup, const std::string& db) {
-  return absl::StrCat(SlotBase(setup), "_", db);
+std::string SlotName(const std::string& setup, int round,
+                     const std::string& db) {
+  return absl::StrCat(SlotBase(setup, round), "_", db);
 }
 
-std::string Topic(const std::string& setup) {
-  return absl::StrCat("bench.multidb.", setup == "one" ? "one" : "perdb");
+std::string Topic(const std::string& setup, int round) {
+  return absl::StrCat("bench.multidb.", setup == "one" ? "one" : "perdb", ".",
+                      round);
 }
 
 // --- /proc, summed over processes ------------------------------------------
@@ -390,8 +401,11 @@ class ReadBack {
 
 class Run {
  public:
-  Run(BenchEnv& env, std::string setup, std::vector<std::string> dbs)
-      : env_(env), setup_(std::move(setup)), dbs_(std::move(dbs)) {}
+  Run(BenchEnv& env, std::string setup, int round, std::vector<std::string> dbs)
+      : env_(env),
+        setup_(std::move(setup)),
+        round_(round),
+        dbs_(std::move(dbs)) {}
 
   absl::StatusOr<nlohmann::json> Go();
 
@@ -408,13 +422,14 @@ class Run {
   absl::Status WriteBacklog(int64_t first_id, nlohmann::json&);
   BenchEnv& env_;
   const std::string setup_;
+  const int round_;
   const std::vector<std::string> dbs_;
   std::vector<std::unique_ptr<PgConn>> conns_;  // one per database
 };
 
 absl::StatusOr<Processes> Run::Start(const std::string& phase) {
   std::vector<std::string> common = {
-      absl::StrCat("--topic=", Topic(setup_)),
+      absl::StrCat("--topic=", Topic(setup_, round_)),
       absl::StrCat("--metrics-address=",
                    absl::GetFlag(FLAGS_metrics) ? "127.0.0.1:0" : ""),
       "--log-level=info"};
@@ -425,18 +440,19 @@ absl::StatusOr<Processes> Run::Start(const std::string& phase) {
   if (setup_ == "one") {
     std::vector<std::string> args = common;
     args.push_back(absl::StrCat("--databases=", absl::StrJoin(dbs_, ",")));
-    args.push_back(absl::StrCat("--slot=", SlotBase(setup_)));
-    auto child =
-        env_.StartOutboxd(args, absl::StrCat("outboxd-multidb-one-", phase));
+    args.push_back(absl::StrCat("--slot=", SlotBase(setup_, round_)));
+    auto child = env_.StartOutboxd(
+        args, absl::StrCat("outboxd-multidb-one-r", round_, "-", phase));
     if (!child.ok()) return child.status();
     p.children.push_back(*std::move(child));
     return p;
   }
   for (const std::string& db : dbs_) {
     std::vector<std::string> args = common;
-    args.push_back(absl::StrCat("--slot=", SlotName(setup_, db)));
+    args.push_back(absl::StrCat("--slot=", SlotName(setup_, round_, db)));
     auto child = env_.StartOutboxdOn(
-        db, args, absl::StrCat("outboxd-multidb-perdb-", db, "-", phase));
+        db, args,
+        absl::StrCat("outboxd-multidb-perdb-r", round_, "-", db, "-", phase));
     if (!child.ok()) return child.status();
     p.children.push_back(*std::move(child));
   }
@@ -457,7 +473,7 @@ absl::StatusOr<int64_t> Run::WaitAllActive(PgConn& admin,
                                            const std::function<bool()>& alive) {
   std::vector<std::string> quoted;
   for (const std::string& db : dbs_) {
-    quoted.push_back(absl::StrCat("'", SlotName(setup_, db), "'"));
+    quoted.push_back(absl::StrCat("'", SlotName(setup_, round_, db), "'"));
   }
   const std::string sql = absl::StrCat(
       "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name "
@@ -578,8 +594,9 @@ absl::Status Run::WriteBacklog(int64_t first_id, nlohmann::json& out) {
 
 absl::StatusOr<nlohmann::json> Run::Go() {
   const int ndb = static_cast<int>(dbs_.size());
-  const std::string topic = Topic(setup_);
-  std::cerr << "== " << setup_ << ": " << ndb << " databases\n";
+  const std::string topic = Topic(setup_, round_);
+  std::cerr << "== round " << round_ << ", " << setup_ << ": " << ndb
+            << " databases\n";
   absl::Status s = env_.CreateTopic(topic);
   if (!s.ok()) return s;
   auto probe = WatermarkProbe::Create(env_.bootstrap());
@@ -604,6 +621,7 @@ absl::StatusOr<nlohmann::json> Run::Go() {
   if (!read.ok()) return read.status();
   nlohmann::json j;
   j["setup"] = setup_;
+  j["round"] = round_;
   j["processes"] = setup_ == "one" ? 1 : ndb;
 
   // --- start on new slots, warm-up ---
@@ -767,17 +785,25 @@ absl::StatusOr<nlohmann::json> Run::Go() {
             << rb["steady"]["duplicates"] << " + "
             << rb["backlog"]["duplicates"] << ", offset gaps "
             << rb["offset_gaps"] << "\n";
-  for (const std::string& db : dbs_) env_.DropSlot(SlotName(setup_, db));
+  for (const std::string& db : dbs_)
+    env_.DropSlot(SlotName(setup_, round_, db));
   return j;
 }
 
 // --- output ----------------------------------------------------------------
 
+// How a row of the table combines the rounds.
+enum RowKind {
+  kRatio,  // median per setup, and the ratio per-db / one
+  kNone,   // median per setup, no ratio
+  kSum,    // sum over the rounds (losses, duplicates)
+};
+
 struct Row {
   std::string label;
   std::vector<std::string> path;  // into a run's json
   const char* format;             // for one value
-  bool ratio = true;
+  RowKind kind = kRatio;
 };
 
 const nlohmann::json* At(const nlohmann::json& j,
@@ -790,12 +816,35 @@ const nlohmann::json* At(const nlohmann::json& j,
   return p;
 }
 
+double Value(const nlohmann::json& run, const Row& row) {
+  const nlohmann::json* v = At(run, row.path);
+  return v != nullptr && v->is_number() ? v->get<double>() : 0.0;
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+std::string Cell(const char* format, double v) {
+  char cell[64];
+  snprintf(cell, sizeof(cell), format, v);
+  return cell;
+}
+
+// The table: per setup the median of its rounds (losses: the sum), and the
+// ratio of the medians with the range of the per-round ratios.
 std::string Markdown(const std::string& broker, const nlohmann::json& runs,
-                     int ndb) {
-  std::string md =
-      absl::StrCat(ndb, " databases on one server, broker: ", broker, "\n\n");
+                     const std::vector<std::string>& setups, int ndb,
+                     int rounds) {
+  std::string md = absl::StrCat(
+      ndb, " databases on one server, broker: ", broker, "; ", rounds,
+      rounds == 1 ? " round" : " rounds, setups alternating",
+      rounds == 1 ? "" : ", median of the rounds (losses: sum)", "\n\n");
   const std::vector<Row> rows = {
-      {"processes", {"processes"}, "%.0f"},
+      {"processes", {"processes"}, "%.0f", kNone},
       {"start: all slots active, s (slots created)",
        {"start", "all_slots_active_s"},
        "%.2f"},
@@ -807,12 +856,12 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs,
       {"steady: committed events/s",
        {"steady", "committed_per_s"},
        "%.0f",
-       false},
-      {"steady: events lost", {"read_back", "steady", "lost"}, "%.0f", false},
+       kNone},
+      {"steady: events lost", {"read_back", "steady", "lost"}, "%.0f", kSum},
       {"steady: duplicates",
        {"read_back", "steady", "duplicates"},
        "%.0f",
-       false},
+       kSum},
       {"steady: outboxd CPU s", {"steady", "outboxd", "cpu_s"}, "%.2f"},
       {"steady: outboxd CPU s per 1,000 events",
        {"steady", "outboxd", "cpu_s_per_1000_events"},
@@ -827,23 +876,26 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs,
       {"steady: peak RSS MB (VmHWM)", {"steady", "outboxd", "hwm_mb"}, "%.1f"},
       {"threads", {"steady", "outboxd", "threads"}, "%.0f"},
       {"librdkafka threads", {"steady", "outboxd", "rdkafka_threads"}, "%.0f"},
-      {"PostgreSQL connections (walsenders)",
+      {"PostgreSQL connections of outboxd",
        {"steady", "outboxd", "pg_connections"},
        "%.0f"},
+      {"... of which walsenders",
+       {"steady", "outboxd", "pg_walsenders"},
+       "%.0f"},
       {"steady: PostgreSQL cores", {"steady", "postgres_cores"}, "%.2f"},
-      {"backlog: events lost", {"read_back", "backlog", "lost"}, "%.0f", false},
+      {"backlog: events lost", {"read_back", "backlog", "lost"}, "%.0f", kSum},
       {"backlog: duplicates",
        {"read_back", "backlog", "duplicates"},
        "%.0f",
-       false},
+       kSum},
       {"records with another database's outbox.source",
        {"read_back", "wrong_source"},
        "%.0f",
-       false},
+       kSum},
       {"records the read-back missed (offset gaps)",
        {"read_back", "offset_gaps"},
        "%.0f",
-       false},
+       kSum},
       {"backlog: restart to all slots active, s",
        {"backlog", "all_slots_active_s"},
        "%.2f"},
@@ -863,17 +915,22 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs,
        {"backlog", "outboxd", "hwm_mb"},
        "%.1f"},
   };
+  // runs per setup, in round order.
+  std::map<std::string, std::vector<const nlohmann::json*>> by_setup;
+  for (const nlohmann::json& r : runs) {
+    by_setup[r["setup"].get<std::string>()].push_back(&r);
+  }
   md += "| |";
   std::string sep = "|---|";
-  for (const nlohmann::json& r : runs) {
+  for (const std::string& setup : setups) {
     absl::StrAppend(&md, " ",
-                    r["setup"].get<std::string>() == "one"
-                        ? "one outboxd (--databases)"
-                        : absl::StrCat(ndb, " outboxd processes"),
+                    setup == "one" ? "one outboxd (--databases)"
+                                   : absl::StrCat(ndb, " outboxd processes"),
                     " |");
     sep += "---:|";
   }
-  const bool ratio = runs.size() == 2;
+  const bool ratio = by_setup["one"].size() > 0 &&
+                     by_setup["per-db"].size() > 0 && setups.size() == 2;
   if (ratio) {
     md += " processes / one |";
     sep += "---:|";
@@ -881,25 +938,40 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs,
   md += "\n" + sep + "\n";
   for (const Row& row : rows) {
     absl::StrAppend(&md, "| ", row.label, " |");
-    std::vector<double> values;
-    for (const nlohmann::json& r : runs) {
-      const nlohmann::json* v = At(r, row.path);
-      if (v == nullptr || !v->is_number()) {
-        md += " - |";
-        values.push_back(0);
-        continue;
+    std::map<std::string, double> combined;
+    for (const std::string& setup : setups) {
+      std::vector<double> values;
+      for (const nlohmann::json* r : by_setup[setup]) {
+        values.push_back(Value(*r, row));
       }
-      values.push_back(v->get<double>());
-      char cell[64];
-      snprintf(cell, sizeof(cell), row.format, values.back());
-      absl::StrAppend(&md, " ", cell, " |");
+      double v = 0;
+      if (row.kind == kSum) {
+        for (double x : values) v += x;
+      } else {
+        v = Median(values);
+      }
+      combined[setup] = v;
+      absl::StrAppend(&md, " ", values.empty() ? "-" : Cell(row.format, v),
+                      " |");
     }
     if (ratio) {
-      const bool one_first = runs[0]["setup"].get<std::string>() == "one";
-      const double one = one_first ? values[0] : values[1];
-      const double per = one_first ? values[1] : values[0];
-      if (row.ratio && one > 0) {
-        absl::StrAppend(&md, absl::StrFormat(" %.1f x |", per / one));
+      if (row.kind == kRatio && combined["one"] > 0) {
+        absl::StrAppend(&md, " ",
+                        Cell("%.1f x", combined["per-db"] / combined["one"]));
+        // The range of the ratios of the rounds that ran both setups.
+        std::vector<double> per_round;
+        const auto& one = by_setup["one"];
+        const auto& per = by_setup["per-db"];
+        for (size_t i = 0; i < std::min(one.size(), per.size()); ++i) {
+          const double o = Value(*one[i], row);
+          if (o > 0) per_round.push_back(Value(*per[i], row) / o);
+        }
+        if (per_round.size() > 1) {
+          std::sort(per_round.begin(), per_round.end());
+          absl::StrAppend(&md, " (", Cell("%.1f", per_round.front()), "-",
+                          Cell("%.1f", per_round.back()), ")");
+        }
+        md += " |";
       } else {
         md += " |";
       }
@@ -969,22 +1041,26 @@ int Main(int argc, char** argv) {
   nlohmann::json runs = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   bool nothing_lost = true;
-  for (const std::string& setup : absl::GetFlag(FLAGS_setups)) {
-    Run run(e, setup, dbs);
-    auto r = run.Go();
-    if (!r.ok()) {
-      std::cerr << setup << ": " << r.status() << "\n";
-      failures.push_back(
-          {{"setup", setup}, {"error", std::string(r.status().message())}});
-      continue;
+  const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
+  for (int round = 0; round < rounds; ++round) {
+    for (const std::string& setup : absl::GetFlag(FLAGS_setups)) {
+      Run run(e, setup, round, dbs);
+      auto r = run.Go();
+      if (!r.ok()) {
+        std::cerr << setup << ": " << r.status() << "\n";
+        failures.push_back({{"setup", setup},
+                            {"round", round},
+                            {"error", std::string(r.status().message())}});
+        continue;
+      }
+      const nlohmann::json& rb = (*r)["read_back"];
+      nothing_lost &= rb["steady"]["lost"].get<int64_t>() == 0 &&
+                      rb["backlog"]["lost"].get<int64_t>() == 0 &&
+                      rb["wrong_source"].get<int64_t>() == 0 &&
+                      rb["offset_gaps"].get<int64_t>() == 0 &&
+                      rb["caught_up"].get<bool>();
+      runs.push_back(*r);
     }
-    const nlohmann::json& rb = (*r)["read_back"];
-    nothing_lost &= rb["steady"]["lost"].get<int64_t>() == 0 &&
-                    rb["backlog"]["lost"].get<int64_t>() == 0 &&
-                    rb["wrong_source"].get<int64_t>() == 0 &&
-                    rb["offset_gaps"].get<int64_t>() == 0 &&
-                    rb["caught_up"].get<bool>();
-    runs.push_back(*r);
   }
 
   nlohmann::json doc;
@@ -996,6 +1072,7 @@ int Main(int argc, char** argv) {
        "d0.. each with sql/outbox.sql"},
       {"broker", e.broker_description()},
       {"databases", ndb},
+      {"rounds", rounds},
       {"one",
        "one outboxd --databases=d0,...,--slot=bench_one (slots "
        "bench_one_<db>)"},
@@ -1019,7 +1096,8 @@ int Main(int argc, char** argv) {
   doc["failures"] = failures;
   const std::string stem =
       absl::GetFlag(FLAGS_out) + "/" + ResultStem("multidb", *broker);
-  const std::string md = Markdown(e.broker_description(), runs, ndb);
+  const std::string md = Markdown(e.broker_description(), runs,
+                                  absl::GetFlag(FLAGS_setups), ndb, rounds);
   absl::Status s = WriteFile(stem + ".json", doc.dump(2) + "\n");
   if (s.ok()) s = WriteFile(stem + ".md", md);
   if (!s.ok()) {

@@ -4,7 +4,7 @@
 # and one broker: events lost and duplicated per database, outboxd CPU per
 # 1,000 events, RSS, threads, PostgreSQL connections and the time until
 # every slot streams, for a steady load and for a backlog drained by a
-# restart (~3 min). Writes benchmarks/results/multidb.{json,md} and
+# restart, 3 rounds (~5 min). Writes benchmarks/results/multidb.{json,md} and
 # multidb-machine.txt; with --broker=apache multidb-apache.*. Extra flags go
 # to multidb_bench, e.g.
 #   benchmarks/run-multidb.sh --databases=5 --rate=500 --duration=10s
