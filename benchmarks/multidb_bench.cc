@@ -97,9 +97,9 @@ ABSL_FLAG(int, backlog_batch, 10, "backlog: events per transaction");
 ABSL_FLAG(int, writer_threads, 4,
           "writer threads (each database's connection belongs to one)");
 ABSL_FLAG(bool, metrics, false,
-          "serve /metrics in every process (--metrics-address=127.0.0.1:0; "
-          "one outboxd per database then also runs a slot monitor each); "
-          "off: --metrics-address=\"\"");
+          "serve /metrics in every process (--metrics-address=127.0.0.1:0, "
+          "with its slot monitor: one per process); off: "
+          "--metrics-address=\"\"");
 ABSL_FLAG(std::string, out, "benchmarks/results", "output directory");
 ABSL_FLAG(std::string, outboxd, "", "outboxd binary (default: the build's)");
 ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
