@@ -86,11 +86,25 @@ class CleanerRound {
   void Reset() { conn_.reset(); }
   const CleanupTarget& target() const { return t_; }
 
+  // Whether `status` is a failure other than this target's last one (then
+  // it is the one to report), remembering it; ok forgets the last failure.
+  bool NewError(const absl::Status& status) {
+    if (status.ok()) {
+      last_error_.clear();
+      return false;
+    }
+    std::string text = status.ToString();
+    if (text == last_error_) return false;
+    last_error_ = std::move(text);
+    return true;
+  }
+
  private:
   const OutboxCleanerOptions& o_;
   const CleanupTarget& t_;
   std::unique_ptr<PgConnection> conn_;
   std::string delete_sql_;
+  std::string last_error_;  // "" after a round that did not fail
 };
 
 }  // namespace
@@ -130,10 +144,15 @@ void OutboxCleaner::Run() {
       if (stop_.HasBeenNotified()) break;
       const std::string prefix = LogPrefix(round.target());
       absl::StatusOr<uint64_t> n = round.Run();
+      if (round.NewError(n.status())) {
+        // Not fatal for publishing: one line per cause, not per round.
+        spdlog::warn("{}cleanup: {}; retrying every {}", prefix,
+                     n.status().ToString(), absl::FormatDuration(interval));
+      } else if (!n.ok()) {
+        spdlog::debug("{}cleanup: {}", prefix, n.status().ToString());
+      }
       if (!n.ok()) {
-        // Not fatal for publishing: log, reconnect next round.
-        spdlog::warn("{}cleanup: {}", prefix, n.status().ToString());
-        round.Reset();
+        round.Reset();  // reconnect next round
         continue;
       }
       if (*n > 0) {

@@ -1054,6 +1054,64 @@ TEST_F(CdcTest, AFailureOfOneDatabaseStopsOnlyThatDatabase) {
   }
 }
 
+// The cleaner visits its databases in turn: one whose DELETE fails (no
+// privilege) is logged once and retried every round, and the next database
+// is cleaned meanwhile; granted the privilege, the first is cleaned too.
+TEST_F(CdcTest, CleanupOfOneDatabaseFailingLeavesTheOthersCleaned) {
+  const std::vector<std::string> dbs = CreateOutboxDatabases("_f", 2);
+  ASSERT_TRUE(
+      cluster_
+          ->Exec(dbs[1], "GRANT DELETE ON public.outbox TO outboxd_publisher")
+          .ok());
+  const std::string publisher =
+      absl::StrCat("--pg=host=127.0.0.1 port=", cluster_->port(),
+                   " user=outboxd_publisher dbname=", db_);
+  size_t n =
+      LaunchOutboxd({publisher, "--databases=" + absl::StrJoin(dbs, ","),
+                     "--cleanup-after=1s", "--republish-margin=0s"},
+                    /*wait_ready=*/true, {}, DefaultArgs(/*with_pg=*/false));
+  for (const std::string& db : dbs) {
+    ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", db, "] streaming from slot")))
+        << Log(n);
+  }
+  auto rows = [&](const std::string& db) {
+    auto count = cluster_->Query(db, "SELECT count(*) FROM outbox");
+    EXPECT_TRUE(count.ok()) << count.status();
+    return count.ok() ? *count : "";
+  };
+  auto eventually_empty = [&](const std::string& db) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (rows(db) != "0") {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return true;
+  };
+  for (const std::string& db : dbs) WriteEvents(db, "failing", 0, 10);
+  auto keys = KeysPerDatabase(prefix_ + "failing", 20);
+  for (const std::string& db : dbs) EXPECT_EQ(keys[db].size(), 10u) << db;
+  EXPECT_TRUE(eventually_empty(dbs[1])) << Log(n);
+  ASSERT_TRUE(
+      WaitForLog(n, absl::StrCat("[", dbs[0], "] cleanup: PERMISSION_DENIED")))
+      << Log(n);
+  absl::SleepFor(absl::Seconds(3));  // three more rounds (every 1s)
+  EXPECT_EQ(rows(dbs[0]), "10");
+  // One warning for the cause, not one per round.
+  const std::string log = Log(n);
+  size_t warnings = 0;
+  for (size_t at = log.find("permission denied"); at != std::string::npos;
+       at = log.find("permission denied", at + 1)) {
+    ++warnings;
+  }
+  EXPECT_EQ(warnings, 1u) << log;
+  ASSERT_TRUE(
+      cluster_
+          ->Exec(dbs[0], "GRANT DELETE ON public.outbox TO outboxd_publisher")
+          .ok());
+  EXPECT_TRUE(eventually_empty(dbs[0])) << Log(n);
+  EXPECT_TRUE(Outboxd(n).Running()) << Log(n);
+}
+
 TEST_F(CdcTest, SeveralDatabasesRefuseExactlyOnceAndBadNames) {
   for (const std::vector<std::string>& extra :
        {std::vector<std::string>{"--databases=a,b", "--delivery=exactly-once"},
