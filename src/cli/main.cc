@@ -33,7 +33,9 @@
 
 ABSL_FLAG(std::string, pg, "",
           "PostgreSQL libpq conninfo or URI (required); its password is "
-          "never printed. PGPASSWORD / PGPASSFILE work as usual. cdc: "
+          "never printed. PGPASSWORD / PGPASSFILE work as usual; "
+          "connect_timeout is 10 s unless it or PGCONNECT_TIMEOUT says "
+          "otherwise. cdc: "
           "repeatable, one stream per --pg (several servers), each named "
           "<host[:port]>/<dbname> with slot --slot_<dbname>; with "
           "--databases each --pg is a template");

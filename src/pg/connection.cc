@@ -19,6 +19,9 @@ namespace outboxd {
 namespace {
 
 constexpr absl::string_view kRedacted = "********";
+// connect_timeout when neither the conninfo nor PGCONNECT_TIMEOUT sets one
+// (seconds; pgJDBC's default connectTimeout is 10 s too).
+constexpr char kDefaultConnectTimeoutSeconds[] = "10";
 
 // The conninfo keywords whose values are secrets: those libpq marks with
 // dispchar "*" (password, sslpassword, ... in the linked libpq) plus the two
@@ -354,8 +357,19 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
 
   // Later entries override what the expanded conninfo sets, so replication
   // goes last; fallback_application_name applies only when none is given.
-  std::vector<const char*> keywords = {"dbname", "fallback_application_name"};
-  std::vector<const char*> values = {conninfo_str.c_str(), "outboxd"};
+  // connect_timeout comes first, a default that the conninfo (or
+  // PGCONNECT_TIMEOUT) overrides: libpq's own is none, so an unreachable
+  // server (packets dropped) would hold the caller, and with several
+  // servers every other stream on the same thread, for the kernel's TCP
+  // timeout (minutes).
+  std::vector<const char*> keywords;
+  std::vector<const char*> values;
+  if (std::getenv("PGCONNECT_TIMEOUT") == nullptr) {
+    keywords.push_back("connect_timeout");
+    values.push_back(kDefaultConnectTimeoutSeconds);
+  }
+  keywords.insert(keywords.end(), {"dbname", "fallback_application_name"});
+  values.insert(values.end(), {conninfo_str.c_str(), "outboxd"});
   if (mode == Mode::kReplication) {
     keywords.push_back("replication");
     values.push_back("database");

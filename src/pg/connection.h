@@ -64,7 +64,8 @@ class PgConnection {
   enum class Mode { kNormal, kReplication };
 
   // Connects with `conninfo` (libpq key=value string or URI); kReplication
-  // adds replication=database. Errors never contain the password.
+  // adds replication=database. Errors never contain the password. Unless
+  // the conninfo or PGCONNECT_TIMEOUT sets connect_timeout, it is 10 s.
   static absl::StatusOr<std::unique_ptr<PgConnection>> Connect(
       absl::string_view conninfo, Mode mode);
   ~PgConnection();

@@ -1,8 +1,20 @@
 #include "pg/connection.h"
 
-#include <cstring>
-#include <string>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace outboxd {
@@ -183,6 +195,79 @@ TEST(PgConnectionTest, ErrorsNeverCarryTheSslPassword) {
     EXPECT_EQ(conn.status().message().find("k3yPa55"), absl::string_view::npos)
         << conn.status();
   }
+}
+
+// A server that takes the TCP connection and never answers (a hung
+// PostgreSQL, or the listen backlog of a stopped one): the listening socket
+// never accepts, the kernel completes the handshake, and libpq waits for
+// the reply to its startup packet.
+class SilentServer {
+ public:
+  SilentServer() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        listen(fd_, 8) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~SilentServer() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+// Connects on another thread; nullopt when it has not returned in `limit`
+// (the test then fails instead of hanging; the thread is left to finish).
+std::optional<absl::Status> ConnectWithin(const std::string& conninfo,
+                                          absl::Duration limit) {
+  auto result = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> done = result->get_future();
+  std::thread([conninfo, result] {
+    result->set_value(
+        PgConnection::Connect(conninfo, PgConnection::Mode::kNormal).status());
+  }).detach();
+  if (done.wait_for(absl::ToChronoSeconds(limit)) !=
+      std::future_status::ready) {
+    return std::nullopt;
+  }
+  return done.get();
+}
+
+TEST(PgConnectionTest, ASilentServerTimesOutByDefault) {
+  ASSERT_EQ(std::getenv("PGCONNECT_TIMEOUT"), nullptr);
+  SilentServer server;
+  ASSERT_GT(server.port(), 0);
+  // libpq alone would wait for ever; the default connect_timeout is 10 s.
+  std::optional<absl::Status> s = ConnectWithin(
+      absl::StrCat("host=127.0.0.1 port=", server.port(), " user=u"),
+      absl::Seconds(60));
+  ASSERT_TRUE(s.has_value()) << "still connecting after 60 s";
+  EXPECT_EQ(s->code(), absl::StatusCode::kUnavailable) << *s;
+  EXPECT_NE(s->message().find("timeout"), absl::string_view::npos) << *s;
+}
+
+TEST(PgConnectionTest, TheConninfosConnectTimeoutWins) {
+  SilentServer server;
+  ASSERT_GT(server.port(), 0);
+  const absl::Time start = absl::Now();
+  std::optional<absl::Status> s =
+      ConnectWithin(absl::StrCat("postgresql://u@127.0.0.1:", server.port(),
+                                 "/db?connect_timeout=2"),
+                    absl::Seconds(60));
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->code(), absl::StatusCode::kUnavailable) << *s;
+  // Its own 2 s, not the 10 s default (a wide margin either way).
+  EXPECT_LT(absl::Now() - start, absl::Seconds(9)) << *s;
 }
 
 }  // namespace
