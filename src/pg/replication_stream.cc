@@ -164,6 +164,7 @@ absl::StatusOr<std::optional<ServerCopyMessage>> ReplicationStream::Read(
     return absl::FailedPreconditionError("replication stream is stopped");
   }
   PGconn* conn = conn_->raw();
+  input_may_be_buffered_ = false;
   int length = PQgetCopyData(conn, &buffer_, /*async=*/1);
   if (length == 0 && timeout <= absl::ZeroDuration()) {
     // Without waiting: what the socket holds now (libpq's socket is
@@ -230,6 +231,8 @@ absl::Status ReplicationStream::SendStatus(Lsn written, Lsn flushed,
   while (true) {
     int rc = PQflush(conn);
     if (rc == 0) break;
+    // A flush that cannot write everything reads what the server sends.
+    input_may_be_buffered_ = true;
     if (rc < 0) {
       return absl::UnavailableError(absl::StrCat(
           "cannot flush standby status update: ", TrimmedError(conn)));

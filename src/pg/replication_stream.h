@@ -52,6 +52,10 @@ class ReplicationStream {
 
   // The connection's socket (to poll() for POLLIN), -1 when there is none.
   int socket() const;
+  // libpq may hold input that the socket no longer signals: a SendStatus
+  // that had to wait read while it waited (so did libpq's own flush).
+  // Cleared by the next Read.
+  bool input_may_be_buffered() const { return input_may_be_buffered_; }
 
   // Sends a standby status update (write = flush = apply = `flushed`, except
   // that `written` may be ahead) and flushes it to the socket.
@@ -69,6 +73,7 @@ class ReplicationStream {
   std::unique_ptr<PgConnection> conn_;
   char* buffer_ = nullptr;  // owned libpq copy buffer (PQfreemem)
   bool stopped_ = false;
+  bool input_may_be_buffered_ = false;
 };
 
 }  // namespace outboxd

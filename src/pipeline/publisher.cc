@@ -279,6 +279,9 @@ class Publisher::Impl {
     bool connected = false;
     bool connected_once = false;
     Drained drained = Drained::kNothing;  // this wakeup's
+    // Whether the last sleep found its descriptor readable (or did not
+    // watch it): a stream that had nothing is read again only then.
+    bool readable = true;
     // Reconnecting: the next attempt is due at retry_at; the outage began
     // at down_since (--reconnect-give-up).
     ReconnectBackoff backoff;
@@ -391,6 +394,13 @@ class Publisher::Impl {
     if (st.drained == Drained::kCoalescing && !st.pending.has_value() &&
         now < st.read_after) {
       return absl::OkStatus();  // woken for something else: not yet
+    }
+    if (st.drained == Drained::kNothing && !st.readable &&
+        !st.pending.has_value() && !st.source.InputMayBeBuffered()) {
+      // It had nothing, and the sleep said its descriptor has nothing new:
+      // the wakeup was for another stream or the sink. Reading would only
+      // cost a recvfrom that says EAGAIN (with many sources, most of them).
+      return absl::OkStatus();
     }
     st.drained = Drained::kPending;
     if (st.pending.has_value()) return absl::OkStatus();
@@ -508,6 +518,7 @@ class Publisher::Impl {
   // serves its reports.
   absl::Status Sleep(absl::Time next_progress) {
     fds_.clear();
+    watched_.clear();
     bool in_flight = false;
     bool waiting_for_topic = false;
     size_t connected = 0;
@@ -517,12 +528,14 @@ class Publisher::Impl {
       if (st->pending.has_value() && st->waiting_for_topic) {
         waiting_for_topic = true;
       }
+      st->readable = true;  // unless the sleep below says otherwise
       if (!st->connected) continue;
       ++connected;
       if (st->drained == Drained::kCoalescing) ++coalescing;
       if (st->drained != Drained::kNothing) continue;
       if (int fd = st->source.WaitFd(); fd >= 0) {
         fds_.push_back(pollfd{fd, POLLIN, 0});
+        watched_.push_back(st.get());
       }
     }
     const bool all_coalescing = connected > 0 && coalescing == connected;
@@ -556,6 +569,12 @@ class Publisher::Impl {
     if (rc == 0) ++stats_.wait_timeouts;
     if (rc < 0 && errno != EINTR) {
       return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
+    }
+    if (rc >= 0) {
+      // The sources' descriptors come first in fds_, in watched_ order.
+      for (size_t i = 0; i < watched_.size(); ++i) {
+        watched_[i]->readable = fds_[i].revents != 0;
+      }
     }
     return absl::OkStatus();
   }
@@ -677,6 +696,7 @@ class Publisher::Impl {
     ctx.drain_in_flight = [this] { return DrainInFlight(); };
     ASSIGN_OR_RETURN(ConnectResult r, st.source.Connect(ctx));
     st.connected = true;
+    st.readable = true;  // a new connection: read it before sleeping
     st.connected_once = true;
     if (r.restart_at.has_value()) {
       st.tracker = Tracker(*r.restart_at);
@@ -1417,6 +1437,7 @@ class Publisher::Impl {
   const std::atomic<bool>* stop_ = nullptr;
   absl::flat_hash_map<uint64_t, PublishedEvent> published_;
   std::vector<pollfd> fds_;  // Sleep's, kept to avoid an allocation
+  std::vector<Stream*> watched_;  // the streams of fds_'s first entries
 };
 
 Publisher::Publisher(const PublisherOptions& options, EventSource& source,

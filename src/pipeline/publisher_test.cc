@@ -1125,6 +1125,22 @@ TEST_F(TwoSourcePublisherTest, EventsInFlightFallsToZeroOnceAcknowledged) {
   EXPECT_EQ(in_flight_once_durable, 0);
 }
 
+// A source that had nothing is read again only when its descriptor says
+// so: wakeups for another source or for delivery reports do not cost it a
+// read (with many databases, a recvfrom each that says EAGAIN).
+TEST_F(TwoSourcePublisherTest, AnIdleSourceIsNotReadOnOtherWakeups) {
+  configure_sink_ = [](FakeSink& s) { s.hold_acks = true; };
+  Script(a_, 100, 20, "a");
+  on_tick_both_ = [&] {
+    if (sink_ != nullptr) sink_->Release(1);  // a wakeup every two reports
+  };
+  ASSERT_TRUE(RunBoth([&] { return a_.durable >= SourcePosition(100); }).ok());
+  EXPECT_GE(stats_.waits, 8u);  // woken by the acknowledgements
+  // b was read once after connecting, found nothing, and then slept.
+  EXPECT_LE(b_.empty_reads, 2) << "waits " << stats_.waits;
+  EXPECT_EQ(b_.reads, 0);
+}
+
 // A failure of one source's own (here a delivery Kafka refused) stops
 // that source only: the other goes on, the failed one is never confirmed
 // past the refused event, /readyz names it, and it is retried from its

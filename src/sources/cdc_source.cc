@@ -229,6 +229,9 @@ class CdcSource final : public EventSource {
   int WaitFd() const override {
     return stream_ != nullptr ? stream_->socket() : -1;
   }
+  bool InputMayBeBuffered() const override {
+    return stream_ != nullptr && stream_->input_may_be_buffered();
+  }
 
   // The next standby status update (now, when a keepalive asked for one).
   absl::Time NextDue() const override {

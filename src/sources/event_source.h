@@ -160,6 +160,11 @@ class EventSource {
   // A descriptor that is readable when Read(0) may have something, or -1:
   // Read(wait) waits by itself. Valid while connected.
   virtual int WaitFd() const { return -1; }
+  // Read(0) may have something although WaitFd() is not readable: input
+  // read into the source's own buffer outside Read (CDC: while a status
+  // update waited for a full socket). The Publisher reads such a source
+  // without waiting for its descriptor.
+  virtual bool InputMayBeBuffered() const { return false; }
   // When Durable() has periodic work next (CDC: the standby status update);
   // the Publisher calls it by then even when nothing else happens.
   virtual absl::Time NextDue() const { return absl::InfiniteFuture(); }
