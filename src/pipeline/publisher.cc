@@ -1436,7 +1436,7 @@ class Publisher::Impl {
   bool sink_waited_ = false;     // WaitUntilSinkReady ran (once per run)
   const std::atomic<bool>* stop_ = nullptr;
   absl::flat_hash_map<uint64_t, PublishedEvent> published_;
-  std::vector<pollfd> fds_;  // Sleep's, kept to avoid an allocation
+  std::vector<pollfd> fds_;       // Sleep's, kept to avoid an allocation
   std::vector<Stream*> watched_;  // the streams of fds_'s first entries
 };
 
