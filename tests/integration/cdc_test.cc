@@ -56,6 +56,18 @@ class CdcTest : public OutboxdTestBase {
                     .ok());
   }
 
+  // Every slot of `dbs` (--slot_<database>) is confirmed past what the
+  // server had written when this was called; outboxd `n`'s log if not.
+  void ExpectEverySlotConfirmed(const std::vector<std::string>& dbs, size_t n) {
+    const Lsn now = CurrentWalLsn();
+    for (const std::string& db : dbs) {
+      EXPECT_TRUE(
+          WaitConfirmed(now, absl::Seconds(30), absl::StrCat(slot_, "_", db)))
+          << db << "\n"
+          << Log(n);
+    }
+  }
+
   // `n` new databases, db_ + `stem` + 0..n-1, each with the outbox
   // installed; their slots (--slot_<database>) are dropped after the test.
   std::vector<std::string> CreateOutboxDatabases(const std::string& stem,
@@ -757,13 +769,7 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
               0);
   }
   // Every slot confirmed past its events.
-  const Lsn now = CurrentWalLsn();
-  for (const std::string& db : dbs) {
-    EXPECT_TRUE(
-        WaitConfirmed(now, absl::Seconds(30), absl::StrCat(slot_, "_", db)))
-        << db << "\n"
-        << Log(n);
-  }
+  ExpectEverySlotConfirmed(dbs, n);
 }
 
 // A standby per slot with --databases: a second outboxd over a and b waits
@@ -771,14 +777,7 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
 // ready (one database streams, none is stalled), a's series say it waits,
 // and it takes a over when the first outboxd stops.
 TEST_F(CdcTest, SeveralDatabasesAreReadyWhileOneWaitsAsAStandby) {
-  std::vector<std::string> dbs;
-  const std::string install =
-      ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
-  for (int i = 0; i < 2; ++i) {
-    dbs.push_back(absl::StrCat(db_, "_s", i));
-    ASSERT_TRUE(cluster_->CreateDatabase(dbs.back()).ok());
-    ASSERT_TRUE(cluster_->Exec(dbs.back(), install).ok());
-  }
+  const std::vector<std::string> dbs = CreateOutboxDatabases("_w", 2);
   const size_t first = LaunchOutboxd({"--databases=" + dbs[0]});
   ASSERT_TRUE(
       WaitForLog(first, absl::StrCat("[", dbs[0], "] streaming from slot")))
@@ -820,12 +819,6 @@ TEST_F(CdcTest, SeveralDatabasesAreReadyWhileOneWaitsAsAStandby) {
     return streaming(scrape, dbs[0]) == 1 && ready == "ready\n";
   })) << ready
       << scrape << Log(second);
-  StopAll(&outboxd_);
-  for (const std::string& db : dbs) {
-    Exec(
-        absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "_", db, "')"))
-        .IgnoreError();
-  }
 }
 
 // 20 databases in one process, 500 events each, with a SIGKILL of
@@ -917,13 +910,7 @@ TEST_F(CdcTest, StandbyTakesOverPerSlot) {
   EXPECT_EQ(keys[z].size(), 150u);
   EXPECT_TRUE(Outboxd(b).Running()) << Log(b);
   // Every slot is B's now and confirmed past its events.
-  const Lsn now = CurrentWalLsn();
-  for (const std::string& db : dbs) {
-    EXPECT_TRUE(
-        WaitConfirmed(now, absl::Seconds(30), absl::StrCat(slot_, "_", db)))
-        << db << "\n"
-        << Log(b);
-  }
+  ExpectEverySlotConfirmed(dbs, b);
 }
 
 // --cleanup-after with --databases: one cleaner for every database, each
@@ -978,14 +965,7 @@ TEST_F(CdcTest, SeveralDatabasesCleanupDeletesOnlyConfirmedRows) {
 // that database only (never confirmed past the row, /readyz names it,
 // outboxd_source_failed{source} 1); the others go on publishing.
 TEST_F(CdcTest, AFailureOfOneDatabaseStopsOnlyThatDatabase) {
-  std::vector<std::string> dbs;
-  const std::string install =
-      ReadFile(absl::StrCat(OUTBOXD_SOURCE_DIR, "/sql/outbox.sql"));
-  for (int i = 0; i < 3; ++i) {
-    dbs.push_back(absl::StrCat(db_, "_f", i));
-    ASSERT_TRUE(cluster_->CreateDatabase(dbs.back()).ok());
-    ASSERT_TRUE(cluster_->Exec(dbs.back(), install).ok());
-  }
+  const std::vector<std::string> dbs = CreateOutboxDatabases("_i", 3);
   const std::string& bad = dbs[1];
   ASSERT_TRUE(cluster_
                   ->Exec(bad,
@@ -1046,12 +1026,6 @@ TEST_F(CdcTest, AFailureOfOneDatabaseStopsOnlyThatDatabase) {
       << Log(n);
   EXPECT_LT(ConfirmedFlush(absl::StrCat(slot_, "_", bad)), after_bad);
   EXPECT_TRUE(Outboxd(n).Running()) << Log(n);
-  StopAll(&outboxd_);
-  for (const std::string& db : dbs) {
-    Exec(
-        absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "_", db, "')"))
-        .IgnoreError();
-  }
 }
 
 // The cleaner visits its databases in turn: one whose DELETE fails (no
@@ -1184,13 +1158,7 @@ TEST_F(CdcTest, RepeatedPgStreamsFromEachServer) {
     EXPECT_EQ(labelled("outboxd_streaming", db), 1) << scrape;
     EXPECT_EQ(labelled("outboxd_slot_wal_status", db, reserved), 1) << scrape;
   }
-  const Lsn now = CurrentWalLsn();
-  for (const std::string& db : dbs) {
-    EXPECT_TRUE(
-        WaitConfirmed(now, absl::Seconds(30), absl::StrCat(slot_, "_", db)))
-        << db << "\n"
-        << Log(n);
-  }
+  ExpectEverySlotConfirmed(dbs, n);
 }
 
 TEST_F(CdcTest, RepeatedPgRefusesDuplicatesAndOneDatabaseModes) {
