@@ -532,6 +532,18 @@ absl::Status WriteFile(const std::string& path, const std::string& text) {
   return absl::OkStatus();
 }
 
+bool WriteResults(const std::string& stem, const nlohmann::json& doc,
+                  const std::string& md) {
+  absl::Status s = WriteFile(stem + ".json", doc.dump(2) + "\n");
+  if (s.ok()) s = WriteFile(stem + ".md", md);
+  if (!s.ok()) {
+    std::cerr << s << "\n";
+    return false;
+  }
+  std::cout << md;
+  return true;
+}
+
 double EventsPerSecond(int64_t events, int64_t ns) {
   return ns > 0 ? events * 1e9 / ns : 0;
 }

@@ -178,6 +178,11 @@ absl::StatusOr<rd_kafka_t*> NewKafkaHandle(
 // Writes `text` to `path`, creating parent directories.
 absl::Status WriteFile(const std::string& path, const std::string& text);
 
+// A benchmark's results: `stem`.json (`doc`) and `stem`.md (`md`), then
+// `md` on stdout. False, the cause on stderr, when a file cannot be written.
+bool WriteResults(const std::string& stem, const nlohmann::json& doc,
+                  const std::string& md);
+
 // `events` per second over `ns` nanoseconds; 0 for an empty span.
 double EventsPerSecond(int64_t events, int64_t ns);
 

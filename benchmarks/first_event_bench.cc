@@ -573,16 +573,10 @@ int Main(int argc, char** argv) {
   doc["duplicates"] = (*recorder)->duplicates();
   doc["failures"] = failures;
   const std::string stem = out + "/" + ResultStem("first-event", *broker);
-  s = WriteFile(stem + ".json", doc.dump(2) + "\n");
   const std::string md =
       absl::StrCat("First event, broker: ", env->broker_description(), "\n\n") +
       Markdown(doc["series"]) + BreakdownMarkdown(doc["start_breakdown"]);
-  if (s.ok()) s = WriteFile(stem + ".md", md);
-  if (!s.ok()) {
-    std::cerr << s << "\n";
-    return 1;
-  }
-  std::cout << md;
+  if (!WriteResults(stem, doc, md)) return 1;
   return failures.empty() ? 0 : 1;
 }
 

@@ -373,13 +373,7 @@ int Main(int argc, char** argv) {
   doc["failures"] = failures;
   const std::string stem = out + "/" + ResultStem("live", *broker);
   const std::string md = Markdown(env->broker_description(), runs);
-  absl::Status s = WriteFile(stem + ".json", doc.dump(2) + "\n");
-  if (s.ok()) s = WriteFile(stem + ".md", md);
-  if (!s.ok()) {
-    std::cerr << s << "\n";
-    return 1;
-  }
-  std::cout << md;
+  if (!WriteResults(stem, doc, md)) return 1;
   return failures.empty() && all_arrived ? 0 : 1;
 }
 

@@ -1122,13 +1122,7 @@ int Main(int argc, char** argv) {
       absl::GetFlag(FLAGS_out) + "/" + ResultStem("multidb", *broker);
   const std::string md = Markdown(e.broker_description(), runs,
                                   absl::GetFlag(FLAGS_setups), ndb, rounds);
-  absl::Status s = WriteFile(stem + ".json", doc.dump(2) + "\n");
-  if (s.ok()) s = WriteFile(stem + ".md", md);
-  if (!s.ok()) {
-    std::cerr << s << "\n";
-    return 1;
-  }
-  std::cout << md;
+  if (!WriteResults(stem, doc, md)) return 1;
   return failures.empty() && nothing_lost ? 0 : 1;
 }
 
