@@ -56,6 +56,23 @@ class CdcTest : public OutboxdTestBase {
                     .ok());
   }
 
+  // Whether outboxd `n` logged that it streams from each of `dbs`.
+  bool StreamsFrom(size_t n, const std::vector<std::string>& dbs) {
+    for (const std::string& db : dbs) {
+      if (!WaitForLog(n, absl::StrCat("[", db, "] streaming from slot"))) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // The outbox rows of `db` (count(*) as text); "" when the query fails.
+  std::string OutboxRows(const std::string& db) {
+    auto count = cluster_->Query(db, "SELECT count(*) FROM outbox");
+    EXPECT_TRUE(count.ok()) << count.status();
+    return count.ok() ? *count : "";
+  }
+
   // Every slot of `dbs` (--slot_<database>) is confirmed past what the
   // server had written when this was called; outboxd `n`'s log if not.
   void ExpectEverySlotConfirmed(const std::vector<std::string>& dbs, size_t n) {
@@ -661,10 +678,7 @@ TEST_F(CdcTest, SeveralDatabasesInOneProcessAndAKilledWalsender) {
   size_t n = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ","),
                             "--metrics-address=127.0.0.1:0",
                             "--slot-metrics-interval=200ms"});
-  for (const std::string& db : dbs) {
-    ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", db, "] streaming from slot")))
-        << Log(n);
-  }
+  ASSERT_TRUE(StreamsFrom(n, dbs)) << Log(n);
   const int port = MetricsPort(Log(n));
   ASSERT_GT(port, 0) << Log(n);
   int code = 0;
@@ -834,21 +848,13 @@ TEST_F(CdcTest, TwentyDatabasesSurviveASigkill) {
     }
   };
   size_t first = LaunchOutboxd({flag});
-  for (const std::string& db : dbs) {
-    ASSERT_TRUE(
-        WaitForLog(first, absl::StrCat("[", db, "] streaming from slot")))
-        << Log(first);
-  }
+  ASSERT_TRUE(StreamsFrom(first, dbs)) << Log(first);
   write(0);
   Outboxd(first).Signal(SIGKILL);  // mid-stream: some in flight, unconfirmed
   Outboxd(first).Wait(absl::Seconds(10));
   write(1);
   size_t second = LaunchOutboxd({flag});
-  for (const std::string& db : dbs) {
-    ASSERT_TRUE(
-        WaitForLog(second, absl::StrCat("[", db, "] streaming from slot")))
-        << Log(second);
-  }
+  ASSERT_TRUE(StreamsFrom(second, dbs)) << Log(second);
   auto records =
       Read(prefix_ + "twenty", kDatabases * kEvents, absl::Seconds(120));
   std::map<std::string, std::set<std::string>> keys;  // db -> keys
@@ -899,10 +905,7 @@ TEST_F(CdcTest, StandbyTakesOverPerSlot) {
   Outboxd(a).Signal(SIGKILL);
   Outboxd(a).Wait(absl::Seconds(10));
   for (const std::string& db : dbs) WriteEvents(db, "standby", 100, 150);
-  for (const std::string& db : {x, y}) {
-    ASSERT_TRUE(WaitForLog(b, absl::StrCat("[", db, "] streaming from slot")))
-        << Log(b);
-  }
+  ASSERT_TRUE(StreamsFrom(b, std::vector<std::string>{x, y})) << Log(b);
   for (const std::string& db : dbs) WriteEvents(db, "standby", 150, 200);
   keys = KeysPerDatabase(topic, 200 + 200 + 150);
   EXPECT_EQ(keys[x].size(), 200u);
@@ -924,18 +927,10 @@ TEST_F(CdcTest, SeveralDatabasesCleanupDeletesOnlyConfirmedRows) {
   // acknowledged.
   size_t n = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ","),
                             "--cleanup-after=1s", "--republish-margin=0s"});
-  for (const std::string& db : dbs) {
-    ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", db, "] streaming from slot")))
-        << Log(n);
-  }
-  auto rows = [&](const std::string& db) {
-    auto count = cluster_->Query(db, "SELECT count(*) FROM outbox");
-    EXPECT_TRUE(count.ok()) << count.status();
-    return count.ok() ? *count : "";
-  };
+  ASSERT_TRUE(StreamsFrom(n, dbs)) << Log(n);
   auto all_deleted = [&] {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (rows(dbs[0]) != "0" || rows(dbs[1]) != "0") {
+    while (OutboxRows(dbs[0]) != "0" || OutboxRows(dbs[1]) != "0") {
       if (absl::Now() > deadline) return false;
       absl::SleepFor(absl::Milliseconds(100));
     }
@@ -949,7 +944,7 @@ TEST_F(CdcTest, SeveralDatabasesCleanupDeletesOnlyConfirmedRows) {
   ASSERT_TRUE(broker_->SetAllBrokersDown().ok());
   for (const std::string& db : dbs) WriteEvents(db, "clean", 10, 15);
   absl::SleepFor(absl::Seconds(5));  // several cleaner rounds
-  for (const std::string& db : dbs) EXPECT_EQ(rows(db), "5") << db;
+  for (const std::string& db : dbs) EXPECT_EQ(OutboxRows(db), "5") << db;
   ASSERT_TRUE(broker_->SetAllBrokersUp().ok());
   keys = KeysPerDatabase(topic, 30);
   for (const std::string& db : dbs) EXPECT_EQ(keys[db].size(), 15u) << db;
@@ -975,10 +970,7 @@ TEST_F(CdcTest, AFailureOfOneDatabaseStopsOnlyThatDatabase) {
   size_t n = LaunchOutboxd(
       {"--databases=" + absl::StrJoin(dbs, ","), "--on-invalid=fail",
        "--metrics-address=127.0.0.1:0", "--reconnect-backoff-max=500ms"});
-  for (const std::string& db : dbs) {
-    ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", db, "] streaming from slot")))
-        << Log(n);
-  }
+  ASSERT_TRUE(StreamsFrom(n, dbs)) << Log(n);
   const int port = MetricsPort(Log(n));
   ASSERT_GT(port, 0) << Log(n);
   auto insert = [&](const std::string& db, const std::string& key) {
@@ -1044,18 +1036,10 @@ TEST_F(CdcTest, CleanupOfOneDatabaseFailingLeavesTheOthersCleaned) {
       LaunchOutboxd({publisher, "--databases=" + absl::StrJoin(dbs, ","),
                      "--cleanup-after=1s", "--republish-margin=0s"},
                     /*wait_ready=*/true, {}, DefaultArgs(/*with_pg=*/false));
-  for (const std::string& db : dbs) {
-    ASSERT_TRUE(WaitForLog(n, absl::StrCat("[", db, "] streaming from slot")))
-        << Log(n);
-  }
-  auto rows = [&](const std::string& db) {
-    auto count = cluster_->Query(db, "SELECT count(*) FROM outbox");
-    EXPECT_TRUE(count.ok()) << count.status();
-    return count.ok() ? *count : "";
-  };
+  ASSERT_TRUE(StreamsFrom(n, dbs)) << Log(n);
   auto eventually_empty = [&](const std::string& db) {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (rows(db) != "0") {
+    while (OutboxRows(db) != "0") {
       if (absl::Now() > deadline) return false;
       absl::SleepFor(absl::Milliseconds(100));
     }
@@ -1069,7 +1053,7 @@ TEST_F(CdcTest, CleanupOfOneDatabaseFailingLeavesTheOthersCleaned) {
       WaitForLog(n, absl::StrCat("[", dbs[0], "] cleanup: PERMISSION_DENIED")))
       << Log(n);
   absl::SleepFor(absl::Seconds(3));  // three more rounds (every 1s)
-  EXPECT_EQ(rows(dbs[0]), "10");
+  EXPECT_EQ(OutboxRows(dbs[0]), "10");
   // One warning for the cause, not one per round.
   const std::string log = Log(n);
   size_t warnings = 0;
