@@ -232,25 +232,26 @@ absl::Status RefuseOtherModesFlags(const flags::ParsedCommandLine& cmd,
   return absl::OkStatus();
 }
 
-// --cloudevents and the flags that only it reads; needs pub.value_format.
+// --cloudevents and the flags that only it reads; needs
+// pub.records.value_format.
 absl::Status CloudEventsFromFlags(const flags::ParsedCommandLine& cmd,
                                   PublisherOptions& pub) {
-  ASSIGN_OR_RETURN(pub.cloudevents.mode,
+  ASSIGN_OR_RETURN(pub.records.cloudevents.mode,
                    flags::ParsedFlag(FLAGS_cloudevents, ParseCloudEventsMode));
-  if (pub.cloudevents.mode == CloudEventsMode::kOff) {
+  if (pub.records.cloudevents.mode == CloudEventsMode::kOff) {
     return flags::OnlyFor(
         cmd, "--cloudevents=binary or structured",
         {FLAGS_cloudevents_source, FLAGS_column_content_type});
   }
-  if (pub.cloudevents.mode == CloudEventsMode::kStructured &&
-      pub.value_format != ValueFormat::kPayload) {
+  if (pub.records.cloudevents.mode == CloudEventsMode::kStructured &&
+      pub.records.value_format != ValueFormat::kPayload) {
     // The document is the value: an envelope has no place in it.
     return absl::InvalidArgumentError(absl::StrCat(
         "--cloudevents=structured needs --value-format=payload (the "
         "CloudEvents document is the value), not '",
-        ValueFormatName(pub.value_format), "'"));
+        ValueFormatName(pub.records.value_format), "'"));
   }
-  pub.cloudevents.source = absl::GetFlag(FLAGS_cloudevents_source);
+  pub.records.cloudevents.source = absl::GetFlag(FLAGS_cloudevents_source);
   if (flags::IsSet(cmd, FLAGS_cloudevents_source)) {
     RETURN_IF_ERROR(
         flags::ParsedFlag(FLAGS_cloudevents_source,
@@ -327,7 +328,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
   ASSIGN_OR_RETURN(
       cdc.status_interval,
       flags::PositiveFlag(FLAGS_status_interval, absl::Minutes(10)));
-  ASSIGN_OR_RETURN(pub.coalesce,
+  ASSIGN_OR_RETURN(pub.session.coalesce,
                    flags::BetweenFlag(FLAGS_read_coalesce, absl::ZeroDuration(),
                                       absl::Milliseconds(100)));
   ASSIGN_OR_RETURN(cdc.standby_poll_interval,
@@ -335,19 +336,21 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
                                       absl::Milliseconds(1), absl::Minutes(1)));
   ASSIGN_OR_RETURN(pub.shutdown_timeout,
                    flags::NotNegativeFlag(FLAGS_shutdown_timeout));
-  ASSIGN_OR_RETURN(pub.stall_timeout,
+  ASSIGN_OR_RETURN(pub.session.stall_timeout,
                    flags::NotNegativeFlag(FLAGS_stall_timeout));
   RETURN_IF_ERROR(flags::NotNegativeFlag(FLAGS_slot_metrics_interval).status());
-  pub.reconnect.initial_backoff =
+  pub.session.reconnect.initial_backoff =
       absl::GetFlag(FLAGS_reconnect_backoff_initial);
-  pub.reconnect.max_backoff = absl::GetFlag(FLAGS_reconnect_backoff_max);
-  if (pub.reconnect.initial_backoff <= absl::ZeroDuration() ||
-      pub.reconnect.max_backoff < pub.reconnect.initial_backoff) {
+  pub.session.reconnect.max_backoff =
+      absl::GetFlag(FLAGS_reconnect_backoff_max);
+  if (pub.session.reconnect.initial_backoff <= absl::ZeroDuration() ||
+      pub.session.reconnect.max_backoff <
+          pub.session.reconnect.initial_backoff) {
     return absl::InvalidArgumentError(
         "--reconnect-backoff-initial must be positive and at most "
         "--reconnect-backoff-max");
   }
-  ASSIGN_OR_RETURN(pub.reconnect.give_up_after,
+  ASSIGN_OR_RETURN(pub.session.reconnect.give_up_after,
                    flags::NotNegativeFlag(FLAGS_reconnect_give_up));
   ASSIGN_OR_RETURN(
       pub.delivery,
@@ -359,13 +362,13 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
         "--delivery=exactly-once is supported with --source=cdc only, not '",
         source, "'"));
   }
-  pub.transactional_id = absl::GetFlag(FLAGS_transactional_id);
-  ASSIGN_OR_RETURN(pub.transactions.interval,
+  pub.transactions.transactional_id = absl::GetFlag(FLAGS_transactional_id);
+  ASSIGN_OR_RETURN(pub.transactions.batch.interval,
                    flags::BetweenFlag(FLAGS_transaction_interval,
                                       absl::ZeroDuration(), absl::Seconds(30)));
   if (pub.delivery == DeliveryGuarantee::kExactlyOnce &&
-      pub.stall_timeout > absl::ZeroDuration() &&
-      pub.stall_timeout <= pub.transactions.interval) {
+      pub.session.stall_timeout > absl::ZeroDuration() &&
+      pub.session.stall_timeout <= pub.transactions.batch.interval) {
     // Events stay pending until their Kafka transaction commits.
     return absl::InvalidArgumentError(
         "--stall-timeout must be longer than --transaction-interval with "
@@ -463,11 +466,11 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
     }
   }
 
-  pub.router.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
-  pub.router.fixed_topic = absl::GetFlag(FLAGS_topic);
+  pub.records.router.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
+  pub.records.router.fixed_topic = absl::GetFlag(FLAGS_topic);
   std::string ordering = absl::GetFlag(FLAGS_ordering);
   if (ordering == "global") {
-    if (pub.router.fixed_topic.empty()) {
+    if (pub.records.router.fixed_topic.empty()) {
       return absl::InvalidArgumentError(
           "--ordering=global needs --topic (one topic, one partition)");
     }
@@ -480,26 +483,27 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
           "hazard of polling\"), not '",
           source, "'"));
     }
-    pub.router.fixed_partition = 0;
+    pub.records.router.fixed_partition = 0;
   } else if (ordering != "aggregate") {
     return absl::InvalidArgumentError(absl::StrCat(
         "--ordering must be aggregate or global, not '", ordering, "'"));
   }
-  ASSIGN_OR_RETURN(pub.dlq_topic, flags::NonEmptyFlag(FLAGS_dlq_topic));
+  ASSIGN_OR_RETURN(pub.records.dlq_topic, flags::NonEmptyFlag(FLAGS_dlq_topic));
   // Flags that can only make topic names Kafka refuses. A prefix is illegal
   // when no aggregatetype can complete it into a legal name.
   if (absl::Status s =
-          CheckTopicName(absl::StrCat(pub.router.topic_prefix, "x"));
+          CheckTopicName(absl::StrCat(pub.records.router.topic_prefix, "x"));
       !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--topic-prefix makes no legal topic name: ", s.message()));
   }
-  if (!pub.router.fixed_topic.empty()) {
-    if (absl::Status s = CheckTopicName(pub.router.fixed_topic); !s.ok()) {
+  if (!pub.records.router.fixed_topic.empty()) {
+    if (absl::Status s = CheckTopicName(pub.records.router.fixed_topic);
+        !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("--topic: ", s.message()));
     }
   }
-  if (absl::Status s = CheckTopicName(pub.dlq_topic); !s.ok()) {
+  if (absl::Status s = CheckTopicName(pub.records.dlq_topic); !s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--dlq-topic: ", s.message()));
   }
@@ -509,7 +513,7 @@ absl::StatusOr<CdcPipelineOptions> OptionsFromFlags(
           FLAGS_on_invalid, {{"dead-letter", InvalidEventPolicy::kDeadLetter},
                              {"fail", InvalidEventPolicy::kFail}}));
 
-  ASSIGN_OR_RETURN(pub.value_format,
+  ASSIGN_OR_RETURN(pub.records.value_format,
                    flags::ParsedFlag(FLAGS_value_format, ParseValueFormat));
   RETURN_IF_ERROR(CloudEventsFromFlags(cmd, pub));
   pub.producer.brokers = brokers;
@@ -727,7 +731,9 @@ absl::Status Run(CdcPipelineOptions& options,
   } else {  // poll, notify
     source = NewPollSource(*poll, run_metrics.get());
   }
-  Publisher publisher(publisher_options, *source, run_metrics.get());
+  Publisher publisher(publisher_options,
+                      {PublisherStream{source.get(), nullptr, ""}},
+                      run_metrics.get());
   return publisher.Run(stop);
 }
 

@@ -51,13 +51,10 @@ std::vector<std::pair<std::string, std::string>> DeadLetterProducerProperties(
     const std::vector<std::pair<std::string, std::string>>&
         consumer_properties);
 
-// Makes the producer of a DeadLetterSink (a test passes a fake).
-using SinkFactory = std::function<absl::StatusOr<std::unique_ptr<Sink>>(
-    const ProducerOptions& options, DeliveryCallback on_delivery)>;
-
 class DeadLetterSink {
  public:
-  // Without a factory the producer is a KafkaProducer.
+  // Makes its producer (kafka/producer.h; a test passes a fake). Without a
+  // factory the producer is a KafkaProducer.
   explicit DeadLetterSink(DeadLetterOptions options,
                           SinkFactory factory = nullptr);
   DeadLetterSink(const DeadLetterSink&) = delete;

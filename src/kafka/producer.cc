@@ -521,4 +521,13 @@ absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
   return offsets;
 }
 
+SinkFactory KafkaSinkFactory() {
+  return [](const ProducerOptions& options, DeliveryCallback on_delivery)
+             -> absl::StatusOr<std::unique_ptr<Sink>> {
+    auto producer = KafkaProducer::Create(options, std::move(on_delivery));
+    if (!producer.ok()) return producer.status();
+    return std::unique_ptr<Sink>(*std::move(producer));
+  };
+}
+
 }  // namespace outboxd

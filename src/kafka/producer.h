@@ -47,6 +47,12 @@ struct ProducerOptions {
   std::string transactional_id;
 };
 
+// Makes a sink; `on_delivery` must be called once per produced record. The
+// publishing code takes one, so that its rules run against a fake in tests
+// (tests/fakes/fake_sink.h).
+using SinkFactory = std::function<absl::StatusOr<std::unique_ptr<Sink>>(
+    const ProducerOptions& options, DeliveryCallback on_delivery)>;
+
 // CommittedOffset and DeliveryCallback: kafka/sink.h.
 class KafkaProducer : public Sink {
  public:
@@ -130,6 +136,9 @@ class KafkaProducer : public Sink {
 absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
     const ProducerOptions& options, const std::string& group,
     absl::Duration timeout);
+
+// A SinkFactory of KafkaProducers (librdkafka).
+SinkFactory KafkaSinkFactory();
 
 }  // namespace outboxd
 

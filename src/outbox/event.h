@@ -77,6 +77,8 @@ struct InvalidEvent {
   std::string content;
   std::string aggregate_id;  // best effort, "" when unknown
   std::string table;         // as OutboxEvent::table
+  // As OutboxEvent::republished_after (header outbox.republished).
+  std::optional<Lsn> republished_after;
 };
 
 }  // namespace outboxd

@@ -8,11 +8,12 @@
 
 namespace outboxd {
 
-template <typename P>
-BasicAckTracker<P>::BasicAckTracker(Lsn start) : confirmable_(start) {}
+template <typename Position>
+BasicAckTracker<Position>::BasicAckTracker(Position start)
+    : confirmable_(start) {}
 
-template <typename P>
-void BasicAckTracker<P>::BeginTransaction() {
+template <typename Position>
+void BasicAckTracker<Position>::BeginTransaction() {
   if (transaction_open_) {
     // A Begin without Commit would be a decoder bug; keep collecting into
     // the open transaction rather than confirming anything early.
@@ -24,8 +25,8 @@ void BasicAckTracker<P>::BeginTransaction() {
   transaction_open_ = true;
 }
 
-template <typename P>
-uint64_t BasicAckTracker<P>::AddEvent() {
+template <typename Position>
+uint64_t BasicAckTracker<Position>::AddEvent() {
   if (!transaction_open_) {
     SPDLOG_WARN("ack tracker: event outside a transaction; opening one");
     BeginTransaction();
@@ -38,33 +39,33 @@ uint64_t BasicAckTracker<P>::AddEvent() {
   return next_sequence_++;
 }
 
-template <typename P>
-void BasicAckTracker<P>::CommitTransaction(Lsn end_lsn) {
+template <typename Position>
+void BasicAckTracker<Position>::CommitTransaction(Position end) {
   if (!transaction_open_) {
     SPDLOG_WARN("ack tracker: CommitTransaction without BeginTransaction");
     BeginTransaction();
   }
   Transaction& tx = transactions_.back();
   tx.committed = true;
-  tx.end_lsn = end_lsn;
+  tx.end = end;
   transaction_open_ = false;
   Advance();
 }
 
-template <typename P>
-void BasicAckTracker<P>::AbandonOpenTransaction() {
-  server_wal_end_ = Lsn();
+template <typename Position>
+void BasicAckTracker<Position>::AbandonOpenTransaction() {
+  idle_position_ = Position();
   if (!transaction_open_) return;
   Transaction& tx = transactions_.back();
   tx.committed = true;
-  tx.end_lsn = Lsn();  // Max(confirmable_, Lsn()) moves nothing
+  tx.end = Position();  // Max(confirmable_, Position()) moves nothing
   transaction_open_ = false;
   Advance();
 }
 
-template <typename P>
-typename BasicAckTracker<P>::Transaction* BasicAckTracker<P>::FindTransaction(
-    uint64_t sequence) {
+template <typename Position>
+typename BasicAckTracker<Position>::Transaction*
+BasicAckTracker<Position>::FindTransaction(uint64_t sequence) {
   if (transactions_.empty() || sequence >= next_sequence_ ||
       sequence < transactions_.front().first_sequence) {
     return nullptr;
@@ -81,9 +82,9 @@ typename BasicAckTracker<P>::Transaction* BasicAckTracker<P>::FindTransaction(
   return &*it;
 }
 
-template <typename P>
-typename BasicAckTracker<P>::Transaction* BasicAckTracker<P>::MarkReported(
-    uint64_t sequence) {
+template <typename Position>
+typename BasicAckTracker<Position>::Transaction*
+BasicAckTracker<Position>::MarkReported(uint64_t sequence) {
   Transaction* tx = FindTransaction(sequence);
   if (tx == nullptr) {
     // Confirmed transactions were fully acknowledged: a report for one of
@@ -103,16 +104,16 @@ typename BasicAckTracker<P>::Transaction* BasicAckTracker<P>::MarkReported(
   return tx;
 }
 
-template <typename P>
-void BasicAckTracker<P>::Acknowledge(uint64_t sequence) {
+template <typename Position>
+void BasicAckTracker<Position>::Acknowledge(uint64_t sequence) {
   Transaction* tx = MarkReported(sequence);
   if (tx == nullptr) return;
   --tx->unacknowledged;
   if (tx->unacknowledged == 0 && tx == &transactions_.front()) Advance();
 }
 
-template <typename P>
-void BasicAckTracker<P>::Fail(uint64_t sequence, absl::Status cause) {
+template <typename Position>
+void BasicAckTracker<Position>::Fail(uint64_t sequence, absl::Status cause) {
   if (failure_.ok()) {
     failure_ = cause.ok() ? absl::UnknownError("delivery failed") : cause;
   }
@@ -122,25 +123,25 @@ void BasicAckTracker<P>::Fail(uint64_t sequence, absl::Status cause) {
   if (MarkReported(sequence) == nullptr) frozen_ = true;
 }
 
-template <typename P>
-void BasicAckTracker<P>::ObserveServerWalEnd(Lsn wal_end) {
-  server_wal_end_ = Lsn::Max(server_wal_end_, wal_end);
+template <typename Position>
+void BasicAckTracker<Position>::ObserveIdlePosition(Position position) {
+  idle_position_ = Position::Max(idle_position_, position);
   Advance();
 }
 
-template <typename P>
-void BasicAckTracker<P>::Advance() {
+template <typename Position>
+void BasicAckTracker<Position>::Advance() {
   if (frozen_) return;
   while (!transactions_.empty()) {
     const Transaction& tx = transactions_.front();
     if (!tx.committed || tx.unacknowledged != 0) break;
-    confirmable_ = Lsn::Max(confirmable_, tx.end_lsn);
+    confirmable_ = Position::Max(confirmable_, tx.end);
     transactions_.pop_front();
   }
   // Idle: nothing open, nothing unacknowledged. Everything the server sent
   // before its reported walEnd has been registered and acknowledged.
   if (transactions_.empty() && !transaction_open_ && failure_.ok()) {
-    confirmable_ = Lsn::Max(confirmable_, server_wal_end_);
+    confirmable_ = Position::Max(confirmable_, idle_position_);
   }
 }
 

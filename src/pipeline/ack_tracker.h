@@ -1,11 +1,12 @@
-// AckTracker: turns per-event delivery reports into the LSN that may be
-// confirmed to PostgreSQL (docs/ARCHITECTURE.md, "The confirmed-position
-// rule").
+// AckTracker: turns per-event delivery reports into the position that may
+// be confirmed to the source (docs/ARCHITECTURE.md, "The confirmed-position
+// rule"): for CDC the LSN confirmed to PostgreSQL.
 //
 // Events get consecutive sequence numbers in stream order. Each transaction
-// is confirmable at its commit end LSN once it and every earlier transaction
-// have all their events acknowledged. With nothing open or in flight, the
-// position may move to the newest WAL position the server reported.
+// is confirmable at its end position (CDC: its commit's end LSN) once it
+// and every earlier transaction have all their events acknowledged. With
+// nothing open or in flight, the position may move to the newest idle
+// position the source reported (CDC: the server's walEnd).
 // A failed delivery freezes the confirmable position before its transaction
 // for good.
 //
@@ -32,33 +33,33 @@ namespace outboxd {
 template <typename Position>
 class BasicAckTracker {
  public:
-  using Lsn = Position;  // the names below speak of the CDC stream
   // `start` is where streaming starts (the slot's confirmed position).
-  explicit BasicAckTracker(Lsn start = Lsn());
+  explicit BasicAckTracker(Position start = Position());
 
   // A transaction starts; events added until CommitTransaction belong to it.
   void BeginTransaction();
   // Registers one event of the open transaction; returns its sequence number.
   uint64_t AddEvent();
-  // The open transaction ends; `end_lsn` is its commit record's end LSN.
-  void CommitTransaction(Lsn end_lsn);
+  // The open transaction ends at `end` (CDC: its commit record's end LSN).
+  void CommitTransaction(Position end);
 
   // The replication connection was lost: the open transaction (Begin seen,
-  // Commit not) will be sent again by the server on the next connection.
-  // Its events already registered are still reported (and may be
-  // acknowledged), but it confirms nothing. The server's last walEnd is
-  // forgotten too: it may lie past that transaction.
+  // Commit not) will be sent again on the next connection. Its events
+  // already registered are still reported (and may be acknowledged), but it
+  // confirms nothing. The last idle position is forgotten too: it may lie
+  // past that transaction.
   void AbandonOpenTransaction();
 
   // Delivery reports, in any order.
   void Acknowledge(uint64_t sequence);
   void Fail(uint64_t sequence, absl::Status cause);
 
-  // The walsender's position from XLogData / keepalive walEnd.
-  void ObserveServerWalEnd(Lsn wal_end);
+  // The source's newest position with no transaction open (CDC: the
+  // walsender's walEnd from XLogData or a keepalive).
+  void ObserveIdlePosition(Position position);
 
   // The flush position to report: never past an unacknowledged event.
-  Lsn ConfirmableLsn() const { return confirmable_; }
+  Position Confirmable() const { return confirmable_; }
   // A transaction is open: begun, neither committed nor abandoned.
   bool transaction_open() const { return transaction_open_; }
   // Events registered but not yet acknowledged (or failed).
@@ -75,7 +76,7 @@ class BasicAckTracker {
     // confirmable.
     uint64_t unacknowledged = 0;
     bool committed = false;
-    Lsn end_lsn;
+    Position end;
     // One flag per event (index = sequence - first_sequence): reported
     // already. Guards against a duplicate report confirming too early.
     std::vector<bool> reported;
@@ -91,8 +92,8 @@ class BasicAckTracker {
   bool transaction_open_ = false;
   uint64_t next_sequence_ = 0;
   size_t in_flight_ = 0;
-  Lsn confirmable_;
-  Lsn server_wal_end_;
+  Position confirmable_;
+  Position idle_position_;
   absl::Status failure_;
   // Set when a failure cannot be placed in a transaction: nothing advances.
   bool frozen_ = false;

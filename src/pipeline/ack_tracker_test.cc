@@ -30,35 +30,35 @@ TEST(AckTrackerTest, AbandonedTransactionConfirmsNothing) {
   tracker.BeginTransaction();
   uint64_t half = tracker.AddEvent();
   // A keepalive while the transaction streams: its walEnd lies past it.
-  tracker.ObserveServerWalEnd(Lsn(900));
+  tracker.ObserveIdlePosition(Lsn(900));
   tracker.AbandonOpenTransaction();  // the connection was lost
   tracker.Acknowledge(first[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200));
   tracker.Acknowledge(half);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200))
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200))
       << "neither the abandoned transaction nor the old walEnd confirms";
   EXPECT_EQ(tracker.EventsInFlight(), 0u);
   // The server resends it on the new connection.
   auto again = AddCommitted(tracker, 2, 500);
   tracker.Acknowledge(again[0]);
   tracker.Acknowledge(again[1]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(500));
-  tracker.ObserveServerWalEnd(Lsn(600));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(600));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(500));
+  tracker.ObserveIdlePosition(Lsn(600));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(600));
 }
 
 TEST(AckTrackerTest, AbandonWithoutOpenTransactionOnlyForgetsWalEnd) {
   AckTracker tracker(Lsn(100));
   auto seq = AddCommitted(tracker, 1, 300);
-  tracker.ObserveServerWalEnd(Lsn(400));
+  tracker.ObserveIdlePosition(Lsn(400));
   tracker.AbandonOpenTransaction();
   tracker.Acknowledge(seq[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(300));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(300));
 }
 
 TEST(AckTrackerTest, StartsAtStartPosition) {
   AckTracker tracker(Lsn(100));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   EXPECT_EQ(tracker.EventsInFlight(), 0u);
   EXPECT_TRUE(tracker.failure().ok());
 }
@@ -76,10 +76,10 @@ TEST(AckTrackerTest, ConfirmsTransactionOnlyWhenAllEventsAcked) {
   auto seq = AddCommitted(tracker, 3, 200);
   tracker.Acknowledge(seq[0]);
   tracker.Acknowledge(seq[2]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   EXPECT_EQ(tracker.EventsInFlight(), 1u);
   tracker.Acknowledge(seq[1]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200));
   EXPECT_EQ(tracker.EventsInFlight(), 0u);
 }
 
@@ -90,9 +90,9 @@ TEST(AckTrackerTest, AcksBeforeCommitConfirmAtCommit) {
   uint64_t b = tracker.AddEvent();
   tracker.Acknowledge(a);
   tracker.Acknowledge(b);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   tracker.CommitTransaction(Lsn(300));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(300));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(300));
 }
 
 TEST(AckTrackerTest, LaterTransactionAckedFirstWaitsForEarlierOne) {
@@ -101,11 +101,11 @@ TEST(AckTrackerTest, LaterTransactionAckedFirstWaitsForEarlierOne) {
   auto tx2 = AddCommitted(tracker, 2, 300);
   tracker.Acknowledge(tx2[1]);
   tracker.Acknowledge(tx2[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   tracker.Acknowledge(tx1[1]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   tracker.Acknowledge(tx1[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(300));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(300));
 }
 
 TEST(AckTrackerTest, StopsAtFirstIncompleteTransaction) {
@@ -115,9 +115,9 @@ TEST(AckTrackerTest, StopsAtFirstIncompleteTransaction) {
   auto tx3 = AddCommitted(tracker, 1, 400);
   tracker.Acknowledge(tx1[0]);
   tracker.Acknowledge(tx3[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200));
   tracker.Acknowledge(tx2[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(400));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(400));
 }
 
 TEST(AckTrackerTest, FailedDeliveryIsNeverPassed) {
@@ -131,18 +131,18 @@ TEST(AckTrackerTest, FailedDeliveryIsNeverPassed) {
 
   tracker.Acknowledge(tx2[1]);
   tracker.Acknowledge(tx3[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   // Everything before the failed transaction may still be confirmed.
   tracker.Acknowledge(tx1[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200));
   EXPECT_EQ(tracker.EventsInFlight(), 0u);
 
   // Nothing later moves it: more transactions, acks, server positions.
   auto tx4 = AddCommitted(tracker, 1, 500);
   tracker.Acknowledge(tx4[0]);
-  tracker.ObserveServerWalEnd(Lsn(900));
+  tracker.ObserveIdlePosition(Lsn(900));
   AddCommitted(tracker, 0, 1000);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200));
   EXPECT_EQ(tracker.failure().code(), absl::StatusCode::kUnavailable);
 }
 
@@ -160,30 +160,30 @@ TEST(AckTrackerTest, DuplicateAndUnknownReportsDoNotConfirmEarly) {
   tracker.Acknowledge(tx1[0]);
   tracker.Acknowledge(tx1[0]);  // duplicate: must not count for tx1[1]
   tracker.Acknowledge(12345);   // never handed out
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   EXPECT_EQ(tracker.EventsInFlight(), 1u);
   tracker.Acknowledge(tx1[1]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200));
   tracker.Acknowledge(tx1[1]);  // already confirmed
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200));
   EXPECT_EQ(tracker.EventsInFlight(), 0u);
 }
 
 TEST(AckTrackerTest, EmptyTransactionsConfirmWhenEverythingBeforeIs) {
   AckTracker tracker(Lsn(100));
   AddCommitted(tracker, 0, 150);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(150));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(150));
 
   auto tx1 = AddCommitted(tracker, 1, 200);
   AddCommitted(tracker, 0, 250);
   AddCommitted(tracker, 0, 260);
   auto tx4 = AddCommitted(tracker, 1, 300);
   AddCommitted(tracker, 0, 350);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(150));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(150));
   tracker.Acknowledge(tx4[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(150));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(150));
   tracker.Acknowledge(tx1[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(350));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(350));
 }
 
 TEST(AckTrackerTest, EmptyTransactionsBetweenEventsKeepLookupsRight) {
@@ -196,55 +196,55 @@ TEST(AckTrackerTest, EmptyTransactionsBetweenEventsKeepLookupsRight) {
   auto tx4 = AddCommitted(tracker, 2, 40);
   tracker.Acknowledge(tx4[0]);
   tracker.Acknowledge(tx4[1]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(1));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(1));
   tracker.Acknowledge(tx1[1]);
   tracker.Acknowledge(tx1[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(40));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(40));
 }
 
 TEST(AckTrackerTest, IdleAdvancesToServerWalEnd) {
   AckTracker tracker(Lsn(100));
-  tracker.ObserveServerWalEnd(Lsn(500));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(500));
-  tracker.ObserveServerWalEnd(Lsn(400));  // never backwards
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(500));
-  tracker.ObserveServerWalEnd(Lsn(600));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(600));
+  tracker.ObserveIdlePosition(Lsn(500));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(500));
+  tracker.ObserveIdlePosition(Lsn(400));  // never backwards
+  EXPECT_EQ(tracker.Confirmable(), Lsn(500));
+  tracker.ObserveIdlePosition(Lsn(600));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(600));
 }
 
 TEST(AckTrackerTest, NoIdleAdvanceWhileTransactionOpen) {
   AckTracker tracker(Lsn(100));
   tracker.BeginTransaction();
-  tracker.ObserveServerWalEnd(Lsn(500));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  tracker.ObserveIdlePosition(Lsn(500));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   uint64_t seq = tracker.AddEvent();
   tracker.Acknowledge(seq);
-  tracker.ObserveServerWalEnd(Lsn(550));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  tracker.ObserveIdlePosition(Lsn(550));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   tracker.CommitTransaction(Lsn(700));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(700));
-  tracker.ObserveServerWalEnd(Lsn(800));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(800));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(700));
+  tracker.ObserveIdlePosition(Lsn(800));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(800));
 }
 
 TEST(AckTrackerTest, NoIdleAdvanceWhileEventsInFlight) {
   AckTracker tracker(Lsn(100));
   auto tx1 = AddCommitted(tracker, 1, 200);
-  tracker.ObserveServerWalEnd(Lsn(500));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(100));
+  tracker.ObserveIdlePosition(Lsn(500));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(100));
   tracker.Acknowledge(tx1[0]);
   // Now idle: everything the server sent before 500 is acknowledged.
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(500));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(500));
 }
 
 TEST(AckTrackerTest, IdleAdvanceDoesNotPassAnOpenTransactionAfterAck) {
   AckTracker tracker(Lsn(100));
   auto tx1 = AddCommitted(tracker, 1, 200);
-  tracker.ObserveServerWalEnd(Lsn(500));
+  tracker.ObserveIdlePosition(Lsn(500));
   tracker.BeginTransaction();
   tracker.AddEvent();
   tracker.Acknowledge(tx1[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(200));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(200));
 }
 
 TEST(AckTrackerTest, NeverMovesBackwards) {
@@ -253,13 +253,13 @@ TEST(AckTrackerTest, NeverMovesBackwards) {
   // restart) must not pull the position back.
   auto tx = AddCommitted(tracker, 1, 500);
   tracker.Acknowledge(tx[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(1000));
-  tracker.ObserveServerWalEnd(Lsn(900));
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(1000));
-  tracker.ObserveServerWalEnd(Lsn(2000));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(1000));
+  tracker.ObserveIdlePosition(Lsn(900));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(1000));
+  tracker.ObserveIdlePosition(Lsn(2000));
   auto tx2 = AddCommitted(tracker, 1, 1500);
   tracker.Acknowledge(tx2[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(2000));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(2000));
 }
 
 TEST(AckTrackerTest, HugeTransactionConfirmsOnlyAtTheEnd) {
@@ -270,20 +270,20 @@ TEST(AckTrackerTest, HugeTransactionConfirmsOnlyAtTheEnd) {
   auto after = AddCommitted(tracker, 1, 6000);
   tracker.Acknowledge(before[0]);
   tracker.Acknowledge(after[0]);
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(150));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(150));
 
   std::mt19937_64 rng(7);
   std::shuffle(huge.begin(), huge.end(), rng);
   for (int i = 0; i < kEvents - 1; ++i) {
     tracker.Acknowledge(huge[i]);
     if (i % 10007 == 0) {
-      ASSERT_EQ(tracker.ConfirmableLsn(), Lsn(150)) << i;
+      ASSERT_EQ(tracker.Confirmable(), Lsn(150)) << i;
     }
   }
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(150));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(150));
   EXPECT_EQ(tracker.EventsInFlight(), 1u);
   tracker.Acknowledge(huge.back());
-  EXPECT_EQ(tracker.ConfirmableLsn(), Lsn(6000));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(6000));
   EXPECT_EQ(tracker.EventsInFlight(), 0u);
 }
 
@@ -351,7 +351,7 @@ TEST_P(AckTrackerRandomTest, MatchesReferenceModel) {
   uint64_t lsn = 1000;
   bool open = false;
   bool failed = false;
-  Lsn confirmable = tracker.ConfirmableLsn();
+  Lsn confirmable = tracker.Confirmable();
   int advances = 0;
 
   for (int step = 0; step < 20000; ++step) {
@@ -387,11 +387,11 @@ TEST_P(AckTrackerRandomTest, MatchesReferenceModel) {
       uint64_t wal_end =
           lsn + std::uniform_int_distribution<uint64_t>(0, 50)(rng);
       if (!open) lsn = wal_end;  // commits after it come later in the WAL
-      tracker.ObserveServerWalEnd(Lsn(wal_end));
+      tracker.ObserveIdlePosition(Lsn(wal_end));
       reference.WalEnd(wal_end);
     }
     Lsn before = confirmable;
-    confirmable = tracker.ConfirmableLsn();
+    confirmable = tracker.Confirmable();
     ASSERT_EQ(confirmable.value(), reference.Confirmable()) << "step " << step;
     ASSERT_GE(confirmable, before);
     if (confirmable > before) ++advances;

@@ -8,28 +8,27 @@ namespace outboxd {
 
 std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
                                            metrics::OutboxdMetrics& metrics,
-                                           const std::atomic<bool>& stop) {
+                                           const std::atomic<bool>& stop,
+                                           SinkFactory sink_factory) {
   CdcSourceOptions o = options.source;
   if (!o.setup.tables.empty()) {
-    // The republisher routes as the Publisher does (topic, key, value
-    // format, headers), with a producer of its own.
+    // The republisher builds its records as the Publisher does (the same
+    // RecordBuilder options), with a sink of its own.
     const PublisherOptions& p = options.publisher;
     RepublishOptions ro;
     ro.conninfo = o.conninfo;
     ro.tables = o.setup.tables;
     ro.columns = o.mapper.columns;
     ro.margin = o.republish_margin;
-    ro.router = p.router;
+    ro.records = p.records;
     ro.producer = p.producer;
-    ro.value_format = p.value_format;
-    ro.dlq_topic = p.dlq_topic;
     ro.fail_on_invalid = p.on_invalid == InvalidEventPolicy::kFail;
-    o.republish = [ro, &stop](const PublisherState& from, Lsn start,
-                              const std::string& source) mutable
-        -> absl::StatusOr<RepublishCount> {
-      ro.router.source = source;
+    o.republish =
+        [ro, &stop, sink_factory = std::move(sink_factory)](
+            const PublisherState& from, Lsn start,
+            const std::string& source) -> absl::StatusOr<RepublishCount> {
       absl::StatusOr<RepublishResult> r =
-          RepublishLostEvents(ro, from, start, stop);
+          RepublishLostEvents(ro, sink_factory, source, from, start, stop);
       if (!r.ok()) return r.status();
       return RepublishCount{r->republished, r->dead_lettered};
     };

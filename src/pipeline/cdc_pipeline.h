@@ -24,12 +24,13 @@ struct CdcPipelineOptions {
 };
 
 // The CDC source of `options`: options.source, and with a table the
-// republisher of --on-slot-loss=republish, which routes, encodes and
-// dead-letters as options.publisher says. `metrics` and `stop` must outlive
-// it.
-std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
-                                           metrics::OutboxdMetrics& metrics,
-                                           const std::atomic<bool>& stop);
+// republisher of --on-slot-loss=republish, which builds its records as
+// options.publisher says, on a sink of `sink_factory`. `metrics` and `stop`
+// must outlive it.
+std::unique_ptr<EventSource> MakeCdcSource(
+    const CdcPipelineOptions& options, metrics::OutboxdMetrics& metrics,
+    const std::atomic<bool>& stop,
+    SinkFactory sink_factory = KafkaSinkFactory());
 
 }  // namespace outboxd
 

@@ -1,15 +1,17 @@
 // Publisher: the one publishing core behind every source (--source=cdc,
-// poll, notify). It owns, on one thread:
+// poll, notify). It owns the loop, on one thread:
 //
-//   EventSource::Read -> value format -> CloudEvents -> Route
-//     (+ outbox.source)
-//     -> TopicCatalog -> [exactly-once admission] -> Sink::Produce
-//     -> (delivery reports) AckTracker -> EventSource::Durable
+//   EventSource::Read -> RecordBuilder (value format, CloudEvents, route)
+//     -> TopicCatalog -> Delivery (exactly-once admission) -> Sink::Produce
+//     -> (delivery reports) Delivery -> AckTracker -> EventSource::Durable
 //
-// plus dead-lettering by InvalidEventPolicy, Kafka transactions
-// (--delivery=exactly-once), the reconnect-with-backoff loop, progress
-// logs and metrics. The source only connects, hands over transactions of
-// events and is told how far they are durable (sources/event_source.h).
+// and its pieces each own one concern: pipeline/record_builder.h (what an
+// event becomes in Kafka, dead-letter records), pipeline/delivery.h (how a
+// record becomes acknowledged: at-least-once or Kafka transactions),
+// pipeline/source_session.h (one source: connect, backoff, tracker,
+// pending event, isolation). The source only connects, hands over
+// transactions of events and is told how far they are durable
+// (sources/event_source.h).
 //
 // Backpressure has one shape: an event the sink cannot queue stays pending,
 // and the source is not read while it is (the source's own buffer, e.g. the
@@ -54,69 +56,44 @@
 #define OUTBOXD_PIPELINE_PUBLISHER_H_
 
 #include <atomic>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "kafka/producer.h"
-#include "kafka/sink.h"
 #include "metrics/outboxd_metrics.h"
-#include "outbox/cloudevents.h"
-#include "outbox/router.h"
-#include "outbox/value_format.h"
+#include "pipeline/delivery.h"
 #include "pipeline/publisher_options.h"
-#include "pipeline/read_coalescer.h"
-#include "pipeline/reconnect_backoff.h"
-#include "pipeline/transaction_batch.h"
+#include "pipeline/record_builder.h"
+#include "pipeline/source_session.h"
 #include "sources/event_source.h"
 
 namespace outboxd {
 
 struct PublisherOptions {
-  RouterOptions router;  // outbox.source is the source's identity
+  // Value format, CloudEvents, route, dead-letter topic.
+  RecordOptions records;
   ProducerOptions producer;
-  ValueFormat value_format = ValueFormat::kPayload;
-  // --cloudevents: the records as CloudEvents (binary or structured). An
-  // empty source: DefaultCloudEventsSource of the source's identity.
-  CloudEventsOptions cloudevents;
-  std::string dlq_topic = "outbox.dlq";
   InvalidEventPolicy on_invalid = InvalidEventPolicy::kDeadLetter;
   DeliveryGuarantee delivery = DeliveryGuarantee::kAtLeastOnce;
-  // --delivery=exactly-once: the transactional id (and checkpoint group);
-  // empty: "outboxd-" + the source identity ('/' as '-').
-  std::string transactional_id;
-  TransactionBatchOptions transactions;
+  // --delivery=exactly-once: the transactional id and the batches.
+  TransactionalOptions transactions;
   // How long a stop may wait for outstanding acknowledgements.
   absl::Duration shutdown_timeout = absl::Seconds(8);
-  // A lost source connection (kUnavailable) is retried with backoff.
-  ReconnectOptions reconnect;
-  // Events pending and nothing acknowledged for this long: the stall alarm
-  // (pipeline/stage_metrics.h); zero disables it.
-  absl::Duration stall_timeout = absl::Seconds(60);
-  // After a wakeup that read transactions from a live source (one with a
-  // descriptor), wait a moment before reading it again, so that a few are
-  // read and produced per wakeup instead of one: fewer wakeups per event.
-  // The wait grows with the rate (pipeline/read_coalescer.h) up to this
-  // maximum, which bounds the latency it adds; below coalesce_min_rate
-  // transactions/s, and for the first transaction after a quiet spell,
-  // there is none. Zero: read at once.
-  absl::Duration coalesce = absl::ZeroDuration();
-  double coalesce_min_rate = ReadCoalescer::kMinRate;
+  // Reconnect backoff, stall alarm and read coalescing of each source
+  // (pipeline/source_session.h). After a wakeup that read transactions
+  // from a live source (one with a descriptor), the source is read again a
+  // moment later, so that a few are read and produced per wakeup; the wait
+  // grows with the rate (pipeline/read_coalescer.h) up to
+  // session.coalesce. Zero: read at once.
+  SessionOptions session;
   // Readable once `stop` is set (common/stop_signal.h StopSignalFd()), so
   // that the loop's poll() wakes at once; -1: the loop looks at `stop` at
   // least every second instead.
   int stop_fd = -1;
 };
-
-// Creates the sink; `on_delivery` must be called once per produced record.
-using SinkFactory = std::function<absl::StatusOr<std::unique_ptr<Sink>>(
-    const ProducerOptions&, DeliveryCallback on_delivery)>;
-// A librdkafka producer (KafkaProducer).
-SinkFactory KafkaSinkFactory();
 
 // The metrics of one run: the caller's, or (metrics off) the null object
 // (OutboxdMetrics on a private registry nobody serves), so that no stage
@@ -131,7 +108,7 @@ class RunMetrics {
   metrics::OutboxdMetrics* metrics_;
 };
 
-// One source of a Publisher with several.
+// One source of the Publisher.
 struct PublisherStream {
   EventSource* source = nullptr;
   // Its own metrics (per-source series); nullptr: the Publisher's.
@@ -142,13 +119,9 @@ struct PublisherStream {
 
 class Publisher {
  public:
-  // `source` and `metrics` must outlive the Publisher.
-  Publisher(const PublisherOptions& options, EventSource& source,
-            metrics::OutboxdMetrics& metrics,
-            SinkFactory sink_factory = KafkaSinkFactory());
-  // Several sources, one sink (see above); one only with
-  // --delivery=exactly-once (Run says kInvalidArgument). The sources and
-  // the metrics must outlive the Publisher.
+  // One sink for every source (see above); one source is a list of one.
+  // With --delivery=exactly-once, one only (Run says kInvalidArgument).
+  // The sources and the metrics must outlive the Publisher.
   Publisher(const PublisherOptions& options,
             std::vector<PublisherStream> streams,
             metrics::OutboxdMetrics& metrics,

@@ -77,7 +77,7 @@ class PublisherTest : public ::testing::Test {
       }
     };
     Publisher publisher(
-        options_, source_, metrics_.get(),
+        options_, {PublisherStream{&source_, nullptr, ""}}, metrics_.get(),
         [this](const ProducerOptions& o,
                DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
           producer_options_ = o;
@@ -170,7 +170,7 @@ TEST_F(PublisherTest, KeepsItsOwnCopyOfTheOptions) {
   options.producer.brokers = "broker:9092";
   ProducerOptions seen;
   Publisher publisher(
-      options, source_, metrics_.get(),
+      options, {PublisherStream{&source_, nullptr, ""}}, metrics_.get(),
       [&seen](const ProducerOptions& o,
               DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
         seen = o;
@@ -182,7 +182,7 @@ TEST_F(PublisherTest, KeepsItsOwnCopyOfTheOptions) {
 }
 
 TEST_F(PublisherTest, ValueFormatAppliesToEverySource) {
-  options_.value_format = ValueFormat::kEnvelopeJson;
+  options_.records.value_format = ValueFormat::kEnvelopeJson;
   std::vector<FakeRecord> records =
       PublishTransaction({Of(Event(100, 0, "a"))});
   ASSERT_EQ(records.size(), 1u);
@@ -192,7 +192,7 @@ TEST_F(PublisherTest, ValueFormatAppliesToEverySource) {
 
 // --cloudevents: every source's events, in the Publisher's one place.
 TEST_F(PublisherTest, CloudEventsBinaryHeadersWithTheDefaultSource) {
-  options_.cloudevents.mode = CloudEventsMode::kBinary;
+  options_.records.cloudevents.mode = CloudEventsMode::kBinary;
   OutboxEvent e = Event(100, 0, "a");
   e.content_type = "application/json";
   std::vector<FakeRecord> records = PublishTransaction({Of(std::move(e))});
@@ -208,8 +208,8 @@ TEST_F(PublisherTest, CloudEventsBinaryHeadersWithTheDefaultSource) {
 }
 
 TEST_F(PublisherTest, CloudEventsStructuredValueWithTheGivenSource) {
-  options_.cloudevents.mode = CloudEventsMode::kStructured;
-  options_.cloudevents.source = "urn:shop";
+  options_.records.cloudevents.mode = CloudEventsMode::kStructured;
+  options_.records.cloudevents.source = "urn:shop";
   OutboxEvent e = Event(100, 0, "a");
   e.content_type = "application/json";
   std::vector<FakeRecord> records = PublishTransaction({Of(std::move(e))});
@@ -223,8 +223,8 @@ TEST_F(PublisherTest, CloudEventsStructuredValueWithTheGivenSource) {
 
 // Binary mode over an envelope format: the envelope is the data.
 TEST_F(PublisherTest, CloudEventsBinaryOverAnEnvelopeTypesItsContent) {
-  options_.cloudevents.mode = CloudEventsMode::kBinary;
-  options_.value_format = ValueFormat::kEnvelopeJson;
+  options_.records.cloudevents.mode = CloudEventsMode::kBinary;
+  options_.records.value_format = ValueFormat::kEnvelopeJson;
   std::vector<FakeRecord> records =
       PublishTransaction({Of(Event(100, 0, "a"))});
   ASSERT_EQ(records.size(), 1u);
@@ -234,7 +234,7 @@ TEST_F(PublisherTest, CloudEventsBinaryOverAnEnvelopeTypesItsContent) {
 
 // An event that cannot be a CloudEvent is not lost: dead-lettered whole.
 TEST_F(PublisherTest, EventThatCannotBeACloudEventIsDeadLettered) {
-  options_.cloudevents.mode = CloudEventsMode::kStructured;
+  options_.records.cloudevents.mode = CloudEventsMode::kStructured;
   OutboxEvent e = Event(100, 0, "a");
   e.type = "";
   std::vector<FakeRecord> records = PublishTransaction({Of(std::move(e))});
@@ -584,7 +584,7 @@ TEST_F(WakingPublisherTest, TheSourcesDeadlineWakesTheLoop) {
 // gauge is 1 and /readyz's reason says why; once acknowledgements come,
 // it clears. The loop wakes for the alarm (no other deadline is near).
 TEST_F(WakingPublisherTest, NothingAcknowledgedStallsAndAcknowledgementsClear) {
-  options_.stall_timeout = absl::Milliseconds(100);
+  options_.session.stall_timeout = absl::Milliseconds(100);
   configure_waking_sink_ = [](FakeSink& s) { s.hold_acks = true; };
   source_.Add(Begin());
   source_.Add(Of(Event(100, 0, "a")));
@@ -617,7 +617,7 @@ TEST_F(WakingPublisherTest, NothingAcknowledgedStallsAndAcknowledgementsClear) {
 
 // An event that waits for room in a full queue stalls with that reason.
 TEST_F(WakingPublisherTest, AFullQueueStallsWithItsReason) {
-  options_.stall_timeout = absl::Milliseconds(100);
+  options_.session.stall_timeout = absl::Milliseconds(100);
   configure_waking_sink_ = [](FakeSink& s) {
     s.capacity = 1;
     s.hold_acks = true;
@@ -700,14 +700,14 @@ TEST_F(LiveTrafficTest, WithoutCoalescingTheNextTransactionIsReadAtOnce) {
 }
 
 TEST_F(LiveTrafficTest, BelowTheMinimumRateCoalescingDoesNotWait) {
-  options_.coalesce = absl::Milliseconds(100);
+  options_.session.coalesce = absl::Milliseconds(100);
   RunTwoTransactions();
   EXPECT_EQ(stats_.wait_timeouts, 0u);
 }
 
 TEST_F(LiveTrafficTest, CoalescingWaitsBeforeReadingTheSourceAgain) {
-  options_.coalesce = absl::Milliseconds(100);
-  options_.coalesce_min_rate = 0;  // as if the rate were high already
+  options_.session.coalesce = absl::Milliseconds(100);
+  options_.session.coalesce_min_rate = 0;  // as if the rate were high already
   const absl::Duration took = RunTwoTransactions();
   // The source was readable all along, yet after each transaction the loop
   // slept the window out (ended by its timeout, not the descriptor): the
@@ -722,7 +722,7 @@ class ExactlyOncePublisherTest : public PublisherTest {
  protected:
   ExactlyOncePublisherTest() {
     options_.delivery = DeliveryGuarantee::kExactlyOnce;
-    options_.transactions.interval = absl::ZeroDuration();
+    options_.transactions.batch.interval = absl::ZeroDuration();
   }
   std::string Group() const { return "outboxd-7000000000000000001-db-slot"; }
   void SetCheckpoint(FakeSink& s, EventPosition p) {
@@ -844,8 +844,8 @@ TEST_F(ExactlyOncePublisherTest, RefusesTheDevBroker) {
 
 TEST_F(PublisherTest, ReconnectAbandonsTheOpenTransactionAndTakesItAgain) {
   configure_sink_ = [](FakeSink& s) { s.hold_acks = true; };
-  options_.reconnect.initial_backoff = absl::Milliseconds(1);
-  options_.reconnect.max_backoff = absl::Milliseconds(1);
+  options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.session.reconnect.max_backoff = absl::Milliseconds(1);
   source_.Add(Begin());
   source_.Add(Of(Event(100, 0, "a")));
   // A keepalive of the lost connection: its position lies past the
@@ -876,9 +876,9 @@ TEST_F(PublisherTest, ReconnectAbandonsTheOpenTransactionAndTakesItAgain) {
 }
 
 TEST_F(ExactlyOncePublisherTest, ReconnectCommitsFirstThenSkipsTheResent) {
-  options_.reconnect.initial_backoff = absl::Milliseconds(1);
-  options_.reconnect.max_backoff = absl::Milliseconds(1);
-  options_.transactions.interval = absl::Hours(1);  // no commit on age
+  options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.session.reconnect.max_backoff = absl::Milliseconds(1);
+  options_.transactions.batch.interval = absl::Hours(1);  // no commit on age
   source_.Add(Begin());
   source_.Add(Of(Event(100, 0, "a")));
   source_.Add(Of(Event(100, 1, "b")));
@@ -1015,8 +1015,8 @@ TEST_F(TwoSourcePublisherTest, EachSourceConfirmsOnlyItsOwnAcknowledgements) {
 }
 
 TEST_F(TwoSourcePublisherTest, ALostSourceReconnectsAloneWhileTheOtherFlows) {
-  options_.reconnect.initial_backoff = absl::Milliseconds(1);
-  options_.reconnect.max_backoff = absl::Milliseconds(2);
+  options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.session.reconnect.max_backoff = absl::Milliseconds(2);
   Script(a_, 100, 1, "a");
   a_.Fail(absl::UnavailableError("terminating connection"));
   // a's slot is busy for a while (a standby's wait): three refusals.
@@ -1146,9 +1146,9 @@ TEST_F(TwoSourcePublisherTest, AnIdleSourceIsNotReadOnOtherWakeups) {
 // past the refused event, /readyz names it, and it is retried from its
 // confirmed position once its reports are in, publishing what it had not.
 TEST_F(TwoSourcePublisherTest, AFailedDeliveryStopsOnlyItsSource) {
-  options_.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
   // b is retried after this: long enough for a to publish meanwhile.
-  options_.reconnect.max_backoff = absl::Milliseconds(200);
+  options_.session.reconnect.max_backoff = absl::Milliseconds(200);
   configure_sink_ = [this](FakeSink& s) {
     s.fail_delivery = [this](const FakeRecord& r) {
       if (r.key != "agg-b1") return absl::OkStatus();
@@ -1198,8 +1198,8 @@ TEST_F(TwoSourcePublisherTest, AFailedDeliveryStopsOnlyItsSource) {
 // missing database, a refused login) does not keep the others from
 // streaming; it is retried, and streams once the cause is gone.
 TEST_F(TwoSourcePublisherTest, ASourceThatCannotConnectDoesNotStopTheOthers) {
-  options_.reconnect.initial_backoff = absl::Milliseconds(1);
-  options_.reconnect.max_backoff = absl::Milliseconds(5);
+  options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.session.reconnect.max_backoff = absl::Milliseconds(5);
   b_.connect_errors = {
       absl::FailedPreconditionError("database \"db_b\" does not exist"),
       absl::FailedPreconditionError("database \"db_b\" does not exist")};

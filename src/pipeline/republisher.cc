@@ -14,6 +14,12 @@
 namespace outboxd {
 namespace {
 
+// How long the republish waits between looks at a topic whose state the
+// brokers cannot tell yet, or at a full queue (serving reports meanwhile).
+constexpr absl::Duration kWaitInterval = absl::Milliseconds(50);
+// How long one metadata lookup of a topic may take.
+constexpr absl::Duration kTopicLookupTimeout = absl::Seconds(3);
+
 // A recorded xmin horizon further back than this (in transaction ids) cannot
 // be compared with 32-bit row xmins: every row is taken instead.
 constexpr int64_t kMaxHorizonAge = 2000000000;
@@ -44,8 +50,135 @@ absl::StatusOr<std::string> BuildQuery(const OutboxTable& t,
 
 }  // namespace
 
+RepublishProducer::RepublishProducer(const RecordBuilder& records,
+                                     bool fail_on_invalid,
+                                     const std::atomic<bool>& stop)
+    : records_(records), fail_on_invalid_(fail_on_invalid), stop_(stop) {}
+
+absl::StatusOr<std::unique_ptr<RepublishProducer>> RepublishProducer::Create(
+    const RecordBuilder& records, const ProducerOptions& producer,
+    const SinkFactory& sink_factory, bool fail_on_invalid,
+    const std::atomic<bool>& stop) {
+  std::unique_ptr<RepublishProducer> p(
+      new RepublishProducer(records, fail_on_invalid, stop));
+  RepublishProducer* self = p.get();
+  ASSIGN_OR_RETURN(p->sink_,
+                   sink_factory(producer, [self](uint64_t, absl::Status s) {
+                     if (s.ok()) {
+                       ++self->acknowledged_;
+                     } else if (self->failure_.ok()) {
+                       self->failure_ = std::move(s);
+                     }
+                   }));
+  p->catalog_ = std::make_unique<TopicCatalog>(
+      [sink = p->sink_.get()](const std::string& topic) {
+        return sink->LookupTopic(topic, kTopicLookupTimeout);
+      });
+  return p;
+}
+
+absl::Status RepublishProducer::Add(RowEvent row, Lsn republished_after) {
+  if (auto* bad = std::get_if<InvalidEvent>(&row)) {
+    bad->republished_after = republished_after;
+    return AddInvalid(std::move(*bad));
+  }
+  OutboxEvent& event = std::get<OutboxEvent>(row);
+  event.republished_after = republished_after;
+  if (std::optional<InvalidEvent> bad = records_.Prepare(event)) {
+    return AddInvalid(*std::move(bad));
+  }
+  KafkaRecord record = records_.Route(event);
+  absl::Status topic = CheckTopic(record.topic);
+  if (absl::IsCancelled(topic)) return topic;
+  if (!topic.ok()) {
+    return AddInvalid(RecordBuilder::Misrouted(event, record.topic, topic));
+  }
+  bool refused = false;
+  absl::Status s = Produce(record, refused);
+  if (refused) return AddInvalid(RecordBuilder::Unproducible(event, s));
+  RETURN_IF_ERROR(s);
+  ++result_.republished;
+  return absl::OkStatus();
+}
+
+absl::Status RepublishProducer::AddInvalid(InvalidEvent bad) {
+  if (fail_on_invalid_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "republish: invalid row: ", bad.reason, " (--on-invalid=fail)"));
+  }
+  spdlog::warn("republish: invalid event {}: {}", Where(bad), bad.reason);
+  KafkaRecord record = records_.DeadLetter(bad);
+  absl::Status topic = CheckTopic(record.topic);
+  if (absl::IsCancelled(topic)) return topic;
+  if (!topic.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "republish: cannot dead-letter the invalid event ", Where(bad), " (",
+        bad.reason, "): dead-letter topic: ", topic.message()));
+  }
+  bool refused = false;
+  absl::Status s = Produce(record, refused);
+  if (!s.ok()) {
+    return absl::Status(
+        s.code(), absl::StrCat("republish: dead-lettering to ", record.topic,
+                               " failed: ", s.message()));
+  }
+  ++result_.dead_lettered;
+  return absl::OkStatus();
+}
+
+absl::Status RepublishProducer::Produce(const KafkaRecord& record,
+                                        bool& refused) {
+  for (;;) {
+    absl::Status s = sink_->Produce(record, produced_);
+    if (s.ok()) break;
+    if (!absl::IsResourceExhausted(s)) {
+      refused = true;
+      return s;
+    }
+    sink_->Poll(kWaitInterval);
+    RETURN_IF_ERROR(Healthy());
+  }
+  ++produced_;
+  sink_->Poll(absl::ZeroDuration());
+  return Healthy();
+}
+
+absl::Status RepublishProducer::CheckTopic(const std::string& topic) {
+  bool logged = false;
+  for (;;) {
+    absl::Status s = catalog_->Check(topic);
+    if (!absl::IsUnavailable(s)) return s;
+    if (!logged) {
+      spdlog::warn("republish: {}; waiting", std::string(s.message()));
+      logged = true;
+    }
+    sink_->Poll(kWaitInterval);
+    RETURN_IF_ERROR(Healthy());
+  }
+}
+
+absl::Status RepublishProducer::Healthy() const {
+  RETURN_IF_ERROR(sink_->fatal_error());
+  if (!failure_.ok()) {
+    return absl::AbortedError(
+        absl::StrCat("republish: delivery failed: ", failure_.message()));
+  }
+  if (stop_.load()) return absl::CancelledError("stopped during republish");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RepublishResult> RepublishProducer::Finish() {
+  while (acknowledged_ < produced_) {
+    sink_->Poll(absl::Milliseconds(100));
+    RETURN_IF_ERROR(Healthy());
+  }
+  RETURN_IF_ERROR(Healthy());
+  return result_;
+}
+
 absl::StatusOr<RepublishResult> RepublishLostEvents(
-    const RepublishOptions& o, const PublisherState& from, Lsn new_slot_start,
+    const RepublishOptions& o, const SinkFactory& sink_factory,
+    const std::string& source, const PublisherState& from, Lsn new_slot_start,
     const std::atomic<bool>& stop) {
   ASSIGN_OR_RETURN(auto conn, PgConnection::Connect(
                                   o.conninfo, PgConnection::Mode::kNormal));
@@ -63,17 +196,11 @@ absl::StatusOr<RepublishResult> RepublishLostEvents(
       o.tables, ", ",
       [](std::string* out, const auto& t) { out->append(t.ToString()); });
 
-  uint64_t acknowledged = 0;
-  absl::Status failure;
-  ASSIGN_OR_RETURN(
-      auto producer,
-      KafkaProducer::Create(o.producer, [&](uint64_t, absl::Status s) {
-        if (s.ok()) {
-          ++acknowledged;
-        } else if (failure.ok()) {
-          failure = std::move(s);
-        }
-      }));
+  RecordBuilder records(o.records);
+  records.SetSource(source);
+  ASSIGN_OR_RETURN(std::unique_ptr<RepublishProducer> producer,
+                   RepublishProducer::Create(records, o.producer, sink_factory,
+                                             o.fail_on_invalid, stop));
 
   std::optional<std::string> time;
   if (from.commit_time_unix_us.has_value()) {
@@ -96,9 +223,8 @@ absl::StatusOr<RepublishResult> RepublishLostEvents(
       conn->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").status());
 
   const Lsn position_lsn(new_slot_start.value() - 1);
-  RepublishResult result;
   // One rank sequence over all the tables: positions stay unique.
-  uint64_t produced = 0;
+  uint32_t rank = 0;
   const std::string fetch =
       absl::StrCat("FETCH ", o.fetch_size, " FROM outboxd_republish");
   std::vector<RowCell> cells;
@@ -119,72 +245,19 @@ absl::StatusOr<RepublishResult> RepublishLostEvents(
       const PGresult* r = rows.get();
       if (PQntuples(r) == 0) break;
       for (int i = 0; i < PQntuples(r); ++i) {
-        const uint32_t rank = static_cast<uint32_t>(produced);
         cells.clear();
         table.AppendCells(r, i, /*first=*/0, &cells);
-        RowEvent row = RowToEvent(cells, table.layout(), table.columns(),
-                                  RowOrigin{EventPosition{position_lsn, rank},
-                                            std::nullopt, 0, table_name});
-        KafkaRecord record;
-        OutboxEvent event;
-        if (auto* decoded = std::get_if<OutboxEvent>(&row)) {
-          event = std::move(*decoded);
-          event.republished_after = from.last_ack;
-          if (o.value_format != ValueFormat::kPayload) {
-            event.payload = EncodeValue(event, o.value_format);
-          }
-          record = Route(event, o.router);
-          ++result.republished;
-        } else {
-          const InvalidEvent& bad = std::get<InvalidEvent>(row);
-          if (o.fail_on_invalid) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("republish: invalid row: ", bad.reason,
-                             " (--on-invalid=fail)"));
-          }
-          record.topic = o.dlq_topic;
-          record.key = bad.aggregate_id;
-          record.value = absl::string_view(bad.content);
-          record.headers = {
-              {"outbox.error", bad.reason},
-              {std::string(kHeaderLsn), absl::StrCat(position_lsn.value())},
-              {std::string(kHeaderIndex), absl::StrCat(rank)},
-              {std::string(kHeaderRepublished),
-               absl::StrCat(from.last_ack.value())},
-              {std::string(kHeaderTable), table_name},
-          };
-          ++result.dead_lettered;
-        }
-        while (true) {
-          absl::Status s = producer->Produce(record, produced);
-          if (s.ok()) break;
-          if (!absl::IsResourceExhausted(s)) {
-            return absl::Status(s.code(),
-                                absl::StrCat("republish: ", s.message()));
-          }
-          producer->Poll(absl::Milliseconds(50));
-          if (stop.load())
-            return absl::CancelledError("stopped during republish");
-        }
-        ++produced;
-        producer->Poll(absl::ZeroDuration());
-        RETURN_IF_ERROR(producer->fatal_error());
-        RETURN_IF_ERROR(failure);
+        RETURN_IF_ERROR(producer->Add(
+            RowToEvent(cells, table.layout(), table.columns(),
+                       RowOrigin{EventPosition{position_lsn, rank++},
+                                 std::nullopt, 0, table_name}),
+            from.last_ack));
       }
     }
     RETURN_IF_ERROR(conn->Exec("CLOSE outboxd_republish").status());
   }
   RETURN_IF_ERROR(conn->Exec("COMMIT").status());
-  while (acknowledged < produced) {
-    producer->Poll(absl::Milliseconds(100));
-    RETURN_IF_ERROR(producer->fatal_error());
-    if (!failure.ok()) {
-      return absl::AbortedError(
-          absl::StrCat("republish: delivery failed: ", failure.message()));
-    }
-    if (stop.load()) return absl::CancelledError("stopped during republish");
-  }
-  return result;
+  return producer->Finish();
 }
 
 }  // namespace outboxd

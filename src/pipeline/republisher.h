@@ -13,30 +13,33 @@
 // slot exists, so every row committed before the slot's start is visible
 // to it and every later one is streamed: duplicates, never a gap.
 //
-// Records are routed as streamed ones (topic, key, value format, headers)
-// with header outbox.republished and the position (new slot start - 1,
-// rank), in created_at, seq order, table after table (the ranks go on
-// from one table to the next). Logical decoding messages and rows
-// deleted in their own transaction left nothing to republish.
+// Records are built by the streamed events' RecordBuilder
+// (pipeline/record_builder.h: value format, CloudEvents, route, the topic
+// check, dead-lettering), with header outbox.republished and the position
+// (new slot start - 1, rank), in created_at, seq order, table after table
+// (the ranks go on from one table to the next). Logical decoding messages
+// and rows deleted in their own transaction left nothing to republish.
 //
-// Uses a producer of its own and returns only once Kafka acknowledged every
-// record (or with the first failure). Not thread-safe.
+// RepublishProducer is the producing half, unit-tested against FakeSink; it
+// returns only once Kafka acknowledged every record (or with the first
+// failure). Not thread-safe.
 #ifndef OUTBOXD_PIPELINE_REPUBLISHER_H_
 #define OUTBOXD_PIPELINE_REPUBLISHER_H_
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "kafka/producer.h"
-#include "outbox/router.h"
+#include "kafka/topic_catalog.h"
 #include "outbox/row_to_event.h"
-#include "outbox/value_format.h"
 #include "pg/identifier.h"
 #include "pg/publisher_state.h"
+#include "pipeline/record_builder.h"
 
 namespace outboxd {
 
@@ -47,10 +50,8 @@ struct RepublishOptions {
   std::string created_at_column = "created_at";  // required
   std::string seq_column = "seq";                // optional tie-break
   absl::Duration margin = absl::Hours(1);
-  RouterOptions router;  // with the source identity
+  RecordOptions records;  // as the streamed events'
   ProducerOptions producer;
-  ValueFormat value_format = ValueFormat::kPayload;
-  std::string dlq_topic = "outbox.dlq";
   bool fail_on_invalid = false;  // --on-invalid=fail
   int fetch_size = 1000;
 };
@@ -60,11 +61,49 @@ struct RepublishResult {
   uint64_t dead_lettered = 0;
 };
 
+class RepublishProducer {
+ public:
+  // `records` carries the source's identity (RecordBuilder::SetSource).
+  // `stop` must outlive the producer.
+  static absl::StatusOr<std::unique_ptr<RepublishProducer>> Create(
+      const RecordBuilder& records, const ProducerOptions& producer,
+      const SinkFactory& sink_factory, bool fail_on_invalid,
+      const std::atomic<bool>& stop);
+
+  // One row of the gap, its position set; `republished_after`: the last
+  // position acknowledged before the loss.
+  absl::Status Add(RowEvent row, Lsn republished_after);
+  // Waits until Kafka acknowledged every record.
+  absl::StatusOr<RepublishResult> Finish();
+
+ private:
+  RepublishProducer(const RecordBuilder& records, bool fail_on_invalid,
+                    const std::atomic<bool>& stop);
+  absl::Status AddInvalid(InvalidEvent bad);
+  // kCancelled when stopped; waits (serving reports) while the topic's
+  // state is unknown or the queue is full.
+  absl::Status Produce(const KafkaRecord& record, bool& refused);
+  absl::Status CheckTopic(const std::string& topic);
+  absl::Status Healthy() const;
+
+  RecordBuilder records_;
+  const bool fail_on_invalid_;
+  const std::atomic<bool>& stop_;
+  std::unique_ptr<Sink> sink_;
+  std::unique_ptr<TopicCatalog> catalog_;
+  uint64_t produced_ = 0;
+  uint64_t acknowledged_ = 0;
+  absl::Status failure_;  // the first failed delivery
+  RepublishResult result_;
+};
+
 // `from`: the publisher state before the loss; `new_slot_start`: where the
-// new slot streams from. kCancelled when `stop` became true.
+// new slot streams from; `source`: the stream's identity. kCancelled when
+// `stop` became true.
 absl::StatusOr<RepublishResult> RepublishLostEvents(
-    const RepublishOptions& options, const PublisherState& from,
-    Lsn new_slot_start, const std::atomic<bool>& stop);
+    const RepublishOptions& options, const SinkFactory& sink_factory,
+    const std::string& source, const PublisherState& from, Lsn new_slot_start,
+    const std::atomic<bool>& stop);
 
 }  // namespace outboxd
 

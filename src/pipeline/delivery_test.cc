@@ -1,0 +1,288 @@
+// The two delivery modes (pipeline/delivery.h) against FakeSink: what is
+// acknowledged when, what is skipped, and what stops the run.
+#include "pipeline/delivery.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "pipeline/checkpoint.h"
+#include "tests/fakes/fake_sink.h"
+
+namespace outboxd {
+namespace {
+
+using ::outboxd::testing::FakeSink;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+class RecordingHost : public DeliveryHost {
+ public:
+  void Acknowledge(uint64_t sequence) override { acked.push_back(sequence); }
+  void Fail(uint64_t sequence, absl::Status cause) override {
+    failed.emplace_back(sequence, std::move(cause));
+  }
+  absl::Status KeepSourcesAlive() override {
+    ++keep_alives;
+    return keep_alive_status;
+  }
+  std::vector<uint64_t> acked;
+  std::vector<std::pair<uint64_t, absl::Status>> failed;
+  int keep_alives = 0;
+  absl::Status keep_alive_status;
+};
+
+EventPosition At(uint64_t lsn, uint32_t index = 0) {
+  return EventPosition{Lsn(lsn), index};
+}
+
+KafkaRecord Record(const std::string& topic = "t") {
+  KafkaRecord r;
+  r.topic = topic;
+  r.key = "k";
+  r.value = absl::string_view("v");
+  return r;
+}
+
+class DeliveryTest : public ::testing::Test {
+ protected:
+  // A sink whose reports reach `delivery`.
+  void MakeSink(Delivery& delivery) {
+    sink_ = std::make_unique<FakeSink>(
+        [&delivery](uint64_t seq, absl::Status s) {
+          delivery.OnReport(seq, std::move(s));
+        });
+    delivery.Attach(*sink_);
+  }
+  // Produces one record of `sequence` at `position` as the Publisher does.
+  void Produce(Delivery& delivery, uint64_t sequence, EventPosition position) {
+    ASSERT_TRUE(delivery.BeforeProduce().ok());
+    ASSERT_TRUE(sink_->Produce(Record(), sequence).ok());
+    delivery.Produced(sequence, position, "t");
+  }
+
+  RecordingHost host_;
+  std::unique_ptr<FakeSink> sink_;
+};
+
+// --- at-least-once ------------------------------------------------------------
+
+TEST_F(DeliveryTest, AtLeastOnceAcknowledgesEachRecordByItsOwnReport) {
+  auto d = NewAtLeastOnceDelivery(host_);
+  MakeSink(*d);
+  sink_->fail_delivery = [](const testing::FakeRecord& r) {
+    return r.sequence == 2 ? absl::UnavailableError("broker down")
+                           : absl::OkStatus();
+  };
+  for (uint64_t s = 1; s <= 3; ++s) Produce(*d, s, At(100, s));
+  EXPECT_THAT(host_.acked, IsEmpty());  // nothing before its report
+  sink_->Poll(absl::ZeroDuration());
+  EXPECT_THAT(host_.acked, ElementsAre(1, 3));
+  ASSERT_EQ(host_.failed.size(), 1u);
+  EXPECT_EQ(host_.failed[0].first, 2u);
+  EXPECT_TRUE(d->Check().ok());  // a failed event is the tracker's matter
+}
+
+TEST_F(DeliveryTest, AtLeastOnceNeverSkipsNorCommits) {
+  auto d = NewAtLeastOnceDelivery(host_);
+  MakeSink(*d);
+  EXPECT_FALSE(d->Skips(At(1)));
+  EXPECT_FALSE(d->CommitDue(absl::InfiniteFuture(), true));
+  EXPECT_TRUE(d->CheckSources(20).ok());
+  EXPECT_TRUE(d->IsolatesSources());
+  EXPECT_FALSE(d->SinkNeedsIdentity());
+  EXPECT_EQ(d->Producer(ProducerOptions{}, "id").transactional_id, "");
+}
+
+TEST_F(DeliveryTest, AtLeastOnceStopsOnAFatalProducer) {
+  auto d = NewAtLeastOnceDelivery(host_);
+  MakeSink(*d);
+  sink_->SetFatal(absl::InternalError("fatal: out of order sequence"));
+  EXPECT_THAT(d->Check().message(), HasSubstr("out of order"));
+}
+
+TEST_F(DeliveryTest, AtLeastOnceCleanFinishWaitsForReportsKeepingSourcesAlive) {
+  auto d = NewAtLeastOnceDelivery(host_);
+  MakeSink(*d);
+  sink_->hold_acks = true;
+  Produce(*d, 1, At(100));
+  // Held: the finish gives up at its deadline without acknowledging.
+  EXPECT_TRUE(d->Finish(true, absl::Now() + absl::Milliseconds(120)).ok());
+  EXPECT_THAT(host_.acked, IsEmpty());
+  EXPECT_GE(host_.keep_alives, 1);
+  sink_->Release();
+  EXPECT_TRUE(d->Finish(true, absl::Now() + absl::Seconds(5)).ok());
+  EXPECT_THAT(host_.acked, ElementsAre(1));
+}
+
+// --- exactly-once -------------------------------------------------------------
+
+class TransactionalTest : public DeliveryTest {
+ protected:
+  static constexpr char kIdentity[] = "7001/shop/outbox_slot";
+  static constexpr char kGroup[] = "outboxd-7001-shop-outbox_slot";
+
+  std::unique_ptr<Delivery> Make(TransactionalOptions o = {}) {
+    auto d = NewTransactionalDelivery(o, host_);
+    producer_ = d->Producer(ProducerOptions{}, kIdentity);
+    MakeSink(*d);
+    return d;
+  }
+  absl::Status Ready(Delivery& d, absl::Status history = absl::OkStatus()) {
+    return d.Ready(kIdentity, [history](const EventPosition&) {
+      return history;
+    });
+  }
+  void SeedCheckpoint(EventPosition p, std::string source = kIdentity) {
+    CommittedOffset c;
+    c.topic = "t";
+    c.offset = CheckpointOffset(p);
+    c.metadata = EncodeCheckpoint(Checkpoint{std::move(source), p});
+    sink_->checkpoints[kGroup].push_back(c);
+  }
+
+  ProducerOptions producer_;
+};
+
+TEST_F(TransactionalTest, TheTransactionalIdIsTheSourcesUnlessGiven) {
+  auto d = Make();
+  EXPECT_EQ(producer_.transactional_id, kGroup);
+  EXPECT_TRUE(d->SinkNeedsIdentity());
+  TransactionalOptions o;
+  o.transactional_id = "mine";
+  auto given = NewTransactionalDelivery(o, host_);
+  EXPECT_EQ(given->Producer(ProducerOptions{}, kIdentity).transactional_id,
+            "mine");
+}
+
+TEST_F(TransactionalTest, OneSourceOnlyAndNoIsolation) {
+  auto d = Make();
+  EXPECT_TRUE(d->CheckSources(1).ok());
+  EXPECT_EQ(d->CheckSources(2).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(d->IsolatesSources());
+}
+
+TEST_F(TransactionalTest, RefusesTheDevBroker) {
+  auto d = Make();
+  sink_->cluster_id = "mockCluster1234";
+  absl::Status s = Ready(*d);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("needs Apache Kafka"));
+}
+
+TEST_F(TransactionalTest, EventsAreAcknowledgedOnlyWhenTheTransactionCommits) {
+  auto d = Make();
+  ASSERT_TRUE(Ready(*d).ok());
+  Produce(*d, 1, At(100, 0));
+  Produce(*d, 2, At(100, 1));
+  sink_->Poll(absl::ZeroDuration());
+  EXPECT_THAT(host_.acked, IsEmpty());  // written, not committed
+  ASSERT_TRUE(d->Commit(absl::InfiniteFuture()).ok());
+  EXPECT_THAT(host_.acked, ElementsAre(1, 2));
+  EXPECT_EQ(sink_->committed().size(), 2u);
+  // The checkpoint committed with it is the last event's position.
+  ASSERT_EQ(sink_->checkpoints[kGroup].size(), 1u);
+  auto c = DecodeCheckpoint(sink_->checkpoints[kGroup][0].metadata);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->source, kIdentity);
+  EXPECT_EQ(c->position, At(100, 1));
+  // Resent events at or below it are now in Kafka.
+  EXPECT_TRUE(d->Skips(At(100, 1)));
+  EXPECT_FALSE(d->Skips(At(100, 2)));
+}
+
+TEST_F(TransactionalTest, SkipsOnlyAtOrBelowTheCheckpointItRead) {
+  auto d = Make();
+  SeedCheckpoint(At(500, 3));
+  ASSERT_TRUE(Ready(*d).ok());
+  EXPECT_TRUE(d->Skips(At(400, 9)));
+  EXPECT_TRUE(d->Skips(At(500, 3)));
+  EXPECT_FALSE(d->Skips(At(500, 4)));
+  EXPECT_FALSE(d->Skips(At(600, 0)));
+  PipelineStats stats;
+  d->AddStats(stats);
+  EXPECT_EQ(stats.events_skipped, 2u);
+}
+
+TEST_F(TransactionalTest, ACheckpointOfAnotherHistoryIsRefused) {
+  auto d = Make();
+  SeedCheckpoint(At(500));
+  absl::Status s =
+      Ready(*d, absl::FailedPreconditionError("past the database's WAL"));
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("new --transactional-id"));
+  EXPECT_FALSE(d->Skips(At(1)));  // never used to skip
+}
+
+TEST_F(TransactionalTest, ACheckpointOfAnotherSourceIsRefused) {
+  auto d = Make();
+  SeedCheckpoint(At(500), "9999/other/slot");
+  EXPECT_EQ(Ready(*d).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(TransactionalTest, AFailedDeliveryAbortsTheTransaction) {
+  auto d = Make();
+  ASSERT_TRUE(Ready(*d).ok());
+  sink_->fail_delivery = [](const testing::FakeRecord&) {
+    return absl::InvalidArgumentError("MSG_SIZE_TOO_LARGE");
+  };
+  Produce(*d, 1, At(100));
+  sink_->Poll(absl::ZeroDuration());
+  EXPECT_TRUE(d->failed());
+  absl::Status s = d->Check();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(s.message(), HasSubstr("aborted"));
+  EXPECT_EQ(sink_->transactions_aborted(), 1);
+  EXPECT_THAT(host_.acked, IsEmpty());
+  EXPECT_TRUE(sink_->committed().empty());
+}
+
+TEST_F(TransactionalTest, AFencedProducerStopsWithoutCommitting) {
+  auto d = Make();
+  ASSERT_TRUE(Ready(*d).ok());
+  Produce(*d, 1, At(100));
+  sink_->SetFatal(absl::AbortedError("PRODUCER_FENCED"));
+  absl::Status s = d->Check();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(s.message(), HasSubstr("has probably taken over"));
+  EXPECT_THAT(host_.acked, IsEmpty());
+}
+
+TEST_F(TransactionalTest, ACleanFinishCommitsWhatWasProduced) {
+  auto d = Make();
+  ASSERT_TRUE(Ready(*d).ok());
+  Produce(*d, 1, At(100));
+  ASSERT_TRUE(d->Finish(true, absl::Now() + absl::Seconds(5)).ok());
+  EXPECT_THAT(host_.acked, ElementsAre(1));
+  PipelineStats stats;
+  d->AddStats(stats);
+  EXPECT_EQ(stats.transactions_committed, 1u);
+}
+
+TEST_F(TransactionalTest, AFinishAfterAFailureAbortsTheOpenTransaction) {
+  auto d = Make();
+  ASSERT_TRUE(Ready(*d).ok());
+  Produce(*d, 1, At(100));
+  ASSERT_TRUE(d->Finish(false, absl::Now() + absl::Seconds(5)).ok());
+  EXPECT_EQ(sink_->transactions_aborted(), 1);
+  EXPECT_THAT(host_.acked, IsEmpty());
+}
+
+TEST_F(TransactionalTest, ACommitIsDueAtABoundaryOnceOldEnough) {
+  TransactionalOptions o;
+  o.batch.interval = absl::Milliseconds(100);
+  auto d = Make(o);
+  ASSERT_TRUE(Ready(*d).ok());
+  Produce(*d, 1, At(100));
+  const absl::Time later = absl::Now() + absl::Seconds(1);
+  EXPECT_TRUE(d->CommitDue(later, /*at_boundary=*/true));
+  EXPECT_FALSE(d->CommitDue(later, /*at_boundary=*/false));
+  EXPECT_LT(d->Deadline(), absl::InfiniteFuture());
+}
+
+}  // namespace
+}  // namespace outboxd

@@ -1,0 +1,191 @@
+#include "pipeline/event_producer.h"
+
+#include <algorithm>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace outboxd {
+namespace {
+
+// How long one metadata lookup of a topic may block the publisher's thread
+// (the source's keep-alive waits meanwhile; wal_sender_timeout is longer).
+constexpr absl::Duration kTopicLookupTimeout = absl::Seconds(3);
+
+}  // namespace
+
+void EventProducer::Attach(Sink& sink) {
+  sink_ = &sink;
+  catalog_ = std::make_unique<TopicCatalog>([&sink](const std::string& topic) {
+    return sink.LookupTopic(topic, kTopicLookupTimeout);
+  });
+}
+
+absl::Status EventProducer::Publish(SourceSession& st, uint64_t tag,
+                                    OutboxEvent event) {
+  if (std::optional<InvalidEvent> bad = st.records().Prepare(event)) {
+    return PublishInvalid(st, tag, *std::move(bad));
+  }
+  if (!event.dropped_headers.empty()) {
+    // Where() formats a string: only for the events it is logged for.
+    st.reserved_headers().Note(event, Where(event));
+  }
+  st.pending =
+      SourceSession::Pending{std::move(event), st.tracker().AddEvent()};
+  return TryProducePending(st, tag);
+}
+
+absl::Status EventProducer::PublishInvalid(SourceSession& st, uint64_t tag,
+                                           InvalidEvent bad) {
+  RETURN_IF_ERROR(ReportInvalid(st, bad));
+  st.pending = SourceSession::Pending{std::move(bad), st.tracker().AddEvent()};
+  return TryProducePending(st, tag);
+}
+
+absl::Status EventProducer::ReportInvalid(SourceSession& st,
+                                          const InvalidEvent& bad) {
+  st.metrics().invalid_events->Increment();
+  const std::string where = Where(bad);
+  spdlog::warn("{}invalid event {}: {}", st.log_prefix(), where, bad.reason);
+  if (on_invalid_ == InvalidEventPolicy::kFail) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid event ", where, ": ", bad.reason,
+        " (--on-invalid=fail; the source is not confirmed past it)"));
+  }
+  return absl::OkStatus();
+}
+
+// An event whose topic cannot take it, or that cannot be produced as it
+// is, becomes an invalid event (at most once) and is dead-lettered by
+// policy.
+absl::Status EventProducer::TryProducePending(SourceSession& st, uint64_t tag) {
+  const uint64_t tagged = tag | st.pending->sequence;
+  bool done = false;
+  while (!done) {
+    if (std::holds_alternative<OutboxEvent>(st.pending->item)) {
+      RETURN_IF_ERROR(ProduceEvent(st, tagged, done));
+    } else {
+      RETURN_IF_ERROR(ProduceDeadLetter(st, tagged, done));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// `done` unless the event became an invalid event to dead-letter.
+absl::Status EventProducer::ProduceEvent(SourceSession& st, uint64_t tagged,
+                                         bool& done) {
+  done = true;
+  const auto& event = std::get<OutboxEvent>(st.pending->item);
+  if (delivery_.Skips(event.position)) {
+    // In Kafka already: it counts as acknowledged.
+    st.tracker().Acknowledge(st.pending->sequence);
+    st.pending.reset();
+    return absl::OkStatus();
+  }
+  KafkaRecord record = st.records().Route(event);
+  absl::Status topic = CheckTopic(st, record.topic);
+  if (absl::IsUnavailable(topic)) return absl::OkStatus();  // later
+  if (!topic.ok()) {
+    st.pending->item = RecordBuilder::Misrouted(event, record.topic, topic);
+    done = false;
+    return ReportInvalid(st, std::get<InvalidEvent>(st.pending->item));
+  }
+  RETURN_IF_ERROR(delivery_.BeforeProduce());
+  absl::Status s = sink_->Produce(record, tagged);
+  if (s.ok()) {
+    delivery_.Produced(tagged, event.position, record.topic);
+    ++stats_.events_produced;
+    published_[tagged] = {&st.metrics().PublishedTo(record.topic),
+                          event.commit_time_unix_ms,
+                          event.position.commit_lsn.value()};
+    st.stages().Produced(event.position.commit_lsn.value(),
+                         event.commit_time_unix_ms);
+    st.pending.reset();
+    return absl::OkStatus();
+  }
+  if (absl::IsResourceExhausted(s)) return absl::OkStatus();
+  // Not producible as it is: dead-letter it (or fail, by policy).
+  InvalidEvent bad = RecordBuilder::Unproducible(event, s);
+  if (on_invalid_ == InvalidEventPolicy::kFail) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "event ", event.id, " ", Where(event), ": ", bad.reason,
+        " (--on-invalid=fail; the source is not confirmed past it)"));
+  }
+  spdlog::warn("{}event {} {}: {}", st.log_prefix(), event.id, Where(event),
+               bad.reason);
+  st.pending->item = std::move(bad);
+  done = false;
+  return absl::OkStatus();
+}
+
+absl::Status EventProducer::ProduceDeadLetter(SourceSession& st,
+                                              uint64_t tagged, bool& done) {
+  done = true;
+  const auto& bad = std::get<InvalidEvent>(st.pending->item);
+  if (delivery_.Skips(bad.position)) {
+    st.tracker().Acknowledge(st.pending->sequence);
+    st.pending.reset();
+    return absl::OkStatus();
+  }
+  KafkaRecord record = st.records().DeadLetter(bad);
+  absl::Status topic = CheckTopic(st, record.topic);
+  if (absl::IsUnavailable(topic)) return absl::OkStatus();  // later
+  if (!topic.ok()) {
+    // Never dropped: the event stays unconfirmed, resent on restart.
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot dead-letter the invalid event ", Where(bad), " (",
+                     bad.reason, "): dead-letter topic: ", topic.message(),
+                     "; the source is not confirmed past it"));
+  }
+  RETURN_IF_ERROR(delivery_.BeforeProduce());
+  absl::Status s = sink_->Produce(record, tagged);
+  if (s.ok()) {
+    delivery_.Produced(tagged, bad.position, record.topic);
+    ++stats_.events_dead_lettered;
+    st.metrics().dead_lettered->Increment();
+    st.stages().Produced(bad.position.commit_lsn.value(),
+                         bad.commit_time_unix_ms);
+    st.pending.reset();
+    return absl::OkStatus();
+  }
+  if (absl::IsResourceExhausted(s)) return absl::OkStatus();
+  return absl::Status(s.code(), absl::StrCat("dead-lettering to ", record.topic,
+                                             " failed: ", s.message()));
+}
+
+absl::Status EventProducer::CheckTopic(SourceSession& st,
+                                       const std::string& topic) {
+  absl::Status s = catalog_->Check(topic);
+  st.waiting_for_topic = absl::IsUnavailable(s);
+  if (absl::IsUnavailable(s)) {
+    if (s.message() != last_topic_wait_) {
+      spdlog::warn("{}; the event waits", std::string(s.message()));
+      last_topic_wait_ = std::string(s.message());
+    }
+  } else {
+    last_topic_wait_.clear();
+  }
+  return s;
+}
+
+void EventProducer::ObserveReport(SourceSession& st, uint64_t tagged,
+                                  const absl::Status& status) {
+  if (status.ok()) st.stall().Acknowledged();
+  auto it = published_.find(tagged);
+  if (it == published_.end()) return;  // a dead-lettered record
+  if (status.ok()) {
+    it->second.published_to->Increment();
+    st.stages().Acknowledged(it->second.commit_lsn,
+                             it->second.commit_time_unix_ms);
+    const int64_t ms =
+        absl::ToUnixMillis(absl::Now()) - it->second.commit_time_unix_ms;
+    st.metrics().commit_to_ack_seconds->Observe(std::max<int64_t>(ms, 0) /
+                                                1000.0);
+  }
+  published_.erase(it);
+}
+
+}  // namespace outboxd
