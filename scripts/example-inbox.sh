@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The "Consuming events" example of the README, in one command:
+# The example of docs/consuming.md ("Example: orders and shipping"), in one command:
 #
 #   orders service   -- writes orders and their outbox rows in one transaction
 #   outboxd          -- publishes the outbox rows to Kafka (the dev broker)

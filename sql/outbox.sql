@@ -6,7 +6,7 @@
 -- functions that write events (outbox.emit: a table row; outbox.emit_message:
 -- a transactional logical decoding message, no row at all;
 -- outbox.emit_transient: a row deleted in the same transaction), and two
--- least-privilege roles (README "Database setup"):
+-- least-privilege roles (docs/databases.md "Database setup"):
 --   outboxd_publisher  LOGIN REPLICATION, SELECT on the outbox: runs outboxd
 --   outboxd_writer     NOLOGIN, INSERT on the outbox and EXECUTE on the
 --                      emit functions: grant it to your application's role
@@ -149,7 +149,7 @@ GRANT SELECT ON public.outbox TO outboxd_publisher;
 -- also needs:
 --   GRANT DELETE ON public.outbox TO outboxd_publisher;
 
--- outboxd's record of its acknowledged position, one row per slot (README
+-- outboxd's record of its acknowledged position, one row per slot (docs/reliability.md,
 -- "Lost slots"): written on the ordinary connection before a position is
 -- confirmed to the slot, it survives a restart and a failover (it replicates
 -- with the database; logical slots do not on PostgreSQL <= 16), so a lost or
