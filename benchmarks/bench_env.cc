@@ -13,7 +13,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "benchmarks/bench_util.h"
+#include "benchmarks/bench_kafka.h"
+#include "benchmarks/bench_pg.h"
+#include "benchmarks/bench_proc.h"
 
 ABSL_FLAG(std::string, broker, "dev",
           "the broker to run on: dev (the dev broker, librdkafka's mock "
@@ -88,6 +90,14 @@ absl::Status WarmUpKafka(const std::string& bootstrap) {
 
 }  // namespace
 
+absl::StatusOr<std::string> SourceFile(const std::string& path) {
+  std::ifstream file(std::string(OUTBOXD_SOURCE_DIR) + "/" + path);
+  if (!file) return absl::NotFoundError(path);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
 absl::StatusOr<PublisherMode> ParsePublisherMode(const std::string& name) {
   if (name == "cdc") return PublisherMode{name, "cdc", ""};
   if (name == "notify") return PublisherMode{name, "notify", "1s"};
@@ -130,6 +140,18 @@ std::vector<std::string> ModeArgs(const PublisherMode& mode,
   return args;
 }
 
+std::vector<std::string> ModeRunArgs(const PublisherMode& mode,
+                                     const std::string& slot,
+                                     const std::string& topic,
+                                     const std::vector<std::string>& extra) {
+  std::vector<std::string> args = ModeArgs(mode, slot);
+  args.insert(args.end(),
+              {absl::StrCat("--topic=", topic), "--metrics-address=127.0.0.1:0",
+               "--log-level=info"});
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
 absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
     const BenchEnvOptions& options) {
   std::unique_ptr<BenchEnv> env(new BenchEnv());
@@ -155,10 +177,9 @@ absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
   if (!pg.ok()) return pg.status();
   env->pg_ = *std::move(pg);
 
-  std::ifstream sql_file(std::string(OUTBOXD_SOURCE_DIR) + "/sql/outbox.sql");
-  std::stringstream sql;
-  sql << sql_file.rdbuf();
-  absl::Status s = env->pg_->Exec("postgres", sql.str());
+  absl::StatusOr<std::string> sql = SourceFile("sql/outbox.sql");
+  if (!sql.ok()) return sql.status();
+  absl::Status s = env->pg_->Exec("postgres", *sql);
   if (!s.ok()) return s;
   s = env->pg_->Exec(
       "postgres", absl::StrCat("CREATE EXTENSION pg_stat_statements; "
@@ -261,12 +282,9 @@ absl::Status BenchEnv::PrepareMode(const PublisherMode& mode) {
     return pg_->Exec("postgres",
                      "DROP TRIGGER IF EXISTS outbox_notify ON public.outbox");
   }
-  std::ifstream sql_file(std::string(OUTBOXD_SOURCE_DIR) +
-                         "/sql/outbox_notify.sql");
-  if (!sql_file) return absl::NotFoundError("sql/outbox_notify.sql");
-  std::stringstream sql;
-  sql << sql_file.rdbuf();
-  return pg_->Exec("postgres", sql.str());
+  absl::StatusOr<std::string> sql = SourceFile("sql/outbox_notify.sql");
+  if (!sql.ok()) return sql.status();
+  return pg_->Exec("postgres", *sql);
 }
 
 absl::StatusOr<double> BenchEnv::PublisherStatementCalls() {
@@ -374,13 +392,17 @@ absl::StatusOr<BenchEnv::RecvLogicalRun> BenchEnv::RunPgRecvLogical(
   return run;
 }
 
-std::unique_ptr<BenchEnv> StartBenchEnvOrReport(std::string outboxd_binary,
-                                                std::string work_dir,
-                                                BrokerKind broker) {
+BenchEnvOptions EnvOptions(std::string outboxd_binary, std::string work_dir,
+                           BrokerKind broker) {
   BenchEnvOptions options;
   options.outboxd_binary = std::move(outboxd_binary);
   options.work_dir = std::move(work_dir);
   options.broker = broker;
+  return options;
+}
+
+std::unique_ptr<BenchEnv> StartBenchEnvOrReport(
+    const BenchEnvOptions& options) {
   absl::StatusOr<std::unique_ptr<BenchEnv>> env = BenchEnv::Start(options);
   if (!env.ok()) {
     std::cerr << "setup: " << env.status() << "\n";

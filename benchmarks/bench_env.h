@@ -29,6 +29,10 @@ namespace outboxd::bench {
 inline constexpr char kPublisherRole[] = "outboxd_bench";
 inline constexpr int kPartitions = 4;
 
+// The text of `path` in the source tree, e.g. "sql/outbox.sql"; NotFound
+// when it cannot be read.
+absl::StatusOr<std::string> SourceFile(const std::string& path);
+
 // A publisher mode of the latency and live benchmarks: "cdc",
 // "poll<interval>" (--source=poll --poll-interval=<interval>, e.g. poll100ms)
 // or "notify" (--source=notify, sql/outbox_notify.sql installed, 1 s
@@ -48,6 +52,13 @@ absl::Duration PollInterval(const PublisherMode& mode);
 // --poll-interval (poll); poll and notify refuse --slot with exit 2.
 std::vector<std::string> ModeArgs(const PublisherMode& mode,
                                   const std::string& slot);
+// outboxd's flags for one run of a mode: ModeArgs, --topic=`topic`, a
+// metrics server on a free port, info logs, then `extra` (the benchmark's
+// --outboxd_args).
+std::vector<std::string> ModeRunArgs(const PublisherMode& mode,
+                                     const std::string& slot,
+                                     const std::string& topic,
+                                     const std::vector<std::string>& extra);
 
 // The broker a benchmark runs on: the dev broker (librdkafka's mock
 // cluster) or a single-node Apache Kafka (tests/harness/kafka_cluster.h).
@@ -75,6 +86,10 @@ struct BenchEnvOptions {
   // one wins), e.g. more connections and slots for many databases.
   std::vector<std::string> pg_settings;
 };
+
+// The options of a benchmark that takes --outboxd and --work_dir.
+BenchEnvOptions EnvOptions(std::string outboxd_binary, std::string work_dir,
+                           BrokerKind broker = BrokerKind::kDev);
 
 class BenchEnv {
  public:
@@ -160,12 +175,9 @@ class BenchEnv {
   pid_t devbroker_pid_ = -1;
 };
 
-// BenchEnv::Start with the outboxd binary and the work directory every
-// benchmark takes as flags, on `broker`; prints "setup: <error>" to stderr
-// and returns null when it fails.
-std::unique_ptr<BenchEnv> StartBenchEnvOrReport(
-    std::string outboxd_binary, std::string work_dir,
-    BrokerKind broker = BrokerKind::kDev);
+// BenchEnv::Start; prints "setup: <error>" to stderr and returns null when
+// it fails.
+std::unique_ptr<BenchEnv> StartBenchEnvOrReport(const BenchEnvOptions& options);
 
 }  // namespace outboxd::bench
 

@@ -48,15 +48,18 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "benchmarks/bench_cli.h"
 #include "benchmarks/bench_env.h"
-#include "benchmarks/bench_util.h"
+#include "benchmarks/bench_kafka.h"
+#include "benchmarks/bench_pg.h"
+#include "benchmarks/bench_proc.h"
+#include "benchmarks/bench_results.h"
 #include "nlohmann/json.hpp"
 #include "tests/harness/child_process.h"
 
@@ -494,23 +497,18 @@ std::string Markdown(const nlohmann::json& series) {
 }
 
 int Main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  absl::StatusOr<BrokerKind> broker = BrokerFlag();
-  if (!broker.ok()) {
-    std::cerr << broker.status().message() << "\n";
-    return 2;
-  }
+  const std::optional<BrokerKind> broker = ParseBenchFlags(argc, argv);
+  if (!broker) return kBadFlags;
   const std::vector<std::string> phases = absl::GetFlag(FLAGS_phases);
   auto has = [&phases](const char* p) {
     return std::find(phases.begin(), phases.end(), p) != phases.end();
   };
   const int reps = absl::GetFlag(FLAGS_reps);
   const std::string out = absl::GetFlag(FLAGS_out);
-  nlohmann::json machine = MachineInfo();
-  std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
-      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker);
-  if (env == nullptr) return 1;
-  machine["broker"] = env->broker_description();
+  StartedBench bench = StartBench(EnvOptions(
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker));
+  if (bench.env == nullptr) return 1;
+  BenchEnv* env = bench.env.get();
   absl::Status s = env->CreateTopic(Topic());
   if (s.ok()) s = env->CreateSlot(kSlot);
   if (!s.ok()) {
@@ -557,7 +555,7 @@ int Main(int argc, char** argv) {
 
   nlohmann::json doc;
   doc["benchmark"] = "first-event";
-  doc["machine"] = machine;
+  doc["machine"] = bench.machine;
   doc["setup"] = {
       {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
       {"broker", env->broker_description()},

@@ -31,15 +31,18 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "benchmarks/bench_cli.h"
 #include "benchmarks/bench_env.h"
-#include "benchmarks/bench_util.h"
+#include "benchmarks/bench_latency.h"
+#include "benchmarks/bench_pg.h"
+#include "benchmarks/bench_proc.h"
+#include "benchmarks/bench_results.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::vector<std::string>, modes,
@@ -110,13 +113,8 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
                              absl::GetFlag(FLAGS_fetch_wait_ms));
   if (!recorder.ok()) return recorder.status();
 
-  std::vector<std::string> args = ModeArgs(mode, slot);
-  args.insert(args.end(),
-              {absl::StrCat("--topic=", topic), "--metrics-address=127.0.0.1:0",
-               "--log-level=info"});
-  for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
-    args.push_back(a);
-  }
+  const std::vector<std::string> args =
+      ModeRunArgs(mode, slot, topic, absl::GetFlag(FLAGS_outboxd_args));
   auto outboxd =
       env.StartOutboxd(args, absl::StrCat("outboxd-", mode.name, "-", rate));
   if (!outboxd.ok()) return outboxd.status();
@@ -279,38 +277,24 @@ absl::Status WriteCdf(const std::string& out, const std::string& name,
 }
 
 int Main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  absl::StatusOr<BrokerKind> broker = BrokerFlag();
-  if (!broker.ok()) {
-    std::cerr << broker.status().message() << "\n";
-    return 2;
-  }
-  absl::StatusOr<std::vector<PublisherMode>> modes =
-      ParsePublisherModes(absl::GetFlag(FLAGS_modes));
-  if (!modes.ok()) {
-    std::cerr << modes.status() << "\n";
-    return 2;
-  }
-  std::vector<int> rates;
-  for (const std::string& r : absl::GetFlag(FLAGS_rates)) {
-    int v = 0;
-    if (!absl::SimpleAtoi(r, &v) || v <= 0) {
-      std::cerr << "bad rate " << r << "\n";
-      return 2;
-    }
-    rates.push_back(v);
+  const std::optional<BrokerKind> broker = ParseBenchFlags(argc, argv);
+  if (!broker) return kBadFlags;
+  const auto modes = ModesOrReport(absl::GetFlag(FLAGS_modes));
+  if (!modes) return kBadFlags;
+  const auto rates = ParseRates(absl::GetFlag(FLAGS_rates), false);
+  if (!rates.ok()) {
+    std::cerr << rates.status().message() << "\n";
+    return kBadFlags;
   }
   const std::string out = absl::GetFlag(FLAGS_out);
-  nlohmann::json machine_before = MachineInfo();
-
-  std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
-      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker);
-  if (env == nullptr) return 1;
-  machine_before["broker"] = env->broker_description();
+  StartedBench bench = StartBench(EnvOptions(
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker));
+  if (bench.env == nullptr) return 1;
+  BenchEnv* env = bench.env.get();
   std::vector<RunResult> runs;
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
-  for (int rate : rates) {
+  for (int rate : *rates) {
     for (const Mode& mode : *modes) {
       auto r =
           RunOne(*env, mode, rate, absl::GetFlag(FLAGS_duration), run_index++);
@@ -327,7 +311,7 @@ int Main(int argc, char** argv) {
 
   nlohmann::json doc;
   doc["benchmark"] = "latency";
-  doc["machine"] = machine_before;
+  doc["machine"] = bench.machine;
   doc["load_average_after"] = LoadAverage1();
   doc["setup"] = {
       {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
@@ -346,15 +330,13 @@ int Main(int argc, char** argv) {
   const std::string md =
       absl::StrCat("Latency, broker: ", env->broker_description(), "\n\n",
                    MarkdownTable(runs));
-  absl::Status s = WriteFile(stem + ".json", doc.dump(2) + "\n");
-  if (s.ok()) s = WriteFile(stem + ".csv", Csv(runs));
-  if (s.ok()) s = WriteFile(stem + ".md", md);
+  absl::Status s = WriteFile(stem + ".csv", Csv(runs));
   if (s.ok()) s = WriteCdf(out, name, env->broker_description(), runs);
   if (!s.ok()) {
     std::cerr << s << "\n";
     return 1;
   }
-  std::cout << md;
+  if (!WriteResults(stem, doc, md)) return 1;
   return failures.empty() ? 0 : 1;
 }
 

@@ -37,14 +37,16 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "benchmarks/bench_cli.h"
 #include "benchmarks/bench_env.h"
-#include "benchmarks/bench_util.h"
+#include "benchmarks/bench_kafka.h"
+#include "benchmarks/bench_pg.h"
+#include "benchmarks/bench_proc.h"
+#include "benchmarks/bench_results.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::vector<std::string>, rates,
@@ -162,13 +164,8 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
 
-  std::vector<std::string> args = ModeArgs(mode, slot);
-  args.insert(args.end(),
-              {absl::StrCat("--topic=", topic), "--metrics-address=127.0.0.1:0",
-               "--log-level=info"});
-  for (const std::string& a : absl::GetFlag(FLAGS_outboxd_args)) {
-    args.push_back(a);
-  }
+  const std::vector<std::string> args =
+      ModeRunArgs(mode, slot, topic, absl::GetFlag(FLAGS_outboxd_args));
   const std::string log_name =
       absl::StrCat("outboxd-live-", mode.name, "-", rate_name);
   auto outboxd = env.StartOutboxd(args, log_name);
@@ -183,11 +180,7 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
     s = env.WaitSlotActive(slot, absl::Seconds(60));
     if (!s.ok()) return s;
   }
-  s = env.pg().Exec(
-      "postgres",
-      absl::StrCat("INSERT INTO public.outbox (aggregatetype, aggregateid, "
-                   "type, payload) VALUES ('order', 'warmup', 'Warmup', '",
-                   EventPayload(-1), "')"));
+  s = env.pg().Exec("postgres", WarmupEventSql("order"));
   if (!s.ok()) return s;
   RecordArrival warm =
       WaitForRecords(**probe, topic, kPartitions, 1, absl::Seconds(60), alive);
@@ -303,40 +296,25 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs) {
 }
 
 int Main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  absl::StatusOr<BrokerKind> broker = BrokerFlag();
-  if (!broker.ok()) {
-    std::cerr << broker.status().message() << "\n";
-    return 2;
-  }
-  absl::StatusOr<std::vector<PublisherMode>> modes =
-      ParsePublisherModes(absl::GetFlag(FLAGS_modes));
-  if (!modes.ok()) {
-    std::cerr << modes.status() << "\n";
-    return 2;
-  }
-  std::vector<int> rates;  // 0 = max
-  for (const std::string& r : absl::GetFlag(FLAGS_rates)) {
-    int v = 0;
-    if (r == "max") {
-      v = 0;
-    } else if (!absl::SimpleAtoi(r, &v) || v <= 0) {
-      std::cerr << "bad rate " << r << " (a number of events/s, or max)\n";
-      return 2;
-    }
-    rates.push_back(v);
+  const std::optional<BrokerKind> broker = ParseBenchFlags(argc, argv);
+  if (!broker) return kBadFlags;
+  const auto modes = ModesOrReport(absl::GetFlag(FLAGS_modes));
+  if (!modes) return kBadFlags;
+  const auto rates = ParseRates(absl::GetFlag(FLAGS_rates), true);  // 0 = max
+  if (!rates.ok()) {
+    std::cerr << rates.status().message() << "\n";
+    return kBadFlags;
   }
   const std::string out = absl::GetFlag(FLAGS_out);
-  nlohmann::json machine = MachineInfo();
-  std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
-      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker);
-  if (env == nullptr) return 1;
-  machine["broker"] = env->broker_description();
+  StartedBench bench = StartBench(EnvOptions(
+      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker));
+  if (bench.env == nullptr) return 1;
+  BenchEnv* env = bench.env.get();
   nlohmann::json runs = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
   for (const PublisherMode& mode : *modes) {
-    for (int rate : rates) {
+    for (int rate : *rates) {
       auto r = RunOne(*env, mode, rate, run_index++);
       if (!r.ok()) {
         std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
@@ -354,7 +332,7 @@ int Main(int argc, char** argv) {
 
   nlohmann::json doc;
   doc["benchmark"] = "live";
-  doc["machine"] = machine;
+  doc["machine"] = bench.machine;
   doc["setup"] = {
       {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
       {"broker", env->broker_description()},

@@ -74,8 +74,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "benchmarks/bench_cli.h"
 #include "benchmarks/bench_env.h"
-#include "benchmarks/bench_util.h"
+#include "benchmarks/bench_kafka.h"
+#include "benchmarks/bench_latency.h"
+#include "benchmarks/bench_pg.h"
+#include "benchmarks/bench_proc.h"
+#include "benchmarks/bench_results.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(int, databases, 20, "databases on the server (d0, d1, ...)");
@@ -150,80 +155,6 @@ std::string Topic(const std::string& setup, int round,
   return absl::StrCat("bench.multidb.", setup == "one" ? "one" : "perdb", ".",
                       round, ".", phase);
 }
-
-// --- /proc, summed over processes ------------------------------------------
-
-struct ProcessTotals {
-  double cpu_s = 0;
-  int64_t rss = 0;  // VmRSS
-  int64_t hwm = 0;  // VmHWM
-  int threads = 0;
-  int rdkafka_threads = 0;  // comm "rdk:..."
-  int64_t switches = 0;     // context switches, every thread
-};
-
-ProcessTotals Totals(const std::vector<pid_t>& pids) {
-  ProcessTotals t;
-  for (pid_t pid : pids) {
-    t.cpu_s += ProcessCpuSeconds(pid);
-    t.rss += RssBytes(pid);
-    t.hwm += PeakRssBytes(pid);
-    t.switches += ProcessContextSwitches(pid).total();
-    std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(
-             absl::StrCat("/proc/", pid, "/task"), ec)) {
-      ++t.threads;
-      std::ifstream in(entry.path().string() + "/comm");
-      std::string comm;
-      if (std::getline(in, comm) && absl::StartsWith(comm, "rdk:")) {
-        ++t.rdkafka_threads;
-      }
-    }
-  }
-  return t;
-}
-
-// Sums VmRSS over the processes every 100 ms on a thread of its own.
-class RssSampler {
- public:
-  explicit RssSampler(std::vector<pid_t> pids)
-      : pids_(std::move(pids)), thread_([this] { Run(); }) {}
-  ~RssSampler() { Stop(); }
-  void Stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
-  }
-  // Read after Stop().
-  int64_t max() const { return max_; }
-  int64_t mean() const { return samples_ > 0 ? sum_ / samples_ : 0; }
-
- private:
-  void Run() {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!stop_) {
-      int64_t total = 0;
-      for (pid_t pid : pids_) total += RssBytes(pid);
-      max_ = std::max(max_, total);
-      sum_ += total;
-      ++samples_;
-      cv_.wait_for(lock, std::chrono::milliseconds(100));
-    }
-  }
-  std::vector<pid_t> pids_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  int64_t max_ = 0;
-  int64_t sum_ = 0;
-  int64_t samples_ = 0;
-  std::thread thread_;
-};
-
-double Mb(int64_t bytes) { return bytes / 1048576.0; }
 
 // An independent consumer that reads the setup's topic from the beginning
 // on a thread of its own while the setup runs (the dev broker keeps only the
@@ -852,12 +783,6 @@ double Median(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-std::string Cell(const char* format, double v) {
-  char cell[64];
-  snprintf(cell, sizeof(cell), format, v);
-  return cell;
-}
-
 // The table: per setup the median of its rounds (losses: the sum), and the
 // ratio of the medians with the range of the per-round ratios.
 std::string Markdown(const std::string& broker, const nlohmann::json& runs,
@@ -975,13 +900,14 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs,
         v = Median(values);
       }
       combined[setup] = v;
-      absl::StrAppend(&md, " ", values.empty() ? "-" : Cell(row.format, v),
-                      " |");
+      absl::StrAppend(&md, " ",
+                      values.empty() ? "-" : FormatDouble(row.format, v), " |");
     }
     if (ratio) {
       if (row.kind == kRatio && combined["one"] > 0) {
-        absl::StrAppend(&md, " ",
-                        Cell("%.1f x", combined["per-db"] / combined["one"]));
+        absl::StrAppend(
+            &md, " ",
+            FormatDouble("%.1f x", combined["per-db"] / combined["one"]));
         // The range of the ratios of the rounds that ran both setups.
         std::vector<double> per_round;
         const auto& one = by_setup["one"];
@@ -992,8 +918,8 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs,
         }
         if (per_round.size() > 1) {
           std::sort(per_round.begin(), per_round.end());
-          absl::StrAppend(&md, " (", Cell("%.1f", per_round.front()), "-",
-                          Cell("%.1f", per_round.back()), ")");
+          absl::StrAppend(&md, " (", FormatDouble("%.1f", per_round.front()),
+                          "-", FormatDouble("%.1f", per_round.back()), ")");
         }
         md += " |";
       } else {
@@ -1006,31 +932,26 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs,
 }
 
 int Main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  absl::StatusOr<BrokerKind> broker = BrokerFlag();
-  if (!broker.ok()) {
-    std::cerr << broker.status().message() << "\n";
-    return 2;
-  }
+  const std::optional<BrokerKind> broker = ParseBenchFlags(argc, argv);
+  if (!broker) return kBadFlags;
   const int ndb = absl::GetFlag(FLAGS_databases);
   if (ndb < 1 || ndb > 100) {
     std::cerr << "--databases: 1 to 100, not " << ndb << "\n";
-    return 2;
+    return kBadFlags;
   }
   if (absl::GetFlag(FLAGS_rate) <= 0 || absl::GetFlag(FLAGS_backlog) < 0) {
     std::cerr << "--rate must be positive and --backlog not negative\n";
-    return 2;
+    return kBadFlags;
   }
   for (const std::string& s : absl::GetFlag(FLAGS_setups)) {
     if (s != "one" && s != "per-db") {
       std::cerr << "--setups: one or per-db, not \"" << s << "\"\n";
-      return 2;
+      return kBadFlags;
     }
   }
   std::vector<std::string> dbs;
   for (int i = 0; i < ndb; ++i) dbs.push_back(DatabaseName(i));
 
-  nlohmann::json machine = MachineInfo();
   BenchEnvOptions options;
   options.outboxd_binary = absl::GetFlag(FLAGS_outboxd);
   options.work_dir = absl::GetFlag(FLAGS_work_dir);
@@ -1040,22 +961,17 @@ int Main(int argc, char** argv) {
   options.pg_settings = {absl::StrCat("max_connections=", 50 + 6 * ndb),
                          absl::StrCat("max_wal_senders=", 10 + 2 * ndb),
                          absl::StrCat("max_replication_slots=", 10 + 2 * ndb)};
-  auto env = BenchEnv::Start(options);
-  if (!env.ok()) {
-    std::cerr << "setup: " << env.status() << "\n";
+  StartedBench bench = StartBench(options);
+  if (bench.env == nullptr) return 1;
+  BenchEnv& e = *bench.env;
+  const absl::StatusOr<std::string> install = SourceFile("sql/outbox.sql");
+  if (!install.ok()) {
+    std::cerr << "setup: " << install.status() << "\n";
     return 1;
   }
-  BenchEnv& e = **env;
-  machine["broker"] = e.broker_description();
-  const std::string install = [] {
-    std::ifstream f(std::string(OUTBOXD_SOURCE_DIR) + "/sql/outbox.sql");
-    std::stringstream s;
-    s << f.rdbuf();
-    return s.str();
-  }();
   for (const std::string& db : dbs) {
     absl::Status s = e.pg().CreateDatabase(db);
-    if (s.ok()) s = e.pg().Exec(db, install);
+    if (s.ok()) s = e.pg().Exec(db, *install);
     if (!s.ok()) {
       std::cerr << "setup: database " << db << ": " << s << "\n";
       return 1;
@@ -1089,7 +1005,7 @@ int Main(int argc, char** argv) {
 
   nlohmann::json doc;
   doc["benchmark"] = "multidb";
-  doc["machine"] = machine;
+  doc["machine"] = bench.machine;
   doc["setup"] = {
       {"postgres",
        "15, fsync=off, synchronous_commit=on, throwaway cluster, databases "

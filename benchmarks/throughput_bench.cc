@@ -31,14 +31,16 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "benchmarks/bench_cli.h"
 #include "benchmarks/bench_env.h"
-#include "benchmarks/bench_util.h"
+#include "benchmarks/bench_kafka.h"
+#include "benchmarks/bench_pg.h"
+#include "benchmarks/bench_proc.h"
+#include "benchmarks/bench_results.h"
 #include "nlohmann/json.hpp"
 #include "tests/harness/child_process.h"
 
@@ -382,25 +384,26 @@ std::string Markdown(const nlohmann::json& runs) {
 }
 
 int Main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
   // bench_env's --broker: this benchmark measures the dev broker only.
-  absl::StatusOr<BrokerKind> broker = BrokerFlag();
-  if (!broker.ok() || *broker != BrokerKind::kDev) {
-    std::cerr << "--broker: throughput_bench runs on the dev broker only\n";
-    return 2;
+  if (!ParseBenchFlags(
+          argc, argv,
+          "--broker: throughput_bench runs on the dev broker only")) {
+    return kBadFlags;
+  }
+  for (const std::string& kind : absl::GetFlag(FLAGS_kinds)) {
+    if (kind != "insert" && kind != "message") {
+      std::cerr << "unknown kind " << kind << "\n";
+      return kBadFlags;
+    }
   }
   const std::string out = absl::GetFlag(FLAGS_out);
   nlohmann::json machine = MachineInfo();
   std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(
-      absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir));
+      EnvOptions(absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir)));
   if (env == nullptr) return 1;
   nlohmann::json runs = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   for (const std::string& kind : absl::GetFlag(FLAGS_kinds)) {
-    if (kind != "insert" && kind != "message") {
-      std::cerr << "unknown kind " << kind << "\n";
-      return 2;
-    }
     auto r = RunKind(*env, kind, absl::GetFlag(FLAGS_events));
     if (!r.ok()) {
       std::cerr << kind << ": " << r.status() << "\n";
@@ -432,13 +435,7 @@ int Main(int argc, char** argv) {
   };
   doc["runs"] = runs;
   doc["failures"] = failures;
-  absl::Status s = WriteFile(out + "/throughput.json", doc.dump(2) + "\n");
-  if (s.ok()) s = WriteFile(out + "/throughput.md", Markdown(runs));
-  if (!s.ok()) {
-    std::cerr << s << "\n";
-    return 1;
-  }
-  std::cout << Markdown(runs);
+  if (!WriteResults(out + "/throughput", doc, Markdown(runs))) return 1;
   return failures.empty() ? 0 : 1;
 }
 

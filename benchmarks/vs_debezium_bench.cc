@@ -51,8 +51,13 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "benchmarks/bench_cli.h"
 #include "benchmarks/bench_env.h"
-#include "benchmarks/bench_util.h"
+#include "benchmarks/bench_kafka.h"
+#include "benchmarks/bench_latency.h"
+#include "benchmarks/bench_pg.h"
+#include "benchmarks/bench_proc.h"
+#include "benchmarks/bench_results.h"
 #include "nlohmann/json.hpp"
 #include "tests/harness/child_process.h"
 #include "tests/harness/kafka_reader.h"
@@ -114,63 +119,8 @@ const std::vector<std::pair<std::string, std::string>> kTunedWorker = {
     {"offset.flush.interval.ms", "1000"},
 };
 
-std::string LoadAverages() {
-  std::ifstream f("/proc/loadavg");
-  std::string a, b, c;
-  f >> a >> b >> c;
-  return absl::StrCat(a, " ", b, " ", c);
-}
-
 std::string Quote(const std::string& s) {
   return absl::StrCat("'", absl::StrReplaceAll(s, {{"'", "''"}}), "'");
-}
-
-// Creates topics with `partitions` partitions (replication factor 1) through
-// librdkafka's admin API; an existing topic is fine.
-absl::Status CreateTopics(const std::string& bootstrap,
-                          const std::vector<std::string>& topics,
-                          int partitions) {
-  char errstr[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), errstr,
-                    sizeof(errstr));
-  rd_kafka_t* rk =
-      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  if (rk == nullptr) return absl::InternalError(errstr);
-  std::vector<rd_kafka_NewTopic_t*> news;
-  for (const std::string& t : topics) {
-    news.push_back(rd_kafka_NewTopic_new(t.c_str(), partitions, 1, errstr,
-                                         sizeof(errstr)));
-  }
-  rd_kafka_queue_t* queue = rd_kafka_queue_new(rk);
-  rd_kafka_CreateTopics(rk, news.data(), news.size(), nullptr, queue);
-  absl::Status status;
-  rd_kafka_event_t* ev = rd_kafka_queue_poll(queue, 30000);
-  if (ev == nullptr) {
-    status = absl::DeadlineExceededError("CreateTopics: no answer in 30 s");
-  } else {
-    const rd_kafka_CreateTopics_result_t* result =
-        rd_kafka_event_CreateTopics_result(ev);
-    size_t n = 0;
-    const rd_kafka_topic_result_t** results =
-        result ? rd_kafka_CreateTopics_result_topics(result, &n) : nullptr;
-    if (result == nullptr) {
-      status = absl::InternalError(rd_kafka_event_error_string(ev));
-    }
-    for (size_t i = 0; i < n; ++i) {
-      rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[i]);
-      if (err && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-        status = absl::InternalError(absl::StrCat(
-            "create topic ", rd_kafka_topic_result_name(results[i]), ": ",
-            rd_kafka_err2str(err)));
-      }
-    }
-    rd_kafka_event_destroy(ev);
-  }
-  rd_kafka_queue_destroy(queue);
-  rd_kafka_NewTopic_destroy_array(news.data(), news.size());
-  rd_kafka_destroy(rk);
-  return status;
 }
 
 // --- the publishers ---------------------------------------------------------
@@ -950,13 +900,6 @@ absl::StatusOr<std::vector<LatencyRun>> RunLatency(
 
 // --- output ------------------------------------------------------------------
 
-// printf of one double with a runtime format.
-std::string Fmt(const char* fmt, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), fmt, v);
-  return buf;
-}
-
 std::string Markdown(const nlohmann::json& doc) {
   std::string md;
   if (doc.contains("equality")) {
@@ -1019,7 +962,7 @@ std::string Markdown(const nlohmann::json& doc) {
     for (const auto& r : t["runs"]) {
       auto f = [&](const char* key, const char* fmt) -> std::string {
         if (!r.contains(key) || r[key].is_null()) return "-";
-        return Fmt(fmt, r[key].get<double>());
+        return FormatDouble(fmt, r[key].get<double>());
       };
       auto ratio = [&](double mine, const char* key) -> std::string {
         if (!r.contains(key) || r[key].is_null() || r[key].get<double>() == 0)
@@ -1029,11 +972,12 @@ std::string Markdown(const nlohmann::json& doc) {
       std::string confirmed = f("slot_confirmed_after_last_record_s", "%.2f");
       if (r.contains("slot_settled_lsn")) {
         confirmed = absl::StrCat(
-            "not within ", Fmt("%.0f", r["slot_wait_s"].get<double>()),
+            "not within ", FormatDouble("%.0f", r["slot_wait_s"].get<double>()),
             " s: stopped ",
             r["slot_settled_bytes_before_last_commit"].get<std::string>(),
             " bytes short, ",
-            Fmt("%.1f", r["slot_settled_after_last_record_s"].get<double>()),
+            FormatDouble("%.1f",
+                         r["slot_settled_after_last_record_s"].get<double>()),
             " s after the last record");
       }
       std::string rate = f("events_per_s", "%.0f");
@@ -1133,18 +1077,17 @@ absl::Status WriteCdf(const std::string& out,
 }
 
 int Main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
   // bench_env's --broker: this benchmark's Kafka is --bootstrap.
-  absl::StatusOr<BrokerKind> broker = BrokerFlag();
-  if (!broker.ok() || *broker != BrokerKind::kDev) {
-    std::cerr << "--broker: vs_debezium_bench takes its Kafka as --bootstrap\n";
-    return 2;
+  if (!ParseBenchFlags(
+          argc, argv,
+          "--broker: vs_debezium_bench takes its Kafka as --bootstrap")) {
+    return kBadFlags;
   }
   if (absl::GetFlag(FLAGS_bootstrap).empty() ||
       absl::GetFlag(FLAGS_connect_libs).empty()) {
     std::cerr << "--bootstrap and --connect_libs are required "
                  "(benchmarks/run-vs-debezium.sh sets them)\n";
-    return 2;
+    return kBadFlags;
   }
   const std::vector<std::string> phase_list = absl::GetFlag(FLAGS_phases);
   const std::set<std::string> phases(phase_list.begin(), phase_list.end());
@@ -1157,14 +1100,11 @@ int Main(int argc, char** argv) {
   BenchEnvOptions env_options;
   env_options.work_dir = absl::GetFlag(FLAGS_work_dir);
   env_options.bootstrap = absl::GetFlag(FLAGS_bootstrap);
-  auto env = BenchEnv::Start(env_options);
-  if (!env.ok()) {
-    std::cerr << "setup: " << env.status() << "\n";
-    return 1;
-  }
+  std::unique_ptr<BenchEnv> env = StartBenchEnvOrReport(env_options);
+  if (env == nullptr) return 1;
   // What publication.autocreate.mode=filtered creates, created before any
   // row is written so that Debezium's slots can decode the backlog.
-  absl::Status s = (*env)->pg().Exec(
+  absl::Status s = env->pg().Exec(
       "postgres", absl::StrCat("CREATE PUBLICATION ", kDebeziumPublication,
                                " FOR TABLE public.outbox"));
   if (!s.ok()) {
@@ -1192,7 +1132,7 @@ int Main(int argc, char** argv) {
   };
   int rc = 0;
   if (phases.count("equality")) {
-    auto e = RunEquality(**env, absl::GetFlag(FLAGS_equality_events));
+    auto e = RunEquality(*env, absl::GetFlag(FLAGS_equality_events));
     if (!e.ok()) {
       std::cerr << "equality: " << e.status() << "\n";
       return 1;
@@ -1201,7 +1141,7 @@ int Main(int argc, char** argv) {
     if (!(*e)["equal"].get<bool>()) rc = 1;
   }
   if (phases.count("throughput")) {
-    auto t = RunThroughput(**env, absl::GetFlag(FLAGS_events));
+    auto t = RunThroughput(*env, absl::GetFlag(FLAGS_events));
     if (!t.ok()) {
       std::cerr << "throughput: " << t.status() << "\n";
       rc = 1;
@@ -1212,7 +1152,7 @@ int Main(int argc, char** argv) {
   std::vector<LatencyRun> latency;
   if (phases.count("latency")) {
     doc["latency_skipped"] = nlohmann::json::array();
-    auto l = RunLatency(**env, doc["latency_skipped"]);
+    auto l = RunLatency(*env, doc["latency_skipped"]);
     if (!l.ok()) {
       std::cerr << "latency: " << l.status() << "\n";
       rc = 1;
