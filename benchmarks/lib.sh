@@ -13,6 +13,8 @@
 #   bench_machine "$results/$stem-machine.txt"
 #   ... run the benchmark with "${bench_args[@]}" ...
 #   bench_finish "$results/<name>-machine.txt" <json and md files written>
+# or, for a benchmark that writes <name>[-apache].{json,md} only, the last
+# four steps in one: bench_run <name> <binary>.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 results="$root/benchmarks/results"
@@ -150,6 +152,22 @@ bench_machine() {
     echo "librdkafka: $(pkg-config --modversion rdkafka)"
     echo "broker:   $(bench_broker)"
   } >"$out"
+}
+
+# Records the machine, runs build/<binary> --out=$results "${bench_args[@]}",
+# finishes <name>$(bench_suffix).{json,md} and exits with the benchmark's
+# exit code.
+bench_run() {
+  local name="$1" binary="$2" stem rc
+  mkdir -p "$results"
+  stem="$results/$name$(bench_suffix)"
+  bench_machine "$stem-machine.txt"
+  set +e
+  "$root/build/$binary" --out="$results" "${bench_args[@]}"
+  rc=$?
+  set -e
+  bench_finish "$stem-machine.txt" "$stem.json" "$stem.md"
+  exit $rc
 }
 
 # After the run: the load average at the end goes into the machine file, and

@@ -19,12 +19,4 @@ bench_deps
 bench_build outboxd outbox-devbroker first_event_bench
 bench_broker_deps
 bench_guard
-mkdir -p "$results"
-stem="$results/first-event$(bench_suffix)"
-bench_machine "$stem-machine.txt"
-set +e
-"$root/build/first_event_bench" --out="$results" "${bench_args[@]}"
-rc=$?
-set -e
-bench_finish "$stem-machine.txt" "$stem.json" "$stem.md"
-exit $rc
+bench_run first-event first_event_bench

@@ -16,12 +16,4 @@ bench_deps
 bench_build outboxd outbox-devbroker live_bench
 bench_broker_deps
 bench_guard
-mkdir -p "$results"
-stem="$results/live$(bench_suffix)"
-bench_machine "$stem-machine.txt"
-set +e
-"$root/build/live_bench" --out="$results" "${bench_args[@]}"
-rc=$?
-set -e
-bench_finish "$stem-machine.txt" "$stem.json" "$stem.md"
-exit $rc
+bench_run live live_bench

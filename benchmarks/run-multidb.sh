@@ -17,12 +17,4 @@ bench_deps
 bench_build outboxd outbox-devbroker multidb_bench
 bench_broker_deps
 bench_guard
-mkdir -p "$results"
-stem="$results/multidb$(bench_suffix)"
-bench_machine "$stem-machine.txt"
-set +e
-"$root/build/multidb_bench" --out="$results" "${bench_args[@]}"
-rc=$?
-set -e
-bench_finish "$stem-machine.txt" "$stem.json" "$stem.md"
-exit $rc
+bench_run multidb multidb_bench
