@@ -24,16 +24,6 @@ std::optional<BrokerKind> ParseBenchFlags(int argc, char** argv,
   return *broker;
 }
 
-std::optional<std::vector<PublisherMode>> ModesOrReport(
-    const std::vector<std::string>& names) {
-  absl::StatusOr<std::vector<PublisherMode>> modes = ParsePublisherModes(names);
-  if (!modes.ok()) {
-    std::cerr << modes.status() << "\n";
-    return std::nullopt;
-  }
-  return *std::move(modes);
-}
-
 absl::StatusOr<std::vector<int>> ParseRates(
     const std::vector<std::string>& names, bool allow_max) {
   std::vector<int> rates;
@@ -48,6 +38,22 @@ absl::StatusOr<std::vector<int>> ParseRates(
     rates.push_back(v);
   }
   return rates;
+}
+
+std::optional<ModesAndRates> ParseModesAndRates(
+    const std::vector<std::string>& modes,
+    const std::vector<std::string>& rates, bool allow_max) {
+  absl::StatusOr<std::vector<PublisherMode>> m = ParsePublisherModes(modes);
+  if (!m.ok()) {
+    std::cerr << m.status() << "\n";
+    return std::nullopt;
+  }
+  absl::StatusOr<std::vector<int>> r = ParseRates(rates, allow_max);
+  if (!r.ok()) {
+    std::cerr << r.status().message() << "\n";
+    return std::nullopt;
+  }
+  return ModesAndRates{*std::move(m), *std::move(r)};
 }
 
 StartedBench StartBench(const BenchEnvOptions& options) {

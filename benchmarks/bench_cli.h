@@ -29,14 +29,20 @@ inline constexpr int kBadFlags = 2;
 std::optional<BrokerKind> ParseBenchFlags(int argc, char** argv,
                                           const char* dev_only = nullptr);
 
-// --modes as PublisherModes; nullopt, the first bad name's error on stderr.
-std::optional<std::vector<PublisherMode>> ModesOrReport(
-    const std::vector<std::string>& names);
-
 // --rates: offered rates in events/s, each a positive number or, where
 // `allow_max`, "max" (0: back to back). "bad rate <r>" for anything else.
 absl::StatusOr<std::vector<int>> ParseRates(
     const std::vector<std::string>& names, bool allow_max);
+
+// The --modes and --rates of the latency and live benchmarks, parsed;
+// nullopt, the first error on stderr, when one is bad (exit kBadFlags).
+struct ModesAndRates {
+  std::vector<PublisherMode> modes;
+  std::vector<int> rates;  // ParseRates
+};
+std::optional<ModesAndRates> ParseModesAndRates(
+    const std::vector<std::string>& modes,
+    const std::vector<std::string>& rates, bool allow_max);
 
 // A started benchmark: MachineInfo() taken before the start (so that its
 // load average is the machine's own) with the broker's description as

@@ -28,6 +28,9 @@ namespace outboxd::bench {
 
 inline constexpr char kPublisherRole[] = "outboxd_bench";
 inline constexpr int kPartitions = 4;
+// What the results say the PostgreSQL cluster was (BenchEnv::Start).
+inline constexpr char kPostgresSetup[] =
+    "15, fsync=off, synchronous_commit=on, throwaway cluster";
 
 // The text of `path` in the source tree, e.g. "sql/outbox.sql"; NotFound
 // when it cannot be read.

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "benchmark/benchmark.h"
@@ -66,24 +67,40 @@ int64_t TotalSize(const std::vector<std::string>& messages) {
   return total;
 }
 
-// pgoutput::Decode alone, one Insert per iteration.
-void BM_DecodeOutboxInsert(benchmark::State& state) {
-  const std::vector<std::string> messages = OutboxInserts();
+// Ends the benchmark with `status`'s message when it is an error.
+bool Failed(benchmark::State& state, const absl::Status& status) {
+  if (status.ok()) return false;
+  state.SkipWithError(std::string(status.message()).c_str());
+  return true;
+}
+
+// One `decode(message)` per iteration, cycling through `messages`; items
+// processed = iterations, bytes = the sizes of the messages decoded. Stops
+// when `decode` returns false.
+template <typename DecodeFn>
+void DecodeEach(benchmark::State& state,
+                const std::vector<std::string>& messages, DecodeFn decode) {
   size_t i = 0;
   int64_t bytes = 0;
   for (auto _ : state) {
     const std::string& m = messages[i];
-    auto decoded = Decode(m);
-    if (!decoded.ok()) {
-      state.SkipWithError(std::string(decoded.status().message()).c_str());
-      break;
-    }
-    benchmark::DoNotOptimize(decoded);
+    if (!decode(m)) break;
     bytes += static_cast<int64_t>(m.size());
     if (++i == messages.size()) i = 0;
   }
   state.SetItemsProcessed(state.iterations());
   state.SetBytesProcessed(bytes);
+}
+
+// pgoutput::Decode alone, one Insert per iteration.
+void BM_DecodeOutboxInsert(benchmark::State& state) {
+  const std::vector<std::string> messages = OutboxInserts();
+  DecodeEach(state, messages, [&state](const std::string& m) {
+    auto decoded = Decode(m);
+    if (Failed(state, decoded.status())) return false;
+    benchmark::DoNotOptimize(decoded);
+    return true;
+  });
   state.counters["avg_msg_bytes"] =
       static_cast<double>(TotalSize(messages)) / messages.size();
 }
@@ -101,26 +118,14 @@ void BM_DecodeXLogDataOutboxInsert(benchmark::State& state) {
                            .Bytes(insert)
                            .Take());
   }
-  size_t i = 0;
-  int64_t bytes = 0;
-  for (auto _ : state) {
-    const std::string& m = messages[i];
+  DecodeEach(state, messages, [&state](const std::string& m) {
     auto copy = DecodeServerCopyMessage(m);
-    if (!copy.ok()) {
-      state.SkipWithError(std::string(copy.status().message()).c_str());
-      break;
-    }
+    if (Failed(state, copy.status())) return false;
     auto decoded = Decode(std::get<XLogData>(*copy).data);
-    if (!decoded.ok()) {
-      state.SkipWithError(std::string(decoded.status().message()).c_str());
-      break;
-    }
+    if (Failed(state, decoded.status())) return false;
     benchmark::DoNotOptimize(decoded);
-    bytes += static_cast<int64_t>(m.size());
-    if (++i == messages.size()) i = 0;
-  }
-  state.SetItemsProcessed(state.iterations());
-  state.SetBytesProcessed(bytes);
+    return true;
+  });
 }
 BENCHMARK(BM_DecodeXLogDataOutboxInsert);
 

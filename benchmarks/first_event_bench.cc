@@ -126,6 +126,18 @@ class Rig {
     return recorder_.last_receipt_ns();
   }
 
+  // Commits one event and waits for it: commit to receipt in ms, or
+  // kDeadlineExceeded "<phase>: no record".
+  absl::StatusOr<double> CommitToReceiptMs(const std::string& phase) {
+    auto committed = Insert(NextId());
+    if (!committed.ok()) return committed.status();
+    const int64_t received = WaitReceived();
+    if (received == 0) {
+      return absl::DeadlineExceededError(absl::StrCat(phase, ": no record"));
+    }
+    return (received - *committed) / 1e6;
+  }
+
   BenchEnv& env() { return env_; }
 
  private:
@@ -327,11 +339,9 @@ absl::Status RunStart(Rig& rig, int reps, int steady, bool with_steady,
         absl::FormatTime("%H:%M:%E3S", wall0, absl::UTCTimeZone()));
     for (int k = 0; with_steady && k < steady; ++k) {
       absl::SleepFor(absl::Milliseconds(gap_ms(rng)));
-      auto c = rig.Insert(rig.NextId());
-      if (!c.ok()) return c.status();
-      const int64_t r = rig.WaitReceived();
-      if (r == 0) return absl::DeadlineExceededError("steady: no record");
-      idle.ms.push_back((r - *c) / 1e6);
+      absl::StatusOr<double> ms = rig.CommitToReceiptMs("steady");
+      if (!ms.ok()) return ms.status();
+      idle.ms.push_back(*ms);
     }
     auto code = rig.env().StopOutboxd(**outboxd);
     if (!code.ok()) return code.status();
@@ -364,11 +374,9 @@ absl::Status RunStartLive(Rig& rig, int reps, std::vector<Series>& out) {
           absl::StrCat("start-live: outboxd does not stream (see ",
                        rig.env().work_dir(), "/", log_name, ".log)"));
     }
-    auto c = rig.Insert(rig.NextId());
-    if (!c.ok()) return c.status();
-    const int64_t r = rig.WaitReceived();
-    if (r == 0) return absl::DeadlineExceededError("start-live: no record");
-    live.ms.push_back((r - *c) / 1e6);
+    absl::StatusOr<double> ms = rig.CommitToReceiptMs("start-live");
+    if (!ms.ok()) return ms.status();
+    live.ms.push_back(*ms);
     auto code = rig.env().StopOutboxd(**outboxd);
     if (!code.ok()) return code.status();
   }
@@ -557,7 +565,7 @@ int Main(int argc, char** argv) {
   doc["benchmark"] = "first-event";
   doc["machine"] = bench.machine;
   doc["setup"] = {
-      {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
+      {"postgres", kPostgresSetup},
       {"broker", env->broker_description()},
       {"consumer", absl::StrCat("librdkafka, assign from the beginning, "
                                 "fetch.wait.max.ms=",

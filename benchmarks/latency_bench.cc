@@ -192,7 +192,7 @@ absl::StatusOr<RunResult> RunOne(BenchEnv& env, const Mode& mode, int rate,
       (after.db_transactions - before.db_transactions) / window_s;
   cost["outboxd_cpu_s"] = after.outboxd_cpu - before.outboxd_cpu;
   cost["postgres_cpu_s"] = after.postgres_cpu - before.postgres_cpu;
-  cost["outboxd_peak_rss_mb"] = peak_rss / 1048576.0;
+  cost["outboxd_peak_rss_mb"] = Mb(peak_rss);
   j["cost"] = cost;
   j["outboxd_exit_code"] = code.ok() ? *code : -1;
   std::cerr << j.dump() << "\n";
@@ -279,13 +279,10 @@ absl::Status WriteCdf(const std::string& out, const std::string& name,
 int Main(int argc, char** argv) {
   const std::optional<BrokerKind> broker = ParseBenchFlags(argc, argv);
   if (!broker) return kBadFlags;
-  const auto modes = ModesOrReport(absl::GetFlag(FLAGS_modes));
-  if (!modes) return kBadFlags;
-  const auto rates = ParseRates(absl::GetFlag(FLAGS_rates), false);
-  if (!rates.ok()) {
-    std::cerr << rates.status().message() << "\n";
-    return kBadFlags;
-  }
+  const std::optional<ModesAndRates> plan =
+      ParseModesAndRates(absl::GetFlag(FLAGS_modes), absl::GetFlag(FLAGS_rates),
+                         /*allow_max=*/false);
+  if (!plan) return kBadFlags;
   const std::string out = absl::GetFlag(FLAGS_out);
   StartedBench bench = StartBench(EnvOptions(
       absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker));
@@ -294,8 +291,8 @@ int Main(int argc, char** argv) {
   std::vector<RunResult> runs;
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
-  for (int rate : *rates) {
-    for (const Mode& mode : *modes) {
+  for (int rate : plan->rates) {
+    for (const Mode& mode : plan->modes) {
       auto r =
           RunOne(*env, mode, rate, absl::GetFlag(FLAGS_duration), run_index++);
       if (!r.ok()) {
@@ -314,7 +311,7 @@ int Main(int argc, char** argv) {
   doc["machine"] = bench.machine;
   doc["load_average_after"] = LoadAverage1();
   doc["setup"] = {
-      {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
+      {"postgres", kPostgresSetup},
       {"broker", env->broker_description()},
       {"consumer", absl::StrCat("librdkafka, assign, fetch.wait.max.ms=",
                                 absl::GetFlag(FLAGS_fetch_wait_ms))},

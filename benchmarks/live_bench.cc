@@ -246,7 +246,7 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
                                          window_s},
       {"context_switches_per_event",
        n > 0 ? static_cast<double>(switches) / n : 0.0},
-      {"peak_rss_mb", peak_rss / 1048576.0},
+      {"peak_rss_mb", Mb(peak_rss)},
       {"exit_code", code.ok() ? *code : -1}};
   j["context"] = {
       {"postgres_cpu_s", after.postgres_cpu - before.postgres_cpu},
@@ -298,13 +298,10 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs) {
 int Main(int argc, char** argv) {
   const std::optional<BrokerKind> broker = ParseBenchFlags(argc, argv);
   if (!broker) return kBadFlags;
-  const auto modes = ModesOrReport(absl::GetFlag(FLAGS_modes));
-  if (!modes) return kBadFlags;
-  const auto rates = ParseRates(absl::GetFlag(FLAGS_rates), true);  // 0 = max
-  if (!rates.ok()) {
-    std::cerr << rates.status().message() << "\n";
-    return kBadFlags;
-  }
+  const std::optional<ModesAndRates> plan =
+      ParseModesAndRates(absl::GetFlag(FLAGS_modes), absl::GetFlag(FLAGS_rates),
+                         /*allow_max=*/true);
+  if (!plan) return kBadFlags;
   const std::string out = absl::GetFlag(FLAGS_out);
   StartedBench bench = StartBench(EnvOptions(
       absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker));
@@ -313,8 +310,8 @@ int Main(int argc, char** argv) {
   nlohmann::json runs = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
-  for (const PublisherMode& mode : *modes) {
-    for (int rate : *rates) {
+  for (const PublisherMode& mode : plan->modes) {
+    for (int rate : plan->rates) {
       auto r = RunOne(*env, mode, rate, run_index++);
       if (!r.ok()) {
         std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
@@ -334,7 +331,7 @@ int Main(int argc, char** argv) {
   doc["benchmark"] = "live";
   doc["machine"] = bench.machine;
   doc["setup"] = {
-      {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
+      {"postgres", kPostgresSetup},
       {"broker", env->broker_description()},
       {"outboxd",
        "a fresh process per rate, --topic=<one topic>, default producer "

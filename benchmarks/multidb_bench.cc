@@ -183,9 +183,8 @@ int Main(int argc, char** argv) {
   doc["benchmark"] = "multidb";
   doc["machine"] = bench.machine;
   doc["setup"] = {
-      {"postgres",
-       "15, fsync=off, synchronous_commit=on, throwaway cluster, databases "
-       "d0.. each with sql/outbox.sql"},
+      {"postgres", absl::StrCat(kPostgresSetup,
+                                ", databases d0.. each with sql/outbox.sql")},
       {"broker", e.broker_description()},
       {"databases", ndb},
       {"rounds", rounds},

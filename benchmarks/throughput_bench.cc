@@ -157,6 +157,21 @@ int64_t RecordsDone(WatermarkProbe& probe, const std::string& topic,
       .done_ns;
 }
 
+// What the live and backlog runs report: `events` over `ns`, the CPU
+// seconds of outboxd, PostgreSQL and the dev broker, outboxd's peak RSS and
+// exit code.
+nlohmann::json OutboxdRun(int64_t ns, int64_t events, double cpu, double pg_cpu,
+                          double broker_cpu, int64_t rss,
+                          const absl::StatusOr<int>& code) {
+  return {{"seconds", ns / 1e9},
+          {"events_per_s", EventsPerSecond(events, ns)},
+          {"outboxd_cpu_s", cpu},
+          {"postgres_cpu_s", pg_cpu},
+          {"devbroker_cpu_s", broker_cpu},
+          {"outboxd_peak_rss_mb", Mb(rss)},
+          {"outboxd_exit_code", code.ok() ? *code : -1}};
+}
+
 // The kcat input: one "key<TAB>value" line per event, values as outboxd
 // publishes them for this kind.
 absl::Status WriteKcatInput(const std::string& path, const std::string& kind,
@@ -236,15 +251,9 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     j["insert"] = {{"seconds", insert_ns / 1e9},
                    {"events_per_s", EventsPerSecond(events, insert_ns)},
                    {"errors", inserted->errors}};
-    j["live"] = {{"seconds", e2e_ns / 1e9},
-                 {"events_per_s", EventsPerSecond(events, e2e_ns)},
-                 {"last_ack_after_last_commit_s",
-                  (done - inserted->last_commit_ns) / 1e9},
-                 {"outboxd_cpu_s", cpu},
-                 {"postgres_cpu_s", pg_cpu},
-                 {"devbroker_cpu_s", broker_cpu},
-                 {"outboxd_peak_rss_mb", rss / 1048576.0},
-                 {"outboxd_exit_code", code.ok() ? *code : -1}};
+    j["live"] = OutboxdRun(e2e_ns, events, cpu, pg_cpu, broker_cpu, rss, code);
+    j["live"]["last_ack_after_last_commit_s"] =
+        (done - inserted->last_commit_ns) / 1e9;
     std::cerr << "live: " << j["live"].dump() << "\n";
   }
   auto end_lsn = env.pg().Query("postgres", "SELECT pg_current_wal_lsn()");
@@ -285,13 +294,8 @@ absl::StatusOr<nlohmann::json> RunKind(BenchEnv& env, const std::string& kind,
     if (done == 0) {
       return absl::DeadlineExceededError("backlog: not all records arrived");
     }
-    j["backlog"] = {{"seconds", (done - t0) / 1e9},
-                    {"events_per_s", EventsPerSecond(events, done - t0)},
-                    {"outboxd_cpu_s", cpu},
-                    {"postgres_cpu_s", pg_cpu},
-                    {"devbroker_cpu_s", broker_cpu},
-                    {"outboxd_peak_rss_mb", rss / 1048576.0},
-                    {"outboxd_exit_code", code.ok() ? *code : -1}};
+    j["backlog"] =
+        OutboxdRun(done - t0, events, cpu, pg_cpu, broker_cpu, rss, code);
     std::cerr << "backlog: " << j["backlog"].dump() << "\n";
     env.DropSlot(backlog_slot);
     env.DropSlot(live_slot);
@@ -418,7 +422,7 @@ int Main(int argc, char** argv) {
   doc["machine"] = machine;
   doc["load_average_after"] = LoadAverage1();
   doc["setup"] = {
-      {"postgres", "15, fsync=off, synchronous_commit=on, throwaway cluster"},
+      {"postgres", kPostgresSetup},
       {"broker",
        "outbox-devbroker (librdkafka mock cluster), 1 broker, 4 "
        "partitions"},

@@ -81,7 +81,7 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(
     j["error"] = absl::StrCat("only ", arrival.last_total, " of ", events,
                               " records within the run timeout");
     j["cpu_s"] = ProcessCpuSeconds(pid);
-    j["peak_rss_mb"] = PeakRssBytes(pid) / 1048576.0;
+    j["peak_rss_mb"] = Mb(PeakRssBytes(pid));
     (void)StopPublisher(**child);
     env.DropSlot(slot);
     return j;
@@ -117,7 +117,7 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(
   j["first_record_after_s"] = (first - t0) / 1e9;
   j["events_per_s_after_first_record"] = EventsPerSecond(events, done - first);
   j["cpu_s"] = cpu;
-  j["peak_rss_mb"] = rss / 1048576.0;
+  j["peak_rss_mb"] = Mb(rss);
   j["postgres_cpu_s"] = pg_cpu;
   if (confirmed != 0) {
     j["slot_confirmed_after_last_record_s"] = (confirmed - done) / 1e9;
