@@ -35,15 +35,16 @@
 // Apache Kafka instead of the dev broker, for every phase, the floor
 // included). Measures only; asserts nothing.
 //
+// This file: the flags, the phases and main(); where a start's time goes is
+// read from outboxd's log by first_event_milestones.
+//
 //   first_event_bench --reps=7 --phases=floor,start,steady,start-live,takeover
 //   first_event_bench --reps=1 --broker=apache
 #include <algorithm>
 #include <csignal>
 #include <iostream>
-#include <iterator>
 #include <memory>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,7 @@
 #include "benchmarks/bench_pg.h"
 #include "benchmarks/bench_proc.h"
 #include "benchmarks/bench_results.h"
+#include "benchmarks/first_event_milestones.h"
 #include "nlohmann/json.hpp"
 #include "tests/harness/child_process.h"
 
@@ -84,7 +86,7 @@ ABSL_FLAG(std::string, kafka_debug, "",
 ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-first-event",
           "outboxd logs");
 
-namespace outboxd::bench {
+namespace outboxd::bench::first_event {
 namespace {
 
 // The topic every record goes to (and the consumer reads).
@@ -175,52 +177,6 @@ bool WaitForLog(const std::string& path, const std::string& needle,
     absl::SleepFor(absl::Milliseconds(20));
   }
   return false;
-}
-
-// What outboxd's log says on its way to the first record, in the order it
-// happens; the first line containing `needle` counts. The rdkafka lines need
-// --kafka_debug=broker,msg (or more); the others are at info level.
-struct Milestone {
-  const char* label;
-  const char* needle;
-};
-constexpr Milestone kMilestones[] = {
-    {"first log line (process up, flags, metrics server)", ""},
-    {"\"starting\" (before the first connection)", " starting: "},
-    {"slot inspected (connection, wal_level, publication, slot and "
-     "publisher_state checks)",
-     " found, confirmed position "},
-    {"START_REPLICATION accepted", "streaming from replication slot"},
-    {"rdkafka: producer initialized (rd_kafka_new returns)",
-     "initialized (builtin.features"},
-    {"ready line (producer created)", "streaming from slot"},
-    {"rdkafka: producer id acquired", "changed PID{Invalid}"},
-    {"rdkafka: first Produce MessageSet", "Produce MessageSet"},
-    {"rdkafka: first delivery", "BaseSeq 0) delivered"},
-};
-
-// Milliseconds from `exec` to each milestone in the log at `path` (-1 when
-// the log does not have it). Log lines start with an ISO 8601 time in ms.
-std::vector<double> MilestoneOffsets(const std::string& path, absl::Time exec) {
-  std::vector<double> at(std::size(kMilestones), -1);
-  std::istringstream log(testing::ReadFile(path));
-  std::string line;
-  while (std::getline(log, line)) {
-    const size_t space = line.find(' ');
-    absl::Time t;
-    std::string error;
-    if (space == std::string::npos ||
-        !absl::ParseTime("%Y-%m-%dT%H:%M:%E3S%Ez", line.substr(0, space), &t,
-                         &error)) {
-      continue;
-    }
-    for (size_t m = 0; m < std::size(kMilestones); ++m) {
-      if (at[m] < 0 && line.find(kMilestones[m].needle) != std::string::npos) {
-        at[m] = absl::ToDoubleMilliseconds(t - exec);
-      }
-    }
-  }
-  return at;
 }
 
 struct Series {
@@ -452,44 +408,6 @@ absl::Status RunTakeover(Rig& rig, int reps, const Standby& standby_config,
   return absl::OkStatus();
 }
 
-// Per milestone (and the receipt, last), the median over the starts of its
-// time after exec; milestones missing from the logs are left out.
-nlohmann::json Breakdown(const std::vector<std::vector<double>>& starts) {
-  nlohmann::json rows = nlohmann::json::array();
-  if (starts.empty()) return rows;
-  for (size_t m = 0; m <= std::size(kMilestones); ++m) {
-    std::vector<double> v;
-    for (const std::vector<double>& at : starts) {
-      if (at[m] >= 0) v.push_back(at[m]);
-    }
-    if (v.empty()) continue;
-    std::sort(v.begin(), v.end());
-    rows.push_back(
-        {{"milestone", m < std::size(kMilestones)
-                           ? kMilestones[m].label
-                           : "first record received by the consumer"},
-         {"median_ms_after_exec", Quantile(v, 0.5)},
-         {"n", v.size()}});
-  }
-  return rows;
-}
-
-std::string BreakdownMarkdown(const nlohmann::json& rows) {
-  if (rows.empty()) return "";
-  std::string md =
-      "\nStart -> first record, where the time goes (outboxd's log "
-      "timestamps, ms resolution, median over the starts):\n\n"
-      "| milestone | ms after exec | step ms |\n|---|---:|---:|\n";
-  double previous = 0;
-  for (const nlohmann::json& r : rows) {
-    const double at = r["median_ms_after_exec"].get<double>();
-    absl::StrAppend(&md, "| ", r["milestone"].get<std::string>(), " | ",
-                    FormatMs(at), " | ", FormatMs(at - previous), " |\n");
-    previous = at;
-  }
-  return md;
-}
-
 std::string Markdown(const nlohmann::json& series) {
   std::string md =
       "| phase | what | n | min ms | median ms | max ms |\n"
@@ -587,6 +505,8 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace outboxd::bench
+}  // namespace outboxd::bench::first_event
 
-int main(int argc, char** argv) { return outboxd::bench::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return outboxd::bench::first_event::Main(argc, argv);
+}
