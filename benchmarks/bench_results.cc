@@ -67,6 +67,13 @@ absl::Status WriteFile(const std::string& path, const std::string& text) {
   return absl::OkStatus();
 }
 
+void AddFailure(nlohmann::json& failures, const std::string& what,
+                nlohmann::json run, const absl::Status& status) {
+  std::cerr << what << ": " << status << "\n";
+  run["error"] = std::string(status.message());
+  failures.push_back(std::move(run));
+}
+
 bool WriteResults(const std::string& stem, const nlohmann::json& doc,
                   const std::string& md) {
   absl::Status s = WriteFile(stem + ".json", doc.dump(2) + "\n");

@@ -32,6 +32,11 @@ double EventsPerSecond(int64_t events, int64_t ns);
 // Writes `text` to `path`, creating parent directories.
 absl::Status WriteFile(const std::string& path, const std::string& text);
 
+// A run that failed: "<what>: <status>" on stderr, and `run` (the keys
+// that name it) with "error" (the status message) appended to `failures`.
+void AddFailure(nlohmann::json& failures, const std::string& what,
+                nlohmann::json run, const absl::Status& status);
+
 // A benchmark's results: `stem`.json (`doc`) and `stem`.md (`md`), then
 // `md` on stdout. False, the cause on stderr, when a file cannot be written.
 bool WriteResults(const std::string& stem, const nlohmann::json& doc,

@@ -454,10 +454,7 @@ int Main(int argc, char** argv) {
   std::vector<std::vector<double>> milestones;
   nlohmann::json failures = nlohmann::json::array();
   auto note = [&failures](const char* phase, const absl::Status& st) {
-    if (st.ok()) return;
-    std::cerr << phase << ": " << st << "\n";
-    failures.push_back(
-        {{"phase", phase}, {"error", std::string(st.message())}});
+    if (!st.ok()) AddFailure(failures, phase, {{"phase", phase}}, st);
   };
   if (has("floor")) note("floor", RunFloor(rig, reps, series));
   if (has("start")) {

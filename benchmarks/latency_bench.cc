@@ -296,10 +296,8 @@ int Main(int argc, char** argv) {
       auto r =
           RunOne(*env, mode, rate, absl::GetFlag(FLAGS_duration), run_index++);
       if (!r.ok()) {
-        std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
-        failures.push_back({{"mode", mode.name},
-                            {"rate", rate},
-                            {"error", std::string(r.status().message())}});
+        AddFailure(failures, absl::StrCat(mode.name, " ", rate),
+                   {{"mode", mode.name}, {"rate", rate}}, r.status());
         continue;
       }
       runs.push_back(*std::move(r));

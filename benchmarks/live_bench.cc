@@ -314,10 +314,10 @@ int Main(int argc, char** argv) {
     for (int rate : plan->rates) {
       auto r = RunOne(*env, mode, rate, run_index++);
       if (!r.ok()) {
-        std::cerr << mode.name << " " << rate << ": " << r.status() << "\n";
-        failures.push_back({{"mode", mode.name},
-                            {"rate", rate > 0 ? absl::StrCat(rate) : "max"},
-                            {"error", std::string(r.status().message())}});
+        AddFailure(failures, absl::StrCat(mode.name, " ", rate),
+                   {{"mode", mode.name},
+                    {"rate", rate > 0 ? absl::StrCat(rate) : "max"}},
+                   r.status());
         continue;
       }
       runs.push_back(*r);

@@ -163,10 +163,8 @@ int Main(int argc, char** argv) {
       Run run(e, setup, round, dbs, options);
       auto r = run.Go();
       if (!r.ok()) {
-        std::cerr << setup << ": " << r.status() << "\n";
-        failures.push_back({{"setup", setup},
-                            {"round", round},
-                            {"error", std::string(r.status().message())}});
+        AddFailure(failures, setup, {{"setup", setup}, {"round", round}},
+                   r.status());
         continue;
       }
       const nlohmann::json& rb = (*r)["read_back"];

@@ -42,7 +42,6 @@ class Run {
         fleet_(env, setup_, round, dbs_, options_.fleet) {}
 
   // start, idle, steady, backlog and read-back of the setup's round.
-
   absl::StatusOr<nlohmann::json> Go();
 
  private:

@@ -410,9 +410,7 @@ int Main(int argc, char** argv) {
   for (const std::string& kind : absl::GetFlag(FLAGS_kinds)) {
     auto r = RunKind(*env, kind, absl::GetFlag(FLAGS_events));
     if (!r.ok()) {
-      std::cerr << kind << ": " << r.status() << "\n";
-      failures.push_back(
-          {{"kind", kind}, {"error", std::string(r.status().message())}});
+      AddFailure(failures, kind, {{"kind", kind}}, r.status());
       continue;
     }
     runs.push_back(*r);
