@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The demo: builds outboxd (installing what it needs), starts a throwaway
-# PostgreSQL 15 and the dev broker, runs outboxd, writes orders with their
-# outbox events in transactions, and shows the events arriving in Kafka
-# (read by kcat) with each event's commit-to-receipt latency. Then stops
-# everything and removes the throwaway cluster.
+# PostgreSQL 15 (or PG_VERSION) and the dev broker, runs outboxd, writes
+# orders with their outbox events in transactions, and shows the events
+# arriving in Kafka (read by kcat) with each event's commit-to-receipt
+# latency. Then stops everything and removes the throwaway cluster.
 #
 #   DEMO_ORDERS=50 DEMO_PAUSE=0.2 scripts/demo.sh
 #   KAFKA=apache scripts/demo.sh   # a real single-node Apache Kafka (a JVM,
 #                                  # jars fetched once by fetch-kafka.sh)
+#   PG_VERSION=17 scripts/demo.sh  # PostgreSQL 16, 17 or 18 (binaries
+#                                  # fetched once by fetch-postgres.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 orders=${DEMO_ORDERS:-40}
@@ -23,7 +25,7 @@ scripts/build.sh outboxd outbox-devbroker >&2
 source scripts/lib/local-stack.sh
 
 start_postgres demo
-say "started a throwaway PostgreSQL 15 on 127.0.0.1:$port (wal_level=logical)"
+say "started a throwaway PostgreSQL $pg_version on 127.0.0.1:$port (wal_level=logical)"
 pg="$pg_base dbname=postgres"
 psql -q -X "$pg" -v ON_ERROR_STOP=1 -f sql/outbox.sql
 psql -q -X "$pg" -v ON_ERROR_STOP=1 -c \

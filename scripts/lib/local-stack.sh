@@ -1,9 +1,14 @@
 # Shared by scripts/demo.sh and scripts/example-inbox.sh (source it, with
 # `set -euo pipefail` and the repository root as the working directory):
-# a throwaway PostgreSQL 15 cluster and the dev broker or a real Apache
+# a throwaway PostgreSQL cluster and the dev broker or a real Apache
 # Kafka, stopped and removed on exit together with every pid added to `pids`.
+#
+# PG_VERSION picks the server: 15 (the default) is Debian's; 16, 17 and 18
+# come from scripts/fetch-postgres.sh (fetched once into .cache/postgres).
+# The client tools (psql) stay Debian's 15, which talk to newer servers.
 
-pgbin=/usr/lib/postgresql/15/bin
+pg_version=${PG_VERSION:-15}
+pgbin=$(scripts/fetch-postgres.sh "$pg_version")
 pids=()
 
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
