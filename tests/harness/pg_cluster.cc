@@ -542,6 +542,19 @@ absl::Status PgCluster::WaitForReplay(const PgCluster& standby,
       "); standby log tail:\n", ReadFileTail(standby.log_file(), 3000)));
 }
 
+std::string MultiHostConnInfo(const std::vector<const PgCluster*>& clusters,
+                              const std::string& dbname) {
+  std::vector<std::string> hosts;
+  std::vector<std::string> ports;
+  for (const PgCluster* cluster : clusters) {
+    hosts.push_back("127.0.0.1");
+    ports.push_back(absl::StrCat(cluster->port()));
+  }
+  return absl::StrCat(
+      "host=", absl::StrJoin(hosts, ","), " port=", absl::StrJoin(ports, ","),
+      " user=postgres dbname=", dbname, " target_session_attrs=read-write");
+}
+
 std::vector<Row> QueryRows(const std::string& conninfo,
                            const std::string& sql) {
   std::vector<Row> rows;

@@ -115,6 +115,12 @@ class PgCluster {
   bool running_ = false;
 };
 
+// libpq conninfo naming every cluster of `clusters` as a host, in order,
+// with target_session_attrs=read-write: whichever is the primary (as
+// outboxd's --pg names a primary and its standbys for failover).
+std::string MultiHostConnInfo(const std::vector<const PgCluster*>& clusters,
+                              const std::string& dbname = "postgres");
+
 // A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0,
 // then closed): for a server about to be started by the caller.
 absl::StatusOr<int> FreeTcpPort();

@@ -130,10 +130,19 @@ TEST(StandbyTest, ReplaysThenTakesOverWhenThePrimaryCrashes) {
             .value_or("");
   }
 
+  // Both named, libpq finds the primary (the standby is read-only).
+  const std::string both = MultiHostConnInfo({primary->get(), standby->get()});
+  std::vector<Row> writer = QueryRows(both, "SELECT inet_server_port()");
+  ASSERT_EQ(writer.size(), 1u);
+  EXPECT_EQ(writer[0][0], absl::StrCat((*primary)->port()));
+
   // The primary dies; the standby is promoted and takes writes.
   ASSERT_TRUE((*primary)->Crash().ok());
   ASSERT_TRUE((*standby)->Promote().ok());
   EXPECT_EQ((*standby)->InRecovery().value_or(true), false);
+  writer = QueryRows(both, "SELECT inet_server_port()");
+  ASSERT_EQ(writer.size(), 1u);
+  EXPECT_EQ(writer[0][0], absl::StrCat((*standby)->port()));
   ASSERT_TRUE((*standby)
                   ->Exec("postgres",
                          "INSERT INTO t SELECT g, 'promoted' FROM "
