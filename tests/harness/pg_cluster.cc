@@ -503,15 +503,17 @@ absl::StatusOr<std::unique_ptr<PgCluster>> PgCluster::StartStandby(
 
   status = WriteFile(standby->data_dir() + "/standby.signal", "");
   if (!status.ok()) return status;
-  // In postgresql.auto.conf, as pg_basebackup -R writes them: they outlive
-  // the -c settings of the command line (Restart keeps them either way).
+  // In postgresql.auto.conf, where pg_basebackup -R writes them.
   status = WriteFile(
       standby->data_dir() + "/postgresql.auto.conf",
-      absl::StrCat("primary_conninfo = ",
-                   SqlQuote(absl::StrCat(ConnInfo("postgres"),
-                                         " application_name=", options.slot)),
-                   "\nprimary_slot_name = ", SqlQuote(options.slot),
-                   "\nhot_standby = on\nhot_standby_feedback = on\n"),
+      absl::StrCat(
+          "primary_conninfo = ",
+          SqlQuote(absl::StrCat(ConnInfo("postgres"),
+                                " application_name=", options.slot)),
+          "\nprimary_slot_name = ", SqlQuote(options.slot),
+          "\nhot_standby = on\nhot_standby_feedback = on\n"
+          // Feedback (and replay positions) each second, not each 10 s.
+          "wal_receiver_status_interval = 1s\n"),
       /*append=*/true);
   if (!status.ok()) return status;
   status = standby->StartOnFreePort();

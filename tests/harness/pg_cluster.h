@@ -84,7 +84,8 @@ class PgCluster {
 
   // A physical standby of this running cluster, started and streaming
   // through a physical slot (options.slot) with hot_standby_feedback=on,
-  // its primary_conninfo naming dbname=postgres (17+ slot sync needs one).
+  // its primary_conninfo naming dbname=postgres (17+ slot sync needs one),
+  // wal_receiver_status_interval=1s (feedback each second).
   // Built without pg_basebackup: pg_backup_start() in a session kept open,
   // a copy of the data directory, pg_backup_stop()'s backup_label. The
   // standby has this cluster's version and settings plus options.settings.
