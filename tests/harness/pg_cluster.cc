@@ -161,7 +161,7 @@ absl::Status CopyDataDirectory(const std::filesystem::path& from,
   for (auto it = fs::recursive_directory_iterator(
            from, fs::directory_options::skip_permission_denied, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    const fs::path relative = fs::relative(it->path(), from);
+    const fs::path relative = it->path().lexically_relative(from);
     const fs::path target = to / relative;
     std::error_code entry_ec;
     if (it->is_directory(entry_ec)) {
@@ -193,9 +193,15 @@ absl::Status CopyDataDirectory(const std::filesystem::path& from,
     return absl::InternalError(
         absl::StrCat("copying ", from.string(), ": ", ec.message()));
   }
-  // An empty pg_wal/archive_status, as the server expects.
-  fs::create_directories(to / "pg_wal" / "archive_status", ec);
-  return ChownToPostgres((to / "pg_wal" / "archive_status").string());
+  // pg_wal's subdirectories, empty: archive_status, and 17's summaries.
+  for (const char* sub : {"archive_status", "summaries"}) {
+    if (!fs::is_directory(from / "pg_wal" / sub, ec)) continue;
+    fs::create_directories(to / "pg_wal" / sub, ec);
+    fs::permissions(to / "pg_wal" / sub, fs::perms::owner_all, ec);
+    status = ChownToPostgres((to / "pg_wal" / sub).string());
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status WriteFile(const std::string& path, const std::string& text,
