@@ -13,14 +13,11 @@
 
 namespace outboxd {
 
-// What outboxd's flags make: the Publisher's options and the CDC source's.
-// (poll and notify take the table and its columns from `source` too.)
+// One CDC stream's options: the Publisher's and its source's.
 struct CdcPipelineOptions {
   PublisherOptions publisher;
   // Its `republish` is left empty: MakeCdcSource sets it.
   CdcSourceOptions source;
-  // Updated from the pipeline thread when not null; must outlive the run.
-  metrics::OutboxdMetrics* metrics = nullptr;
 };
 
 // The CDC source of `options`: options.source, and with a table the
