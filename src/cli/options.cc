@@ -1,5 +1,6 @@
 #include "cli/options.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/algorithm/container.h"
@@ -69,6 +70,27 @@ absl::Status CheckSlotOfDatabase(absl::string_view flag,
                    "case letters, digits and underscores, at most 63)"));
 }
 
+// --databases names databases that make slot names, once each; and
+// --delivery=exactly-once publishes one database per process.
+absl::Status CheckDatabases(const OutboxdFlags& f, DeliveryGuarantee delivery) {
+  const std::vector<std::string>& dbs = f.databases;
+  for (size_t i = 0; i < dbs.size(); ++i) {
+    RETURN_IF_ERROR(CheckSlotOfDatabase("--databases", f.slot, dbs[i]));
+    if (std::find(dbs.begin(), dbs.begin() + i, dbs[i]) != dbs.begin() + i) {
+      return Invalid(absl::StrCat("--databases: '", dbs[i], "' given twice"));
+    }
+  }
+  if (delivery == DeliveryGuarantee::kExactlyOnce &&
+      (f.pg.size() > 1 || !dbs.empty())) {
+    return Invalid(absl::StrCat(
+        dbs.empty() ? "--pg" : "--databases",
+        ": --delivery=exactly-once publishes one database per process (one "
+        "transactional producer and checkpoint each)",
+        dbs.empty() ? "; give one --pg" : ""));
+  }
+  return absl::OkStatus();
+}
+
 // --table: the outbox tables; none for "" (logical decoding messages only).
 absl::StatusOr<std::vector<QualifiedName>> TablesFromFlags(
     const OutboxdFlags& f) {
@@ -114,9 +136,9 @@ absl::StatusOr<ProducerOptions> ProducerFromFlags(const OutboxdFlags& f) {
   return p;
 }
 
-// What a record is made of and where it goes: topics, --ordering, the
-// dead-letter topic and policy, the value format and CloudEvents.
-absl::Status RecordsFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
+// Where a record goes: its topic (and partition, --ordering), or the
+// dead-letter topic.
+absl::Status RoutingFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
   p.router.topic_prefix = f.topic_prefix;
   p.router.fixed_topic = f.topic;
   ASSIGN_OR_RETURN(bool global, flags::ParseChoice<bool>(
@@ -146,6 +168,12 @@ absl::Status RecordsFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
   if (absl::Status s = CheckTopicName(p.dlq_topic); !s.ok()) {
     return Invalid(absl::StrCat("--dlq-topic: ", s.message()));
   }
+  return absl::OkStatus();
+}
+
+// What a record's value is and what happens to one that cannot be made:
+// --on-invalid, --value-format and CloudEvents.
+absl::Status EncodingFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
   ASSIGN_OR_RETURN(p.on_invalid,
                    flags::ParseChoice<InvalidEventPolicy>(
                        "--on-invalid", f.on_invalid,
@@ -223,7 +251,8 @@ absl::StatusOr<PublisherOptions> PublisherOptionsFromFlags(
     const OutboxdFlags& f) {
   PublisherOptions p;
   ASSIGN_OR_RETURN(p.producer, ProducerFromFlags(f));
-  RETURN_IF_ERROR(RecordsFromFlags(f, p));
+  RETURN_IF_ERROR(RoutingFromFlags(f, p));
+  RETURN_IF_ERROR(EncodingFromFlags(f, p));
   RETURN_IF_ERROR(DeliveryFromFlags(f, p));
   return p;
 }
@@ -339,22 +368,9 @@ absl::StatusOr<PollSourceOptions> PollOptionsFromFlags(
 absl::StatusOr<std::vector<CdcStream>> StreamsFromFlags(
     const OutboxdFlags& f, const CdcSourceOptions& source,
     DeliveryGuarantee delivery) {
+  RETURN_IF_ERROR(CheckDatabases(f, delivery));
   const std::vector<std::string>& pgs = f.pg;
   const std::vector<std::string>& dbs = f.databases;
-  for (size_t i = 0; i < dbs.size(); ++i) {
-    RETURN_IF_ERROR(CheckSlotOfDatabase("--databases", f.slot, dbs[i]));
-    if (std::find(dbs.begin(), dbs.begin() + i, dbs[i]) != dbs.begin() + i) {
-      return Invalid(absl::StrCat("--databases: '", dbs[i], "' given twice"));
-    }
-  }
-  if (delivery == DeliveryGuarantee::kExactlyOnce &&
-      (pgs.size() > 1 || !dbs.empty())) {
-    return Invalid(absl::StrCat(
-        dbs.empty() ? "--pg" : "--databases",
-        ": --delivery=exactly-once publishes one database per process (one "
-        "transactional producer and checkpoint each)",
-        dbs.empty() ? "; give one --pg" : ""));
-  }
   auto stream = [&source](std::string conninfo, std::string slot,
                           std::string name, size_t server) {
     CdcStream s{source, std::move(name), server};
