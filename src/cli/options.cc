@@ -139,33 +139,35 @@ absl::StatusOr<ProducerOptions> ProducerFromFlags(const OutboxdFlags& f) {
 // Where a record goes: its topic (and partition, --ordering), or the
 // dead-letter topic.
 absl::Status RoutingFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
-  p.router.topic_prefix = f.topic_prefix;
-  p.router.fixed_topic = f.topic;
+  p.records.router.topic_prefix = f.topic_prefix;
+  p.records.router.fixed_topic = f.topic;
   ASSIGN_OR_RETURN(bool global, flags::ParseChoice<bool>(
                                     "--ordering", f.ordering,
                                     {{"aggregate", false}, {"global", true}}));
   if (global) {
-    if (p.router.fixed_topic.empty()) {
+    if (p.records.router.fixed_topic.empty()) {
       return Invalid(
           "--ordering=global needs --topic (one topic, one partition)");
     }
-    p.router.fixed_partition = 0;
+    p.records.router.fixed_partition = 0;
   }
   if (f.dlq_topic.empty()) return Invalid("--dlq-topic must not be empty");
-  p.dlq_topic = f.dlq_topic;
+  p.records.dlq_topic = f.dlq_topic;
   // Flags that can only make topic names Kafka refuses. A prefix is illegal
   // when no aggregatetype can complete it into a legal name.
-  if (absl::Status s = CheckTopicName(absl::StrCat(p.router.topic_prefix, "x"));
+  if (absl::Status s =
+          CheckTopicName(absl::StrCat(p.records.router.topic_prefix, "x"));
       !s.ok()) {
     return Invalid(absl::StrCat("--topic-prefix makes no legal topic name: ",
                                 s.message()));
   }
-  if (!p.router.fixed_topic.empty()) {
-    if (absl::Status s = CheckTopicName(p.router.fixed_topic); !s.ok()) {
+  if (!p.records.router.fixed_topic.empty()) {
+    if (absl::Status s = CheckTopicName(p.records.router.fixed_topic);
+        !s.ok()) {
       return Invalid(absl::StrCat("--topic: ", s.message()));
     }
   }
-  if (absl::Status s = CheckTopicName(p.dlq_topic); !s.ok()) {
+  if (absl::Status s = CheckTopicName(p.records.dlq_topic); !s.ok()) {
     return Invalid(absl::StrCat("--dlq-topic: ", s.message()));
   }
   return absl::OkStatus();
@@ -179,24 +181,25 @@ absl::Status EncodingFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
                        "--on-invalid", f.on_invalid,
                        {{"dead-letter", InvalidEventPolicy::kDeadLetter},
                         {"fail", InvalidEventPolicy::kFail}}));
-  ASSIGN_OR_RETURN(p.value_format,
+  ASSIGN_OR_RETURN(p.records.value_format,
                    Parsed("--value-format", f.value_format, ParseValueFormat));
-  ASSIGN_OR_RETURN(p.cloudevents.mode, Parsed("--cloudevents", f.cloudevents,
-                                              ParseCloudEventsMode));
-  if (p.cloudevents.mode == CloudEventsMode::kStructured &&
-      p.value_format != ValueFormat::kPayload) {
+  ASSIGN_OR_RETURN(
+      p.records.cloudevents.mode,
+      Parsed("--cloudevents", f.cloudevents, ParseCloudEventsMode));
+  if (p.records.cloudevents.mode == CloudEventsMode::kStructured &&
+      p.records.value_format != ValueFormat::kPayload) {
     // The document is the value: an envelope has no place in it.
     return Invalid(absl::StrCat(
         "--cloudevents=structured needs --value-format=payload (the "
         "CloudEvents document is the value), not '",
-        ValueFormatName(p.value_format), "'"));
+        ValueFormatName(p.records.value_format), "'"));
   }
   if (f.cloudevents_source.has_value()) {
     if (absl::Status s = CheckCloudEventsSource(*f.cloudevents_source);
         !s.ok()) {
       return Invalid(absl::StrCat("--cloudevents-source: ", s.message()));
     }
-    p.cloudevents.source = *f.cloudevents_source;
+    p.records.cloudevents.source = *f.cloudevents_source;
   }
   return absl::OkStatus();
 }
@@ -209,16 +212,16 @@ absl::Status DeliveryFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
                        "--delivery", f.delivery,
                        {{"at-least-once", DeliveryGuarantee::kAtLeastOnce},
                         {"exactly-once", DeliveryGuarantee::kExactlyOnce}}));
-  p.transactional_id = f.transactional_id;
+  p.transactions.transactional_id = f.transactional_id;
   RETURN_IF_ERROR(flags::CheckBetween("--transaction-interval",
                                       f.transaction_interval,
                                       absl::ZeroDuration(), absl::Seconds(30)));
-  p.transactions.interval = f.transaction_interval;
+  p.transactions.batch.interval = f.transaction_interval;
   RETURN_IF_ERROR(flags::CheckNotNegative("--stall-timeout", f.stall_timeout));
-  p.stall_timeout = f.stall_timeout;
+  p.session.stall_timeout = f.stall_timeout;
   if (p.delivery == DeliveryGuarantee::kExactlyOnce &&
-      p.stall_timeout > absl::ZeroDuration() &&
-      p.stall_timeout <= p.transactions.interval) {
+      p.session.stall_timeout > absl::ZeroDuration() &&
+      p.session.stall_timeout <= p.transactions.batch.interval) {
     // Events stay pending until their Kafka transaction commits.
     return Invalid(
         "--stall-timeout must be longer than --transaction-interval with "
@@ -227,21 +230,21 @@ absl::Status DeliveryFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
   RETURN_IF_ERROR(flags::CheckBetween("--read-coalesce", f.read_coalesce,
                                       absl::ZeroDuration(),
                                       absl::Milliseconds(100)));
-  p.coalesce = f.read_coalesce;
+  p.session.coalesce = f.read_coalesce;
   RETURN_IF_ERROR(
       flags::CheckNotNegative("--shutdown-timeout", f.shutdown_timeout));
   p.shutdown_timeout = f.shutdown_timeout;
-  p.reconnect.initial_backoff = f.reconnect_backoff_initial;
-  p.reconnect.max_backoff = f.reconnect_backoff_max;
-  if (p.reconnect.initial_backoff <= absl::ZeroDuration() ||
-      p.reconnect.max_backoff < p.reconnect.initial_backoff) {
+  p.session.reconnect.initial_backoff = f.reconnect_backoff_initial;
+  p.session.reconnect.max_backoff = f.reconnect_backoff_max;
+  if (p.session.reconnect.initial_backoff <= absl::ZeroDuration() ||
+      p.session.reconnect.max_backoff < p.session.reconnect.initial_backoff) {
     return Invalid(
         "--reconnect-backoff-initial must be positive and at most "
         "--reconnect-backoff-max");
   }
   RETURN_IF_ERROR(
       flags::CheckNotNegative("--reconnect-give-up", f.reconnect_give_up));
-  p.reconnect.give_up_after = f.reconnect_give_up;
+  p.session.reconnect.give_up_after = f.reconnect_give_up;
   return absl::OkStatus();
 }
 
@@ -316,7 +319,7 @@ absl::StatusOr<PollSourceOptions> PollOptionsFromFlags(
         "--delivery=exactly-once is supported with --source=cdc only, not '",
         f.source, "'"));
   }
-  if (publisher.router.fixed_partition >= 0) {
+  if (publisher.records.router.fixed_partition >= 0) {
     // Polled records carry outbox.seq, which is insertion order, not
     // commit order: no (outbox.lsn, outbox.index) total order to promise.
     return Invalid(absl::StrCat(

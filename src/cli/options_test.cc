@@ -81,7 +81,7 @@ TEST(OptionsTest, DefaultsMakeOneUnnamedCdcStream) {
   absl::StatusOr<OutboxdOptions> o = OptionsFromFlags(Defaults());
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->publisher.producer.brokers, "kafka:9092");
-  EXPECT_EQ(o->publisher.router.fixed_partition, -1);
+  EXPECT_EQ(o->publisher.records.router.fixed_partition, -1);
   EXPECT_EQ(o->metrics_address, "127.0.0.1:9187");
   const CdcOptions& cdc = std::get<CdcOptions>(o->source);
   ASSERT_EQ(cdc.streams.size(), 1u);
