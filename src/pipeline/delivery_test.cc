@@ -52,8 +52,8 @@ class DeliveryTest : public ::testing::Test {
  protected:
   // A sink whose reports reach `delivery`.
   void MakeSink(Delivery& delivery) {
-    sink_ = std::make_unique<FakeSink>(
-        [&delivery](uint64_t seq, absl::Status s) {
+    sink_ =
+        std::make_unique<FakeSink>([&delivery](uint64_t seq, absl::Status s) {
           delivery.OnReport(seq, std::move(s));
         });
     delivery.Attach(*sink_);
@@ -69,7 +69,8 @@ class DeliveryTest : public ::testing::Test {
   std::unique_ptr<FakeSink> sink_;
 };
 
-// --- at-least-once ------------------------------------------------------------
+// --- at-least-once
+// ------------------------------------------------------------
 
 TEST_F(DeliveryTest, AtLeastOnceAcknowledgesEachRecordByItsOwnReport) {
   auto d = NewAtLeastOnceDelivery(host_);
@@ -119,7 +120,8 @@ TEST_F(DeliveryTest, AtLeastOnceCleanFinishWaitsForReportsKeepingSourcesAlive) {
   EXPECT_THAT(host_.acked, ElementsAre(1));
 }
 
-// --- exactly-once -------------------------------------------------------------
+// --- exactly-once
+// -------------------------------------------------------------
 
 class TransactionalTest : public DeliveryTest {
  protected:
@@ -133,9 +135,8 @@ class TransactionalTest : public DeliveryTest {
     return d;
   }
   absl::Status Ready(Delivery& d, absl::Status history = absl::OkStatus()) {
-    return d.Ready(kIdentity, [history](const EventPosition&) {
-      return history;
-    });
+    return d.Ready(kIdentity,
+                   [history](const EventPosition&) { return history; });
   }
   void SeedCheckpoint(EventPosition p, std::string source = kIdentity) {
     CommittedOffset c;

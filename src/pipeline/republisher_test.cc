@@ -44,8 +44,8 @@ class RepublisherTest : public ::testing::Test {
     records.SetSource(kSource);
     auto p = RepublishProducer::Create(
         records, ProducerOptions{},
-        [this](const ProducerOptions&, DeliveryCallback cb)
-            -> absl::StatusOr<std::unique_ptr<Sink>> {
+        [this](const ProducerOptions&,
+               DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
           auto sink = std::make_unique<FakeSink>(std::move(cb));
           sink_ = sink.get();
           if (configure_) configure_(*sink);
