@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -289,16 +290,49 @@ std::string RedactConninfo(absl::string_view conninfo) {
   return RedactConninfoImpl(conninfo, &secrets);
 }
 
+std::optional<std::string> SqlState(const absl::Status& status) {
+  auto payload = status.GetPayload(kSqlStatePayload);
+  if (!payload.has_value()) return std::nullopt;
+  return std::string(*payload);
+}
+
+bool HasSqlState(const absl::Status& status, absl::string_view code) {
+  auto payload = status.GetPayload(kSqlStatePayload);
+  return payload.has_value() && *payload == code;
+}
+
+absl::Status WithContext(absl::string_view context,
+                         const absl::Status& status) {
+  if (status.ok()) return status;
+  absl::Status out(status.code(),
+                   absl::StrCat(context, ": ", status.message()));
+  status.ForEachPayload(
+      [&out](absl::string_view type_url, const absl::Cord& payload) {
+        out.SetPayload(type_url, payload);
+      });
+  return out;
+}
+
+namespace {
+
+// Whether the connection is gone: marked bad, or found closed when its
+// socket is read (non-blocking; what is read stays buffered in libpq).
+bool ConnectionLost(PGconn* conn) {
+  if (conn == nullptr || PQstatus(conn) == CONNECTION_BAD) return true;
+  if (PQsocket(conn) < 0) return true;
+  return PQconsumeInput(conn) == 0 || PQstatus(conn) == CONNECTION_BAD;
+}
+
+}  // namespace
+
 absl::Status StatusFromPgResult(absl::string_view context,
-                                const PGresult* result, const PGconn* conn) {
-  const bool connection_bad =
-      conn == nullptr || PQstatus(conn) == CONNECTION_BAD;
+                                const PGresult* result, PGconn* conn) {
   if (result == nullptr) {
     std::string message =
         conn != nullptr ? TrimMessage(PQerrorMessage(conn)) : "no connection";
     if (message.empty()) message = "unknown libpq error";
-    return absl::Status(connection_bad ? absl::StatusCode::kUnavailable
-                                       : absl::StatusCode::kInternal,
+    return absl::Status(ConnectionLost(conn) ? absl::StatusCode::kUnavailable
+                                             : absl::StatusCode::kInternal,
                         absl::StrCat(context, ": ", message));
   }
   const char* sqlstate = PQresultErrorField(result, PG_DIAG_SQLSTATE);
@@ -325,8 +359,16 @@ absl::Status StatusFromPgResult(absl::string_view context,
     absl::StrAppend(&message, " [SQLSTATE ", sqlstate, "]");
     code = CodeForSqlState(sqlstate);
   }
-  if (connection_bad) code = absl::StatusCode::kUnavailable;
-  return absl::Status(code, absl::StrCat(context, ": ", message));
+  // With a SQLSTATE the server answered: only a connection already marked
+  // bad is lost. Without one libpq made the error; the socket tells.
+  const bool lost = sqlstate != nullptr
+                        ? conn == nullptr || PQstatus(conn) == CONNECTION_BAD
+                        : ConnectionLost(conn);
+  if (lost) code = absl::StatusCode::kUnavailable;
+  absl::Status status(code, absl::StrCat(context, ": ", message));
+  if (sqlstate != nullptr)
+    status.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
+  return status;
 }
 
 absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(

@@ -50,14 +50,50 @@ struct ConninfoTarget {
 absl::StatusOr<ConninfoTarget> ConninfoServerAndDatabase(
     absl::string_view conninfo);
 
-// The error carried by `result` (or by `conn` when `result` is null) as a
-// Status prefixed with `context`, the code chosen from the SQLSTATE: class
-// 08 and 57P0x (connection, shutdown) and 55006 (object in use, e.g. an
-// active slot) are kUnavailable, 28 kPermissionDenied, 42 and 55
-// kFailedPrecondition (42501 kPermissionDenied), XX kInternal; a broken
-// connection is kUnavailable whatever the SQLSTATE.
+// The SQLSTATEs outboxd acts on (PostgreSQL's errcodes.txt). Decide on
+// these, never on a message's text: messages are translated (lc_messages)
+// and reworded between releases.
+namespace sqlstate {
+inline constexpr absl::string_view kUndefinedObject = "42704";
+inline constexpr absl::string_view kDuplicateObject = "42710";
+// START_REPLICATION of an invalidated slot ("can no longer get changes"),
+// among other states an object must be in first.
+inline constexpr absl::string_view kObjectNotInPrerequisiteState = "55000";
+// A slot active in another process ("is active for PID").
+inline constexpr absl::string_view kObjectInUse = "55006";
+inline constexpr absl::string_view kAdminShutdown = "57P01";
+inline constexpr absl::string_view kCrashShutdown = "57P02";
+inline constexpr absl::string_view kCannotConnectNow = "57P03";
+}  // namespace sqlstate
+
+// The type URL of the payload that carries the SQLSTATE (5 characters) of
+// every Status made from a server error (StatusFromPgResult).
+inline constexpr absl::string_view kSqlStatePayload = "type.outboxd/sqlstate";
+
+// The SQLSTATE `status` carries; nullopt when it has none (OK, not from
+// PostgreSQL, or an error libpq made itself, such as a lost connection).
+std::optional<std::string> SqlState(const absl::Status& status);
+// Whether `status` carries SQLSTATE `code`.
+bool HasSqlState(const absl::Status& status, absl::string_view code);
+
+// `status` with `context` and ": " before its message, its code and
+// payloads (the SQLSTATE) kept. OK stays OK.
+absl::Status WithContext(absl::string_view context, const absl::Status& status);
+
+// The one place a libpq error becomes a Status. The error carried by
+// `result` (or by `conn` when `result` is null), prefixed with `context`,
+// with the SQLSTATE as the kSqlStatePayload payload and the code chosen
+// from it: class 08 and 57P0x (connection, shutdown) and 55006 (object in
+// use, e.g. an active slot) are kUnavailable, 28 kPermissionDenied, 42 and
+// 55 kFailedPrecondition (42501 kPermissionDenied), XX kInternal. A lost
+// connection is kUnavailable whatever the SQLSTATE or the text: one whose
+// PQstatus is CONNECTION_BAD, or an error libpq made itself (no SQLSTATE)
+// after which reading the socket finds it closed (a server that
+// crash-restarted; libpq then says "server closed the connection
+// unexpectedly" and may not have marked the connection bad yet). `conn`
+// may be read from (PQconsumeInput) for that.
 absl::Status StatusFromPgResult(absl::string_view context,
-                                const PGresult* result, const PGconn* conn);
+                                const PGresult* result, PGconn* conn);
 
 class PgConnection {
  public:

@@ -12,7 +12,9 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -268,6 +270,180 @@ TEST(PgConnectionTest, TheConninfosConnectTimeoutWins) {
   EXPECT_EQ(s->code(), absl::StatusCode::kUnavailable) << *s;
   // Its own 2 s, not the 10 s default (a wide margin either way).
   EXPECT_LT(absl::Now() - start, absl::Seconds(9)) << *s;
+}
+
+// A PostgreSQL server for one connection, speaking just enough of the
+// protocol for libpq (no SSL, trust): after the startup it either answers
+// the first query with an ErrorResponse carrying `sqlstate`, or, when
+// `sqlstate` is empty, does what a backend does when the postmaster ends
+// it for a crash-restart: a WARNING (57P02), then the socket is closed,
+// before any query.
+class OneQueryServer {
+ public:
+  explicit OneQueryServer(std::string sqlstate)
+      : sqlstate_(std::move(sqlstate)) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        listen(fd_, 8) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~OneQueryServer() {
+    if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) close(fd_);
+  }
+  std::string ConnInfo() const {
+    return absl::StrCat("host=127.0.0.1 port=", port_,
+                        " user=u dbname=d sslmode=disable gssencmode=disable "
+                        "connect_timeout=5");
+  }
+  // Once the server closed the connection (the crash case).
+  void WaitClosed() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  static void Put32(std::string* out, uint32_t v) {
+    v = htonl(v);
+    out->append(reinterpret_cast<const char*>(&v), 4);
+  }
+  static std::string Message(char type, const std::string& body) {
+    std::string m(1, type);
+    Put32(&m, static_cast<uint32_t>(body.size() + 4));
+    return m + body;
+  }
+  // Severity, SQLSTATE and message fields of an ErrorResponse or notice.
+  static std::string Fields(const std::string& severity,
+                            const std::string& sqlstate,
+                            const std::string& message) {
+    return absl::StrCat("S", severity, std::string(1, '\0'), "V", severity,
+                        std::string(1, '\0'), "C", sqlstate,
+                        std::string(1, '\0'), "M", message,
+                        std::string(2, '\0'));
+  }
+  static bool ReadFull(int fd, char* buf, size_t n) {
+    while (n > 0) {
+      ssize_t got = read(fd, buf, n);
+      if (got <= 0) return false;
+      buf += got;
+      n -= static_cast<size_t>(got);
+    }
+    return true;
+  }
+  static void Send(int fd, const std::string& bytes) {
+    (void)send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  }
+  // The startup packet (after answering 'N' to SSL and GSS requests).
+  static bool ReadStartup(int fd) {
+    while (true) {
+      uint32_t len = 0;
+      if (!ReadFull(fd, reinterpret_cast<char*>(&len), 4)) return false;
+      std::string body(ntohl(len) - 4, '\0');
+      if (!ReadFull(fd, body.data(), body.size()) || body.size() < 4) {
+        return false;
+      }
+      uint32_t code = 0;
+      std::memcpy(&code, body.data(), 4);
+      code = ntohl(code);
+      if (code != 80877103 && code != 80877104) return true;
+      Send(fd, "N");
+    }
+  }
+  void Serve() {
+    int c = accept(fd_, nullptr, nullptr);
+    if (c < 0) return;
+    if (ReadStartup(c)) {
+      std::string auth_ok;
+      Put32(&auth_ok, 0);
+      std::string key;
+      Put32(&key, 4242);
+      Put32(&key, 1);
+      Send(c, Message('R', auth_ok) +
+                  Message('S', std::string("server_version\0"
+                                           "15.0\0",
+                                           20)) +
+                  Message('K', key) + Message('Z', "I"));
+      if (sqlstate_.empty()) {
+        Send(c, Message('N', Fields("WARNING", "57P02",
+                                    "terminating connection because of "
+                                    "crash of another server process")));
+      } else {
+        char type = 0;
+        uint32_t len = 0;
+        if (ReadFull(c, &type, 1) &&
+            ReadFull(c, reinterpret_cast<char*>(&len), 4)) {
+          std::string body(ntohl(len) - 4, '\0');
+          if (ReadFull(c, body.data(), body.size())) {
+            Send(c, Message('E', Fields("ERROR", sqlstate_, "boom")) +
+                        Message('Z', "I"));
+            // Until the client goes (PQfinish sends Terminate).
+            char rest[64];
+            while (read(c, rest, sizeof(rest)) > 0) {
+            }
+          }
+        }
+      }
+    }
+    close(c);
+  }
+
+  std::string sqlstate_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+TEST(StatusFromPgResultTest, TheSqlStateIsAPayload) {
+  OneQueryServer server("42704");
+  auto conn =
+      PgConnection::Connect(server.ConnInfo(), PgConnection::Mode::kNormal);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  absl::Status s = (*conn)->Exec("SELECT 1").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_EQ(SqlState(s), std::optional<std::string>("42704")) << s;
+  EXPECT_TRUE(HasSqlState(s, sqlstate::kUndefinedObject));
+  EXPECT_FALSE(HasSqlState(s, sqlstate::kDuplicateObject));
+  // Context added on the way up keeps it, and the code.
+  absl::Status wrapped = WithContext("cannot drop replication slot s", s);
+  EXPECT_EQ(wrapped.code(), s.code());
+  EXPECT_TRUE(HasSqlState(wrapped, sqlstate::kUndefinedObject));
+  EXPECT_TRUE(absl::StartsWith(wrapped.message(),
+                               "cannot drop replication slot s: query failed"))
+      << wrapped;
+  EXPECT_TRUE(WithContext("x", absl::OkStatus()).ok());
+  EXPECT_EQ(SqlState(absl::UnavailableError("no payload")), std::nullopt);
+}
+
+TEST(StatusFromPgResultTest, ObjectInUseIsUnavailableWithItsSqlState) {
+  OneQueryServer server("55006");
+  auto conn =
+      PgConnection::Connect(server.ConnInfo(), PgConnection::Mode::kNormal);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  absl::Status s = (*conn)->Exec("START_REPLICATION").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_TRUE(HasSqlState(s, sqlstate::kObjectInUse)) << s;
+}
+
+// The backend was ended by a crash-restart while the connection was idle:
+// the next query fails with libpq's own "server closed the connection
+// unexpectedly" (no SQLSTATE). A lost connection: kUnavailable (retry),
+// whatever libpq's text, not kInternal.
+TEST(StatusFromPgResultTest, ServerClosedTheConnectionIsUnavailable) {
+  OneQueryServer server("");
+  auto conn =
+      PgConnection::Connect(server.ConnInfo(), PgConnection::Mode::kNormal);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  server.WaitClosed();
+  absl::Status s = (*conn)->Exec("SELECT 1").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_EQ(SqlState(s), std::nullopt) << s;
 }
 
 }  // namespace

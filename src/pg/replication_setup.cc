@@ -217,10 +217,9 @@ absl::Status EnsurePublication(PgConnection& conn,
     // Another process created it between our check and CREATE.
     return CheckExistingPublication(conn, options, tables);
   }
-  return absl::Status(
-      created.status().code(),
-      absl::StrCat("cannot create publication ", options.publication, ": ",
-                   created.status().message()));
+  return WithContext(
+      absl::StrCat("cannot create publication ", options.publication),
+      created.status());
 }
 
 absl::StatusOr<std::optional<SlotInfo>> InspectSlot(
@@ -281,10 +280,9 @@ absl::StatusOr<Lsn> CreateSlot(PgConnection& conn,
       "$1, 'pgoutput')",
       {options.slot});
   if (!created.ok()) {
-    return absl::Status(
-        created.status().code(),
-        absl::StrCat("cannot create replication slot ", options.slot, ": ",
-                     created.status().message()));
+    return WithContext(
+        absl::StrCat("cannot create replication slot ", options.slot),
+        created.status());
   }
   Lsn start;
   if (PQntuples(created->get()) == 1) {
@@ -300,9 +298,8 @@ absl::Status DropSlot(PgConnection& conn, const std::string& slot) {
   absl::StatusOr<PgResult> dropped =
       conn.ExecParams("SELECT pg_catalog.pg_drop_replication_slot($1)", {slot});
   if (!dropped.ok()) {
-    return absl::Status(dropped.status().code(),
-                        absl::StrCat("cannot drop replication slot ", slot,
-                                     ": ", dropped.status().message()));
+    return WithContext(absl::StrCat("cannot drop replication slot ", slot),
+                       dropped.status());
   }
   spdlog::warn("dropped replication slot {}", slot);
   return absl::OkStatus();

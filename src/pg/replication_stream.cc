@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/pg_time.h"
@@ -194,7 +195,11 @@ absl::StatusOr<std::optional<ServerCopyMessage>> ReplicationStream::Read(
           "replication stream ended: the server finished streaming");
     } else if (!absl::IsFailedPrecondition(status) &&
                !absl::IsPermissionDenied(status)) {
-      status = absl::UnavailableError(status.message());
+      absl::Status unavailable = absl::UnavailableError(status.message());
+      if (std::optional<std::string> state = SqlState(status)) {
+        unavailable.SetPayload(kSqlStatePayload, absl::Cord(*state));
+      }
+      status = unavailable;
     }
     spdlog::warn("{}", std::string(status.message()));
     return status;

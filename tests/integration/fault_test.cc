@@ -5,6 +5,9 @@
 #include <librdkafka/rdkafka.h>
 #include <sys/stat.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include "tests/integration/fault_fixture.h"
 
 namespace outboxd::testing {
@@ -69,6 +72,49 @@ TEST_F(FaultTest, WalsenderTerminatedAndServerRestartedNothingLost) {
   EXPECT_TRUE(Outboxd(n).Running()) << "reconnects instead of exiting";
   std::string log = Log(n);
   EXPECT_NE(log.find("reconnecting"), std::string::npos) << log;
+}
+
+// A backend killed with SIGKILL makes the postmaster end every other one
+// (SIGQUIT) and restart: over the Unix socket libpq then says only "server
+// closed the connection unexpectedly" (no SQLSTATE). A lost connection is a
+// reconnect, whatever the text: outboxd delivers what commits after.
+TEST_F(FaultTest, BackendKilledCrashRestartOverUnixSocketIsReconnected) {
+  const std::string topic = prefix_ + "crashrestart";
+  const std::string socket_dir = Query("SHOW unix_socket_directories");
+  ASSERT_FALSE(socket_dir.empty());
+  const std::string socket_conninfo =
+      absl::StrCat("host=", socket_dir, " port=", cluster_->port(),
+                   " user=postgres dbname=", db_);
+  std::vector<std::string> argv = BaseArgs();
+  for (std::string& arg : argv) {
+    if (absl::StartsWith(arg, "--pg=")) arg = "--pg=" + socket_conninfo;
+  }
+  size_t n =
+      StartOutboxd({"--topic=" + topic}, /*wait_streaming=*/true, {}, argv);
+  ASSERT_TRUE(Exec(InsertSql("x", "before")).ok());
+  ASSERT_EQ(Read(topic, 1).size(), 1u) << Log(n);
+  // Acknowledged and recorded, so the state store's connection is open.
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(20))) << Log(n);
+
+  // A backend of our own to kill, idle in the test's database.
+  PGconn* victim = PQconnectdb(socket_conninfo.c_str());
+  ASSERT_EQ(PQstatus(victim), CONNECTION_OK) << PQerrorMessage(victim);
+  const pid_t pid = PQbackendPID(victim);
+  ASSERT_EQ(kill(pid, SIGKILL), 0) << std::strerror(errno);
+  PQfinish(victim);
+
+  // Back once the crash recovery is done.
+  absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (!Exec(InsertSql("x", "after")).ok()) {
+    ASSERT_LT(absl::Now(), deadline) << "the server did not come back";
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  auto records = Read(topic, 2, absl::Seconds(60));
+  bool after = false;
+  for (const auto& r : records) after |= r.key == "after";
+  EXPECT_TRUE(after) << records.size() << " records\n" << Log(n);
+  EXPECT_TRUE(Outboxd(n).Running()) << "reconnects instead of exiting\n"
+                                    << Log(n);
 }
 
 TEST_F(FaultTest, ServerDownAtStartIsWaitedFor) {
