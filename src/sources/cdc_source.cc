@@ -9,7 +9,6 @@
 #include <utility>
 #include <variant>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
@@ -33,14 +32,18 @@ constexpr size_t kMaxCommitTimes = 1 << 20;
 
 SourcePosition AsPosition(Lsn lsn) { return SourcePosition(lsn.value()); }
 
+// PostgreSQL is shutting down, crash-restarting or out of reach: the
+// session was ended (57P01 admin_shutdown, 57P02 crash_shutdown),
+// connections are refused while it stops (57P03 cannot_connect_now), or the
+// connection is lost or refused (kUnavailable without a SQLSTATE: an error
+// libpq made itself).
 bool IsServerShuttingDown(const absl::Status& s) {
-  for (absl::string_view mark :
-       {"shutting down", "57P01", "57P03",
-        "terminating connection due to administrator command",
-        "server closed the connection unexpectedly"}) {
-    if (absl::StrContains(s.message(), mark)) return true;
+  if (HasSqlState(s, sqlstate::kAdminShutdown) ||
+      HasSqlState(s, sqlstate::kCrashShutdown) ||
+      HasSqlState(s, sqlstate::kCannotConnectNow)) {
+    return true;
   }
-  return false;
+  return absl::IsUnavailable(s) && !SqlState(s).has_value();
 }
 
 class CdcSource final : public EventSource {
@@ -152,8 +155,7 @@ class CdcSource final : public EventSource {
       }
       return absl::UnavailableError(stream.status().message());
     }
-    if (!stream.ok() &&
-        absl::StrContains(stream.status().message(), "is active for PID")) {
+    if (!stream.ok() && HasSqlState(stream.status(), sqlstate::kObjectInUse)) {
       // Taken between the check and START_REPLICATION.
       return SlotTaken(std::move(conn));
     }

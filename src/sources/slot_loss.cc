@@ -1,7 +1,7 @@
 #include "sources/slot_loss.h"
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "pg/connection.h"
 
 namespace outboxd {
 
@@ -68,8 +68,7 @@ std::string SlotLossMessage(const std::string& slot_name,
 }
 
 bool IsSlotInvalidatedError(const absl::Status& status) {
-  return absl::StrContains(status.message(),
-                           "can no longer get changes from replication slot");
+  return HasSqlState(status, sqlstate::kObjectNotInPrerequisiteState);
 }
 
 }  // namespace outboxd

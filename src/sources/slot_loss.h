@@ -51,9 +51,12 @@ std::string SlotLossMessage(const std::string& slot_name,
                             const SlotVerdict& verdict,
                             const PublisherState& state);
 
-// Matches START_REPLICATION's error for an invalidated slot ("can no longer
-// get changes from replication slot"), which may come between JudgeSlot
-// and the start.
+// Whether START_REPLICATION's error says the slot is invalidated ("can no
+// longer get changes from replication slot"), which may come between
+// JudgeSlot and the start: SQLSTATE 55000 (object_not_in_prerequisite_
+// state). The other 55000 errors of START_REPLICATION on a logical slot (a
+// physical slot, a slot of another database) are ruled out by InspectSlot
+// before it.
 bool IsSlotInvalidatedError(const absl::Status& status);
 
 }  // namespace outboxd

@@ -1,6 +1,8 @@
 #include "sources/slot_loss.h"
 
+#include "absl/strings/cord.h"
 #include "gtest/gtest.h"
+#include "pg/connection.h"
 
 namespace outboxd {
 namespace {
@@ -95,12 +97,25 @@ TEST(SlotLossTest, MessageIsOneLineWithPositionTimeAndWhatToDo) {
       << m;
 }
 
+absl::Status WithSqlState(absl::Status s, absl::string_view sqlstate) {
+  s.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
+  return s;
+}
+
 TEST(SlotLossTest, RecognisesStartReplicationInvalidatedError) {
-  EXPECT_TRUE(IsSlotInvalidatedError(absl::FailedPreconditionError(
+  // By SQLSTATE 55000, whatever the text (lc_messages may translate it).
+  EXPECT_TRUE(IsSlotInvalidatedError(
+      WithSqlState(absl::FailedPreconditionError(
+                       "cannot start replication from slot s: kann keine "
+                       "Änderungen mehr aus Replikations-Slot »s« lesen"),
+                   "55000")));
+  EXPECT_FALSE(IsSlotInvalidatedError(WithSqlState(
+      absl::UnavailableError("replication slot \"s\" is active for PID 42"),
+      "55006")));
+  // The English text alone, without the SQLSTATE, is not enough.
+  EXPECT_FALSE(IsSlotInvalidatedError(absl::FailedPreconditionError(
       "START_REPLICATION: ERROR:  can no longer get changes from replication "
       "slot \"s\"")));
-  EXPECT_FALSE(IsSlotInvalidatedError(
-      absl::UnavailableError("replication slot \"s\" is active for PID 42")));
 }
 
 }  // namespace
