@@ -3,16 +3,16 @@
 //
 //   ReplicationStream -> pgoutput::Decode -> OutboxMapper -> items
 //
-// Connect sets up the publication and the slot, judges whether the slot is
-// still the one outboxd streamed from (sources/slot_loss.h) and recovers a
-// lost one by policy, then starts streaming from the durable position. A
-// transaction is a PostgreSQL transaction; its position the commit's end
-// LSN; keepalives and transactions without events are idle positions.
-// Durable() records the durable position in the publisher state
-// (pg/publisher_state.h) and sends standby status updates on the timer
-// (never past the record); the walsender buffers while the Publisher does
-// not read. WaitFd() is the replication socket; NextDue() the next status
-// update (now, when a keepalive asked for a reply).
+// Connect asks the SlotKeeper (sources/slot_keeper.h) for the slot (set up,
+// judged, created or recovered by policy) and its start position, then
+// starts streaming from the durable position. A transaction is a
+// PostgreSQL transaction; its position the commit's end LSN; keepalives and
+// transactions without events are idle positions. Durable() records the
+// durable position in the publisher state (through the keeper) and sends
+// standby status updates on the timer (never past the record); the
+// walsender buffers while the Publisher does not read. WaitFd() is the
+// replication socket; NextDue() the next status update (now, when a
+// keepalive asked for a reply).
 //
 // Threading: the Publisher's thread only.
 #ifndef OUTBOXD_SOURCES_CDC_SOURCE_H_
@@ -26,23 +26,12 @@
 #include "absl/time/time.h"
 #include "metrics/outboxd_metrics.h"
 #include "outbox/outbox_mapper.h"
-#include "pg/publisher_state.h"
 #include "pg/replication_setup.h"
 #include "sources/event_source.h"
+#include "sources/slot_keeper.h"
 #include "sources/slot_loss.h"
 
 namespace outboxd {
-
-// What a republish after a lost slot did.
-struct RepublishCount {
-  uint64_t republished = 0;
-  uint64_t dead_lettered = 0;
-};
-// Publishes again, from the outbox table, every row that may have committed
-// after `from` (pipeline/republisher.h), tagged with `source`; returns once
-// Kafka acknowledged them.
-using RepublishFn = std::function<absl::StatusOr<RepublishCount>(
-    const PublisherState& from, Lsn new_slot_start, const std::string& source)>;
 
 struct CdcSourceOptions {
   std::string conninfo;

@@ -1,0 +1,195 @@
+#include "sources/slot_keeper.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace outboxd {
+
+StartFailure ClassifyStartFailure(const absl::Status& status, bool recorded) {
+  if (IsSlotInvalidatedError(status) && recorded) {
+    return StartFailure::kInvalidated;
+  }
+  if (HasSqlState(status, sqlstate::kObjectInUse)) {
+    return StartFailure::kSlotTaken;
+  }
+  return StartFailure::kOther;
+}
+
+SlotVerdict WithStartSaidInvalidated(SlotVerdict verdict,
+                                     bool start_said_invalidated) {
+  if (verdict.kind == SlotVerdict::Kind::kResume && start_said_invalidated) {
+    return {SlotVerdict::Kind::kLost,
+            "START_REPLICATION says the slot is invalidated"};
+  }
+  return verdict;
+}
+
+absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
+    const ConnectContext& ctx) {
+  std::unique_ptr<PgConnection> conn = std::move(standby_conn_);
+  if (conn != nullptr) {
+    // A standby: one query on the connection it kept tells whether the
+    // slot is still taken; the rest is done once it is free.
+    absl::StatusOr<std::optional<SlotInfo>> slot =
+        InspectSlot(*conn, options_.setup);
+    if (slot.ok() && slot->has_value() && (*slot)->active) {
+      return SlotTaken(std::move(conn));
+    }
+    if (!slot.ok()) conn.reset();  // a new connection, all checks again
+  }
+  if (conn == nullptr) {
+    ASSIGN_OR_RETURN(conn, PgConnection::Connect(options_.conninfo,
+                                                 PgConnection::Mode::kNormal));
+  }
+  RETURN_IF_ERROR(CheckWalLevel(*conn));
+  RETURN_IF_ERROR(EnsurePublication(*conn, options_.setup));
+  // outbox.source: the stream's identity (it changes only when the
+  // database is another cluster, which the slot check below catches).
+  ASSIGN_OR_RETURN(identity_, SourceIdentity(*conn, options_.setup.slot));
+  if (state_ == nullptr) {
+    ASSIGN_OR_RETURN(state_,
+                     PublisherStateStore::Open(options_.conninfo,
+                                               options_.setup.slot, identity_));
+  }
+  // The slot first, then the record (sources/slot_loss.h).
+  ASSIGN_OR_RETURN(std::optional<SlotInfo> slot,
+                   InspectSlot(*conn, options_.setup));
+  if (slot.has_value() && slot->active) return SlotTaken(std::move(conn));
+  ASSIGN_OR_RETURN(recorded_row_, state_->Read());
+  ASSIGN_OR_RETURN(
+      SlotVerdict verdict,
+      JudgeSlot(slot, recorded_row_, identity_, options_.setup.slot));
+  verdict =
+      WithStartSaidInvalidated(std::move(verdict), start_said_invalidated_);
+  ASSIGN_OR_RETURN(XminSample sample, state_->TakeSample());
+  Slot out;
+  out.new_stream = ctx.first;
+  switch (verdict.kind) {
+    case SlotVerdict::Kind::kResume:
+      out.start = slot->confirmed_flush;
+      spdlog::info("slot {} found, confirmed position {}", options_.setup.slot,
+                   out.start.ToString());
+      break;
+    case SlotVerdict::Kind::kAdopt:
+      out.start = slot->confirmed_flush;
+      spdlog::info("slot {} found, confirmed position {}; recording it in {}",
+                   options_.setup.slot, out.start.ToString(),
+                   kPublisherStateTable);
+      RETURN_IF_ERROR(state_->Record(out.start, std::nullopt));
+      break;
+    case SlotVerdict::Kind::kCreate: {
+      ASSIGN_OR_RETURN(out.start, CreateSlotOrRetry(*conn));
+      // The sample predates the slot: rows committed after its start have
+      // later commit times and xmins not older than the sample's.
+      RETURN_IF_ERROR(
+          state_->Record(out.start, sample.server_time_unix_us, sample.xmin));
+      break;
+    }
+    case SlotVerdict::Kind::kLost: {
+      ASSIGN_OR_RETURN(out.start, RecoverLostSlot(*conn, slot, *recorded_row_,
+                                                  verdict, ctx));
+      out.new_stream = true;
+      break;
+    }
+  }
+  out.identity = identity_;
+  out.conn = std::move(conn);
+  return out;
+}
+
+absl::Status SlotKeeper::StartFailed(const absl::Status& status,
+                                     std::unique_ptr<PgConnection> conn) {
+  switch (ClassifyStartFailure(status, recorded_row_.has_value())) {
+    case StartFailure::kInvalidated:
+      // Invalidated since the check: judged again on the next attempt.
+      start_said_invalidated_ = true;
+      if (options_.on_slot_loss == SlotLossPolicy::kFail) {
+        m_.slot_lost->Set(1);
+        return absl::DataLossError(SlotLossMessage(
+            options_.setup.slot,
+            {SlotVerdict::Kind::kLost, std::string(status.message())},
+            *recorded_row_));
+      }
+      return absl::UnavailableError(status.message());
+    case StartFailure::kSlotTaken:
+      // Taken between the check and START_REPLICATION.
+      return SlotTaken(std::move(conn));
+    case StartFailure::kOther:
+      break;
+  }
+  return status;
+}
+
+// The slot is active in another process (the active instance, when this
+// one is a standby): the connection is kept, and the Publisher asks again
+// after standby_poll_interval (one query), so that this instance takes
+// over within about that much of the slot's release.
+absl::Status SlotKeeper::SlotTaken(std::unique_ptr<PgConnection> conn) {
+  standby_conn_ = std::move(conn);
+  return WithRetryAfter(absl::UnavailableError(absl::StrCat(
+                            "replication slot ", options_.setup.slot,
+                            " is active in another process")),
+                        options_.standby_poll_interval);
+}
+
+absl::StatusOr<Lsn> SlotKeeper::CreateSlotOrRetry(PgConnection& conn) {
+  absl::StatusOr<Lsn> created = CreateSlot(conn, options_.setup);
+  if (absl::IsAlreadyExists(created.status())) {
+    return absl::UnavailableError(
+        absl::StrCat("replication slot ", options_.setup.slot,
+                     " was created concurrently; inspecting it again"));
+  }
+  return created;
+}
+
+absl::StatusOr<Lsn> SlotKeeper::RecoverLostSlot(
+    PgConnection& conn, const std::optional<SlotInfo>& slot,
+    const PublisherState& recorded, const SlotVerdict& verdict,
+    const ConnectContext& ctx) {
+  m_.slot_lost->Set(1);
+  const std::string message =
+      SlotLossMessage(options_.setup.slot, verdict, recorded);
+  if (options_.on_slot_loss == SlotLossPolicy::kFail ||
+      options_.setup.tables.empty() || !options_.republish) {
+    return absl::DataLossError(message);
+  }
+  spdlog::error("{} -- republishing (--on-slot-loss=republish)", message);
+  // What is in flight from before the loss goes first (order per
+  // aggregate); a failure among it stops here, before anything changes.
+  if (ctx.drain_in_flight) RETURN_IF_ERROR(ctx.drain_in_flight());
+  if (slot.has_value()) {
+    // Invalidated or started past our position: useless, and a fresh one
+    // gives the republished records positions never used before.
+    RETURN_IF_ERROR(DropSlot(conn, options_.setup.slot));
+  }
+  ASSIGN_OR_RETURN(XminSample sample, state_->TakeSample());
+  ASSIGN_OR_RETURN(const Lsn start, CreateSlotOrRetry(conn));
+  // Until the republish is acknowledged the record keeps the old position:
+  // a crash here finds the new slot past it and starts over.
+  ASSIGN_OR_RETURN(RepublishCount r,
+                   options_.republish(recorded, start, identity_));
+  RETURN_IF_ERROR(state_->Record(start, sample.server_time_unix_us, sample.xmin,
+                                 /*force=*/true));
+  start_said_invalidated_ = false;
+  spdlog::warn(
+      "republished {} events ({} dead-lettered) of {} that may have "
+      "committed after {} (margin {}); streaming from the new slot at {}. "
+      "Logical decoding messages and rows deleted in their own transaction "
+      "during the loss could not be republished",
+      r.republished, r.dead_lettered,
+      absl::StrJoin(options_.setup.tables, ", ",
+                    [](std::string* out, const QualifiedName& t) {
+                      out->append(t.ToString());
+                    }),
+      recorded.last_ack.ToString(),
+      absl::FormatDuration(options_.republish_margin), start.ToString());
+  m_.republished_events->Increment(static_cast<double>(r.republished));
+  m_.slot_lost->Set(0);
+  return start;
+}
+
+}  // namespace outboxd
