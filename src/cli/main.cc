@@ -23,10 +23,10 @@
 #include "metrics/outboxd_metrics.h"
 #include "pg/connection.h"
 #include "pipeline/cdc_pipeline.h"
-#include "pipeline/outbox_cleaner.h"
 #include "pipeline/publisher.h"
-#include "pipeline/slot_monitor.h"
 #include "sources/poll_source.h"
+#include "upkeep/outbox_cleaner.h"
+#include "upkeep/slot_monitor.h"
 
 ABSL_FLAG(std::string, pg, "",
           "PostgreSQL libpq conninfo or URI (required); its password is "

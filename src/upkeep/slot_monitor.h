@@ -13,8 +13,8 @@
 // Threading: Start() and the destructor from one thread; the queries run
 // on the monitor's thread; the gauges are atomics. `metrics` must outlive
 // the monitor (every slot's).
-#ifndef OUTBOXD_PIPELINE_SLOT_MONITOR_H_
-#define OUTBOXD_PIPELINE_SLOT_MONITOR_H_
+#ifndef OUTBOXD_UPKEEP_SLOT_MONITOR_H_
+#define OUTBOXD_UPKEEP_SLOT_MONITOR_H_
 
 #include <atomic>
 #include <cstdint>
@@ -89,4 +89,4 @@ class SlotMonitor {
 
 }  // namespace outboxd
 
-#endif  // OUTBOXD_PIPELINE_SLOT_MONITOR_H_
+#endif  // OUTBOXD_UPKEEP_SLOT_MONITOR_H_

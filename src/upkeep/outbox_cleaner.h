@@ -20,8 +20,8 @@
 //
 // Threading: Start() and the destructor from one thread; the work runs on
 // the cleaner's thread. `metrics` (may be null) must outlive the cleaner.
-#ifndef OUTBOXD_PIPELINE_OUTBOX_CLEANER_H_
-#define OUTBOXD_PIPELINE_OUTBOX_CLEANER_H_
+#ifndef OUTBOXD_UPKEEP_OUTBOX_CLEANER_H_
+#define OUTBOXD_UPKEEP_OUTBOX_CLEANER_H_
 
 #include <atomic>
 #include <memory>
@@ -85,4 +85,4 @@ class OutboxCleaner {
 
 }  // namespace outboxd
 
-#endif  // OUTBOXD_PIPELINE_OUTBOX_CLEANER_H_
+#endif  // OUTBOXD_UPKEEP_OUTBOX_CLEANER_H_

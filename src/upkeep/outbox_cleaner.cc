@@ -1,4 +1,4 @@
-#include "pipeline/outbox_cleaner.h"
+#include "upkeep/outbox_cleaner.h"
 
 #include <algorithm>
 #include <optional>

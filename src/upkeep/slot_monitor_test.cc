@@ -1,6 +1,6 @@
 // The slot monitor's gauges from a sample, and a database it cannot reach:
 // logged once, retried, never fatal. No server needed (a closed port).
-#include "pipeline/slot_monitor.h"
+#include "upkeep/slot_monitor.h"
 
 #include <memory>
 #include <sstream>

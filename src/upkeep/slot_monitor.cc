@@ -1,4 +1,4 @@
-#include "pipeline/slot_monitor.h"
+#include "upkeep/slot_monitor.h"
 
 #include <utility>
 
