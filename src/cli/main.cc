@@ -373,12 +373,10 @@ absl::Status Run(const OutboxdOptions& options) {
   std::atomic<bool>& stop = InstallStopSignals();
   const auto* cdc = std::get_if<CdcOptions>(&options.source);
   // Metrics: one registry for the run, served on --metrics-address (when
-  // not, nobody reads it); with named streams (--databases, several --pg)
-  // a view per stream, its series labelled source=<name>.
-  const bool named = cdc != nullptr && !cdc->streams.front().name.empty();
+  // not, nobody reads it); each stream's per-source series are labelled
+  // source=<name> when streams are named (--databases, several --pg).
   metrics::Registry registry;
-  metrics::OutboxdMetrics outboxd_metrics(
-      &registry, named ? metrics::Sources::kSeveral : metrics::Sources::kOne);
+  metrics::OutboxdMetrics outboxd_metrics(&registry);
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   if (!options.metrics_address.empty()) {
     ASSIGN_OR_RETURN(
@@ -397,10 +395,9 @@ absl::Status Run(const OutboxdOptions& options) {
   std::unique_ptr<OutboxCleaner> cleaner;
   if (cdc != nullptr) {
     for (const CdcStream& s : cdc->streams) {
-      metrics::OutboxdMetrics& view = outboxd_metrics.ForSource(s.name);
-      sources.push_back(
-          MakeCdcSource({options.publisher, s.source}, view, stop));
-      streams.push_back({sources.back().get(), &view, s.name});
+      sources.push_back(MakeCdcSource({options.publisher, s.source},
+                                      outboxd_metrics.ForSource(s.name), stop));
+      streams.push_back({sources.back().get(), s.name});
     }
     if (metrics_server != nullptr) {
       slot_monitors = StartSlotMonitors(*cdc, outboxd_metrics);
@@ -409,10 +406,10 @@ absl::Status Run(const OutboxdOptions& options) {
         *cdc, metrics_server != nullptr ? &outboxd_metrics : nullptr);
   } else {
     // Polled positions are row seqs and batch numbers, not LSNs.
-    outboxd_metrics.DropStageLsn();
+    outboxd_metrics.ForSource().DropStageLsn();
     sources.push_back(NewPollSource(std::get<PollSourceOptions>(options.source),
                                     outboxd_metrics));
-    streams.push_back({sources.back().get(), &outboxd_metrics, ""});
+    streams.push_back({sources.back().get(), ""});
   }
   PublisherOptions publisher_options = options.publisher;
   publisher_options.stop_fd = StopSignalFd();  // a stop wakes the loop

@@ -29,15 +29,16 @@ using ::testing::Not;
 TEST(OutboxdMetricsTest, ExpositionIsExact) {
   Registry r;
   OutboxdMetrics m(&r);
+  SourceMetrics& s = m.ForSource();
   m.start_time_seconds->Set(1700000000.5);
-  m.PublishedTo("b").Increment();
-  m.PublishedTo("a\"q\\x\ny").Increment(2);
+  s.PublishedTo("b").Increment();
+  s.PublishedTo("a\"q\\x\ny").Increment(2);
   m.source_queries->Labels({"poll"}).Increment();
-  m.commit_to_ack_seconds->Observe(0.0025);  // le is inclusive
-  m.commit_to_ack_seconds->Observe(0.003);
-  m.confirmed_lsn->Set(23456789012.0);
+  s.commit_to_ack_seconds->Observe(0.0025);  // le is inclusive
+  s.commit_to_ack_seconds->Observe(0.003);
+  s.confirmed_lsn->Set(23456789012.0);
   m.delivery_errors->Increment(-5);  // ignored: counters only grow
-  m.dead_lettered->Increment(3);
+  s.dead_lettered->Increment(3);
   EXPECT_EQ(
       r.Exposition(),
       R"(# HELP outboxd_events_published_total Events acknowledged by the Kafka broker, by topic
@@ -150,6 +151,7 @@ outboxd_stalled{reason="unacknowledged"} 0
 TEST(OutboxdMetricsTest, LabelledFamiliesAreListedBeforeTheirFirstChild) {
   Registry r;
   OutboxdMetrics m(&r);
+  m.ForSource();
   std::string text = r.Exposition();
   EXPECT_THAT(text, HasSubstr("# HELP outboxd_events_published_total Events "
                               "acknowledged by the Kafka broker, by topic\n"
@@ -163,13 +165,15 @@ TEST(OutboxdMetricsTest, LabelledFamiliesAreListedBeforeTheirFirstChild) {
 TEST(OutboxdMetricsTest, ReadyNeedsStreamingAndABroker) {
   Registry r;
   OutboxdMetrics m(&r);
+  EXPECT_EQ(m.NotReadyReason(), "not streaming from the source");
+  SourceMetrics& s = m.ForSource();
   EXPECT_FALSE(m.Ready());
-  m.streaming->Set(1);
+  s.streaming->Set(1);
   EXPECT_FALSE(m.Ready());
   m.kafka_brokers_up->Set(3);
   EXPECT_TRUE(m.Ready());
   EXPECT_EQ(m.NotReadyReason(), "");
-  m.streaming->Set(0);
+  s.streaming->Set(0);
   EXPECT_FALSE(m.Ready());
   EXPECT_EQ(m.NotReadyReason(), "not streaming from the source");
 }
@@ -177,12 +181,15 @@ TEST(OutboxdMetricsTest, ReadyNeedsStreamingAndABroker) {
 TEST(OutboxdMetricsTest, AStallMakesItNotReadyWithTheReason) {
   Registry r;
   OutboxdMetrics m(&r);
-  m.streaming->Set(1);
+  SourceMetrics& s = m.ForSource();
+  s.streaming->Set(1);
   m.kafka_brokers_up->Set(1);
-  m.Stalled(StallReason::kQueueFull).Set(1);
+  s.Stalled(StallReason::kQueueFull).Set(1);
   EXPECT_FALSE(m.Ready());
-  EXPECT_THAT(m.NotReadyReason(), HasSubstr("stalled (queue_full)"));
-  m.Stalled(StallReason::kQueueFull).Set(0);
+  EXPECT_EQ(m.NotReadyReason(),
+            "stalled (queue_full): events pending and nothing acknowledged "
+            "for --stall-timeout");
+  s.Stalled(StallReason::kQueueFull).Set(0);
   EXPECT_TRUE(m.Ready());
 }
 
@@ -191,10 +198,11 @@ TEST(OutboxdMetricsTest, AStallMakesItNotReadyWithTheReason) {
 TEST(OutboxdMetricsTest, DropStageLsnRemovesTheChildren) {
   Registry r;
   OutboxdMetrics m(&r);
+  SourceMetrics& s = m.ForSource();
   EXPECT_THAT(r.Exposition(), HasSubstr("outboxd_stage_lsn{stage=\"wal\"} 0"));
-  m.DropStageLsn();
-  m.DropStageLsn();  // twice is fine
-  m.StageLsn(Stage::kReceived).Set(42);
+  s.DropStageLsn();
+  s.DropStageLsn();  // twice is fine
+  s.StageLsn(Stage::kReceived).Set(42);
   std::string text = r.Exposition();
   EXPECT_THAT(text, HasSubstr("# TYPE outboxd_stage_lsn gauge\n"));
   EXPECT_THAT(text, Not(HasSubstr("outboxd_stage_lsn{")));
@@ -207,15 +215,17 @@ TEST(OutboxdMetricsTest, DropStageLsnRemovesTheChildren) {
 TEST(OutboxdMetricsTest, DefaultConstructedIsAWorkingNullObject) {
   Registry exposed;
   OutboxdMetrics on_exposed(&exposed);
+  on_exposed.ForSource();
   OutboxdMetrics null_metrics;
   ASSERT_NE(null_metrics.registry, nullptr);
   EXPECT_NE(null_metrics.registry, &exposed);
-  null_metrics.PublishedTo("t").Increment();
+  SourceMetrics& s = null_metrics.ForSource();
+  s.PublishedTo("t").Increment();
   null_metrics.QueriedBy("poll").Increment();
-  null_metrics.commit_to_ack_seconds->Observe(0.1);
-  null_metrics.streaming->Set(1);
+  s.commit_to_ack_seconds->Observe(0.1);
+  s.streaming->Set(1);
   null_metrics.kafka_brokers_up->Set(1);
-  EXPECT_EQ(null_metrics.PublishedTo("t").Value(), 1);
+  EXPECT_EQ(s.PublishedTo("t").Value(), 1);
   EXPECT_TRUE(null_metrics.Ready());
   EXPECT_FALSE(on_exposed.Ready());
   EXPECT_THAT(exposed.Exposition(),
@@ -225,32 +235,34 @@ TEST(OutboxdMetricsTest, DefaultConstructedIsAWorkingNullObject) {
 TEST(OutboxdMetricsTest, ChildrenAreCachedByLabelValues) {
   Registry r;
   OutboxdMetrics m(&r);
-  Counter& a = m.PublishedTo("a");
-  EXPECT_EQ(&a, &m.PublishedTo(std::string("a")));
-  EXPECT_EQ(&a, &m.events_published->Labels({"a"}));
-  EXPECT_NE(&a, &m.PublishedTo("b"));
+  SourceMetrics& s = m.ForSource();
+  Counter& a = s.PublishedTo("a");
+  EXPECT_EQ(&a, &s.PublishedTo(std::string("a")));
+  EXPECT_EQ(&a, &s.events_published->Labels({"a"}));
+  EXPECT_NE(&a, &s.PublishedTo("b"));
   EXPECT_EQ(&m.QueriedBy("poll"), &m.source_queries->Labels({"poll"}));
   // Extra values are dropped, missing ones are empty.
-  EXPECT_EQ(&a, &m.events_published->Labels({"a", "extra"}));
-  EXPECT_EQ(&m.PublishedTo(""), &m.events_published->Labels({}));
+  EXPECT_EQ(&a, &s.events_published->Labels({"a", "extra"}));
+  EXPECT_EQ(&s.PublishedTo(""), &s.events_published->Labels({}));
 }
 
 TEST(OutboxdMetricsTest, ConcurrentUpdatesAreNotLost) {
   Registry r;
   OutboxdMetrics m(&r);
+  SourceMetrics& s = m.ForSource();
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 10000; ++i) {
-        m.PublishedTo(t % 2 ? "odd" : "even").Increment();
-        m.commit_to_ack_seconds->Observe(0.5);
+        s.PublishedTo(t % 2 ? "odd" : "even").Increment();
+        s.commit_to_ack_seconds->Observe(0.5);
         if (i % 1000 == 0) r.Exposition();
       }
     });
   }
   for (auto& t : threads) t.join();
-  EXPECT_EQ(m.PublishedTo("odd").Value(), 20000);
-  EXPECT_EQ(m.PublishedTo("even").Value(), 20000);
+  EXPECT_EQ(s.PublishedTo("odd").Value(), 20000);
+  EXPECT_EQ(s.PublishedTo("even").Value(), 20000);
   EXPECT_THAT(r.Exposition(),
               HasSubstr("outboxd_commit_to_ack_seconds_count 40000\n"));
 }
@@ -285,18 +297,17 @@ const std::vector<std::string> kProcessFamilies = {
 // counts each once; the per-process families have no source label at all.
 TEST(OutboxdMetricsTest, SeveralSourcesLabelEveryPerSourceSeries) {
   Registry r;
-  OutboxdMetrics process(&r, Sources::kSeveral);
-  OutboxdMetrics& a = process.ForSource("a");
-  OutboxdMetrics& b = process.ForSource("b");
-  EXPECT_EQ(a.source(), "a");
-  EXPECT_EQ(process.source(), "");
+  OutboxdMetrics process(&r);
+  SourceMetrics& a = process.ForSource("a");
+  SourceMetrics& b = process.ForSource("b");
+  EXPECT_EQ(a.name(), "a");
   a.PublishedTo("t").Increment();
   b.PublishedTo("t").Increment(2);
   process.source_queries->Labels({"poll"}).Increment();
 
   Registry one;
   OutboxdMetrics single(&one);
-  single.PublishedTo("t").Increment();
+  single.ForSource().PublishedTo("t").Increment();
   single.source_queries->Labels({"poll"}).Increment();
   std::vector<std::string> names;
   for (const prometheus::MetricFamily& f : one.Collect()) {
@@ -334,21 +345,16 @@ TEST(OutboxdMetricsTest, SeveralSourcesLabelEveryPerSourceSeries) {
   }
 }
 
-TEST(OutboxdMetricsTest, ASourceViewUpdatesItsOwnSeries) {
+TEST(OutboxdMetricsTest, ASourceUpdatesItsOwnSeries) {
   Registry r;
-  OutboxdMetrics process(&r, Sources::kSeveral);
-  OutboxdMetrics& a = process.ForSource("a");
-  OutboxdMetrics& b = process.ForSource("b");
+  OutboxdMetrics process(&r);
+  SourceMetrics& a = process.ForSource("a");
+  SourceMetrics& b = process.ForSource("b");
   EXPECT_EQ(&process.ForSource("a"), &a);
   EXPECT_NE(&a, &b);
-  // Per process: the same child in every view.
-  EXPECT_EQ(a.kafka_brokers_up, process.kafka_brokers_up);
-  EXPECT_EQ(b.delivery_errors, process.delivery_errors);
-  EXPECT_EQ(b.start_time_seconds, process.start_time_seconds);
-  EXPECT_EQ(a.source_queries, process.source_queries);
   // Per source: a child each.
   EXPECT_NE(a.confirmed_lsn, b.confirmed_lsn);
-  EXPECT_NE(a.confirmed_lsn, process.confirmed_lsn);
+  EXPECT_NE(a.events_published, b.events_published);
   a.confirmed_lsn->Set(1234);
   b.reconnects->Increment();
   a.PublishedTo("t").Increment(3);
@@ -358,9 +364,6 @@ TEST(OutboxdMetricsTest, ASourceViewUpdatesItsOwnSeries) {
   b.slot_wal_status[0]->Set(1);
   b.slot_retained_wal_bytes->Set(4096);
   process.kafka_brokers_up->Set(2);
-  // The process's own per-source fields go nowhere.
-  process.confirmed_lsn->Set(777);
-  process.reconnects->Increment(5);
   const std::string text = r.Exposition();
   for (const char* line : {
            "outboxd_confirmed_lsn{source=\"a\"} 1234\n",
@@ -383,12 +386,20 @@ TEST(OutboxdMetricsTest, ASourceViewUpdatesItsOwnSeries) {
   EXPECT_THAT(text, Not(HasSubstr("outboxd_kafka_brokers_up{")));
 }
 
-// With one source there is no view: ForSource is the metrics themselves.
-TEST(OutboxdMetricsTest, OneSourceHasNoViews) {
+// The one unnamed source: its series carry no source label.
+TEST(OutboxdMetricsTest, AnUnnamedSourceHasNoLabel) {
   Registry r;
   OutboxdMetrics m(&r);
-  EXPECT_EQ(&m.ForSource("a"), &m);
-  EXPECT_THAT(r.Exposition(), Not(HasSubstr("source=")));
+  SourceMetrics& s = m.ForSource();
+  EXPECT_EQ(&m.ForSource(""), &s);
+  EXPECT_EQ(s.name(), "");
+  s.PublishedTo("t").Increment();
+  s.slot_wal_status[0]->Set(1);
+  const std::string text = r.Exposition();
+  EXPECT_THAT(text,
+              HasSubstr("outboxd_events_published_total{topic=\"t\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("outboxd_confirmed_lsn 0\n"));
+  EXPECT_THAT(text, Not(HasSubstr("source=")));
 }
 
 // /readyz with several sources: one streaming source is enough (another may
@@ -396,10 +407,10 @@ TEST(OutboxdMetricsTest, OneSourceHasNoViews) {
 // makes the process unready, named in the reason.
 TEST(OutboxdMetricsTest, ReadinessOfSeveralSources) {
   Registry r;
-  OutboxdMetrics process(&r, Sources::kSeveral);
+  OutboxdMetrics process(&r);
+  SourceMetrics& a = process.ForSource("a");
+  SourceMetrics& b = process.ForSource("b");
   EXPECT_EQ(process.NotReadyReason(), "not streaming from any source");
-  OutboxdMetrics& a = process.ForSource("a");
-  OutboxdMetrics& b = process.ForSource("b");
   process.kafka_brokers_up->Set(1);
   EXPECT_EQ(process.NotReadyReason(), "not streaming from any source");
   b.streaming->Set(1);  // a waits as a standby

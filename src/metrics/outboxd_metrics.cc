@@ -1,6 +1,8 @@
 #include "metrics/outboxd_metrics.h"
 
 #include <algorithm>
+#include <iterator>
+#include <type_traits>
 #include <utility>
 #include <variant>
 
@@ -111,223 +113,202 @@ Counter& CounterFamily::With(absl::string_view key) {
   return child;
 }
 
-OutboxdMetrics::OutboxdMetrics()
-    : OutboxdMetrics(nullptr, std::make_unique<Registry>(), Sources::kOne) {}
-
-OutboxdMetrics::OutboxdMetrics(Registry* r, Sources sources)
-    : OutboxdMetrics(
-          r,
-          sources == Sources::kSeveral ? std::make_unique<Registry>() : nullptr,
-          sources) {}
-
-OutboxdMetrics::~OutboxdMetrics() = default;
-
 namespace {
 
-using CounterField = Counter* OutboxdMetrics::*;
-using GaugeField = Gauge* OutboxdMetrics::*;
-using HistogramField = Histogram* OutboxdMetrics::*;
-using FamilyField = CounterFamily* OutboxdMetrics::*;
+// Where a metric's child goes: a field of OutboxdMetrics (one per process)
+// or of SourceMetrics (one per source, labelled source="<name>" when the
+// source has a name). README "Monitoring" lists them.
+using Field =
+    std::variant<Counter * OutboxdMetrics::*, Gauge * OutboxdMetrics::*,
+                 Histogram * OutboxdMetrics::*,
+                 CounterFamily * OutboxdMetrics::*, Counter * SourceMetrics::*,
+                 Gauge * SourceMetrics::*, Histogram * SourceMetrics::*,
+                 CounterFamily * SourceMetrics::*>;
 
-// Whether a metric is one per process or one per source (labelled
-// source="<name>" with several sources). README "Monitoring" lists them.
-enum class Scope { kSource, kProcess };
+// `Metric* Owner::*` split into Metric and Owner.
+template <typename F>
+struct FieldOf;
+template <typename M, typename O>
+struct FieldOf<M * O::*> {
+  using Metric = M;
+  using Owner = O;
+};
 
-// Every metric, in the order /metrics lists them: where its field is, name,
-// help, for a labelled counter family its one label, and its scope.
+// Every unlabelled metric and labelled counter family, in the order
+// /metrics lists them: its field, name, help, and for a labelled counter
+// family its one label.
 struct MetricSpec {
-  std::variant<CounterField, GaugeField, HistogramField, FamilyField> field;
+  Field field;
   const char* name;
   const char* help;
   const char* label = nullptr;
-  Scope scope = Scope::kSource;
 };
 
 const MetricSpec kMetrics[] = {
-    {&OutboxdMetrics::events_published, "outboxd_events_published_total",
+    {&SourceMetrics::events_published, "outboxd_events_published_total",
      "Events acknowledged by the Kafka broker, by topic", "topic"},
     {&OutboxdMetrics::delivery_errors, "outboxd_delivery_errors_total",
-     "Delivery reports with an error (the pipeline stops on them)", nullptr,
-     Scope::kProcess},
-    {&OutboxdMetrics::dead_lettered, "outboxd_events_dead_lettered_total",
+     "Delivery reports with an error (the pipeline stops on them)"},
+    {&SourceMetrics::dead_lettered, "outboxd_events_dead_lettered_total",
      "Invalid events produced to the dead-letter topic"},
-    {&OutboxdMetrics::invalid_events, "outboxd_invalid_events_total",
+    {&SourceMetrics::invalid_events, "outboxd_invalid_events_total",
      "Rows or messages that could not become an event"},
-    {&OutboxdMetrics::reserved_headers_dropped,
+    {&SourceMetrics::reserved_headers_dropped,
      "outboxd_reserved_headers_dropped_total",
      "Reserved header names (id, eventType, outbox.*) in a headers column, "
      "dropped from the record"},
-    {&OutboxdMetrics::events_in_flight, "outboxd_events_in_flight",
+    {&SourceMetrics::events_in_flight, "outboxd_events_in_flight",
      "Events handed to the producer and not yet acknowledged"},
-    {&OutboxdMetrics::confirmed_lsn, "outboxd_confirmed_lsn",
+    {&SourceMetrics::confirmed_lsn, "outboxd_confirmed_lsn",
      "Flush position last confirmed to PostgreSQL, as a byte position"},
-    {&OutboxdMetrics::server_wal_end, "outboxd_server_wal_end_lsn",
+    {&SourceMetrics::server_wal_end, "outboxd_server_wal_end_lsn",
      "Newest WAL position the server reported (XLogData/keepalive walEnd)"},
-    {&OutboxdMetrics::slot_lag_bytes, "outboxd_slot_lag_bytes",
+    {&SourceMetrics::slot_lag_bytes, "outboxd_slot_lag_bytes",
      "Server WAL end minus confirmed position: WAL the slot retains because "
      "of outboxd"},
-    {&OutboxdMetrics::commit_to_ack_seconds, "outboxd_commit_to_ack_seconds",
+    {&SourceMetrics::commit_to_ack_seconds, "outboxd_commit_to_ack_seconds",
      "Time from an event's commit in PostgreSQL to its acknowledgement by "
      "Kafka"},
-    {&OutboxdMetrics::reconnects, "outboxd_reconnects_total",
+    {&SourceMetrics::reconnects, "outboxd_reconnects_total",
      "Reconnections to PostgreSQL after a lost connection"},
     {&OutboxdMetrics::source_queries, "outboxd_source_queries_total",
-     "Queries issued by the polling or notify publisher", "source",
-     Scope::kProcess},
-    {&OutboxdMetrics::streaming, "outboxd_streaming",
+     "Queries issued by the polling or notify publisher", "source"},
+    {&SourceMetrics::streaming, "outboxd_streaming",
      "1 while the source is streaming (replication started or poller "
      "running), else 0"},
     {&OutboxdMetrics::kafka_brokers_up, "outboxd_kafka_brokers_up",
-     "Kafka broker connections in state UP (librdkafka statistics)", nullptr,
-     Scope::kProcess},
+     "Kafka broker connections in state UP (librdkafka statistics)"},
     {&OutboxdMetrics::cleanup_deleted_rows,
      "outboxd_cleanup_deleted_rows_total",
-     "Outbox rows deleted by --cleanup-after", nullptr, Scope::kProcess},
+     "Outbox rows deleted by --cleanup-after"},
     {&OutboxdMetrics::start_time_seconds, "outboxd_start_time_seconds",
-     "Start time of the process since the Unix epoch", nullptr,
-     Scope::kProcess},
-    {&OutboxdMetrics::slot_lost, "outboxd_slot_lost",
+     "Start time of the process since the Unix epoch"},
+    {&SourceMetrics::slot_lost, "outboxd_slot_lost",
      "1 when the replication slot outboxd streamed from is gone, invalidated "
      "or re-created (events may be missing), until a republish completes"},
-    {&OutboxdMetrics::republished_events, "outboxd_republished_events_total",
+    {&SourceMetrics::republished_events, "outboxd_republished_events_total",
      "Outbox rows republished after a lost slot "
      "(--on-slot-loss=republish)"},
-    {&OutboxdMetrics::source_failed, "outboxd_source_failed",
+    {&SourceMetrics::source_failed, "outboxd_source_failed",
      "1 while the source is stopped by a failure of its own and waits to be "
      "retried (several sources: the others go on; one source: outboxd "
      "exits instead)"},
 };
+
+// The labelled gauges, all per source, listed after kMetrics.
+struct GaugeSpec {
+  const char* name;
+  const char* help;
+};
+enum LabelledGauge {
+  kStageLsnGauge,
+  kStageLagGauge,
+  kRetainedGauge,
+  kWalStatusGauge,
+  kStalledGauge,
+};
+const GaugeSpec kLabelledGauges[] = {
+    {"outboxd_stage_lsn",
+     "Newest position that reached the stage, as a byte position (CDC "
+     "only): wal = server walEnd, received/produced/acknowledged = commit "
+     "LSN of the newest event, confirmed = position confirmed to the slot"},
+    {"outboxd_stage_lag_seconds",
+     "Now minus the commit time of the newest event that reached the "
+     "stage; 0 when the stage holds every event received"},
+    {"outboxd_slot_retained_wal_bytes",
+     "WAL the replication slot retains: pg_current_wal_lsn() minus its "
+     "restart_lsn (pg_replication_slots, read every "
+     "--slot-metrics-interval)"},
+    {"outboxd_slot_wal_status",
+     "1 for the replication slot's current wal_status "
+     "(pg_replication_slots), 0 for the others"},
+    {"outboxd_stalled",
+     "1 while events are pending and nothing was acknowledged for "
+     "--stall-timeout, by reason"},
+};
+
+prometheus::Family<Gauge>& AddGauge(Registry& r, LabelledGauge g) {
+  return r.AddGauge(kLabelledGauges[g].name, kLabelledGauges[g].help);
+}
 
 // The buckets of outboxd_commit_to_ack_seconds.
 const Histogram::BucketBoundaries kLatencyBuckets = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
     0.5,   1,      2.5,   5,    10,    30,   60};
 
+// Declares every family on `r`, kMetrics' then the labelled gauges' (a
+// name declared again is the same family), and sets the kMetrics fields of
+// `owner` to new children labelled `labels`; `families` keeps the labelled
+// counter families made.
+template <typename Owner>
+void AddChildren(Registry& r, Owner& owner, const prometheus::Labels& labels,
+                 std::vector<std::unique_ptr<CounterFamily>>& families) {
+  for (const MetricSpec& m : kMetrics) {
+    std::visit(
+        [&](auto field) {
+          using Metric = typename FieldOf<decltype(field)>::Metric;
+          constexpr bool kMine =
+              std::is_same_v<typename FieldOf<decltype(field)>::Owner, Owner>;
+          if constexpr (std::is_same_v<Metric, Gauge>) {
+            auto& family = r.AddGauge(m.name, m.help);
+            if constexpr (kMine) owner.*field = &family.Add(labels);
+          } else if constexpr (std::is_same_v<Metric, Histogram>) {
+            auto& family = r.AddHistogram(m.name, m.help);
+            if constexpr (kMine) {
+              owner.*field = &family.Add(labels, kLatencyBuckets);
+            }
+          } else {
+            auto& family = r.AddCounter(m.name, m.help);
+            if constexpr (kMine && std::is_same_v<Metric, Counter>) {
+              owner.*field = &family.Add(labels);
+            } else if constexpr (kMine) {
+              families.push_back(std::make_unique<CounterFamily>(
+                  family, std::vector<std::string>{m.label}, labels));
+              owner.*field = families.back().get();
+            }
+          }
+        },
+        m.field);
+  }
+  for (int g = 0; g < static_cast<int>(std::size(kLabelledGauges)); ++g) {
+    AddGauge(r, static_cast<LabelledGauge>(g));
+  }
+}
+
 }  // namespace
 
-OutboxdMetrics::OutboxdMetrics(Registry* r, std::unique_ptr<Registry> own,
-                               Sources sources)
-    : own_registry_(std::move(own)),
-      registry(r != nullptr ? r : own_registry_.get()),
-      sources_(sources) {
-  // With several sources the process's per-source fields point at a
-  // private registry (own_registry_): its families on `registry` have
-  // labelled children only, those of the views.
-  Build(
-      sources == Sources::kSeveral && r != nullptr ? *own_registry_ : *registry,
-      nullptr);
-  start_time_seconds->Set(absl::ToUnixMillis(absl::Now()) / 1000.0);
-}
-
-OutboxdMetrics::OutboxdMetrics(OutboxdMetrics& process, std::string source)
-    : registry(process.registry),
-      source_(std::move(source)),
-      sources_(Sources::kSeveral) {
-  Build(*registry, &process);
-}
-
-OutboxdMetrics& OutboxdMetrics::ForSource(const std::string& name) {
-  if (sources_ == Sources::kOne) return *this;
-  absl::MutexLock lock(&views_mu_);
-  for (const std::unique_ptr<OutboxdMetrics>& v : views_) {
-    if (v->source_ == name) return *v;
-  }
-  views_.push_back(
-      std::unique_ptr<OutboxdMetrics>(new OutboxdMetrics(*this, name)));
-  return *views_.back();
-}
-
-void OutboxdMetrics::Build(Registry& per_source, OutboxdMetrics* process) {
-  Registry& reg = *registry;
-  // The labels of a per-source child, and where it lives.
+SourceMetrics::SourceMetrics(Registry& r, std::string name)
+    : name_(std::move(name)) {
   prometheus::Labels own;
-  if (!source_.empty()) own["source"] = source_;
+  if (!name_.empty()) own["source"] = name_;
+  AddChildren(r, *this, own, families_);
   auto with = [&own](prometheus::Labels labels) {
     labels.insert(own.begin(), own.end());
     return labels;
   };
-  const prometheus::Labels none;
-  // The family where the children of `m` go, declared on the served
-  // registry first (so /metrics lists every family in kMetrics' order,
-  // children or not). `add` is &Registry::AddCounter, AddGauge, ...
-  auto home = [&](const MetricSpec& m, auto add) -> auto& {
-    auto& served = (reg.*add)(m.name, m.help);
-    if (m.scope == Scope::kProcess) return served;
-    return (per_source.*add)(m.name, m.help);
-  };
-  for (const MetricSpec& m : kMetrics) {
-    // A view shares the process's per-process children.
-    const bool shared = m.scope == Scope::kProcess && process != nullptr;
-    const prometheus::Labels& labels = m.scope == Scope::kSource ? own : none;
-    if (const auto* f = std::get_if<CounterField>(&m.field)) {
-      this->*(*f) =
-          shared ? process->*(*f) : &home(m, &Registry::AddCounter).Add(labels);
-    } else if (const auto* g = std::get_if<GaugeField>(&m.field)) {
-      this->*(*g) =
-          shared ? process->*(*g) : &home(m, &Registry::AddGauge).Add(labels);
-    } else if (const auto* h = std::get_if<HistogramField>(&m.field)) {
-      this->*(*h) =
-          shared
-              ? process->*(*h)
-              : &home(m, &Registry::AddHistogram).Add(labels, kLatencyBuckets);
-    } else {
-      const FamilyField f = std::get<FamilyField>(m.field);
-      if (shared) {
-        this->*f = process->*f;
-        continue;
-      }
-      families_.push_back(std::make_unique<CounterFamily>(
-          home(m, &Registry::AddCounter), std::vector<std::string>{m.label},
-          labels));
-      this->*f = families_.back().get();
-    }
-  }
-  // The labelled gauges, all per source.
-  const char* const kStageLsnHelp =
-      "Newest position that reached the stage, as a byte position (CDC "
-      "only): wal = server walEnd, received/produced/acknowledged = commit "
-      "LSN of the newest event, confirmed = position confirmed to the slot";
-  const char* const kStageLagHelp =
-      "Now minus the commit time of the newest event that reached the "
-      "stage; 0 when the stage holds every event received";
-  const char* const kRetainedHelp =
-      "WAL the replication slot retains: pg_current_wal_lsn() minus its "
-      "restart_lsn (pg_replication_slots, read every "
-      "--slot-metrics-interval)";
-  const char* const kWalStatusHelp =
-      "1 for the replication slot's current wal_status "
-      "(pg_replication_slots), 0 for the others";
-  const char* const kStalledHelp =
-      "1 while events are pending and nothing was acknowledged for "
-      "--stall-timeout, by reason";
-  // Declares on the served registry, returns the family children go to.
-  auto gauges = [&](const char* name,
-                    const char* help) -> prometheus::Family<Gauge>& {
-    reg.AddGauge(name, help);
-    return per_source.AddGauge(name, help);
-  };
-  stage_lsn_family_ = &gauges("outboxd_stage_lsn", kStageLsnHelp);
-  auto& lag = gauges("outboxd_stage_lag_seconds", kStageLagHelp);
+  stage_lsn_family_ = &AddGauge(r, kStageLsnGauge);
+  auto& lag = AddGauge(r, kStageLagGauge);
   for (int i = 0; i < kStageCount; ++i) {
     stage_lsn[i] = &stage_lsn_family_->Add(with({{"stage", kStageNames[i]}}));
     stage_lag_seconds[i] = i == static_cast<int>(Stage::kWal)
                                ? &unexposed_wal_lag_
                                : &lag.Add(with({{"stage", kStageNames[i]}}));
   }
-  slot_retained_wal_bytes =
-      &gauges("outboxd_slot_retained_wal_bytes", kRetainedHelp).Add(own);
-  auto& wal_status = gauges("outboxd_slot_wal_status", kWalStatusHelp);
+  slot_retained_wal_bytes = &AddGauge(r, kRetainedGauge).Add(own);
+  auto& wal_status = AddGauge(r, kWalStatusGauge);
   for (int i = 0; i < kWalStatusCount; ++i) {
     slot_wal_status[i] =
         &wal_status.Add(with({{"status", kWalStatusNames[i]}}));
   }
-  auto& stalled_family = gauges("outboxd_stalled", kStalledHelp);
+  auto& stalled_family = AddGauge(r, kStalledGauge);
   for (int i = 0; i < kStallReasonCount; ++i) {
     stalled[i] = &stalled_family.Add(with({{"reason", kStallReasonNames[i]}}));
   }
 }
 
-void OutboxdMetrics::DropStageLsn() {
+SourceMetrics::~SourceMetrics() = default;
+
+void SourceMetrics::DropStageLsn() {
   for (int i = 0; i < kStageCount; ++i) {
     if (stage_lsn[i] == &unexposed_lsn_[i]) continue;
     stage_lsn_family_->Remove(stage_lsn[i]);
@@ -335,7 +316,7 @@ void OutboxdMetrics::DropStageLsn() {
   }
 }
 
-std::string OutboxdMetrics::StalledReason() const {
+std::string SourceMetrics::StalledReason() const {
   for (int i = 0; i < kStallReasonCount; ++i) {
     if (stalled[i]->Value() > 0) {
       return absl::StrCat("stalled (", kStallReasonNames[i],
@@ -346,30 +327,54 @@ std::string OutboxdMetrics::StalledReason() const {
   return "";
 }
 
+OutboxdMetrics::OutboxdMetrics()
+    : OutboxdMetrics(nullptr, std::make_unique<Registry>()) {}
+
+OutboxdMetrics::OutboxdMetrics(Registry* r) : OutboxdMetrics(r, nullptr) {}
+
+OutboxdMetrics::OutboxdMetrics(Registry* r, std::unique_ptr<Registry> own)
+    : own_registry_(std::move(own)),
+      registry(r != nullptr ? r : own_registry_.get()) {
+  // Every family, in /metrics' order; the per-process children.
+  AddChildren(*registry, *this, {}, families_);
+  start_time_seconds->Set(absl::ToUnixMillis(absl::Now()) / 1000.0);
+}
+
+OutboxdMetrics::~OutboxdMetrics() = default;
+
+SourceMetrics& OutboxdMetrics::ForSource(const std::string& name) {
+  absl::MutexLock lock(&sources_mu_);
+  for (const std::unique_ptr<SourceMetrics>& s : sources_) {
+    if (s->name() == name) return *s;
+  }
+  sources_.push_back(
+      std::unique_ptr<SourceMetrics>(new SourceMetrics(*registry, name)));
+  return *sources_.back();
+}
+
 std::string OutboxdMetrics::NotReadyReason() const {
-  if (sources_ == Sources::kOne || !source_.empty()) {
-    if (streaming->Value() <= 0) return "not streaming from the source";
-    if (kafka_brokers_up->Value() <= 0) {
-      return "no Kafka broker connection up";
-    }
-    return StalledReason();
-  }
-  absl::MutexLock lock(&views_mu_);
+  absl::MutexLock lock(&sources_mu_);
+  const bool named = !sources_.empty() && !sources_.front()->name().empty();
   bool any_streaming = false;
-  for (const std::unique_ptr<OutboxdMetrics>& v : views_) {
-    if (v->streaming->Value() > 0) any_streaming = true;
+  for (const std::unique_ptr<SourceMetrics>& s : sources_) {
+    if (s->streaming->Value() > 0) any_streaming = true;
   }
-  if (!any_streaming) return "not streaming from any source";
+  if (!any_streaming) {
+    return named ? "not streaming from any source"
+                 : "not streaming from the source";
+  }
   if (kafka_brokers_up->Value() <= 0) return "no Kafka broker connection up";
   // A source that does not stream (a standby, or reconnecting) does not
   // hold up the others; a stalled or failed one does: its events wait.
-  for (const std::unique_ptr<OutboxdMetrics>& v : views_) {
-    if (v->source_failed->Value() > 0) {
-      return absl::StrCat("source ", v->source_,
-                          " failed (its log says why) and waits to be retried");
+  for (const std::unique_ptr<SourceMetrics>& s : sources_) {
+    const std::string who =
+        s->name().empty() ? "" : absl::StrCat("source ", s->name(), " ");
+    if (s->source_failed->Value() > 0) {
+      return absl::StrCat(who,
+                          "failed (its log says why) and waits to be retried");
     }
-    if (std::string why = v->StalledReason(); !why.empty()) {
-      return absl::StrCat("source ", v->source_, " ", why);
+    if (std::string why = s->StalledReason(); !why.empty()) {
+      return absl::StrCat(who, why);
     }
   }
   return "";

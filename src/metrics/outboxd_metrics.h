@@ -1,27 +1,27 @@
 // OutboxdMetrics: the metrics outboxd exports (README "Monitoring"), on
-// prometheus-cpp. Stages update them through the pointers below.
+// prometheus-cpp: one metric set on one registry. Stages update them
+// through the pointers below.
 //
 // An OutboxdMetrics always exists: one built on a private registry (the
 // default constructor) is never exposed, so its updates go nowhere. That is
 // the null object for "metrics off"; callers need no null checks.
 //
-// Several sources in one process (--databases): the process's
-// OutboxdMetrics is built with Sources::kSeveral and each source gets a view
-// of it, ForSource(name). A metric is per source or per process (README
-// "Monitoring"): a view's per-source fields are the children
-// {source="<name>"} of the same families on the same registry, its
-// per-process fields are the process's own children. The process instance
-// of several sources declares every family but creates children only for
-// the per-process ones, so that no family mixes an unlabelled series with
-// labelled ones of the same meaning (sum() would count twice); its
-// per-source fields point at metrics nothing exposes. With one source
-// (Sources::kOne) nothing carries a source label.
+// A metric is per process or per source (README "Monitoring"). The
+// per-process ones are OutboxdMetrics' fields. Each source of the process
+// gets a SourceMetrics, once (ForSource(name)): its children of the
+// per-source families, labelled source="<name>". The one source of a
+// process that has no names (name "") has unlabelled children: /metrics is
+// then free of source labels. A process has one unnamed source or named
+// ones, never both, so that no family mixes an unlabelled series with
+// labelled ones of the same meaning (sum() would count twice). Until a
+// source exists its families show their HELP and TYPE lines only.
 //
 // Threading: updates of a child (Counter, Gauge, Histogram) are atomics
 // (Histogram::Observe takes one short mutex) and safe from any thread.
 // Looking up a labelled child (PublishedTo, Labels) takes the family's
 // mutex and a hash lookup, no allocation once the child exists. ForSource
-// and NotReadyReason may be called from any thread.
+// and NotReadyReason may be called from any thread; a stage resolves its
+// source's SourceMetrics once, not per event.
 #ifndef OUTBOXD_METRICS_OUTBOXD_METRICS_H_
 #define OUTBOXD_METRICS_OUTBOXD_METRICS_H_
 
@@ -86,7 +86,7 @@ class Registry : public prometheus::Registry {
 class CounterFamily {
  public:
   // `family` must outlive this object. Every child also carries
-  // `constant_labels` (a source's view: {source="<name>"}).
+  // `constant_labels` (a source's: {source="<name>"}).
   CounterFamily(prometheus::Family<Counter>& family,
                 std::vector<std::string> label_names,
                 prometheus::Labels constant_labels = {});
@@ -140,39 +140,21 @@ inline constexpr int kWalStatusCount = 4;
 inline constexpr const char* kWalStatusNames[kWalStatusCount] = {
     "reserved", "extended", "unreserved", "lost"};
 
-// How many sources the process publishes from: kSeveral labels the
-// per-source metrics with `source` (see above).
-enum class Sources { kOne, kSeveral };
-
-struct OutboxdMetrics {
- private:
-  // Set by the default constructor and with Sources::kSeveral (where the
-  // process's per-source fields point); declared first so that it exists
-  // before the fields below are built on it.
-  std::unique_ptr<Registry> own_registry_;
-
+// The metrics of one source: its children of the per-source families.
+// Made and owned by OutboxdMetrics::ForSource, which outlives it.
+class SourceMetrics {
  public:
-  // On a private registry that nothing exposes: the null object.
-  OutboxdMetrics();
-  // On `registry`, which must outlive this object.
-  explicit OutboxdMetrics(Registry* registry, Sources sources = Sources::kOne);
-  OutboxdMetrics(const OutboxdMetrics&) = delete;
-  OutboxdMetrics& operator=(const OutboxdMetrics&) = delete;
-  ~OutboxdMetrics();
+  SourceMetrics(const SourceMetrics&) = delete;
+  SourceMetrics& operator=(const SourceMetrics&) = delete;
+  ~SourceMetrics();
 
-  // Sources::kSeveral: the view of source `name` (created on first use, the
-  // same view afterwards), owned by this object. With one source: *this.
-  // Call it on the process's metrics, not on a view.
-  OutboxdMetrics& ForSource(const std::string& name);
-  // The view's source name; "" for the process's metrics.
-  const std::string& source() const { return source_; }
+  // Its source="<name>" label; "" for the one unnamed source (no label).
+  const std::string& name() const { return name_; }
 
-  Registry* registry;
   // outboxd_events_published_total{topic}: acknowledged by the broker.
   CounterFamily* events_published;
-  Counter* delivery_errors;  // outboxd_delivery_errors_total
-  Counter* dead_lettered;    // outboxd_events_dead_lettered_total
-  Counter* invalid_events;   // outboxd_invalid_events_total
+  Counter* dead_lettered;   // outboxd_events_dead_lettered_total
+  Counter* invalid_events;  // outboxd_invalid_events_total
   // outboxd_reserved_headers_dropped_total: reserved names (id, eventType,
   // outbox.*) in a headers column, dropped from the record.
   Counter* reserved_headers_dropped;
@@ -182,12 +164,7 @@ struct OutboxdMetrics {
   Gauge* slot_lag_bytes;             // outboxd_slot_lag_bytes
   Histogram* commit_to_ack_seconds;  // outboxd_commit_to_ack_seconds
   Counter* reconnects;               // outboxd_reconnects_total
-  // outboxd_source_queries_total{source}: queries of poll/notify sources.
-  CounterFamily* source_queries;
-  Gauge* streaming;               // outboxd_streaming (0/1)
-  Gauge* kafka_brokers_up;        // outboxd_kafka_brokers_up
-  Counter* cleanup_deleted_rows;  // outboxd_cleanup_deleted_rows_total
-  Gauge* start_time_seconds;      // outboxd_start_time_seconds
+  Gauge* streaming;                  // outboxd_streaming (0/1)
   // 1 when the slot outboxd streamed from is gone, invalidated or replaced
   // (until a republish completes).
   Gauge* slot_lost;             // outboxd_slot_lost
@@ -213,54 +190,86 @@ struct OutboxdMetrics {
   Gauge& StageLag(Stage s) { return *stage_lag_seconds[static_cast<int>(s)]; }
   Gauge& Stalled(StallReason r) { return *stalled[static_cast<int>(r)]; }
 
-  // --source=poll|notify: their positions are row seqs and batch numbers,
-  // not LSNs, so outboxd_stage_lsn has no children (its HELP and TYPE stay);
-  // the fields then point at gauges nothing exposes. Call before anything
-  // updates them.
-  void DropStageLsn();
-
   // The per-topic child, cached: topics are few.
   Counter& PublishedTo(absl::string_view topic) {
     return events_published->With(topic);
   }
-  // The per-source child of outboxd_source_queries_total ("poll", "notify").
-  Counter& QueriedBy(absl::string_view source) {
-    return source_queries->With(source);
-  }
 
-  // /readyz: streaming (the source runs and reads), at least one Kafka
-  // broker connection up and not stalled. Empty when ready, else why not
-  // (one line). Sources::kSeveral: at least one source streams (a standby
-  // or reconnecting source does not count against the others), a broker
-  // connection is up, and no source is stalled (the reason names it).
-  std::string NotReadyReason() const;
-  bool Ready() const { return NotReadyReason().empty(); }
+  // --source=poll|notify: their positions are row seqs and batch numbers,
+  // not LSNs, so outboxd_stage_lsn has no children of this source (its
+  // HELP and TYPE stay); the fields then point at gauges nothing exposes.
+  // Call before anything updates them.
+  void DropStageLsn();
 
- private:
-  OutboxdMetrics(Registry* registry, std::unique_ptr<Registry> own,
-                 Sources sources);
-  // A source's view of `process` (ForSource).
-  OutboxdMetrics(OutboxdMetrics& process, std::string source);
-  // Fills the fields: per-source children on `per_source` (the served
-  // registry, or a private one for the process of several sources);
-  // `process` set: a view, which shares the process's per-process fields.
-  void Build(Registry& per_source, OutboxdMetrics* process);
   // Why this source is stalled, one line; "" when it is not.
   std::string StalledReason() const;
 
-  const std::string source_;
-  const Sources sources_;
-  // The counter families behind events_published and source_queries that
-  // this object made (a view shares the process's per-process ones).
+ private:
+  friend class OutboxdMetrics;
+  // Its children on `registry`, where OutboxdMetrics declared the families.
+  SourceMetrics(Registry& registry, std::string name);
+
+  const std::string name_;
+  // The counter family behind events_published (with this source's label).
   std::vector<std::unique_ptr<CounterFamily>> families_;
   prometheus::Family<Gauge>* stage_lsn_family_ = nullptr;
   // Where the fields point at when nothing exposes them.
   std::array<Gauge, kStageCount> unexposed_lsn_;
   Gauge unexposed_wal_lag_;
-  // Sources::kSeveral: the views, in creation order.
-  mutable absl::Mutex views_mu_;
-  std::vector<std::unique_ptr<OutboxdMetrics>> views_
-      ABSL_GUARDED_BY(views_mu_);
+};
+
+class OutboxdMetrics {
+ private:
+  // Set by the default constructor; declared first so that it exists
+  // before the fields below are built on it.
+  std::unique_ptr<Registry> own_registry_;
+
+ public:
+  // On a private registry that nothing exposes: the null object.
+  OutboxdMetrics();
+  // On `registry`, which must outlive this object.
+  explicit OutboxdMetrics(Registry* registry);
+  OutboxdMetrics(const OutboxdMetrics&) = delete;
+  OutboxdMetrics& operator=(const OutboxdMetrics&) = delete;
+  ~OutboxdMetrics();
+
+  // The metrics of source `name` (source="<name>"; "" for the one unnamed
+  // source of a process, unlabelled), created on first use, the same
+  // object afterwards, owned by this object.
+  SourceMetrics& ForSource(const std::string& name = "");
+
+  Registry* registry;
+  // The per-process metrics.
+  Counter* delivery_errors;  // outboxd_delivery_errors_total
+  // outboxd_source_queries_total{source}: queries of poll/notify sources
+  // (its `source` label names the mode, "poll" or "notify").
+  CounterFamily* source_queries;
+  Gauge* kafka_brokers_up;        // outboxd_kafka_brokers_up
+  Counter* cleanup_deleted_rows;  // outboxd_cleanup_deleted_rows_total
+  Gauge* start_time_seconds;      // outboxd_start_time_seconds
+
+  // The child of outboxd_source_queries_total ("poll", "notify").
+  Counter& QueriedBy(absl::string_view source) {
+    return source_queries->With(source);
+  }
+
+  // /readyz: a source streams (reads), at least one Kafka broker
+  // connection is up, and no source is stalled or failed. Empty when
+  // ready, else why not (one line, naming the source when it has a name).
+  // A named source that does not stream (a standby, or reconnecting) does
+  // not count against the others.
+  std::string NotReadyReason() const;
+  bool Ready() const { return NotReadyReason().empty(); }
+
+ private:
+  OutboxdMetrics(Registry* registry, std::unique_ptr<Registry> own);
+
+  // The counter family behind source_queries.
+  std::vector<std::unique_ptr<CounterFamily>> families_;
+  mutable absl::Mutex sources_mu_;
+  // The sources' metrics, in creation order.
+  std::vector<std::unique_ptr<SourceMetrics>> sources_
+      ABSL_GUARDED_BY(sources_mu_);
 };
 
 }  // namespace outboxd::metrics

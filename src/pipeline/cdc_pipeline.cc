@@ -7,7 +7,7 @@
 namespace outboxd {
 
 std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
-                                           metrics::OutboxdMetrics& metrics,
+                                           metrics::SourceMetrics& metrics,
                                            const std::atomic<bool>& stop,
                                            SinkFactory sink_factory) {
   CdcSourceOptions o = options.source;

@@ -25,7 +25,7 @@ struct CdcPipelineOptions {
 // options.publisher says, on a sink of `sink_factory`. `metrics` and `stop`
 // must outlive it.
 std::unique_ptr<EventSource> MakeCdcSource(
-    const CdcPipelineOptions& options, metrics::OutboxdMetrics& metrics,
+    const CdcPipelineOptions& options, metrics::SourceMetrics& metrics,
     const std::atomic<bool>& stop,
     SinkFactory sink_factory = KafkaSinkFactory());
 

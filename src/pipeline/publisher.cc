@@ -76,9 +76,8 @@ class Publisher::Impl final : public DeliveryHost {
         producer_(options.on_invalid, *delivery_, stats_) {
     for (PublisherStream& spec : streams) {
       sessions_.push_back(std::make_unique<SourceSession>(
-          *spec.source, spec.metrics != nullptr ? *spec.metrics : metrics,
-          spec.name, options.session, options.records,
-          [this] { m_.streaming->Set(AnyConnected() ? 1 : 0); }));
+          *spec.source, metrics.ForSource(spec.name), spec.name,
+          options.session, options.records));
     }
     steps_.before_connect = [this] { WaitUntilSinkReady(); };
     steps_.after_connect = [this](const std::string& identity) {
@@ -530,7 +529,6 @@ class Publisher::Impl final : public DeliveryHost {
   // acknowledged and ends every source. After a failure it only confirms.
   absl::Status Finish(bool clean) {
     for (const auto& st : sessions_) st->metrics().streaming->Set(0);
-    m_.streaming->Set(0);
     absl::Status delivered =
         delivery_->Finish(clean, absl::Now() + options_.shutdown_timeout);
     delivery_->AddStats(stats_);
@@ -553,7 +551,7 @@ class Publisher::Impl final : public DeliveryHost {
   }
 
   const PublisherOptions options_;  // a copy: callers may pass a temporary
-  metrics::OutboxdMetrics& m_;      // the process's (shared) metrics
+  metrics::OutboxdMetrics& m_;      // the process's; a session has its source's
   SinkFactory sink_factory_;
   PipelineStats stats_;
   std::unique_ptr<Delivery> delivery_;

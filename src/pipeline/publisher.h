@@ -111,9 +111,9 @@ class RunMetrics {
 // One source of the Publisher.
 struct PublisherStream {
   EventSource* source = nullptr;
-  // Its own metrics (per-source series); nullptr: the Publisher's.
-  metrics::OutboxdMetrics* metrics = nullptr;
-  // Prefixes its log lines ("[name] "); "" for none.
+  // Prefixes its log lines ("[name] ") and names its metrics
+  // (metrics.ForSource(name): labelled source="<name>"); "" for neither,
+  // the one source of a process without names.
   std::string name;
 };
 

@@ -30,6 +30,7 @@ using ::outboxd::testing::FakeRecord;
 using ::outboxd::testing::FakeSink;
 using ::outboxd::testing::FakeSource;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr int kMaxTicks = 200000;  // a test that never stops fails
 
@@ -77,7 +78,7 @@ class PublisherTest : public ::testing::Test {
       }
     };
     Publisher publisher(
-        options_, {PublisherStream{&source_, nullptr, ""}}, metrics_.get(),
+        options_, {PublisherStream{&source_, ""}}, metrics_.get(),
         [this](const ProducerOptions& o,
                DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
           producer_options_ = o;
@@ -170,7 +171,7 @@ TEST_F(PublisherTest, KeepsItsOwnCopyOfTheOptions) {
   options.producer.brokers = "broker:9092";
   ProducerOptions seen;
   Publisher publisher(
-      options, {PublisherStream{&source_, nullptr, ""}}, metrics_.get(),
+      options, {PublisherStream{&source_, ""}}, metrics_.get(),
       [&seen](const ProducerOptions& o,
               DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
         seen = o;
@@ -355,8 +356,8 @@ TEST_F(PublisherTest, InvalidEventIsDeadLetteredWithItsPosition) {
   EXPECT_EQ(dlq.Header("outbox.index"), "0");
   EXPECT_EQ(dlq.Header("outbox.seq"), std::nullopt);
   EXPECT_EQ(stats_.events_dead_lettered, 1u);
-  EXPECT_EQ(metrics_.get().dead_lettered->Value(), 1);
-  EXPECT_EQ(metrics_.get().invalid_events->Value(), 1);
+  EXPECT_EQ(metrics_.get().ForSource().dead_lettered->Value(), 1);
+  EXPECT_EQ(metrics_.get().ForSource().invalid_events->Value(), 1);
 }
 
 TEST_F(PublisherTest, PolledInvalidRowCarriesItsSeqOnly) {
@@ -459,7 +460,7 @@ TEST_F(PublisherTest, MisroutedEventIsDeadLetteredWhole) {
   auto content = nlohmann::json::parse(*records[0].value);
   EXPECT_EQ(content["id"], "a");
   EXPECT_EQ(records[1].topic, "outbox.event.order");
-  EXPECT_EQ(metrics_.get().invalid_events->Value(), 1);
+  EXPECT_EQ(metrics_.get().ForSource().invalid_events->Value(), 1);
 }
 
 // --- waking on events ------------------------------------------------------
@@ -589,9 +590,10 @@ TEST_F(WakingPublisherTest, NothingAcknowledgedStallsAndAcknowledgementsClear) {
   source_.Add(Begin());
   source_.Add(Of(Event(100, 0, "a")));
   source_.Add(Commit(100));
-  metrics::OutboxdMetrics& m = metrics_.get();
+  metrics::OutboxdMetrics& process = metrics_.get();
+  metrics::SourceMetrics& m = process.ForSource();
   const metrics::StallReason reason = metrics::StallReason::kUnacknowledged;
-  m.kafka_brokers_up->Set(1);
+  process.kafka_brokers_up->Set(1);
   std::string reason_while_stalled;
   bool cleared = false;
   on_tick_ = [&](FakeSource& s) {
@@ -599,7 +601,7 @@ TEST_F(WakingPublisherTest, NothingAcknowledgedStallsAndAcknowledgementsClear) {
     // sees what the last wakeup set.
     s.next_due = absl::Now() + absl::Milliseconds(20);
     if (reason_while_stalled.empty() && m.Stalled(reason).Value() == 1) {
-      reason_while_stalled = m.NotReadyReason();
+      reason_while_stalled = process.NotReadyReason();
       EXPECT_EQ(s.durable, SourcePosition(0));
       sink_->hold_acks = false;
       sink_->Release();
@@ -626,7 +628,7 @@ TEST_F(WakingPublisherTest, AFullQueueStallsWithItsReason) {
   source_.Add(Of(Event(100, 0, "a")));
   source_.Add(Of(Event(100, 1, "b")));
   source_.Add(Commit(100));
-  metrics::OutboxdMetrics& m = metrics_.get();
+  metrics::SourceMetrics& m = metrics_.get().ForSource();
   bool stalled = false;
   on_tick_ = [&](FakeSource& s) {
     s.next_due = absl::Now() + absl::Milliseconds(20);
@@ -652,7 +654,7 @@ TEST_F(PublisherTest, StagePositionsFollowTheEvents) {
   source_.Add(Of(Event(200, 0, "b")));
   source_.Add(Commit(220));
   source_.Add(SourceRead{std::monostate{}, SourcePosition(300)});  // keepalive
-  metrics::OutboxdMetrics& m = metrics_.get();
+  metrics::SourceMetrics& m = metrics_.get().ForSource();
   ASSERT_TRUE(Run([&](FakeSource& s) {
                 // The source said "nothing more" before the last update.
                 return s.script.empty() && s.durable >= SourcePosition(300) &&
@@ -870,7 +872,7 @@ TEST_F(PublisherTest, ReconnectAbandonsTheOpenTransactionAndTakesItAgain) {
             std::vector<SourcePosition>{SourcePosition(100)});
   EXPECT_EQ(source_.connects, 2);
   EXPECT_EQ(source_.disconnects, 1);
-  EXPECT_EQ(metrics_.get().reconnects->Value(), 1);
+  EXPECT_EQ(metrics_.get().ForSource().reconnects->Value(), 1);
   EXPECT_EQ(stats_.events_acknowledged, 3u);  // "a" twice: at-least-once
   EXPECT_EQ(final_.committed.size(), 3u);
 }
@@ -930,9 +932,7 @@ class TwoSourcePublisherTest : public PublisherTest {
     a_.on_tick = tick;
     b_.on_tick = tick;
     Publisher publisher(
-        options_,
-        {PublisherStream{&a_, &metrics_a_, "db_a"},
-         PublisherStream{&b_, &metrics_b_, "db_b"}},
+        options_, {PublisherStream{&a_, "db_a"}, PublisherStream{&b_, "db_b"}},
         metrics_.get(),
         [this](const ProducerOptions&,
                DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
@@ -963,8 +963,9 @@ class TwoSourcePublisherTest : public PublisherTest {
 
   FakeSource a_;
   FakeSource b_;
-  metrics::OutboxdMetrics metrics_a_;
-  metrics::OutboxdMetrics metrics_b_;
+  // The sources' metrics, as the Publisher names them.
+  metrics::SourceMetrics& metrics_a_ = metrics_.get().ForSource("db_a");
+  metrics::SourceMetrics& metrics_b_ = metrics_.get().ForSource("db_b");
   std::function<void()> on_tick_both_;
   std::vector<FakeRecord> acknowledged_;
 };
@@ -1010,7 +1011,7 @@ TEST_F(TwoSourcePublisherTest, EachSourceConfirmsOnlyItsOwnAcknowledgements) {
     }
   }
   EXPECT_EQ(from_a, 2);
-  // Per-source metrics: each its own series; the process streams.
+  // Per-source metrics: each its own series.
   EXPECT_EQ(metrics_a_.streaming->Value(), 0);  // after the stop
 }
 
@@ -1057,9 +1058,8 @@ TEST_F(TwoSourcePublisherTest, ALostSourceReconnectsAloneWhileTheOtherFlows) {
   EXPECT_EQ(stats_.events_acknowledged, 5u);
 }
 
-// The per-event metrics of a source's events go to its own view (labelled
-// source="<database>" by main.cc); the shared metrics keep the per-process
-// ones.
+// The per-event metrics of a source's events go to its own series,
+// labelled source="<its name>".
 TEST_F(TwoSourcePublisherTest, PerEventMetricsGoToTheirSource) {
   Script(a_, 100, 2, "a");
   b_.Add(Begin());
@@ -1082,20 +1082,18 @@ TEST_F(TwoSourcePublisherTest, PerEventMetricsGoToTheirSource) {
   const std::string topic = "outbox.event.order";
   EXPECT_EQ(metrics_a_.PublishedTo(topic).Value(), 2);
   EXPECT_EQ(metrics_b_.PublishedTo(topic).Value(), 1);
-  EXPECT_EQ(metrics_.get().PublishedTo(topic).Value(), 0);
-  EXPECT_THAT(metrics_a_.registry->Exposition(),
-              HasSubstr("outboxd_commit_to_ack_seconds_count 2\n"));
-  EXPECT_THAT(metrics_b_.registry->Exposition(),
-              HasSubstr("outboxd_commit_to_ack_seconds_count 1\n"));
-  EXPECT_THAT(metrics_.get().registry->Exposition(),
-              HasSubstr("outboxd_commit_to_ack_seconds_count 0\n"));
+  const std::string text = metrics_.get().registry->Exposition();
+  EXPECT_THAT(text, HasSubstr("outboxd_commit_to_ack_seconds_count{source="
+                              "\"db_a\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("outboxd_commit_to_ack_seconds_count{source="
+                              "\"db_b\"} 1\n"));
+  EXPECT_THAT(text, Not(HasSubstr("outboxd_commit_to_ack_seconds_count ")));
   EXPECT_EQ(metrics_a_.invalid_events->Value(), 0);
   EXPECT_EQ(metrics_b_.invalid_events->Value(), 1);
+  EXPECT_EQ(metrics_a_.dead_lettered->Value(), 0);
   EXPECT_EQ(metrics_b_.dead_lettered->Value(), 1);
-  EXPECT_EQ(metrics_.get().invalid_events->Value(), 0);
-  EXPECT_EQ(metrics_.get().dead_lettered->Value(), 0);
+  EXPECT_EQ(metrics_a_.reserved_headers_dropped->Value(), 0);
   EXPECT_EQ(metrics_b_.reserved_headers_dropped->Value(), 2);
-  EXPECT_EQ(metrics_.get().reserved_headers_dropped->Value(), 0);
   // The log lines of a source's events name it.
   EXPECT_THAT(log.str(), HasSubstr("warning [db_b] invalid event at 0/384#0: "
                                    "aggregateid is NULL"));
@@ -1234,7 +1232,7 @@ TEST_F(PublisherTest, AFailureOfTheOnlySourceStopsTheRun) {
   source_.connect_errors = {absl::PermissionDeniedError("password refused")};
   absl::Status s = Run(DurableAt(100));
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
-  EXPECT_EQ(metrics_.get().source_failed->Value(), 0);
+  EXPECT_EQ(metrics_.get().ForSource().source_failed->Value(), 0);
 }
 
 TEST_F(TwoSourcePublisherTest, ExactlyOnceTakesOneSource) {

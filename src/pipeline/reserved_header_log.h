@@ -27,7 +27,7 @@ class ReservedHeaderLog {
  public:
   // `metrics` may be null (metrics off); it must outlive this object.
   // `log_prefix` starts the log lines (a source's "[name] ", or "").
-  explicit ReservedHeaderLog(metrics::OutboxdMetrics* metrics,
+  explicit ReservedHeaderLog(metrics::SourceMetrics* metrics,
                              absl::Duration interval = absl::Seconds(10),
                              std::string log_prefix = "")
       : metrics_(metrics),
@@ -64,7 +64,7 @@ class ReservedHeaderLog {
   }
 
  private:
-  metrics::OutboxdMetrics* metrics_;
+  metrics::SourceMetrics* metrics_;
   absl::Duration interval_;
   const std::string log_prefix_;
   absl::Time last_warning_ = absl::InfinitePast();

@@ -19,16 +19,14 @@ constexpr absl::Duration kRecoverPollInterval = absl::Milliseconds(50);
 }  // namespace
 
 SourceSession::SourceSession(EventSource& source,
-                             metrics::OutboxdMetrics& metrics,
+                             metrics::SourceMetrics& metrics,
                              const std::string& name,
                              const SessionOptions& options,
-                             const RecordOptions& records,
-                             std::function<void()> streaming_changed)
+                             const RecordOptions& records)
     : source_(source),
       m_(metrics),
       log_prefix_(name.empty() ? std::string() : absl::StrCat("[", name, "] ")),
       options_(options),
-      streaming_changed_(std::move(streaming_changed)),
       records_(records),
       backoff_(options.reconnect),
       failure_backoff_(ReconnectOptions{
@@ -129,7 +127,6 @@ absl::Status SourceSession::Finish(bool clean) {
 void SourceSession::SetStreaming(bool streaming) {
   connected_ = streaming;
   m_.streaming->Set(streaming ? 1 : 0);
-  if (streaming_changed_) streaming_changed_();
 }
 
 void SourceSession::ForgetOpenTransaction() {

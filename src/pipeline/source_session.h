@@ -72,14 +72,11 @@ class SourceSession {
     kCoalescing,
   };
 
-  // `source`, `metrics` and `process_metrics` (the process's own, which may
-  // be `metrics` itself) must outlive the session. `name` prefixes its log
-  // lines ("" for none). `streaming_changed` is called when it connects
-  // or disconnects.
-  SourceSession(EventSource& source, metrics::OutboxdMetrics& metrics,
+  // `source` and `metrics` (the source's) must outlive the session.
+  // `name` prefixes its log lines ("" for none).
+  SourceSession(EventSource& source, metrics::SourceMetrics& metrics,
                 const std::string& name, const SessionOptions& options,
-                const RecordOptions& records,
-                std::function<void()> streaming_changed);
+                const RecordOptions& records);
   SourceSession(const SourceSession&) = delete;
   SourceSession& operator=(const SourceSession&) = delete;
 
@@ -134,7 +131,7 @@ class SourceSession {
 
   EventSource& source() { return source_; }
   const EventSource& source() const { return source_; }
-  metrics::OutboxdMetrics& metrics() { return m_; }
+  metrics::SourceMetrics& metrics() { return m_; }
   Tracker& tracker() { return tracker_; }
   const Tracker& tracker() const { return tracker_; }
   RecordBuilder& records() { return records_; }
@@ -169,11 +166,10 @@ class SourceSession {
   void ForgetOpenTransaction();
 
   EventSource& source_;
-  // Per source with several (labelled source="<name>"), else the process's.
-  metrics::OutboxdMetrics& m_;
+  // Its source's (labelled source="<name>" when it has a name).
+  metrics::SourceMetrics& m_;
   const std::string log_prefix_;  // "[name] " with several sources, or ""
   const SessionOptions options_;
-  std::function<void()> streaming_changed_;
   Tracker tracker_;
   RecordBuilder records_;
   bool connected_ = false;

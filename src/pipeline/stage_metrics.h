@@ -1,6 +1,6 @@
-// Lag by stage and the stall alarm of one Publisher (README "Lag by stage"
-// and "Stall alarm"): outboxd_stage_lsn, outboxd_stage_lag_seconds and
-// outboxd_stalled (metrics/outboxd_metrics.h).
+// Lag by stage and the stall alarm of one source of the Publisher (README
+// "Lag by stage" and "Stall alarm"): outboxd_stage_lsn,
+// outboxd_stage_lag_seconds and outboxd_stalled (metrics/outboxd_metrics.h).
 //
 // The Publisher tells StageLag where each event got to (stores only, no
 // clock read, no lookup: per event) and calls Update once per wakeup of its
@@ -38,7 +38,7 @@ namespace outboxd {
 class StageLag {
  public:
   // `metrics` must outlive this object.
-  explicit StageLag(metrics::OutboxdMetrics& metrics) : m_(metrics) {}
+  explicit StageLag(metrics::SourceMetrics& metrics) : m_(metrics) {}
 
   // An event (or invalid event) was handed over by the source; `lsn` its
   // commit LSN's value (CDC), `commit_ms` its commit time (unix ms).
@@ -104,7 +104,7 @@ class StageLag {
   void SetLag(metrics::Stage stage, BusyStage busy, bool holds_all,
               int64_t newest_ms, int64_t now_ms);
 
-  metrics::OutboxdMetrics& m_;
+  metrics::SourceMetrics& m_;
   At received_;
   At produced_;
   At acknowledged_;
@@ -121,7 +121,7 @@ class StallAlarm {
  public:
   // `timeout` zero: never stalled. `metrics` must outlive this object.
   // `log_prefix` starts its log lines (a source's "[name] ", or "").
-  StallAlarm(metrics::OutboxdMetrics& metrics, absl::Duration timeout,
+  StallAlarm(metrics::SourceMetrics& metrics, absl::Duration timeout,
              std::string log_prefix = "")
       : m_(metrics), timeout_(timeout), log_prefix_(std::move(log_prefix)) {}
 
@@ -144,7 +144,7 @@ class StallAlarm {
   bool stalled() const { return stalled_.has_value(); }
 
  private:
-  metrics::OutboxdMetrics& m_;
+  metrics::SourceMetrics& m_;
   const absl::Duration timeout_;
   const std::string log_prefix_;
   uint64_t acknowledged_ = 0;

@@ -35,7 +35,8 @@ class StageLagTest : public ::testing::Test {
   double Lag(Stage s) { return m_.StageLag(s).Value(); }
   double LsnOf(Stage s) { return m_.StageLsn(s).Value(); }
 
-  metrics::OutboxdMetrics m_;
+  metrics::OutboxdMetrics process_;
+  metrics::SourceMetrics& m_ = process_.ForSource();
   StageLag lag_{m_};
 };
 
@@ -131,9 +132,10 @@ class LogCapture {
 };
 
 TEST(StallAlarmTest, StallsOnceAfterTheTimeoutAndClears) {
-  metrics::OutboxdMetrics m;
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& m = process.ForSource();
   m.streaming->Set(1);
-  m.kafka_brokers_up->Set(1);
+  process.kafka_brokers_up->Set(1);
   StallAlarm alarm(m, absl::Seconds(60));
   LogCapture log;
   const auto reason = StallReason::kUnacknowledged;
@@ -142,18 +144,18 @@ TEST(StallAlarmTest, StallsOnceAfterTheTimeoutAndClears) {
   EXPECT_EQ(alarm.Deadline(3), At(60));
   alarm.Update(At(59), 3, reason);
   EXPECT_FALSE(alarm.stalled());
-  EXPECT_TRUE(m.Ready());
+  EXPECT_TRUE(process.Ready());
   alarm.Update(At(60), 3, reason);
   EXPECT_TRUE(alarm.stalled());
   EXPECT_EQ(m.Stalled(reason).Value(), 1);
-  EXPECT_THAT(m.NotReadyReason(), HasSubstr("stalled (unacknowledged)"));
+  EXPECT_THAT(process.NotReadyReason(), HasSubstr("stalled (unacknowledged)"));
   EXPECT_EQ(alarm.Deadline(3), absl::InfiniteFuture());
   for (int s = 61; s < 200; ++s) alarm.Update(At(s), 3, reason);
   alarm.Acknowledged();
   alarm.Update(At(200), 2, reason);
   EXPECT_FALSE(alarm.stalled());
   EXPECT_EQ(m.Stalled(reason).Value(), 0);
-  EXPECT_TRUE(m.Ready());
+  EXPECT_TRUE(process.Ready());
   // One warning when it stalled, one line when it cleared.
   std::vector<std::string> lines = log.Lines();
   ASSERT_EQ(lines.size(), 2u) << absl::StrJoin(lines, "\n");
@@ -164,7 +166,8 @@ TEST(StallAlarmTest, StallsOnceAfterTheTimeoutAndClears) {
 
 // With several sources (--databases) the lines name the database.
 TEST(StallAlarmTest, TheLinesNameTheSource) {
-  metrics::OutboxdMetrics m;
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& m = process.ForSource();
   StallAlarm alarm(m, absl::Seconds(10), "[db_a] ");
   LogCapture log;
   alarm.Update(At(0), 2, StallReason::kUnacknowledged);
@@ -177,7 +180,8 @@ TEST(StallAlarmTest, TheLinesNameTheSource) {
 }
 
 TEST(StallAlarmTest, AcknowledgementsKeepItFromStalling) {
-  metrics::OutboxdMetrics m;
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& m = process.ForSource();
   StallAlarm alarm(m, absl::Seconds(10));
   alarm.Update(At(0), 0, StallReason::kUnacknowledged);
   for (int s = 5; s <= 100; s += 5) {
@@ -188,7 +192,8 @@ TEST(StallAlarmTest, AcknowledgementsKeepItFromStalling) {
 }
 
 TEST(StallAlarmTest, TheReasonFollowsWhatTheEventsWaitFor) {
-  metrics::OutboxdMetrics m;
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& m = process.ForSource();
   StallAlarm alarm(m, absl::Seconds(10));
   alarm.Update(At(0), 1, StallReason::kQueueFull);
   alarm.Update(At(10), 1, StallReason::kQueueFull);
@@ -202,7 +207,8 @@ TEST(StallAlarmTest, TheReasonFollowsWhatTheEventsWaitFor) {
 }
 
 TEST(StallAlarmTest, ZeroTimeoutNeverStalls) {
-  metrics::OutboxdMetrics m;
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& m = process.ForSource();
   StallAlarm alarm(m, absl::ZeroDuration());
   alarm.Update(At(0), 0, StallReason::kUnacknowledged);
   alarm.Update(At(1000), 5, StallReason::kUnacknowledged);

@@ -58,7 +58,7 @@ SlotKeeperOptions KeeperOptions(const CdcSourceOptions& o) {
 
 class CdcSource final : public EventSource {
  public:
-  CdcSource(CdcSourceOptions options, metrics::OutboxdMetrics& metrics)
+  CdcSource(CdcSourceOptions options, metrics::SourceMetrics& metrics)
       : options_(std::move(options)),
         m_(metrics),
         mapper_(options_.mapper),
@@ -272,7 +272,7 @@ class CdcSource final : public EventSource {
   }
 
   const CdcSourceOptions options_;
-  metrics::OutboxdMetrics& m_;
+  metrics::SourceMetrics& m_;
   OutboxMapper mapper_;
   std::unique_ptr<ReplicationStream> stream_;
   // The slot and the publisher state row.
@@ -293,7 +293,7 @@ class CdcSource final : public EventSource {
 }  // namespace
 
 std::unique_ptr<EventSource> NewCdcSource(CdcSourceOptions options,
-                                          metrics::OutboxdMetrics& metrics) {
+                                          metrics::SourceMetrics& metrics) {
   return std::make_unique<CdcSource>(std::move(options), metrics);
 }
 

@@ -49,9 +49,9 @@ struct CdcSourceOptions {
   RepublishFn republish;
 };
 
-// The --source=cdc EventSource. `metrics` must outlive it.
+// The --source=cdc EventSource. `metrics` (its source's) must outlive it.
 std::unique_ptr<EventSource> NewCdcSource(CdcSourceOptions options,
-                                          metrics::OutboxdMetrics& metrics);
+                                          metrics::SourceMetrics& metrics);
 
 }  // namespace outboxd
 

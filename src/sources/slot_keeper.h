@@ -79,8 +79,8 @@ SlotVerdict WithStartSaidInvalidated(SlotVerdict verdict,
 
 class SlotKeeper {
  public:
-  // `metrics` must outlive the keeper.
-  SlotKeeper(SlotKeeperOptions options, metrics::OutboxdMetrics& metrics)
+  // `metrics` (its source's) must outlive the keeper.
+  SlotKeeper(SlotKeeperOptions options, metrics::SourceMetrics& metrics)
       : options_(std::move(options)), m_(metrics) {}
   SlotKeeper(const SlotKeeper&) = delete;
   SlotKeeper& operator=(const SlotKeeper&) = delete;
@@ -134,7 +134,7 @@ class SlotKeeper {
                                       const ConnectContext& ctx);
 
   const SlotKeeperOptions options_;
-  metrics::OutboxdMetrics& m_;
+  metrics::SourceMetrics& m_;
   std::string identity_;
   std::unique_ptr<PublisherStateStore> state_;
   // The row read by the last Acquire (for StartFailed's error line).

@@ -42,7 +42,7 @@ absl::StatusOr<absl::flat_hash_map<std::string, SlotSample>> ReadSlots(
 
 }  // namespace
 
-void ApplySlotSample(const SlotSample& sample, metrics::OutboxdMetrics& m) {
+void ApplySlotSample(const SlotSample& sample, metrics::SourceMetrics& m) {
   m.slot_retained_wal_bytes->Set(
       sample.retained_bytes.has_value() && *sample.retained_bytes > 0
           ? static_cast<double>(*sample.retained_bytes)

@@ -41,7 +41,7 @@ struct SlotMonitorOptions {
 // A slot to watch and the metrics its gauges are in.
 struct WatchedSlot {
   std::string slot;
-  metrics::OutboxdMetrics* metrics = nullptr;
+  metrics::SourceMetrics* metrics = nullptr;
 };
 
 // One reading of pg_replication_slots for the slot.
@@ -54,7 +54,7 @@ struct SlotSample {
 
 // Sets the gauges from `sample`: the retained bytes (0 when unknown), 1 for
 // its wal_status and 0 for the others (all 0 when the slot does not exist).
-void ApplySlotSample(const SlotSample& sample, metrics::OutboxdMetrics& m);
+void ApplySlotSample(const SlotSample& sample, metrics::SourceMetrics& m);
 
 // One round of several slots: each slot's sample, by slot name; a slot
 // missing from `samples` does not exist (its gauges all 0).

@@ -16,7 +16,7 @@
 namespace outboxd {
 namespace {
 
-double Status(metrics::OutboxdMetrics& m, const std::string& status) {
+double Status(metrics::SourceMetrics& m, const std::string& status) {
   for (int i = 0; i < metrics::kWalStatusCount; ++i) {
     if (status == metrics::kWalStatusNames[i]) {
       return m.slot_wal_status[i]->Value();
@@ -27,7 +27,8 @@ double Status(metrics::OutboxdMetrics& m, const std::string& status) {
 }
 
 TEST(SlotMonitorTest, ASampleSetsTheRetainedBytesAndOneStatus) {
-  metrics::OutboxdMetrics m;
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& m = process.ForSource();
   ApplySlotSample({true, 123456, "reserved"}, m);
   EXPECT_EQ(m.slot_retained_wal_bytes->Value(), 123456);
   EXPECT_EQ(Status(m, "reserved"), 1);
@@ -49,9 +50,10 @@ TEST(SlotMonitorTest, ASampleSetsTheRetainedBytesAndOneStatus) {
 // --databases: one round's rows, by slot name, each to its source's
 // metrics; a slot without a row (dropped, or not created yet) reads 0.
 TEST(SlotMonitorTest, SeveralSlotsEachSetTheirOwnSourcesGauges) {
-  metrics::OutboxdMetrics a;
-  metrics::OutboxdMetrics b;
-  metrics::OutboxdMetrics c;
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& a = process.ForSource("a");
+  metrics::SourceMetrics& b = process.ForSource("b");
+  metrics::SourceMetrics& c = process.ForSource("c");
   const std::vector<WatchedSlot> slots = {
       {"s_a", &a}, {"s_b", &b}, {"s_c", &c}};
   c.slot_retained_wal_bytes->Set(5);  // from an earlier round
@@ -76,7 +78,8 @@ TEST(SlotMonitorTest, AnUnreachableDatabaseIsLoggedOnceAndRetried) {
   auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
   sink->set_pattern("%l %v");
   spdlog::set_default_logger(std::make_shared<spdlog::logger>("t", sink));
-  metrics::OutboxdMetrics m;
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& m = process.ForSource();
   {
     // Port 1 on loopback: refused at once.
     std::unique_ptr<SlotMonitor> monitor = SlotMonitor::Start(

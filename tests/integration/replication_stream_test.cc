@@ -692,7 +692,7 @@ TEST_F(ReplicationTest, CdcSourceSaysNothingOnlyWhenNothingIsThere) {
   options.mapper.tables = options.setup.tables;
   metrics::OutboxdMetrics metrics;
   std::unique_ptr<EventSource> source =
-      NewCdcSource(std::move(options), metrics);
+      NewCdcSource(std::move(options), metrics.ForSource());
   ASSERT_TRUE(source->Connect(ConnectContext{}).ok());
   InsertEvents(1);
   // The whole transaction reaches the socket before the first Read.
