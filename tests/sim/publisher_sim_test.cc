@@ -33,12 +33,14 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
@@ -331,6 +333,8 @@ absl::StatusOr<SourceRead> SimSource::Read(absl::Duration) {
   }
   if (fail_next_read) {
     fail_next_read = false;
+    if (item_ > 0)
+      sim_.Step(absl::StrCat("db", index_, ": lost mid-transaction"));
     return absl::UnavailableError("connection lost");
   }
   SourceRead out;
@@ -742,19 +746,23 @@ void PrintSchedule(const SimResult& r) {
 // Runs one schedule with a watchdog: a schedule that hangs (a loop of the
 // Publisher that no tick reaches) names its seed before the test times out.
 SimResult RunOne(uint64_t seed, const SimOptions& options) {
-  std::atomic<bool> done{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
   std::thread watchdog([&] {
-    for (int i = 0; i < 300 && !done.load(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    if (!done.load()) {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return done; })) {
       std::cerr << "schedule seed " << seed
                 << " hangs (30 s); replay with --seed=" << seed << "\n";
       std::abort();
     }
   });
   SimResult r = Simulation(seed, options).Run();
-  done = true;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+  }
+  cv.notify_one();
   watchdog.join();
   return r;
 }
@@ -828,7 +836,12 @@ TEST_F(PublisherSimTest, RandomSchedulesKeepTheInvariants) {
   std::optional<uint64_t> replay = g_replay_seed;
   if (!replay.has_value()) replay = EnvNumber("OUTBOXD_SIM_SEED");
   if (replay.has_value()) {
-    SimResult r = RunOne(*replay, SimOptions{});
+    SimOptions options;
+    if (EnvNumber("OUTBOXD_SIM_WAL_BACK_EO").has_value()) {
+      options.wal_back_in_exactly_once = true;
+      options.force_mode = 1;
+    }
+    SimResult r = RunOne(*replay, options);
     PrintSchedule(r);
     EXPECT_TRUE(r.violations.empty()) << r.violations.front();
     return;
@@ -839,6 +852,22 @@ TEST_F(PublisherSimTest, RandomSchedulesKeepTheInvariants) {
   Totals t = RunMany(first, count, SimOptions{});
   PrintTotals(t, absl::Now() - start);
   EXPECT_EQ(t.failed, 0) << "seeds " << first << ".." << first + count - 1;
+}
+
+// Known to fail (the lead's list: a checkpoint from another history): in
+// exactly-once mode, a server whose WAL went back reuses positions at or
+// below the checkpoint the Publisher keeps in memory, and the new events
+// there are skipped as "already in Kafka" and confirmed. Replay one of its
+// seeds with OUTBOXD_SIM_WAL_BACK_EO=1 --seed=N.
+TEST_F(PublisherSimTest, DISABLED_ExactlyOnceWithAWalThatGoesBack) {
+  SimOptions options;
+  options.force_mode = 1;
+  options.wal_back_in_exactly_once = true;
+  const uint64_t count = EnvNumber("OUTBOXD_SIM_SCHEDULES").value_or(500);
+  const absl::Time start = absl::Now();
+  Totals t = RunMany(1, count, options);
+  PrintTotals(t, absl::Now() - start);
+  EXPECT_EQ(t.failed, 0);
 }
 
 // The same seed draws the same schedule: what a failing seed prints is
