@@ -91,7 +91,7 @@ struct SimOptions {
   // default: the exactly-once checkpoint is not judged again on a new
   // history (see the disabled test below).
   bool wal_back_in_exactly_once = false;
-  // Force the delivery mode / number of sources (0: drawn).
+  // Force the delivery mode (-1: drawn).
   int force_mode = -1;  // 0 at-least-once, 1 exactly-once
 };
 
@@ -258,13 +258,25 @@ class Simulation {
   std::map<std::string, std::vector<CommittedOffset>> checkpoints_;
   std::unordered_set<std::string> refused_;
   bool fail_next_delivery_ = false;
+  bool in_drain_in_flight_ = false;
+
+ public:
+  // ConnectContext::drain_in_flight, Kafka acknowledging meanwhile.
+  absl::Status DrainInFlight(const ConnectContext& ctx) {
+    if (!ctx.drain_in_flight) return absl::OkStatus();
+    in_drain_in_flight_ = true;
+    UpdateHold();
+    absl::Status s = ctx.drain_in_flight();
+    in_drain_in_flight_ = false;
+    UpdateHold();
+    return s;
+  }
 };
 
 // --- SimSource
 // ----------------------------------------------------------------
 
 absl::StatusOr<ConnectResult> SimSource::Connect(const ConnectContext& ctx) {
-  sim_.UpdateHold();  // not connected: Kafka acknowledges meanwhile
   if (connect_errors > 0) {
     --connect_errors;
     return WithRetryAfter(absl::UnavailableError("the server is starting up"),
@@ -277,10 +289,8 @@ absl::StatusOr<ConnectResult> SimSource::Connect(const ConnectContext& ctx) {
     // As the CDC source under --on-slot-loss=republish: what is in flight
     // first, then a new slot at the server's position, the gap republished
     // from the table (by a producer of its own), streaming from there.
-    if (ctx.drain_in_flight) {
-      absl::Status drained = ctx.drain_in_flight();
-      if (!drained.ok()) return drained;
-    }
+    absl::Status drained = sim_.DrainInFlight(ctx);
+    if (!drained.ok()) return drained;
     sim_.Republish(*this, slot, wal_end);
     slot = wal_end;
     slot_lost = false;
@@ -288,10 +298,10 @@ absl::StatusOr<ConnectResult> SimSource::Connect(const ConnectContext& ctx) {
     r.restart_at = SourcePosition(slot);
   } else if (new_history) {
     // A server with an older WAL: its slot's position, a new stream.
-    if (ctx.drain_in_flight) {
-      absl::Status drained = ctx.drain_in_flight();
-      if (!drained.ok()) return drained;
-    }
+    // What is in flight first, as after a lost slot: the Publisher starts
+    // a new tracker, whose sequences late reports must not reach.
+    absl::Status drained = sim_.DrainInFlight(ctx);
+    if (!drained.ok()) return drained;
     new_history = false;
     r.restart_at = SourcePosition(slot);
   } else if (ctx.first) {
@@ -462,11 +472,16 @@ void Simulation::CheckConfirmed(SimSource& s, uint64_t p, const char* what) {
 void Simulation::UpdateHold() {
   if (sink_ == nullptr) return;
   // Kafka acknowledges only what the schedule releases, except while a
-  // source is disconnected (an isolated source waits for its reports, a
-  // Kafka commit for its records, with no tick to release them), while
+  // source is disconnected and the loop may wait for reports with no tick
+  // to release them (an isolated source for its reports, a Kafka commit
+  // for its records; a single at-least-once source reconnects with its
+  // records still held), inside ConnectContext::drain_in_flight, while
   // draining, and at a stop (where it acknowledges everything queued, or
   // fails it: a blocking Kafka commit would otherwise wait forever).
-  sink_->hold_acks = !(draining_ || !AllConnected() || stopping_);
+  const bool someone_waits =
+      !AllConnected() && (exactly_once_ || sources_.size() > 1);
+  sink_->hold_acks =
+      !(draining_ || stopping_ || in_drain_in_flight_ || someone_waits);
 }
 
 absl::StatusOr<std::unique_ptr<Sink>> Simulation::MakeSink(
@@ -542,16 +557,19 @@ void Simulation::StartDrain() {
 }
 
 void Simulation::Tick(SimSource&) {
-  if (++ticks_ > kMaxTicks && !failed_) {
-    Violation(
-        absl::StrCat("liveness: not drained after ", kMaxTicks, " ticks"));
-  }
   if (failed_) {
     stop_ = true;
     return;
   }
   if (stopping_) return;
   UpdateHold();
+  // Only ticks with every source connected count: how many pass while one
+  // waits (its backoff, its reports) depends on the clock.
+  if (AllConnected() && ++ticks_ > kMaxTicks) {
+    Violation(absl::StrCat("liveness: not drained after ", kMaxTicks,
+                           " ticks with every source connected"));
+    return;
+  }
   if (draining_) {
     if (AllDurable()) {
       Step("drained: everything committed is durable; stop");
@@ -701,7 +719,7 @@ SimResult Simulation::Run() {
                              " failed runs after the faults ended"));
       break;
     }
-    if (!draining_ && ticks_ > kMaxTicks / 2) StartDrain();
+    if (!draining_ && result_.runs >= kMaxRuns / 2) StartDrain();
   }
   if (!failed_) FinalCheck();
   return std::move(result_);
@@ -767,6 +785,17 @@ SimResult RunOne(uint64_t seed, const SimOptions& options) {
   return r;
 }
 
+// The steps a seed draws, without the connects: with several sources,
+// the order in which they reconnect follows the Publisher's real-time
+// backoff (a source waits ~1 ms while the others go on).
+std::vector<std::string> Drawn(const SimResult& r) {
+  std::vector<std::string> out;
+  for (const std::string& s : r.steps) {
+    if (s.find(": connected") == std::string::npos) out.push_back(s);
+  }
+  return out;
+}
+
 struct Totals {
   int schedules = 0;
   int failed = 0;
@@ -783,6 +812,11 @@ Totals RunMany(uint64_t first, uint64_t count, const SimOptions& options) {
   int printed = 0;
   for (uint64_t seed = first; seed < first + count; ++seed) {
     SimResult r = RunOne(seed, options);
+    if (std::getenv("OUTBOXD_SIM_DIGESTS") != nullptr) {
+      std::cout << "seed " << seed << " steps " << r.steps.size() << " digest "
+                << std::hash<std::string>()(absl::StrJoin(Drawn(r), "\n"))
+                << "\n";
+    }
     ++t.schedules;
     t.events += r.events;
     t.runs += r.runs;
@@ -876,7 +910,7 @@ TEST_F(PublisherSimTest, TheSameSeedReplaysTheSameSchedule) {
   for (uint64_t seed = 1; seed <= 30; ++seed) {
     SimResult a = RunOne(seed, SimOptions{});
     SimResult b = RunOne(seed, SimOptions{});
-    EXPECT_EQ(a.steps, b.steps) << "seed " << seed;
+    EXPECT_EQ(Drawn(a), Drawn(b)) << "seed " << seed;
   }
 }
 
