@@ -36,6 +36,16 @@ class BasicAckTracker {
   // `start` is where streaming starts (the slot's confirmed position).
   explicit BasicAckTracker(Position start = Position());
 
+  // A tracker for a stream that starts over at `start` (a new slot, a new
+  // history): nothing of this one is tracked any more, and its sequences
+  // go on after this one's, so that a late delivery report of an event
+  // registered here is unknown there rather than taken for a new event's.
+  BasicAckTracker StartOver(Position start) const {
+    BasicAckTracker next(start);
+    next.next_sequence_ = next_sequence_;
+    return next;
+  }
+
   // A transaction starts; events added until CommitTransaction belong to it.
   void BeginTransaction();
   // Registers one event of the open transaction; returns its sequence number.

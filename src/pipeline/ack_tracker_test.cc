@@ -56,6 +56,22 @@ TEST(AckTrackerTest, AbandonWithoutOpenTransactionOnlyForgetsWalEnd) {
   EXPECT_EQ(tracker.Confirmable(), Lsn(300));
 }
 
+// A stream that starts over (a new slot) while events of the old one are
+// still in flight: their late reports are not taken for the new events'.
+TEST(AckTrackerTest, StartOverKeepsLateReportsOffTheNewEvents) {
+  AckTracker old_stream(Lsn(100));
+  std::vector<uint64_t> in_flight = AddCommitted(old_stream, 2, 200);
+  AckTracker tracker = old_stream.StartOver(Lsn(500));
+  EXPECT_EQ(tracker.Confirmable(), Lsn(500));
+  std::vector<uint64_t> fresh = AddCommitted(tracker, 2, 600);
+  EXPECT_GT(fresh.front(), in_flight.back());
+  for (uint64_t seq : in_flight) tracker.Acknowledge(seq);  // late
+  EXPECT_EQ(tracker.Confirmable(), Lsn(500));
+  EXPECT_EQ(tracker.EventsInFlight(), 2u);
+  for (uint64_t seq : fresh) tracker.Acknowledge(seq);
+  EXPECT_EQ(tracker.Confirmable(), Lsn(600));
+}
+
 TEST(AckTrackerTest, StartsAtStartPosition) {
   AckTracker tracker(Lsn(100));
   EXPECT_EQ(tracker.Confirmable(), Lsn(100));

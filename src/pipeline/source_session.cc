@@ -97,7 +97,9 @@ absl::Status SourceSession::Connect(const SessionSteps& steps) {
   readable = true;  // a new connection: read it before sleeping
   connected_once_ = true;
   if (r.restart_at.has_value()) {
-    tracker_ = Tracker(*r.restart_at);
+    // Sequences go on: a late report of what is still in flight from the
+    // old stream must not acknowledge an event of the new one.
+    tracker_ = tracker_.StartOver(*r.restart_at);
     stages_.Restart();
   }
   records_.SetSource(r.identity);
