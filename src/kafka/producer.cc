@@ -125,6 +125,13 @@ absl::Status TxnErrorToStatus(rd_kafka_error_t* error,
   return status;
 }
 
+// Kafka's own topics, which never hold a checkpoint. Only these: a user's
+// topic may start with "__" too, and its checkpoint must be found.
+bool IsKafkaInternalTopic(absl::string_view topic) {
+  return topic == "__consumer_offsets" || topic == "__transaction_state" ||
+         topic == "__share_group_state" || topic == "__cluster_metadata";
+}
+
 }  // namespace
 
 struct KafkaProducer::Impl {
@@ -481,7 +488,7 @@ absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
   for (int i = 0; i < metadata->topic_cnt; ++i) {
     const rd_kafka_metadata_topic_t& t = metadata->topics[i];
     if (t.err != RD_KAFKA_RESP_ERR_NO_ERROR || t.partition_cnt == 0) continue;
-    if (absl::StartsWith(t.topic, "__")) continue;  // Kafka's internal topics
+    if (IsKafkaInternalTopic(t.topic)) continue;
     rd_kafka_topic_partition_list_add(list, t.topic, 0);
   }
   rd_kafka_metadata_destroy(metadata);

@@ -206,6 +206,30 @@ TEST_F(ExactlyOnceTest, TwoSourcesOnOneTopicNeitherSkipsTheOther) {
       .IgnoreError();
 }
 
+// A topic whose name starts with "__" (as Kafka's own do): the checkpoint
+// committed against it is found after a restart, so nothing is published
+// twice.
+TEST_F(ExactlyOnceTest, TheCheckpointOfADoubleUnderscoreTopicIsFound) {
+  const std::string topic = "__" + prefix_ + "events";
+  ASSERT_TRUE(kafka_->CreateTopic(topic, 1).ok());
+  const std::vector<std::string> eos = {"--topic=" + topic,
+                                        "--delivery=exactly-once"};
+  size_t o = Start(eos);
+  InsertEvents(db_, 20, "First");
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60))) << Log(o);
+  // Killed: the slot may lag behind the checkpoint, which must cover it.
+  Outboxd(o).Signal(SIGKILL);
+  Outboxd(o).Wait(absl::Seconds(30));
+  size_t o2 = Start(eos);
+  InsertEvents(db_, 20, "Second");
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60))) << Log(o2);
+  EXPECT_EQ(Log(o2).find("checkpoint none"), std::string::npos) << Log(o2);
+  Tally t = CountIn(OutboxIds(), ReadKafka(topic, 40));
+  EXPECT_EQ(t.expected, 40u);
+  EXPECT_EQ(t.lost, 0u) << Log(o2);
+  EXPECT_EQ(t.duplicates, 0u) << Log(o2);
+}
+
 // Item 2: a record the broker refuses (larger than its message.max.bytes)
 // in the middle of a Kafka transaction: the transaction is aborted with
 // the events before and after it, outboxd stops without confirming them,
