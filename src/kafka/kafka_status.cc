@@ -3,12 +3,43 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "kafka/sink.h"
 
 namespace outboxd {
+namespace {
+
+// The status code and message of `err` (not OK).
+absl::Status KafkaErrorCode(rd_kafka_resp_err_t err, absl::string_view context,
+                            const char* reason);
+
+}  // namespace
+
+bool IsPermanentRefusal(rd_kafka_resp_err_t err) {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+      return true;
+    default:
+      return false;
+  }
+}
 
 absl::Status KafkaErrorToStatus(rd_kafka_resp_err_t err,
                                 absl::string_view context, const char* reason) {
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return absl::OkStatus();
+  absl::Status status = KafkaErrorCode(err, context, reason);
+  return IsPermanentRefusal(err) ? MarkPermanentRefusal(std::move(status))
+                                 : status;
+}
+
+namespace {
+
+absl::Status KafkaErrorCode(rd_kafka_resp_err_t err, absl::string_view context,
+                            const char* reason) {
   std::string message =
       absl::StrCat(context, ": ", rd_kafka_err2name(err), ": ",
                    reason != nullptr ? reason : rd_kafka_err2str(err));
@@ -55,5 +86,7 @@ absl::Status KafkaErrorToStatus(rd_kafka_resp_err_t err,
       return absl::UnknownError(message);
   }
 }
+
+}  // namespace
 
 }  // namespace outboxd

@@ -19,6 +19,12 @@ absl::Status KafkaErrorToStatus(rd_kafka_resp_err_t err,
                                 absl::string_view context,
                                 const char* reason = nullptr);
 
+// True for an error by which the broker refuses a record for a reason that
+// will not change on a retry: the record is too large for the topic, the
+// topic is not authorized, the record is invalid for the broker. Such a
+// delivery error carries kafka/sink.h's permanent-refusal payload.
+bool IsPermanentRefusal(rd_kafka_resp_err_t err);
+
 }  // namespace outboxd
 
 #endif  // OUTBOXD_KAFKA_KAFKA_STATUS_H_

@@ -27,6 +27,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "kafka/topic_catalog.h"
 #include "outbox/router.h"
@@ -44,6 +46,22 @@ struct CommittedOffset {
 // Called once per record: OK when the broker acknowledged it, otherwise the
 // error as a Status (retries are exhausted by then).
 using DeliveryCallback = std::function<void(uint64_t sequence, absl::Status)>;
+
+// A delivery error for a record the broker refuses for a reason that will
+// not change (larger than the topic's max.message.bytes, not authorized,
+// an invalid record): the status carries this payload. Such a record may
+// have failed only because a neighbour in the same broker batch was
+// refused (the broker refuses a batch whole).
+inline constexpr absl::string_view kPermanentRefusalPayload =
+    "outboxd/kafka/permanent-refusal";
+inline absl::Status MarkPermanentRefusal(absl::Status status) {
+  if (!status.ok()) status.SetPayload(kPermanentRefusalPayload, absl::Cord());
+  return status;
+}
+inline bool IsPermanentRefusal(const absl::Status& status) {
+  return !status.ok() &&
+         status.GetPayload(kPermanentRefusalPayload).has_value();
+}
 
 class Sink {
  public:

@@ -98,11 +98,15 @@ absl::Status EventProducer::ProduceEvent(SourceSession& st, uint64_t tagged,
   if (s.ok()) {
     delivery_.Produced(tagged, event.position, record.topic);
     ++stats_.events_produced;
-    published_[tagged] = {&st.metrics().PublishedTo(record.topic),
-                          event.commit_time_unix_ms,
-                          event.position.commit_lsn.value()};
+    PublishedEvent& published = published_[tagged];
+    published = {&st.metrics().PublishedTo(record.topic),
+                 event.commit_time_unix_ms, event.position.commit_lsn.value()};
     st.stages().Produced(event.position.commit_lsn.value(),
                          event.commit_time_unix_ms);
+    if (keep_refused_) {
+      // The record is a copy in the sink now: a move, no copy.
+      published.event = std::get<OutboxEvent>(std::move(st.pending->item));
+    }
     st.pending.reset();
     return absl::OkStatus();
   }
@@ -171,11 +175,13 @@ absl::Status EventProducer::CheckTopic(SourceSession& st,
   return s;
 }
 
-void EventProducer::ObserveReport(SourceSession& st, uint64_t tagged,
-                                  const absl::Status& status) {
+std::optional<OutboxEvent> EventProducer::ObserveReport(
+    SourceSession& st, uint64_t tagged, const absl::Status& status) {
   if (status.ok()) st.stall().Acknowledged();
   auto it = published_.find(tagged);
-  if (it == published_.end()) return;  // a dead-lettered record
+  if (it == published_.end()) return std::nullopt;  // a dead-lettered record
+  std::optional<OutboxEvent> refused;
+  if (IsPermanentRefusal(status)) refused = std::move(it->second.event);
   if (status.ok()) {
     it->second.published_to->Increment();
     st.stages().Acknowledged(it->second.commit_lsn,
@@ -186,6 +192,44 @@ void EventProducer::ObserveReport(SourceSession& st, uint64_t tagged,
                                                 1000.0);
   }
   published_.erase(it);
+  return refused;
+}
+
+absl::Status EventProducer::RetryRefused(SourceSession& st, uint64_t tag) {
+  if (st.retrying_alone.has_value() || st.pending.has_value() ||
+      st.refused.empty()) {
+    return absl::OkStatus();
+  }
+  // Alone: no other record in flight that the broker could batch with it.
+  if (sink_->OutQueueLength() > 0) return absl::OkStatus();
+  SourceSession::Refused& r = st.refused.front();
+  const uint64_t tagged = tag | r.sequence;
+  if (!r.alone) {
+    KafkaRecord record = st.records().Route(r.event);
+    absl::Status s = sink_->Produce(record, tagged);
+    if (absl::IsResourceExhausted(s)) return absl::OkStatus();
+    if (s.ok()) {
+      PublishedEvent& published = published_[tagged];
+      published = {&st.metrics().PublishedTo(record.topic),
+                   r.event.commit_time_unix_ms,
+                   r.event.position.commit_lsn.value()};
+      published.event = std::move(r.event);
+      st.retrying_alone = r.sequence;
+      st.refused.pop_front();
+      return absl::OkStatus();
+    }
+    r.cause = std::move(s);  // the producer refuses it itself now
+  }
+  // Refused on its own: the broker's reason is this event's. Dead-lettered
+  // like an event the producer refuses (or the run stops, by policy).
+  InvalidEvent bad = RecordBuilder::Unproducible(r.event, r.cause);
+  spdlog::warn("{}event {} {}: refused by the broker on its own: {}",
+               st.log_prefix(), r.event.id, Where(r.event),
+               std::string(r.cause.message()));
+  st.pending = SourceSession::Pending{std::move(bad), r.sequence};
+  st.refused.pop_front();
+  RETURN_IF_ERROR(ReportInvalid(st, std::get<InvalidEvent>(st.pending->item)));
+  return TryProducePending(st, tag);
 }
 
 }  // namespace outboxd

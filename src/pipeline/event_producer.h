@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -31,9 +32,15 @@ namespace outboxd {
 class EventProducer {
  public:
   // `delivery` and `stats` must outlive the producer.
+  // `keep_refused`: an event whose record the broker refuses for good is
+  // kept (ObserveReport returns it) to be retried alone and dead-lettered
+  // (RetryRefused); each event stays in memory until its report.
   EventProducer(InvalidEventPolicy on_invalid, Delivery& delivery,
-                PipelineStats& stats)
-      : on_invalid_(on_invalid), delivery_(delivery), stats_(stats) {}
+                PipelineStats& stats, bool keep_refused)
+      : on_invalid_(on_invalid),
+        delivery_(delivery),
+        stats_(stats),
+        keep_refused_(keep_refused) {}
 
   // The sink was made; it must outlive the producer.
   void Attach(Sink& sink);
@@ -49,8 +56,16 @@ class EventProducer {
   absl::Status TryProducePending(SourceSession& st, uint64_t tag);
 
   // The metrics of the delivery report of `tagged`, a record of `st`.
-  void ObserveReport(SourceSession& st, uint64_t tagged,
-                     const absl::Status& status);
+  // Returns its event when the broker refused it for good
+  // (IsPermanentRefusal) and the event was kept.
+  std::optional<OutboxEvent> ObserveReport(SourceSession& st, uint64_t tagged,
+                                           const absl::Status& status);
+  // The next of st.refused, once nothing else is in flight: produced again
+  // alone, or, when it was refused alone already, dead-lettered with the
+  // broker's reason (as an event the producer refuses). Its tracker
+  // sequence is the one it had: nothing past it is confirmed before its
+  // record (or its dead-letter record) is acknowledged.
+  absl::Status RetryRefused(SourceSession& st, uint64_t tag);
 
  private:
   // Counts and logs an invalid event; the error that stops the run under
@@ -68,12 +83,14 @@ class EventProducer {
   struct PublishedEvent {
     metrics::Counter* published_to = nullptr;
     int64_t commit_time_unix_ms = 0;
-    uint64_t commit_lsn = 0;  // the value of a CDC event's commit LSN
+    uint64_t commit_lsn = 0;           // the value of a CDC event's commit LSN
+    std::optional<OutboxEvent> event;  // with keep_refused_
   };
 
   const InvalidEventPolicy on_invalid_;
   Delivery& delivery_;
   PipelineStats& stats_;
+  const bool keep_refused_;
   Sink* sink_ = nullptr;
   std::unique_ptr<TopicCatalog> catalog_;  // asks sink_
   std::string last_topic_wait_;            // the last "cannot tell yet" logged

@@ -73,7 +73,9 @@ class Publisher::Impl final : public DeliveryHost {
         delivery_(options.delivery == DeliveryGuarantee::kExactlyOnce
                       ? NewTransactionalDelivery(options.transactions, *this)
                       : NewAtLeastOnceDelivery(*this)),
-        producer_(options.on_invalid, *delivery_, stats_) {
+        producer_(options.on_invalid, *delivery_, stats_,
+                  /*keep_refused=*/options.delivery !=
+                      DeliveryGuarantee::kExactlyOnce) {
     for (PublisherStream& spec : streams) {
       sessions_.push_back(std::make_unique<SourceSession>(
           *spec.source, metrics.ForSource(spec.name), spec.name,
@@ -241,6 +243,15 @@ class Publisher::Impl final : public DeliveryHost {
     if (st.pending.has_value()) {
       RETURN_IF_ERROR(producer_.TryProducePending(st, Tag(st)));
     }
+    // Records the broker refused for good are retried alone, one at a
+    // time: the source is not read meanwhile.
+    if (!st.refused.empty() || st.retrying_alone.has_value()) {
+      RETURN_IF_ERROR(producer_.RetryRefused(st, Tag(st)));
+      if (!st.refused.empty() || st.retrying_alone.has_value()) {
+        st.drained = Drained::kPending;
+        return absl::OkStatus();
+      }
+    }
     if (!st.WorthReading(now)) return absl::OkStatus();
     st.drained = Drained::kPending;
     if (st.pending.has_value()) return absl::OkStatus();
@@ -405,7 +416,25 @@ class Publisher::Impl final : public DeliveryHost {
     SourceSession* st = SessionOf(tagged);
     if (st == nullptr) return;
     if (!status.ok()) m_.delivery_errors->Increment();
-    producer_.ObserveReport(*st, tagged, status);
+    const uint64_t sequence = tagged & kSequenceMask;
+    const bool alone = st->retrying_alone == sequence;
+    if (alone) st->retrying_alone.reset();
+    std::optional<OutboxEvent> refused =
+        producer_.ObserveReport(*st, tagged, status);
+    if (refused.has_value() && !st->failed()) {
+      // Not failed yet: retried alone, then dead-lettered if refused again.
+      spdlog::warn("{}delivery of event #{} refused{}: {}", st->log_prefix(),
+                   sequence, alone ? " on its own" : "; retrying it alone",
+                   std::string(status.message()));
+      SourceSession::Refused r{sequence, *std::move(refused), std::move(status),
+                               alone};
+      if (alone) {
+        st->refused.push_front(std::move(r));
+      } else {
+        st->refused.push_back(std::move(r));
+      }
+      return;
+    }
     delivery_->OnReport(tagged, std::move(status));
   }
 

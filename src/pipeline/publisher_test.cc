@@ -432,6 +432,72 @@ TEST_F(PublisherTest, UnproducibleEventIsDeadLetteredWithEscapedContent) {
   EXPECT_EQ(content["payload_bytes"], 7);
 }
 
+// The broker refuses a whole batch for one record (larger than the topic's
+// max.message.bytes): each refused record is produced again alone; the
+// neighbours go through, the one refused alone is dead-lettered with the
+// broker's reason, and nothing past it is confirmed before its dead-letter
+// record is acknowledged.
+TEST_F(PublisherTest, RecordRefusedByTheBrokerIsDeadLetteredAlone) {
+  int neighbours_refused = 0;
+  std::vector<FakeRecord> acked;
+  configure_sink_ = [&](FakeSink& s) {
+    s.fail_delivery = [&](const FakeRecord& r) {
+      const absl::Status refusal =
+          MarkPermanentRefusal(absl::InvalidArgumentError(
+              "delivery to outbox.event.order: MSG_SIZE_TOO_LARGE: Broker: "
+              "Message size too large"));
+      if (r.topic == "outbox.dlq") return absl::OkStatus();
+      if (r.key == "agg-big") return refusal;
+      // Its neighbours in the first batch fail with it.
+      if (neighbours_refused < 2) {
+        ++neighbours_refused;
+        return refusal;
+      }
+      return absl::OkStatus();
+    };
+    s.hold_acks = true;  // until the first three are queued: one batch
+  };
+  OutboxEvent big = Event(100, 1, "big");
+  big.payload = std::string(5000, 'x');
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(std::move(big)));
+  source_.Add(Of(Event(100, 2, "b")));
+  source_.Add(Commit(100));
+  source_.Add(Begin());
+  source_.Add(Of(Event(200, 0, "c")));
+  source_.Add(Commit(200));
+  on_tick_ = [&](FakeSource& s) {
+    if (sink_->hold_acks && sink_->queued() == 3) sink_->hold_acks = false;
+    acked = sink_->acknowledged();
+    if (s.durable >= SourcePosition(100)) {
+      bool dead_lettered = false;
+      for (const FakeRecord& r : acked) {
+        if (r.topic == "outbox.dlq") dead_lettered = true;
+      }
+      EXPECT_TRUE(dead_lettered) << "confirmed before the dead-letter ack";
+    }
+  };
+  absl::Status s = Run(DurableAt(200));
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(neighbours_refused, 2);
+  std::multiset<std::string> delivered;
+  const FakeRecord* dlq = nullptr;
+  for (const FakeRecord& r : acked) {
+    if (r.topic == "outbox.dlq") {
+      dlq = &r;
+    } else {
+      delivered.insert(r.key);
+    }
+  }
+  EXPECT_EQ(delivered, (std::multiset<std::string>{"agg-a", "agg-b", "agg-c"}));
+  ASSERT_NE(dlq, nullptr);
+  EXPECT_EQ(dlq->key, "agg-big");
+  EXPECT_THAT(*dlq->Header("outbox.error"), HasSubstr("MSG_SIZE_TOO_LARGE"));
+  EXPECT_EQ(dlq->Header("outbox.index"), "1");
+  EXPECT_EQ(source_.durable, SourcePosition(200));
+}
+
 TEST_F(PublisherTest, UnproducibleEventUnderFailStops) {
   options_.on_invalid = InvalidEventPolicy::kFail;
   configure_sink_ = [](FakeSink& s) {

@@ -98,7 +98,10 @@ absl::Status SourceSession::Connect(const SessionSteps& steps) {
   connected_once_ = true;
   if (r.restart_at.has_value()) {
     // Sequences go on: a late report of what is still in flight from the
-    // old stream must not acknowledge an event of the new one.
+    // old stream must not acknowledge an event of the new one. The refused
+    // events are resent by the source from the restart position.
+    refused.clear();
+    retrying_alone.reset();
     tracker_ = tracker_.StartOver(*r.restart_at);
     stages_.Restart();
   }
@@ -151,6 +154,11 @@ void SourceSession::StartOver() {
 void SourceSession::Isolate(const absl::Status& cause) {
   Disconnect();
   ForgetOpenTransaction();
+  // Not retried: resent from the confirmed position when it recovers.
+  for (Refused& r : refused) {
+    tracker_.Fail(r.sequence, std::move(r.cause));
+  }
+  refused.clear();
   failed_ = true;
   m_.source_failed->Set(1);
   const std::string why(cause.message());
@@ -179,6 +187,7 @@ bool SourceSession::Recover(absl::Time now) {
     return false;
   }
   tracker_ = Tracker(tracker_.Confirmable());
+  retrying_alone.reset();
   failed_ = false;
   m_.source_failed->Set(0);
   spdlog::info("{}retrying after its failure, from {}", log_prefix_,

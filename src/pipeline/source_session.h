@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <string>
@@ -150,6 +151,20 @@ class SourceSession {
   // The event waiting for room in the sink, and whether it waits for its
   // topic's state instead (retried on a timer).
   std::optional<Pending> pending;
+  // Events whose record the broker refused for good (at-least-once): each
+  // is produced again alone (the broker refuses a batch whole, so it may
+  // have failed only because of a neighbour), and dead-lettered when it is
+  // refused alone too. Never confirmed past before that.
+  struct Refused {
+    uint64_t sequence;  // the tracker's (Tracker::AddEvent)
+    OutboxEvent event;
+    absl::Status cause;
+    bool alone = false;  // refused when it was the only record in flight
+  };
+  std::deque<Refused> refused;
+  // The (tracker's) sequence of the refused event produced alone, until
+  // its report.
+  std::optional<uint64_t> retrying_alone;
   bool waiting_for_topic = false;
   // This wakeup's reading, and until when it coalesces.
   Drained drained = Drained::kNothing;
