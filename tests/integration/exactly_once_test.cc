@@ -278,6 +278,43 @@ TEST_F(ExactlyOnceTest, AnAbortedTransactionLeavesNoGap) {
   EXPECT_EQ(dlq[0].Header("outbox.lsn").has_value(), true);
 }
 
+// At-least-once: a record the broker refuses for good (larger than its
+// topic's max.message.bytes) among 50 small ones in one transaction. The
+// broker refuses its whole batch; each refused record is produced again
+// alone: the 50 are delivered, the large one is dead-lettered with the
+// broker's reason, outboxd goes on and confirms past all of them.
+TEST_F(ExactlyOnceTest, AtLeastOnceDeadLettersARecordTheBrokerRefuses) {
+  const std::string topic = prefix_ + "small";
+  ASSERT_TRUE(
+      kafka_->CreateTopic(topic, 1, -1, {{"max.message.bytes", "100000"}})
+          .ok());
+  size_t o = Start({"--topic=" + topic, "--delivery=at-least-once"});
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload) SELECT 'x', 'agg-' || (g % 8), "
+                   "CASE WHEN g = 26 THEN 'Huge' ELSE 'Small' END, "
+                   "CASE WHEN g = 26 THEN jsonb_build_object('blob', "
+                   "repeat('y', 200000)) ELSE jsonb_build_object('n', g) END "
+                   "FROM generate_series(1, 51) g")
+                  .ok());
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(60))) << Log(o);
+  EXPECT_TRUE(Outboxd(o).Running()) << Log(o);
+  std::set<std::string> ids = OutboxIds();
+  auto huge =
+      cluster_->Query(db_, "SELECT id::text FROM outbox WHERE type = 'Huge'");
+  ASSERT_TRUE(huge.ok());
+  ids.erase(*huge);
+  Tally t = CountIn(ids, ReadKafka(topic, 50));
+  EXPECT_EQ(t.expected, 50u);
+  EXPECT_EQ(t.lost, 0u) << Log(o);
+  auto dlq = ReadKafka(prefix_ + "dlq", 1);
+  ASSERT_EQ(dlq.size(), 1u) << Log(o);
+  EXPECT_NE(dlq[0].value.value_or("").find(*huge), std::string::npos);
+  EXPECT_NE(
+      dlq[0].Header("outbox.error").value_or("").find("MSG_SIZE_TOO_LARGE"),
+      std::string::npos)
+      << dlq[0].Header("outbox.error").value_or("");
+}
+
 // A lost replication connection (walsender terminated) while events flow:
 // the open transaction is committed, the server resends from the confirmed
 // position, and exactly what the checkpoint covers is skipped.
