@@ -312,10 +312,19 @@ absl::Status TransactionalDelivery::FencedOrFatal() {
 }
 
 // A delivery inside the open transaction failed: it cannot commit.
+// A record the broker refuses for good is not dead-lettered here: which
+// record of a refused batch is the culprit is only known by producing each
+// alone, outside the transaction (at-least-once does). The run stops with
+// the reason, so that the operator can act on it.
 absl::Status TransactionalDelivery::DeliveryFailureInTransaction() {
   if (delivery_failure_.ok()) return absl::OkStatus();
-  return TransactionFailed(absl::FailedPreconditionError(
-      absl::StrCat("a delivery failed: ", delivery_failure_.message())));
+  return TransactionFailed(absl::FailedPreconditionError(absl::StrCat(
+      "a delivery failed: ", delivery_failure_.message(),
+      IsPermanentRefusal(delivery_failure_)
+          ? "; the broker refuses this record for good, so every start "
+            "stops here: fix the topic (e.g. its max.message.bytes) or "
+            "publish with --delivery=at-least-once, which dead-letters it"
+          : "")));
 }
 
 // The transaction cannot commit: abort it (unless fenced) and stop. Its
