@@ -177,6 +177,11 @@ ABSL_FLAG(std::string, on_slot_loss, "fail",
           "1 naming the last acknowledged position) or republish (re-create "
           "the slot and publish again from --table every row that may have "
           "committed since; duplicates, no loss)");
+ABSL_FLAG(std::string, failover_slot, "auto",
+          "cdc: create the slot as a failover slot, synchronized to physical "
+          "standbys with sync_replication_slots = on so that a promoted "
+          "standby has it: auto (where the server supports it, PostgreSQL "
+          "17+), on (required: exit 1 on an older server) or off");
 ABSL_FLAG(absl::Duration, republish_margin, absl::Hours(1),
           "--on-slot-loss=republish also takes rows whose created_at is at "
           "most this much before the last acknowledged commit time (covers "
@@ -222,8 +227,8 @@ absl::Status RefuseFlagsOfOtherModes(const flags::ParsedCommandLine& cmd) {
         cmd, "--source=cdc",
         {FLAGS_databases, FLAGS_slot, FLAGS_publication, FLAGS_status_interval,
          FLAGS_slot_metrics_interval, FLAGS_standby_poll_interval,
-         FLAGS_message_prefix, FLAGS_on_slot_loss, FLAGS_republish_margin,
-         FLAGS_cleanup_after, FLAGS_transactional_id,
+         FLAGS_message_prefix, FLAGS_on_slot_loss, FLAGS_failover_slot,
+         FLAGS_republish_margin, FLAGS_cleanup_after, FLAGS_transactional_id,
          FLAGS_transaction_interval}));
     if (source == "poll") {
       RETURN_IF_ERROR(
@@ -287,6 +292,7 @@ OutboxdFlags ReadFlags(const flags::ParsedCommandLine& cmd) {
   f.publication = absl::GetFlag(FLAGS_publication);
   f.message_prefix = absl::GetFlag(FLAGS_message_prefix);
   f.on_slot_loss = absl::GetFlag(FLAGS_on_slot_loss);
+  f.failover_slot = absl::GetFlag(FLAGS_failover_slot);
   f.republish_margin = absl::GetFlag(FLAGS_republish_margin);
   f.cleanup_after = absl::GetFlag(FLAGS_cleanup_after);
   f.status_interval = absl::GetFlag(FLAGS_status_interval);

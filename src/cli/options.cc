@@ -277,6 +277,11 @@ absl::StatusOr<CdcOptions> CdcOptionsFromFlags(
         "--on-slot-loss=republish needs --table (logical decoding messages "
         "cannot be republished)");
   }
+  ASSIGN_OR_RETURN(s.setup.failover, flags::ParseChoice<FailoverSlot>(
+                                         "--failover-slot", f.failover_slot,
+                                         {{"auto", FailoverSlot::kAuto},
+                                          {"on", FailoverSlot::kOn},
+                                          {"off", FailoverSlot::kOff}}));
   RETURN_IF_ERROR(
       flags::CheckNotNegative("--republish-margin", f.republish_margin));
   s.republish_margin = f.republish_margin;

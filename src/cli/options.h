@@ -66,6 +66,7 @@ struct OutboxdFlags {
   std::string publication;
   std::string message_prefix;
   std::string on_slot_loss;
+  std::string failover_slot;
   absl::Duration republish_margin;
   absl::Duration cleanup_after;
   absl::Duration status_interval;

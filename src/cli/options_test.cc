@@ -42,6 +42,7 @@ OutboxdFlags Defaults() {
   f.publication = "outbox_pub";
   f.message_prefix = "outbox";
   f.on_slot_loss = "fail";
+  f.failover_slot = "auto";
   f.republish_margin = absl::Hours(1);
   f.status_interval = absl::Seconds(1);
   f.standby_poll_interval = absl::Milliseconds(20);
@@ -172,6 +173,7 @@ TEST(OptionsTest, EachBadValueIsOneLineNamingItsFlag) {
       {[](auto& f) { f.publication = ""; },
        "--slot and --publication must not be empty"},
       {[](auto& f) { f.on_slot_loss = "ignore"; }, "--on-slot-loss must be"},
+      {[](auto& f) { f.failover_slot = "yes"; }, "--failover-slot must be"},
       // The streams. One rule for slot names, whether --slot or
       // --slot_<database> makes it: lower case letters, digits and
       // underscores, at most 63 (outbox_slot_ + 52 characters is 64).

@@ -193,6 +193,10 @@ const MetricSpec kMetrics[] = {
      "1 while the source is stopped by a failure of its own and waits to be "
      "retried (several sources: the others go on; one source: outboxd "
      "exits instead)"},
+    {&SourceMetrics::slot_failover_ready, "outboxd_slot_failover_ready",
+     "1 when the replication slot is a failover slot and the primary's "
+     "synchronized_standby_slots names an active physical slot (a promoted "
+     "standby would have it; PostgreSQL 17+), else 0"},
 };
 
 // The labelled gauges, all per source, listed after kMetrics.

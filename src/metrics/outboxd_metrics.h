@@ -172,6 +172,9 @@ class SourceMetrics {
   // outboxd_source_failed: 1 while a source of several is stopped by a
   // failure of its own (pipeline/publisher.h) and waits to be retried.
   Gauge* source_failed;
+  // outboxd_slot_failover_ready: 1 when a promoted standby would have the
+  // slot (upkeep/slot_monitor.h), else 0.
+  Gauge* slot_failover_ready;
   // outboxd_stage_lsn{stage}: the newest position that reached the stage
   // (CDC only: see DropStageLsn). Children exist from the start.
   std::array<Gauge*, kStageCount> stage_lsn{};

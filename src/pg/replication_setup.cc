@@ -228,10 +228,15 @@ absl::StatusOr<std::optional<SlotInfo>> InspectSlot(
   ASSIGN_OR_RETURN(
       PgResult existing,
       conn.ExecParams(
-          "SELECT s.slot_type, s.plugin, s.database, "
-          "s.confirmed_flush_lsn, pg_catalog.current_database(), "
-          "s.restart_lsn, s.wal_status, s.active::text "
-          "FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1",
+          absl::StrCat(
+              "SELECT s.slot_type, s.plugin, s.database, "
+              "s.confirmed_flush_lsn, pg_catalog.current_database(), "
+              "s.restart_lsn, s.wal_status, s.active::text, ",
+              // The columns of 17+ (pg_replication_slots grew them).
+              conn.server_version() >= kFailoverSlotServerVersion
+                  ? "s.failover::text, s.synced::text, s.invalidation_reason "
+                  : "NULL, NULL, NULL ",
+              "FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1"),
           {options.slot}));
   if (PQntuples(existing.get()) == 0) return std::nullopt;
   const PGresult* r = existing.get();
@@ -269,15 +274,44 @@ absl::StatusOr<std::optional<SlotInfo>> InspectSlot(
   }
   info.wal_status = FieldOrEmpty(r, 0, 6);
   info.active = FieldOrEmpty(r, 0, 7) == "true";
+  if (!PQgetisnull(r, 0, 8)) info.failover = FieldOrEmpty(r, 0, 8) == "true";
+  info.synced = FieldOrEmpty(r, 0, 9) == "true";
+  info.invalidation_reason = FieldOrEmpty(r, 0, 10);
   return info;
+}
+
+absl::Status CheckFailoverSupported(PgConnection& conn, FailoverSlot mode) {
+  if (mode != FailoverSlot::kOn ||
+      conn.server_version() >= kFailoverSlotServerVersion) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "--failover-slot=on needs PostgreSQL 17 or later (failover slots) but "
+      "the server is ",
+      PQparameterStatus(conn.raw(), "server_version") != nullptr
+          ? PQparameterStatus(conn.raw(), "server_version")
+          : std::to_string(conn.server_version()),
+      ": use --failover-slot=auto or off (a promotion then loses the slot, "
+      "see --on-slot-loss)"));
+}
+
+bool CreatesFailoverSlot(PgConnection& conn, FailoverSlot mode) {
+  return mode != FailoverSlot::kOff &&
+         conn.server_version() >= kFailoverSlotServerVersion;
 }
 
 absl::StatusOr<Lsn> CreateSlot(PgConnection& conn,
                                const ReplicationSetupOptions& options) {
   RETURN_IF_ERROR(ValidateSlotName(options.slot));
+  RETURN_IF_ERROR(CheckFailoverSupported(conn, options.failover));
+  const bool failover = CreatesFailoverSlot(conn, options.failover);
+  // (slot_name, plugin, temporary, twophase, failover): the fifth argument
+  // exists from 17 on.
   absl::StatusOr<PgResult> created = conn.ExecParams(
-      "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot("
-      "$1, 'pgoutput')",
+      failover ? "SELECT lsn FROM pg_catalog.pg_create_logical_replication_"
+                 "slot($1, 'pgoutput', false, false, true)"
+               : "SELECT lsn FROM pg_catalog.pg_create_logical_replication_"
+                 "slot($1, 'pgoutput')",
       {options.slot});
   if (!created.ok()) {
     return WithContext(
@@ -288,8 +322,8 @@ absl::StatusOr<Lsn> CreateSlot(PgConnection& conn,
   if (PQntuples(created->get()) == 1) {
     ASSIGN_OR_RETURN(start, Lsn::Parse(FieldOrEmpty(created->get(), 0, 0)));
   }
-  spdlog::info("created logical replication slot {} (pgoutput) at {}",
-               options.slot, start.ToString());
+  spdlog::info("created logical replication slot {} (pgoutput{}) at {}",
+               options.slot, failover ? ", failover" : "", start.ToString());
   return start;
 }
 

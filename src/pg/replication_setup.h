@@ -17,11 +17,24 @@
 
 namespace outboxd {
 
+// --failover-slot: whether the slot is created as a failover slot
+// (PostgreSQL 17+: synchronized to physical standbys with
+// sync_replication_slots = on, so that a promoted standby has it).
+enum class FailoverSlot {
+  kAuto,  // where the server supports it (17+)
+  kOn,    // required: an older server is refused
+  kOff,   // never
+};
+
+// The first server version with failover slots (server_version_num).
+inline constexpr int kFailoverSlotServerVersion = 170000;
+
 struct ReplicationSetupOptions {
   // The outbox tables; empty: no table, logical decoding messages only.
   std::vector<QualifiedName> tables;
   std::string publication = "outbox_pub";
   std::string slot = "outbox_slot";
+  FailoverSlot failover = FailoverSlot::kAuto;
 };
 
 struct SlotState {
@@ -36,11 +49,19 @@ struct SlotInfo {
   Lsn restart_lsn;         // invalid (0) when NULL (e.g. invalidated)
   std::string wal_status;  // reserved, extended, unreserved or lost
   bool active = false;
+  // 17+ (nullopt before): created as a failover slot; synced from a primary
+  // (on a promoted server: carried over by the failover).
+  std::optional<bool> failover;
+  bool synced = false;
+  // 17+: why the server invalidated the slot ("" when it is not, or on
+  // older servers), e.g. wal_removed, rows_removed, idle_timeout (18).
+  std::string invalidation_reason;
 
   // The slot can no longer stream: max_slot_wal_keep_size removed WAL it
   // needs (wal_status 'lost'), or it was invalidated otherwise.
   bool invalidated() const {
-    return wal_status == "lost" || !restart_lsn.valid();
+    return wal_status == "lost" || !restart_lsn.valid() ||
+           !invalidation_reason.empty();
   }
 };
 
@@ -74,9 +95,19 @@ absl::StatusOr<std::optional<SlotInfo>> InspectSlot(
 
 // Creates the logical pgoutput slot; returns its start position (the LSN
 // from which the server streams transactions). kAlreadyExists when a slot of
-// that name exists.
+// that name exists. With options.failover kAuto or kOn on PostgreSQL 17+
+// the slot is a failover slot (the version is the server's, read from the
+// connection); kOn on an older server is kFailedPrecondition
+// (CheckFailoverSupported).
 absl::StatusOr<Lsn> CreateSlot(PgConnection& conn,
                                const ReplicationSetupOptions& options);
+
+// kFailedPrecondition, one line naming the server's version, when
+// --failover-slot=on and the server is older than 17.
+absl::Status CheckFailoverSupported(PgConnection& conn, FailoverSlot mode);
+
+// Whether a slot created now on this server is a failover slot.
+bool CreatesFailoverSlot(PgConnection& conn, FailoverSlot mode);
 
 // Drops the slot. kUnavailable while it is active in another process.
 absl::Status DropSlot(PgConnection& conn, const std::string& slot);

@@ -46,6 +46,7 @@ absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
                                                  PgConnection::Mode::kNormal));
   }
   RETURN_IF_ERROR(CheckWalLevel(*conn));
+  RETURN_IF_ERROR(CheckFailoverSupported(*conn, options_.setup.failover));
   RETURN_IF_ERROR(EnsurePublication(*conn, options_.setup));
   // outbox.source: the stream's identity (it changes only when the
   // database is another cluster, which the slot check below catches).
@@ -59,6 +60,7 @@ absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
   ASSIGN_OR_RETURN(std::optional<SlotInfo> slot,
                    InspectSlot(*conn, options_.setup));
   if (slot.has_value() && slot->active) return SlotTaken(std::move(conn));
+  if (slot.has_value()) ReportFailover(*slot, conn->server_version());
   ASSIGN_OR_RETURN(recorded_row_, state_->Read());
   ASSIGN_OR_RETURN(
       SlotVerdict verdict,
@@ -76,9 +78,11 @@ absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
       break;
     case SlotVerdict::Kind::kAdopt:
       out.start = slot->confirmed_flush;
-      spdlog::info("slot {} found, confirmed position {}; recording it in {}",
-                   options_.setup.slot, out.start.ToString(),
-                   kPublisherStateTable);
+      spdlog::info(
+          "slot {} found, confirmed position {}{}; recording it in {}",
+          options_.setup.slot, out.start.ToString(),
+          verdict.why.empty() ? "" : absl::StrCat(" (", verdict.why, ")"),
+          kPublisherStateTable);
       RETURN_IF_ERROR(state_->Record(out.start, std::nullopt));
       break;
     case SlotVerdict::Kind::kCreate: {
@@ -122,6 +126,25 @@ absl::Status SlotKeeper::StartFailed(const absl::Status& status,
       break;
   }
   return status;
+}
+
+void SlotKeeper::ReportFailover(const SlotInfo& slot, int server_version) {
+  if (server_version < kFailoverSlotServerVersion ||
+      options_.setup.failover == FailoverSlot::kOff) {
+    return;
+  }
+  if (slot.failover.value_or(false)) return;  // the slot monitor tells more
+  m_.slot_failover_ready->Set(0);
+  if (warned_not_failover_) return;
+  warned_not_failover_ = true;
+  spdlog::warn(
+      "slot {} is not a failover slot (it was created without failover or "
+      "before PostgreSQL 17): a promoted standby will not have it, and a "
+      "failover is a lost slot (--on-slot-loss). To make it one in place, "
+      "stop outboxd and run ALTER_REPLICATION_SLOT {} (FAILOVER true) on a "
+      "replication connection (psql \"dbname=... replication=database\"); "
+      "docs/failover.md",
+      options_.setup.slot, options_.setup.slot);
 }
 
 // The slot is active in another process (the active instance, when this

@@ -124,6 +124,9 @@ class SlotKeeper {
   absl::Status SlotTaken(std::unique_ptr<PgConnection> conn);
   // CreateSlot; a slot created concurrently is inspected again (kUnavailable).
   absl::StatusOr<Lsn> CreateSlotOrRetry(PgConnection& conn);
+  // On 17+, unless --failover-slot=off: an existing slot without failover
+  // is warned about once and outboxd_slot_failover_ready set to 0.
+  void ReportFailover(const SlotInfo& slot, int server_version);
   // Fails with the one error line, or (--on-slot-loss=republish) re-creates
   // the slot, republishes what may have committed after the recorded
   // position and returns the new slot's start.
@@ -143,6 +146,7 @@ class SlotKeeper {
   std::unique_ptr<PgConnection> standby_conn_;
   // START_REPLICATION failed because the slot is invalidated.
   bool start_said_invalidated_ = false;
+  bool warned_not_failover_ = false;
 };
 
 }  // namespace outboxd
