@@ -439,7 +439,42 @@ absl::StatusOr<std::unique_ptr<PgConnection>> PgConnection::Connect(
   SPDLOG_DEBUG("connected to PostgreSQL {} ({}, server {})", redacted,
                mode == Mode::kReplication ? "replication" : "normal",
                PQserverVersion(conn));
-  return std::unique_ptr<PgConnection>(new PgConnection(conn));
+  std::unique_ptr<PgConnection> out(new PgConnection(conn));
+  PQsetNoticeReceiver(conn, &PgConnection::OnNotice, out.get());
+  return out;
+}
+
+void LogNotice(const PgNotice& notice) {
+  const std::string line =
+      absl::StrCat("PostgreSQL ", notice.severity, ": ", notice.message);
+  if (notice.severity == "WARNING") {
+    spdlog::warn("{}", line);
+  } else if (absl::StartsWith(notice.severity, "DEBUG")) {
+    spdlog::debug("{}", line);
+  } else {
+    spdlog::info("{}", line);
+  }
+}
+
+void PgConnection::OnNotice(void* self, const PGresult* result) {
+  auto field = [result](int code) {
+    const char* v = PQresultErrorField(result, code);
+    return v != nullptr ? std::string(v) : std::string();
+  };
+  PgNotice notice;
+  notice.severity = field(PG_DIAG_SEVERITY_NONLOCALIZED);
+  if (notice.severity.empty()) notice.severity = field(PG_DIAG_SEVERITY);
+  notice.sqlstate = field(PG_DIAG_SQLSTATE);
+  notice.message = field(PG_DIAG_MESSAGE_PRIMARY);
+  if (notice.message.empty()) {
+    notice.message =
+        std::string(absl::StripAsciiWhitespace(PQresultErrorMessage(result)));
+  }
+  // One line: the server's messages may hold newlines.
+  absl::StrReplaceAll({{"\n", " "}}, &notice.message);
+  LogNotice(notice);
+  auto* conn = static_cast<PgConnection*>(self);
+  if (conn->notice_handler_) conn->notice_handler_(notice);
 }
 
 PgConnection::~PgConnection() {

@@ -10,6 +10,7 @@
 
 #include <libpq-fe.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -95,6 +96,17 @@ absl::Status WithContext(absl::string_view context, const absl::Status& status);
 absl::Status StatusFromPgResult(absl::string_view context,
                                 const PGresult* result, PGconn* conn);
 
+// A NOTICE, WARNING or other non-error message the server sent.
+struct PgNotice {
+  std::string severity;  // non-localized: WARNING, NOTICE, INFO, LOG, DEBUG
+  std::string sqlstate;
+  std::string message;  // the primary message, one line
+};
+
+// How outboxd's log shows a notice: the severity mapped to a log level
+// (WARNING -> warn, NOTICE/INFO/LOG -> info, DEBUG -> debug), one line.
+void LogNotice(const PgNotice& notice);
+
 class PgConnection {
  public:
   enum class Mode { kNormal, kReplication };
@@ -127,9 +139,18 @@ class PgConnection {
   PGconn* raw() { return conn_; }
   int server_version() const { return PQserverVersion(conn_); }
 
+  // Every notice of the connection goes through LogNotice (never libpq's
+  // default, raw stderr, which would break --log-format=json) and then to
+  // `handler`, when set. Called on the thread that reads the connection.
+  void SetNoticeHandler(std::function<void(const PgNotice&)> handler) {
+    notice_handler_ = std::move(handler);
+  }
+
  private:
   explicit PgConnection(PGconn* conn) : conn_(conn) {}
+  static void OnNotice(void* self, const PGresult* result);
   PGconn* conn_;
+  std::function<void(const PgNotice&)> notice_handler_;
 };
 
 }  // namespace outboxd
