@@ -4,6 +4,28 @@
 #include "pg/connection.h"
 
 namespace outboxd {
+namespace {
+
+std::string InvalidatedWhy(const SlotInfo& slot) {
+  if (slot.invalidation_reason == "idle_timeout") {
+    return "the slot is invalidated (invalidation_reason 'idle_timeout': it "
+           "was inactive longer than idle_replication_slot_timeout)";
+  }
+  if (!slot.invalidation_reason.empty()) {
+    return absl::StrCat("the slot is invalidated (invalidation_reason '",
+                        slot.invalidation_reason, "', wal_status '",
+                        slot.wal_status,
+                        slot.invalidation_reason == "wal_removed"
+                            ? "': the server removed WAL it needed, see "
+                              "max_slot_wal_keep_size)"
+                            : "')");
+  }
+  return absl::StrCat("the slot is invalidated (wal_status '", slot.wal_status,
+                      "': the server removed WAL it needed, see "
+                      "max_slot_wal_keep_size)");
+}
+
+}  // namespace
 
 absl::StatusOr<SlotVerdict> JudgeSlot(
     const std::optional<SlotInfo>& slot,
@@ -16,6 +38,10 @@ absl::StatusOr<SlotVerdict> JudgeSlot(
       return absl::FailedPreconditionError(
           absl::StrCat("replication slot ", slot_name,
                        " is invalidated (wal_status '", slot->wal_status,
+                       slot->invalidation_reason.empty()
+                           ? ""
+                           : absl::StrCat("', invalidation_reason '",
+                                          slot->invalidation_reason),
                        "') and outboxd has no record of streaming from "
                        "it: drop it (SELECT pg_drop_replication_slot('",
                        slot_name, "')) to start afresh"));
@@ -35,11 +61,20 @@ absl::StatusOr<SlotVerdict> JudgeSlot(
                        "by a failover to a standby)"};
   }
   if (slot->invalidated()) {
+    return SlotVerdict{Kind::kLost, InvalidatedWhy(*slot)};
+  }
+  if (slot->confirmed_flush > state->last_ack && slot->synced &&
+      slot->failover.value_or(false)) {
+    // A failover slot synchronized from the former primary: its position is
+    // one that primary's outboxd confirmed, which it does only after Kafka
+    // acknowledged everything before it, so nothing between the row and the
+    // slot was skipped. The row replayed here can be behind: the standby may
+    // have flushed the slot's position but not the row's later commit.
     return SlotVerdict{
-        Kind::kLost,
-        absl::StrCat("the slot is invalidated (wal_status '", slot->wal_status,
-                     "': the server removed WAL it needed, see "
-                     "max_slot_wal_keep_size)")};
+        Kind::kAdopt,
+        absl::StrCat("a failover slot synchronized from the former primary, "
+                     "ahead of the recorded ",
+                     state->last_ack.ToString())};
   }
   if (slot->confirmed_flush > state->last_ack) {
     return SlotVerdict{

@@ -6,7 +6,11 @@
 // InspectSlot) and outboxd's own record (pg/publisher_state.h), read in
 // that order: the record is written before a position is reported, so a
 // healthy slot never shows a confirmed position past the record, even
-// while another outboxd is advancing both.
+// while another outboxd is advancing both. One exception (PostgreSQL 17+):
+// on a promoted standby, a failover slot synchronized from the former
+// primary (synced and failover) may be ahead of the row replayed there; its
+// position was confirmed by outboxd after Kafka acknowledged what precedes
+// it, so it is adopted, not lost.
 //
 // Pure: no I/O.
 #ifndef OUTBOXD_SOURCES_SLOT_LOSS_H_

@@ -71,6 +71,59 @@ TEST(SlotLossTest, SlotPastTheRecordWasRecreatedAndIsLost) {
   EXPECT_NE(v->why.find("re-created"), std::string::npos) << v->why;
 }
 
+// After a promotion (17+): the failover slot synchronized from the former
+// primary may be ahead of the row replayed here; that primary's outboxd
+// confirmed the position only after Kafka acknowledged what precedes it.
+TEST(SlotLossTest, SyncedFailoverSlotAheadOfTheRecordIsAdopted) {
+  SlotInfo synced = Slot(5001);
+  synced.failover = true;
+  synced.synced = true;
+  auto v = JudgeSlot(synced, Recorded(5000), kSource, "s");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->kind, Kind::kAdopt);
+  EXPECT_NE(v->why.find("failover slot"), std::string::npos) << v->why;
+  // At or behind the record: resumed as any healthy slot.
+  synced.confirmed_flush = Lsn(5000);
+  EXPECT_EQ(Judge(synced, Recorded(5000)), Kind::kResume);
+  // Ahead without having been synced (advanced or re-created on this
+  // server), or synced but not a failover slot: lost.
+  SlotInfo local = Slot(5001);
+  local.failover = true;
+  EXPECT_EQ(Judge(local, Recorded(5000)), Kind::kLost);
+  SlotInfo not_failover = Slot(5001);
+  not_failover.failover = false;
+  not_failover.synced = true;
+  EXPECT_EQ(Judge(not_failover, Recorded(5000)), Kind::kLost);
+  // A synced slot of another cluster, or an invalidated one: still lost.
+  PublisherState other = Recorded(5000);
+  other.source = "7399999999999999999/db/s";
+  synced.confirmed_flush = Lsn(5001);
+  EXPECT_EQ(Judge(synced, other), Kind::kLost);
+  synced.invalidation_reason = "wal_removed";
+  EXPECT_EQ(Judge(synced, Recorded(5000)), Kind::kLost);
+}
+
+// PostgreSQL 17+ says why it invalidated a slot (18 adds idle_timeout):
+// the error line carries it.
+TEST(SlotLossTest, InvalidationReasonIsInTheLine) {
+  SlotInfo idle = Slot(5000);
+  idle.invalidation_reason = "idle_timeout";
+  auto v = JudgeSlot(idle, Recorded(5000), kSource, "s");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->kind, Kind::kLost);
+  EXPECT_NE(v->why.find("'idle_timeout'"), std::string::npos) << v->why;
+  EXPECT_NE(v->why.find("idle_replication_slot_timeout"), std::string::npos);
+  SlotInfo removed = Slot(5000, "lost");
+  removed.restart_lsn = Lsn();
+  removed.invalidation_reason = "wal_removed";
+  v = JudgeSlot(removed, Recorded(5000), kSource, "s");
+  ASSERT_TRUE(v.ok());
+  EXPECT_NE(v->why.find("'wal_removed'"), std::string::npos) << v->why;
+  EXPECT_NE(v->why.find("max_slot_wal_keep_size"), std::string::npos);
+  auto first = JudgeSlot(removed, std::nullopt, kSource, "s");
+  EXPECT_NE(first.status().message().find("wal_removed"), std::string::npos);
+}
+
 TEST(SlotLossTest, RecordOfAnotherClusterIsLost) {
   PublisherState other = Recorded(5000);
   other.source = "7399999999999999999/db/s";
