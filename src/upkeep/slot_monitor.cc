@@ -2,12 +2,14 @@
 
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "pg/connection.h"
+#include "pg/replication_setup.h"
 
 namespace outboxd {
 namespace {
@@ -16,12 +18,26 @@ namespace {
 // rounds. `slots` is a text[] literal ("{a,b}").
 absl::StatusOr<absl::flat_hash_map<std::string, SlotSample>> ReadSlots(
     PgConnection& conn, const std::string& slots) {
+  // 17+: whether it is a failover slot, and whether a promoted standby
+  // would have it: the primary's synchronized_standby_slots names a
+  // physical slot that is active (a standby streams through it).
+  const bool failover_columns =
+      conn.server_version() >= kFailoverSlotServerVersion;
   ASSIGN_OR_RETURN(
       PgResult r,
       conn.ExecParams(
-          "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), "
-          "restart_lsn)::bigint::text, wal_status FROM pg_replication_slots "
-          "WHERE slot_name = ANY($1::text[])",
+          absl::StrCat(
+              "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), "
+              "restart_lsn)::bigint::text, wal_status, ",
+              failover_columns
+                  ? "failover::text, (failover AND EXISTS (SELECT 1 FROM "
+                    "pg_replication_slots p WHERE p.slot_type = 'physical' "
+                    "AND p.active AND p.slot_name = ANY(string_to_array("
+                    "replace(coalesce(current_setting("
+                    "'synchronized_standby_slots', true), ''), ' ', ''), "
+                    "','))))::text "
+                  : "NULL, NULL ",
+              "FROM pg_replication_slots WHERE slot_name = ANY($1::text[])"),
           {slots}));
   absl::flat_hash_map<std::string, SlotSample> samples;
   for (int row = 0; row < PQntuples(r.get()); ++row) {
@@ -36,17 +52,27 @@ absl::StatusOr<absl::flat_hash_map<std::string, SlotSample>> ReadSlots(
     if (!PQgetisnull(r.get(), row, 2)) {
       sample.wal_status = PQgetvalue(r.get(), row, 2);
     }
+    if (!PQgetisnull(r.get(), row, 3)) {
+      sample.failover = std::string(PQgetvalue(r.get(), row, 3)) == "true";
+    }
+    sample.failover_ready = std::string(PQgetvalue(r.get(), row, 4)) == "true";
   }
   return samples;
 }
 
 }  // namespace
 
+bool NotReadyForFailover(const SlotSample& sample) {
+  return sample.exists && sample.failover.value_or(false) &&
+         !sample.failover_ready;
+}
+
 void ApplySlotSample(const SlotSample& sample, metrics::SourceMetrics& m) {
   m.slot_retained_wal_bytes->Set(
       sample.retained_bytes.has_value() && *sample.retained_bytes > 0
           ? static_cast<double>(*sample.retained_bytes)
           : 0.0);
+  m.slot_failover_ready->Set(sample.exists && sample.failover_ready ? 1 : 0);
   for (int i = 0; i < metrics::kWalStatusCount; ++i) {
     m.slot_wal_status[i]->Set(
         sample.exists && sample.wal_status == metrics::kWalStatusNames[i] ? 1
@@ -84,6 +110,7 @@ void SlotMonitor::Run() {
   std::vector<std::string> names;
   for (const WatchedSlot& w : slots_) names.push_back(w.slot);
   const std::string array = absl::StrCat("{", absl::StrJoin(names, ","), "}");
+  absl::flat_hash_set<std::string> not_ready_warned;  // warned once each
   using Samples = absl::flat_hash_map<std::string, SlotSample>;
   do {
     absl::StatusOr<Samples> sample = [&]() -> absl::StatusOr<Samples> {
@@ -112,6 +139,20 @@ void SlotMonitor::Run() {
       failing.clear();
     }
     ApplySlotSamples(*sample, slots_);
+    for (const WatchedSlot& w : slots_) {
+      auto it = sample->find(w.slot);
+      if (it == sample->end()) continue;
+      if (NotReadyForFailover(it->second) &&
+          not_ready_warned.insert(w.slot).second) {
+        spdlog::warn(
+            "slot {} is a failover slot but no standby keeps it in sync: the "
+            "primary's synchronized_standby_slots names no active physical "
+            "slot, so a promoted standby may lack the slot or have it behind "
+            "what Kafka has (docs/failover.md); "
+            "outboxd_slot_failover_ready is 0",
+            w.slot);
+      }
+    }
     ++rounds_;
   } while (!stop_.WaitForNotificationWithTimeout(options_.interval));
 }

@@ -1,11 +1,12 @@
 // SlotMonitor: the replication slots as PostgreSQL sees them, for
 // outboxd_slot_retained_wal_bytes and outboxd_slot_wal_status{status}
-// (README "Lag by stage"). Every `interval`, on a thread of its own with its
-// own normal (not replication) connection, it reads pg_replication_slots:
-// pg_current_wal_lsn() minus each slot's restart_lsn (the WAL the server
-// keeps for it) and its wal_status. pg_replication_slots is cluster-wide:
-// with several slots (--databases) one connection and one query per round
-// serve them all, each slot's gauges in its source's metrics. The
+// (README "Lag by stage"), and on PostgreSQL 17+
+// outboxd_slot_failover_ready (docs/failover.md). Every `interval`, on a thread
+// of its own with its own normal (not replication) connection, it reads
+// pg_replication_slots: pg_current_wal_lsn() minus each slot's restart_lsn (the
+// WAL the server keeps for it) and its wal_status. pg_replication_slots is
+// cluster-wide: with several slots (--databases) one connection and one query
+// per round serve them all, each slot's gauges in its source's metrics. The
 // publisher's loop never waits for it. A failed query is logged once (and once
 // more when it works again), the connection is opened again next round, and
 // publishing goes on.
@@ -50,7 +51,15 @@ struct SlotSample {
   // pg_current_wal_lsn() - restart_lsn; unset when restart_lsn is NULL.
   std::optional<int64_t> retained_bytes;
   std::string wal_status;  // reserved, extended, unreserved, lost or ""
+  // 17+ (nullopt before): a failover slot.
+  std::optional<bool> failover;
+  // A failover slot, and the primary's synchronized_standby_slots names an
+  // active physical slot: a promoted standby would have it.
+  bool failover_ready = false;
 };
+
+// A failover slot no standby keeps in sync (warned about once).
+bool NotReadyForFailover(const SlotSample& sample);
 
 // Sets the gauges from `sample`: the retained bytes (0 when unknown), 1 for
 // its wal_status and 0 for the others (all 0 when the slot does not exist).

@@ -47,6 +47,28 @@ TEST(SlotMonitorTest, ASampleSetsTheRetainedBytesAndOneStatus) {
   for (const char* s : metrics::kWalStatusNames) EXPECT_EQ(Status(m, s), 0);
 }
 
+// 17+: 1 only for a failover slot that an active standby keeps in sync.
+TEST(SlotMonitorTest, FailoverReadiness) {
+  metrics::OutboxdMetrics process;
+  metrics::SourceMetrics& m = process.ForSource();
+  SlotSample ready{true, 100, "reserved", true, true};
+  ApplySlotSample(ready, m);
+  EXPECT_EQ(m.slot_failover_ready->Value(), 1);
+  EXPECT_FALSE(NotReadyForFailover(ready));
+  SlotSample no_standby{true, 100, "reserved", true, false};
+  ApplySlotSample(no_standby, m);
+  EXPECT_EQ(m.slot_failover_ready->Value(), 0);
+  EXPECT_TRUE(NotReadyForFailover(no_standby));
+  // Not a failover slot (SlotKeeper warns about it), or before 17: 0, and
+  // no readiness warning.
+  SlotSample plain{true, 100, "reserved", false, false};
+  EXPECT_FALSE(NotReadyForFailover(plain));
+  SlotSample old_server{true, 100, "reserved"};
+  ApplySlotSample(old_server, m);
+  EXPECT_EQ(m.slot_failover_ready->Value(), 0);
+  EXPECT_FALSE(NotReadyForFailover(old_server));
+}
+
 // --databases: one round's rows, by slot name, each to its source's
 // metrics; a slot without a row (dropped, or not created yet) reads 0.
 TEST(SlotMonitorTest, SeveralSlotsEachSetTheirOwnSourcesGauges) {
