@@ -105,6 +105,55 @@ class FailoverTest : public FaultTest {
   std::unique_ptr<PgCluster> standby_;
 };
 
+// PostgreSQL 18 invalidates a slot inactive for idle_replication_slot_timeout
+// (at a checkpoint): a lost slot whose line carries the server's
+// invalidation_reason. (Runs first: the next test crashes the primary.)
+TEST_F(FailoverTest, IdleTimeoutInvalidationIsALostSlotWithTheReason) {
+  if (cluster_->major_version() < 18) {
+    GTEST_SKIP() << "idle_replication_slot_timeout is new in 18";
+  }
+  size_t a = StartOutboxd({"--topic=" + Topic()});
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload) VALUES ('fo', 'a', 'before', '{}')")
+                  .ok());
+  ASSERT_EQ(Read(Topic(), 1).size(), 1u) << Log(a);
+  ASSERT_TRUE(WaitConfirmed(CurrentWalLsn(), absl::Seconds(30))) << Log(a);
+  Outboxd(a).Signal(SIGTERM);
+  ASSERT_EQ(Outboxd(a).Wait(absl::Seconds(30)), 0);
+
+  ASSERT_TRUE(
+      Exec("ALTER SYSTEM SET idle_replication_slot_timeout = '1s'").ok());
+  ASSERT_TRUE(Exec("SELECT pg_reload_conf()").ok());
+  std::string reason;
+  for (int i = 0; i < 50 && reason.empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(200));
+    ASSERT_TRUE(Exec("CHECKPOINT").ok());
+    reason = Query(absl::StrCat(
+        "SELECT coalesce(invalidation_reason, '') FROM pg_replication_slots "
+        "WHERE slot_name = '",
+        slot_, "'"));
+  }
+  ASSERT_TRUE(Exec("ALTER SYSTEM RESET idle_replication_slot_timeout").ok());
+  ASSERT_TRUE(Exec("SELECT pg_reload_conf()").ok());
+  ASSERT_EQ(reason, "idle_timeout");
+
+  size_t b = StartOutboxd({"--topic=" + Topic()}, false);
+  std::optional<int> code = Outboxd(b).Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.has_value()) << "still running:\n" << Log(b);
+  EXPECT_EQ(*code, 1) << Log(b);
+  EXPECT_TRUE(absl::StrContains(
+      Log(b),
+      " is lost: the slot is invalidated (invalidation_reason "
+      "'idle_timeout'"))
+      << Log(b);
+  EXPECT_TRUE(absl::StrContains(Log(b), "idle_replication_slot_timeout"))
+      << Log(b);
+  StopAll(&outboxd_);
+  ASSERT_TRUE(
+      Exec(absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "')"))
+          .ok());
+}
+
 TEST_F(FailoverTest, PromotedStandbyKeepsEveryEvent) {
   const int version = cluster_->major_version();
   StartStandby();
