@@ -6,6 +6,7 @@
 #ifndef OUTBOXD_PG_REPLICATION_STREAM_H_
 #define OUTBOXD_PG_REPLICATION_STREAM_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -49,6 +50,12 @@ class ReplicationStream {
   // stays valid until the next Read or Stop. kUnavailable when the server ended
   // the stream or the connection broke (with the server's error message).
   absl::StatusOr<std::optional<ServerCopyMessage>> Read(absl::Duration timeout);
+
+  // The connection's notices go through LogNotice and then to `handler`
+  // (PgConnection::SetNoticeHandler), on the thread that calls Read.
+  void SetNoticeHandler(std::function<void(const PgNotice&)> handler) {
+    if (conn_ != nullptr) conn_->SetNoticeHandler(std::move(handler));
+  }
 
   // The connection's socket (to poll() for POLLIN), -1 when there is none.
   int socket() const;

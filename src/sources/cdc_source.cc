@@ -9,6 +9,7 @@
 #include <utility>
 #include <variant>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -86,6 +87,15 @@ class CdcSource final : public EventSource {
       return keeper_.StartFailed(stream.status(), std::move(slot.conn));
     }
     stream_ = *std::move(stream);
+    // PostgreSQL 18's pgoutput only warns when the publication is gone and
+    // goes on streaming without it: nothing of the outbox would arrive
+    // while outboxd kept confirming. Stop instead (Read).
+    publication_gone_.clear();
+    stream_->SetNoticeHandler([this](const PgNotice& notice) {
+      if (absl::StrContains(notice.message, "skipped loading publication")) {
+        publication_gone_ = notice.message;
+      }
+    });
     result.identity = slot.identity;
     result.ready_line =
         absl::StrCat("streaming from slot ", options_.setup.slot,
@@ -108,6 +118,17 @@ class CdcSource final : public EventSource {
           wait, std::max(next_status_ - absl::Now(), absl::ZeroDuration()));
     }
     ASSIGN_OR_RETURN(auto message, stream_->Read(wait));
+    if (!publication_gone_.empty()) {
+      // Before the message is handled: nothing after it is confirmed.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "publication ", options_.setup.publication,
+          " no longer exists where the slot decodes (the server said: ",
+          publication_gone_,
+          "): no event of the outbox would arrive. Re-create it (outboxd "
+          "creates a missing one at start); transactions committed while it "
+          "was missing are not published from the slot, see --on-slot-loss "
+          "for republishing from the table"));
+    }
     if (!message.has_value()) return out;
     // Whatever it maps to, a message was there: libpq may hold more (a
     // Relation message inside a transaction maps to nothing, and the rest
@@ -275,6 +296,8 @@ class CdcSource final : public EventSource {
   metrics::SourceMetrics& m_;
   OutboxMapper mapper_;
   std::unique_ptr<ReplicationStream> stream_;
+  // The server's warning that the publication is gone ("" while none).
+  std::string publication_gone_;
   // The slot and the publisher state row.
   SlotKeeper keeper_;
   // (end LSN, commit time) of decoded transactions not yet recorded.

@@ -154,6 +154,33 @@ TEST_F(FailoverTest, IdleTimeoutInvalidationIsALostSlotWithTheReason) {
           .ok());
 }
 
+// PostgreSQL 18's pgoutput only warns when the publication is dropped and
+// streams on without it; outboxd stops with one line instead of confirming
+// while publishing nothing.
+TEST_F(FailoverTest, DroppedPublicationStopsOn18) {
+  if (cluster_->major_version() < 18) {
+    GTEST_SKIP() << "before 18 pgoutput fails the stream itself";
+  }
+  size_t a = StartOutboxd({"--topic=" + Topic(), "--publication=pub_fo"});
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload) VALUES ('fo', 'a', 'before', '{}')")
+                  .ok());
+  ASSERT_EQ(Read(Topic(), 1).size(), 1u) << Log(a);
+  ASSERT_TRUE(Exec("DROP PUBLICATION pub_fo").ok());
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload) VALUES ('fo', 'a', 'after', '{}')")
+                  .ok());
+  std::optional<int> code = Outboxd(a).Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.has_value()) << "still running:\n" << Log(a);
+  EXPECT_EQ(*code, 1) << Log(a);
+  EXPECT_TRUE(absl::StrContains(Log(a), "publication pub_fo no longer exists"))
+      << Log(a);
+  StopAll(&outboxd_);
+  ASSERT_TRUE(
+      Exec(absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "')"))
+          .ok());
+}
+
 TEST_F(FailoverTest, PromotedStandbyKeepsEveryEvent) {
   const int version = cluster_->major_version();
   StartStandby();
