@@ -105,6 +105,24 @@ class FailoverTest : public FaultTest {
   std::unique_ptr<PgCluster> standby_;
 };
 
+// --failover-slot=on on a server without failover slots: exit 1, one line
+// naming the server's version; nothing created.
+TEST_F(FailoverTest, FailoverSlotOnNeeds17) {
+  if (cluster_->major_version() >= 17) {
+    GTEST_SKIP() << "17+ has failover slots";
+  }
+  size_t a = StartOutboxd({"--topic=" + Topic(), "--failover-slot=on"}, false);
+  std::optional<int> code = Outboxd(a).Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.has_value()) << "still running:\n" << Log(a);
+  EXPECT_EQ(*code, 1) << Log(a);
+  EXPECT_TRUE(absl::StrContains(
+      Log(a), absl::StrCat("--failover-slot=on needs PostgreSQL 17 or later "
+                           "(failover slots) but the server is ",
+                           cluster_->major_version(), ".")))
+      << Log(a);
+  EXPECT_EQ(ConfirmedFlush(), Lsn()) << "no slot may be created";
+}
+
 // PostgreSQL 18 invalidates a slot inactive for idle_replication_slot_timeout
 // (at a checkpoint): a lost slot whose line carries the server's
 // invalidation_reason. (Runs first: the next test crashes the primary.)
