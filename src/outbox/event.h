@@ -60,6 +60,10 @@ struct OutboxEvent {
   // loss; header outbox.republished. `position` is then not a commit
   // position but (start of the new slot - 1, rank in the republish).
   std::optional<Lsn> republished_after;
+  // Published late by the reconciler (pipeline/reconciler.h): the position
+  // outboxd had confirmed when it found the row never acknowledged; header
+  // outbox.reconciled. `position` is then (that position, rank).
+  std::optional<Lsn> reconciled_before;
   // The outbox table the row was inserted into, "schema.table" as
   // PostgreSQL names them (unquoted); header outbox.table. Empty for a
   // logical decoding message, which has no table.
@@ -79,6 +83,8 @@ struct InvalidEvent {
   std::string table;         // as OutboxEvent::table
   // As OutboxEvent::republished_after (header outbox.republished).
   std::optional<Lsn> republished_after;
+  // As OutboxEvent::reconciled_before (header outbox.reconciled).
+  std::optional<Lsn> reconciled_before;
 };
 
 }  // namespace outboxd

@@ -46,6 +46,10 @@ KafkaRecord Route(const OutboxEvent& event, const RouterOptions& options) {
     record.headers.emplace_back(kHeaderRepublished,
                                 absl::StrCat(event.republished_after->value()));
   }
+  if (event.reconciled_before.has_value()) {
+    record.headers.emplace_back(kHeaderReconciled,
+                                absl::StrCat(event.reconciled_before->value()));
+  }
   if (!options.source.empty()) {
     record.headers.emplace_back(kHeaderSource, options.source);
   }

@@ -55,6 +55,10 @@ inline constexpr absl::string_view kHeaderDependsOn = "outbox.depends-on";
 // loss (decimal u64). Its outbox.lsn/outbox.index sort after every event
 // delivered before the loss and before every event of the new slot.
 inline constexpr absl::string_view kHeaderRepublished = "outbox.republished";
+// Published late by the reconciler (a row still in the table, older than
+// --reconcile-margin, that outboxd never acknowledged): the position it had
+// confirmed then (decimal u64).
+inline constexpr absl::string_view kHeaderReconciled = "outbox.reconciled";
 // The stream the position belongs to: "<system id>/<dbname>/<slot>".
 inline constexpr absl::string_view kHeaderSource = "outbox.source";
 // The outbox table of the event, "schema.table" (unquoted); absent for a

@@ -26,22 +26,26 @@ void EventProducer::Attach(Sink& sink) {
 
 absl::Status EventProducer::Publish(SourceSession& st, uint64_t tag,
                                     OutboxEvent event) {
+  const std::optional<uint64_t> id_hash = IdHash(st, event.id);
   if (std::optional<InvalidEvent> bad = st.records().Prepare(event)) {
-    return PublishInvalid(st, tag, *std::move(bad));
+    // Dead-lettered under its id: the reconciler counts it as published.
+    return PublishInvalid(st, tag, *std::move(bad), id_hash);
   }
   if (!event.dropped_headers.empty()) {
     // Where() formats a string: only for the events it is logged for.
     st.reserved_headers().Note(event, Where(event));
   }
-  st.pending =
-      SourceSession::Pending{std::move(event), st.tracker().AddEvent()};
+  st.pending = SourceSession::Pending{std::move(event), st.tracker().AddEvent(),
+                                      id_hash};
   return TryProducePending(st, tag);
 }
 
 absl::Status EventProducer::PublishInvalid(SourceSession& st, uint64_t tag,
-                                           InvalidEvent bad) {
+                                           InvalidEvent bad,
+                                           std::optional<uint64_t> id_hash) {
   RETURN_IF_ERROR(ReportInvalid(st, bad));
-  st.pending = SourceSession::Pending{std::move(bad), st.tracker().AddEvent()};
+  st.pending =
+      SourceSession::Pending{std::move(bad), st.tracker().AddEvent(), id_hash};
   return TryProducePending(st, tag);
 }
 
@@ -82,6 +86,7 @@ absl::Status EventProducer::ProduceEvent(SourceSession& st, uint64_t tagged,
   if (delivery_.Skips(event.position)) {
     // In Kafka already: it counts as acknowledged.
     st.tracker().Acknowledge(st.pending->sequence);
+    NoteAcknowledged(st, st.pending->id_hash);
     st.pending.reset();
     return absl::OkStatus();
   }
@@ -99,7 +104,7 @@ absl::Status EventProducer::ProduceEvent(SourceSession& st, uint64_t tagged,
     delivery_.Produced(tagged, event.position, record.topic);
     ++stats_.events_produced;
     PublishedEvent& published = published_[tagged];
-    published = {&st.metrics().PublishedTo(record.topic),
+    published = {&st.metrics().PublishedTo(record.topic), st.pending->id_hash,
                  event.commit_time_unix_ms, event.position.commit_lsn.value()};
     st.stages().Produced(event.position.commit_lsn.value(),
                          event.commit_time_unix_ms);
@@ -131,6 +136,7 @@ absl::Status EventProducer::ProduceDeadLetter(SourceSession& st,
   const auto& bad = std::get<InvalidEvent>(st.pending->item);
   if (delivery_.Skips(bad.position)) {
     st.tracker().Acknowledge(st.pending->sequence);
+    NoteAcknowledged(st, st.pending->id_hash);
     st.pending.reset();
     return absl::OkStatus();
   }
@@ -150,6 +156,9 @@ absl::Status EventProducer::ProduceDeadLetter(SourceSession& st,
     delivery_.Produced(tagged, bad.position, record.topic);
     ++stats_.events_dead_lettered;
     st.metrics().dead_lettered->Increment();
+    if (st.pending->id_hash.has_value()) {
+      published_[tagged] = {nullptr, st.pending->id_hash, 0, 0};
+    }
     st.stages().Produced(bad.position.commit_lsn.value(),
                          bad.commit_time_unix_ms);
     st.pending.reset();
@@ -180,9 +189,10 @@ std::optional<OutboxEvent> EventProducer::ObserveReport(
   if (status.ok()) st.stall().Acknowledged();
   auto it = published_.find(tagged);
   if (it == published_.end()) return std::nullopt;  // a dead-lettered record
+  if (status.ok()) NoteAcknowledged(st, it->second.id_hash);
   std::optional<OutboxEvent> refused;
   if (IsPermanentRefusal(status)) refused = std::move(it->second.event);
-  if (status.ok()) {
+  if (status.ok() && it->second.published_to != nullptr) {
     it->second.published_to->Increment();
     st.stages().Acknowledged(it->second.commit_lsn,
                              it->second.commit_time_unix_ms);
@@ -211,7 +221,7 @@ absl::Status EventProducer::RetryRefused(SourceSession& st, uint64_t tag) {
     if (s.ok()) {
       PublishedEvent& published = published_[tagged];
       published = {&st.metrics().PublishedTo(record.topic),
-                   r.event.commit_time_unix_ms,
+                   IdHash(st, r.event.id), r.event.commit_time_unix_ms,
                    r.event.position.commit_lsn.value()};
       published.event = std::move(r.event);
       st.retrying_alone = r.sequence;
@@ -226,10 +236,24 @@ absl::Status EventProducer::RetryRefused(SourceSession& st, uint64_t tag) {
   spdlog::warn("{}event {} {}: refused by the broker on its own: {}",
                st.log_prefix(), r.event.id, Where(r.event),
                std::string(r.cause.message()));
-  st.pending = SourceSession::Pending{std::move(bad), r.sequence};
+  st.pending = SourceSession::Pending{std::move(bad), r.sequence,
+                                      IdHash(st, r.event.id)};
   st.refused.pop_front();
   RETURN_IF_ERROR(ReportInvalid(st, std::get<InvalidEvent>(st.pending->item)));
   return TryProducePending(st, tag);
+}
+
+std::optional<uint64_t> EventProducer::IdHash(const SourceSession& st,
+                                              const std::string& id) {
+  if (st.acknowledged() == nullptr || id.empty()) return std::nullopt;
+  return AcknowledgedIds::Hash(id);
+}
+
+void EventProducer::NoteAcknowledged(SourceSession& st,
+                                     std::optional<uint64_t> id_hash) {
+  if (id_hash.has_value() && st.acknowledged() != nullptr) {
+    st.acknowledged()->Add(*id_hash);
+  }
 }
 
 }  // namespace outboxd

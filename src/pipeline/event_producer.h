@@ -49,8 +49,9 @@ class EventProducer {
   // The session's next event, or invalid event, from its source; `tag` is
   // the session's part of every sequence the sink carries.
   absl::Status Publish(SourceSession& st, uint64_t tag, OutboxEvent event);
-  absl::Status PublishInvalid(SourceSession& st, uint64_t tag,
-                              InvalidEvent bad);
+  // `id_hash`: the id's AcknowledgedIds::Hash when the event had one.
+  absl::Status PublishInvalid(SourceSession& st, uint64_t tag, InvalidEvent bad,
+                              std::optional<uint64_t> id_hash = std::nullopt);
   // Produces st.pending; leaves it in place when the queue is full or the
   // topic's state is not known yet.
   absl::Status TryProducePending(SourceSession& st, uint64_t tag);
@@ -74,14 +75,22 @@ class EventProducer {
   absl::Status ProduceEvent(SourceSession& st, uint64_t tagged, bool& done);
   absl::Status ProduceDeadLetter(SourceSession& st, uint64_t tagged,
                                  bool& done);
+  // The hash of `id` when the session keeps acknowledged ids.
+  static std::optional<uint64_t> IdHash(const SourceSession& st,
+                                        const std::string& id);
+  // The event of `id_hash` is acknowledged (the reconciler's ids).
+  static void NoteAcknowledged(SourceSession& st,
+                               std::optional<uint64_t> id_hash);
   // The catalog's answer for `topic`; kUnavailable (cannot tell yet) is
   // logged once per distinct cause, the caller keeps the event pending.
   absl::Status CheckTopic(SourceSession& st, const std::string& topic);
 
   // A produced event's topic counter and commit time (metrics of its
-  // delivery report).
+  // delivery report), and its id's hash (the reconciler's acknowledged
+  // ids). A dead-letter record has neither counter nor commit time.
   struct PublishedEvent {
     metrics::Counter* published_to = nullptr;
+    std::optional<uint64_t> id_hash;
     int64_t commit_time_unix_ms = 0;
     uint64_t commit_lsn = 0;           // the value of a CDC event's commit LSN
     std::optional<OutboxEvent> event;  // with keep_refused_

@@ -80,6 +80,7 @@ class Publisher::Impl final : public DeliveryHost {
       sessions_.push_back(std::make_unique<SourceSession>(
           *spec.source, metrics.ForSource(spec.name), spec.name,
           options.session, options.records));
+      sessions_.back()->set_acknowledged(spec.acknowledged);
     }
     steps_.before_connect = [this] { WaitUntilSinkReady(); };
     steps_.after_connect = [this](const std::string& identity) {

@@ -64,6 +64,7 @@
 #include "absl/time/time.h"
 #include "kafka/producer.h"
 #include "metrics/outboxd_metrics.h"
+#include "pipeline/acknowledged_ids.h"
 #include "pipeline/delivery.h"
 #include "pipeline/publisher_options.h"
 #include "pipeline/record_builder.h"
@@ -115,6 +116,9 @@ struct PublisherStream {
   // (metrics.ForSource(name): labelled source="<name>"); "" for neither,
   // the one source of a process without names.
   std::string name;
+  // Where the ids of its acknowledged events go (the reconciler's,
+  // pipeline/reconciler.h); nullptr: nowhere. Must outlive the Publisher.
+  AcknowledgedIds* acknowledged = nullptr;
 };
 
 class Publisher {

@@ -17,6 +17,7 @@ InvalidEvent InvalidFrom(const OutboxEvent& e, std::string reason) {
   bad.aggregate_id = e.aggregate_id;
   bad.table = e.table;
   bad.republished_after = e.republished_after;
+  bad.reconciled_before = e.reconciled_before;
   return bad;
 }
 
@@ -73,6 +74,10 @@ KafkaRecord RecordBuilder::DeadLetter(const InvalidEvent& bad) const {
   if (bad.republished_after.has_value()) {
     r.headers.emplace_back(std::string(kHeaderRepublished),
                            absl::StrCat(bad.republished_after->value()));
+  }
+  if (bad.reconciled_before.has_value()) {
+    r.headers.emplace_back(std::string(kHeaderReconciled),
+                           absl::StrCat(bad.reconciled_before->value()));
   }
   if (!bad.table.empty()) {
     r.headers.emplace_back(std::string(kHeaderTable), bad.table);

@@ -132,6 +132,7 @@ absl::Status SourceSession::Finish(bool clean) {
 void SourceSession::SetStreaming(bool streaming) {
   connected_ = streaming;
   m_.streaming->Set(streaming ? 1 : 0);
+  if (streaming && acknowledged_ != nullptr) acknowledged_->SetStreaming();
 }
 
 void SourceSession::ForgetOpenTransaction() {

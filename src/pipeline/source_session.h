@@ -24,6 +24,7 @@
 #include "metrics/outboxd_metrics.h"
 #include "outbox/event.h"
 #include "pipeline/ack_tracker.h"
+#include "pipeline/acknowledged_ids.h"
 #include "pipeline/read_coalescer.h"
 #include "pipeline/reconnect_backoff.h"
 #include "pipeline/record_builder.h"
@@ -60,6 +61,8 @@ class SourceSession {
   struct Pending {
     std::variant<OutboxEvent, InvalidEvent> item;
     uint64_t sequence;  // the tracker's (Tracker::AddEvent)
+    // AcknowledgedIds::Hash of the event's id (nullopt: none kept).
+    std::optional<uint64_t> id_hash;
   };
   // How a wakeup's reading ended.
   enum class Drained {
@@ -139,6 +142,9 @@ class SourceSession {
   StageLag& stages() { return stages_; }
   StallAlarm& stall() { return stall_; }
   ReservedHeaderLog& reserved_headers() { return reserved_headers_; }
+  // The ids it acknowledged, for the reconciler; nullptr: none kept.
+  AcknowledgedIds* acknowledged() const { return acknowledged_; }
+  void set_acknowledged(AcknowledgedIds* ids) { acknowledged_ = ids; }
   const std::string& log_prefix() const { return log_prefix_; }
   bool connected() const { return connected_; }
   bool failed() const { return failed_; }
@@ -204,6 +210,7 @@ class SourceSession {
   StageLag stages_;
   StallAlarm stall_;
   ReservedHeaderLog reserved_headers_;
+  AcknowledgedIds* acknowledged_ = nullptr;
 };
 
 }  // namespace outboxd
