@@ -23,6 +23,7 @@ std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
     ro.records = p.records;
     ro.producer = p.producer;
     ro.fail_on_invalid = p.on_invalid == InvalidEventPolicy::kFail;
+    ro.acknowledged = options.acknowledged;
     o.republish =
         [ro, &stop, sink_factory = std::move(sink_factory)](
             const PublisherState& from, Lsn start,

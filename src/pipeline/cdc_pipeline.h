@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "metrics/outboxd_metrics.h"
+#include "pipeline/acknowledged_ids.h"
 #include "pipeline/publisher.h"
 #include "sources/cdc_source.h"
 #include "sources/event_source.h"
@@ -18,6 +19,9 @@ struct CdcPipelineOptions {
   PublisherOptions publisher;
   // Its `republish` is left empty: MakeCdcSource sets it.
   CdcSourceOptions source;
+  // The stream's acknowledged ids (the reconciler's), which republished
+  // rows join; nullptr: none.
+  AcknowledgedIds* acknowledged = nullptr;
 };
 
 // The CDC source of `options`: options.source, and with a table the

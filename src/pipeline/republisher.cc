@@ -63,9 +63,13 @@ absl::StatusOr<std::unique_ptr<RepublishProducer>> RepublishProducer::Create(
       new RepublishProducer(records, fail_on_invalid, stop));
   RepublishProducer* self = p.get();
   ASSIGN_OR_RETURN(p->sink_,
-                   sink_factory(producer, [self](uint64_t, absl::Status s) {
+                   sink_factory(producer, [self](uint64_t seq, absl::Status s) {
                      if (s.ok()) {
-                       ++self->acknowledged_;
+                       ++self->acknowledged_count_;
+                       if (seq < self->produced_ids_.size() &&
+                           self->produced_ids_[seq].has_value()) {
+                         self->acknowledged_->Add(*self->produced_ids_[seq]);
+                       }
                      } else if (self->failure_.ok()) {
                        self->failure_ = std::move(s);
                      }
@@ -78,12 +82,31 @@ absl::StatusOr<std::unique_ptr<RepublishProducer>> RepublishProducer::Create(
 }
 
 absl::Status RepublishProducer::Add(RowEvent row, Lsn republished_after) {
+  current_id_.reset();
   if (auto* bad = std::get_if<InvalidEvent>(&row)) {
     bad->republished_after = republished_after;
     return AddInvalid(std::move(*bad));
   }
   OutboxEvent& event = std::get<OutboxEvent>(row);
   event.republished_after = republished_after;
+  return AddEvent(event);
+}
+
+absl::Status RepublishProducer::AddReconciled(RowEvent row, Lsn confirmed) {
+  current_id_.reset();
+  if (auto* bad = std::get_if<InvalidEvent>(&row)) {
+    bad->reconciled_before = confirmed;
+    return AddInvalid(std::move(*bad));
+  }
+  OutboxEvent& event = std::get<OutboxEvent>(row);
+  event.reconciled_before = confirmed;
+  return AddEvent(event);
+}
+
+absl::Status RepublishProducer::AddEvent(OutboxEvent& event) {
+  if (acknowledged_ != nullptr && !event.id.empty()) {
+    current_id_ = AcknowledgedIds::Hash(event.id);
+  }
   if (std::optional<InvalidEvent> bad = records_.Prepare(event)) {
     return AddInvalid(*std::move(bad));
   }
@@ -104,22 +127,22 @@ absl::Status RepublishProducer::Add(RowEvent row, Lsn republished_after) {
 absl::Status RepublishProducer::AddInvalid(InvalidEvent bad) {
   if (fail_on_invalid_) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "republish: invalid row: ", bad.reason, " (--on-invalid=fail)"));
+        context_, ": invalid row: ", bad.reason, " (--on-invalid=fail)"));
   }
-  spdlog::warn("republish: invalid event {}: {}", Where(bad), bad.reason);
+  spdlog::warn("{}: invalid event {}: {}", context_, Where(bad), bad.reason);
   KafkaRecord record = records_.DeadLetter(bad);
   absl::Status topic = CheckTopic(record.topic);
   if (absl::IsCancelled(topic)) return topic;
   if (!topic.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "republish: cannot dead-letter the invalid event ", Where(bad), " (",
+        context_, ": cannot dead-letter the invalid event ", Where(bad), " (",
         bad.reason, "): dead-letter topic: ", topic.message()));
   }
   bool refused = false;
   absl::Status s = Produce(record, refused);
   if (!s.ok()) {
     return absl::Status(
-        s.code(), absl::StrCat("republish: dead-lettering to ", record.topic,
+        s.code(), absl::StrCat(context_, ": dead-lettering to ", record.topic,
                                " failed: ", s.message()));
   }
   ++result_.dead_lettered;
@@ -138,6 +161,7 @@ absl::Status RepublishProducer::Produce(const KafkaRecord& record,
     sink_->Poll(kWaitInterval);
     RETURN_IF_ERROR(Healthy());
   }
+  if (acknowledged_ != nullptr) produced_ids_.push_back(current_id_);
   ++produced_;
   sink_->Poll(absl::ZeroDuration());
   return Healthy();
@@ -149,7 +173,7 @@ absl::Status RepublishProducer::CheckTopic(const std::string& topic) {
     absl::Status s = catalog_->Check(topic);
     if (!absl::IsUnavailable(s)) return s;
     if (!logged) {
-      spdlog::warn("republish: {}; waiting", std::string(s.message()));
+      spdlog::warn("{}: {}; waiting", context_, std::string(s.message()));
       logged = true;
     }
     sink_->Poll(kWaitInterval);
@@ -161,14 +185,16 @@ absl::Status RepublishProducer::Healthy() const {
   RETURN_IF_ERROR(sink_->fatal_error());
   if (!failure_.ok()) {
     return absl::AbortedError(
-        absl::StrCat("republish: delivery failed: ", failure_.message()));
+        absl::StrCat(context_, ": delivery failed: ", failure_.message()));
   }
-  if (stop_.load()) return absl::CancelledError("stopped during republish");
+  if (stop_.load()) {
+    return absl::CancelledError(absl::StrCat("stopped during ", context_));
+  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<RepublishResult> RepublishProducer::Finish() {
-  while (acknowledged_ < produced_) {
+  while (acknowledged_count_ < produced_) {
     sink_->Poll(absl::Milliseconds(100));
     RETURN_IF_ERROR(Healthy());
   }
@@ -201,6 +227,7 @@ absl::StatusOr<RepublishResult> RepublishLostEvents(
   ASSIGN_OR_RETURN(std::unique_ptr<RepublishProducer> producer,
                    RepublishProducer::Create(records, o.producer, sink_factory,
                                              o.fail_on_invalid, stop));
+  producer->set_acknowledged(o.acknowledged);
 
   std::optional<std::string> time;
   if (from.commit_time_unix_us.has_value()) {

@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,7 @@
 #include "outbox/row_to_event.h"
 #include "pg/identifier.h"
 #include "pg/publisher_state.h"
+#include "pipeline/acknowledged_ids.h"
 #include "pipeline/record_builder.h"
 
 namespace outboxd {
@@ -54,6 +56,9 @@ struct RepublishOptions {
   ProducerOptions producer;
   bool fail_on_invalid = false;  // --on-invalid=fail
   int fetch_size = 1000;
+  // The stream's acknowledged ids (the reconciler's), which every
+  // republished row joins once Kafka acknowledged it; nullptr: none.
+  AcknowledgedIds* acknowledged = nullptr;
 };
 
 struct RepublishResult {
@@ -73,12 +78,21 @@ class RepublishProducer {
   // One row of the gap, its position set; `republished_after`: the last
   // position acknowledged before the loss.
   absl::Status Add(RowEvent row, Lsn republished_after);
+  // One row the reconciler found never acknowledged (pipeline/reconciler.h),
+  // its position set; `confirmed`: the position confirmed then (header
+  // outbox.reconciled).
+  absl::Status AddReconciled(RowEvent row, Lsn confirmed);
+  // Each acknowledged row's id joins `ids`.
+  void set_acknowledged(AcknowledgedIds* ids) { acknowledged_ = ids; }
+  // Prefix of its log lines and errors ("republish", "reconcile").
+  void set_context(std::string context) { context_ = std::move(context); }
   // Waits until Kafka acknowledged every record.
   absl::StatusOr<RepublishResult> Finish();
 
  private:
   RepublishProducer(const RecordBuilder& records, bool fail_on_invalid,
                     const std::atomic<bool>& stop);
+  absl::Status AddEvent(OutboxEvent& event);
   absl::Status AddInvalid(InvalidEvent bad);
   // kCancelled when stopped; waits (serving reports) while the topic's
   // state is unknown or the queue is full.
@@ -91,8 +105,14 @@ class RepublishProducer {
   const std::atomic<bool>& stop_;
   std::unique_ptr<Sink> sink_;
   std::unique_ptr<TopicCatalog> catalog_;
+  AcknowledgedIds* acknowledged_ = nullptr;
+  std::string context_ = "republish";
+  // The id hash of the row being added, and of each record produced (by
+  // sequence) while acknowledged_ is set.
+  std::optional<uint64_t> current_id_;
+  std::vector<std::optional<uint64_t>> produced_ids_;
   uint64_t produced_ = 0;
-  uint64_t acknowledged_ = 0;
+  uint64_t acknowledged_count_ = 0;
   absl::Status failure_;  // the first failed delivery
   RepublishResult result_;
 };
