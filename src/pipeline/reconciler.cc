@@ -1,0 +1,255 @@
+#include "pipeline/reconciler.h"
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "pg/connection.h"
+#include "pipeline/republisher.h"
+#include "sources/outbox_table.h"
+
+namespace outboxd {
+namespace {
+
+// A recorded xmin horizon further back than this (in transaction ids) cannot
+// be compared with 32-bit row xmins: the pass judges nothing.
+constexpr int64_t kMaxHorizonAge = 2000000000;
+// The acknowledged ids are kept this much longer than the window needs
+// (the clocks of outboxd's host and the server, measured each pass).
+constexpr absl::Duration kClockSlack = absl::Minutes(1);
+
+std::optional<std::string> Field(const PGresult* r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return std::nullopt;
+  return std::string(PQgetvalue(r, row, col), PQgetlength(r, row, col));
+}
+
+int64_t Int(const PGresult* r, int row, int col) {
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(Field(r, row, col).value_or(""), &v)) return 0;
+  return v;
+}
+
+// A server time (unix us) as a SQL timestamptz of parameter $n.
+std::string Timestamp(int n) {
+  return absl::StrCat("(to_timestamp(0) + $", n,
+                      "::bigint * interval '1 microsecond')");
+}
+
+std::string FormatUs(int64_t us) {
+  return absl::FormatTime("%Y-%m-%d %H:%M:%E3S", absl::FromUnixMicros(us),
+                          absl::UTCTimeZone());
+}
+
+// A text[] literal of `ids`.
+std::string ArrayLiteral(const std::vector<std::string>& ids) {
+  std::string out = "{";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) out += ",";
+    out += "\"";
+    for (char c : ids[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += "\"";
+  }
+  return out + "}";
+}
+
+}  // namespace
+
+Reconciler::Reconciler(ReconcilerOptions options)
+    : options_(std::move(options)), lo_(options_.tables.size(), 0) {}
+
+std::unique_ptr<Reconciler> Reconciler::Start(ReconcilerOptions options) {
+  std::unique_ptr<Reconciler> r(new Reconciler(std::move(options)));
+  r->thread_ = std::thread([self = r.get()] { self->Run(); });
+  return r;
+}
+
+Reconciler::~Reconciler() {
+  stopping_.store(true);
+  stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Reconciler::Run() {
+  std::string last_error;
+  while (!stop_.WaitForNotificationWithTimeout(options_.interval)) {
+    absl::Status s = Pass();
+    if (!s.ok() && !stopping_.load()) {
+      // Logged once per distinct cause; retried next interval.
+      if (std::string(s.message()) != last_error) {
+        spdlog::warn("{}reconcile: {}; retried every {}", options_.name,
+                     std::string(s.message()),
+                     absl::FormatDuration(options_.interval));
+        last_error = std::string(s.message());
+      }
+    } else {
+      last_error.clear();
+    }
+  }
+}
+
+absl::Status Reconciler::Pass() {
+  if (options_.acknowledged->streaming_since() == absl::InfiniteFuture()) {
+    return absl::OkStatus();  // not streaming yet: nothing to compare with
+  }
+  ASSIGN_OR_RETURN(
+      auto conn,
+      PgConnection::Connect(options_.conninfo, PgConnection::Mode::kNormal));
+  const absl::Time local_now = absl::Now();
+  ASSIGN_OR_RETURN(
+      PgResult clock,
+      conn->Exec("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)"
+                 "::bigint::text"));
+  const int64_t now_us = Int(clock.get(), 0, 0);
+  if (start_us_ == 0) {
+    start_us_ = now_us;
+    std::fill(lo_.begin(), lo_.end(), start_us_);
+    judged_before_.store(start_us_);
+    spdlog::info(
+        "{}reconcile: every {}, rows created from {} UTC on, older than {}",
+        options_.name, absl::FormatDuration(options_.interval),
+        FormatUs(start_us_), absl::FormatDuration(options_.margin));
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(
+      PgResult state,
+      conn->ExecParams(
+          "SELECT source, last_ack_lsn::text, xmin_horizon::text, "
+          "(pg_snapshot_xmax(pg_current_snapshot())::text::numeric - "
+          "xmin_horizon::text::numeric < $2::numeric)::text "
+          "FROM outbox.publisher_state WHERE slot_name = $1",
+          {options_.slot, absl::StrCat(kMaxHorizonAge)}));
+  if (PQntuples(state.get()) == 0) return absl::OkStatus();
+  const std::optional<std::string> horizon = Field(state.get(), 0, 2);
+  if (!horizon.has_value() || Field(state.get(), 0, 3) != "true") {
+    return absl::OkStatus();  // nothing provably confirmed yet
+  }
+  const std::string source = Field(state.get(), 0, 0).value_or("");
+  ASSIGN_OR_RETURN(Lsn confirmed,
+                   Lsn::Parse(Field(state.get(), 0, 1).value_or("")));
+  const int64_t margin_us = absl::ToInt64Microseconds(options_.margin);
+  const int64_t hi = now_us - margin_us;
+
+  for (size_t t = 0; t < options_.tables.size(); ++t) {
+    if (stopping_.load()) return absl::OkStatus();
+    const QualifiedName& name = options_.tables[t];
+    ASSIGN_OR_RETURN(OutboxTable table,
+                     OutboxTable::Load(*conn, name, options_.columns,
+                                       "--reconcile-interval: "));
+    ASSIGN_OR_RETURN(const std::string created,
+                     table.Require(options_.created_at_column,
+                                   "the transaction's start, as in "
+                                   "sql/outbox.sql"));
+    ASSIGN_OR_RETURN(const std::string id,
+                     table.Require(options_.columns.id, "the event id"));
+    const int64_t lo = lo_[t];
+    if (lo >= hi) continue;
+    const std::string& q = table.quoted_name();
+    const std::string window = absl::StrCat(
+        " FROM ", q, " WHERE ", q, ".", created, " >= ", Timestamp(1), " AND ",
+        q, ".", created, " < ", Timestamp(2));
+    // The row's xmin precedes the horizon: age() is the distance back from
+    // the current transaction id (wraparound-safe; a frozen xmin is
+    // oldest of all).
+    ASSIGN_OR_RETURN(
+        PgResult rows,
+        conn->ExecParams(
+            absl::StrCat("SELECT ", q, ".", id, "::text, (age(", q,
+                         ".xmin) > age(($3::xid8::text::numeric % 4294967296)"
+                         "::text::xid))::text, (extract(epoch FROM ",
+                         q, ".", created, ") * 1000000)::bigint::text", window),
+            {absl::StrCat(lo), absl::StrCat(hi), *horizon}));
+    const PGresult* r = rows.get();
+    std::vector<uint64_t> hashes;
+    std::vector<int> judged_rows;
+    int64_t pending_min = std::numeric_limits<int64_t>::max();
+    for (int i = 0; i < PQntuples(r); ++i) {
+      if (Field(r, i, 1) != "true") {
+        pending_min = std::min(pending_min, Int(r, i, 2));
+        continue;
+      }
+      const std::optional<std::string> row_id = Field(r, i, 0);
+      if (!row_id.has_value()) continue;
+      hashes.push_back(AcknowledgedIds::Hash(*row_id));
+      judged_rows.push_back(i);
+    }
+    const std::vector<bool> acked = options_.acknowledged->ContainsEach(hashes);
+    std::vector<std::string> missing_ids;
+    for (size_t k = 0; k < acked.size(); ++k) {
+      if (!acked[k]) missing_ids.push_back(*Field(r, judged_rows[k], 0));
+    }
+    // The next window: from one margin before this one's end, or from the
+    // oldest row not judged yet.
+    lo_[t] = std::max(start_us_, std::min(hi - margin_us, pending_min));
+    if (missing_ids.empty()) continue;
+
+    // The missing rows as events, oldest first.
+    ASSIGN_OR_RETURN(
+        PgResult full,
+        conn->ExecParams(
+            absl::StrCat("SELECT ", table.select_list(),
+                         ", (extract(epoch "
+                         "FROM ",
+                         q, ".", created, ") * 1000000)::bigint::text", window,
+                         " AND ", q, ".", id,
+                         "::text = ANY($3::text[]) ORDER BY ", q, ".", created),
+            {absl::StrCat(lo), absl::StrCat(hi), ArrayLiteral(missing_ids)}));
+    const PGresult* f = full.get();
+    const std::string table_name = absl::StrCat(name.schema, ".", name.name);
+    std::vector<RowCell> cells;
+    std::vector<OutboxEvent> events;
+    for (int i = 0; i < PQntuples(f); ++i) {
+      cells.clear();
+      table.AppendCells(f, i, /*first=*/0, &cells);
+      const int64_t created_us = Int(f, i, table.select_width());
+      RowEvent row =
+          RowToEvent(cells, table.layout(), table.columns(),
+                     RowOrigin{EventPosition{confirmed, 0}, std::nullopt,
+                               created_us / 1000, table_name});
+      // Not an event: dead-lettered by the stream without an id.
+      if (auto* e = std::get_if<OutboxEvent>(&row)) {
+        events.push_back(std::move(*e));
+      }
+    }
+    if (events.empty()) continue;
+    missing_ += events.size();
+    if (options_.missing != nullptr) options_.missing->Increment(events.size());
+    spdlog::error(
+        "{}reconcile: {} rows of {} created between {} and {} UTC were "
+        "never published (first id {}); publishing them late with header "
+        "outbox.reconciled",
+        options_.name, events.size(), name.ToString(), FormatUs(lo),
+        FormatUs(hi), events.front().id);
+    RecordBuilder records(options_.records);
+    records.SetSource(source);
+    ASSIGN_OR_RETURN(std::unique_ptr<RepublishProducer> producer,
+                     RepublishProducer::Create(
+                         records, options_.producer, options_.sink_factory,
+                         options_.fail_on_invalid, stopping_));
+    producer->set_context("reconcile");
+    producer->set_acknowledged(options_.acknowledged);
+    for (OutboxEvent& e : events) {
+      e.position = EventPosition{confirmed, rank_++};
+      RETURN_IF_ERROR(producer->AddReconciled(std::move(e), confirmed));
+    }
+    RETURN_IF_ERROR(producer->Finish().status());
+  }
+  int64_t judged = std::numeric_limits<int64_t>::max();
+  for (int64_t lo : lo_) judged = std::min(judged, lo);
+  judged_before_.store(judged);
+  // Ids acknowledged before the oldest window's start (on this host's
+  // clock, with slack) can no longer be asked about.
+  options_.acknowledged->PruneBefore(
+      absl::FromUnixMicros(judged) +
+      (local_now - absl::FromUnixMicros(now_us)) - kClockSlack);
+  return absl::OkStatus();
+}
+
+}  // namespace outboxd

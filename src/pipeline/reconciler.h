@@ -1,0 +1,118 @@
+// Reconciler: the safety net for the loss paths nobody has named (the
+// seed's "periodically check the event table and publish what was
+// missed"). On a thread of its own, one per stream (database), every
+// --reconcile-interval it looks at the rows of each outbox table that
+// began after it started, are older than --reconcile-margin, and provably
+// committed before the position outboxd confirmed; each such row whose id
+// outboxd never acknowledged (pipeline/acknowledged_ids.h) is missing:
+// counted (outboxd_reconcile_missing_events_total), logged (one error line
+// per finding: the window, the count, the first id) and published late,
+// with header outbox.reconciled, through the RecordBuilder of the stream's
+// events (value format, CloudEvents, route, topic check, dead-letter
+// topic). It confirms nothing: the slot never moves for it.
+//
+// The rule (docs/ARCHITECTURE.md, "The reconciler"): a row is judged only
+// when
+//   - its transaction began after the reconciler's start, taken on the
+//     server's clock once the stream streamed (created_at, the
+//     transaction's start, >= start): every acknowledgement of it is then
+//     in this process's AcknowledgedIds;
+//   - its xmin precedes the xmin horizon of the publisher state row
+//     (pg/publisher_state.h): its transaction committed before the WAL
+//     position of a sample taken at or before last_ack_lsn, which Kafka
+//     acknowledged (so did every event before it);
+//   - created_at < now - margin.
+// A row deleted in its own transaction or rolled back is not visible; a
+// long transaction is not visible before its commit, and after it is not
+// judged before the horizon passes it; a republished row joined the ids
+// when Kafka acknowledged it; a backlog holds the horizon back. Rows that
+// are no valid event (RowToEvent) were dead-lettered without an id: they
+// are not judged.
+//
+// The window: [lo, now - margin) on created_at (an index on created_at,
+// sql/outbox.sql outbox_created_at). A visible row not judged yet (its xmin
+// not below the horizon) holds lo back; lo otherwise trails the window's
+// end by one margin, so that a transaction open for up to one margin past
+// its created_at is judged once it committed. A transaction open longer
+// is left to the slot (no false loss, no finding). The acknowledged ids
+// older than lo (less a minute for the clocks) are dropped.
+//
+// judged_before(): every row created before it was judged or is out of
+// the reconciler's scope (the cleaner deletes nothing newer).
+//
+// Threading: Start() and the destructor from one thread; the work runs on
+// the reconciler's thread.
+#ifndef OUTBOXD_PIPELINE_RECONCILER_H_
+#define OUTBOXD_PIPELINE_RECONCILER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "kafka/producer.h"
+#include "metrics/outboxd_metrics.h"
+#include "outbox/row_to_event.h"
+#include "pg/identifier.h"
+#include "pipeline/acknowledged_ids.h"
+#include "pipeline/record_builder.h"
+
+namespace outboxd {
+
+struct ReconcilerOptions {
+  std::string conninfo;
+  std::vector<QualifiedName> tables;
+  OutboxColumns columns;
+  std::string created_at_column = "created_at";
+  std::string slot;  // its publisher state row
+  // Prefix of its log lines ("[name] ") with several sources; "" with one.
+  std::string name;
+  absl::Duration interval = absl::Seconds(30);
+  absl::Duration margin = absl::Minutes(1);
+  RecordOptions records;  // as the streamed events'
+  ProducerOptions producer;
+  SinkFactory sink_factory = KafkaSinkFactory();
+  bool fail_on_invalid = false;
+  // The stream's; must outlive the reconciler.
+  AcknowledgedIds* acknowledged = nullptr;
+  // outboxd_reconcile_missing_events_total of the stream; may be null.
+  metrics::Counter* missing = nullptr;
+};
+
+class Reconciler {
+ public:
+  static std::unique_ptr<Reconciler> Start(ReconcilerOptions options);
+  ~Reconciler();  // stops and joins
+  Reconciler(const Reconciler&) = delete;
+  Reconciler& operator=(const Reconciler&) = delete;
+
+  // Rows found missing so far.
+  uint64_t missing() const { return missing_.load(); }
+  // Server time (unix us): rows created before it are judged or out of
+  // scope. INT64_MIN before the first pass.
+  int64_t judged_before_unix_us() const { return judged_before_.load(); }
+
+ private:
+  explicit Reconciler(ReconcilerOptions options);
+  void Run();
+  absl::Status Pass();
+
+  const ReconcilerOptions options_;
+  absl::Notification stop_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> missing_{0};
+  std::atomic<int64_t> judged_before_{INT64_MIN};
+  std::vector<int64_t> lo_;  // per table, server unix us
+  int64_t start_us_ = 0;     // 0: not started
+  uint32_t rank_ = 0;        // positions of reconciled records
+  std::thread thread_;
+};
+
+}  // namespace outboxd
+
+#endif  // OUTBOXD_PIPELINE_RECONCILER_H_
