@@ -24,6 +24,7 @@
 #include "pg/connection.h"
 #include "pipeline/cdc_pipeline.h"
 #include "pipeline/publisher.h"
+#include "pipeline/reconciler.h"
 #include "sources/poll_source.h"
 #include "upkeep/outbox_cleaner.h"
 #include "upkeep/slot_monitor.h"
@@ -187,6 +188,14 @@ ABSL_FLAG(absl::Duration, republish_margin, absl::Hours(1),
           "most this much before the last acknowledged commit time (covers "
           "long transactions and rows frozen by VACUUM); --cleanup-after "
           "keeps rows this much older than that commit time");
+ABSL_FLAG(absl::Duration, reconcile_interval, absl::Seconds(30),
+          "cdc: how often the reconciler looks for outbox rows older than "
+          "--reconcile-margin that outboxd never published, and publishes "
+          "them late (header outbox.reconciled; it confirms nothing); 0 "
+          "disables; off when --table has no created_at column");
+ABSL_FLAG(absl::Duration, reconcile_margin, absl::Minutes(1),
+          "cdc: rows whose created_at is younger than this are not judged "
+          "by the reconciler yet");
 ABSL_FLAG(absl::Duration, reconnect_backoff_initial, absl::Milliseconds(100),
           "first wait before reconnecting to PostgreSQL after the "
           "connection is lost (replication, or the poller's with "
@@ -228,7 +237,8 @@ absl::Status RefuseFlagsOfOtherModes(const flags::ParsedCommandLine& cmd) {
         {FLAGS_databases, FLAGS_slot, FLAGS_publication, FLAGS_status_interval,
          FLAGS_slot_metrics_interval, FLAGS_standby_poll_interval,
          FLAGS_message_prefix, FLAGS_on_slot_loss, FLAGS_failover_slot,
-         FLAGS_republish_margin, FLAGS_cleanup_after, FLAGS_transactional_id,
+         FLAGS_republish_margin, FLAGS_reconcile_interval,
+         FLAGS_reconcile_margin, FLAGS_cleanup_after, FLAGS_transactional_id,
          FLAGS_transaction_interval}));
     if (source == "poll") {
       RETURN_IF_ERROR(
@@ -294,6 +304,8 @@ OutboxdFlags ReadFlags(const flags::ParsedCommandLine& cmd) {
   f.on_slot_loss = absl::GetFlag(FLAGS_on_slot_loss);
   f.failover_slot = absl::GetFlag(FLAGS_failover_slot);
   f.republish_margin = absl::GetFlag(FLAGS_republish_margin);
+  f.reconcile_interval = absl::GetFlag(FLAGS_reconcile_interval);
+  f.reconcile_margin = absl::GetFlag(FLAGS_reconcile_margin);
   f.cleanup_after = absl::GetFlag(FLAGS_cleanup_after);
   f.status_interval = absl::GetFlag(FLAGS_status_interval);
   f.standby_poll_interval = absl::GetFlag(FLAGS_standby_poll_interval);
@@ -329,10 +341,39 @@ std::vector<std::unique_ptr<SlotMonitor>> StartSlotMonitors(
   return monitors;
 }
 
+// The reconciler of each stream with a --table (one thread each), comparing
+// the table with `acknowledged[i]`, the ids stream i acknowledged.
+std::vector<std::unique_ptr<Reconciler>> StartReconcilers(
+    const CdcOptions& cdc, const PublisherOptions& publisher,
+    const std::vector<AcknowledgedIds*>& acknowledged,
+    metrics::OutboxdMetrics& metrics) {
+  std::vector<std::unique_ptr<Reconciler>> reconcilers;
+  for (size_t i = 0; i < cdc.streams.size(); ++i) {
+    if (acknowledged[i] == nullptr) continue;
+    const CdcStream& s = cdc.streams[i];
+    ReconcilerOptions o;
+    o.conninfo = s.source.conninfo;
+    o.tables = s.source.setup.tables;
+    o.columns = s.source.mapper.columns;
+    o.slot = s.source.setup.slot;
+    o.name = s.name.empty() ? "" : absl::StrCat("[", s.name, "] ");
+    o.interval = cdc.reconcile_interval;
+    o.margin = cdc.reconcile_margin;
+    o.records = publisher.records;
+    o.producer = publisher.producer;
+    o.fail_on_invalid = publisher.on_invalid == InvalidEventPolicy::kFail;
+    o.acknowledged = acknowledged[i];
+    o.missing = metrics.ForSource(s.name).reconcile_missing;
+    reconcilers.push_back(Reconciler::Start(std::move(o)));
+  }
+  return reconcilers;
+}
+
 // --cleanup-after: one thread for every (database, table), independent of
 // the streams; each target decides from its slot's publisher state row.
-std::unique_ptr<OutboxCleaner> StartCleaner(const CdcOptions& cdc,
-                                            metrics::OutboxdMetrics* metrics) {
+std::unique_ptr<OutboxCleaner> StartCleaner(
+    const CdcOptions& cdc, metrics::OutboxdMetrics* metrics,
+    const std::vector<Reconciler*>& reconcilers) {
   if (cdc.cleanup_after <= absl::ZeroDuration()) return nullptr;
   OutboxCleanerOptions cleanup;
   const CdcSourceOptions& first = cdc.streams.front().source;
@@ -340,10 +381,17 @@ std::unique_ptr<OutboxCleaner> StartCleaner(const CdcOptions& cdc,
   cleanup.older_than = cdc.cleanup_after;
   cleanup.republish_margin = first.republish_margin;
   cleanup.metrics = metrics;
-  for (const CdcStream& s : cdc.streams) {
+  for (size_t i = 0; i < cdc.streams.size(); ++i) {
+    const CdcStream& s = cdc.streams[i];
     for (const QualifiedName& table : s.source.setup.tables) {
       cleanup.targets.push_back(
           {s.source.conninfo, table, s.source.setup.slot, s.name});
+      if (Reconciler* r = reconcilers[i]; r != nullptr) {
+        // Nothing the reconciler has not judged yet.
+        cleanup.targets.back().judged_before = [r] {
+          return r->judged_before_unix_us();
+        };
+      }
     }
   }
   return OutboxCleaner::Start(std::move(cleanup));
@@ -398,18 +446,37 @@ absl::Status Run(const OutboxdOptions& options) {
   std::vector<std::unique_ptr<EventSource>> sources;
   std::vector<PublisherStream> streams;
   std::vector<std::unique_ptr<SlotMonitor>> slot_monitors;
+  // Each stream's acknowledged ids and reconciler (--reconcile-interval),
+  // then the cleaner that asks them: destroyed in the reverse order.
+  std::vector<std::unique_ptr<AcknowledgedIds>> acknowledged;
+  std::vector<std::unique_ptr<Reconciler>> reconcilers;
   std::unique_ptr<OutboxCleaner> cleaner;
   if (cdc != nullptr) {
+    std::vector<AcknowledgedIds*> ids;
     for (const CdcStream& s : cdc->streams) {
-      sources.push_back(MakeCdcSource({options.publisher, s.source},
+      ids.push_back(nullptr);
+      if (cdc->reconcile_interval > absl::ZeroDuration() &&
+          !s.source.setup.tables.empty()) {
+        acknowledged.push_back(std::make_unique<AcknowledgedIds>());
+        ids.back() = acknowledged.back().get();
+      }
+      sources.push_back(MakeCdcSource({options.publisher, s.source, ids.back()},
                                       outboxd_metrics.ForSource(s.name), stop));
-      streams.push_back({sources.back().get(), s.name});
+      streams.push_back({sources.back().get(), s.name, ids.back()});
     }
     if (metrics_server != nullptr) {
       slot_monitors = StartSlotMonitors(*cdc, outboxd_metrics);
     }
+    reconcilers =
+        StartReconcilers(*cdc, options.publisher, ids, outboxd_metrics);
+    std::vector<Reconciler*> by_stream;
+    for (size_t i = 0, next = 0; i < ids.size(); ++i) {
+      by_stream.push_back(ids[i] == nullptr ? nullptr
+                                            : reconcilers[next++].get());
+    }
     cleaner = StartCleaner(
-        *cdc, metrics_server != nullptr ? &outboxd_metrics : nullptr);
+        *cdc, metrics_server != nullptr ? &outboxd_metrics : nullptr,
+        by_stream);
   } else {
     // Polled positions are row seqs and batch numbers, not LSNs.
     outboxd_metrics.ForSource().DropStageLsn();

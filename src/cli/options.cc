@@ -309,6 +309,12 @@ absl::StatusOr<CdcOptions> CdcOptionsFromFlags(
         "--cleanup-after needs --table (it deletes the table's rows)");
   }
   o.cleanup_after = f.cleanup_after;
+  RETURN_IF_ERROR(
+      flags::CheckNotNegative("--reconcile-interval", f.reconcile_interval));
+  RETURN_IF_ERROR(
+      flags::CheckNotNegative("--reconcile-margin", f.reconcile_margin));
+  o.reconcile_interval = f.reconcile_interval;
+  o.reconcile_margin = f.reconcile_margin;
   RETURN_IF_ERROR(flags::CheckNotNegative("--slot-metrics-interval",
                                           f.slot_metrics_interval));
   o.slot_metrics_interval = f.slot_metrics_interval;

@@ -68,6 +68,8 @@ struct OutboxdFlags {
   std::string on_slot_loss;
   std::string failover_slot;
   absl::Duration republish_margin;
+  absl::Duration reconcile_interval;
+  absl::Duration reconcile_margin;
   absl::Duration cleanup_after;
   absl::Duration status_interval;
   absl::Duration standby_poll_interval;
@@ -99,6 +101,10 @@ struct CdcOptions {
   // Outbox rows older than this behind the confirmed position are
   // deleted; 0: none.
   absl::Duration cleanup_after;
+  // The reconciler of each stream (pipeline/reconciler.h): how often; 0:
+  // none. Rows younger than the margin are not judged.
+  absl::Duration reconcile_interval;
+  absl::Duration reconcile_margin;
 };
 
 // Everything outboxd's flags make.

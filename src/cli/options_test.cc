@@ -44,6 +44,8 @@ OutboxdFlags Defaults() {
   f.on_slot_loss = "fail";
   f.failover_slot = "auto";
   f.republish_margin = absl::Hours(1);
+  f.reconcile_interval = absl::Seconds(30);
+  f.reconcile_margin = absl::Minutes(1);
   f.status_interval = absl::Seconds(1);
   f.standby_poll_interval = absl::Milliseconds(20);
   f.slot_metrics_interval = absl::Seconds(10);

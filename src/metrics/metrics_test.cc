@@ -113,6 +113,9 @@ outboxd_slot_lost 0
 # HELP outboxd_republished_events_total Outbox rows republished after a lost slot (--on-slot-loss=republish)
 # TYPE outboxd_republished_events_total counter
 outboxd_republished_events_total 0
+# HELP outboxd_reconcile_missing_events_total Outbox rows the reconciler found never published (older than --reconcile-margin, committed before the confirmed position), published late with header outbox.reconciled
+# TYPE outboxd_reconcile_missing_events_total counter
+outboxd_reconcile_missing_events_total 0
 # HELP outboxd_source_failed 1 while the source is stopped by a failure of its own and waits to be retried (several sources: the others go on; one source: outboxd exits instead)
 # TYPE outboxd_source_failed gauge
 outboxd_source_failed 0

@@ -189,6 +189,11 @@ const MetricSpec kMetrics[] = {
     {&SourceMetrics::republished_events, "outboxd_republished_events_total",
      "Outbox rows republished after a lost slot "
      "(--on-slot-loss=republish)"},
+    {&SourceMetrics::reconcile_missing,
+     "outboxd_reconcile_missing_events_total",
+     "Outbox rows the reconciler found never published (older than "
+     "--reconcile-margin, committed before the confirmed position), "
+     "published late with header outbox.reconciled"},
     {&SourceMetrics::source_failed, "outboxd_source_failed",
      "1 while the source is stopped by a failure of its own and waits to be "
      "retried (several sources: the others go on; one source: outboxd "

@@ -169,6 +169,9 @@ class SourceMetrics {
   // (until a republish completes).
   Gauge* slot_lost;             // outboxd_slot_lost
   Counter* republished_events;  // outboxd_republished_events_total
+  // outboxd_reconcile_missing_events_total: rows the reconciler found
+  // never acknowledged (pipeline/reconciler.h), published late.
+  Counter* reconcile_missing;
   // outboxd_source_failed: 1 while a source of several is stopped by a
   // failure of its own (pipeline/publisher.h) and waits to be retried.
   Gauge* source_failed;

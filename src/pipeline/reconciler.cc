@@ -63,7 +63,9 @@ std::string ArrayLiteral(const std::vector<std::string>& ids) {
 }  // namespace
 
 Reconciler::Reconciler(ReconcilerOptions options)
-    : options_(std::move(options)), lo_(options_.tables.size(), 0) {}
+    : options_(std::move(options)),
+      lo_(options_.tables.size(), 0),
+      off_(options_.tables.size(), false) {}
 
 std::unique_ptr<Reconciler> Reconciler::Start(ReconcilerOptions options) {
   std::unique_ptr<Reconciler> r(new Reconciler(std::move(options)));
@@ -109,6 +111,22 @@ absl::Status Reconciler::Pass() {
                  "::bigint::text"));
   const int64_t now_us = Int(clock.get(), 0, 0);
   if (start_us_ == 0) {
+    // A table without the commit-time column cannot be judged: off for it,
+    // said once.
+    for (size_t t = 0; t < options_.tables.size(); ++t) {
+      ASSIGN_OR_RETURN(
+          OutboxTable table,
+          OutboxTable::Load(*conn, options_.tables[t], options_.columns,
+                            "--reconcile-interval: "));
+      if (table.Optional(options_.created_at_column).empty()) {
+        off_[t] = true;
+        spdlog::info(
+            "{}reconcile: off for {}: it has no column {} (the "
+            "transaction's start, as in sql/outbox.sql)",
+            options_.name, options_.tables[t].ToString(),
+            options_.created_at_column);
+      }
+    }
     start_us_ = now_us;
     std::fill(lo_.begin(), lo_.end(), start_us_);
     judged_before_.store(start_us_);
@@ -139,6 +157,7 @@ absl::Status Reconciler::Pass() {
 
   for (size_t t = 0; t < options_.tables.size(); ++t) {
     if (stopping_.load()) return absl::OkStatus();
+    if (off_[t]) continue;
     const QualifiedName& name = options_.tables[t];
     ASSIGN_OR_RETURN(OutboxTable table,
                      OutboxTable::Load(*conn, name, options_.columns,
@@ -242,7 +261,10 @@ absl::Status Reconciler::Pass() {
     RETURN_IF_ERROR(producer->Finish().status());
   }
   int64_t judged = std::numeric_limits<int64_t>::max();
-  for (int64_t lo : lo_) judged = std::min(judged, lo);
+  for (size_t t = 0; t < lo_.size(); ++t) {
+    if (!off_[t]) judged = std::min(judged, lo_[t]);
+  }
+  if (judged == std::numeric_limits<int64_t>::max()) judged = now_us;
   judged_before_.store(judged);
   // Ids acknowledged before the oldest window's start (on this host's
   // clock, with slack) can no longer be asked about.

@@ -108,6 +108,7 @@ class Reconciler {
   std::atomic<uint64_t> missing_{0};
   std::atomic<int64_t> judged_before_{INT64_MIN};
   std::vector<int64_t> lo_;  // per table, server unix us
+  std::vector<bool> off_;    // per table: no created_at column
   int64_t start_us_ = 0;     // 0: not started
   uint32_t rank_ = 0;        // positions of reconciled records
   std::thread thread_;

@@ -53,7 +53,10 @@ class CleanerRound {
           "make_interval(secs => $3::bigint / 1e6) AND "
           "age(xmin) > age(($4::xid8::text::numeric % 4294967296)::text::xid) "
           "AND pg_snapshot_xmax(pg_current_snapshot())::text::numeric - "
-          "$4::xid8::text::numeric < 2000000000 LIMIT $5)");
+          "$4::xid8::text::numeric < 2000000000 AND ($6::bigint IS NULL OR ",
+          created,
+          " < to_timestamp(0) + $6::bigint * interval '1 microsecond') "
+          "LIMIT $5)");
     }
     ASSIGN_OR_RETURN(
         PgResult state,
@@ -65,6 +68,13 @@ class CleanerRound {
     std::optional<std::string> time = Field(state, 0);
     std::optional<std::string> horizon = Field(state, 1);
     if (!time.has_value() || !horizon.has_value()) return 0;  // not yet known
+    // Nothing the reconciler has not judged yet.
+    std::optional<std::string> judged;
+    if (t_.judged_before) {
+      const int64_t before = t_.judged_before();
+      if (before == INT64_MIN) return 0;
+      judged = absl::StrCat(before);
+    }
 
     uint64_t total = 0;
     while (true) {
@@ -74,7 +84,7 @@ class CleanerRound {
               delete_sql_,
               {absl::StrCat(absl::ToInt64Microseconds(o_.older_than)), *time,
                absl::StrCat(absl::ToInt64Microseconds(o_.republish_margin)),
-               *horizon, absl::StrCat(o_.batch_size)}));
+               *horizon, absl::StrCat(o_.batch_size), judged}));
       uint64_t n = 0;
       if (!absl::SimpleAtoi(PQcmdTuples(d.get()), &n)) n = 0;
       total += n;

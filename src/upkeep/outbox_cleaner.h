@@ -5,7 +5,8 @@
 // outbox.publisher_state) proves acknowledged:
 //   xmin older than the recorded xmin horizon (committed at or before the
 //   recorded position, which Kafka acknowledged), AND
-//   created_at < recorded commit time - republish margin.
+//   created_at < recorded commit time - republish margin, AND
+//   (with a reconciler) created_at before what it has judged.
 // That is exactly the complement of what a republish selects. The slot's
 // own confirmed_flush_lsn is not trusted: a re-created slot starts past
 // events that were never published. Nothing is deleted while the record is
@@ -24,6 +25,8 @@
 #define OUTBOXD_UPKEEP_OUTBOX_CLEANER_H_
 
 #include <atomic>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -45,6 +48,10 @@ struct CleanupTarget {
   // Prefix of its log lines ("[name] "), the stream's name with several
   // sources; "" with one.
   std::string name;
+  // The reconciler's judged_before_unix_us() (pipeline/reconciler.h): no
+  // row created at or after it is deleted, INT64_MIN: none at all; empty:
+  // no reconciler.
+  std::function<int64_t()> judged_before;
 };
 
 struct OutboxCleanerOptions {
