@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS public.outbox (
 -- Kafka acknowledged it (--poll-cleanup=mark, the default) or delete it
 -- (--poll-cleanup=delete). The partial index keeps "unpublished rows in seq
 -- order" cheap however many published rows the table holds.
+-- The reconciler (--reconcile-interval, --source=cdc) and --cleanup-after
+-- read the rows of a created_at window: one index keeps that a range scan
+-- whatever the table holds.
+CREATE INDEX IF NOT EXISTS outbox_created_at ON public.outbox (created_at);
+
 ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS published_at timestamptz;
 CREATE INDEX IF NOT EXISTS outbox_unpublished_seq
   ON public.outbox (seq) WHERE published_at IS NULL;
