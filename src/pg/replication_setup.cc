@@ -1,8 +1,10 @@
 #include "pg/replication_setup.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -57,6 +59,7 @@ std::string FieldOrEmpty(const PGresult* result, int row, int column) {
 struct TableInfo {
   std::string oid;
   std::string namespace_oid;
+  bool partitioned = false;  // relkind 'p'
 };
 
 absl::StatusOr<TableInfo> LookUpTable(PgConnection& conn,
@@ -80,7 +83,7 @@ absl::StatusOr<TableInfo> LookUpTable(PgConnection& conn,
                      "'): only tables can be published"));
   }
   return TableInfo{FieldOrEmpty(result.get(), 0, 0),
-                   FieldOrEmpty(result.get(), 0, 1)};
+                   FieldOrEmpty(result.get(), 0, 1), relkind == "p"};
 }
 
 // Whether an existing publication carries inserts into `table` (nullopt:
@@ -89,6 +92,7 @@ absl::StatusOr<TableInfo> LookUpTable(PgConnection& conn,
 struct PublicationCoverage {
   bool publishes_inserts = false;
   bool includes_table = false;
+  bool via_partition_root = false;
 };
 absl::StatusOr<PublicationCoverage> InspectPublication(
     PgConnection& conn, const std::string& publication,
@@ -106,7 +110,8 @@ absl::StatusOr<PublicationCoverage> InspectPublication(
     absl::StrAppend(&sql, " OR $3::oid IS NULL");
   }
   absl::StrAppend(&sql,
-                  " FROM pg_catalog.pg_publication p WHERE p.pubname = $1");
+                  ", p.pubviaroot FROM pg_catalog.pg_publication p "
+                  "WHERE p.pubname = $1");
   std::optional<std::string> oid;
   std::optional<std::string> nsp;
   if (table.has_value()) {
@@ -123,7 +128,45 @@ absl::StatusOr<PublicationCoverage> InspectPublication(
   coverage.publishes_inserts = FieldOrEmpty(result.get(), 0, 0) == "t";
   coverage.includes_table = FieldOrEmpty(result.get(), 0, 1) == "t" ||
                             FieldOrEmpty(result.get(), 0, 2) == "t";
+  coverage.via_partition_root = FieldOrEmpty(result.get(), 0, 3) == "t";
   return coverage;
+}
+
+// A row filter or a column list (PostgreSQL 15) on an outbox table: the
+// rows it holds back are never decoded, the slot moves past them, and the
+// cleaner deletes them unpublished. Refused, naming the filter.
+absl::Status CheckNoFilter(PgConnection& conn, const std::string& publication,
+                           const QualifiedName& name, const TableInfo& table) {
+  if (conn.server_version() < 150000) return absl::OkStatus();
+  ASSIGN_OR_RETURN(
+      PgResult r,
+      conn.ExecParams(
+          "SELECT t.rowfilter, array_to_string(t.attnames, ', '), "
+          "(cardinality(t.attnames) < (SELECT count(*) FROM "
+          "pg_catalog.pg_attribute a WHERE a.attrelid = $4::oid AND "
+          "a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''))"
+          "::text FROM pg_catalog.pg_publication_tables t "
+          "WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3",
+          {publication, name.schema, name.name, table.oid}));
+  for (int row = 0; row < PQntuples(r.get()); ++row) {
+    if (!PQgetisnull(r.get(), row, 0)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "publication ", publication, " carries ", name.ToString(),
+          " with a row filter, WHERE ", FieldOrEmpty(r.get(), row, 0),
+          ": the events it holds back would never be published; remove the "
+          "filter (ALTER PUBLICATION ... SET TABLE listing its tables "
+          "without WHERE), or pass another --publication"));
+    }
+    if (FieldOrEmpty(r.get(), row, 2) == "true") {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "publication ", publication, " carries ", name.ToString(),
+          " with a column list (", FieldOrEmpty(r.get(), row, 1),
+          "): outbox events need every column; remove the list (ALTER "
+          "PUBLICATION ... SET TABLE listing its tables without columns), "
+          "or pass another --publication"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 // An existing publication belongs to the user, so outboxd does not alter
@@ -147,6 +190,24 @@ absl::Status CheckExistingPublication(PgConnection& conn,
     ASSIGN_OR_RETURN(PublicationCoverage c,
                      InspectPublication(conn, options.publication, tables[i]));
     if (!c.includes_table) missing.push_back(options.tables[i].ToString());
+  }
+  if (!any.via_partition_root) {
+    for (size_t i = 0; i < tables.size(); ++i) {
+      if (!tables[i].partitioned) continue;
+      ASSIGN_OR_RETURN(std::string pub,
+                       conn.QuoteIdentifier(options.publication));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "publication ", options.publication, " carries ",
+          options.tables[i].ToString(),
+          ", a partitioned table, without publish_via_partition_root, so "
+          "its inserts would arrive under each partition's name and never "
+          "be published: ALTER PUBLICATION ",
+          pub, " SET (publish_via_partition_root = true)"));
+    }
+  }
+  for (size_t i = 0; i < tables.size(); ++i) {
+    RETURN_IF_ERROR(
+        CheckNoFilter(conn, options.publication, options.tables[i], tables[i]));
   }
   if (!missing.empty()) {
     const std::string list = absl::StrJoin(missing, ", ");
@@ -204,7 +265,14 @@ absl::Status EnsurePublication(PgConnection& conn,
                      conn.QuoteIdentifier(options.tables[i].name));
     absl::StrAppend(&sql, i == 0 ? " FOR TABLE " : ", ", schema, ".", name);
   }
-  absl::StrAppend(&sql, " WITH (publish = 'insert')");
+  absl::StrAppend(&sql, " WITH (publish = 'insert'");
+  // A partitioned table's inserts are decoded per partition; published as
+  // the root's, they reach the table's name (and --table).
+  if (std::any_of(tables.begin(), tables.end(),
+                  [](const TableInfo& t) { return t.partitioned; })) {
+    absl::StrAppend(&sql, ", publish_via_partition_root = true");
+  }
+  sql.push_back(')');
   absl::StatusOr<PgResult> created = conn.Exec(sql);
   if (created.ok()) {
     spdlog::info("created publication {}{}", options.publication,
@@ -362,6 +430,33 @@ absl::StatusOr<SlotState> EnsureSlot(PgConnection& conn,
   return absl::UnavailableError(
       absl::StrCat("replication slot ", options.slot,
                    " was created and dropped concurrently; try again"));
+}
+
+absl::StatusOr<ServerWal> ReadServerWal(PgConnection& conn) {
+  // The timeline is the first 8 hex digits of the WAL file name (no
+  // privilege needed, unlike pg_control_checkpoint(), which also lags a
+  // promotion until its first checkpoint).
+  ASSIGN_OR_RETURN(
+      PgResult r,
+      conn.Exec("SELECT pg_is_in_recovery()::text, CASE WHEN NOT "
+                "pg_is_in_recovery() THEN pg_current_wal_lsn()::text END, "
+                "CASE WHEN NOT pg_is_in_recovery() THEN "
+                "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END"));
+  if (PQntuples(r.get()) != 1) {
+    return absl::InternalError("pg_current_wal_lsn() returned no row");
+  }
+  if (FieldOrEmpty(r.get(), 0, 0) == "true") {
+    return absl::FailedPreconditionError(
+        "the server is in recovery (a standby): outboxd streams from the "
+        "primary");
+  }
+  ServerWal wal;
+  ASSIGN_OR_RETURN(wal.current, Lsn::Parse(FieldOrEmpty(r.get(), 0, 1)));
+  const std::string tli = FieldOrEmpty(r.get(), 0, 2);
+  if (!absl::SimpleHexAtoi(tli, &wal.timeline)) {
+    return absl::InternalError(absl::StrCat("bad timeline '", tli, "'"));
+  }
+  return wal;
 }
 
 absl::StatusOr<std::string> SourceIdentity(PgConnection& conn,

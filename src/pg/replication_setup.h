@@ -5,6 +5,7 @@
 #ifndef OUTBOXD_PG_REPLICATION_SETUP_H_
 #define OUTBOXD_PG_REPLICATION_SETUP_H_
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -111,6 +112,17 @@ bool CreatesFailoverSlot(PgConnection& conn, FailoverSlot mode);
 
 // Drops the slot. kUnavailable while it is active in another process.
 absl::Status DropSlot(PgConnection& conn, const std::string& slot);
+
+// Where the server's WAL is: its current write position and timeline. A
+// position beyond `current` belongs to another history (outboxd streamed
+// from a server whose WAL went further: a restore, or a promoted standby
+// that was behind); a new timeline is a new history from its switch point.
+struct ServerWal {
+  Lsn current;            // pg_current_wal_lsn()
+  uint32_t timeline = 0;  // the timeline of that position
+};
+// kFailedPrecondition on a server in recovery (a standby).
+absl::StatusOr<ServerWal> ReadServerWal(PgConnection& conn);
 
 // A stable id of the event stream, "<system identifier>/<database>/<slot>":
 // the cluster's system identifier (pg_control_system(), unique per initdb
