@@ -93,6 +93,15 @@ class PublisherStateStore {
   // The position last written by this store (or read), Lsn() before that.
   Lsn recorded() const { return recorded_; }
 
+  // The stream starts over in another history (a new slot, or a server
+  // whose WAL is behind what was recorded): forgets the recorded position
+  // and the samples, which belong to the old one; `at` is the row's
+  // position in the new history (Lsn() when unknown).
+  void StartOver(Lsn at) {
+    recorded_ = at;
+    samples_.clear();
+  }
+
  private:
   PublisherStateStore(std::string conninfo, std::string slot,
                       std::string source)

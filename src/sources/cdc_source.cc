@@ -54,6 +54,7 @@ SlotKeeperOptions KeeperOptions(const CdcSourceOptions& o) {
   k.on_slot_loss = o.on_slot_loss;
   k.republish_margin = o.republish_margin;
   k.republish = o.republish;
+  k.check_at_start = o.check_at_start;
   return k;
 }
 
@@ -68,11 +69,13 @@ class CdcSource final : public EventSource {
   absl::StatusOr<ConnectResult> Connect(const ConnectContext& ctx) override {
     ASSIGN_OR_RETURN(SlotKeeper::Slot slot, keeper_.Acquire(ctx));
     ConnectResult result;
+    result.history = slot.history;
     durable_ = Lsn(ctx.durable.value());
     if (slot.new_stream) {
       result.restart_at = AsPosition(slot.start);
       durable_ = slot.start;
       reported_ = slot.start;
+      received_ = slot.start;
       commit_times_.clear();
     }
     spdlog::info("source {}", slot.identity);

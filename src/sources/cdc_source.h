@@ -47,6 +47,9 @@ struct CdcSourceOptions {
   SlotLossPolicy on_slot_loss = SlotLossPolicy::kFail;
   absl::Duration republish_margin = absl::Hours(1);  // for the log line
   RepublishFn republish;
+  // Run once, at the first connect, on the checks' connection (e.g. that a
+  // republish could read the table); its failure stops outboxd.
+  std::function<absl::Status(PgConnection&)> check_at_start;
 };
 
 // The --source=cdc EventSource. `metrics` (its source's) must outlive it.

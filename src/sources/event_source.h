@@ -118,6 +118,11 @@ struct ConnectResult {
   // outbox.source: a stable id of the stream, the same across reconnects
   // to the same database.
   std::string identity;
+  // The history the positions belong to (CDC: the server's timeline; ""
+  // for a source whose positions have one history). A position of another
+  // history (e.g. an exactly-once checkpoint written before a failover)
+  // says nothing about this one's events.
+  std::string history;
   // The line the Publisher logs once the connect is complete ("streaming
   // from slot ...", "publishing from ..."): operators and tests wait for it.
   std::string ready_line;

@@ -48,6 +48,9 @@ absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
   RETURN_IF_ERROR(CheckWalLevel(*conn));
   RETURN_IF_ERROR(CheckFailoverSupported(*conn, options_.setup.failover));
   RETURN_IF_ERROR(EnsurePublication(*conn, options_.setup));
+  if (ctx.first && options_.check_at_start) {
+    RETURN_IF_ERROR(options_.check_at_start(*conn));
+  }
   // outbox.source: the stream's identity (it changes only when the
   // database is another cluster, which the slot check below catches).
   ASSIGN_OR_RETURN(identity_, SourceIdentity(*conn, options_.setup.slot));
@@ -67,30 +70,63 @@ absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
       JudgeSlot(slot, recorded_row_, identity_, options_.setup.slot));
   verdict =
       WithStartSaidInvalidated(std::move(verdict), start_said_invalidated_);
+  ASSIGN_OR_RETURN(const ServerWal wal, ReadServerWal(*conn));
+  const SourcePosition streamed = ctx.durable;
+  // Another history: the server's WAL is behind the position outboxd
+  // streamed to in this run. Streaming from there would skip every new
+  // transaction below it, and confirming it would move the slot and the
+  // record past the server's WAL.
+  const bool behind = !ctx.first && streamed.value() > wal.current.value();
+  if (verdict.kind == SlotVerdict::Kind::kCreate ||
+      verdict.kind == SlotVerdict::Kind::kAdopt || behind) {
+    // Whatever was produced from before goes first (order per aggregate;
+    // a lost slot's recovery does the same).
+    if (!ctx.first && ctx.drain_in_flight) {
+      RETURN_IF_ERROR(ctx.drain_in_flight());
+    }
+  }
   ASSIGN_OR_RETURN(XminSample sample, state_->TakeSample());
   Slot out;
-  out.new_stream = ctx.first;
+  out.new_stream = ctx.first || behind;
+  out.history = absl::StrCat(wal.timeline);
   switch (verdict.kind) {
     case SlotVerdict::Kind::kResume:
       out.start = slot->confirmed_flush;
       spdlog::info("slot {} found, confirmed position {}", options_.setup.slot,
                    out.start.ToString());
+      if (behind) {
+        spdlog::warn(
+            "the server's WAL is at {} (timeline {}), behind the position "
+            "{} outboxd streamed to: a restored or promoted server, another "
+            "history; starting over from the slot at {}",
+            wal.current.ToString(), wal.timeline,
+            Lsn(streamed.value()).ToString(), out.start.ToString());
+        // The row is the new server's (restored with it).
+        state_->StartOver(recorded_row_->last_ack <= wal.current
+                              ? recorded_row_->last_ack
+                              : out.start);
+      }
       break;
     case SlotVerdict::Kind::kAdopt:
       out.start = slot->confirmed_flush;
+      out.new_stream = true;
       spdlog::info(
           "slot {} found, confirmed position {}{}; recording it in {}",
           options_.setup.slot, out.start.ToString(),
           verdict.why.empty() ? "" : absl::StrCat(" (", verdict.why, ")"),
           kPublisherStateTable);
-      RETURN_IF_ERROR(state_->Record(out.start, std::nullopt));
+      state_->StartOver(Lsn());
+      RETURN_IF_ERROR(state_->Record(out.start, std::nullopt, std::nullopt,
+                                     /*force=*/true));
       break;
     case SlotVerdict::Kind::kCreate: {
       ASSIGN_OR_RETURN(out.start, CreateSlotOrRetry(*conn));
+      out.new_stream = true;
+      state_->StartOver(Lsn());
       // The sample predates the slot: rows committed after its start have
       // later commit times and xmins not older than the sample's.
-      RETURN_IF_ERROR(
-          state_->Record(out.start, sample.server_time_unix_us, sample.xmin));
+      RETURN_IF_ERROR(state_->Record(out.start, sample.server_time_unix_us,
+                                     sample.xmin, /*force=*/true));
       break;
     }
     case SlotVerdict::Kind::kLost: {

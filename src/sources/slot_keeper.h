@@ -56,6 +56,8 @@ struct SlotKeeperOptions {
   SlotLossPolicy on_slot_loss = SlotLossPolicy::kFail;
   absl::Duration republish_margin = absl::Hours(1);  // for the log line
   RepublishFn republish;
+  // Run at the first Acquire after the setup checks; a failure is returned.
+  std::function<absl::Status(PgConnection&)> check_at_start;
 };
 
 // What a failed START_REPLICATION means, after Acquire judged the slot.
@@ -89,9 +91,14 @@ class SlotKeeper {
     // Where the slot streams from: its confirmed position, or the start of
     // a slot created or re-created now.
     Lsn start;
-    // The slot is new (created at a first start, or re-created after a
-    // loss): the stream starts over at `start`.
+    // The stream starts over at `start`: a first start, a slot created,
+    // adopted or re-created, or a server whose WAL is behind the position
+    // outboxd streamed to (a restore, a promoted standby that was behind):
+    // nothing remembered from before may be used.
     bool new_stream = false;
+    // The database's history: "<timeline>" of the server's WAL; positions
+    // of another history say nothing about this one's events.
+    std::string history;
     // outbox.source: "<system id>/<dbname>/<slot>".
     std::string identity;
     // The normal connection of the checks; give it to StartFailed if the
