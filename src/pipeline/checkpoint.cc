@@ -16,6 +16,7 @@ std::string EncodeCheckpoint(const Checkpoint& checkpoint) {
       {"lsn", absl::StrCat(checkpoint.position.commit_lsn.value())},
       {"index", checkpoint.position.index},
   };
+  if (!checkpoint.history.empty()) j["history"] = checkpoint.history;
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
@@ -47,7 +48,10 @@ absl::StatusOr<Checkpoint> DecodeCheckpoint(absl::string_view metadata) {
       index->get<uint64_t>() > std::numeric_limits<uint32_t>::max()) {
     return bad("index");
   }
+  auto history = j.find("history");
+  if (history != j.end() && !history->is_string()) return bad("history");
   Checkpoint c;
+  if (history != j.end()) c.history = history->get<std::string>();
   c.source = source->get<std::string>();
   c.position.commit_lsn = Lsn(lsn_value);
   c.position.index = static_cast<uint32_t>(index->get<uint64_t>());
@@ -56,7 +60,8 @@ absl::StatusOr<Checkpoint> DecodeCheckpoint(absl::string_view metadata) {
 
 absl::StatusOr<std::optional<EventPosition>> NewestCheckpoint(
     const std::vector<CommittedOffset>& offsets, const std::string& source,
-    const std::string& group) {
+    const std::string& group, const std::string& history,
+    size_t* other_histories) {
   std::optional<EventPosition> newest;
   for (const CommittedOffset& o : offsets) {
     absl::StatusOr<Checkpoint> c = DecodeCheckpoint(o.metadata);
@@ -74,6 +79,10 @@ absl::StatusOr<std::optional<EventPosition>> NewestCheckpoint(
           c->source, ", not of ", source,
           ": two sources share a transactional id; give each its own "
           "--transactional-id"));
+    }
+    if (c->history != history) {
+      if (other_histories != nullptr) ++*other_histories;
+      continue;
     }
     if (!newest.has_value() || c->position > *newest) newest = c->position;
   }

@@ -21,6 +21,10 @@ namespace outboxd {
 struct Checkpoint {
   std::string source;  // outbox.source of the events
   EventPosition position;
+  // The database history of the position (ConnectResult::history, CDC: the
+  // timeline); "" when none was recorded. A checkpoint of another history
+  // says nothing about this one's events.
+  std::string history;
 };
 
 // The metadata string of a checkpoint (compact JSON, well under Kafka's
@@ -29,13 +33,16 @@ std::string EncodeCheckpoint(const Checkpoint& checkpoint);
 // kDataLoss when `metadata` is not a checkpoint.
 absl::StatusOr<Checkpoint> DecodeCheckpoint(absl::string_view metadata);
 
-// The newest checkpoint of `source` among a group's committed offsets;
-// nullopt when there is none. kFailedPrecondition when an offset carries
-// another source's checkpoint or no checkpoint at all: the group (named
-// after the transactional id) is shared, and nothing it says can be trusted.
+// The newest checkpoint of `source` and `history` among a group's
+// committed offsets; nullopt when there is none. Checkpoints of another
+// history are passed over (counted in `*other_histories` when given).
+// kFailedPrecondition when an offset carries another source's checkpoint or
+// no checkpoint at all: the group (named after the transactional id) is
+// shared, and nothing it says can be trusted.
 absl::StatusOr<std::optional<EventPosition>> NewestCheckpoint(
     const std::vector<CommittedOffset>& offsets, const std::string& source,
-    const std::string& group);
+    const std::string& group, const std::string& history = "",
+    size_t* other_histories = nullptr);
 
 // The offset committed with a checkpoint: the commit LSN, clamped into
 // Kafka's non-negative int64 range (informational; the metadata is what

@@ -71,14 +71,20 @@ class Delivery {
                                    const std::string& identity) = 0;
   // The sink was made (with Producer's options). It must outlive this.
   virtual void Attach(Sink& sink) = 0;
-  // A source of `identity` connected: get ready to produce (exactly-once,
-  // once: the broker supports transactions, the producer is registered,
-  // fencing older instances, and the checkpoint is read and judged by
-  // `check_checkpoint`).
+  // A source of `identity` connected, its positions in `history`
+  // (ConnectResult::history): get ready to produce (exactly-once, once: the
+  // broker supports transactions, the producer is registered, fencing older
+  // instances, and the checkpoint of this history is read and judged by
+  // `check_checkpoint`; on a reconnect in another history, the checkpoint
+  // is forgotten).
   virtual absl::Status Ready(
-      const std::string& identity,
+      const std::string& identity, const std::string& history,
       const std::function<absl::Status(const EventPosition&)>&
           check_checkpoint) = 0;
+  // The source started over at a new position (ConnectResult::restart_at:
+  // a new slot, another history): what was remembered of its old positions
+  // (exactly-once: the checkpoint) must not be used to skip its events.
+  virtual void SourceRestarted() = 0;
 
   // True when the event at `position` is provably in Kafka already (resent
   // after a restart or reconnect): it is skipped (and counted here), and

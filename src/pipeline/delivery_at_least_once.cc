@@ -19,10 +19,11 @@ class AtLeastOnceDelivery final : public Delivery {
   }
   void Attach(Sink& sink) override { sink_ = &sink; }
   absl::Status Ready(
-      const std::string&,
+      const std::string&, const std::string&,
       const std::function<absl::Status(const EventPosition&)>&) override {
     return absl::OkStatus();
   }
+  void SourceRestarted() override {}  // nothing is ever skipped
 
   bool Skips(const EventPosition&) override { return false; }
   absl::Status BeforeProduce() override { return absl::OkStatus(); }

@@ -134,15 +134,18 @@ class TransactionalTest : public DeliveryTest {
     MakeSink(*d);
     return d;
   }
-  absl::Status Ready(Delivery& d, absl::Status history = absl::OkStatus()) {
-    return d.Ready(kIdentity,
+  absl::Status Ready(Delivery& d, absl::Status history = absl::OkStatus(),
+                     const std::string& timeline = "1") {
+    return d.Ready(kIdentity, timeline,
                    [history](const EventPosition&) { return history; });
   }
-  void SeedCheckpoint(EventPosition p, std::string source = kIdentity) {
+  void SeedCheckpoint(EventPosition p, std::string source = kIdentity,
+                      std::string timeline = "1", std::string topic = "t") {
     CommittedOffset c;
-    c.topic = "t";
+    c.topic = std::move(topic);
     c.offset = CheckpointOffset(p);
-    c.metadata = EncodeCheckpoint(Checkpoint{std::move(source), p});
+    c.metadata =
+        EncodeCheckpoint(Checkpoint{std::move(source), p, std::move(timeline)});
     sink_->checkpoints[kGroup].push_back(c);
   }
 
@@ -217,6 +220,62 @@ TEST_F(TransactionalTest, ACheckpointOfAnotherHistoryIsRefused) {
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(s.message(), HasSubstr("new --transactional-id"));
   EXPECT_FALSE(d->Skips(At(1)));  // never used to skip
+}
+
+// A failover or restore to a server whose WAL went back: the checkpoint of
+// the old timeline is never used to skip the new timeline's events, which
+// reuse its positions.
+TEST_F(TransactionalTest, ACheckpointOfAnotherTimelineIsNotUsedToSkip) {
+  auto d = Make();
+  SeedCheckpoint(At(500, 3), kIdentity, "1", "a");
+  SeedCheckpoint(At(300, 0), kIdentity, "2", "b");
+  ASSERT_TRUE(Ready(*d, absl::OkStatus(), "2").ok());
+  EXPECT_TRUE(d->Skips(At(300, 0)));
+  EXPECT_FALSE(d->Skips(At(300, 1)));
+  EXPECT_FALSE(d->Skips(At(400, 0)));
+}
+
+// A checkpoint written without a history (an older outboxd) proves nothing
+// about a source that has one.
+TEST_F(TransactionalTest, ACheckpointWithoutHistoryIsNotUsedToSkip) {
+  auto d = Make();
+  SeedCheckpoint(At(500, 3), kIdentity, "");
+  ASSERT_TRUE(Ready(*d).ok());
+  EXPECT_FALSE(d->Skips(At(400, 0)));
+}
+
+// During a run: the source starts over at a new position (a new slot, a
+// server whose WAL is behind), or reconnects in another timeline; the
+// checkpoint in memory stops skipping.
+TEST_F(TransactionalTest, ARestartedSourceForgetsTheCheckpointInMemory) {
+  auto d = Make();
+  SeedCheckpoint(At(500, 3));
+  ASSERT_TRUE(Ready(*d).ok());
+  EXPECT_TRUE(d->Skips(At(400, 0)));
+  d->SourceRestarted();
+  EXPECT_FALSE(d->Skips(At(400, 0)));
+  // What it commits afterwards is the new stream's checkpoint.
+  Produce(*d, 1, At(420));
+  sink_->Poll(absl::ZeroDuration());
+  ASSERT_TRUE(d->Commit(absl::InfiniteFuture()).ok());
+  EXPECT_TRUE(d->Skips(At(420)));
+  EXPECT_FALSE(d->Skips(At(421)));
+}
+
+TEST_F(TransactionalTest, AReconnectInAnotherTimelineForgetsTheCheckpoint) {
+  auto d = Make();
+  SeedCheckpoint(At(500, 3));
+  ASSERT_TRUE(Ready(*d).ok());
+  ASSERT_TRUE(Ready(*d).ok());  // the same timeline: kept
+  EXPECT_TRUE(d->Skips(At(400, 0)));
+  ASSERT_TRUE(Ready(*d, absl::OkStatus(), "2").ok());
+  EXPECT_FALSE(d->Skips(At(400, 0)));
+  Produce(*d, 1, At(420));
+  sink_->Poll(absl::ZeroDuration());
+  ASSERT_TRUE(d->Commit(absl::InfiniteFuture()).ok());
+  auto c = DecodeCheckpoint(sink_->checkpoints[kGroup].back().metadata);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->history, "2");
 }
 
 TEST_F(TransactionalTest, ACheckpointOfAnotherSourceIsRefused) {

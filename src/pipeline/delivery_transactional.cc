@@ -58,7 +58,7 @@ class TransactionalDelivery final : public Delivery {
   }
   void Attach(Sink& sink) override { sink_ = &sink; }
 
-  absl::Status Ready(const std::string& identity,
+  absl::Status Ready(const std::string& identity, const std::string& history,
                      const std::function<absl::Status(const EventPosition&)>&
                          check_checkpoint) override {
     identity_ = identity;
@@ -66,10 +66,20 @@ class TransactionalDelivery final : public Delivery {
       RETURN_IF_ERROR(CheckBrokerHasTransactions());
       broker_checked_ = true;
     }
+    if (ready_ && history != history_) {
+      // A reconnect to another history (a promoted standby, a restore):
+      // positions of the old one say nothing about the new one's events.
+      Forget(absl::StrCat("the source's history changed from '", history_,
+                          "' to '", history, "'"));
+    }
+    history_ = history;
     if (ready_) return absl::OkStatus();
     RETURN_IF_ERROR(Prepare(check_checkpoint));
     ready_ = true;
     return absl::OkStatus();
+  }
+  void SourceRestarted() override {
+    Forget("the source started over at a new position");
   }
 
   bool Skips(const EventPosition& position) override {
@@ -144,6 +154,16 @@ class TransactionalDelivery final : public Delivery {
   absl::Status Prepare(
       const std::function<absl::Status(const EventPosition&)>& check);
   absl::Status FencedOrFatal();
+  // The checkpoint is never used to skip again (until the next commit
+  // writes one of the new stream).
+  void Forget(absl::string_view why) {
+    if (!checkpoint_.has_value()) return;
+    spdlog::warn(
+        "exactly-once: {}: the checkpoint {} is no longer used to skip "
+        "events (duplicates are possible, losses are not)",
+        std::string(why), Describe(checkpoint_));
+    checkpoint_.reset();
+  }
   absl::Status DeliveryFailureInTransaction();
   absl::Status TransactionFailed(const absl::Status& cause);
   // The sources' keep-alive while a transactional call waits: a lost
@@ -160,6 +180,7 @@ class TransactionalDelivery final : public Delivery {
   TransactionBatch batch_;        // the open Kafka transaction
   std::string transactional_id_;  // also the checkpoint's consumer group
   std::string identity_;          // the source's (outbox.source)
+  std::string history_;           // the source's (ConnectResult::history)
   // This source's newest committed checkpoint: every event at or below it
   // is in Kafka.
   std::optional<EventPosition> checkpoint_;
@@ -229,8 +250,18 @@ absl::Status TransactionalDelivery::Prepare(
   // database restored from a backup) says nothing about this one's events,
   // and skipping by it could lose them.
   checkpoint_.reset();
+  size_t other_histories = 0;
   ASSIGN_OR_RETURN(std::optional<EventPosition> found,
-                   NewestCheckpoint(offsets, identity_, transactional_id_));
+                   NewestCheckpoint(offsets, identity_, transactional_id_,
+                                    history_, &other_histories));
+  if (other_histories > 0) {
+    spdlog::warn(
+        "exactly-once: {} checkpoint(s) of transactional id {} belong to "
+        "another history of the database than '{}' (a failover or a "
+        "restore): not used to skip events (duplicates are possible, losses "
+        "are not)",
+        other_histories, transactional_id_, history_);
+  }
   if (found.has_value()) {
     absl::Status c = check(*found);
     if (!c.ok()) {
@@ -269,7 +300,8 @@ absl::Status TransactionalDelivery::Commit(absl::Time deadline) {
       RETURN_IF_ERROR(KeepAlive());
     }
     const EventPosition& last = batch_.last_position();
-    std::string metadata = EncodeCheckpoint(Checkpoint{identity_, last});
+    std::string metadata =
+        EncodeCheckpoint(Checkpoint{identity_, last, history_});
     for (;;) {
       absl::Status s = sink_->SendCheckpoint(
           transactional_id_, batch_.first_topic(), /*partition=*/0,

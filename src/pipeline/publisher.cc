@@ -83,12 +83,15 @@ class Publisher::Impl final : public DeliveryHost {
       sessions_.back()->set_acknowledged(spec.acknowledged);
     }
     steps_.before_connect = [this] { WaitUntilSinkReady(); };
-    steps_.after_connect = [this](const std::string& identity) {
+    steps_.after_connect = [this](const std::string& identity,
+                                  const std::string& history) {
       if (sink_ == nullptr) RETURN_IF_ERROR(CreateSink(identity));
-      return delivery_->Ready(identity, [this](const EventPosition& p) {
-        return sessions_.front()->source().CheckCheckpoint(p);
-      });
+      return delivery_->Ready(
+          identity, history, [this](const EventPosition& p) {
+            return sessions_.front()->source().CheckCheckpoint(p);
+          });
     };
+    steps_.restarted = [this] { delivery_->SourceRestarted(); };
     steps_.drain_in_flight = [this] { return DrainInFlight(); };
   }
 

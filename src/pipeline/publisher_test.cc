@@ -972,6 +972,38 @@ TEST_F(ExactlyOncePublisherTest, ReconnectCommitsFirstThenSkipsTheResent) {
   EXPECT_EQ(source_.finished_at, SourcePosition(100));
 }
 
+// The source reconnects to a server whose WAL went back (a restore, a
+// promoted standby that was behind) and starts over at a new position: its
+// new events reuse positions at or below the checkpoint committed before,
+// and none of them is skipped as "already in Kafka".
+TEST_F(ExactlyOncePublisherTest,
+       ARestartedSourceIsNeverSkippedByTheOldCheckpoint) {
+  options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
+  options_.session.reconnect.max_backoff = absl::Milliseconds(1);
+  configure_sink_ = [this](FakeSink& s) { SetCheckpoint(s, {Lsn(500), 0}); };
+  source_.Add(Begin());
+  source_.Add(Of(Event(600, 0, "a")));
+  source_.Add(Commit(600));
+  source_.Fail(absl::UnavailableError("connection lost"));
+  std::deque<FakeSource::Entry> again;
+  for (SourceRead r :
+       {Begin(), Of(Event(300, 0, "new1")), Of(Event(300, 1, "new2")),
+        Commit(300), Begin(), Of(Event(550, 0, "new3")), Commit(550)}) {
+    again.push_back({absl::OkStatus(), std::move(r)});
+  }
+  source_.after_reconnect.push_back(std::move(again));
+  source_.restart_on_reconnect.push_back(SourcePosition(200));
+  ASSERT_TRUE(Run([](FakeSource& s) {
+                return s.script.empty() && s.connects == 2 &&
+                       s.durable >= SourcePosition(550);
+              }).ok());
+  EXPECT_EQ(stats_.events_skipped, 0u);
+  ASSERT_EQ(final_.committed.size(), 4u);
+  EXPECT_EQ(final_.committed[1].key, "agg-new1");
+  EXPECT_EQ(final_.committed[2].key, "agg-new2");
+  EXPECT_EQ(final_.committed[3].key, "agg-new3");
+}
+
 // --- several sources, one sink ------------------------------------------
 
 // Two sources (--databases) on one Publisher: each has a descriptor, so

@@ -104,12 +104,13 @@ absl::Status SourceSession::Connect(const SessionSteps& steps) {
     retrying_alone.reset();
     tracker_ = tracker_.StartOver(*r.restart_at);
     stages_.Restart();
+    if (steps.restarted) steps.restarted();
   }
   records_.SetSource(r.identity);
   // After the source's connection: only the owner of a CDC slot may fence
   // the others (a standby waiting for the slot must not take the
   // transactional id from the active instance).
-  RETURN_IF_ERROR(steps.after_connect(r.identity));
+  RETURN_IF_ERROR(steps.after_connect(r.identity, r.history));
   if (!connected_) {
     return absl::UnavailableError("source connection lost while connecting");
   }

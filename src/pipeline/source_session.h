@@ -48,7 +48,12 @@ struct SessionSteps {
   std::function<void()> before_connect;
   // After it, with the source's identity known: the sink exists and the
   // delivery mode is ready. A failure fails the connect.
-  std::function<absl::Status(const std::string& identity)> after_connect;
+  std::function<absl::Status(const std::string& identity,
+                             const std::string& history)>
+      after_connect;
+  // The source started over at a new position (ConnectResult::restart_at),
+  // before after_connect.
+  std::function<void()> restarted;
   // Waits until everything in flight is acknowledged (ConnectContext).
   std::function<absl::Status()> drain_in_flight;
 };

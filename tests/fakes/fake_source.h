@@ -43,6 +43,12 @@ class FakeSource : public EventSource {
   // slot is active in another process).
   std::deque<absl::Status> connect_errors;
   std::string source_identity = "7000000000000000001/db/slot";
+  // Each reconnect starts the stream over at the next of these (a new slot,
+  // a server whose WAL went back: ConnectResult::restart_at), while any are
+  // left.
+  std::deque<SourcePosition> restart_on_reconnect;
+  // ConnectResult::history of every connect.
+  std::string history;
 
   void Add(SourceRead r) {
     script.push_back({absl::OkStatus(), std::move(r)});
@@ -86,11 +92,18 @@ class FakeSource : public EventSource {
     ConnectResult r;
     if (ctx.first) {
       r.restart_at = SourcePosition(0);
-    } else if (!after_reconnect.empty()) {
-      script = std::move(after_reconnect.front());
-      after_reconnect.pop_front();
+    } else {
+      if (!after_reconnect.empty()) {
+        script = std::move(after_reconnect.front());
+        after_reconnect.pop_front();
+      }
+      if (!restart_on_reconnect.empty()) {
+        r.restart_at = restart_on_reconnect.front();
+        restart_on_reconnect.pop_front();
+      }
     }
     r.identity = source_identity;
+    r.history = history;
     r.ready_line = "fake source ready";
     SyncFd();
     open_ = false;
