@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "flags/flags.h"
 #include "pipeline/republisher.h"
 
 namespace outboxd {
@@ -24,6 +25,15 @@ std::unique_ptr<EventSource> MakeCdcSource(const CdcPipelineOptions& options,
     ro.producer = p.producer;
     ro.fail_on_invalid = p.on_invalid == InvalidEventPolicy::kFail;
     ro.acknowledged = options.acknowledged;
+    if (o.on_slot_loss == SlotLossPolicy::kRepublish) {
+      // A table a republish cannot read is a bad command line, told at
+      // start rather than when the slot is lost.
+      o.check_at_start = [ro](PgConnection& conn) {
+        absl::Status s = CheckRepublishable(conn, ro);
+        if (absl::IsFailedPrecondition(s)) return flags::WithExitCode(s, 2);
+        return s;
+      };
+    }
     o.republish =
         [ro, &stop, sink_factory = std::move(sink_factory)](
             const PublisherState& from, Lsn start,

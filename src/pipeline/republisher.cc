@@ -202,6 +202,16 @@ absl::StatusOr<RepublishResult> RepublishProducer::Finish() {
   return result_;
 }
 
+absl::Status CheckRepublishable(PgConnection& conn, const RepublishOptions& o) {
+  for (const QualifiedName& name : o.tables) {
+    ASSIGN_OR_RETURN(
+        OutboxTable table,
+        OutboxTable::Load(conn, name, o.columns, "--on-slot-loss=republish: "));
+    RETURN_IF_ERROR(BuildQuery(table, o).status());
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RepublishResult> RepublishLostEvents(
     const RepublishOptions& o, const SinkFactory& sink_factory,
     const std::string& source, const PublisherState& from, Lsn new_slot_start,

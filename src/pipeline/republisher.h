@@ -117,6 +117,12 @@ class RepublishProducer {
   RepublishResult result_;
 };
 
+// Whether a republish could run on `conn`'s database: every table has the
+// outbox columns and the created_at column (kFailedPrecondition naming the
+// missing one). Checked at start, not when the slot is lost.
+absl::Status CheckRepublishable(PgConnection& conn,
+                                const RepublishOptions& options);
+
 // `from`: the publisher state before the loss; `new_slot_start`: where the
 // new slot streams from; `source`: the stream's identity. kCancelled when
 // `stop` became true.
