@@ -459,6 +459,21 @@ absl::StatusOr<ServerWal> ReadServerWal(PgConnection& conn) {
   return wal;
 }
 
+absl::StatusOr<std::optional<QualifiedName>> PartitionRoot(
+    PgConnection& conn, uint32_t relation_id) {
+  ASSIGN_OR_RETURN(
+      PgResult r,
+      conn.ExecParams(
+          "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+          "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+          "WHERE c.oid = pg_catalog.pg_partition_root($1::oid) "
+          "AND c.oid <> $1::oid",
+          {absl::StrCat(relation_id)}));
+  if (PQntuples(r.get()) == 0) return std::nullopt;
+  return QualifiedName{FieldOrEmpty(r.get(), 0, 0),
+                       FieldOrEmpty(r.get(), 0, 1)};
+}
+
 absl::StatusOr<std::string> SourceIdentity(PgConnection& conn,
                                            const std::string& slot) {
   ASSIGN_OR_RETURN(

@@ -124,6 +124,11 @@ struct ServerWal {
 // kFailedPrecondition on a server in recovery (a standby).
 absl::StatusOr<ServerWal> ReadServerWal(PgConnection& conn);
 
+// The root of the partition tree `relation_id` is a partition of; nullopt
+// when it is none (or no longer exists).
+absl::StatusOr<std::optional<QualifiedName>> PartitionRoot(
+    PgConnection& conn, uint32_t relation_id);
+
 // A stable id of the event stream, "<system identifier>/<database>/<slot>":
 // the cluster's system identifier (pg_control_system(), unique per initdb
 // and kept by physical replicas), the current database and the slot. It is

@@ -9,6 +9,7 @@
 #include <utility>
 #include <variant>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -111,6 +112,7 @@ class CdcSource final : public EventSource {
     // whose Commit we did not see; Relation messages come again.
     stream_.reset();
     mapper_ = OutboxMapper(options_.mapper);
+    other_relations_.clear();  // Relation messages come again
     reply_requested_ = false;
   }
 
@@ -148,6 +150,11 @@ class CdcSource final : public EventSource {
     received_ = Lsn::Max(received_, data.wal_end);
     ASSIGN_OR_RETURN(pgoutput::PgOutputMessage decoded,
                      pgoutput::Decode(data.data));
+    if (const auto* rel = std::get_if<pgoutput::Relation>(&decoded)) {
+      OtherRelation(*rel);
+    } else if (const auto* ins = std::get_if<pgoutput::Insert>(&decoded)) {
+      RETURN_IF_ERROR(RefusePartitionOfTable(ins->relation_id));
+    }
     ASSIGN_OR_RETURN(MappedMessage mapped, mapper_.Apply(decoded));
     if (auto* begin = std::get_if<TransactionBegin>(&mapped)) {
       commit_time_ = begin->commit_time_unix_us;
@@ -295,8 +302,64 @@ class CdcSource final : public EventSource {
     return absl::OkStatus();
   }
 
+  // Remembers a relation that is not an outbox table (pgoutput sends the
+  // Relation of a partition too when it publishes via the root).
+  void OtherRelation(const pgoutput::Relation& rel) {
+    const QualifiedName name{rel.nspname, rel.relname};
+    const auto& tables = options_.setup.tables;
+    if (std::find(tables.begin(), tables.end(), name) != tables.end()) {
+      other_relations_.erase(rel.relation_id);
+      return;
+    }
+    other_relations_[rel.relation_id] = OtherRelationInfo{name, std::nullopt};
+  }
+
+  // An insert into a relation that is not an outbox table but a partition
+  // of one: the publication no longer publishes via the partition root,
+  // and the insert would be ignored as another table's. Stops (nothing of
+  // the transaction is confirmed); the restart's publication check names
+  // the fix. One query per such relation and connection.
+  absl::Status RefusePartitionOfTable(uint32_t relation_id) {
+    auto it = other_relations_.find(relation_id);
+    if (it == other_relations_.end()) return absl::OkStatus();
+    if (!it->second.root.has_value()) {
+      if (check_conn_ == nullptr) {
+        ASSIGN_OR_RETURN(check_conn_,
+                         PgConnection::Connect(options_.conninfo,
+                                               PgConnection::Mode::kNormal));
+      }
+      absl::StatusOr<std::optional<QualifiedName>> root =
+          PartitionRoot(*check_conn_, relation_id);
+      if (!root.ok()) {
+        check_conn_.reset();
+        return root.status();
+      }
+      it->second.root = root->value_or(QualifiedName{"", ""});
+    }
+    const QualifiedName& root = *it->second.root;
+    const auto& tables = options_.setup.tables;
+    if (std::find(tables.begin(), tables.end(), root) == tables.end()) {
+      return absl::OkStatus();
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "an insert into ", it->second.name.ToString(), ", a partition of ",
+        root.ToString(), ", arrived under the partition's name: publication ",
+        options_.setup.publication,
+        " no longer publishes via the partition root, and its events would "
+        "be ignored; stopping without confirming them. ALTER PUBLICATION "
+        "... SET (publish_via_partition_root = true)"));
+  }
+
   const CdcSourceOptions options_;
   metrics::SourceMetrics& m_;
+  // Relations of this connection that are not outbox tables, with the
+  // root of their partition tree once an insert asked ({"", ""}: none).
+  struct OtherRelationInfo {
+    QualifiedName name;
+    std::optional<QualifiedName> root;
+  };
+  absl::flat_hash_map<uint32_t, OtherRelationInfo> other_relations_;
+  std::unique_ptr<PgConnection> check_conn_;  // RefusePartitionOfTable's
   OutboxMapper mapper_;
   std::unique_ptr<ReplicationStream> stream_;
   // The server's warning that the publication is gone ("" while none).

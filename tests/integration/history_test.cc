@@ -82,6 +82,22 @@ TEST_F(HistoryTest, PartitionedOutboxPublishesEveryEvent) {
               t.expected, t.received, t.lost);
   EXPECT_EQ(t.expected, 200u);
   EXPECT_EQ(t.lost, 0u) << Log(o);
+
+  // The publication stops publishing via the root while outboxd streams:
+  // the next insert arrives under its partition's name and stops outboxd
+  // without confirming it, instead of being ignored as another table's.
+  ASSERT_TRUE(
+      Exec("ALTER PUBLICATION mypub SET (publish_via_partition_root = false)")
+          .ok());
+  const Lsn before = CurrentWalLsn();
+  ASSERT_TRUE(Exec("INSERT INTO outbox_partitioned (aggregatetype, "
+                   "aggregateid, type, payload) VALUES ('h', 'agg-late', "
+                   "'Evt', '{}')")
+                  .ok());
+  EXPECT_EQ(ExitCodeOf(o), 1) << Log(o);
+  EXPECT_EQ(LinesWith(o, "a partition of public.outbox_partitioned").size(), 1u)
+      << Log(o);
+  EXPECT_LE(ConfirmedFlush(), before) << "confirmed past the ignored insert";
 }
 
 // A publication that filters rows or columns of an outbox table is
