@@ -925,8 +925,11 @@ TEST_F(CdcTest, SeveralDatabasesCleanupDeletesOnlyConfirmedRows) {
   const std::string topic = prefix_ + "clean";
   // --republish-margin=0s: rows may go as soon as the record proves them
   // acknowledged.
+  // --reconcile-interval=0: the cleaner alone (with the reconciler on, a
+  // row also waits until the reconciler has judged it).
   size_t n = LaunchOutboxd({"--databases=" + absl::StrJoin(dbs, ","),
-                            "--cleanup-after=1s", "--republish-margin=0s"});
+                            "--cleanup-after=1s", "--republish-margin=0s",
+                            "--reconcile-interval=0"});
   ASSERT_TRUE(StreamsFrom(n, dbs)) << Log(n);
   auto all_deleted = [&] {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
@@ -1032,10 +1035,10 @@ TEST_F(CdcTest, CleanupOfOneDatabaseFailingLeavesTheOthersCleaned) {
   const std::string publisher =
       absl::StrCat("--pg=host=127.0.0.1 port=", cluster_->port(),
                    " user=outboxd_publisher dbname=", db_);
-  size_t n =
-      LaunchOutboxd({publisher, "--databases=" + absl::StrJoin(dbs, ","),
-                     "--cleanup-after=1s", "--republish-margin=0s"},
-                    /*wait_ready=*/true, {}, DefaultArgs(/*with_pg=*/false));
+  size_t n = LaunchOutboxd(
+      {publisher, "--databases=" + absl::StrJoin(dbs, ","),
+       "--cleanup-after=1s", "--republish-margin=0s", "--reconcile-interval=0"},
+      /*wait_ready=*/true, {}, DefaultArgs(/*with_pg=*/false));
   ASSERT_TRUE(StreamsFrom(n, dbs)) << Log(n);
   auto eventually_empty = [&](const std::string& db) {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);

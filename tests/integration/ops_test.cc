@@ -739,9 +739,12 @@ TEST_F(OpsTest, CleanupAfterDeletesOnlyConfirmedRows) {
   ASSERT_TRUE(Exec("GRANT DELETE ON public.outbox TO outboxd_publisher").ok());
   // --republish-margin=0s: rows may go as soon as outboxd's record proves
   // them acknowledged (slot_loss_test checks the default margin keeps them).
-  StartOutboxd({"--pg=" + ConnInfo("outboxd_publisher"), "--cleanup-after=1s",
-                "--republish-margin=0s", "--metrics-address="},
-               /*default_pg=*/false);
+  // --reconcile-interval=0: the cleaner alone (with the reconciler on, a
+  // row also waits until the reconciler has judged it).
+  StartOutboxd(
+      {"--pg=" + ConnInfo("outboxd_publisher"), "--cleanup-after=1s",
+       "--republish-margin=0s", "--reconcile-interval=0", "--metrics-address="},
+      /*default_pg=*/false);
   ASSERT_TRUE(Exec("SELECT outbox.emit('cl', 'k' || n, 'E', '{}') "
                    "FROM generate_series(1, 10) n")
                   .ok());
