@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,9 @@ std::string EncodeCheckpoint(const Checkpoint& checkpoint) {
       {"index", checkpoint.position.index},
   };
   if (!checkpoint.history.empty()) j["history"] = checkpoint.history;
+  if (checkpoint.commit_time_unix_ms > 0) {
+    j["time"] = checkpoint.commit_time_unix_ms;
+  }
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
@@ -50,7 +54,10 @@ absl::StatusOr<Checkpoint> DecodeCheckpoint(absl::string_view metadata) {
   }
   auto history = j.find("history");
   if (history != j.end() && !history->is_string()) return bad("history");
+  auto time = j.find("time");
+  if (time != j.end() && !time->is_number_integer()) return bad("time");
   Checkpoint c;
+  if (time != j.end()) c.commit_time_unix_ms = time->get<int64_t>();
   if (history != j.end()) c.history = history->get<std::string>();
   c.source = source->get<std::string>();
   c.position.commit_lsn = Lsn(lsn_value);
@@ -58,11 +65,11 @@ absl::StatusOr<Checkpoint> DecodeCheckpoint(absl::string_view metadata) {
   return c;
 }
 
-absl::StatusOr<std::optional<EventPosition>> NewestCheckpoint(
+absl::StatusOr<std::optional<Checkpoint>> NewestCheckpoint(
     const std::vector<CommittedOffset>& offsets, const std::string& source,
     const std::string& group, const std::string& history,
     size_t* other_histories) {
-  std::optional<EventPosition> newest;
+  std::optional<Checkpoint> newest;
   for (const CommittedOffset& o : offsets) {
     absl::StatusOr<Checkpoint> c = DecodeCheckpoint(o.metadata);
     if (!c.ok()) {
@@ -84,7 +91,9 @@ absl::StatusOr<std::optional<EventPosition>> NewestCheckpoint(
       if (other_histories != nullptr) ++*other_histories;
       continue;
     }
-    if (!newest.has_value() || c->position > *newest) newest = c->position;
+    if (!newest.has_value() || c->position > newest->position) {
+      newest = *std::move(c);
+    }
   }
   return newest;
 }

@@ -25,6 +25,10 @@ struct Checkpoint {
   // timeline); "" when none was recorded. A checkpoint of another history
   // says nothing about this one's events.
   std::string history;
+  // When the source transaction of `position` committed (0: not recorded).
+  // An event at or below `position` that committed later belongs to
+  // another history of the database (its WAL went back: a restore).
+  int64_t commit_time_unix_ms = 0;
 };
 
 // The metadata string of a checkpoint (compact JSON, well under Kafka's
@@ -39,7 +43,7 @@ absl::StatusOr<Checkpoint> DecodeCheckpoint(absl::string_view metadata);
 // kFailedPrecondition when an offset carries another source's checkpoint or
 // no checkpoint at all: the group (named after the transactional id) is
 // shared, and nothing it says can be trusted.
-absl::StatusOr<std::optional<EventPosition>> NewestCheckpoint(
+absl::StatusOr<std::optional<Checkpoint>> NewestCheckpoint(
     const std::vector<CommittedOffset>& offsets, const std::string& source,
     const std::string& group, const std::string& history = "",
     size_t* other_histories = nullptr);

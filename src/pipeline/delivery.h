@@ -10,8 +10,10 @@
 //                  boundary (pipeline/transaction_batch.h); its events are
 //                  acknowledged when it commits. Events at or below the
 //                  checkpoint are in Kafka already and are skipped; a
-//                  failed delivery aborts the transaction, a fenced
-//                  producer stops the run.
+//                  failed delivery or commit aborts the transaction and
+//                  its events are resent (a few times in a row at most),
+//                  a fenced producer or a record refused for good stops
+//                  the run.
 //
 // The Publisher owns the sink and the trackers; a Delivery tells it what is
 // acknowledged through DeliveryHost, so that each rule is a unit test
@@ -36,6 +38,13 @@
 
 namespace outboxd {
 
+// An event as a Delivery sees it: its place in the source's stream and
+// when its source transaction committed (0: unknown).
+struct EventAt {
+  EventPosition position;
+  int64_t commit_time_unix_ms = 0;
+};
+
 // What a Delivery needs from the Publisher.
 class DeliveryHost {
  public:
@@ -56,6 +65,11 @@ struct TransactionalOptions {
   std::string transactional_id;
   TransactionBatchOptions batch;
 };
+
+// The transactional id of a source: `configured` (--transactional-id), or
+// "outboxd-" + `identity` with '/' as '-'.
+std::string TransactionalIdFor(const std::string& configured,
+                               const std::string& identity);
 
 class Delivery {
  public:
@@ -86,14 +100,14 @@ class Delivery {
   // (exactly-once: the checkpoint) must not be used to skip its events.
   virtual void SourceRestarted() = 0;
 
-  // True when the event at `position` is provably in Kafka already (resent
-  // after a restart or reconnect): it is skipped (and counted here), and
-  // counts as acknowledged. Nothing else is ever skipped.
-  virtual bool Skips(const EventPosition& position) = 0;
+  // True when `event` is provably in Kafka already (resent after a restart
+  // or reconnect): it is skipped (and counted here), and counts as
+  // acknowledged. Nothing else is ever skipped.
+  virtual bool Skips(const EventAt& event) = 0;
   // Before each Produce (exactly-once: a transaction is open).
   virtual absl::Status BeforeProduce() = 0;
-  // A record of the event at `position` was queued for `topic`.
-  virtual void Produced(uint64_t sequence, const EventPosition& position,
+  // A record of `event` was queued for `topic`.
+  virtual void Produced(uint64_t sequence, const EventAt& event,
                         const std::string& topic) = 0;
   // One delivery report.
   virtual void OnReport(uint64_t sequence, absl::Status status) = 0;
@@ -111,6 +125,13 @@ class Delivery {
   virtual absl::Status Check() = 0;
   // A failure of this mode is pending (no side effect, unlike Check).
   virtual bool failed() const = 0;
+  // True once after Check or Commit said kUnavailable because a Kafka
+  // transaction was aborted for a cause that may pass (a coordinator or
+  // leader away, a timeout): its events were never acknowledged and will
+  // never be, so every source starts over from its confirmed position
+  // (SourceSession::Rewind) and resends them; the checkpoint skips what
+  // Kafka has.
+  virtual bool TakeRewind() = 0;
   // True when one source's own failure may stop that source only.
   virtual bool IsolatesSources() const = 0;
 

@@ -25,9 +25,9 @@ class AtLeastOnceDelivery final : public Delivery {
   }
   void SourceRestarted() override {}  // nothing is ever skipped
 
-  bool Skips(const EventPosition&) override { return false; }
+  bool Skips(const EventAt&) override { return false; }
   absl::Status BeforeProduce() override { return absl::OkStatus(); }
-  void Produced(uint64_t, const EventPosition&, const std::string&) override {}
+  void Produced(uint64_t, const EventAt&, const std::string&) override {}
   void OnReport(uint64_t sequence, absl::Status status) override {
     if (status.ok()) {
       host_.Acknowledge(sequence);
@@ -43,6 +43,7 @@ class AtLeastOnceDelivery final : public Delivery {
     return sink_ == nullptr ? absl::OkStatus() : sink_->fatal_error();
   }
   bool failed() const override { return false; }
+  bool TakeRewind() override { return false; }
   bool IsolatesSources() const override { return true; }
 
   // A clean stop waits (until `deadline`) for what is in flight, the

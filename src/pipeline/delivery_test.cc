@@ -59,10 +59,11 @@ class DeliveryTest : public ::testing::Test {
     delivery.Attach(*sink_);
   }
   // Produces one record of `sequence` at `position` as the Publisher does.
-  void Produce(Delivery& delivery, uint64_t sequence, EventPosition position) {
+  void Produce(Delivery& delivery, uint64_t sequence, EventPosition position,
+               int64_t commit_time_ms = 0) {
     ASSERT_TRUE(delivery.BeforeProduce().ok());
     ASSERT_TRUE(sink_->Produce(Record(), sequence).ok());
-    delivery.Produced(sequence, position, "t");
+    delivery.Produced(sequence, {position, commit_time_ms}, "t");
   }
 
   RecordingHost host_;
@@ -91,7 +92,7 @@ TEST_F(DeliveryTest, AtLeastOnceAcknowledgesEachRecordByItsOwnReport) {
 TEST_F(DeliveryTest, AtLeastOnceNeverSkipsNorCommits) {
   auto d = NewAtLeastOnceDelivery(host_);
   MakeSink(*d);
-  EXPECT_FALSE(d->Skips(At(1)));
+  EXPECT_FALSE(d->Skips({At(1)}));
   EXPECT_FALSE(d->CommitDue(absl::InfiniteFuture(), true));
   EXPECT_TRUE(d->CheckSources(20).ok());
   EXPECT_TRUE(d->IsolatesSources());
@@ -140,12 +141,13 @@ class TransactionalTest : public DeliveryTest {
                    [history](const EventPosition&) { return history; });
   }
   void SeedCheckpoint(EventPosition p, std::string source = kIdentity,
-                      std::string timeline = "1", std::string topic = "t") {
+                      std::string timeline = "1", std::string topic = "t",
+                      int64_t commit_time_ms = 0) {
     CommittedOffset c;
     c.topic = std::move(topic);
     c.offset = CheckpointOffset(p);
-    c.metadata =
-        EncodeCheckpoint(Checkpoint{std::move(source), p, std::move(timeline)});
+    c.metadata = EncodeCheckpoint(
+        Checkpoint{std::move(source), p, std::move(timeline), commit_time_ms});
     sink_->checkpoints[kGroup].push_back(c);
   }
 
@@ -195,21 +197,48 @@ TEST_F(TransactionalTest, EventsAreAcknowledgedOnlyWhenTheTransactionCommits) {
   EXPECT_EQ(c->source, kIdentity);
   EXPECT_EQ(c->position, At(100, 1));
   // Resent events at or below it are now in Kafka.
-  EXPECT_TRUE(d->Skips(At(100, 1)));
-  EXPECT_FALSE(d->Skips(At(100, 2)));
+  EXPECT_TRUE(d->Skips({At(100, 1)}));
+  EXPECT_FALSE(d->Skips({At(100, 2)}));
 }
 
 TEST_F(TransactionalTest, SkipsOnlyAtOrBelowTheCheckpointItRead) {
   auto d = Make();
   SeedCheckpoint(At(500, 3));
   ASSERT_TRUE(Ready(*d).ok());
-  EXPECT_TRUE(d->Skips(At(400, 9)));
-  EXPECT_TRUE(d->Skips(At(500, 3)));
-  EXPECT_FALSE(d->Skips(At(500, 4)));
-  EXPECT_FALSE(d->Skips(At(600, 0)));
+  EXPECT_TRUE(d->Skips({At(400, 9)}));
+  EXPECT_TRUE(d->Skips({At(500, 3)}));
+  EXPECT_FALSE(d->Skips({At(500, 4)}));
+  EXPECT_FALSE(d->Skips({At(600, 0)}));
   PipelineStats stats;
   d->AddStats(stats);
   EXPECT_EQ(stats.events_skipped, 2u);
+}
+
+// A restore on the same timeline whose WAL has passed the checkpoint's
+// position again (seen after a process restart, so the timeline and the
+// position say nothing): the first event at or below the checkpoint that
+// committed after the checkpoint's own transaction is not skipped, and the
+// checkpoint is never used to skip again.
+TEST_F(TransactionalTest, AnEventCommittedAfterTheCheckpointIsNeverSkipped) {
+  constexpr int64_t kCheckpointTime = 1700000000000;
+  auto d = Make();
+  SeedCheckpoint(At(500, 3), kIdentity, "1", "t", kCheckpointTime);
+  ASSERT_TRUE(Ready(*d).ok());
+  // The same history: resent events committed before, or a few ms after
+  // (commit times follow positions only roughly).
+  EXPECT_TRUE(d->Skips({At(400, 0), kCheckpointTime - 5000}));
+  EXPECT_TRUE(d->Skips({At(450, 0), kCheckpointTime + 3}));
+  // Another history: committed a minute after the checkpoint's transaction.
+  EXPECT_FALSE(d->Skips({At(480, 0), kCheckpointTime + 60000}));
+  EXPECT_FALSE(d->Skips({At(490, 0), kCheckpointTime - 5000}));
+  // The checkpoint a commit writes carries its last event's time.
+  Produce(*d, 1, At(600), kCheckpointTime + 90000);
+  ASSERT_TRUE(d->Commit(absl::InfiniteFuture()).ok());
+  ASSERT_FALSE(sink_->checkpoints[kGroup].empty());
+  auto c = DecodeCheckpoint(sink_->checkpoints[kGroup].back().metadata);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->position, At(600));
+  EXPECT_EQ(c->commit_time_unix_ms, kCheckpointTime + 90000);
 }
 
 TEST_F(TransactionalTest, ACheckpointOfAnotherHistoryIsRefused) {
@@ -219,7 +248,7 @@ TEST_F(TransactionalTest, ACheckpointOfAnotherHistoryIsRefused) {
       Ready(*d, absl::FailedPreconditionError("past the database's WAL"));
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(s.message(), HasSubstr("new --transactional-id"));
-  EXPECT_FALSE(d->Skips(At(1)));  // never used to skip
+  EXPECT_FALSE(d->Skips({At(1)}));  // never used to skip
 }
 
 // A failover or restore to a server whose WAL went back: the checkpoint of
@@ -230,9 +259,9 @@ TEST_F(TransactionalTest, ACheckpointOfAnotherTimelineIsNotUsedToSkip) {
   SeedCheckpoint(At(500, 3), kIdentity, "1", "a");
   SeedCheckpoint(At(300, 0), kIdentity, "2", "b");
   ASSERT_TRUE(Ready(*d, absl::OkStatus(), "2").ok());
-  EXPECT_TRUE(d->Skips(At(300, 0)));
-  EXPECT_FALSE(d->Skips(At(300, 1)));
-  EXPECT_FALSE(d->Skips(At(400, 0)));
+  EXPECT_TRUE(d->Skips({At(300, 0)}));
+  EXPECT_FALSE(d->Skips({At(300, 1)}));
+  EXPECT_FALSE(d->Skips({At(400, 0)}));
 }
 
 // A checkpoint written without a history (an older outboxd) proves nothing
@@ -241,7 +270,7 @@ TEST_F(TransactionalTest, ACheckpointWithoutHistoryIsNotUsedToSkip) {
   auto d = Make();
   SeedCheckpoint(At(500, 3), kIdentity, "");
   ASSERT_TRUE(Ready(*d).ok());
-  EXPECT_FALSE(d->Skips(At(400, 0)));
+  EXPECT_FALSE(d->Skips({At(400, 0)}));
 }
 
 // During a run: the source starts over at a new position (a new slot, a
@@ -251,15 +280,15 @@ TEST_F(TransactionalTest, ARestartedSourceForgetsTheCheckpointInMemory) {
   auto d = Make();
   SeedCheckpoint(At(500, 3));
   ASSERT_TRUE(Ready(*d).ok());
-  EXPECT_TRUE(d->Skips(At(400, 0)));
+  EXPECT_TRUE(d->Skips({At(400, 0)}));
   d->SourceRestarted();
-  EXPECT_FALSE(d->Skips(At(400, 0)));
+  EXPECT_FALSE(d->Skips({At(400, 0)}));
   // What it commits afterwards is the new stream's checkpoint.
   Produce(*d, 1, At(420));
   sink_->Poll(absl::ZeroDuration());
   ASSERT_TRUE(d->Commit(absl::InfiniteFuture()).ok());
-  EXPECT_TRUE(d->Skips(At(420)));
-  EXPECT_FALSE(d->Skips(At(421)));
+  EXPECT_TRUE(d->Skips({At(420)}));
+  EXPECT_FALSE(d->Skips({At(421)}));
 }
 
 TEST_F(TransactionalTest, AReconnectInAnotherTimelineForgetsTheCheckpoint) {
@@ -267,9 +296,9 @@ TEST_F(TransactionalTest, AReconnectInAnotherTimelineForgetsTheCheckpoint) {
   SeedCheckpoint(At(500, 3));
   ASSERT_TRUE(Ready(*d).ok());
   ASSERT_TRUE(Ready(*d).ok());  // the same timeline: kept
-  EXPECT_TRUE(d->Skips(At(400, 0)));
+  EXPECT_TRUE(d->Skips({At(400, 0)}));
   ASSERT_TRUE(Ready(*d, absl::OkStatus(), "2").ok());
-  EXPECT_FALSE(d->Skips(At(400, 0)));
+  EXPECT_FALSE(d->Skips({At(400, 0)}));
   Produce(*d, 1, At(420));
   sink_->Poll(absl::ZeroDuration());
   ASSERT_TRUE(d->Commit(absl::InfiniteFuture()).ok());
@@ -284,18 +313,72 @@ TEST_F(TransactionalTest, ACheckpointOfAnotherSourceIsRefused) {
   EXPECT_EQ(Ready(*d).code(), absl::StatusCode::kFailedPrecondition);
 }
 
-TEST_F(TransactionalTest, AFailedDeliveryAbortsTheTransaction) {
+// A cause that may pass (a leader or coordinator away): the transaction is
+// aborted and its events are to be resent (a rewind), a few times in a
+// row at most; a record refused for good stops the run at once.
+TEST_F(TransactionalTest, AFailedDeliveryAbortsAndRewindsAFewTimes) {
   auto d = Make();
   ASSERT_TRUE(Ready(*d).ok());
   sink_->fail_delivery = [](const testing::FakeRecord&) {
-    return absl::InvalidArgumentError("MSG_SIZE_TOO_LARGE");
+    return absl::DeadlineExceededError("Local: Message timed out");
+  };
+  for (int attempt = 1; attempt <= 5; ++attempt) {
+    Produce(*d, attempt, At(100));
+    sink_->Poll(absl::ZeroDuration());
+    EXPECT_TRUE(d->failed());
+    absl::Status s = d->Check();
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << attempt;
+    EXPECT_THAT(s.message(), HasSubstr("resending its events"));
+    EXPECT_TRUE(d->TakeRewind());
+    EXPECT_FALSE(d->TakeRewind());  // once
+    EXPECT_FALSE(d->failed());
+    EXPECT_EQ(sink_->transactions_aborted(), attempt);
+  }
+  Produce(*d, 6, At(100));
+  sink_->Poll(absl::ZeroDuration());
+  EXPECT_EQ(d->Check().code(), absl::StatusCode::kAborted);  // the sixth
+  EXPECT_FALSE(d->TakeRewind());
+  EXPECT_THAT(host_.acked, IsEmpty());
+  EXPECT_TRUE(sink_->committed().empty());
+}
+
+TEST_F(TransactionalTest, ACommitResetsTheAbortsInARow) {
+  auto d = Make();
+  ASSERT_TRUE(Ready(*d).ok());
+  bool failing = true;
+  sink_->fail_delivery = [&failing](const testing::FakeRecord&) {
+    return failing ? absl::DeadlineExceededError("timed out")
+                   : absl::OkStatus();
+  };
+  for (int round = 0; round < 3; ++round) {
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      failing = true;
+      Produce(*d, 1, At(100 + round));
+      sink_->Poll(absl::ZeroDuration());
+      ASSERT_EQ(d->Check().code(), absl::StatusCode::kUnavailable);
+      ASSERT_TRUE(d->TakeRewind());
+    }
+    failing = false;
+    Produce(*d, 1, At(100 + round));
+    ASSERT_TRUE(d->Commit(absl::InfiniteFuture()).ok());
+  }
+  EXPECT_EQ(sink_->transactions_committed(), 3);
+}
+
+TEST_F(TransactionalTest, ARecordRefusedForGoodStopsTheRun) {
+  auto d = Make();
+  ASSERT_TRUE(Ready(*d).ok());
+  sink_->fail_delivery = [](const testing::FakeRecord&) {
+    return MarkPermanentRefusal(
+        absl::InvalidArgumentError("MSG_SIZE_TOO_LARGE"));
   };
   Produce(*d, 1, At(100));
   sink_->Poll(absl::ZeroDuration());
   EXPECT_TRUE(d->failed());
   absl::Status s = d->Check();
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
-  EXPECT_THAT(s.message(), HasSubstr("aborted"));
+  EXPECT_THAT(s.message(), HasSubstr("refuses this record for good"));
+  EXPECT_FALSE(d->TakeRewind());
   EXPECT_EQ(sink_->transactions_aborted(), 1);
   EXPECT_THAT(host_.acked, IsEmpty());
   EXPECT_TRUE(sink_->committed().empty());

@@ -20,15 +20,25 @@ namespace {
 // source's keep-alive work (CDC status updates, wal_sender_timeout) goes on
 // while Kafka is slow.
 constexpr absl::Duration kTxnCallTimeout = absl::Milliseconds(500);
+// Aborted transactions in a row (no commit between them) resent in
+// process before the run stops.
+constexpr int kMaxAbortsInARow = 5;
 // How long preparing the transactions (init, checkpoint read) may take
 // before the attempt counts as failed and is retried from the start.
 constexpr absl::Duration kTxnPrepareTimeout = absl::Seconds(60);
 // librdkafka's mock cluster (the dev broker) names its clusters so.
 constexpr absl::string_view kMockClusterPrefix = "mockCluster";
 
-std::string Describe(const std::optional<EventPosition>& p) {
-  if (!p.has_value()) return "none";
-  return absl::StrCat(p->commit_lsn.ToString(), "#", p->index);
+// An event at or below the checkpoint that committed more than this after
+// the checkpoint's own transaction is of another history (commit times
+// follow commit positions to within a few milliseconds; a restore takes
+// far longer).
+constexpr int64_t kCommitTimeSlackMs = 1000;
+
+std::string Describe(const std::optional<Checkpoint>& c) {
+  if (!c.has_value()) return "none";
+  return absl::StrCat(c->position.commit_lsn.ToString(), "#",
+                      c->position.index);
 }
 
 class TransactionalDelivery final : public Delivery {
@@ -46,12 +56,7 @@ class TransactionalDelivery final : public Delivery {
   bool SinkNeedsIdentity() const override { return true; }
   ProducerOptions Producer(const ProducerOptions& base,
                            const std::string& identity) override {
-    transactional_id_ = options_.transactional_id;
-    if (transactional_id_.empty()) {
-      transactional_id_ = absl::StrCat("outboxd-", identity);
-      std::replace(transactional_id_.begin(), transactional_id_.end(), '/',
-                   '-');
-    }
+    transactional_id_ = TransactionalIdFor(options_.transactional_id, identity);
     ProducerOptions o = base;
     o.transactional_id = transactional_id_;
     return o;
@@ -82,8 +87,24 @@ class TransactionalDelivery final : public Delivery {
     Forget("the source started over at a new position");
   }
 
-  bool Skips(const EventPosition& position) override {
-    if (!checkpoint_.has_value() || position > *checkpoint_) return false;
+  bool Skips(const EventAt& event) override {
+    if (!checkpoint_.has_value() || event.position > checkpoint_->position) {
+      return false;
+    }
+    if (checkpoint_->commit_time_unix_ms > 0 &&
+        event.commit_time_unix_ms >
+            checkpoint_->commit_time_unix_ms + kCommitTimeSlackMs) {
+      // The database's WAL went back (a restore, on the same timeline)
+      // and has passed the checkpoint's position again with new
+      // transactions: they are not in Kafka.
+      Forget(absl::StrCat(
+          "an event at ", event.position.commit_lsn.ToString(), "#",
+          event.position.index, " (at or below the checkpoint) committed at ",
+          event.commit_time_unix_ms, " ms, after the checkpoint's own ",
+          "transaction (", checkpoint_->commit_time_unix_ms,
+          " ms): the database's WAL went back"));
+      return false;
+    }
     ++skipped_;
     return true;
   }
@@ -93,9 +114,9 @@ class TransactionalDelivery final : public Delivery {
     batch_.Began(absl::Now());
     return absl::OkStatus();
   }
-  void Produced(uint64_t sequence, const EventPosition& position,
+  void Produced(uint64_t sequence, const EventAt& event,
                 const std::string& topic) override {
-    batch_.Produced(sequence, position, topic);
+    batch_.Produced(sequence, event.position, event.commit_time_unix_ms, topic);
   }
   // Written, not committed: acknowledged when the transaction commits. A
   // failure dooms the open transaction (reports of records purged by our
@@ -117,6 +138,7 @@ class TransactionalDelivery final : public Delivery {
     return FencedOrFatal();
   }
   bool failed() const override { return !delivery_failure_.ok(); }
+  bool TakeRewind() override { return std::exchange(rewind_, false); }
   bool IsolatesSources() const override { return false; }
 
   absl::Status Finish(bool clean, absl::Time deadline) override {
@@ -183,12 +205,14 @@ class TransactionalDelivery final : public Delivery {
   std::string history_;           // the source's (ConnectResult::history)
   // This source's newest committed checkpoint: every event at or below it
   // is in Kafka.
-  std::optional<EventPosition> checkpoint_;
+  std::optional<Checkpoint> checkpoint_;
   bool broker_checked_ = false;
   bool initialized_ = false;      // init_transactions done
   bool ready_ = false;            // initialised, checkpoint read
   bool checkpoint_sent_ = false;  // for the open transaction
   bool aborting_ = false;
+  bool rewind_ = false;
+  int aborts_in_a_row_ = 0;  // since the last commit
   absl::Status delivery_failure_;
   uint64_t transactions_committed_ = 0;
   uint64_t skipped_ = 0;
@@ -251,7 +275,7 @@ absl::Status TransactionalDelivery::Prepare(
   // and skipping by it could lose them.
   checkpoint_.reset();
   size_t other_histories = 0;
-  ASSIGN_OR_RETURN(std::optional<EventPosition> found,
+  ASSIGN_OR_RETURN(std::optional<Checkpoint> found,
                    NewestCheckpoint(offsets, identity_, transactional_id_,
                                     history_, &other_histories));
   if (other_histories > 0) {
@@ -263,7 +287,7 @@ absl::Status TransactionalDelivery::Prepare(
         other_histories, transactional_id_, history_);
   }
   if (found.has_value()) {
-    absl::Status c = check(*found);
+    absl::Status c = check(found->position);
     if (!c.ok()) {
       return absl::Status(
           c.code(),
@@ -300,8 +324,8 @@ absl::Status TransactionalDelivery::Commit(absl::Time deadline) {
       RETURN_IF_ERROR(KeepAlive());
     }
     const EventPosition& last = batch_.last_position();
-    std::string metadata =
-        EncodeCheckpoint(Checkpoint{identity_, last, history_});
+    std::string metadata = EncodeCheckpoint(Checkpoint{
+        identity_, last, history_, batch_.last_commit_time_unix_ms()});
     for (;;) {
       absl::Status s = sink_->SendCheckpoint(
           transactional_id_, batch_.first_topic(), /*partition=*/0,
@@ -324,7 +348,11 @@ absl::Status TransactionalDelivery::Commit(absl::Time deadline) {
     RETURN_IF_ERROR(KeepAlive());
   }
   checkpoint_sent_ = false;
-  if (batch_.size() > 0) checkpoint_ = batch_.last_position();
+  aborts_in_a_row_ = 0;
+  if (batch_.size() > 0) {
+    checkpoint_ = Checkpoint{identity_, batch_.last_position(), history_,
+                             batch_.last_commit_time_unix_ms()};
+  }
   std::vector<uint64_t> committed = batch_.TakeCommitted();
   for (uint64_t sequence : committed) host_.Acknowledge(sequence);
   ++transactions_committed_;
@@ -359,12 +387,19 @@ absl::Status TransactionalDelivery::DeliveryFailureInTransaction() {
           : "")));
 }
 
-// The transaction cannot commit: abort it (unless fenced) and stop. Its
-// events were never acknowledged, so nothing past them is confirmed; the
-// next start resends them and skips what the checkpoint covers.
+// The transaction cannot commit: abort it (unless fenced). Its events were
+// never acknowledged, so nothing past them is confirmed. A cause that may
+// pass (not a fencing, not a record refused for good), with the abort
+// done, is kUnavailable and a rewind: the sources resend the events and
+// the checkpoint skips what Kafka has. Otherwise, or after
+// kMaxAbortsInARow aborts without a commit between them, the run stops;
+// the next start resends them.
 absl::Status TransactionalDelivery::TransactionFailed(
     const absl::Status& cause) {
   aborting_ = true;
+  const bool may_pass = !absl::IsAborted(cause) &&
+                        !IsPermanentRefusal(delivery_failure_) &&
+                        ++aborts_in_a_row_ <= kMaxAbortsInARow;
   if (absl::IsAborted(cause)) {
     batch_.Aborted();
     return absl::AbortedError(absl::StrCat(
@@ -376,6 +411,17 @@ absl::Status TransactionalDelivery::TransactionFailed(
   }
   absl::Status abort = sink_->AbortTransaction(absl::Seconds(10));
   batch_.Aborted();
+  checkpoint_sent_ = false;
+  if (abort.ok() && may_pass) {
+    // The purged records' reports were served by the abort.
+    aborting_ = false;
+    delivery_failure_ = absl::OkStatus();
+    rewind_ = true;
+    return absl::UnavailableError(absl::StrCat(
+        "exactly-once: Kafka transaction aborted (", cause.message(),
+        "); resending its events from the confirmed position (attempt ",
+        aborts_in_a_row_, " of ", kMaxAbortsInARow, ")"));
+  }
   return absl::AbortedError(absl::StrCat(
       "exactly-once: Kafka transaction aborted (", cause.message(), ")",
       abort.ok() ? "" : absl::StrCat(" [abort: ", abort.message(), "]"),
@@ -384,6 +430,14 @@ absl::Status TransactionalDelivery::TransactionFailed(
 }
 
 }  // namespace
+
+std::string TransactionalIdFor(const std::string& configured,
+                               const std::string& identity) {
+  if (!configured.empty()) return configured;
+  std::string id = absl::StrCat("outboxd-", identity);
+  std::replace(id.begin(), id.end(), '/', '-');
+  return id;
+}
 
 std::unique_ptr<Delivery> NewTransactionalDelivery(
     const TransactionalOptions& options, DeliveryHost& host) {

@@ -83,7 +83,7 @@ absl::Status EventProducer::ProduceEvent(SourceSession& st, uint64_t tagged,
                                          bool& done) {
   done = true;
   const auto& event = std::get<OutboxEvent>(st.pending->item);
-  if (delivery_.Skips(event.position)) {
+  if (delivery_.Skips({event.position, event.commit_time_unix_ms})) {
     // In Kafka already: it counts as acknowledged.
     st.tracker().Acknowledge(st.pending->sequence);
     NoteAcknowledged(st, st.pending->id_hash);
@@ -101,7 +101,8 @@ absl::Status EventProducer::ProduceEvent(SourceSession& st, uint64_t tagged,
   RETURN_IF_ERROR(delivery_.BeforeProduce());
   absl::Status s = sink_->Produce(record, tagged);
   if (s.ok()) {
-    delivery_.Produced(tagged, event.position, record.topic);
+    delivery_.Produced(tagged, {event.position, event.commit_time_unix_ms},
+                       record.topic);
     ++stats_.events_produced;
     PublishedEvent& published = published_[tagged];
     published = {&st.metrics().PublishedTo(record.topic), st.pending->id_hash,
@@ -134,7 +135,7 @@ absl::Status EventProducer::ProduceDeadLetter(SourceSession& st,
                                               uint64_t tagged, bool& done) {
   done = true;
   const auto& bad = std::get<InvalidEvent>(st.pending->item);
-  if (delivery_.Skips(bad.position)) {
+  if (delivery_.Skips({bad.position, bad.commit_time_unix_ms})) {
     st.tracker().Acknowledge(st.pending->sequence);
     NoteAcknowledged(st, st.pending->id_hash);
     st.pending.reset();
@@ -153,7 +154,8 @@ absl::Status EventProducer::ProduceDeadLetter(SourceSession& st,
   RETURN_IF_ERROR(delivery_.BeforeProduce());
   absl::Status s = sink_->Produce(record, tagged);
   if (s.ok()) {
-    delivery_.Produced(tagged, bad.position, record.topic);
+    delivery_.Produced(tagged, {bad.position, bad.commit_time_unix_ms},
+                       record.topic);
     ++stats_.events_dead_lettered;
     st.metrics().dead_lettered->Increment();
     if (st.pending->id_hash.has_value()) {

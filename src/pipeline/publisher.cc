@@ -182,7 +182,7 @@ class Publisher::Impl final : public DeliveryHost {
     while (!stop_->load(std::memory_order_relaxed)) {
       const absl::Time now = absl::Now();
       if (sink_ != nullptr) sink_->Poll(absl::ZeroDuration());
-      RETURN_IF_ERROR(delivery_->Check());
+      RETURN_IF_ERROR(Rewound(delivery_->Check()));
       bool more = false;
       for (const std::unique_ptr<SourceSession>& st : sessions_) {
         if (stop_->load(std::memory_order_relaxed)) break;
@@ -212,7 +212,7 @@ class Publisher::Impl final : public DeliveryHost {
         spdlog::warn("{}{}; reconnecting", st->log_prefix(),
                      std::string(s.message()));
         st->Disconnect();
-        RETURN_IF_ERROR(delivery_->Commit(absl::InfiniteFuture()));
+        RETURN_IF_ERROR(Rewound(delivery_->Commit(absl::InfiniteFuture())));
         st->StartOver();
         more = true;  // the first attempt is immediate
       }
@@ -233,9 +233,10 @@ class Publisher::Impl final : public DeliveryHost {
   absl::Status Wakeup(SourceSession& st, absl::Time now,
                       absl::Time next_progress) {
     RETURN_IF_ERROR(st.source().Durable(st.confirmable()));
-    RETURN_IF_ERROR(delivery_->Check());
+    RETURN_IF_ERROR(Rewound(delivery_->Check()));
+    if (!st.connected()) return absl::OkStatus();  // rewound
     if (delivery_->CommitDue(now, st.AtBoundary())) {
-      RETURN_IF_ERROR(delivery_->Commit(absl::InfiniteFuture()));
+      RETURN_IF_ERROR(Rewound(delivery_->Commit(absl::InfiniteFuture())));
       if (!st.connected()) {
         return absl::UnavailableError(
             "source connection lost during a Kafka commit");
@@ -497,6 +498,16 @@ class Publisher::Impl final : public DeliveryHost {
       }
       if (stop_->load()) return absl::CancelledError("stop requested");
     }
+    return absl::OkStatus();
+  }
+
+  // `s` of Delivery::Check or Commit: OK when the delivery dropped what
+  // was in flight to have it resent (Delivery::TakeRewind): every session
+  // then starts over from its confirmed position.
+  absl::Status Rewound(absl::Status s) {
+    if (s.ok() || !delivery_->TakeRewind()) return s;
+    spdlog::warn("{}", std::string(s.message()));
+    for (const std::unique_ptr<SourceSession>& st : sessions_) st->Rewind();
     return absl::OkStatus();
   }
 

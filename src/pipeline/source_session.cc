@@ -153,6 +153,16 @@ void SourceSession::StartOver() {
   backoff_.Reset();
 }
 
+void SourceSession::Rewind() {
+  Disconnect();
+  pending.reset();
+  refused.clear();
+  retrying_alone.reset();
+  tracker_ = tracker_.StartOver(tracker_.Confirmable());
+  stages_.Restart();
+  StartOver();
+}
+
 void SourceSession::Isolate(const absl::Status& cause) {
   Disconnect();
   ForgetOpenTransaction();

@@ -106,6 +106,10 @@ class SourceSession {
   // again, from the confirmed position, every transaction not yet
   // committed in the tracker; the next attempt is immediate.
   void StartOver();
+  // The delivery dropped every event in flight (an aborted Kafka
+  // transaction, Delivery::TakeRewind): disconnects and starts over from
+  // the confirmed position with a tracker that knows none of them.
+  void Rewind();
   // A lost connection, a restarting server or a slot active in another
   // process; not a failed delivery of the session's.
   bool Reconnectable(const absl::Status& s) const {

@@ -13,10 +13,12 @@ void TransactionBatch::Began(absl::Time now) {
 
 void TransactionBatch::Produced(uint64_t sequence,
                                 const EventPosition& position,
+                                int64_t commit_time_unix_ms,
                                 const std::string& topic) {
   if (sequences_.empty()) first_topic_ = topic;
   sequences_.push_back(sequence);
   last_position_ = position;
+  last_commit_time_ms_ = commit_time_unix_ms;
 }
 
 bool TransactionBatch::CommitDue(absl::Time now, bool at_boundary) const {

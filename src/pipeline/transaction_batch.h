@@ -43,10 +43,11 @@ class TransactionBatch {
   bool open() const { return open_; }
   // A Kafka transaction began at `now`.
   void Began(absl::Time now);
-  // The record of event `sequence` at `position`, going to `topic`, was
-  // enqueued in the open transaction. Positions come in stream order.
+  // The record of event `sequence` at `position` (its transaction committed
+  // at `commit_time_unix_ms`), going to `topic`, was enqueued in the open
+  // transaction. Positions come in stream order.
   void Produced(uint64_t sequence, const EventPosition& position,
-                const std::string& topic);
+                int64_t commit_time_unix_ms, const std::string& topic);
 
   // Whether to commit now. `at_boundary`: no PostgreSQL transaction is half
   // read (its Commit seen, nothing of the next one produced yet).
@@ -58,6 +59,7 @@ class TransactionBatch {
   // The checkpoint to commit with the transaction, and the topic of its
   // first record (whose partition 0 carries it). Only when size() > 0.
   const EventPosition& last_position() const { return last_position_; }
+  int64_t last_commit_time_unix_ms() const { return last_commit_time_ms_; }
   const std::string& first_topic() const { return first_topic_; }
 
   // The transaction committed: its events, now acknowledged. Resets.
@@ -71,6 +73,7 @@ class TransactionBatch {
   absl::Time began_;
   std::vector<uint64_t> sequences_;
   EventPosition last_position_;
+  int64_t last_commit_time_ms_ = 0;
   std::string first_topic_;
 };
 

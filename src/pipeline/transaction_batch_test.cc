@@ -33,7 +33,7 @@ TEST(TransactionBatchTest, EmptyOrClosedIsNeverDue) {
 TEST(TransactionBatchTest, DueByAgeOnlyAtAPostgresCommitBoundary) {
   TransactionBatch b(Options());
   b.Began(kT0);
-  b.Produced(7, Pos(100, 0), "t");
+  b.Produced(7, Pos(100, 0), 0, "t");
   EXPECT_EQ(b.Deadline(), kT0 + absl::Milliseconds(100));
   EXPECT_FALSE(b.CommitDue(kT0 + absl::Milliseconds(99), true));
   // Old enough, but the PostgreSQL transaction is half read: wait for it.
@@ -44,10 +44,10 @@ TEST(TransactionBatchTest, DueByAgeOnlyAtAPostgresCommitBoundary) {
 TEST(TransactionBatchTest, DueBySizeAtABoundary) {
   TransactionBatch b(Options());
   b.Began(kT0);
-  b.Produced(1, Pos(100, 0), "t");
-  b.Produced(2, Pos(100, 1), "t");
+  b.Produced(1, Pos(100, 0), 0, "t");
+  b.Produced(2, Pos(100, 1), 0, "t");
   EXPECT_FALSE(b.CommitDue(kT0, true));
-  b.Produced(3, Pos(200, 0), "t");
+  b.Produced(3, Pos(200, 0), 0, "t");
   EXPECT_FALSE(b.CommitDue(kT0, false));
   EXPECT_TRUE(b.CommitDue(kT0, true));
 }
@@ -55,9 +55,9 @@ TEST(TransactionBatchTest, DueBySizeAtABoundary) {
 TEST(TransactionBatchTest, AHugePostgresTransactionIsSplit) {
   TransactionBatch b(Options());
   b.Began(kT0);
-  for (uint32_t i = 0; i < 4; ++i) b.Produced(i, Pos(100, i), "t");
+  for (uint32_t i = 0; i < 4; ++i) b.Produced(i, Pos(100, i), 0, "t");
   EXPECT_FALSE(b.CommitDue(kT0, false));
-  b.Produced(4, Pos(100, 4), "t");
+  b.Produced(4, Pos(100, 4), 0, "t");
   // split_events reached in the middle of one PostgreSQL transaction.
   EXPECT_TRUE(b.CommitDue(kT0, false));
   // The checkpoint is the last event, mid transaction: (100, 4).
@@ -67,9 +67,9 @@ TEST(TransactionBatchTest, AHugePostgresTransactionIsSplit) {
 TEST(TransactionBatchTest, CommittedEventsAreAcknowledgedWithTheLastPosition) {
   TransactionBatch b(Options());
   b.Began(kT0);
-  b.Produced(10, Pos(100, 0), "orders");
-  b.Produced(11, Pos(100, 1), "outbox.dlq");
-  b.Produced(13, Pos(300, 0), "orders");
+  b.Produced(10, Pos(100, 0), 0, "orders");
+  b.Produced(11, Pos(100, 1), 0, "outbox.dlq");
+  b.Produced(13, Pos(300, 0), 0, "orders");
   EXPECT_EQ(b.size(), 3u);
   EXPECT_EQ(b.first_topic(), "orders");
   EXPECT_EQ(b.last_position(), Pos(300, 0));
@@ -85,12 +85,12 @@ TEST(TransactionBatchTest, CommittedEventsAreAcknowledgedWithTheLastPosition) {
 TEST(TransactionBatchTest, AbortedEventsAreNeverAcknowledged) {
   TransactionBatch b(Options());
   b.Began(kT0);
-  b.Produced(1, Pos(100, 0), "t");
+  b.Produced(1, Pos(100, 0), 0, "t");
   b.Aborted();
   EXPECT_FALSE(b.open());
   EXPECT_EQ(b.size(), 0u);
   b.Began(kT0);
-  b.Produced(2, Pos(200, 0), "u");
+  b.Produced(2, Pos(200, 0), 0, "u");
   EXPECT_EQ(b.first_topic(), "u");
   EXPECT_EQ(b.TakeCommitted(), (std::vector<uint64_t>{2}));
 }
