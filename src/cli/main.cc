@@ -361,6 +361,8 @@ std::vector<std::unique_ptr<Reconciler>> StartReconcilers(
     o.margin = cdc.reconcile_margin;
     o.records = publisher.records;
     o.producer = publisher.producer;
+    o.transactional = publisher.delivery == DeliveryGuarantee::kExactlyOnce;
+    o.transactional_id = publisher.transactions.transactional_id;
     o.fail_on_invalid = publisher.on_invalid == InvalidEventPolicy::kFail;
     o.acknowledged = acknowledged[i];
     o.missing = metrics.ForSource(s.name).reconcile_missing;

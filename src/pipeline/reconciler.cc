@@ -10,6 +10,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "pg/connection.h"
+#include "pipeline/delivery.h"
 #include "pipeline/republisher.h"
 #include "sources/outbox_table.h"
 
@@ -205,9 +206,13 @@ absl::Status Reconciler::Pass() {
       if (!acked[k]) missing_ids.push_back(*Field(r, judged_rows[k], 0));
     }
     // The next window: from one margin before this one's end, or from the
-    // oldest row not judged yet.
-    lo_[t] = std::max(start_us_, std::min(hi - margin_us, pending_min));
-    if (missing_ids.empty()) continue;
+    // oldest row not judged yet; once the missing rows are in Kafka.
+    const int64_t next_lo =
+        std::max(start_us_, std::min(hi - margin_us, pending_min));
+    if (missing_ids.empty()) {
+      lo_[t] = next_lo;
+      continue;
+    }
 
     // The missing rows as events, oldest first.
     ASSIGN_OR_RETURN(
@@ -237,28 +242,25 @@ absl::Status Reconciler::Pass() {
         events.push_back(std::move(*e));
       }
     }
-    if (events.empty()) continue;
-    missing_ += events.size();
-    if (options_.missing != nullptr) options_.missing->Increment(events.size());
+    if (events.empty()) {
+      lo_[t] = next_lo;
+      continue;
+    }
     spdlog::error(
         "{}reconcile: {} rows of {} created between {} and {} UTC were "
         "never published (first id {}); publishing them late with header "
         "outbox.reconciled",
         options_.name, events.size(), name.ToString(), FormatUs(lo),
         FormatUs(hi), events.front().id);
-    RecordBuilder records(options_.records);
-    records.SetSource(source);
-    ASSIGN_OR_RETURN(std::unique_ptr<RepublishProducer> producer,
-                     RepublishProducer::Create(
-                         records, options_.producer, options_.sink_factory,
-                         options_.fail_on_invalid, stopping_));
-    producer->set_context("reconcile");
-    producer->set_acknowledged(options_.acknowledged);
-    for (OutboxEvent& e : events) {
-      e.position = EventPosition{confirmed, rank_++};
-      RETURN_IF_ERROR(producer->AddReconciled(std::move(e), confirmed));
-    }
-    RETURN_IF_ERROR(producer->Finish().status());
+    uint64_t delivered = 0;
+    absl::Status published =
+        PublishLate(source, confirmed, std::move(events), delivered);
+    // Counted once each: a row delivered by a pass that failed is
+    // acknowledged, and not found again.
+    missing_ += delivered;
+    if (options_.missing != nullptr) options_.missing->Increment(delivered);
+    RETURN_IF_ERROR(published);
+    lo_[t] = next_lo;
   }
   int64_t judged = std::numeric_limits<int64_t>::max();
   for (size_t t = 0; t < lo_.size(); ++t) {
@@ -272,6 +274,36 @@ absl::Status Reconciler::Pass() {
       absl::FromUnixMicros(judged) +
       (local_now - absl::FromUnixMicros(now_us)) - kClockSlack);
   return absl::OkStatus();
+}
+
+// Publishes `events` (found missing) with header outbox.reconciled; returns
+// once Kafka holds them all (exactly-once: committed). `delivered`: how
+// many Kafka holds, also on a failure.
+absl::Status Reconciler::PublishLate(const std::string& source, Lsn confirmed,
+                                     std::vector<OutboxEvent> events,
+                                     uint64_t& delivered) {
+  RecordBuilder records(options_.records);
+  records.SetSource(source);
+  ProducerOptions producer = options_.producer;
+  if (options_.transactional) {
+    producer.transactional_id = absl::StrCat(
+        TransactionalIdFor(options_.transactional_id, source), "-reconcile");
+  }
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<RepublishProducer> p,
+      RepublishProducer::Create(records, producer, options_.sink_factory,
+                                options_.fail_on_invalid, stopping_));
+  p->set_context("reconcile");
+  p->set_acknowledged(options_.acknowledged);
+  absl::Status s;
+  for (OutboxEvent& e : events) {
+    e.position = EventPosition{confirmed, rank_++};
+    s = p->AddReconciled(std::move(e), confirmed);
+    if (!s.ok()) break;
+  }
+  absl::Status finished = p->Finish().status();
+  delivered = p->delivered();
+  return s.ok() ? finished : s;
 }
 
 }  // namespace outboxd

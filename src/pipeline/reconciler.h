@@ -9,7 +9,13 @@
 // per finding: the window, the count, the first id) and published late,
 // with header outbox.reconciled, through the RecordBuilder of the stream's
 // events (value format, CloudEvents, route, topic check, dead-letter
-// topic). It confirms nothing: the slot never moves for it.
+// topic). It confirms nothing: the slot never moves for it. Under
+// --delivery=exactly-once the late records of a pass are one Kafka
+// transaction of the reconciler's own transactional id (the stream's +
+// "-reconcile": a producer is not shared across threads, and a pass must
+// not wait for, or split, the stream's transaction). A pass whose
+// publishing fails leaves its window where it was: the rows are found
+// again, and published, by the next pass.
 //
 // The rule (docs/ARCHITECTURE.md, "The reconciler"): a row is judged only
 // when
@@ -55,8 +61,10 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/lsn.h"
 #include "kafka/producer.h"
 #include "metrics/outboxd_metrics.h"
+#include "outbox/event.h"
 #include "outbox/row_to_event.h"
 #include "pg/identifier.h"
 #include "pipeline/acknowledged_ids.h"
@@ -76,6 +84,10 @@ struct ReconcilerOptions {
   absl::Duration margin = absl::Minutes(1);
   RecordOptions records;  // as the streamed events'
   ProducerOptions producer;
+  // --delivery=exactly-once: late records go into Kafka transactions of the
+  // id TransactionalIdFor(transactional_id, source) + "-reconcile".
+  bool transactional = false;
+  std::string transactional_id;  // --transactional-id
   SinkFactory sink_factory = KafkaSinkFactory();
   bool fail_on_invalid = false;
   // The stream's; must outlive the reconciler.
@@ -101,6 +113,9 @@ class Reconciler {
   explicit Reconciler(ReconcilerOptions options);
   void Run();
   absl::Status Pass();
+  absl::Status PublishLate(const std::string& source, Lsn confirmed,
+                           std::vector<OutboxEvent> events,
+                           uint64_t& delivered);
 
   const ReconcilerOptions options_;
   absl::Notification stop_;

@@ -19,6 +19,8 @@ namespace {
 constexpr absl::Duration kWaitInterval = absl::Milliseconds(50);
 // How long one metadata lookup of a topic may take.
 constexpr absl::Duration kTopicLookupTimeout = absl::Seconds(3);
+// Registering a transactional producer, committing or aborting.
+constexpr absl::Duration kTransactionTimeout = absl::Seconds(30);
 
 // A recorded xmin horizon further back than this (in transaction ids) cannot
 // be compared with 32-bit row xmins: every row is taken instead.
@@ -68,7 +70,12 @@ absl::StatusOr<std::unique_ptr<RepublishProducer>> RepublishProducer::Create(
                        ++self->acknowledged_count_;
                        if (seq < self->produced_ids_.size() &&
                            self->produced_ids_[seq].has_value()) {
-                         self->acknowledged_->Add(*self->produced_ids_[seq]);
+                         const uint64_t id = *self->produced_ids_[seq];
+                         if (self->transactional_) {
+                           self->uncommitted_ids_.push_back(id);
+                         } else {
+                           self->acknowledged_->Add(id);
+                         }
                        }
                      } else if (self->failure_.ok()) {
                        self->failure_ = std::move(s);
@@ -78,6 +85,12 @@ absl::StatusOr<std::unique_ptr<RepublishProducer>> RepublishProducer::Create(
       [sink = p->sink_.get()](const std::string& topic) {
         return sink->LookupTopic(topic, kTopicLookupTimeout);
       });
+  if (!producer.transactional_id.empty()) {
+    RETURN_IF_ERROR(p->sink_->InitTransactions(kTransactionTimeout));
+    RETURN_IF_ERROR(p->sink_->BeginTransaction());
+    p->transactional_ = true;
+    p->transaction_open_ = true;
+  }
   return p;
 }
 
@@ -194,12 +207,53 @@ absl::Status RepublishProducer::Healthy() const {
 }
 
 absl::StatusOr<RepublishResult> RepublishProducer::Finish() {
+  absl::Status s = WaitForReports();
+  if (s.ok() && transactional_) s = CommitTransaction();
+  if (!s.ok()) {
+    AbortOpenTransaction();
+    return s;
+  }
+  return result_;
+}
+
+void RepublishProducer::AbortOpenTransaction() {
+  if (!transaction_open_ || !sink_->fatal_error().ok()) return;
+  transaction_open_ = false;
+  sink_->AbortTransaction(kTransactionTimeout).IgnoreError();
+}
+
+RepublishProducer::~RepublishProducer() { AbortOpenTransaction(); }
+
+absl::Status RepublishProducer::WaitForReports() {
   while (acknowledged_count_ < produced_) {
     sink_->Poll(absl::Milliseconds(100));
     RETURN_IF_ERROR(Healthy());
   }
-  RETURN_IF_ERROR(Healthy());
-  return result_;
+  return Healthy();
+}
+
+// Commits the transaction (a commit not known yet is asked again, until
+// kTransactionTimeout); its ids join the acknowledged ones.
+absl::Status RepublishProducer::CommitTransaction() {
+  const absl::Time deadline = absl::Now() + kTransactionTimeout;
+  for (;;) {
+    absl::Status s = sink_->CommitTransaction(kWaitInterval * 10);
+    if (s.ok()) break;
+    if (!absl::IsUnavailable(s) || absl::Now() > deadline) {
+      return absl::Status(s.code(), absl::StrCat(context_,
+                                                 ": committing the Kafka "
+                                                 "transaction failed: ",
+                                                 s.message()));
+    }
+    RETURN_IF_ERROR(Healthy());
+  }
+  transaction_open_ = false;
+  committed_ = true;
+  if (acknowledged_ != nullptr) {
+    for (uint64_t id : uncommitted_ids_) acknowledged_->Add(id);
+  }
+  uncommitted_ids_.clear();
+  return absl::OkStatus();
 }
 
 absl::Status CheckRepublishable(PgConnection& conn, const RepublishOptions& o) {

@@ -22,7 +22,10 @@
 //
 // RepublishProducer is the producing half, unit-tested against FakeSink; it
 // returns only once Kafka acknowledged every record (or with the first
-// failure). Not thread-safe.
+// failure). Given a transactional id (the reconciler under
+// --delivery=exactly-once), its records are one Kafka transaction,
+// committed by Finish (aborted on any failure), and their ids join the
+// acknowledged ones only once it committed. Not thread-safe.
 #ifndef OUTBOXD_PIPELINE_REPUBLISHER_H_
 #define OUTBOXD_PIPELINE_REPUBLISHER_H_
 
@@ -69,11 +72,17 @@ struct RepublishResult {
 class RepublishProducer {
  public:
   // `records` carries the source's identity (RecordBuilder::SetSource).
-  // `stop` must outlive the producer.
+  // `stop` must outlive the producer. With producer.transactional_id, the
+  // producer is registered (fencing an older one of that id) and a
+  // transaction begun.
   static absl::StatusOr<std::unique_ptr<RepublishProducer>> Create(
       const RecordBuilder& records, const ProducerOptions& producer,
       const SinkFactory& sink_factory, bool fail_on_invalid,
       const std::atomic<bool>& stop);
+  // A transaction that did not commit is aborted.
+  ~RepublishProducer();
+  RepublishProducer(const RepublishProducer&) = delete;
+  RepublishProducer& operator=(const RepublishProducer&) = delete;
 
   // One row of the gap, its position set; `republished_after`: the last
   // position acknowledged before the loss.
@@ -86,8 +95,14 @@ class RepublishProducer {
   void set_acknowledged(AcknowledgedIds* ids) { acknowledged_ = ids; }
   // Prefix of its log lines and errors ("republish", "reconcile").
   void set_context(std::string context) { context_ = std::move(context); }
-  // Waits until Kafka acknowledged every record.
+  // Waits until Kafka acknowledged every record (transactional: and
+  // commits them; a failure aborts the transaction).
   absl::StatusOr<RepublishResult> Finish();
+  // Records Kafka holds so far (transactional: once committed), also after
+  // a failure.
+  uint64_t delivered() const {
+    return transactional_ && !committed_ ? 0 : acknowledged_count_;
+  }
 
  private:
   RepublishProducer(const RecordBuilder& records, bool fail_on_invalid,
@@ -99,6 +114,9 @@ class RepublishProducer {
   absl::Status Produce(const KafkaRecord& record, bool& refused);
   absl::Status CheckTopic(const std::string& topic);
   absl::Status Healthy() const;
+  absl::Status WaitForReports();
+  absl::Status CommitTransaction();
+  void AbortOpenTransaction();
 
   RecordBuilder records_;
   const bool fail_on_invalid_;
@@ -111,6 +129,12 @@ class RepublishProducer {
   // sequence) while acknowledged_ is set.
   std::optional<uint64_t> current_id_;
   std::vector<std::optional<uint64_t>> produced_ids_;
+  bool transactional_ = false;
+  bool transaction_open_ = false;
+  bool committed_ = false;
+  // Transactional: ids of acknowledged records, joining acknowledged_ once
+  // the transaction committed.
+  std::vector<uint64_t> uncommitted_ids_;
   uint64_t produced_ = 0;
   uint64_t acknowledged_count_ = 0;
   absl::Status failure_;  // the first failed delivery

@@ -43,9 +43,10 @@ class RepublisherTest : public ::testing::Test {
     RecordBuilder records(options_);
     records.SetSource(kSource);
     auto p = RepublishProducer::Create(
-        records, ProducerOptions{},
-        [this](const ProducerOptions&,
+        records, producer_options_,
+        [this](const ProducerOptions& o,
                DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
+          made_with_ = o;
           auto sink = std::make_unique<FakeSink>(std::move(cb));
           sink_ = sink.get();
           if (configure_) configure_(*sink);
@@ -64,6 +65,8 @@ class RepublisherTest : public ::testing::Test {
   }
 
   RecordOptions options_;
+  ProducerOptions producer_options_;
+  ProducerOptions made_with_;
   bool fail_on_invalid_ = false;
   std::atomic<bool> stop_{false};
   std::function<void(FakeSink&)> configure_;
@@ -175,6 +178,55 @@ TEST_F(RepublisherTest, FinishWaitsForEveryAcknowledgementAndStops) {
   stop_ = true;  // nothing acknowledged yet: the stop ends the wait
   EXPECT_EQ(producer_->Finish().status().code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(sink_->acknowledged().empty());
+}
+
+// The reconciler under --delivery=exactly-once: its late records are one
+// Kafka transaction, and their ids count as acknowledged only once it
+// committed (an id counted before could hide a row the abort lost).
+TEST_F(RepublisherTest, ATransactionalIdMakesOneCommittedTransaction) {
+  producer_options_.transactional_id = "outboxd-7001-shop-reconcile";
+  AcknowledgedIds ids;
+  ASSERT_TRUE(Start().ok());
+  EXPECT_EQ(made_with_.transactional_id, "outboxd-7001-shop-reconcile");
+  producer_->set_acknowledged(&ids);
+  ASSERT_TRUE(producer_->AddReconciled(Event("e1"), kLastAck).ok());
+  ASSERT_TRUE(producer_->AddReconciled(Event("e2"), kLastAck).ok());
+  EXPECT_TRUE(sink_->in_transaction());
+  sink_->Poll(absl::ZeroDuration());  // both reported, not yet committed
+  EXPECT_THAT(ids.ContainsEach({AcknowledgedIds::Hash("e1")}),
+              ::testing::ElementsAre(false));
+  EXPECT_EQ(producer_->delivered(), 0u);  // reported, not committed
+  ASSERT_TRUE(producer_->Finish().ok());
+  EXPECT_EQ(producer_->delivered(), 2u);
+  EXPECT_EQ(sink_->transactions_committed(), 1);
+  EXPECT_FALSE(sink_->in_transaction());
+  ASSERT_EQ(sink_->committed().size(), 2u);
+  EXPECT_TRUE(sink_->committed()[0].Header("outbox.reconciled").has_value());
+  EXPECT_THAT(ids.ContainsEach(
+                  {AcknowledgedIds::Hash("e1"), AcknowledgedIds::Hash("e2")}),
+              ::testing::ElementsAre(true, true));
+}
+
+TEST_F(RepublisherTest, AFailedDeliveryAbortsTheTransaction) {
+  producer_options_.transactional_id = "outboxd-7001-shop-reconcile";
+  configure_ = [](FakeSink& s) {
+    s.fail_delivery = [](const FakeRecord& r) {
+      return r.key == "agg-e2" ? absl::UnavailableError("broker down")
+                               : absl::OkStatus();
+    };
+  };
+  AcknowledgedIds ids;
+  ASSERT_TRUE(Start().ok());
+  producer_->set_acknowledged(&ids);
+  ASSERT_TRUE(producer_->AddReconciled(Event("e1"), kLastAck).ok());
+  producer_->AddReconciled(Event("e2"), kLastAck).IgnoreError();
+  absl::Status s = producer_->Finish().status();
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(producer_->delivered(), 0u);
+  EXPECT_EQ(sink_->transactions_aborted(), 1);
+  EXPECT_TRUE(sink_->committed().empty());
+  EXPECT_THAT(ids.ContainsEach({AcknowledgedIds::Hash("e1")}),
+              ::testing::ElementsAre(false));
 }
 
 }  // namespace

@@ -80,6 +80,27 @@ TEST_F(ReconcileTest, PublicationThatLostTheTableIsReconciled) {
       << Log(n);
 }
 
+// The late records' produce requests fail for longer than the window
+// trails (five passes): the window waits for them, and a later pass
+// publishes them; they are counted once.
+TEST_F(ReconcileTest, ALatePublishThatFailsIsRetriedByTheNextPasses) {
+  size_t n = 0;
+  const int port = StartReconciling(&n);
+  ASSERT_GT(port, 0) << Log(n);
+  ASSERT_TRUE(Exec("ALTER PUBLICATION outbox_pub DROP TABLE outbox").ok());
+  Insert(20, "late");
+  ASSERT_TRUE(Exec("ALTER PUBLICATION outbox_pub ADD TABLE outbox").ok());
+  // Produce (API key 0), not retriable: nothing else produces meanwhile.
+  ASSERT_TRUE(broker_->InjectError(0, "TOPIC_AUTHORIZATION_FAILED", 5).ok());
+  ASSERT_TRUE(WaitForLog(n, "; retried every")) << Log(n);
+  std::vector<ConsumedRecord> records =
+      Read(prefix_ + "late", 20, absl::Seconds(60), absl::Seconds(3));
+  const Tally t = Count(records);
+  EXPECT_EQ(t.expected, 20u);
+  EXPECT_EQ(t.lost, 0u) << Log(n);
+  EXPECT_EQ(Missing(port), 20) << Log(n);
+}
+
 // No false loss: a transaction open past the margin, a rolled-back one, a
 // row deleted in its own transaction, and steady traffic.
 TEST_F(ReconcileTest, NoFalseLossForLongTransactionsAndTraffic) {
