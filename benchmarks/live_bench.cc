@@ -22,6 +22,13 @@
 //                 the writers' backends included), of the writer threads
 //                 (libpq client side) and of the broker (the dev broker or
 //                 the Kafka JVM), in cores
+//   the whole path per event: outboxd + the walsender + the broker, and
+//                 the produce requests per event and records per request
+//                 from outboxd's /metrics (live_extras.h)
+//
+// --variants compares outboxd settings in one run (alternated, --reps),
+// --warmup warms the broker first, --latency adds a latency run per
+// setting with a consumer (the CPU runs have none).
 //
 // Writes <out>/live.json and live.md (live-apache.* with --broker=apache).
 // Measures only; asserts nothing.
@@ -47,6 +54,7 @@
 #include "benchmarks/bench_pg.h"
 #include "benchmarks/bench_proc.h"
 #include "benchmarks/bench_results.h"
+#include "benchmarks/live_extras.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::vector<std::string>, rates,
@@ -63,6 +71,22 @@ ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
           "extra outboxd flags, comma-separated (e.g. "
           "--kafka-property=linger.ms=0)");
 ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-live", "outboxd logs");
+ABSL_FLAG(std::vector<std::string>, variants,
+          std::vector<std::string>({"default:"}),
+          "compared outboxd settings, name:flags (flags separated by spaces), "
+          "e.g. default:,linger5:--kafka-property=linger.ms=5");
+ABSL_FLAG(int, reps, 1,
+          "runs of each setting per rate, the settings' order reversed on "
+          "every other one");
+ABSL_FLAG(absl::Duration, warmup, absl::Seconds(-1),
+          "a first run of that length at the first rate, not reported, so "
+          "that the broker's JIT and caches are warm (default: 10s with "
+          "--broker=apache, none on the dev broker)");
+ABSL_FLAG(bool, latency, false,
+          "after each CPU run, a latency run of the same setting with a "
+          "consumer (commit to receipt p50/p99)");
+ABSL_FLAG(int, fetch_wait_ms, 1, "the latency consumer's fetch.wait.max.ms");
+ABSL_FLAG(std::string, stem, "live", "result file name (without -apache)");
 
 namespace outboxd::bench {
 namespace {
@@ -135,27 +159,61 @@ struct Snapshot {
   ContextSwitches outboxd_switches;
   double postgres_cpu = 0;
   double broker_cpu = 0;
+  double walsender_cpu = 0;
 };
 
-Snapshot Take(BenchEnv& env, pid_t outboxd) {
+Snapshot Take(BenchEnv& env, pid_t outboxd, pid_t walsender) {
   Snapshot s;
   s.at_ns = NowNs();
   s.outboxd_cpu = ProcessCpuSeconds(outboxd);
   s.outboxd_switches = ProcessContextSwitches(outboxd);
   s.postgres_cpu = ClusterCpuSeconds(env.postmaster_pid());
   s.broker_cpu = ProcessCpuSeconds(env.broker_pid());
+  s.walsender_cpu = walsender > 0 ? ProcessCpuSeconds(walsender) : 0;
   return s;
 }
 
+// Per event, the whole path: outboxd, the walsender serving its slot, the
+// broker; and the produce requests outboxd's statistics counted.
+nlohmann::json PathFigures(const Snapshot& before, const Snapshot& after,
+                           const ProduceCounts& sent_before,
+                           const ProduceCounts& sent_after, int64_t n,
+                           double outboxd_cpu) {
+  const double walsender = after.walsender_cpu - before.walsender_cpu;
+  const double broker = after.broker_cpu - before.broker_cpu;
+  const double per = n > 0 ? 1e6 / n : 0.0;
+  nlohmann::json p = {{"walsender_cpu_us_per_event", walsender * per},
+                      {"broker_cpu_us_per_event", broker * per},
+                      {"whole_path_cpu_us_per_event",
+                       (outboxd_cpu + walsender + broker) * per}};
+  const double requests = sent_after.requests - sent_before.requests;
+  const double records = sent_after.records - sent_before.records;
+  const bool counted = sent_before.requests >= 0 && sent_after.requests >= 0;
+  p["produce_requests"] = counted ? requests : -1.0;
+  p["records_sent"] = counted ? records : -1.0;
+  p["requests_per_event"] = counted && n > 0 ? requests / n : -1.0;
+  p["records_per_request"] =
+      counted && requests > 0 ? records / requests : -1.0;
+  return p;
+}
+
+// The outboxd flags of `variant`: --outboxd_args, then its own.
+std::vector<std::string> VariantArgs(const Variant& variant) {
+  std::vector<std::string> args = absl::GetFlag(FLAGS_outboxd_args);
+  args.insert(args.end(), variant.args.begin(), variant.args.end());
+  return args;
+}
+
 absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
-                                      int rate, int run_index) {
+                                      const Variant& variant, int rate,
+                                      absl::Duration duration, int run_index) {
   const std::string rate_name = rate > 0 ? absl::StrCat(rate) : "max";
   const std::string topic =
       absl::StrCat("bench.live.", mode.name, ".", rate_name, ".", run_index);
   const std::string slot = absl::StrCat("bench_live_", run_index);
-  const absl::Duration duration = absl::GetFlag(FLAGS_duration);
   const int connections = absl::GetFlag(FLAGS_connections);
-  std::cerr << "== " << mode.name << " at " << rate_name << " events/s\n";
+  std::cerr << "== " << mode.name << " " << variant.name << " at " << rate_name
+            << " events/s\n";
 
   absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
   if (s.ok()) s = env.PrepareMode(mode);
@@ -165,9 +223,11 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   if (!probe.ok()) return probe.status();
 
   const std::vector<std::string> args =
-      ModeRunArgs(mode, slot, topic, absl::GetFlag(FLAGS_outboxd_args));
+      ModeRunArgs(mode, slot, topic, VariantArgs(variant));
   const std::string log_name =
-      absl::StrCat("outboxd-live-", mode.name, "-", rate_name);
+      absl::StrCat("outboxd-live-", mode.name, "-", rate_name, "-", run_index);
+  const std::string log_path =
+      absl::StrCat(env.work_dir(), "/", log_name, ".log");
   auto outboxd = env.StartOutboxd(args, log_name);
   if (!outboxd.ok()) return outboxd.status();
   testing::ChildProcess& child = **outboxd;
@@ -176,9 +236,11 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
 
   // Ready when one warm-up event is in the broker: connections, metadata
   // and the first batch are out of the measurement.
+  pid_t walsender = -1;
   if (mode.source == "cdc") {
     s = env.WaitSlotActive(slot, absl::Seconds(60));
     if (!s.ok()) return s;
+    walsender = WalsenderPid(env, slot);
   }
   s = env.pg().Exec("postgres", WarmupEventSql("order"));
   if (!s.ok()) return s;
@@ -188,20 +250,25 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
     return absl::DeadlineExceededError(absl::StrCat(
         "no warm-up record (see ", env.work_dir(), "/", log_name, ".log)"));
   }
-  absl::SleepFor(absl::Milliseconds(500));  // let the warm-up settle
+  // Let the warm-up settle and librdkafka's statistics (every second)
+  // count its requests.
+  absl::SleepFor(absl::Milliseconds(1200));
+  const ProduceCounts sent_before = ScrapeProduceCounts(log_path);
 
   auto pool = ConnectAll(env.AdminConnInfo(), connections);
   if (!pool.ok()) return pool.status();
   const int64_t t0 = NowNs() + 20000000;  // 20 ms to get the threads going
   const int64_t end = t0 + absl::ToInt64Nanoseconds(duration);
-  const Snapshot before = Take(env, pid);
+  const Snapshot before = Take(env, pid, walsender);
   const Writers w = Write(*pool, rate, t0, end);
   const int64_t load_end_ns = NowNs();
   const int64_t target = w.committed + 1;  // + the warm-up record
   RecordArrival arrival = WaitForRecords(**probe, topic, kPartitions, target,
                                          absl::Minutes(2), alive);
-  const Snapshot after = Take(env, pid);
+  const Snapshot after = Take(env, pid, walsender);
   const int64_t peak_rss = PeakRssBytes(pid);
+  absl::SleepFor(absl::Milliseconds(1200));  // the next statistics
+  const ProduceCounts sent_after = ScrapeProduceCounts(log_path);
   auto code = env.StopOutboxd(child);
   if (mode.source == "cdc") env.DropSlot(slot);
 
@@ -213,6 +280,8 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
       after.outboxd_switches.total() - before.outboxd_switches.total();
   nlohmann::json j;
   j["mode"] = mode.name;
+  j["variant"] = variant.name;
+  j["variant_args"] = variant.args;
   j["target_rate"] = rate_name;
   j["duration_s"] = absl::ToDoubleSeconds(duration);
   j["connections"] = connections;
@@ -255,6 +324,8 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
       {"writers_cores", w.cpu_s / window_s},
       {"broker_cpu_s", after.broker_cpu - before.broker_cpu},
       {"broker_cores", (after.broker_cpu - before.broker_cpu) / window_s}};
+  j["path"] =
+      PathFigures(before, after, sent_before, sent_after, n, outboxd_cpu);
   std::cerr << j.dump() << "\n";
   if (!all_arrived) {
     std::cerr << "only " << arrival.last_total - 1 << " of " << n
@@ -263,21 +334,36 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   return j;
 }
 
-std::string Markdown(const std::string& broker, const nlohmann::json& runs) {
+// The figure with `decimals`, or "-" when it could not be read (negative).
+std::string Fig(const nlohmann::json& v, int decimals) {
+  const double d = v.get<double>();
+  return d < 0 ? "-" : absl::StrFormat("%.*f", decimals, d);
+}
+
+std::string Markdown(const std::string& broker, const nlohmann::json& runs,
+                     const nlohmann::json& latency, bool variants) {
   std::string md = absl::StrCat("Live rate, broker: ", broker, "\n\n");
-  md +=
-      "| mode | target/s | committed/s | published/s | all arrived | outboxd "
-      "CPU µs/event | outboxd cores | outboxd ctx switches/s (main thread) | "
-      "outboxd peak RSS MB | PostgreSQL cores | writers cores | broker cores "
-      "|\n|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  absl::StrAppend(&md, variants ? "| setting " : "",
+                  "| mode | target/s | committed/s | published/s | all arrived "
+                  "| outboxd CPU µs/event | outboxd cores | outboxd ctx "
+                  "switches/s (main thread) | outboxd peak RSS MB | PostgreSQL "
+                  "cores | writers cores | broker cores | walsender µs/event "
+                  "| broker µs/event | whole path µs/event | produce "
+                  "requests/event | records/request |\n",
+                  variants ? "|---" : "",
+                  "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:"
+                  "|---:|---:|---:|---:|---:|\n");
   for (const nlohmann::json& j : runs) {
     const nlohmann::json& o = j["outboxd"];
     const nlohmann::json& c = j["context"];
+    const nlohmann::json& p = j["path"];
+    if (variants)
+      absl::StrAppend(&md, "| ", j["variant"].get<std::string>(), " ");
     absl::StrAppend(
         &md,
         absl::StrFormat(
             "| %s | %s | %.0f | %.0f | %s | %.1f | %.2f | %.0f (%.0f) | %.1f | "
-            "%.2f | %.2f | %.2f |\n",
+            "%.2f | %.2f | %.2f | %.1f | %.1f | %.1f | %s | %s |\n",
             j["mode"].get<std::string>(), j["target_rate"].get<std::string>(),
             j["committed_per_s"].get<double>(),
             j["published_per_s"].get<double>(),
@@ -290,9 +376,60 @@ std::string Markdown(const std::string& broker, const nlohmann::json& runs) {
             o["context_switches_per_s"].get<double>(),
             o["main_thread_switches_per_s"].get<double>(),
             o["peak_rss_mb"].get<double>(), c["postgres_cores"].get<double>(),
-            c["writers_cores"].get<double>(), c["broker_cores"].get<double>()));
+            c["writers_cores"].get<double>(), c["broker_cores"].get<double>(),
+            p["walsender_cpu_us_per_event"].get<double>(),
+            p["broker_cpu_us_per_event"].get<double>(),
+            p["whole_path_cpu_us_per_event"].get<double>(),
+            Fig(p["requests_per_event"], 3), Fig(p["records_per_request"], 1)));
+  }
+  if (latency.empty()) return md;
+  md +=
+      "\nLatency, commit to consumer (runs of their own, with the consumer)"
+      "\n\n| setting | target/s | committed/s | delivered | p50 ms | p90 ms "
+      "| p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const nlohmann::json& l : latency) {
+    const nlohmann::json& q = l["latency_ms"];
+    absl::StrAppend(
+        &md, absl::StrFormat("| %s | %s | %.0f | %d | %.1f | %.1f | %.1f | "
+                             "%.1f |\n",
+                             l["variant"].get<std::string>(),
+                             l["target_rate"].get<std::string>(),
+                             l["committed_per_s"].get<double>(),
+                             l["delivered"].get<int64_t>(),
+                             q["p50"].get<double>(), q["p90"].get<double>(),
+                             q["p99"].get<double>(), q["max"].get<double>()));
   }
   return md;
+}
+
+// One setting at one rate: its CPU run, then (--latency) its latency run.
+void RunSetting(BenchEnv& env, const PublisherMode& mode, const Variant& v,
+                int rate, int run_index, nlohmann::json& runs,
+                nlohmann::json& latency, nlohmann::json& failures) {
+  const std::string rate_name = rate > 0 ? absl::StrCat(rate) : "max";
+  const nlohmann::json what = {
+      {"mode", mode.name}, {"variant", v.name}, {"rate", rate_name}};
+  auto r = RunOne(env, mode, v, rate, absl::GetFlag(FLAGS_duration), run_index);
+  if (!r.ok()) {
+    AddFailure(failures, absl::StrCat(mode.name, " ", v.name, " ", rate_name),
+               what, r.status());
+    return;
+  }
+  runs.push_back(*r);
+  if (!absl::GetFlag(FLAGS_latency) || rate <= 0) return;
+  auto l = RunLatency(env, VariantArgs(v), rate, absl::GetFlag(FLAGS_duration),
+                      absl::GetFlag(FLAGS_connections),
+                      absl::GetFlag(FLAGS_fetch_wait_ms), run_index);
+  if (!l.ok()) {
+    AddFailure(failures,
+               absl::StrCat("latency ", mode.name, " ", v.name, " ", rate_name),
+               what, l.status());
+    return;
+  }
+  (*l)["variant"] = v.name;
+  (*l)["target_rate"] = rate_name;
+  std::cerr << l->dump() << "\n";
+  latency.push_back(*l);
 }
 
 int Main(int argc, char** argv) {
@@ -307,20 +444,30 @@ int Main(int argc, char** argv) {
       absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker));
   if (bench.env == nullptr) return 1;
   BenchEnv* env = bench.env.get();
+  const std::optional<std::vector<Variant>> variants =
+      ParseVariants(absl::GetFlag(FLAGS_variants));
+  if (!variants || variants->empty()) return kBadFlags;
   nlohmann::json runs = nlohmann::json::array();
+  nlohmann::json latency = nlohmann::json::array();
   nlohmann::json failures = nlohmann::json::array();
   int run_index = 0;
+  absl::Duration warmup = absl::GetFlag(FLAGS_warmup);
+  if (warmup < absl::ZeroDuration()) {
+    warmup = *broker == BrokerKind::kApache ? absl::Seconds(10)
+                                            : absl::ZeroDuration();
+  }
+  if (warmup > absl::ZeroDuration()) {
+    std::cerr << "== warm-up run, not reported\n";
+    (void)RunOne(*env, plan->modes[0], (*variants)[0], plan->rates[0], warmup,
+                 run_index++);
+  }
   for (const PublisherMode& mode : plan->modes) {
     for (int rate : plan->rates) {
-      auto r = RunOne(*env, mode, rate, run_index++);
-      if (!r.ok()) {
-        AddFailure(failures, absl::StrCat(mode.name, " ", rate),
-                   {{"mode", mode.name},
-                    {"rate", rate > 0 ? absl::StrCat(rate) : "max"}},
-                   r.status());
-        continue;
+      for (int rep = 0; rep < absl::GetFlag(FLAGS_reps); ++rep) {
+        for (const Variant& v : InRepOrder(*variants, rep)) {
+          RunSetting(*env, mode, v, rate, run_index++, runs, latency, failures);
+        }
       }
-      runs.push_back(*r);
     }
   }
   bool all_arrived = true;
@@ -343,11 +490,20 @@ int Main(int argc, char** argv) {
        "from the load's start until the broker holds every committed record "
        "(sum of the high watermarks, probed every 20 ms)"},
       {"outboxd_args", absl::GetFlag(FLAGS_outboxd_args)},
+      {"variants", absl::GetFlag(FLAGS_variants)},
+      {"reps", absl::GetFlag(FLAGS_reps)},
+      {"warmup_s", absl::ToDoubleSeconds(warmup)},
+      {"cpu_runs",
+       "no consumer: the broker's CPU is the produce path's (the latency "
+       "runs, --latency, are apart)"},
   };
   doc["runs"] = runs;
   doc["failures"] = failures;
-  const std::string stem = out + "/" + ResultStem("live", *broker);
-  const std::string md = Markdown(env->broker_description(), runs);
+  const std::string stem =
+      out + "/" + ResultStem(absl::GetFlag(FLAGS_stem), *broker);
+  doc["latency"] = latency;
+  const std::string md =
+      Markdown(env->broker_description(), runs, latency, variants->size() > 1);
   if (!WriteResults(stem, doc, md)) return 1;
   return failures.empty() && all_arrived ? 0 : 1;
 }

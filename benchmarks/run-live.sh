@@ -9,6 +9,9 @@
 # live_bench, e.g.
 #   benchmarks/run-live.sh --rates=1000,max --duration=5s --modes=cdc,poll10ms
 #   benchmarks/run-live.sh --broker=apache
+#   benchmarks/run-live.sh --broker=apache --rates=3000,8000 --reps=2 \
+#     --latency --fetch_wait_ms=100 \
+#     --variants="default:,linger5:--kafka-property=linger.ms=5"
 # Refuses to run on a loaded machine (exit 3) unless --force (README).
 source "$(dirname "$0")/lib.sh"
 bench_args_init "$@"

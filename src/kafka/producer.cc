@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,8 +18,8 @@
 #include "absl/strings/string_view.h"
 #include "common/wake_pipe.h"
 #include "kafka/kafka_status.h"
+#include "kafka/producer_stats.h"
 #include "kafka/rdkafka_callbacks.h"
-#include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
 namespace outboxd {
@@ -137,7 +138,7 @@ bool IsKafkaInternalTopic(absl::string_view topic) {
 struct KafkaProducer::Impl {
   rd_kafka_t* rk = nullptr;
   DeliveryCallback on_delivery;
-  std::function<void(int)> on_brokers_up;
+  std::function<void(const ProducerStats&)> on_stats;
   // The first fatal error seen by the error callback.
   absl::Status fatal;
   // Set while the destructor runs: no callbacks into an owner going away.
@@ -173,20 +174,14 @@ struct KafkaProducer::Impl {
     impl->on_delivery(OpaqueToSequence(message->_private), std::move(status));
   }
 
-  // Statistics (served by rd_kafka_poll on the caller's thread): counts the
-  // broker connections in state UP, bootstrap entries included.
+  // Statistics (served by rd_kafka_poll on the caller's thread).
   static int OnStats(rd_kafka_t* rk, char* json, size_t json_len,
                      void* opaque) {
     auto* impl = static_cast<Impl*>(opaque);
-    if (impl->destroying || !impl->on_brokers_up) return 0;
-    auto stats = nlohmann::json::parse(json, json + json_len, nullptr,
-                                       /*allow_exceptions=*/false);
-    if (stats.is_discarded() || !stats.contains("brokers")) return 0;
-    int up = 0;
-    for (const auto& broker : stats["brokers"]) {
-      if (broker.is_object() && broker.value("state", "") == "UP") ++up;
-    }
-    impl->on_brokers_up(up);
+    if (impl->destroying || !impl->on_stats) return 0;
+    std::optional<ProducerStats> stats =
+        ParseProducerStats(absl::string_view(json, json_len));
+    if (stats.has_value()) impl->on_stats(*stats);
     return 0;  // librdkafka frees `json`
   }
 
@@ -209,7 +204,7 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
       return absl::InternalError(s.message());  // our default is wrong
     }
   }
-  if (options.on_brokers_up) {
+  if (options.on_stats) {
     if (absl::Status s =
             SetProperty(conf.get(), "statistics.interval.ms", "1000");
         !s.ok()) {
@@ -231,9 +226,8 @@ absl::StatusOr<std::unique_ptr<KafkaProducer>> KafkaProducer::Create(
 
   auto impl = std::make_unique<Impl>();
   impl->on_delivery = std::move(on_delivery);
-  impl->on_brokers_up = options.on_brokers_up;
-  if (impl->on_brokers_up)
-    rd_kafka_conf_set_stats_cb(conf.get(), &Impl::OnStats);
+  impl->on_stats = options.on_stats;
+  if (impl->on_stats) rd_kafka_conf_set_stats_cb(conf.get(), &Impl::OnStats);
   rd_kafka_conf_set_opaque(conf.get(), impl.get());
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &Impl::OnDelivery);
   rd_kafka_conf_set_error_cb(conf.get(), &Impl::OnError);

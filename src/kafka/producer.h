@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kafka/producer_stats.h"
 #include "kafka/sink.h"
 #include "kafka/topic_catalog.h"
 #include "outbox/router.h"
@@ -40,9 +41,10 @@ struct ProducerOptions {
   // (--kafka-property / --kafka-config). Keys are librdkafka property names.
   std::vector<std::pair<std::string, std::string>> properties;
   // When set, librdkafka statistics are enabled (statistics.interval.ms,
-  // default 1000 unless overridden) and this is called from Poll() with the
-  // number of broker connections in state UP (for /readyz and metrics).
-  std::function<void(int brokers_up)> on_brokers_up;
+  // default 1000 unless overridden) and this is called from Poll() with
+  // each document's figures: the broker connections in state UP (for
+  // /readyz), the produce requests and records sent (for metrics).
+  std::function<void(const ProducerStats&)> on_stats;
   // Non-empty: a transactional producer with this transactional.id.
   std::string transactional_id;
 };

@@ -101,6 +101,12 @@ outboxd_streaming 0
 # HELP outboxd_kafka_brokers_up Kafka broker connections in state UP (librdkafka statistics)
 # TYPE outboxd_kafka_brokers_up gauge
 outboxd_kafka_brokers_up 0
+# HELP outboxd_kafka_requests_total Produce requests sent to the Kafka brokers (librdkafka statistics, every second)
+# TYPE outboxd_kafka_requests_total counter
+outboxd_kafka_requests_total 0
+# HELP outboxd_kafka_records_sent_total Records sent in produce requests, a retried record again (librdkafka statistics, every second); per request: divide the rates
+# TYPE outboxd_kafka_records_sent_total counter
+outboxd_kafka_records_sent_total 0
 # HELP outboxd_cleanup_deleted_rows_total Outbox rows deleted by --cleanup-after
 # TYPE outboxd_cleanup_deleted_rows_total counter
 outboxd_cleanup_deleted_rows_total 0
@@ -294,8 +300,9 @@ std::vector<std::string> LabelValues(const Registry& r,
 
 // The families that are one per process, never labelled by source.
 const std::vector<std::string> kProcessFamilies = {
-    "outboxd_delivery_errors_total", "outboxd_source_queries_total",
-    "outboxd_kafka_brokers_up", "outboxd_cleanup_deleted_rows_total",
+    "outboxd_delivery_errors_total",    "outboxd_source_queries_total",
+    "outboxd_kafka_brokers_up",         "outboxd_kafka_requests_total",
+    "outboxd_kafka_records_sent_total", "outboxd_cleanup_deleted_rows_total",
     "outboxd_start_time_seconds"};
 
 // --databases: every per-source family has exactly one series per source

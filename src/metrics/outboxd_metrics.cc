@@ -178,6 +178,12 @@ const MetricSpec kMetrics[] = {
      "running), else 0"},
     {&OutboxdMetrics::kafka_brokers_up, "outboxd_kafka_brokers_up",
      "Kafka broker connections in state UP (librdkafka statistics)"},
+    {&OutboxdMetrics::kafka_requests, "outboxd_kafka_requests_total",
+     "Produce requests sent to the Kafka brokers (librdkafka statistics, "
+     "every second)"},
+    {&OutboxdMetrics::kafka_records_sent, "outboxd_kafka_records_sent_total",
+     "Records sent in produce requests, a retried record again (librdkafka "
+     "statistics, every second); per request: divide the rates"},
     {&OutboxdMetrics::cleanup_deleted_rows,
      "outboxd_cleanup_deleted_rows_total",
      "Outbox rows deleted by --cleanup-after"},

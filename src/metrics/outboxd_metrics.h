@@ -251,6 +251,8 @@ class OutboxdMetrics {
   // (its `source` label names the mode, "poll" or "notify").
   CounterFamily* source_queries;
   Gauge* kafka_brokers_up;        // outboxd_kafka_brokers_up
+  Counter* kafka_requests;        // outboxd_kafka_requests_total
+  Counter* kafka_records_sent;    // outboxd_kafka_records_sent_total
   Counter* cleanup_deleted_rows;  // outboxd_cleanup_deleted_rows_total
   Gauge* start_time_seconds;      // outboxd_start_time_seconds
 

@@ -450,8 +450,7 @@ class Publisher::Impl final : public DeliveryHost {
   // does not need it).
   absl::Status CreateSink(const std::string& identity) {
     ProducerOptions producer = delivery_->Producer(options_.producer, identity);
-    metrics::OutboxdMetrics* m = &m_;
-    producer.on_brokers_up = [m](int up) { m->kafka_brokers_up->Set(up); };
+    producer.on_stats = ProducerStatsToMetrics(m_);
     ASSIGN_OR_RETURN(
         sink_,
         sink_factory_(producer, [this](uint64_t seq, absl::Status status) {

@@ -1,6 +1,8 @@
 #include "pipeline/stage_metrics.h"
 
 #include <algorithm>
+#include <functional>
+#include <memory>
 
 #include "common/logging.h"
 
@@ -13,6 +15,19 @@ double AgeSeconds(int64_t now_ms, int64_t commit_ms) {
 }
 
 }  // namespace
+
+std::function<void(const ProducerStats&)> ProducerStatsToMetrics(
+    metrics::OutboxdMetrics& metrics) {
+  metrics::OutboxdMetrics* m = &metrics;
+  // Shared: a std::function is copyable, its totals are one.
+  auto counters = std::make_shared<ProducerCounters>();
+  return [m, counters](const ProducerStats& stats) {
+    m->kafka_brokers_up->Set(stats.brokers_up);
+    ProducerCounters::Increment sent = counters->Advance(stats);
+    m->kafka_requests->Increment(static_cast<double>(sent.produce_requests));
+    m->kafka_records_sent->Increment(static_cast<double>(sent.records_sent));
+  };
+}
 
 void StageLag::SetLag(metrics::Stage stage, BusyStage busy, bool holds_all,
                       int64_t newest_ms, int64_t now_ms) {

@@ -25,15 +25,23 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/time/time.h"
+#include "kafka/producer_stats.h"
 #include "metrics/outboxd_metrics.h"
 #include "sources/event_source.h"
 
 namespace outboxd {
+
+// A ProducerOptions::on_stats that sets outboxd_kafka_brokers_up and adds
+// what was sent since the last statistics to outboxd_kafka_requests_total
+// and outboxd_kafka_records_sent_total. `metrics` must outlive it.
+std::function<void(const ProducerStats&)> ProducerStatsToMetrics(
+    metrics::OutboxdMetrics& metrics);
 
 class StageLag {
  public:

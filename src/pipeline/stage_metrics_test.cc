@@ -216,5 +216,30 @@ TEST(StallAlarmTest, ZeroTimeoutNeverStalls) {
   EXPECT_EQ(alarm.Deadline(5), absl::InfiniteFuture());
 }
 
+// librdkafka's totals become counters that only grow.
+TEST(ProducerStatsToMetricsTest, CountsRequestsAndRecordsSent) {
+  metrics::OutboxdMetrics m;
+  auto on_stats = ProducerStatsToMetrics(m);
+  ProducerStats stats;
+  stats.brokers_up = 2;
+  stats.produce_requests = 10;
+  stats.records_sent = 250;
+  on_stats(stats);
+  EXPECT_EQ(m.kafka_brokers_up->Value(), 2);
+  EXPECT_EQ(m.kafka_requests->Value(), 10);
+  EXPECT_EQ(m.kafka_records_sent->Value(), 250);
+  stats.brokers_up = 1;
+  stats.produce_requests = 14;
+  stats.records_sent = 400;
+  auto copy = on_stats;  // the same totals
+  copy(stats);
+  EXPECT_EQ(m.kafka_brokers_up->Value(), 1);
+  EXPECT_EQ(m.kafka_requests->Value(), 14);
+  EXPECT_EQ(m.kafka_records_sent->Value(), 400);
+  stats.produce_requests = 2;  // a broker's counts went away
+  on_stats(stats);
+  EXPECT_EQ(m.kafka_requests->Value(), 14);
+}
+
 }  // namespace
 }  // namespace outboxd

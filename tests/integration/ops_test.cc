@@ -129,6 +129,15 @@ TEST_F(OpsTest, MetricsScrapeMovesAsEventsFlow) {
             Sample(after, "outboxd_confirmed_lsn"));
   EXPECT_GE(Sample(after, "outboxd_slot_lag_bytes"), 0);
   EXPECT_EQ(Sample(after, "outboxd_delivery_errors_total"), 0);
+  // librdkafka's statistics (every second) count the produce requests
+  // that carried them: at least one, at most one per record.
+  EXPECT_TRUE(Eventually([&] {
+    after = Get(port, "/metrics", &code);
+    return Sample(after, "outboxd_kafka_records_sent_total") >= 25;
+  })) << after;
+  EXPECT_GE(Sample(after, "outboxd_kafka_requests_total"), 1);
+  EXPECT_LE(Sample(after, "outboxd_kafka_requests_total"),
+            Sample(after, "outboxd_kafka_records_sent_total"));
 
   // An invalid row goes to the dead-letter topic and is counted.
   ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
