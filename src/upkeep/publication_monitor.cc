@@ -83,8 +83,8 @@ std::optional<std::string> WhyNotCarried(const TableCoverage& c,
   }
   if (!c.publishes_inserts) {
     return absl::StrCat("publication ", publication,
-                        " no longer publishes inserts: ALTER PUBLICATION ",
-                        pub, " SET (publish = 'insert')");
+                        " no longer publishes inserts: ALTER PUBLICATION ", pub,
+                        " SET (publish = 'insert')");
   }
   if (!c.listed) {
     return absl::StrCat("publication ", publication,

@@ -46,12 +46,12 @@ namespace outboxd {
 struct PublicationMonitorOptions {
   std::string conninfo;  // the stream's database
   std::string publication;
-  std::vector<QualifiedName> tables;  // at least one
+  std::vector<QualifiedName> tables;           // at least one
   absl::Duration interval = absl::Seconds(1);  // --status-interval
   // The stream's reconciler is on (--reconcile-interval > 0): the rows
   // committed while a table was not carried are published late.
   bool reconciler = false;
-  std::string name;  // log prefix, "[name] " or ""
+  std::string name;                   // log prefix, "[name] " or ""
   metrics::Gauge* missing = nullptr;  // outboxd_publication_missing_tables
 };
 

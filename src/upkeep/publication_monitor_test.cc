@@ -66,9 +66,8 @@ TEST(PublicationMonitorTest, OneWarningWhenMissingOneInfoWhenBack) {
   EXPECT_EQ(r.missing, 1);
   ASSERT_THAT(r.warnings, SizeIs(1));
   EXPECT_THAT(r.warnings[0], HasSubstr("[shop] publication outbox_pub"));
-  EXPECT_THAT(r.warnings[0],
-              HasSubstr("ALTER PUBLICATION outbox_pub ADD TABLE "
-                        "public.outbox"));
+  EXPECT_THAT(r.warnings[0], HasSubstr("ALTER PUBLICATION outbox_pub ADD TABLE "
+                                       "public.outbox"));
   EXPECT_THAT(r.warnings[0], HasSubstr("reconciler publishes"));
   // Still missing: no second line.
   r = watch.Update({a, b});
@@ -121,14 +120,14 @@ TEST(PublicationMonitorTest, AnUnreachableDatabaseIsRetried) {
   metrics::OutboxdMetrics process;
   metrics::SourceMetrics& m = process.ForSource();
   m.publication_missing_tables->Set(0);
-  auto monitor = PublicationMonitor::Start(
-      {"host=127.0.0.1 port=1 connect_timeout=1",
-       "outbox_pub",
-       {{"public", "outbox"}},
-       absl::Milliseconds(20),
-       false,
-       "",
-       m.publication_missing_tables});
+  auto monitor =
+      PublicationMonitor::Start({"host=127.0.0.1 port=1 connect_timeout=1",
+                                 "outbox_pub",
+                                 {{"public", "outbox"}},
+                                 absl::Milliseconds(20),
+                                 false,
+                                 "",
+                                 m.publication_missing_tables});
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (monitor->rounds() < 2 && absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(10));

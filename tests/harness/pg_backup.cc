@@ -19,14 +19,12 @@ absl::Status Run(std::vector<std::string> argv, bool as_postgres) {
   if (as_postgres && geteuid() == 0) {
     argv.insert(argv.begin(), {"runuser", "-u", "postgres", "--"});
   }
-  absl::StatusOr<CommandResult> result =
-      RunCommand(argv, absl::Seconds(120));
+  absl::StatusOr<CommandResult> result = RunCommand(argv, absl::Seconds(120));
   if (!result.ok()) return result.status();
   if (result->exit_code != 0) {
     return absl::InternalError(absl::StrCat("'", absl::StrJoin(argv, " "),
-                                            "' exited with ",
-                                            result->exit_code, ": ",
-                                            result->output));
+                                            "' exited with ", result->exit_code,
+                                            ": ", result->output));
   }
   return absl::OkStatus();
 }
@@ -36,11 +34,10 @@ absl::Status Run(std::vector<std::string> argv, bool as_postgres) {
 absl::StatusOr<std::string> TakeBaseBackup(const PgCluster& cluster,
                                            const std::string& name) {
   const std::string dir =
-      (std::filesystem::path(cluster.data_dir()).parent_path() / name)
-          .string();
+      (std::filesystem::path(cluster.data_dir()).parent_path() / name).string();
   absl::Status status =
-      Run({cluster.bin_dir() + "/pg_basebackup", "-d", cluster.ConnInfo(),
-           "-D", dir, "-X", "stream", "-c", "fast", "--no-sync"},
+      Run({cluster.bin_dir() + "/pg_basebackup", "-d", cluster.ConnInfo(), "-D",
+           dir, "-X", "stream", "-c", "fast", "--no-sync"},
           /*as_postgres=*/true);
   if (!status.ok()) return status;
   return dir;
