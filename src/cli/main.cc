@@ -27,6 +27,7 @@
 #include "pipeline/reconciler.h"
 #include "sources/poll_source.h"
 #include "upkeep/outbox_cleaner.h"
+#include "upkeep/publication_monitor.h"
 #include "upkeep/slot_monitor.h"
 
 ABSL_FLAG(std::string, pg, "",
@@ -341,6 +342,28 @@ std::vector<std::unique_ptr<SlotMonitor>> StartSlotMonitors(
   return monitors;
 }
 
+// Whether each stream's publication still carries its tables, checked
+// every --status-interval (a thread and a connection per stream with a
+// --table), with or without a metrics server: the warning matters either
+// way.
+std::vector<std::unique_ptr<PublicationMonitor>> StartPublicationMonitors(
+    const CdcOptions& cdc, metrics::OutboxdMetrics& metrics) {
+  std::vector<std::unique_ptr<PublicationMonitor>> monitors;
+  for (const CdcStream& s : cdc.streams) {
+    if (s.source.setup.tables.empty()) continue;
+    PublicationMonitorOptions o;
+    o.conninfo = s.source.conninfo;
+    o.publication = s.source.setup.publication;
+    o.tables = s.source.setup.tables;
+    o.interval = s.source.status_interval;
+    o.reconciler = cdc.reconcile_interval > absl::ZeroDuration();
+    o.name = s.name.empty() ? "" : absl::StrCat("[", s.name, "] ");
+    o.missing = metrics.ForSource(s.name).publication_missing_tables;
+    monitors.push_back(PublicationMonitor::Start(std::move(o)));
+  }
+  return monitors;
+}
+
 // The reconciler of each stream with a --table (one thread each), comparing
 // the table with `acknowledged[i]`, the ids stream i acknowledged.
 std::vector<std::unique_ptr<Reconciler>> StartReconcilers(
@@ -448,6 +471,7 @@ absl::Status Run(const OutboxdOptions& options) {
   std::vector<std::unique_ptr<EventSource>> sources;
   std::vector<PublisherStream> streams;
   std::vector<std::unique_ptr<SlotMonitor>> slot_monitors;
+  std::vector<std::unique_ptr<PublicationMonitor>> publication_monitors;
   // Each stream's acknowledged ids and reconciler (--reconcile-interval),
   // then the cleaner that asks them: destroyed in the reverse order.
   std::vector<std::unique_ptr<AcknowledgedIds>> acknowledged;
@@ -469,6 +493,7 @@ absl::Status Run(const OutboxdOptions& options) {
     if (metrics_server != nullptr) {
       slot_monitors = StartSlotMonitors(*cdc, outboxd_metrics);
     }
+    publication_monitors = StartPublicationMonitors(*cdc, outboxd_metrics);
     reconcilers =
         StartReconcilers(*cdc, options.publisher, ids, outboxd_metrics);
     std::vector<Reconciler*> by_stream;

@@ -128,6 +128,9 @@ outboxd_source_failed 0
 # HELP outboxd_slot_failover_ready 1 when the replication slot is a failover slot and the primary's synchronized_standby_slots names an active physical slot (a promoted standby would have it; PostgreSQL 17+), else 0
 # TYPE outboxd_slot_failover_ready gauge
 outboxd_slot_failover_ready 0
+# HELP outboxd_publication_missing_tables Outbox tables (--table) whose inserts the publication does not carry now (ALTER PUBLICATION ... DROP TABLE): their events are not streamed; 0 when it carries every one
+# TYPE outboxd_publication_missing_tables gauge
+outboxd_publication_missing_tables 0
 # HELP outboxd_stage_lsn Newest position that reached the stage, as a byte position (CDC only): wal = server walEnd, received/produced/acknowledged = commit LSN of the newest event, confirmed = position confirmed to the slot
 # TYPE outboxd_stage_lsn gauge
 outboxd_stage_lsn{stage="acknowledged"} 0

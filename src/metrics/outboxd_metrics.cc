@@ -208,6 +208,11 @@ const MetricSpec kMetrics[] = {
      "1 when the replication slot is a failover slot and the primary's "
      "synchronized_standby_slots names an active physical slot (a promoted "
      "standby would have it; PostgreSQL 17+), else 0"},
+    {&SourceMetrics::publication_missing_tables,
+     "outboxd_publication_missing_tables",
+     "Outbox tables (--table) whose inserts the publication does not carry "
+     "now (ALTER PUBLICATION ... DROP TABLE): their events are not streamed; "
+     "0 when it carries every one"},
 };
 
 // The labelled gauges, all per source, listed after kMetrics.

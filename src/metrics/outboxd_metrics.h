@@ -178,6 +178,9 @@ class SourceMetrics {
   // outboxd_slot_failover_ready: 1 when a promoted standby would have the
   // slot (upkeep/slot_monitor.h), else 0.
   Gauge* slot_failover_ready;
+  // outboxd_publication_missing_tables: the --table tables whose inserts
+  // the publication does not carry now (upkeep/publication_monitor.h).
+  Gauge* publication_missing_tables;
   // outboxd_stage_lsn{stage}: the newest position that reached the stage
   // (CDC only: see DropStageLsn). Children exist from the start.
   std::array<Gauge*, kStageCount> stage_lsn{};

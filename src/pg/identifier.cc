@@ -158,6 +158,10 @@ absl::Status BadName(absl::string_view text, absl::string_view why) {
 
 }  // namespace
 
+std::string QuoteIdent(absl::string_view ident) {
+  return QuoteForDisplay(ident);
+}
+
 std::string QualifiedName::ToString() const {
   return absl::StrCat(QuoteForDisplay(schema), ".", QuoteForDisplay(name));
 }

@@ -20,6 +20,11 @@ namespace outboxd {
 // the name we look up differ from the one the server uses.
 inline constexpr size_t kMaxIdentifierBytes = 63;
 
+// `ident` as PostgreSQL's quote_ident writes it: bare when it reads back as
+// itself, else double-quoted with inner quotes doubled (for SQL shown to
+// the user, e.g. the statement a log line asks to run).
+std::string QuoteIdent(absl::string_view ident);
+
 // A schema-qualified table name as given on the command line: `tbl`,
 // `schema.tbl`, or with double-quoted parts (`"my schema"."a""b"`).
 // Unquoted parts are folded to lower case, as PostgreSQL does.

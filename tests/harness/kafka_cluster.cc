@@ -183,6 +183,45 @@ absl::Status KafkaCluster::RestartNode(int node) {
   return Script({"restart-node", "--node", absl::StrCat(node)}, kNodeTimeout);
 }
 
+absl::Status KafkaCluster::WarmUpCoordinators(absl::Duration timeout) {
+  const int timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(timeout));
+  char errstr[512];
+  auto conf_for = [&](const char* key, const char* value) {
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), errstr,
+                      sizeof(errstr));
+    rd_kafka_conf_set(conf, key, value, errstr, sizeof(errstr));
+    return conf;
+  };
+  rd_kafka_t* rk = rd_kafka_new(
+      RD_KAFKA_PRODUCER, conf_for("transactional.id", "outboxd-test-warmup"),
+      errstr, sizeof(errstr));
+  if (rk == nullptr) return absl::InternalError(errstr);
+  rd_kafka_error_t* error = rd_kafka_init_transactions(rk, timeout_ms);
+  absl::Status status = absl::OkStatus();
+  if (error != nullptr) {
+    status = absl::UnavailableError(
+        absl::StrCat("init_transactions: ", rd_kafka_error_string(error)));
+    rd_kafka_error_destroy(error);
+  }
+  rd_kafka_destroy(rk);
+  if (!status.ok()) return status;
+  rk = rd_kafka_new(RD_KAFKA_CONSUMER,
+                    conf_for("group.id", "outboxd-test-warmup"), errstr,
+                    sizeof(errstr));
+  if (rk == nullptr) return absl::InternalError(errstr);
+  rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(parts, "warmup", 0);
+  const rd_kafka_resp_err_t err = rd_kafka_committed(rk, parts, timeout_ms);
+  rd_kafka_topic_partition_list_destroy(parts);
+  rd_kafka_destroy(rk);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return absl::UnavailableError(
+        absl::StrCat("committed offsets: ", rd_kafka_err2str(err)));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status KafkaCluster::Stop() {
   if (!running_) return absl::OkStatus();
   running_ = false;

@@ -75,6 +75,14 @@ class KafkaCluster {
   // The leader of each partition of `topic` (index = partition).
   absl::StatusOr<std::vector<int>> Leaders(const std::string& topic);
 
+  // Makes the cluster's transaction coordinator and group coordinator
+  // ready: a fresh cluster creates its transaction state and offsets topics
+  // on first use, which takes a while on a loaded machine, so a test waits
+  // for it once here rather than in each outboxd's start (init_transactions
+  // of a throwaway transactional producer, then a committed-offsets
+  // lookup of a throwaway group).
+  absl::Status WarmUpCoordinators(absl::Duration timeout = absl::Minutes(3));
+
   // Kills every node and removes the data directory. Idempotent.
   absl::Status Stop();
 

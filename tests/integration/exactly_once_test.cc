@@ -23,38 +23,9 @@ class ExactlyOnceTest : public FaultTest {
     auto kafka = KafkaCluster::Shared({.nodes = 1, .partitions = 4});
     ASSERT_TRUE(kafka.ok()) << kafka.status();
     kafka_ = *kafka;
-    // A fresh cluster creates its transaction state topic on first use,
-    // which takes a while on a loaded machine: wait for it here rather
-    // than in each outboxd's start.
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    char errstr[512];
-    rd_kafka_conf_set(conf, "bootstrap.servers", kafka_->bootstrap().c_str(),
-                      errstr, sizeof(errstr));
-    rd_kafka_conf_set(conf, "transactional.id", "exactly-once-test-warmup",
-                      errstr, sizeof(errstr));
-    rd_kafka_t* rk =
-        rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-    ASSERT_NE(rk, nullptr) << errstr;
-    rd_kafka_error_t* error = rd_kafka_init_transactions(rk, 180000);
-    EXPECT_EQ(error, nullptr) << rd_kafka_error_string(error);
-    if (error != nullptr) rd_kafka_error_destroy(error);
-    rd_kafka_destroy(rk);
-    // The same for the group coordinator (the offsets topic), which holds
-    // the checkpoints.
-    conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", kafka_->bootstrap().c_str(),
-                      errstr, sizeof(errstr));
-    rd_kafka_conf_set(conf, "group.id", "exactly-once-test-warmup", errstr,
-                      sizeof(errstr));
-    rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
-    ASSERT_NE(rk, nullptr) << errstr;
-    rd_kafka_topic_partition_list_t* parts =
-        rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(parts, "warmup", 0);
-    EXPECT_EQ(rd_kafka_committed(rk, parts, 180000),
-              RD_KAFKA_RESP_ERR_NO_ERROR);
-    rd_kafka_topic_partition_list_destroy(parts);
-    rd_kafka_destroy(rk);
+    // The transaction and group coordinators, before any outboxd starts.
+    absl::Status warm = kafka_->WarmUpCoordinators();
+    EXPECT_TRUE(warm.ok()) << warm;
   }
 
   void SetUp() override {

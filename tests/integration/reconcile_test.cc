@@ -1,8 +1,10 @@
 // The reconciler (--reconcile-interval, pipeline/reconciler.h) against a
 // real PostgreSQL, the dev broker and outboxd as a child process: it finds
 // the events a publication that lost and regained the table skipped, and
-// publishes them late; it reports no loss for a long transaction, a
-// rolled-back one, a row deleted in its own transaction or normal traffic.
+// publishes them late (while outboxd warns and sets
+// outboxd_publication_missing_tables); it reports no loss for a long
+// transaction, a rolled-back one, a row deleted in its own transaction or
+// normal traffic.
 #include <libpq-fe.h>
 
 #include <map>
@@ -35,6 +37,17 @@ class ReconcileTest : public FaultTest {
     return Sample(Get(port, "/metrics", &code),
                   "outboxd_reconcile_missing_events_total");
   }
+  // Waits until outboxd_publication_missing_tables is `value`.
+  bool WaitForMissingTables(int port, double value) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    int code = 0;
+    while (Sample(Get(port, "/metrics", &code),
+                  "outboxd_publication_missing_tables") != value) {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return true;
+  }
   void Insert(int rows, const std::string& type = "rec") {
     ASSERT_TRUE(
         Exec(absl::StrCat("INSERT INTO outbox (aggregatetype, aggregateid, "
@@ -48,17 +61,26 @@ class ReconcileTest : public FaultTest {
 };
 
 // F10: ALTER PUBLICATION ... DROP TABLE, 30 events, ADD TABLE, 30 more. The
-// stream never sees the first 30; the reconciler publishes them late with
-// outbox.reconciled and counts them.
+// stream never sees the first 30; outboxd warns (one line naming the fix)
+// and sets outboxd_publication_missing_tables to 1 while the table is out;
+// the reconciler publishes them late with outbox.reconciled and counts
+// them.
 TEST_F(ReconcileTest, PublicationThatLostTheTableIsReconciled) {
   size_t n = 0;
   const int port = StartReconciling(&n);
   ASSERT_GT(port, 0) << Log(n);
+  EXPECT_TRUE(WaitForMissingTables(port, 0)) << Log(n);
   ASSERT_TRUE(Exec("ALTER PUBLICATION outbox_pub DROP TABLE outbox").ok());
+  EXPECT_TRUE(WaitForLog(
+      n, "ALTER PUBLICATION outbox_pub ADD TABLE public.outbox (until then"))
+      << Log(n);
+  EXPECT_TRUE(WaitForMissingTables(port, 1)) << Log(n);
   Insert(30);
   const std::set<std::string> skipped = OutboxIds();
   ASSERT_EQ(skipped.size(), 30u);
   ASSERT_TRUE(Exec("ALTER PUBLICATION outbox_pub ADD TABLE outbox").ok());
+  EXPECT_TRUE(WaitForLog(n, "carries public.outbox again")) << Log(n);
+  EXPECT_TRUE(WaitForMissingTables(port, 0)) << Log(n);
   Insert(30);
 
   std::vector<ConsumedRecord> records =
