@@ -225,6 +225,11 @@ absl::StatusOr<Lsn> SlotKeeper::RecoverLostSlot(
     // gives the republished records positions never used before.
     RETURN_IF_ERROR(DropSlot(conn, options_.setup.slot));
   }
+  // A new stream: the samples taken so far belong to the old one (after a
+  // restore, their xmins lie beyond the server's transaction ids, and a
+  // horizon recorded from them would let the reconciler judge rows still
+  // in flight: false losses).
+  state_->StartOver(recorded.last_ack);
   ASSIGN_OR_RETURN(XminSample sample, state_->TakeSample());
   ASSIGN_OR_RETURN(const Lsn start, CreateSlotOrRetry(conn));
   // Until the republish is acknowledged the record keeps the old position:
