@@ -170,6 +170,19 @@ CREATE TABLE IF NOT EXISTS outbox.publisher_state (
 );
 GRANT USAGE ON SCHEMA outbox TO outboxd_publisher;
 GRANT SELECT, INSERT, UPDATE ON outbox.publisher_state TO outboxd_publisher;
+-- PostgreSQL 17+: outboxd logs standby snapshots after creating its failover
+-- slot so that standbys sync it within seconds (docs/failover.md). Skipped,
+-- with a notice, when the installing role may not grant it.
+DO $$
+BEGIN
+  IF current_setting('server_version_num')::int >= 170000 THEN
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot()
+      TO outboxd_publisher;
+  END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE NOTICE 'not granted: EXECUTE ON pg_log_standby_snapshot() to outboxd_publisher (docs/failover.md)';
+END
+$$;
 
 -- The writer: what an application needs to write events, nothing more.
 -- Grant it to the application's login role: GRANT outboxd_writer TO app;

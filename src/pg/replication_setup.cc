@@ -300,11 +300,12 @@ absl::StatusOr<std::optional<SlotInfo>> InspectSlot(
               "SELECT s.slot_type, s.plugin, s.database, "
               "s.confirmed_flush_lsn, pg_catalog.current_database(), "
               "s.restart_lsn, s.wal_status, s.active::text, ",
-              // The columns of 17+ (pg_replication_slots grew them).
-              conn.server_version() >= kFailoverSlotServerVersion
-                  ? "s.failover::text, s.synced::text, s.invalidation_reason "
-                  : "NULL, NULL, NULL ",
-              "FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1"),
+              // Columns of newer servers (failover, synced and
+              // invalidation_reason 17+, conflicting 16+), read by name
+              // where the server has them: NULL where it does not.
+              "j ->> 'failover', j ->> 'synced', j ->> 'invalidation_reason', "
+              "j ->> 'conflicting' FROM pg_catalog.pg_replication_slots s, "
+              "LATERAL pg_catalog.to_jsonb(s) j WHERE s.slot_name = $1"),
           {options.slot}));
   if (PQntuples(existing.get()) == 0) return std::nullopt;
   const PGresult* r = existing.get();
@@ -345,6 +346,9 @@ absl::StatusOr<std::optional<SlotInfo>> InspectSlot(
   if (!PQgetisnull(r, 0, 8)) info.failover = FieldOrEmpty(r, 0, 8) == "true";
   info.synced = FieldOrEmpty(r, 0, 9) == "true";
   info.invalidation_reason = FieldOrEmpty(r, 0, 10);
+  if (!PQgetisnull(r, 0, 11)) {
+    info.conflicting = FieldOrEmpty(r, 0, 11) == "true";
+  }
   return info;
 }
 

@@ -57,6 +57,11 @@ struct SlotInfo {
   // 17+: why the server invalidated the slot ("" when it is not, or on
   // older servers), e.g. wal_removed, rows_removed, idle_timeout (18).
   std::string invalidation_reason;
+  // 16+ (nullopt before): the server's `conflicting`. 16 sets it for every
+  // invalidated logical slot, whatever the cause, and has no
+  // invalidation_reason: it cannot tell a slot that lost its WAL from one
+  // that conflicted with recovery on a standby.
+  std::optional<bool> conflicting;
 
   // The slot can no longer stream: max_slot_wal_keep_size removed WAL it
   // needs (wal_status 'lost'), or it was invalidated otherwise.

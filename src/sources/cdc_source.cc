@@ -239,6 +239,7 @@ class CdcSource final : public EventSource {
   absl::Status SendStatusIfDue(bool force) {
     absl::Time now = absl::Now();
     if (!force && now < next_status_) return absl::OkStatus();
+    keeper_.NudgeFailoverSync(now);
     RETURN_IF_ERROR(RecordProgress(now, force));
     // Never past the record: a slot ahead of it is a lost slot.
     Lsn flushed = std::min(durable_, keeper_.recorded());
@@ -261,10 +262,11 @@ class CdcSource final : public EventSource {
   // Writes the durable position to the publisher state (before it is
   // reported): at most once per status interval, when it moved, and for a
   // position moved by keepalives alone at most every kIdleRecordIntervals
-  // (unless the server asks for a reply). A failed write only holds the
-  // reported position back, except while PostgreSQL shuts down: its walsender
-  // waits for the flush position to reach the end of the WAL, which cannot be
-  // recorded any more, so the stream ends (kUnavailable) and outboxd
+  // (unless the server asks for a reply, or a fresh failover slot is being
+  // synced to standbys: SlotKeeper::NudgingFailoverSync). A failed write only
+  // holds the reported position back, except while PostgreSQL shuts down: its
+  // walsender waits for the flush position to reach the end of the WAL, which
+  // cannot be recorded any more, so the stream ends (kUnavailable) and outboxd
   // reconnects once the server is back.
   absl::Status RecordProgress(absl::Time now, bool reply_requested) {
     const Lsn ackable = durable_;
@@ -278,7 +280,7 @@ class CdcSource final : public EventSource {
       ++covered;
     }
     if (covered == 0 && !finishing_ && !reply_requested &&
-        now < next_idle_record_) {
+        now < next_idle_record_ && !keeper_.NudgingFailoverSync(now)) {
       return absl::OkStatus();
     }
     absl::Status s = keeper_.Record(ackable, commit_time);

@@ -8,6 +8,14 @@
 #include "common/status_macros.h"
 
 namespace outboxd {
+namespace {
+
+// NudgeFailoverSync's window and pace: the standby's slot sync worker
+// sleeps up to 30 s between looks when nothing changes.
+constexpr absl::Duration kSyncNudgeWindow = absl::Seconds(60);
+constexpr absl::Duration kSyncNudgeInterval = absl::Seconds(1);
+
+}  // namespace
 
 StartFailure ClassifyStartFailure(const absl::Status& status, bool recorded) {
   if (IsSlotInvalidatedError(status) && recorded) {
@@ -86,6 +94,8 @@ absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
     }
   }
   ASSIGN_OR_RETURN(XminSample sample, state_->TakeSample());
+  // Whether the slot streamed from is a failover slot created now.
+  bool failover_created = false;
   Slot out;
   out.new_stream = ctx.first || behind;
   out.history = absl::StrCat(wal.timeline);
@@ -121,6 +131,7 @@ absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
       break;
     case SlotVerdict::Kind::kCreate: {
       ASSIGN_OR_RETURN(out.start, CreateSlotOrRetry(*conn));
+      failover_created = CreatesFailoverSlot(*conn, options_.setup.failover);
       out.new_stream = true;
       state_->StartOver(Lsn());
       // The sample predates the slot: rows committed after its start have
@@ -132,9 +143,15 @@ absl::StatusOr<SlotKeeper::Slot> SlotKeeper::Acquire(
     case SlotVerdict::Kind::kLost: {
       ASSIGN_OR_RETURN(out.start, RecoverLostSlot(*conn, slot, *recorded_row_,
                                                   verdict, ctx));
+      failover_created = CreatesFailoverSlot(*conn, options_.setup.failover);
       out.new_stream = true;
       break;
     }
+  }
+  if (failover_created ||
+      (ctx.first && slot.has_value() && slot->failover.value_or(false))) {
+    nudge_until_ = absl::Now() + kSyncNudgeWindow;
+    nudge_announced_ = false;
   }
   out.identity = identity_;
   out.conn = std::move(conn);
@@ -162,6 +179,51 @@ absl::Status SlotKeeper::StartFailed(const absl::Status& status,
       break;
   }
   return status;
+}
+
+void SlotKeeper::NudgeFailoverSync(absl::Time now) {
+  if (now >= nudge_until_) {
+    nudge_conn_.reset();
+    return;
+  }
+  if (!may_log_snapshot_ || now < next_nudge_) return;
+  next_nudge_ = now + kSyncNudgeInterval;
+  absl::Status s = absl::OkStatus();
+  if (nudge_conn_ == nullptr) {
+    absl::StatusOr<std::unique_ptr<PgConnection>> conn =
+        PgConnection::Connect(options_.conninfo, PgConnection::Mode::kNormal);
+    s = conn.status();
+    if (conn.ok()) nudge_conn_ = *std::move(conn);
+  }
+  if (s.ok()) {
+    s = nudge_conn_->Exec("SELECT pg_catalog.pg_log_standby_snapshot()")
+            .status();
+  }
+  if (s.ok()) {
+    if (!nudge_announced_) {
+      nudge_announced_ = true;
+      spdlog::info(
+          "logged a standby snapshot: a standby syncing slots "
+          "(sync_replication_slots) makes failover slot {} its own within "
+          "seconds; one more every {} for {}",
+          options_.setup.slot, absl::FormatDuration(kSyncNudgeInterval),
+          absl::FormatDuration(nudge_until_ - now));
+    }
+    return;
+  }
+  nudge_conn_.reset();  // a new one next time
+  if (!absl::IsPermissionDenied(s)) {
+    spdlog::debug("cannot log a standby snapshot: {}", s.ToString());
+    return;
+  }
+  may_log_snapshot_ = false;
+  spdlog::warn(
+      "cannot log a standby snapshot ({}): a standby syncs the new failover "
+      "slot {} only after the primary's next running-xacts record (every "
+      "15 s while there are writes). For a prompt sync, GRANT EXECUTE ON "
+      "FUNCTION pg_catalog.pg_log_standby_snapshot() TO outboxd's role; "
+      "docs/failover.md",
+      std::string(s.message()), options_.setup.slot);
 }
 
 void SlotKeeper::ReportFailover(const SlotInfo& slot, int server_version) {

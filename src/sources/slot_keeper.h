@@ -125,6 +125,19 @@ class SlotKeeper {
     return state_ != nullptr ? state_->recorded() : Lsn();
   }
 
+  // A fresh failover slot's sync to standbys (PostgreSQL 17+). A standby
+  // syncing slots (sync_replication_slots) makes the slot its own only once
+  // the slot, as the primary confirms it, has passed a running-xacts record
+  // newer than the standby's first look at it; the primary logs one every
+  // 15 s while there are writes, the standby looks every 0.2 to 30 s. For
+  // kSyncNudgeWindow after the first Acquire or a slot created with
+  // failover, NudgeFailoverSync logs one (pg_log_standby_snapshot()) at
+  // most every kSyncNudgeInterval, and CdcSource records (so confirms)
+  // keepalive-only progress at every status update (NudgingFailoverSync)
+  // instead of every tenth. Called at each status update.
+  void NudgeFailoverSync(absl::Time now);
+  bool NudgingFailoverSync(absl::Time now) const { return now < nudge_until_; }
+
  private:
   // The slot is active in another process: keeps `conn` for the next
   // Acquire's one query.
@@ -154,6 +167,14 @@ class SlotKeeper {
   // START_REPLICATION failed because the slot is invalidated.
   bool start_said_invalidated_ = false;
   bool warned_not_failover_ = false;
+  // NudgeFailoverSync: until when, its own connection, the next snapshot,
+  // and whether pg_log_standby_snapshot() is allowed (superuser or a
+  // granted EXECUTE; warned about once).
+  absl::Time nudge_until_ = absl::InfinitePast();
+  std::unique_ptr<PgConnection> nudge_conn_;
+  absl::Time next_nudge_ = absl::InfinitePast();
+  bool may_log_snapshot_ = true;
+  bool nudge_announced_ = false;  // the window's first snapshot was logged
 };
 
 }  // namespace outboxd

@@ -20,6 +20,17 @@ std::string InvalidatedWhy(const SlotInfo& slot) {
                               "max_slot_wal_keep_size)"
                             : "')");
   }
+  // 16 has no invalidation_reason, and its `conflicting` is true for any
+  // invalidated slot; 15 invalidates for no other cause than
+  // max_slot_wal_keep_size.
+  if (slot.conflicting.has_value()) {
+    return absl::StrCat(
+        "the slot is invalidated (wal_status '", slot.wal_status,
+        "', conflicting ", *slot.conflicting ? "true" : "false",
+        ": the server removed WAL it needed, see max_slot_wal_keep_size, or "
+        "the slot, made on a standby, conflicted with recovery; this server "
+        "does not say which)");
+  }
   return absl::StrCat("the slot is invalidated (wal_status '", slot.wal_status,
                       "': the server removed WAL it needed, see "
                       "max_slot_wal_keep_size)");

@@ -124,6 +124,28 @@ TEST(SlotLossTest, InvalidationReasonIsInTheLine) {
   EXPECT_NE(first.status().message().find("wal_removed"), std::string::npos);
 }
 
+// PostgreSQL 16 has no invalidation_reason, and its `conflicting` is true
+// for a slot invalidated by max_slot_wal_keep_size as for one that
+// conflicted with recovery: the line must not claim to know which.
+TEST(SlotLossTest, SixteenDoesNotSayWhyAndTheLineDoesNotGuess) {
+  SlotInfo sixteen = Slot(5000, "lost");
+  sixteen.restart_lsn = Lsn();
+  sixteen.conflicting = true;
+  auto v = JudgeSlot(sixteen, Recorded(5000), kSource, "s");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->kind, Kind::kLost);
+  EXPECT_NE(v->why.find("conflicting true"), std::string::npos) << v->why;
+  EXPECT_NE(v->why.find("conflicted with recovery"), std::string::npos)
+      << v->why;
+  EXPECT_NE(v->why.find("does not say which"), std::string::npos) << v->why;
+  // 15: only max_slot_wal_keep_size invalidates.
+  sixteen.conflicting = std::nullopt;
+  v = JudgeSlot(sixteen, Recorded(5000), kSource, "s");
+  ASSERT_TRUE(v.ok());
+  EXPECT_NE(v->why.find("max_slot_wal_keep_size"), std::string::npos) << v->why;
+  EXPECT_EQ(v->why.find("recovery"), std::string::npos) << v->why;
+}
+
 TEST(SlotLossTest, RecordOfAnotherClusterIsLost) {
   PublisherState other = Recorded(5000);
   other.source = "7399999999999999999/db/s";

@@ -36,10 +36,11 @@ class FailoverTest : public FaultTest {
 
   std::string Topic() const { return prefix_ + "fo"; }
 
-  // Starts the standby of cluster_ (17+: syncing failover slots).
-  void StartStandby() {
+  // Starts the standby of cluster_ (17+: syncing failover slots), streaming
+  // through physical slot `slot`.
+  void StartStandby(const std::string& slot = kStandbySlot) {
     StandbyOptions o;
-    o.slot = kStandbySlot;
+    o.slot = slot;
     if (cluster_->major_version() >= 17) {
       o.settings.push_back("sync_replication_slots=on");
     }
@@ -54,7 +55,7 @@ class FailoverTest : public FaultTest {
           cluster_
               ->Exec("postgres", absl::StrCat("ALTER SYSTEM SET "
                                               "synchronized_standby_slots = '",
-                                              kStandbySlot, "'"))
+                                              slot, "'"))
               .ok());
       ASSERT_TRUE(cluster_->Exec("postgres", "SELECT pg_reload_conf()").ok());
     }
@@ -92,6 +93,24 @@ class FailoverTest : public FaultTest {
       ids.insert(row[0].value_or(""));
     }
     return ids;
+  }
+
+  // Waits until the standby has synced outboxd's slot (persisted: synced
+  // and not temporary); false after `timeout`.
+  bool WaitSynced(absl::Duration timeout) {
+    const absl::Time from = absl::Now();
+    while (absl::Now() < from + timeout) {
+      if (standby_
+              ->Query(db_, absl::StrCat("SELECT synced AND NOT temporary FROM "
+                                        "pg_replication_slots WHERE "
+                                        "slot_name = '",
+                                        slot_, "'"))
+              .value_or("") == "t") {
+        return true;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
   }
 
   // Crashes the primary and promotes the standby; returns the moment the
@@ -199,6 +218,81 @@ TEST_F(FailoverTest, DroppedPublicationStopsOn18) {
           .ok());
 }
 
+// 17+: a fresh failover slot is synced to the standby while nothing is
+// written on the primary: outboxd logs standby snapshots and confirms
+// keepalive progress after creating it (docs/failover.md, "Sync after the
+// first start"). The time is printed.
+TEST_F(FailoverTest, FreshFailoverSlotIsSyncedWhileThePrimaryIsIdle) {
+  if (cluster_->major_version() < 17) {
+    GTEST_SKIP() << "failover slots are new in 17";
+  }
+  constexpr char kIdleStandbySlot[] = "standby_idle";
+  StartStandby(kIdleStandbySlot);
+  ASSERT_NE(standby_, nullptr);
+  const absl::Time started = absl::Now();
+  size_t a = StartFailoverOutboxd({});
+  const absl::Duration outboxd_ready = absl::Now() - started;
+  ASSERT_TRUE(WaitSynced(absl::Seconds(120)))
+      << "the failover slot was not synced; standby log:\n"
+      << ReadFile(standby_->log_file()) << "\noutboxd:\n"
+      << Log(a);
+  std::printf(
+      "[ measure ] PostgreSQL %d, idle primary: failover slot synced %s "
+      "after outboxd started (ready after %s)\n",
+      cluster_->major_version(),
+      absl::FormatDuration(absl::Now() - started).c_str(),
+      absl::FormatDuration(outboxd_ready).c_str());
+  StopAll(&outboxd_);
+  standby_.reset();
+  ASSERT_TRUE(Exec("ALTER SYSTEM RESET synchronized_standby_slots").ok());
+  ASSERT_TRUE(Exec("SELECT pg_reload_conf()").ok());
+  ASSERT_TRUE(Exec(absl::StrCat("SELECT pg_drop_replication_slot('",
+                                kIdleStandbySlot, "')"))
+                  .ok());
+}
+
+// 17+: after creating a failover slot (and at start with one) outboxd logs
+// standby snapshots so that standbys sync it promptly. The install script
+// lets outboxd_publisher do so; without that right outboxd streams all the
+// same and one warning says what to grant.
+TEST_F(FailoverTest, StandbySnapshotsNeedTheGrantOrAreWarnedAbout) {
+  if (cluster_->major_version() < 17) {
+    GTEST_SKIP() << "failover slots are new in 17";
+  }
+  std::vector<std::string> argv = BaseArgs();
+  for (std::string& arg : argv) {
+    if (absl::StartsWith(arg, "--pg=")) {
+      arg = absl::StrCat("--pg=host=127.0.0.1 port=", cluster_->port(),
+                         " dbname=", db_, " user=outboxd_publisher");
+    }
+  }
+  argv.push_back("--topic=" + Topic());
+  size_t a = StartOutboxd({}, true, {}, argv);
+  EXPECT_TRUE(WaitForLog(a, "logged a standby snapshot")) << Log(a);
+  EXPECT_FALSE(absl::StrContains(Log(a), "cannot log a standby snapshot"))
+      << Log(a);
+  StopAll(&outboxd_);
+
+  ASSERT_TRUE(Exec("REVOKE EXECUTE ON FUNCTION "
+                   "pg_catalog.pg_log_standby_snapshot() FROM "
+                   "outboxd_publisher")
+                  .ok());
+  size_t b = StartOutboxd({}, true, {}, argv);
+  EXPECT_TRUE(WaitForLog(b, "cannot log a standby snapshot")) << Log(b);
+  EXPECT_TRUE(absl::StrContains(Log(b),
+                                "GRANT EXECUTE ON FUNCTION "
+                                "pg_catalog.pg_log_standby_snapshot()"))
+      << Log(b);
+  ASSERT_TRUE(Exec("INSERT INTO outbox (aggregatetype, aggregateid, type, "
+                   "payload) VALUES ('fo', 'a', 'streams', '{}')")
+                  .ok());
+  EXPECT_EQ(Read(Topic(), 1).size(), 1u) << Log(b);
+  StopAll(&outboxd_);
+  ASSERT_TRUE(
+      Exec(absl::StrCat("SELECT pg_drop_replication_slot('", slot_, "')"))
+          .ok());
+}
+
 TEST_F(FailoverTest, PromotedStandbyKeepsEveryEvent) {
   const int version = cluster_->major_version();
   StartStandby();
@@ -210,7 +304,6 @@ TEST_F(FailoverTest, PromotedStandbyKeepsEveryEvent) {
                   /*aggregates=*/50, "fo");
   const absl::Time started = absl::Now();
   size_t a = StartFailoverOutboxd({});
-  const absl::Duration outboxd_ready = absl::Now() - started;
   writer.Start();
   // (No quiet time: the writer goes on.)
   ASSERT_FALSE(
@@ -229,21 +322,10 @@ TEST_F(FailoverTest, PromotedStandbyKeepsEveryEvent) {
         << Log(a);
     // The standby syncs the slot once it has passed a running-xacts record
     // the slot's catalog_xmin allows; writing goes on meanwhile.
-    const absl::Time from = absl::Now();
-    bool synced = false;
-    while (!synced && absl::Now() < from + absl::Seconds(60)) {
-      synced =
-          standby_
-              ->Query(db_, absl::StrCat("SELECT synced AND NOT temporary FROM "
-                                        "pg_replication_slots WHERE "
-                                        "slot_name = '",
-                                        slot_, "'"))
-              .value_or("") == "t";
-      if (!synced) absl::SleepFor(absl::Milliseconds(100));
-    }
-    sync_took = absl::Now() - from + outboxd_ready;
-    ASSERT_TRUE(synced) << "the failover slot was not synced; standby log:\n"
-                        << ReadFile(standby_->log_file());
+    ASSERT_TRUE(WaitSynced(absl::Seconds(60)))
+        << "the failover slot was not synced; standby log:\n"
+        << ReadFile(standby_->log_file());
+    sync_took = absl::Now() - started;
   } else {
     absl::SleepFor(absl::Seconds(1));
   }

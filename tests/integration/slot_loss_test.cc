@@ -47,8 +47,8 @@ class SlotLossTest : public FaultTest {
   }
 
   // --on-slot-loss=fail: exits 1 with one line naming the slot, position
-  // and commit time, and what to do.
-  void ExpectFailsWithOneLine(size_t o) {
+  // and commit time, what happened (`why`, when not empty) and what to do.
+  void ExpectFailsWithOneLine(size_t o, const std::string& why = "") {
     std::optional<int> code = Outboxd(o).Wait(absl::Seconds(60));
     ASSERT_TRUE(code.has_value()) << "still running:\n" << Log(o);
     EXPECT_EQ(*code, 1) << Log(o);
@@ -59,6 +59,7 @@ class SlotLossTest : public FaultTest {
     ASSERT_EQ(lines.size(), 1u) << Log(o);
     const std::string& line = lines[0];
     EXPECT_TRUE(absl::StrContains(line, "replication slot " + slot_)) << line;
+    EXPECT_TRUE(absl::StrContains(line, why)) << line;
     EXPECT_TRUE(absl::StrContains(line, "last acknowledged ")) << line;
     EXPECT_TRUE(absl::StrContains(line, "(commit time 2")) << line;
     EXPECT_TRUE(absl::StrContains(line, "--on-slot-loss=republish")) << line;
@@ -151,7 +152,9 @@ TEST_F(SlotLossTest, DroppedSlotFailsOrIsRepublished) {
   EXPECT_EQ(t.expected, 30u + 20u + 101u + 10u);
 }
 
-// Invalidated by max_slot_wal_keep_size while outboxd was stopped.
+// Invalidated by max_slot_wal_keep_size while outboxd was stopped. The line
+// carries what the server says: on 17+ its invalidation_reason, on 16 the
+// wal_status and `conflicting` (16 cannot say more), on 15 the wal_status.
 TEST_F(SlotLossTest, InvalidatedSlotFailsOrIsRepublished) {
   size_t a = StreamBeforeLoss(30);
   Outboxd(a).Signal(SIGTERM);
@@ -176,8 +179,21 @@ TEST_F(SlotLossTest, InvalidatedSlotFailsOrIsRepublished) {
   ASSERT_TRUE(Exec("ALTER SYSTEM RESET max_slot_wal_keep_size").ok());
   ASSERT_TRUE(Exec("SELECT pg_reload_conf()").ok());
   ASSERT_EQ(status, "lost");
+  std::string why = "the slot is invalidated (wal_status 'lost'";
+  if (cluster_->major_version() == 16) {
+    // 16's `conflicting` is true for any invalidated slot.
+    why += ", conflicting true: the server removed WAL it needed";
+  } else if (cluster_->major_version() >= 17) {
+    const std::string reason = Query(absl::StrCat(
+        "SELECT invalidation_reason FROM pg_replication_slots WHERE "
+        "slot_name = '",
+        slot_, "'"));
+    EXPECT_EQ(reason, "wal_removed");
+    why = absl::StrCat("the slot is invalidated (invalidation_reason '", reason,
+                       "', wal_status 'lost'");
+  }
 
-  ExpectFailsWithOneLine(StartOutboxd({"--topic=" + Topic()}, false));
+  ExpectFailsWithOneLine(StartOutboxd({"--topic=" + Topic()}, false), why);
   EXPECT_EQ(Query(absl::StrCat("SELECT wal_status FROM pg_replication_slots "
                                "WHERE slot_name = '",
                                slot_, "'")),
