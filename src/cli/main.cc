@@ -98,13 +98,13 @@ ABSL_FLAG(absl::Duration, slot_metrics_interval, absl::Seconds(10),
           "normal connection of its own); 0 disables");
 ABSL_FLAG(absl::Duration, status_interval, absl::Seconds(1),
           "interval of standby status updates to PostgreSQL");
-ABSL_FLAG(absl::Duration, max_batch_delay, absl::Milliseconds(5),
+ABSL_FLAG(absl::Duration, max_batch_delay, absl::Milliseconds(10),
           "latency budget of batching live traffic: from 2,000 "
           "transactions/s, after a wakeup that read transactions, wait "
           "before reading the source again, in proportion to the rate and "
           "this long from 5,000/s on, so that several share one wakeup and "
           "one produce request; below 2,000/s no wait; 0: read at once");
-ABSL_FLAG(absl::Duration, read_coalesce, absl::Milliseconds(5),
+ABSL_FLAG(absl::Duration, read_coalesce, absl::Milliseconds(10),
           "deprecated name of --max-batch-delay");
 ABSL_FLAG(absl::Duration, standby_poll_interval, absl::Milliseconds(20),
           "while the slot is active in another process (a standby), how "

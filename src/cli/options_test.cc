@@ -33,7 +33,7 @@ OutboxdFlags Defaults() {
   f.delivery = "at-least-once";
   f.transaction_interval = absl::Milliseconds(100);
   f.stall_timeout = absl::Seconds(60);
-  f.max_batch_delay = absl::Milliseconds(5);
+  f.max_batch_delay = absl::Milliseconds(10);
   f.shutdown_timeout = absl::Seconds(8);
   f.reconnect_backoff_initial = absl::Milliseconds(100);
   f.reconnect_backoff_max = absl::Seconds(5);
@@ -283,12 +283,12 @@ TEST(OptionsTest, MaxBatchDelayAndItsDeprecatedName) {
     EXPECT_TRUE(o.ok()) << o.status();
     return o.ok() ? o->publisher.session.coalesce : absl::InfiniteDuration();
   };
-  EXPECT_EQ(coalesce(Defaults()), absl::Milliseconds(5));
+  EXPECT_EQ(coalesce(Defaults()), absl::Milliseconds(10));
   EXPECT_EQ(coalesce(With([](auto& f) {
-              f.max_batch_delay = absl::Milliseconds(10);
+              f.max_batch_delay = absl::Milliseconds(5);
               f.max_batch_delay_given = true;
             })),
-            absl::Milliseconds(10));
+            absl::Milliseconds(5));
   EXPECT_EQ(coalesce(With([](auto& f) {
               f.max_batch_delay = absl::ZeroDuration();
               f.max_batch_delay_given = true;

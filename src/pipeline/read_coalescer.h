@@ -7,7 +7,7 @@
 // moment reads several per wakeup and hands them to the sink as one batch,
 // and fuller batches mean fewer produce requests for the broker. The wait
 // grows in proportion to the traffic and reaches the maximum (the latency
-// budget) at kFullRate: with a maximum of 5 ms, 1 ms per 1,000
+// budget) at kFullRate: with the default 10 ms, 2 ms per 1,000
 // transactions/s. Below kMinRate there is no wait: there a wakeup per
 // transaction costs little CPU in all, and the wait would only add
 // latency (at 1,000/s a 1 ms wait moved the median commit-to-consumer
