@@ -59,7 +59,12 @@ ProduceCounts ScrapeProduceCounts(const std::string& log_path) {
   std::stringstream log;
   log << in.rdbuf();
   ProduceCounts counts;
-  const int port = testing::MetricsPort(log.str());
+  // The log may hold earlier runs' lines (the same name in the same work
+  // directory): the port is this run's, the last one logged.
+  const std::string text = log.str();
+  const size_t last = text.rfind("metrics on http://");
+  const int port =
+      testing::MetricsPort(last == std::string::npos ? "" : text.substr(last));
   if (port <= 0) return counts;
   int code = 0;
   const std::string scrape = testing::Get(port, "/metrics", &code);

@@ -99,11 +99,14 @@ ABSL_FLAG(absl::Duration, slot_metrics_interval, absl::Seconds(10),
           "normal connection of its own); 0 disables");
 ABSL_FLAG(absl::Duration, status_interval, absl::Seconds(1),
           "interval of standby status updates to PostgreSQL");
-ABSL_FLAG(absl::Duration, read_coalesce, absl::Milliseconds(5),
-          "after reading live transactions, wait before reading the source "
-          "again, 1 ms per 1,000 transactions/s from 2,000/s up to this, so "
-          "that several share one wakeup and one Kafka batch (less CPU per "
-          "event; adds at most this much latency); 0: read at once");
+ABSL_FLAG(absl::Duration, max_batch_delay, absl::Milliseconds(10),
+          "latency budget of batching live traffic: from 2,000 "
+          "transactions/s, after a wakeup that read transactions, wait "
+          "before reading the source again, in proportion to the rate and "
+          "this long from 5,000/s on, so that several share one wakeup and "
+          "one produce request; below 2,000/s no wait; 0: read at once");
+ABSL_FLAG(absl::Duration, read_coalesce, absl::Milliseconds(10),
+          "deprecated name of --max-batch-delay");
 ABSL_FLAG(absl::Duration, standby_poll_interval, absl::Milliseconds(20),
           "while the slot is active in another process (a standby), how "
           "often to ask whether it still is (one query); a takeover starts "
@@ -282,7 +285,11 @@ OutboxdFlags ReadFlags(const flags::ParsedCommandLine& cmd) {
   f.transactional_id = absl::GetFlag(FLAGS_transactional_id);
   f.transaction_interval = absl::GetFlag(FLAGS_transaction_interval);
   f.stall_timeout = absl::GetFlag(FLAGS_stall_timeout);
-  f.read_coalesce = absl::GetFlag(FLAGS_read_coalesce);
+  f.max_batch_delay = absl::GetFlag(FLAGS_max_batch_delay);
+  f.max_batch_delay_given = flags::IsSet(cmd, FLAGS_max_batch_delay);
+  if (flags::IsSet(cmd, FLAGS_read_coalesce)) {
+    f.read_coalesce = absl::GetFlag(FLAGS_read_coalesce);
+  }
   f.shutdown_timeout = absl::GetFlag(FLAGS_shutdown_timeout);
   f.reconnect_backoff_initial = absl::GetFlag(FLAGS_reconnect_backoff_initial);
   f.reconnect_backoff_max = absl::GetFlag(FLAGS_reconnect_backoff_max);
@@ -529,6 +536,11 @@ int Main(int argc, char** argv) {
       [&](const flags::ParsedCommandLine& cmd) -> absl::Status {
         RETURN_IF_ERROR(RefuseFlagsOfOtherModes(cmd));
         ASSIGN_OR_RETURN(options, OptionsFromFlags(ReadFlags(cmd)));
+        if (flags::IsSet(cmd, FLAGS_read_coalesce)) {
+          spdlog::warn(
+              "--read-coalesce is deprecated: use --max-batch-delay (same "
+              "meaning)");
+        }
         return absl::OkStatus();
       },
       [&] { return Run(options); });

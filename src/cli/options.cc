@@ -18,6 +18,10 @@
 namespace outboxd {
 namespace {
 
+// The longest --max-batch-delay: beyond it a batch's wait is no longer a
+// latency budget but an outage.
+constexpr absl::Duration kMaxBatchDelayLimit = absl::Milliseconds(100);
+
 absl::Status Invalid(absl::string_view message) {
   return absl::InvalidArgumentError(message);
 }
@@ -204,6 +208,21 @@ absl::Status EncodingFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
   return absl::OkStatus();
 }
 
+// --max-batch-delay, or its deprecated name --read-coalesce.
+absl::StatusOr<absl::Duration> MaxBatchDelay(const OutboxdFlags& f) {
+  if (f.read_coalesce.has_value() && f.max_batch_delay_given) {
+    return Invalid(
+        "--read-coalesce is the deprecated name of --max-batch-delay: give "
+        "only --max-batch-delay");
+  }
+  const bool old_name = f.read_coalesce.has_value();
+  const absl::Duration d = old_name ? *f.read_coalesce : f.max_batch_delay;
+  RETURN_IF_ERROR(
+      flags::CheckBetween(old_name ? "--read-coalesce" : "--max-batch-delay", d,
+                          absl::ZeroDuration(), kMaxBatchDelayLimit));
+  return d;
+}
+
 // The delivery guarantee and the run's timing: transactions, the stall
 // alarm, read coalescing, the shutdown wait and the reconnect backoff.
 absl::Status DeliveryFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
@@ -227,10 +246,7 @@ absl::Status DeliveryFromFlags(const OutboxdFlags& f, PublisherOptions& p) {
         "--stall-timeout must be longer than --transaction-interval with "
         "--delivery=exactly-once (or 0)");
   }
-  RETURN_IF_ERROR(flags::CheckBetween("--read-coalesce", f.read_coalesce,
-                                      absl::ZeroDuration(),
-                                      absl::Milliseconds(100)));
-  p.session.coalesce = f.read_coalesce;
+  ASSIGN_OR_RETURN(p.session.coalesce, MaxBatchDelay(f));
   RETURN_IF_ERROR(
       flags::CheckNotNegative("--shutdown-timeout", f.shutdown_timeout));
   p.shutdown_timeout = f.shutdown_timeout;

@@ -50,7 +50,11 @@ struct OutboxdFlags {
   std::string transactional_id;
   absl::Duration transaction_interval;
   absl::Duration stall_timeout;
-  absl::Duration read_coalesce;
+  absl::Duration max_batch_delay;
+  bool max_batch_delay_given = false;
+  // --read-coalesce, the deprecated name of --max-batch-delay; nullopt:
+  // not given.
+  std::optional<absl::Duration> read_coalesce;
   absl::Duration shutdown_timeout;
   absl::Duration reconnect_backoff_initial;
   absl::Duration reconnect_backoff_max;

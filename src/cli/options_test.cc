@@ -33,7 +33,7 @@ OutboxdFlags Defaults() {
   f.delivery = "at-least-once";
   f.transaction_interval = absl::Milliseconds(100);
   f.stall_timeout = absl::Seconds(60);
-  f.read_coalesce = absl::Milliseconds(5);
+  f.max_batch_delay = absl::Milliseconds(10);
   f.shutdown_timeout = absl::Seconds(8);
   f.reconnect_backoff_initial = absl::Milliseconds(100);
   f.reconnect_backoff_max = absl::Seconds(5);
@@ -161,6 +161,10 @@ TEST(OptionsTest, EachBadValueIsOneLineNamingItsFlag) {
       {[](auto& f) { f.delivery = "twice"; }, "--delivery must be"},
       {[](auto& f) { f.stall_timeout = absl::Seconds(-1); },
        "--stall-timeout must not be negative"},
+      {[](auto& f) { f.max_batch_delay = absl::Seconds(1); },
+       "--max-batch-delay must be between 0 and 100ms"},
+      {[](auto& f) { f.max_batch_delay = absl::Milliseconds(-1); },
+       "--max-batch-delay must be between 0 and 100ms"},
       {[](auto& f) { f.read_coalesce = absl::Seconds(1); },
        "--read-coalesce must be between 0 and 100ms"},
       {[](auto& f) { f.reconnect_backoff_max = absl::Milliseconds(1); },
@@ -269,6 +273,36 @@ TEST(OptionsTest, FlagsThatContradictEachOtherAreOneLine) {
     EXPECT_THAT(Refusal(global),
                 StartsWith("--ordering=global needs --source=cdc"));
   }
+}
+
+// --max-batch-delay is the read coalescer's maximum; 0 never waits;
+// --read-coalesce, its deprecated name, means the same.
+TEST(OptionsTest, MaxBatchDelayAndItsDeprecatedName) {
+  auto coalesce = [](const OutboxdFlags& f) {
+    absl::StatusOr<OutboxdOptions> o = OptionsFromFlags(f);
+    EXPECT_TRUE(o.ok()) << o.status();
+    return o.ok() ? o->publisher.session.coalesce : absl::InfiniteDuration();
+  };
+  EXPECT_EQ(coalesce(Defaults()), absl::Milliseconds(10));
+  EXPECT_EQ(coalesce(With([](auto& f) {
+              f.max_batch_delay = absl::Milliseconds(5);
+              f.max_batch_delay_given = true;
+            })),
+            absl::Milliseconds(5));
+  EXPECT_EQ(coalesce(With([](auto& f) {
+              f.max_batch_delay = absl::ZeroDuration();
+              f.max_batch_delay_given = true;
+            })),
+            absl::ZeroDuration());
+  EXPECT_EQ(
+      coalesce(With([](auto& f) { f.read_coalesce = absl::Milliseconds(20); })),
+      absl::Milliseconds(20));
+  EXPECT_THAT(Refusal(With([](auto& f) {
+                f.read_coalesce = absl::Milliseconds(20);
+                f.max_batch_delay_given = true;
+              })),
+              StartsWith("--read-coalesce is the deprecated name of "
+                         "--max-batch-delay: give only --max-batch-delay"));
 }
 
 // Each stream as "<name> <slot> <server> <conninfo>".

@@ -19,7 +19,7 @@ absl::Duration ReadCoalescer::WindowAt(double rate) const {
   if (max_ <= absl::ZeroDuration() || rate < min_rate_) {
     return absl::ZeroDuration();
   }
-  return std::min(max_, std::max(kMinWindow, absl::Microseconds(rate)));
+  return std::min(max_, std::max(kMinWindow, max_ * (rate / kFullRate)));
 }
 
 }  // namespace outboxd

@@ -54,6 +54,35 @@ TEST(ReadCoalescerTest, AQuietSpellEndsTheWait) {
   EXPECT_EQ(c.Window(), absl::ZeroDuration());
 }
 
+// The window as a function of the rate: none below kMinRate, then in
+// proportion to the rate, the maximum from kFullRate on and never more.
+TEST(ReadCoalescerTest, WindowAtARate) {
+  for (absl::Duration max : {absl::Milliseconds(5), absl::Milliseconds(10),
+                             absl::Milliseconds(20)}) {
+    const ReadCoalescer c(max);
+    EXPECT_EQ(c.WindowAt(0), absl::ZeroDuration());
+    EXPECT_EQ(c.WindowAt(1000), absl::ZeroDuration());
+    EXPECT_EQ(c.WindowAt(1999), absl::ZeroDuration());
+    EXPECT_EQ(c.WindowAt(2000), max * 0.4);
+    EXPECT_EQ(c.WindowAt(3000), max * 0.6);
+    absl::Duration last = absl::ZeroDuration();
+    for (double rate = 2000; rate <= 100000; rate += 500) {
+      const absl::Duration w = c.WindowAt(rate);
+      EXPECT_GE(w, last) << rate;
+      if (rate < ReadCoalescer::kFullRate) EXPECT_GT(w, last) << rate;
+      EXPECT_LE(w, max) << rate;
+      last = w;
+    }
+    EXPECT_EQ(c.WindowAt(ReadCoalescer::kFullRate), max);
+    EXPECT_EQ(c.WindowAt(1e9), max);
+  }
+  // Today's default: 1 ms per 1,000 transactions/s.
+  EXPECT_EQ(ReadCoalescer(absl::Milliseconds(5)).WindowAt(3000),
+            absl::Milliseconds(3));
+  EXPECT_EQ(ReadCoalescer(absl::ZeroDuration()).WindowAt(1e6),
+            absl::ZeroDuration());
+}
+
 TEST(ReadCoalescerTest, WithoutAMinimumRateItWaitsTheShortestWindowAtOnce) {
   ReadCoalescer c(absl::Milliseconds(5), 0);
   EXPECT_EQ(c.Window(), ReadCoalescer::kMinWindow);
