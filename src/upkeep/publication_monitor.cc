@@ -144,58 +144,26 @@ std::unique_ptr<PublicationMonitor> PublicationMonitor::Start(
   std::unique_ptr<PublicationMonitor> monitor(
       new PublicationMonitor(std::move(options)));
   PublicationMonitor* raw = monitor.get();
-  monitor->thread_ = std::thread([raw] { raw->Run(); });
+  const std::string& name = raw->options_.name;
+  monitor->rounds_ = CatalogRounds::Start(
+      {raw->options_.conninfo, raw->options_.interval,
+       absl::StrCat(name, "publication check: cannot read the catalog"),
+       absl::StrCat(name, "publication check: reading the catalog again")},
+      [raw](PgConnection& conn) { return raw->Round(conn); });
   return monitor;
 }
 
-PublicationMonitor::~PublicationMonitor() {
-  stop_.Notify();
-  if (thread_.joinable()) thread_.join();
-}
-
-void PublicationMonitor::Run() {
-  std::unique_ptr<PgConnection> conn;
-  std::string failing;  // the cause logged last, until a round works
-  PublicationWatch watch(options_.publication, options_.reconciler,
-                         options_.name);
-  do {
-    absl::StatusOr<std::vector<TableCoverage>> coverage =
-        [&]() -> absl::StatusOr<std::vector<TableCoverage>> {
-      if (conn == nullptr) {
-        ASSIGN_OR_RETURN(conn,
-                         PgConnection::Connect(options_.conninfo,
-                                               PgConnection::Mode::kNormal));
-      }
-      return ReadCoverage(*conn, options_);
-    }();
-    if (!coverage.ok()) {
-      // Not fatal for publishing (the server may be restarting): the
-      // gauge keeps its value.
-      conn.reset();
-      if (std::string cause(coverage.status().message()); cause != failing) {
-        spdlog::warn(
-            "{}publication check: cannot read the catalog: {}; retrying "
-            "every {}",
-            options_.name, cause, absl::FormatDuration(options_.interval));
-        failing = std::move(cause);
-      }
-      ++rounds_;
-      continue;
-    }
-    if (!failing.empty()) {
-      spdlog::info("{}publication check: reading the catalog again",
-                   options_.name);
-      failing.clear();
-    }
-    PublicationWatch::Round round = watch.Update(*coverage);
-    for (const std::string& line : round.warnings) {
-      spdlog::warn("{}; outboxd_publication_missing_tables is {}", line,
-                   round.missing);
-    }
-    for (const std::string& line : round.infos) spdlog::info("{}", line);
-    if (options_.missing != nullptr) options_.missing->Set(round.missing);
-    ++rounds_;
-  } while (!stop_.WaitForNotificationWithTimeout(options_.interval));
+absl::Status PublicationMonitor::Round(PgConnection& conn) {
+  ASSIGN_OR_RETURN(std::vector<TableCoverage> coverage,
+                   ReadCoverage(conn, options_));
+  PublicationWatch::Round round = watch_.Update(coverage);
+  for (const std::string& line : round.warnings) {
+    spdlog::warn("{}; outboxd_publication_missing_tables is {}", line,
+                 round.missing);
+  }
+  for (const std::string& line : round.infos) spdlog::info("{}", line);
+  if (options_.missing != nullptr) options_.missing->Set(round.missing);
+  return absl::OkStatus();
 }
 
 }  // namespace outboxd

@@ -27,19 +27,18 @@
 #ifndef OUTBOXD_UPKEEP_PUBLICATION_MONITOR_H_
 #define OUTBOXD_UPKEEP_PUBLICATION_MONITOR_H_
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "metrics/outboxd_metrics.h"
+#include "pg/connection.h"
 #include "pg/identifier.h"
+#include "upkeep/catalog_rounds.h"
 
 namespace outboxd {
 
@@ -102,22 +101,22 @@ class PublicationMonitor {
  public:
   static std::unique_ptr<PublicationMonitor> Start(
       PublicationMonitorOptions options);
-  ~PublicationMonitor();  // stops and joins (a running query finishes first)
+  // Destroying it stops and joins (a running query finishes first).
   PublicationMonitor(const PublicationMonitor&) = delete;
   PublicationMonitor& operator=(const PublicationMonitor&) = delete;
 
   // Rounds done so far, whether they worked or not.
-  uint64_t rounds() const { return rounds_.load(); }
+  uint64_t rounds() const { return rounds_->rounds(); }
 
  private:
   explicit PublicationMonitor(PublicationMonitorOptions options)
-      : options_(std::move(options)) {}
-  void Run();
+      : options_(std::move(options)),
+        watch_(options_.publication, options_.reconciler, options_.name) {}
+  absl::Status Round(PgConnection& conn);  // on the rounds' thread
 
   const PublicationMonitorOptions options_;
-  absl::Notification stop_;
-  std::atomic<uint64_t> rounds_{0};
-  std::thread thread_;
+  PublicationWatch watch_;
+  std::unique_ptr<CatalogRounds> rounds_;  // last: stopped first
 };
 
 }  // namespace outboxd

@@ -95,66 +95,35 @@ std::unique_ptr<SlotMonitor> SlotMonitor::Start(
   std::unique_ptr<SlotMonitor> monitor(
       new SlotMonitor(std::move(options), std::move(slots)));
   SlotMonitor* raw = monitor.get();
-  monitor->thread_ = std::thread([raw] { raw->Run(); });
+  std::vector<std::string> names;
+  for (const WatchedSlot& w : raw->slots_) names.push_back(w.slot);
+  raw->array_ = absl::StrCat("{", absl::StrJoin(names, ","), "}");
+  monitor->rounds_ = CatalogRounds::Start(
+      {raw->options_.conninfo, raw->options_.interval,
+       "slot metrics: cannot read pg_replication_slots",
+       "slot metrics: reading pg_replication_slots again"},
+      [raw](PgConnection& conn) { return raw->Round(conn); });
   return monitor;
 }
 
-SlotMonitor::~SlotMonitor() {
-  stop_.Notify();
-  if (thread_.joinable()) thread_.join();
-}
-
-void SlotMonitor::Run() {
-  std::unique_ptr<PgConnection> conn;
-  std::string failing;  // the cause logged last, until a round works
-  std::vector<std::string> names;
-  for (const WatchedSlot& w : slots_) names.push_back(w.slot);
-  const std::string array = absl::StrCat("{", absl::StrJoin(names, ","), "}");
-  absl::flat_hash_set<std::string> not_ready_warned;  // warned once each
-  using Samples = absl::flat_hash_map<std::string, SlotSample>;
-  do {
-    absl::StatusOr<Samples> sample = [&]() -> absl::StatusOr<Samples> {
-      if (conn == nullptr) {
-        ASSIGN_OR_RETURN(conn,
-                         PgConnection::Connect(options_.conninfo,
-                                               PgConnection::Mode::kNormal));
-      }
-      return ReadSlots(*conn, array);
-    }();
-    if (!sample.ok()) {
-      // Not fatal for publishing: the gauges keep their last values.
-      conn.reset();
-      if (std::string cause(sample.status().message()); cause != failing) {
-        spdlog::warn(
-            "slot metrics: cannot read pg_replication_slots: {}; "
-            "retrying every {}",
-            cause, absl::FormatDuration(options_.interval));
-        failing = std::move(cause);
-      }
-      ++rounds_;
-      continue;
+absl::Status SlotMonitor::Round(PgConnection& conn) {
+  ASSIGN_OR_RETURN(auto sample, ReadSlots(conn, array_));
+  ApplySlotSamples(sample, slots_);
+  for (const WatchedSlot& w : slots_) {
+    auto it = sample.find(w.slot);
+    if (it == sample.end()) continue;
+    if (NotReadyForFailover(it->second) &&
+        not_ready_warned_.insert(w.slot).second) {
+      spdlog::warn(
+          "slot {} is a failover slot but no standby keeps it in sync: the "
+          "primary's synchronized_standby_slots names no active physical "
+          "slot, so a promoted standby may lack the slot or have it behind "
+          "what Kafka has (docs/failover.md); "
+          "outboxd_slot_failover_ready is 0",
+          w.slot);
     }
-    if (!failing.empty()) {
-      spdlog::info("slot metrics: reading pg_replication_slots again");
-      failing.clear();
-    }
-    ApplySlotSamples(*sample, slots_);
-    for (const WatchedSlot& w : slots_) {
-      auto it = sample->find(w.slot);
-      if (it == sample->end()) continue;
-      if (NotReadyForFailover(it->second) &&
-          not_ready_warned.insert(w.slot).second) {
-        spdlog::warn(
-            "slot {} is a failover slot but no standby keeps it in sync: the "
-            "primary's synchronized_standby_slots names no active physical "
-            "slot, so a promoted standby may lack the slot or have it behind "
-            "what Kafka has (docs/failover.md); "
-            "outboxd_slot_failover_ready is 0",
-            w.slot);
-      }
-    }
-    ++rounds_;
-  } while (!stop_.WaitForNotificationWithTimeout(options_.interval));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace outboxd

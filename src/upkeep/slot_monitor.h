@@ -17,19 +17,19 @@
 #ifndef OUTBOXD_UPKEEP_SLOT_MONITOR_H_
 #define OUTBOXD_UPKEEP_SLOT_MONITOR_H_
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "metrics/outboxd_metrics.h"
+#include "pg/connection.h"
+#include "upkeep/catalog_rounds.h"
 
 namespace outboxd {
 
@@ -77,23 +77,23 @@ class SlotMonitor {
   // [a-z0-9_] only).
   static std::unique_ptr<SlotMonitor> Start(SlotMonitorOptions options,
                                             std::vector<WatchedSlot> slots);
-  ~SlotMonitor();  // stops and joins (a running query finishes first)
+  // Destroying it stops and joins (a running query finishes first).
   SlotMonitor(const SlotMonitor&) = delete;
   SlotMonitor& operator=(const SlotMonitor&) = delete;
 
   // Rounds done so far, whether they worked or not.
-  uint64_t rounds() const { return rounds_.load(); }
+  uint64_t rounds() const { return rounds_->rounds(); }
 
  private:
   SlotMonitor(SlotMonitorOptions options, std::vector<WatchedSlot> slots)
       : options_(std::move(options)), slots_(std::move(slots)) {}
-  void Run();
+  absl::Status Round(PgConnection& conn);  // on the rounds' thread
 
   const SlotMonitorOptions options_;
   const std::vector<WatchedSlot> slots_;
-  absl::Notification stop_;
-  std::atomic<uint64_t> rounds_{0};
-  std::thread thread_;
+  std::string array_;  // the slot names as a text[] literal
+  absl::flat_hash_set<std::string> not_ready_warned_;  // warned once each
+  std::unique_ptr<CatalogRounds> rounds_;              // last: stopped first
 };
 
 }  // namespace outboxd
