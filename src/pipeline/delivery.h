@@ -134,6 +134,11 @@ class Delivery {
   virtual bool TakeRewind() = 0;
   // True when one source's own failure may stop that source only.
   virtual bool IsolatesSources() const = 0;
+  // True when a sink that failed for good (a fatal producer error) may be
+  // replaced by a new one, every source starting over from its confirmed
+  // position; false when a fatal error means another instance took over
+  // (exactly-once: a fencing).
+  virtual bool ReplacesFailedSink() const = 0;
 
   // The run ends: `clean`, what is produced is committed or acknowledged
   // by `deadline`; otherwise an open transaction is aborted. Returns a

@@ -45,6 +45,7 @@ class AtLeastOnceDelivery final : public Delivery {
   bool failed() const override { return false; }
   bool TakeRewind() override { return false; }
   bool IsolatesSources() const override { return true; }
+  bool ReplacesFailedSink() const override { return true; }
 
   // A clean stop waits (until `deadline`) for what is in flight, the
   // sources' keep-alive going on, so that it can be confirmed.

@@ -96,6 +96,7 @@ TEST_F(DeliveryTest, AtLeastOnceNeverSkipsNorCommits) {
   EXPECT_FALSE(d->CommitDue(absl::InfiniteFuture(), true));
   EXPECT_TRUE(d->CheckSources(20).ok());
   EXPECT_TRUE(d->IsolatesSources());
+  EXPECT_TRUE(d->ReplacesFailedSink());
   EXPECT_FALSE(d->SinkNeedsIdentity());
   EXPECT_EQ(d->Producer(ProducerOptions{}, "id").transactional_id, "");
 }
@@ -170,6 +171,7 @@ TEST_F(TransactionalTest, OneSourceOnlyAndNoIsolation) {
   EXPECT_TRUE(d->CheckSources(1).ok());
   EXPECT_EQ(d->CheckSources(2).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(d->IsolatesSources());
+  EXPECT_FALSE(d->ReplacesFailedSink());  // fatal = fenced
 }
 
 TEST_F(TransactionalTest, RefusesTheDevBroker) {

@@ -140,6 +140,7 @@ class TransactionalDelivery final : public Delivery {
   bool failed() const override { return !delivery_failure_.ok(); }
   bool TakeRewind() override { return std::exchange(rewind_, false); }
   bool IsolatesSources() const override { return false; }
+  bool ReplacesFailedSink() const override { return false; }
 
   absl::Status Finish(bool clean, absl::Time deadline) override {
     absl::Status final_commit;

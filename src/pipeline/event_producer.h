@@ -61,6 +61,8 @@ class EventProducer {
   // (IsPermanentRefusal) and the event was kept.
   std::optional<OutboxEvent> ObserveReport(SourceSession& st, uint64_t tagged,
                                            const absl::Status& status);
+  // The sink was replaced: reports of what it had in flight never come.
+  void ForgetInFlight() { published_.clear(); }
   // The next of st.refused, once nothing else is in flight: produced again
   // alone, or, when it was refused alone already, dead-lettered with the
   // broker's reason (as an event the producer refuses). Its tracker

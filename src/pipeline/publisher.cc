@@ -44,6 +44,9 @@ constexpr size_t kMaxStreams = size_t{1} << (64 - kStreamShift);
 // How long a connect waits for the sink to be usable (a broker's answer,
 // the fixed topic's metadata) before streaming anyway.
 constexpr absl::Duration kSinkReadyTimeout = absl::Seconds(2);
+// Failed sinks replaced in a row (no event acknowledged between them)
+// before the run stops.
+constexpr int kMaxSinkReplacements = 3;
 
 // The timeout for ppoll(): nullptr (none) for an infinite wait. A wait
 // that ends within the same microsecond does not spin: at least 1 µs.
@@ -182,6 +185,7 @@ class Publisher::Impl final : public DeliveryHost {
     while (!stop_->load(std::memory_order_relaxed)) {
       const absl::Time now = absl::Now();
       if (sink_ != nullptr) sink_->Poll(absl::ZeroDuration());
+      RETURN_IF_ERROR(ReplaceFailedSink());
       RETURN_IF_ERROR(Rewound(delivery_->Check()));
       bool more = false;
       for (const std::unique_ptr<SourceSession>& st : sessions_) {
@@ -198,6 +202,11 @@ class Publisher::Impl final : public DeliveryHost {
           continue;
         }
         absl::Status s = Wakeup(*st, now, next_progress);
+        if (!s.ok() && FailedSinkReplaceable()) {
+          RETURN_IF_ERROR(ReplaceFailedSink());  // every session rewound
+          more = true;
+          break;
+        }
         if (s.ok()) {
           if (st->drained == Drained::kMore) more = true;
           continue;
@@ -421,6 +430,7 @@ class Publisher::Impl final : public DeliveryHost {
     SourceSession* st = SessionOf(tagged);
     if (st == nullptr) return;
     if (!status.ok()) m_.delivery_errors->Increment();
+    if (status.ok()) sink_replacements_ = 0;
     const uint64_t sequence = tagged & kSequenceMask;
     const bool alone = st->retrying_alone == sequence;
     if (alone) st->retrying_alone.reset();
@@ -508,6 +518,31 @@ class Publisher::Impl final : public DeliveryHost {
     spdlog::warn("{}", std::string(s.message()));
     for (const std::unique_ptr<SourceSession>& st : sessions_) st->Rewind();
     return absl::OkStatus();
+  }
+
+  // At-least-once: a producer that failed for good (librdkafka's fatal
+  // error, e.g. the idempotent producer's OUT_OF_ORDER_SEQUENCE_NUMBER
+  // after a broker died) is replaced by a new one, and every source starts
+  // over from its confirmed position: what the old one had in flight is
+  // resent (duplicates, never a loss). Its fatal error stops the run after
+  // kMaxSinkReplacements in a row, or where the delivery says a fatal
+  // error is a fencing.
+  bool FailedSinkReplaceable() const {
+    return sink_ != nullptr && !sink_->fatal_error().ok() &&
+           delivery_->ReplacesFailedSink();
+  }
+  absl::Status ReplaceFailedSink() {
+    if (!FailedSinkReplaceable()) return absl::OkStatus();
+    absl::Status fatal = sink_->fatal_error();
+    if (++sink_replacements_ > kMaxSinkReplacements) return fatal;
+    spdlog::error(
+        "the Kafka producer failed for good ({}); replacing it (attempt {} "
+        "of {}): every source resends from its confirmed position",
+        std::string(fatal.message()), sink_replacements_, kMaxSinkReplacements);
+    for (const std::unique_ptr<SourceSession>& st : sessions_) st->Rewind();
+    producer_.ForgetInFlight();
+    sink_.reset();
+    return CreateSink("");
   }
 
   // A lost connection, a restarting server or a slot active in another
@@ -604,7 +639,8 @@ class Publisher::Impl final : public DeliveryHost {
   SessionSteps steps_;
   EventProducer producer_;  // into sink_, destroyed after it
   std::unique_ptr<Sink> sink_;
-  bool sink_waited_ = false;  // WaitUntilSinkReady ran (once per run)
+  bool sink_waited_ = false;   // WaitUntilSinkReady ran (once per run)
+  int sink_replacements_ = 0;  // in a row (ReplaceFailedSink)
   const std::atomic<bool>* stop_ = nullptr;
   std::vector<pollfd> fds_;              // Sleep's, kept to avoid an allocation
   std::vector<SourceSession*> watched_;  // the sessions of fds_'s first

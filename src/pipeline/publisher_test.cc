@@ -328,16 +328,60 @@ TEST_F(PublisherTest, FailedDeliveryStopsWithoutConfirmingPastIt) {
   EXPECT_FALSE(source_.finished_clean);
 }
 
-TEST_F(PublisherTest, FatalProducerStops) {
+// At-least-once: a producer that failed for good (e.g. the idempotent
+// producer's OUT_OF_ORDER_SEQUENCE_NUMBER after a broker died) is replaced,
+// and the source resends what it had in flight from its confirmed position.
+TEST_F(PublisherTest, AFatalProducerIsReplacedAndItsEventsResent) {
+  options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
   source_.Add(Begin());
   source_.Add(Of(Event(100, 0, "a")));
-  configure_sink_ = [](FakeSink& s) { s.hold_acks = true; };
-  on_tick_ = [&](FakeSource&) {
-    if (ticks_ == 20)
+  source_.Add(Commit(100));
+  std::deque<FakeSource::Entry> again;
+  for (SourceRead r : {Begin(), Of(Event(100, 0, "a")), Commit(100)}) {
+    again.push_back({absl::OkStatus(), std::move(r)});
+  }
+  source_.after_reconnect.push_back(std::move(again));
+  int sinks = 0;
+  configure_sink_ = [&sinks](FakeSink& s) { s.hold_acks = ++sinks == 1; };
+  on_tick_ = [&](FakeSource& s) {
+    if (ticks_ == 20) {
       sink_->SetFatal(absl::InternalError("idempotence broken"));
+    }
+    if (sinks == 1) EXPECT_EQ(s.durable, SourcePosition(0));
+  };
+  absl::Status s = Run(DurableAt(100));
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(sinks, 2);
+  EXPECT_EQ(source_.connects, 2);
+  ASSERT_EQ(final_.committed.size(), 1u);
+  EXPECT_EQ(final_.committed[0].key, "agg-a");
+}
+
+TEST_F(PublisherTest, AProducerFailingAgainAndAgainStops) {
+  options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
+  for (int i = 0; i < 5; ++i) {
+    std::deque<FakeSource::Entry> again;
+    for (SourceRead r : {Begin(), Of(Event(100, 0, "a")), Commit(100)}) {
+      again.push_back({absl::OkStatus(), std::move(r)});
+    }
+    source_.after_reconnect.push_back(std::move(again));
+  }
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Commit(100));
+  int sinks = 0;
+  configure_sink_ = [&sinks](FakeSink& s) {
+    ++sinks;
+    s.hold_acks = true;
+  };
+  on_tick_ = [&](FakeSource&) {
+    if (sink_ != nullptr && sink_->queued() > 0 && sink_->fatal_error().ok()) {
+      sink_->SetFatal(absl::InternalError("idempotence broken"));
+    }
   };
   absl::Status s = Run([](FakeSource&) { return false; });
   EXPECT_THAT(s.message(), HasSubstr("idempotence broken"));
+  EXPECT_EQ(sinks, 4);  // the first and three replacements
   EXPECT_EQ(source_.durable, SourcePosition(0));
 }
 
