@@ -26,8 +26,16 @@
 // Writes <out>/live.json and live.md (live-apache.* with --broker=apache).
 // Measures only; asserts nothing.
 //
+// With --reconcile (benchmark 9, bench_reconcile.h) it compares reconciler
+// settings instead: each of them per rate, --repeat rounds in alternated
+// order; the load runs --settle before the window (the reconciler's passes
+// judge rows only once they are one margin old) and --duration in it.
+// Writes <out>/reconcile.json and reconcile.md.
+//
 //   live_bench --rates=3000,8000,max --duration=15s --modes=cdc
 //   live_bench --rates=3000 --broker=apache
+//   live_bench --rates=3000 --reconcile=off,default,5s --repeat=2
+//       --settle=170s --duration=120s
 #include <algorithm>
 #include <atomic>
 #include <iostream>
@@ -46,6 +54,7 @@
 #include "benchmarks/bench_kafka.h"
 #include "benchmarks/bench_pg.h"
 #include "benchmarks/bench_proc.h"
+#include "benchmarks/bench_reconcile.h"
 #include "benchmarks/bench_results.h"
 #include "nlohmann/json.hpp"
 
@@ -63,6 +72,12 @@ ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
           "extra outboxd flags, comma-separated (e.g. "
           "--kafka-property=linger.ms=0)");
 ABSL_FLAG(std::string, work_dir, "/tmp/outboxd-bench-live", "outboxd logs");
+ABSL_FLAG(std::vector<std::string>, reconcile, {},
+          "compare reconciler settings (off, default, <interval>, "
+          "<interval>/<margin>) and write reconcile.{json,md}");
+ABSL_FLAG(int, repeat, 1, "rounds of the --reconcile settings");
+ABSL_FLAG(absl::Duration, settle, absl::ZeroDuration(),
+          "load time before the measured window");
 
 namespace outboxd::bench {
 namespace {
@@ -76,9 +91,9 @@ struct Writers {
 };
 
 // One event per transaction on each of `conns` from `t0_ns` until `end_ns`;
-// `rate` 0 = back to back.
+// `rate` 0 = back to back. `progress` counts the commits as they happen.
 Writers Write(std::vector<std::unique_ptr<PgConn>>& conns, int rate,
-              int64_t t0_ns, int64_t end_ns) {
+              int64_t t0_ns, int64_t end_ns, std::atomic<int64_t>& progress) {
   const int connections = static_cast<int>(conns.size());
   std::vector<Writers> per(connections);
   std::atomic<int64_t> errors{0};
@@ -107,6 +122,7 @@ Writers Write(std::vector<std::unique_ptr<PgConn>>& conns, int rate,
           continue;
         }
         ++w.committed;
+        progress.fetch_add(1, std::memory_order_relaxed);
         w.first_commit_ns = std::min(w.first_commit_ns, now);
         w.last_commit_ns = std::max(w.last_commit_ns, now);
       }
@@ -147,15 +163,26 @@ Snapshot Take(BenchEnv& env, pid_t outboxd) {
   return s;
 }
 
+// The load's window: `settle` of load, then the snapshot `before` and
+// the count of commits so far (`before_commits`).
+struct Window {
+  Snapshot before;
+  ReconcileSnapshot reconcile_before;
+  int64_t before_commits = 0;
+};
+
 absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
-                                      int rate, int run_index) {
+                                      int rate, int run_index,
+                                      const ReconcileSetting* reconcile) {
   const std::string rate_name = rate > 0 ? absl::StrCat(rate) : "max";
   const std::string topic =
       absl::StrCat("bench.live.", mode.name, ".", rate_name, ".", run_index);
   const std::string slot = absl::StrCat("bench_live_", run_index);
   const absl::Duration duration = absl::GetFlag(FLAGS_duration);
+  const absl::Duration settle = absl::GetFlag(FLAGS_settle);
   const int connections = absl::GetFlag(FLAGS_connections);
-  std::cerr << "== " << mode.name << " at " << rate_name << " events/s\n";
+  std::cerr << "== " << mode.name << " at " << rate_name << " events/s"
+            << (reconcile ? ", reconciler " + reconcile->name : "") << "\n";
 
   absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
   if (s.ok()) s = env.PrepareMode(mode);
@@ -164,10 +191,14 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
 
-  const std::vector<std::string> args =
-      ModeRunArgs(mode, slot, topic, absl::GetFlag(FLAGS_outboxd_args));
+  std::vector<std::string> extra = absl::GetFlag(FLAGS_outboxd_args);
+  if (reconcile != nullptr) {
+    extra.insert(extra.end(), reconcile->args.begin(), reconcile->args.end());
+  }
+  const std::vector<std::string> args = ModeRunArgs(mode, slot, topic, extra);
   const std::string log_name =
-      absl::StrCat("outboxd-live-", mode.name, "-", rate_name);
+      absl::StrCat("outboxd-live-", mode.name, "-", rate_name,
+                   reconcile ? absl::StrCat("-", run_index) : "");
   auto outboxd = env.StartOutboxd(args, log_name);
   if (!outboxd.ok()) return outboxd.status();
   testing::ChildProcess& child = **outboxd;
@@ -193,20 +224,48 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   auto pool = ConnectAll(env.AdminConnInfo(), connections);
   if (!pool.ok()) return pool.status();
   const int64_t t0 = NowNs() + 20000000;  // 20 ms to get the threads going
-  const int64_t end = t0 + absl::ToInt64Nanoseconds(duration);
-  const Snapshot before = Take(env, pid);
-  const Writers w = Write(*pool, rate, t0, end);
+  const int64_t end = t0 + absl::ToInt64Nanoseconds(settle + duration);
+  std::atomic<int64_t> progress{0};
+  Window win;
+  auto open_window = [&] {
+    if (reconcile != nullptr) {
+      s = ResetStatements(env);
+      win.reconcile_before = TakeReconcileSnapshot(pid, env.postmaster_pid());
+    }
+    win.before = Take(env, pid);
+    win.before_commits = progress.load();
+  };
+  Writers w;
+  if (settle == absl::ZeroDuration()) {
+    open_window();
+    w = Write(*pool, rate, t0, end, progress);
+  } else {
+    std::thread load([&] { w = Write(*pool, rate, t0, end, progress); });
+    SleepUntilNs(t0 + absl::ToInt64Nanoseconds(settle));
+    open_window();
+    load.join();
+  }
+  if (!s.ok()) return s;
+  const Snapshot& before = win.before;
   const int64_t load_end_ns = NowNs();
   const int64_t target = w.committed + 1;  // + the warm-up record
   RecordArrival arrival = WaitForRecords(**probe, topic, kPartitions, target,
                                          absl::Minutes(2), alive);
   const Snapshot after = Take(env, pid);
+  const ReconcileSnapshot reconcile_after =
+      TakeReconcileSnapshot(pid, env.postmaster_pid());
   const int64_t peak_rss = PeakRssBytes(pid);
+  nlohmann::json statements;
+  if (reconcile != nullptr) {
+    auto st = PublisherStatements(env);
+    if (!st.ok()) return st.status();
+    statements = *st;
+  }
   auto code = env.StopOutboxd(child);
   if (mode.source == "cdc") env.DropSlot(slot);
 
   const double window_s = (after.at_ns - before.at_ns) / 1e9;
-  const int64_t n = w.committed;
+  const int64_t n = w.committed - win.before_commits;  // in the window
   const bool all_arrived = arrival.done_ns != 0;
   const double outboxd_cpu = after.outboxd_cpu - before.outboxd_cpu;
   const int64_t switches =
@@ -216,20 +275,23 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   j["target_rate"] = rate_name;
   j["duration_s"] = absl::ToDoubleSeconds(duration);
   j["connections"] = connections;
-  j["committed"] = n;
+  j["committed"] = w.committed;
   j["commit_errors"] = w.errors;
   j["committed_per_s"] =
-      EventsPerSecond(n, w.last_commit_ns - w.first_commit_ns);
+      EventsPerSecond(w.committed, w.last_commit_ns - w.first_commit_ns);
   j["records_in_broker"] = arrival.last_total - 1;
   j["all_arrived"] = all_arrived;
   j["published_per_s"] =
-      all_arrived ? EventsPerSecond(n, arrival.done_ns - w.first_commit_ns)
-                  : 0.0;
+      all_arrived
+          ? EventsPerSecond(w.committed, arrival.done_ns - w.first_commit_ns)
+          : 0.0;
   j["last_record_after_last_commit_s"] =
       all_arrived ? (arrival.done_ns - w.last_commit_ns) / 1e9 : -1.0;
   j["load_end_to_all_arrived_s"] =
       all_arrived ? (arrival.done_ns - load_end_ns) / 1e9 : -1.0;
   j["window_s"] = window_s;
+  j["settle_s"] = absl::ToDoubleSeconds(settle);
+  j["window_events"] = n;
   j["outboxd"] = {
       {"cpu_s", outboxd_cpu},
       {"cpu_us_per_event", n > 0 ? outboxd_cpu * 1e6 / n : 0.0},
@@ -255,6 +317,10 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
       {"writers_cores", w.cpu_s / window_s},
       {"broker_cpu_s", after.broker_cpu - before.broker_cpu},
       {"broker_cores", (after.broker_cpu - before.broker_cpu) / window_s}};
+  if (reconcile != nullptr) {
+    j["reconcile"] = ReconcileFigures(*reconcile, win.reconcile_before,
+                                      reconcile_after, statements, window_s);
+  }
   std::cerr << j.dump() << "\n";
   if (!all_arrived) {
     std::cerr << "only " << arrival.last_total - 1 << " of " << n
@@ -302,6 +368,16 @@ int Main(int argc, char** argv) {
       ParseModesAndRates(absl::GetFlag(FLAGS_modes), absl::GetFlag(FLAGS_rates),
                          /*allow_max=*/true);
   if (!plan) return kBadFlags;
+  auto settings = ParseReconcileSettings(absl::GetFlag(FLAGS_reconcile));
+  if (!settings.ok()) {
+    std::cerr << settings.status().message() << "\n";
+    return kBadFlags;
+  }
+  const bool reconcile = !settings->empty();
+  const int rounds = reconcile ? std::max(1, absl::GetFlag(FLAGS_repeat)) : 1;
+  const std::vector<std::pair<int, int>> order =
+      reconcile ? AlternatedOrder(static_cast<int>(settings->size()), rounds)
+                : std::vector<std::pair<int, int>>{{-1, 0}};
   const std::string out = absl::GetFlag(FLAGS_out);
   StartedBench bench = StartBench(EnvOptions(
       absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker));
@@ -312,15 +388,21 @@ int Main(int argc, char** argv) {
   int run_index = 0;
   for (const PublisherMode& mode : plan->modes) {
     for (int rate : plan->rates) {
-      auto r = RunOne(*env, mode, rate, run_index++);
-      if (!r.ok()) {
-        AddFailure(failures, absl::StrCat(mode.name, " ", rate),
-                   {{"mode", mode.name},
-                    {"rate", rate > 0 ? absl::StrCat(rate) : "max"}},
-                   r.status());
-        continue;
+      for (const auto& [setting, round] : order) {
+        const ReconcileSetting* rs =
+            setting >= 0 ? &(*settings)[setting] : nullptr;
+        auto r = RunOne(*env, mode, rate, run_index++, rs);
+        if (!r.ok()) {
+          AddFailure(failures, absl::StrCat(mode.name, " ", rate),
+                     {{"mode", mode.name},
+                      {"rate", rate > 0 ? absl::StrCat(rate) : "max"},
+                      {"reconcile", rs ? rs->name : ""}},
+                     r.status());
+          continue;
+        }
+        if (rs != nullptr) (*r)["round"] = round;
+        runs.push_back(*r);
       }
-      runs.push_back(*r);
     }
   }
   bool all_arrived = true;
@@ -328,7 +410,7 @@ int Main(int argc, char** argv) {
     all_arrived &= r["all_arrived"].get<bool>();
 
   nlohmann::json doc;
-  doc["benchmark"] = "live";
+  doc["benchmark"] = reconcile ? "reconcile" : "live";
   doc["machine"] = bench.machine;
   doc["setup"] = {
       {"postgres", kPostgresSetup},
@@ -340,14 +422,24 @@ int Main(int argc, char** argv) {
        "one INSERT per transaction (BEGIN; INSERT; COMMIT in one PQexec), "
        "open loop at the target rate, or back to back for max"},
       {"window",
-       "from the load's start until the broker holds every committed record "
-       "(sum of the high watermarks, probed every 20 ms)"},
+       "from the load's start (after --settle of load) until the broker "
+       "holds every committed record (sum of the high watermarks, probed "
+       "every 20 ms)"},
+      {"settle_s", absl::ToDoubleSeconds(absl::GetFlag(FLAGS_settle))},
       {"outboxd_args", absl::GetFlag(FLAGS_outboxd_args)},
   };
+  if (reconcile) {
+    doc["setup"]["order"] = "rounds of the settings, every other reversed";
+    doc["summary"] = ReconcileSummary(*settings, runs);
+  }
   doc["runs"] = runs;
   doc["failures"] = failures;
-  const std::string stem = out + "/" + ResultStem("live", *broker);
-  const std::string md = Markdown(env->broker_description(), runs);
+  const std::string stem =
+      out + "/" + ResultStem(reconcile ? "reconcile" : "live", *broker);
+  const std::string md =
+      reconcile
+          ? ReconcileMarkdown(env->broker_description(), doc["summary"], runs)
+          : Markdown(env->broker_description(), runs);
   if (!WriteResults(stem, doc, md)) return 1;
   return failures.empty() && all_arrived ? 0 : 1;
 }
