@@ -67,7 +67,9 @@ std::string ArrayLiteral(const std::vector<std::string>& ids) {
 Reconciler::Reconciler(ReconcilerOptions options)
     : options_(std::move(options)),
       lo_(options_.tables.size(), 0),
-      off_(options_.tables.size(), false) {}
+      off_(options_.tables.size(), false),
+      judged_hi_(options_.tables.size(), 0),
+      judged_horizon_(options_.tables.size()) {}
 
 std::unique_ptr<Reconciler> Reconciler::Start(ReconcilerOptions options) {
   std::unique_ptr<Reconciler> r(new Reconciler(std::move(options)));
@@ -99,6 +101,11 @@ void Reconciler::Run() {
       last_error.clear();
     }
   }
+}
+
+void Reconciler::Judged(size_t t, int64_t hi, const std::string& horizon) {
+  judged_hi_[t] = hi;
+  judged_horizon_[t] = horizon;
 }
 
 absl::Status Reconciler::Pass() {
@@ -178,6 +185,18 @@ absl::Status Reconciler::Pass() {
     const std::string window = absl::StrCat(
         " FROM ", q, " WHERE ", q, ".", created, " >= ", Timestamp(1), " AND ",
         q, ".", created, " < ", Timestamp(2));
+    // Not again: a row the last pass judged (before its window's end, its
+    // xmin before that pass's horizon, so it was visible then).
+    std::vector<std::optional<std::string>> params = {
+        absl::StrCat(lo), absl::StrCat(hi), *horizon};
+    std::string fresh;
+    if (judged_hi_[t] > lo && !judged_horizon_[t].empty()) {
+      fresh = absl::StrCat(" AND (", q, ".", created, " >= ", Timestamp(4),
+                           " OR age(", q, ".xmin) <= age(($5::xid8::text::",
+                           "numeric % 4294967296)::text::xid))");
+      params.push_back(absl::StrCat(judged_hi_[t]));
+      params.push_back(judged_horizon_[t]);
+    }
     // The row's xmin precedes the horizon: age() is the distance back from
     // the current transaction id (wraparound-safe; a frozen xmin is
     // oldest of all).
@@ -187,8 +206,9 @@ absl::Status Reconciler::Pass() {
             absl::StrCat("SELECT ", q, ".", id, "::text, (age(", q,
                          ".xmin) > age(($3::xid8::text::numeric % 4294967296)"
                          "::text::xid))::text, (extract(epoch FROM ",
-                         q, ".", created, ") * 1000000)::bigint::text", window),
-            {absl::StrCat(lo), absl::StrCat(hi), *horizon}));
+                         q, ".", created, ") * 1000000)::bigint::text", window,
+                         fresh),
+            params));
     const PGresult* r = rows.get();
     std::vector<uint64_t> hashes;
     std::vector<int> judged_rows;
@@ -211,7 +231,10 @@ absl::Status Reconciler::Pass() {
     // The next window: from one margin before this one's end, or from the
     // oldest row not judged yet.
     lo_[t] = std::max(start_us_, std::min(hi - margin_us, pending_min));
-    if (missing_ids.empty()) continue;
+    if (missing_ids.empty()) {
+      Judged(t, hi, *horizon);
+      continue;
+    }
 
     // The missing rows as events, oldest first.
     ASSIGN_OR_RETURN(
@@ -241,7 +264,10 @@ absl::Status Reconciler::Pass() {
         events.push_back(std::move(*e));
       }
     }
-    if (events.empty()) continue;
+    if (events.empty()) {
+      Judged(t, hi, *horizon);
+      continue;
+    }
     missing_ += events.size();
     if (options_.missing != nullptr) options_.missing->Increment(events.size());
     spdlog::error(
@@ -263,6 +289,7 @@ absl::Status Reconciler::Pass() {
       RETURN_IF_ERROR(producer->AddReconciled(std::move(e), confirmed));
     }
     RETURN_IF_ERROR(producer->Finish().status());
+    Judged(t, hi, *horizon);
   }
   int64_t judged = std::numeric_limits<int64_t>::max();
   for (size_t t = 0; t < lo_.size(); ++t) {
