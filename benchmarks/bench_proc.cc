@@ -101,6 +101,32 @@ double ClusterCpuSeconds(pid_t postmaster) {
   return total;
 }
 
+double ReapedChildrenCpuSeconds(pid_t pid) {
+  std::vector<std::string> f = StatFields(pid);
+  if (f.size() < 15) return 0;
+  return TicksToSeconds(f[13]) + TicksToSeconds(f[14]);
+}
+
+double ThreadsCpuSeconds(pid_t pid, const std::string& prefix) {
+  double total = 0;
+  std::error_code ec;
+  const std::string dir = absl::StrCat("/proc/", pid, "/task");
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    std::ifstream in(entry.path() / "comm");
+    std::string comm;
+    if (!std::getline(in, comm) || !absl::StartsWith(comm, prefix)) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const size_t close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::vector<std::string> t =
+        absl::StrSplit(line.substr(close + 2), ' ', absl::SkipEmpty());
+    if (t.size() >= 13) total += TicksToSeconds(t[11]) + TicksToSeconds(t[12]);
+  }
+  return total;
+}
+
 pid_t ChildPidByName(const std::string& prefix) {
   const pid_t self = getpid();
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {

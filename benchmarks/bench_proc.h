@@ -32,6 +32,13 @@ double ProcessCpuSeconds(pid_t pid);
 // CPU seconds of a PostgreSQL cluster: the postmaster, its reaped children
 // (cutime/cstime) and its live children.
 double ClusterCpuSeconds(pid_t postmaster);
+// CPU seconds of the children a process reaped (cutime + cstime): for a
+// postmaster, the backends that exited (a connection per task, autovacuum
+// workers).
+double ReapedChildrenCpuSeconds(pid_t pid);
+// CPU seconds summed over the live threads of `pid` whose name starts with
+// `prefix` (/proc/<pid>/task/*/comm).
+double ThreadsCpuSeconds(pid_t pid, const std::string& prefix);
 // The first child of this process whose command name starts with `prefix`
 // (names are cut to 15 characters by the kernel); -1 when none.
 pid_t ChildPidByName(const std::string& prefix);

@@ -33,19 +33,27 @@
 // Writes <out>/live.json and live.md (live-apache.* with --broker=apache).
 // Measures only; asserts nothing.
 //
+// With --reconcile (benchmark 9, bench_reconcile.h) it compares reconciler
+// settings instead: each of them per rate, --repeat rounds in alternated
+// order; the load runs --settle before the window (the reconciler's passes
+// judge rows only once they are one margin old) and --duration in it.
+// Writes <out>/reconcile.json and reconcile.md.
+//
 //   live_bench --rates=3000,8000,max --duration=15s --modes=cdc
 //   live_bench --rates=3000 --broker=apache
+//   live_bench --rates=3000 --reconcile=off,default,5s --repeat=2
+//       --settle=170s --duration=120s
 #include <algorithm>
 #include <atomic>
 #include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "benchmarks/bench_cli.h"
@@ -53,6 +61,7 @@
 #include "benchmarks/bench_kafka.h"
 #include "benchmarks/bench_pg.h"
 #include "benchmarks/bench_proc.h"
+#include "benchmarks/bench_reconcile.h"
 #include "benchmarks/bench_results.h"
 #include "benchmarks/live_extras.h"
 #include "nlohmann/json.hpp"
@@ -87,6 +96,12 @@ ABSL_FLAG(bool, latency, false,
           "consumer (commit to receipt p50/p99)");
 ABSL_FLAG(int, fetch_wait_ms, 1, "the latency consumer's fetch.wait.max.ms");
 ABSL_FLAG(std::string, stem, "live", "result file name (without -apache)");
+ABSL_FLAG(std::vector<std::string>, reconcile, {},
+          "compare reconciler settings (off, default, <interval>, "
+          "<interval>/<margin>) and write reconcile.{json,md}");
+ABSL_FLAG(int, repeat, 1, "rounds of the --reconcile settings");
+ABSL_FLAG(absl::Duration, settle, absl::ZeroDuration(),
+          "load time before the measured window");
 
 namespace outboxd::bench {
 namespace {
@@ -100,9 +115,9 @@ struct Writers {
 };
 
 // One event per transaction on each of `conns` from `t0_ns` until `end_ns`;
-// `rate` 0 = back to back.
+// `rate` 0 = back to back. `progress` counts the commits as they happen.
 Writers Write(std::vector<std::unique_ptr<PgConn>>& conns, int rate,
-              int64_t t0_ns, int64_t end_ns) {
+              int64_t t0_ns, int64_t end_ns, std::atomic<int64_t>& progress) {
   const int connections = static_cast<int>(conns.size());
   std::vector<Writers> per(connections);
   std::atomic<int64_t> errors{0};
@@ -131,6 +146,7 @@ Writers Write(std::vector<std::unique_ptr<PgConn>>& conns, int rate,
           continue;
         }
         ++w.committed;
+        progress.fetch_add(1, std::memory_order_relaxed);
         w.first_commit_ns = std::min(w.first_commit_ns, now);
         w.last_commit_ns = std::max(w.last_commit_ns, now);
       }
@@ -204,16 +220,31 @@ std::vector<std::string> VariantArgs(const Variant& variant) {
   return args;
 }
 
+// The load's window: `settle` of load, then the snapshot `before`, the
+// produce requests and the commits so far (`before_commits`).
+struct Window {
+  Snapshot before;
+  ProduceCounts sent_before;
+  ReconcileSnapshot reconcile_before;
+  int64_t before_commits = 0;
+};
+
+// One run of `variant` at `rate`; with `reconcile`, that reconciler
+// setting's flags too, and its figures. The load runs `settle` before the
+// window and `duration` in it.
 absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
                                       const Variant& variant, int rate,
-                                      absl::Duration duration, int run_index) {
+                                      absl::Duration duration, int run_index,
+                                      const ReconcileSetting* reconcile,
+                                      absl::Duration settle) {
   const std::string rate_name = rate > 0 ? absl::StrCat(rate) : "max";
   const std::string topic =
       absl::StrCat("bench.live.", mode.name, ".", rate_name, ".", run_index);
   const std::string slot = absl::StrCat("bench_live_", run_index);
   const int connections = absl::GetFlag(FLAGS_connections);
   std::cerr << "== " << mode.name << " " << variant.name << " at " << rate_name
-            << " events/s\n";
+            << " events/s"
+            << (reconcile ? ", reconciler " + reconcile->name : "") << "\n";
 
   absl::Status s = env.pg().Exec("postgres", "TRUNCATE public.outbox");
   if (s.ok()) s = env.PrepareMode(mode);
@@ -222,8 +253,11 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
 
-  const std::vector<std::string> args =
-      ModeRunArgs(mode, slot, topic, VariantArgs(variant));
+  std::vector<std::string> extra = VariantArgs(variant);
+  if (reconcile != nullptr) {
+    extra.insert(extra.end(), reconcile->args.begin(), reconcile->args.end());
+  }
+  const std::vector<std::string> args = ModeRunArgs(mode, slot, topic, extra);
   const std::string log_name =
       absl::StrCat("outboxd-live-", mode.name, "-", rate_name, "-", run_index);
   const std::string log_path =
@@ -253,27 +287,55 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   // Let the warm-up settle and librdkafka's statistics (every second)
   // count its requests.
   absl::SleepFor(absl::Milliseconds(1200));
-  const ProduceCounts sent_before = ScrapeProduceCounts(log_path);
 
   auto pool = ConnectAll(env.AdminConnInfo(), connections);
   if (!pool.ok()) return pool.status();
   const int64_t t0 = NowNs() + 20000000;  // 20 ms to get the threads going
-  const int64_t end = t0 + absl::ToInt64Nanoseconds(duration);
-  const Snapshot before = Take(env, pid, walsender);
-  const Writers w = Write(*pool, rate, t0, end);
+  const int64_t end = t0 + absl::ToInt64Nanoseconds(settle + duration);
+  std::atomic<int64_t> progress{0};
+  Window win;
+  auto open_window = [&] {
+    if (reconcile != nullptr) {
+      s = ResetStatements(env);
+      win.reconcile_before = TakeReconcileSnapshot(pid, env.postmaster_pid());
+    }
+    win.sent_before = ScrapeProduceCounts(log_path);
+    win.before = Take(env, pid, walsender);
+    win.before_commits = progress.load();
+  };
+  Writers w;
+  if (settle == absl::ZeroDuration()) {
+    open_window();
+    w = Write(*pool, rate, t0, end, progress);
+  } else {
+    std::thread load([&] { w = Write(*pool, rate, t0, end, progress); });
+    SleepUntilNs(t0 + absl::ToInt64Nanoseconds(settle));
+    open_window();
+    load.join();
+  }
+  if (!s.ok()) return s;
+  const Snapshot& before = win.before;
   const int64_t load_end_ns = NowNs();
   const int64_t target = w.committed + 1;  // + the warm-up record
   RecordArrival arrival = WaitForRecords(**probe, topic, kPartitions, target,
                                          absl::Minutes(2), alive);
   const Snapshot after = Take(env, pid, walsender);
+  const ReconcileSnapshot reconcile_after =
+      TakeReconcileSnapshot(pid, env.postmaster_pid());
   const int64_t peak_rss = PeakRssBytes(pid);
+  nlohmann::json statements;
+  if (reconcile != nullptr) {
+    auto st = PublisherStatements(env);
+    if (!st.ok()) return st.status();
+    statements = *st;
+  }
   absl::SleepFor(absl::Milliseconds(1200));  // the next statistics
   const ProduceCounts sent_after = ScrapeProduceCounts(log_path);
   auto code = env.StopOutboxd(child);
   if (mode.source == "cdc") env.DropSlot(slot);
 
   const double window_s = (after.at_ns - before.at_ns) / 1e9;
-  const int64_t n = w.committed;
+  const int64_t n = w.committed - win.before_commits;  // in the window
   const bool all_arrived = arrival.done_ns != 0;
   const double outboxd_cpu = after.outboxd_cpu - before.outboxd_cpu;
   const int64_t switches =
@@ -285,20 +347,23 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   j["target_rate"] = rate_name;
   j["duration_s"] = absl::ToDoubleSeconds(duration);
   j["connections"] = connections;
-  j["committed"] = n;
+  j["committed"] = w.committed;
   j["commit_errors"] = w.errors;
   j["committed_per_s"] =
-      EventsPerSecond(n, w.last_commit_ns - w.first_commit_ns);
+      EventsPerSecond(w.committed, w.last_commit_ns - w.first_commit_ns);
   j["records_in_broker"] = arrival.last_total - 1;
   j["all_arrived"] = all_arrived;
   j["published_per_s"] =
-      all_arrived ? EventsPerSecond(n, arrival.done_ns - w.first_commit_ns)
-                  : 0.0;
+      all_arrived
+          ? EventsPerSecond(w.committed, arrival.done_ns - w.first_commit_ns)
+          : 0.0;
   j["last_record_after_last_commit_s"] =
       all_arrived ? (arrival.done_ns - w.last_commit_ns) / 1e9 : -1.0;
   j["load_end_to_all_arrived_s"] =
       all_arrived ? (arrival.done_ns - load_end_ns) / 1e9 : -1.0;
   j["window_s"] = window_s;
+  j["settle_s"] = absl::ToDoubleSeconds(settle);
+  j["window_events"] = n;
   j["outboxd"] = {
       {"cpu_s", outboxd_cpu},
       {"cpu_us_per_event", n > 0 ? outboxd_cpu * 1e6 / n : 0.0},
@@ -325,7 +390,11 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
       {"broker_cpu_s", after.broker_cpu - before.broker_cpu},
       {"broker_cores", (after.broker_cpu - before.broker_cpu) / window_s}};
   j["path"] =
-      PathFigures(before, after, sent_before, sent_after, n, outboxd_cpu);
+      PathFigures(before, after, win.sent_before, sent_after, n, outboxd_cpu);
+  if (reconcile != nullptr) {
+    j["reconcile"] = ReconcileFigures(*reconcile, win.reconcile_before,
+                                      reconcile_after, statements, window_s);
+  }
   std::cerr << j.dump() << "\n";
   if (!all_arrived) {
     std::cerr << "only " << arrival.last_total - 1 << " of " << n
@@ -334,94 +403,40 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   return j;
 }
 
-// The figure with `decimals`, or "-" when it could not be read (negative).
-std::string Fig(const nlohmann::json& v, int decimals) {
-  const double d = v.get<double>();
-  return d < 0 ? "-" : absl::StrFormat("%.*f", decimals, d);
-}
+// Everything a live_bench invocation reports.
+struct Results {
+  nlohmann::json runs = nlohmann::json::array();
+  nlohmann::json latency = nlohmann::json::array();
+  nlohmann::json failures = nlohmann::json::array();
+};
 
-std::string Markdown(const std::string& broker, const nlohmann::json& runs,
-                     const nlohmann::json& latency, bool variants) {
-  std::string md = absl::StrCat("Live rate, broker: ", broker, "\n\n");
-  absl::StrAppend(&md, variants ? "| setting " : "",
-                  "| mode | target/s | committed/s | published/s | all arrived "
-                  "| outboxd CPU µs/event | outboxd cores | outboxd ctx "
-                  "switches/s (main thread) | outboxd peak RSS MB | PostgreSQL "
-                  "cores | writers cores | broker cores | walsender µs/event "
-                  "| broker µs/event | whole path µs/event | produce "
-                  "requests/event | records/request |\n",
-                  variants ? "|---" : "",
-                  "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:"
-                  "|---:|---:|---:|---:|---:|\n");
-  for (const nlohmann::json& j : runs) {
-    const nlohmann::json& o = j["outboxd"];
-    const nlohmann::json& c = j["context"];
-    const nlohmann::json& p = j["path"];
-    if (variants)
-      absl::StrAppend(&md, "| ", j["variant"].get<std::string>(), " ");
-    absl::StrAppend(
-        &md,
-        absl::StrFormat(
-            "| %s | %s | %.0f | %.0f | %s | %.1f | %.2f | %.0f (%.0f) | %.1f | "
-            "%.2f | %.2f | %.2f | %.1f | %.1f | %.1f | %s | %s |\n",
-            j["mode"].get<std::string>(), j["target_rate"].get<std::string>(),
-            j["committed_per_s"].get<double>(),
-            j["published_per_s"].get<double>(),
-            j["all_arrived"].get<bool>()
-                ? absl::StrCat("yes (", j["committed"].get<int64_t>(), ")")
-                : absl::StrCat("**no** (",
-                               j["records_in_broker"].get<int64_t>(), " of ",
-                               j["committed"].get<int64_t>(), ")"),
-            o["cpu_us_per_event"].get<double>(), o["cores"].get<double>(),
-            o["context_switches_per_s"].get<double>(),
-            o["main_thread_switches_per_s"].get<double>(),
-            o["peak_rss_mb"].get<double>(), c["postgres_cores"].get<double>(),
-            c["writers_cores"].get<double>(), c["broker_cores"].get<double>(),
-            p["walsender_cpu_us_per_event"].get<double>(),
-            p["broker_cpu_us_per_event"].get<double>(),
-            p["whole_path_cpu_us_per_event"].get<double>(),
-            Fig(p["requests_per_event"], 3), Fig(p["records_per_request"], 1)));
-  }
-  if (latency.empty()) return md;
-  md +=
-      "\nLatency, commit to consumer (runs of their own, with the consumer)"
-      "\n\n| setting | target/s | committed/s | delivered | p50 ms | p90 ms "
-      "| p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
-  for (const nlohmann::json& l : latency) {
-    const nlohmann::json& q = l["latency_ms"];
-    absl::StrAppend(
-        &md, absl::StrFormat("| %s | %s | %.0f | %d | %.1f | %.1f | %.1f | "
-                             "%.1f |\n",
-                             l["variant"].get<std::string>(),
-                             l["target_rate"].get<std::string>(),
-                             l["committed_per_s"].get<double>(),
-                             l["delivered"].get<int64_t>(),
-                             q["p50"].get<double>(), q["p90"].get<double>(),
-                             q["p99"].get<double>(), q["max"].get<double>()));
-  }
-  return md;
-}
-
-// One setting at one rate: its CPU run, then (--latency) its latency run.
+// One setting at one rate: its CPU run (with `rs`, that reconciler setting,
+// in round `round`), then (--latency) its latency run.
 void RunSetting(BenchEnv& env, const PublisherMode& mode, const Variant& v,
-                int rate, int run_index, nlohmann::json& runs,
-                nlohmann::json& latency, nlohmann::json& failures) {
+                int rate, int run_index, const ReconcileSetting* rs, int round,
+                Results& out) {
   const std::string rate_name = rate > 0 ? absl::StrCat(rate) : "max";
-  const nlohmann::json what = {
-      {"mode", mode.name}, {"variant", v.name}, {"rate", rate_name}};
-  auto r = RunOne(env, mode, v, rate, absl::GetFlag(FLAGS_duration), run_index);
+  const nlohmann::json what = {{"mode", mode.name},
+                               {"variant", v.name},
+                               {"rate", rate_name},
+                               {"reconcile", rs ? rs->name : ""}};
+  auto r = RunOne(env, mode, v, rate, absl::GetFlag(FLAGS_duration), run_index,
+                  rs, absl::GetFlag(FLAGS_settle));
   if (!r.ok()) {
-    AddFailure(failures, absl::StrCat(mode.name, " ", v.name, " ", rate_name),
+    AddFailure(out.failures,
+               absl::StrCat(mode.name, " ", v.name, " ", rate_name,
+                            rs ? " " + rs->name : ""),
                what, r.status());
     return;
   }
-  runs.push_back(*r);
+  if (rs != nullptr) (*r)["round"] = round;
+  out.runs.push_back(*r);
   if (!absl::GetFlag(FLAGS_latency) || rate <= 0) return;
   auto l = RunLatency(env, VariantArgs(v), rate, absl::GetFlag(FLAGS_duration),
                       absl::GetFlag(FLAGS_connections),
                       absl::GetFlag(FLAGS_fetch_wait_ms), run_index);
   if (!l.ok()) {
-    AddFailure(failures,
+    AddFailure(out.failures,
                absl::StrCat("latency ", mode.name, " ", v.name, " ", rate_name),
                what, l.status());
     return;
@@ -429,7 +444,7 @@ void RunSetting(BenchEnv& env, const PublisherMode& mode, const Variant& v,
   (*l)["variant"] = v.name;
   (*l)["target_rate"] = rate_name;
   std::cerr << l->dump() << "\n";
-  latency.push_back(*l);
+  out.latency.push_back(*l);
 }
 
 int Main(int argc, char** argv) {
@@ -439,17 +454,30 @@ int Main(int argc, char** argv) {
       ParseModesAndRates(absl::GetFlag(FLAGS_modes), absl::GetFlag(FLAGS_rates),
                          /*allow_max=*/true);
   if (!plan) return kBadFlags;
+  const std::optional<std::vector<Variant>> variants =
+      ParseVariants(absl::GetFlag(FLAGS_variants));
+  if (!variants || variants->empty()) return kBadFlags;
+  auto settings = ParseReconcileSettings(absl::GetFlag(FLAGS_reconcile));
+  if (!settings.ok()) {
+    std::cerr << settings.status().message() << "\n";
+    return kBadFlags;
+  }
+  const bool reconcile = !settings->empty();
+  if (reconcile && variants->size() > 1) {
+    std::cerr << "--reconcile compares the settings of one variant\n";
+    return kBadFlags;
+  }
+  // (setting, round) of the --reconcile runs; one round of none without.
+  const int rounds = reconcile ? std::max(1, absl::GetFlag(FLAGS_repeat)) : 1;
+  const std::vector<std::pair<int, int>> order =
+      reconcile ? AlternatedOrder(static_cast<int>(settings->size()), rounds)
+                : std::vector<std::pair<int, int>>{{-1, 0}};
   const std::string out = absl::GetFlag(FLAGS_out);
   StartedBench bench = StartBench(EnvOptions(
       absl::GetFlag(FLAGS_outboxd), absl::GetFlag(FLAGS_work_dir), *broker));
   if (bench.env == nullptr) return 1;
   BenchEnv* env = bench.env.get();
-  const std::optional<std::vector<Variant>> variants =
-      ParseVariants(absl::GetFlag(FLAGS_variants));
-  if (!variants || variants->empty()) return kBadFlags;
-  nlohmann::json runs = nlohmann::json::array();
-  nlohmann::json latency = nlohmann::json::array();
-  nlohmann::json failures = nlohmann::json::array();
+  Results results;
   int run_index = 0;
   absl::Duration warmup = absl::GetFlag(FLAGS_warmup);
   if (warmup < absl::ZeroDuration()) {
@@ -459,23 +487,28 @@ int Main(int argc, char** argv) {
   if (warmup > absl::ZeroDuration()) {
     std::cerr << "== warm-up run, not reported\n";
     (void)RunOne(*env, plan->modes[0], (*variants)[0], plan->rates[0], warmup,
-                 run_index++);
+                 run_index++, nullptr, absl::ZeroDuration());
   }
   for (const PublisherMode& mode : plan->modes) {
     for (int rate : plan->rates) {
-      for (int rep = 0; rep < absl::GetFlag(FLAGS_reps); ++rep) {
-        for (const Variant& v : InRepOrder(*variants, rep)) {
-          RunSetting(*env, mode, v, rate, run_index++, runs, latency, failures);
+      for (const auto& [setting, round] : order) {
+        const ReconcileSetting* rs =
+            setting >= 0 ? &(*settings)[setting] : nullptr;
+        for (int rep = 0; rep < absl::GetFlag(FLAGS_reps); ++rep) {
+          for (const Variant& v : InRepOrder(*variants, rep)) {
+            RunSetting(*env, mode, v, rate, run_index++, rs, round, results);
+          }
         }
       }
     }
   }
+  const nlohmann::json& runs = results.runs;
   bool all_arrived = true;
   for (const nlohmann::json& r : runs)
     all_arrived &= r["all_arrived"].get<bool>();
 
   nlohmann::json doc;
-  doc["benchmark"] = "live";
+  doc["benchmark"] = reconcile ? "reconcile" : "live";
   doc["machine"] = bench.machine;
   doc["setup"] = {
       {"postgres", kPostgresSetup},
@@ -487,8 +520,10 @@ int Main(int argc, char** argv) {
        "one INSERT per transaction (BEGIN; INSERT; COMMIT in one PQexec), "
        "open loop at the target rate, or back to back for max"},
       {"window",
-       "from the load's start until the broker holds every committed record "
-       "(sum of the high watermarks, probed every 20 ms)"},
+       "from the load's start (after --settle of load) until the broker "
+       "holds every committed record (sum of the high watermarks, probed "
+       "every 20 ms)"},
+      {"settle_s", absl::ToDoubleSeconds(absl::GetFlag(FLAGS_settle))},
       {"outboxd_args", absl::GetFlag(FLAGS_outboxd_args)},
       {"variants", absl::GetFlag(FLAGS_variants)},
       {"reps", absl::GetFlag(FLAGS_reps)},
@@ -497,15 +532,23 @@ int Main(int argc, char** argv) {
        "no consumer: the broker's CPU is the produce path's (the latency "
        "runs, --latency, are apart)"},
   };
+  if (reconcile) {
+    doc["setup"]["order"] = "rounds of the settings, every other reversed";
+    doc["summary"] = ReconcileSummary(*settings, runs);
+  }
   doc["runs"] = runs;
-  doc["failures"] = failures;
-  const std::string stem =
-      out + "/" + ResultStem(absl::GetFlag(FLAGS_stem), *broker);
-  doc["latency"] = latency;
+  doc["failures"] = results.failures;
+  doc["latency"] = results.latency;
+  std::string name = absl::GetFlag(FLAGS_stem);
+  if (reconcile && name == "live") name = "reconcile";
+  const std::string stem = out + "/" + ResultStem(name, *broker);
   const std::string md =
-      Markdown(env->broker_description(), runs, latency, variants->size() > 1);
+      reconcile
+          ? ReconcileMarkdown(env->broker_description(), doc["summary"], runs)
+          : LiveMarkdown(env->broker_description(), runs, results.latency,
+                         variants->size() > 1);
   if (!WriteResults(stem, doc, md)) return 1;
-  return failures.empty() && all_arrived ? 0 : 1;
+  return results.failures.empty() && all_arrived ? 0 : 1;
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "benchmarks/bench_kafka.h"
 #include "benchmarks/bench_latency.h"
@@ -18,6 +19,15 @@
 #include "tests/harness/metrics_scrape.h"
 
 namespace outboxd::bench {
+namespace {
+
+// The figure with `decimals`, or "-" when it could not be read (negative).
+std::string Fig(const nlohmann::json& v, int decimals) {
+  const double d = v.get<double>();
+  return d < 0 ? "-" : absl::StrFormat("%.*f", decimals, d);
+}
+
+}  // namespace
 
 std::optional<std::vector<Variant>> ParseVariants(
     const std::vector<std::string>& specs) {
@@ -123,6 +133,68 @@ absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
   j["committed_per_s"] = sample.committed_per_s();
   j["latency_ms"] = LatencyQuantiles(sample.sorted_ms);
   return j;
+}
+
+std::string LiveMarkdown(const std::string& broker, const nlohmann::json& runs,
+                         const nlohmann::json& latency, bool variants) {
+  std::string md = absl::StrCat("Live rate, broker: ", broker, "\n\n");
+  absl::StrAppend(&md, variants ? "| setting " : "",
+                  "| mode | target/s | committed/s | published/s | all arrived "
+                  "| outboxd CPU µs/event | outboxd cores | outboxd ctx "
+                  "switches/s (main thread) | outboxd peak RSS MB | PostgreSQL "
+                  "cores | writers cores | broker cores | walsender µs/event "
+                  "| broker µs/event | whole path µs/event | produce "
+                  "requests/event | records/request |\n",
+                  variants ? "|---" : "",
+                  "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:"
+                  "|---:|---:|---:|---:|---:|\n");
+  for (const nlohmann::json& j : runs) {
+    const nlohmann::json& o = j["outboxd"];
+    const nlohmann::json& c = j["context"];
+    const nlohmann::json& p = j["path"];
+    if (variants)
+      absl::StrAppend(&md, "| ", j["variant"].get<std::string>(), " ");
+    absl::StrAppend(
+        &md,
+        absl::StrFormat(
+            "| %s | %s | %.0f | %.0f | %s | %.1f | %.2f | %.0f (%.0f) | %.1f | "
+            "%.2f | %.2f | %.2f | %.1f | %.1f | %.1f | %s | %s |\n",
+            j["mode"].get<std::string>(), j["target_rate"].get<std::string>(),
+            j["committed_per_s"].get<double>(),
+            j["published_per_s"].get<double>(),
+            j["all_arrived"].get<bool>()
+                ? absl::StrCat("yes (", j["committed"].get<int64_t>(), ")")
+                : absl::StrCat("**no** (",
+                               j["records_in_broker"].get<int64_t>(), " of ",
+                               j["committed"].get<int64_t>(), ")"),
+            o["cpu_us_per_event"].get<double>(), o["cores"].get<double>(),
+            o["context_switches_per_s"].get<double>(),
+            o["main_thread_switches_per_s"].get<double>(),
+            o["peak_rss_mb"].get<double>(), c["postgres_cores"].get<double>(),
+            c["writers_cores"].get<double>(), c["broker_cores"].get<double>(),
+            p["walsender_cpu_us_per_event"].get<double>(),
+            p["broker_cpu_us_per_event"].get<double>(),
+            p["whole_path_cpu_us_per_event"].get<double>(),
+            Fig(p["requests_per_event"], 3), Fig(p["records_per_request"], 1)));
+  }
+  if (latency.empty()) return md;
+  md +=
+      "\nLatency, commit to consumer (runs of their own, with the consumer)"
+      "\n\n| setting | target/s | committed/s | delivered | p50 ms | p90 ms "
+      "| p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const nlohmann::json& l : latency) {
+    const nlohmann::json& q = l["latency_ms"];
+    absl::StrAppend(
+        &md, absl::StrFormat("| %s | %s | %.0f | %d | %.1f | %.1f | %.1f | "
+                             "%.1f |\n",
+                             l["variant"].get<std::string>(),
+                             l["target_rate"].get<std::string>(),
+                             l["committed_per_s"].get<double>(),
+                             l["delivered"].get<int64_t>(),
+                             q["p50"].get<double>(), q["p90"].get<double>(),
+                             q["p99"].get<double>(), q["max"].get<double>()));
+  }
+  return md;
 }
 
 }  // namespace outboxd::bench

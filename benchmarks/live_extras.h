@@ -2,7 +2,7 @@
 // compared outboxd settings (--variants), the walsender serving a slot,
 // the produce requests outboxd's /metrics counts, and a latency run of one
 // setting with a consumer (kept apart from the CPU runs, so that the
-// consumer's fetches do not count in the broker's CPU).
+// consumer's fetches do not count in the broker's CPU), and live.md.
 //
 // Measures only; nothing here asserts a timing.
 #ifndef OUTBOXD_BENCHMARKS_LIVE_EXTRAS_H_
@@ -59,6 +59,11 @@ absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
                                           int rate, absl::Duration duration,
                                           int connections, int fetch_wait_ms,
                                           int run_index);
+
+// live.md: a row per run (the setting first when `variants`), then the
+// latency runs, if any.
+std::string LiveMarkdown(const std::string& broker, const nlohmann::json& runs,
+                         const nlohmann::json& latency, bool variants);
 
 }  // namespace outboxd::bench
 

@@ -118,6 +118,7 @@ def summary(prefix):
     multi = table("multidb.md")
     deb = table("vs-debezium.md", 0)
     dec = table("decoder.md")
+    rec = table("reconcile.md")
 
     def lat_cell(mode, rate, col):
         return lat.cell({"mode": mode, "offered/s": rate}, col)
@@ -156,6 +157,13 @@ def summary(prefix):
          "%s µs" % live.cell({"mode": "cdc", "target/s": "3000"},
                              "outboxd CPU µs/event"),
          link("live", prefix)),
+        ("the reconciler at its default (every 30 s), 3,000 events/s: "
+         "its passes, share of outboxd's CPU",
+         "%s (whole outboxd against the reconciler off: %s)" % (
+             rec.cell({"reconciler": "default"},
+                      "thread share of outboxd (off)"),
+             rec.cell({"reconciler": "default"}, "vs off")),
+         link("reconcile", prefix)),
         ("start to first record (median)",
          "%s ms (Apache Kafka: %s ms)" % (
              [r for r in first.rows if r[0] == "start"][0][med],

@@ -32,8 +32,23 @@ std::vector<bool> AcknowledgedIds::ContainsEach(
     const std::vector<uint64_t>& hashes) const {
   std::vector<bool> found(hashes.size());
   absl::ReaderMutexLock lock(&mu_);
+  // Ids asked in the order of their rows' times were added in about that
+  // order: each is looked for first in the bucket of the previous hit,
+  // then outward from it (one probe for most, instead of one per bucket
+  // older than its own).
+  const size_t n = buckets_.size();
+  size_t last = 0;
   for (size_t i = 0; i < hashes.size(); ++i) {
-    found[i] = ContainsLocked(hashes[i]);
+    for (size_t d = 0; d < 2 * n; ++d) {
+      // last, last + 1, last - 1, last + 2, ... (an index below 0 wraps
+      // to a huge one and is skipped).
+      const size_t k = d % 2 == 1 ? last + (d + 1) / 2 : last - d / 2;
+      if (k < n && buckets_[k].ids.contains(hashes[i])) {
+        found[i] = true;
+        last = k;
+        break;
+      }
+    }
   }
   return found;
 }

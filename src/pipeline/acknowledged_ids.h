@@ -45,7 +45,8 @@ class AcknowledgedIds {
 
   void Add(uint64_t id_hash, absl::Time now = absl::Now());
   bool Contains(uint64_t id_hash) const;
-  // Contains() of each of `hashes`, under one lock.
+  // Contains() of each of `hashes`, under one lock; fastest when they come
+  // in about the order they were added (rows in time order).
   std::vector<bool> ContainsEach(const std::vector<uint64_t>& hashes) const;
   // Drops the buckets whose every hash was added before `local`.
   void PruneBefore(absl::Time local);

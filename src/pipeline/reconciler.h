@@ -40,8 +40,12 @@
 // not below the horizon) holds lo back; lo otherwise trails the window's
 // end by one margin, so that a transaction open for up to one margin past
 // its created_at is judged once it committed. A transaction open longer
-// is left to the slot (no false loss, no finding). The acknowledged ids
-// older than lo (less a minute for the clocks) are dropped.
+// is left to the slot (no false loss, no finding). Of the part of the
+// window the previous pass judged whole, only rows whose xmin is not
+// before that pass's horizon are fetched again: the others were visible
+// to it (their transaction ended before the horizon was sampled) and
+// judged then. The acknowledged ids older than lo (less a minute for the
+// clocks) are dropped.
 //
 // judged_before(): every row created before it was judged or is out of
 // the reconciler's scope (the cleaner deletes nothing newer).
@@ -116,6 +120,8 @@ class Reconciler {
   absl::Status PublishLate(const std::string& source, Lsn confirmed,
                            std::vector<OutboxEvent> events,
                            uint64_t& delivered);
+  // Table `t`'s window up to `hi` was judged whole with `horizon`.
+  void Judged(size_t t, int64_t hi, const std::string& horizon);
 
   const ReconcilerOptions options_;
   absl::Notification stop_;
@@ -126,6 +132,10 @@ class Reconciler {
   std::vector<bool> off_;    // per table: no created_at column
   int64_t start_us_ = 0;     // 0: not started
   uint32_t rank_ = 0;        // positions of reconciled records
+  // Per table, the last pass that judged its window whole: the window's
+  // end (0: none) and the horizon it judged with.
+  std::vector<int64_t> judged_hi_;
+  std::vector<std::string> judged_horizon_;
   std::thread thread_;
 };
 
