@@ -122,18 +122,27 @@ PublicationWatch::Round PublicationWatch::Update(
     if (why.has_value()) {
       ++round.missing;
       if (it != missing_.end() && it->second == *why) continue;
+      missing_[key] = *why;
+      // A table never carried yet is the start check's, which refuses
+      // such a publication with its own line: the warning is for a table
+      // the publication no longer carries.
+      if (!carried_.contains(key)) continue;
+      warned_.insert(key);
       round.warnings.push_back(
           absl::StrCat(name_, *why, " (until then the events of ", key,
                        " are not streamed; ", meanwhile, ")"));
-      missing_[key] = *why;
-    } else if (it != missing_.end()) {
+      continue;
+    }
+    carried_.insert(key);
+    if (it == missing_.end()) continue;
+    missing_.erase(it);
+    if (warned_.erase(key) > 0) {
       round.infos.push_back(absl::StrCat(
           name_, "publication ", publication_, " carries ", key,
           " again: its events are streamed from now on",
           reconciler_ ? "; the reconciler publishes those committed "
                         "meanwhile late"
                       : "; those committed meanwhile were not published"));
-      missing_.erase(it);
     }
   }
   return round;

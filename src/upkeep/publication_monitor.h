@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/time/time.h"
 #include "metrics/outboxd_metrics.h"
 #include "pg/connection.h"
@@ -95,6 +96,8 @@ class PublicationWatch {
   bool seen_publication_ = false;
   // Each table missing in the round before, by its name, and why.
   absl::flat_hash_map<std::string, std::string> missing_;
+  absl::flat_hash_set<std::string> carried_;  // carried in some round
+  absl::flat_hash_set<std::string> warned_;   // missing, and warned about
 };
 
 class PublicationMonitor {

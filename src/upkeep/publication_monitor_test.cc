@@ -91,10 +91,30 @@ TEST(PublicationMonitorTest, OneWarningWhenMissingOneInfoWhenBack) {
 TEST(PublicationMonitorTest, WithoutReconcilerTheEventsAreSaidLost) {
   PublicationWatch watch("outbox_pub", /*reconciler=*/false, "");
   TableCoverage a = Carried("outbox");
-  a.listed = false;
   PublicationWatch::Round r = watch.Update({a});
+  a.listed = false;
+  r = watch.Update({a});
   ASSERT_THAT(r.warnings, SizeIs(1));
   EXPECT_THAT(r.warnings[0], HasSubstr("never published"));
+}
+
+// A table the publication never carried is the start check's (it refuses
+// the publication with its own line): counted, not warned about.
+TEST(PublicationMonitorTest, ATableNeverCarriedIsCountedNotWarnedAbout) {
+  PublicationWatch watch("leafpub", true, "");
+  TableCoverage a = Carried("outbox");
+  a.partitioned = true;  // without publish_via_partition_root
+  PublicationWatch::Round r = watch.Update({a});
+  EXPECT_EQ(r.missing, 1);
+  EXPECT_THAT(r.warnings, IsEmpty());
+  a.via_root = true;  // fixed
+  r = watch.Update({a});
+  EXPECT_EQ(r.missing, 0);
+  EXPECT_THAT(r.infos, IsEmpty());
+  a.via_root = false;  // and broken again: now it is no longer carried
+  r = watch.Update({a});
+  ASSERT_THAT(r.warnings, SizeIs(1));
+  EXPECT_THAT(r.warnings[0], HasSubstr("publish_via_partition_root"));
 }
 
 // outboxd creates its publication at the first connect, which may come
