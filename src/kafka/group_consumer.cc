@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "kafka/kafka_status.h"
 #include "kafka/rdkafka_callbacks.h"
+#include "kafka/rdkafka_conf.h"
 #include "spdlog/spdlog.h"
 
 namespace outboxd {
@@ -28,22 +29,8 @@ constexpr std::pair<const char*, const char*> kConsumerDefaults[] = {
     {"enable.partition.eof", "false"},
 };
 
-struct ListDeleter {
-  void operator()(rd_kafka_topic_partition_list_t* l) const {
-    rd_kafka_topic_partition_list_destroy(l);
-  }
-};
-using ListPtr = std::unique_ptr<rd_kafka_topic_partition_list_t, ListDeleter>;
-
-struct ConfDeleter {
-  void operator()(rd_kafka_conf_t* conf) const { rd_kafka_conf_destroy(conf); }
-};
-
-int ToTimeoutMs(absl::Duration timeout) {
-  int64_t ms = absl::ToInt64Milliseconds(timeout);
-  return static_cast<int>(
-      std::clamp<int64_t>(ms, 0, std::numeric_limits<int>::max()));
-}
+using ListPtr = PartitionListPtr;
+using ConfDeleter = RdKafkaConfDeleter;
 
 }  // namespace
 

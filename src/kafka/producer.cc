@@ -16,10 +16,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/status_macros.h"
 #include "common/wake_pipe.h"
 #include "kafka/kafka_status.h"
 #include "kafka/producer_stats.h"
 #include "kafka/rdkafka_callbacks.h"
+#include "kafka/rdkafka_conf.h"
 #include "spdlog/spdlog.h"
 
 namespace outboxd {
@@ -37,21 +39,7 @@ uint64_t OpaqueToSequence(void* opaque) {
   return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(opaque));
 }
 
-// librdkafka takes int milliseconds, -1 meaning forever.
-int ToTimeoutMs(absl::Duration timeout) {
-  if (timeout == absl::InfiniteDuration()) return -1;
-  int64_t ms = absl::ToInt64Milliseconds(timeout);
-  if (ms < 0) return 0;
-  if (ms > std::numeric_limits<int>::max()) {
-    return std::numeric_limits<int>::max();
-  }
-  return static_cast<int>(ms);
-}
-
-struct ConfDeleter {
-  void operator()(rd_kafka_conf_t* conf) const { rd_kafka_conf_destroy(conf); }
-};
-using ConfPtr = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
+using ConfPtr = RdKafkaConfPtr;
 
 struct HeadersDeleter {
   void operator()(rd_kafka_headers_t* headers) const {
@@ -83,17 +71,6 @@ constexpr std::pair<const char*, const char*> kDefaultProperties[] = {
     {"queue.buffering.max.kbytes", "32768"},
     {"queue.buffering.max.messages", "20000"},
 };
-
-absl::Status SetProperty(rd_kafka_conf_t* conf, const std::string& name,
-                         const std::string& value) {
-  char errstr[512];
-  if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), errstr,
-                        sizeof(errstr)) != RD_KAFKA_CONF_OK) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kafka property ", name, ": ", errstr));
-  }
-  return absl::OkStatus();
-}
 
 // An empty but present key or value must not become a null one: librdkafka
 // treats a null pointer as "absent" (a tombstone for the value).
@@ -434,28 +411,8 @@ absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
     absl::Duration timeout) {
   const std::string context =
       absl::StrCat("reading the committed offsets of group ", group);
-  ConfPtr conf(rd_kafka_conf_new());
-  absl::Status s =
-      SetProperty(conf.get(), "bootstrap.servers", options.brokers);
-  if (s.ok()) s = SetProperty(conf.get(), "group.id", group);
-  if (s.ok()) s = SetProperty(conf.get(), "enable.auto.commit", "false");
-  // Stable offsets only: a pending transactional commit makes the fetch
-  // wait (retry) instead of answering with the previous offset.
-  if (s.ok()) s = SetProperty(conf.get(), "isolation.level", "read_committed");
-  // Connection and security settings of the user's properties apply here
-  // too; producer settings do not.
-  for (const auto& [name, value] : options.properties) {
-    if (!s.ok()) break;
-    if (absl::StartsWith(name, "security.") ||
-        absl::StartsWith(name, "sasl.") || absl::StartsWith(name, "ssl.") ||
-        absl::StartsWith(name, "socket.") ||
-        absl::StartsWith(name, "broker.") || name == "client.id" ||
-        name == "client.dns.lookup") {
-      s = SetProperty(conf.get(), name, value);
-    }
-  }
-  if (!s.ok()) return s;
-  rd_kafka_conf_set_log_cb(conf.get(), &RdKafkaLog);
+  ASSIGN_OR_RETURN(RdKafkaConfPtr conf,
+                   ReaderConf(options.brokers, options.properties, group));
   char errstr[512];
   rd_kafka_t* rk =
       rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), errstr, sizeof(errstr));
@@ -463,10 +420,7 @@ absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
     return absl::InvalidArgumentError(absl::StrCat(context, ": ", errstr));
   }
   conf.release();
-  struct ClientDeleter {
-    void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
-  };
-  std::unique_ptr<rd_kafka_t, ClientDeleter> client(rk);
+  RdKafkaPtr client(rk);
 
   // The checkpoint is committed on partition 0 of one of the source's
   // topics, which may be any topic: ask for partition 0 of all of them.
@@ -486,12 +440,7 @@ absl::StatusOr<std::vector<CommittedOffset>> ReadCheckpoints(
     rd_kafka_topic_partition_list_add(list, t.topic, 0);
   }
   rd_kafka_metadata_destroy(metadata);
-  struct ListDeleter {
-    void operator()(rd_kafka_topic_partition_list_t* l) const {
-      rd_kafka_topic_partition_list_destroy(l);
-    }
-  };
-  std::unique_ptr<rd_kafka_topic_partition_list_t, ListDeleter> owned(list);
+  PartitionListPtr owned(list);
   std::vector<CommittedOffset> offsets;
   if (list->cnt == 0) return offsets;
   err = rd_kafka_committed(rk, list, ToTimeoutMs(timeout));

@@ -20,54 +20,13 @@
 #include "gtest/gtest.h"
 #include "kafka/group_consumer.h"
 #include "outbox/router.h"
+#include "tests/fakes/mock_cluster.h"
 
 namespace outboxd {
 namespace {
 
 using Headers = std::vector<std::pair<std::string, std::string>>;
 using ::testing::HasSubstr;
-
-// An in-process Kafka cluster (librdkafka's mock) on ephemeral ports.
-class MockCluster {
- public:
-  explicit MockCluster(int brokers) {
-    char errstr[512];
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, nullptr);  // quiet
-    handle_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-    if (handle_ == nullptr) {
-      ADD_FAILURE() << errstr;
-      rd_kafka_conf_destroy(conf);
-      return;
-    }
-    cluster_ = rd_kafka_mock_cluster_new(handle_, brokers);
-    if (cluster_ == nullptr) ADD_FAILURE() << "mock cluster not created";
-  }
-  ~MockCluster() {
-    if (cluster_ != nullptr) rd_kafka_mock_cluster_destroy(cluster_);
-    if (handle_ != nullptr) rd_kafka_destroy(handle_);
-  }
-  MockCluster(const MockCluster&) = delete;
-  MockCluster& operator=(const MockCluster&) = delete;
-
-  std::string bootstraps() const {
-    return rd_kafka_mock_cluster_bootstraps(cluster_);
-  }
-  void CreateTopic(const std::string& topic, int partitions) {
-    ASSERT_EQ(
-        rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, 1),
-        RD_KAFKA_RESP_ERR_NO_ERROR);
-  }
-  void SetAllBrokersDown(int brokers) {
-    for (int id = 1; id <= brokers; ++id) {
-      rd_kafka_mock_broker_set_down(cluster_, id);
-    }
-  }
-
- private:
-  rd_kafka_t* handle_ = nullptr;
-  rd_kafka_mock_cluster_t* cluster_ = nullptr;
-};
 
 // A consumed record, read as the inbox's GroupConsumer reads it, and how
 // its timestamp was set.
