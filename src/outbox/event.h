@@ -80,6 +80,7 @@ struct InvalidEvent {
   std::string reason;
   std::string content;
   std::string aggregate_id;  // best effort, "" when unknown
+  std::string id;            // the event's id; "" when it has none
   std::string table;         // as OutboxEvent::table
   // As OutboxEvent::republished_after (header outbox.republished).
   std::optional<Lsn> republished_after;

@@ -569,6 +569,7 @@ TEST_F(PublisherTest, MisroutedEventIsDeadLetteredWhole) {
               HasSubstr("cannot route to outbox.event.bad"));
   auto content = nlohmann::json::parse(*records[0].value);
   EXPECT_EQ(content["id"], "a");
+  EXPECT_EQ(records[0].Header("id"), "a");
   EXPECT_EQ(records[1].topic, "outbox.event.order");
   EXPECT_EQ(metrics_.get().ForSource().invalid_events->Value(), 1);
 }

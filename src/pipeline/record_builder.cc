@@ -15,6 +15,7 @@ InvalidEvent InvalidFrom(const OutboxEvent& e, std::string reason) {
   bad.commit_time_unix_ms = e.commit_time_unix_ms;
   bad.reason = std::move(reason);
   bad.aggregate_id = e.aggregate_id;
+  bad.id = e.id;
   bad.table = e.table;
   bad.republished_after = e.republished_after;
   bad.reconciled_before = e.reconciled_before;
@@ -62,6 +63,9 @@ KafkaRecord RecordBuilder::DeadLetter(const InvalidEvent& bad) const {
   r.value = absl::string_view(bad.content);
   r.timestamp_ms = bad.commit_time_unix_ms;
   r.headers.emplace_back("outbox.error", bad.reason);
+  // The event's id, so that a reader (the reconciler after a restart, a
+  // consumer of the dead-letter topic) finds where the event went.
+  if (!bad.id.empty()) r.headers.emplace_back(std::string(kHeaderId), bad.id);
   if (bad.table_seq.has_value()) {
     r.headers.emplace_back(std::string(kHeaderSeq),
                            absl::StrCat(*bad.table_seq));
