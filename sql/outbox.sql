@@ -166,8 +166,12 @@ CREATE TABLE IF NOT EXISTS outbox.publisher_state (
   last_ack_lsn         pg_lsn      NOT NULL,  -- acknowledged by Kafka
   last_ack_commit_time timestamptz,           -- NULL: unknown
   xmin_horizon         xid8,                  -- NULL: unknown
-  updated_at           timestamptz NOT NULL DEFAULT now()
+  updated_at           timestamptz NOT NULL DEFAULT now(),
+  reconciled_before    timestamptz            -- the reconciler's progress
 );
+-- An outbox.publisher_state of an older outboxd gets the column too.
+ALTER TABLE outbox.publisher_state
+  ADD COLUMN IF NOT EXISTS reconciled_before timestamptz;
 GRANT USAGE ON SCHEMA outbox TO outboxd_publisher;
 GRANT SELECT, INSERT, UPDATE ON outbox.publisher_state TO outboxd_publisher;
 -- PostgreSQL 17+: outboxd logs standby snapshots after creating its failover

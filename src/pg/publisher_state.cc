@@ -18,7 +18,12 @@ const char kPublisherStateDdl[] =
     "last_ack_lsn pg_lsn NOT NULL, "
     "last_ack_commit_time timestamptz, "
     "xmin_horizon xid8, "
-    "updated_at timestamptz NOT NULL DEFAULT now())";
+    "updated_at timestamptz NOT NULL DEFAULT now(), "
+    "reconciled_before timestamptz)";
+
+const char kReconciledBeforeDdl[] =
+    "ALTER TABLE outbox.publisher_state "
+    "ADD COLUMN IF NOT EXISTS reconciled_before timestamptz";
 
 namespace {
 
@@ -120,7 +125,59 @@ absl::Status PublisherStateStore::EnsureTable() {
         " (to detect a lost replication slot) but role ", user,
         " may not read and write it: ", what_to_run));
   }
+  return AddReconciledBefore();
+}
+
+absl::Status PublisherStateStore::AddReconciledBefore() {
+  ASSIGN_OR_RETURN(
+      PgResult has,
+      Run("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
+          "WHERE attrelid = 'outbox.publisher_state'::regclass AND "
+          "attname = 'reconciled_before' AND NOT attisdropped)::text",
+          {}));
+  if (Field(has.get(), 0, 0).value_or("") == "true") return absl::OkStatus();
+  absl::StatusOr<PgResult> added = Run(kReconciledBeforeDdl, {});
+  if (added.ok()) {
+    spdlog::info("added column reconciled_before to {}", kPublisherStateTable);
+  } else {
+    // Not fatal: only the reconciler's memory across restarts needs it.
+    spdlog::warn(
+        "{} has no column reconciled_before and outboxd cannot add it ({}): "
+        "after a restart the reconciler cannot judge the rows created "
+        "shortly before it; run as the table's owner: {}",
+        kPublisherStateTable, std::string(added.status().message()),
+        kReconciledBeforeDdl);
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<int64_t>> ReadReconciledBefore(
+    PgConnection& conn, const std::string& slot) {
+  // Through to_jsonb: NULL, not an error, where the column is missing.
+  ASSIGN_OR_RETURN(
+      PgResult r,
+      conn.ExecParams("SELECT (extract(epoch FROM (to_jsonb(s) ->> "
+                      "'reconciled_before')::timestamptz) * 1000000)"
+                      "::bigint::text FROM outbox.publisher_state s "
+                      "WHERE slot_name = $1",
+                      {slot}));
+  if (PQntuples(r.get()) == 0) return std::nullopt;
+  const std::optional<std::string> us = Field(r.get(), 0, 0);
+  int64_t v = 0;
+  if (!us.has_value() || !absl::SimpleAtoi(*us, &v)) return std::nullopt;
+  return v;
+}
+
+absl::StatusOr<bool> RecordReconciledBefore(PgConnection& conn,
+                                            const std::string& slot,
+                                            int64_t unix_us) {
+  ASSIGN_OR_RETURN(
+      PgResult r,
+      conn.ExecParams("UPDATE outbox.publisher_state SET reconciled_before = "
+                      "to_timestamp(0) + $2::bigint * interval '1 microsecond' "
+                      "WHERE slot_name = $1",
+                      {slot, absl::StrCat(unix_us)}));
+  return std::string(PQcmdTuples(r.get())) != "0";
 }
 
 absl::StatusOr<PgResult> PublisherStateStore::Run(

@@ -21,6 +21,12 @@
 //     excepted, which the time criterion covers).
 // NULL in either means "unknown": a republish then takes every row.
 //
+// The reconciler (pipeline/reconciler.h) keeps in reconciled_before (server
+// time) how far it judged the table: a process started later judges the
+// rows created from there on, asking Kafka about those an earlier process
+// may have published. Added to an older table when permitted; without it
+// (NULL) a restart judges from its own start.
+//
 // Writing the row makes WAL; the table is not in the publication.
 //
 // Owns one normal connection, re-opened after an error. Not thread-safe:
@@ -110,6 +116,9 @@ class PublisherStateStore {
         source_(std::move(source)) {}
   absl::Status Connect();
   absl::Status EnsureTable();
+  // Adds the column reconciled_before to a table of an older outboxd when
+  // permitted; a warning (naming the DDL) when not.
+  absl::Status AddReconciledBefore();
   // Runs `sql` on the connection, re-opened first when it broke.
   absl::StatusOr<PgResult> Run(
       const std::string& sql,
@@ -122,6 +131,17 @@ class PublisherStateStore {
   std::deque<XminSample> samples_;  // oldest first
   Lsn recorded_;
 };
+
+// The reconciler's side of the row, on its own connection: its
+// reconciled_before (server unix us); nullopt when there is no row, no
+// value or no such column.
+absl::StatusOr<std::optional<int64_t>> ReadReconciledBefore(
+    PgConnection& conn, const std::string& slot);
+// Sets it; false when there is no row yet, an error when the column is
+// missing.
+absl::StatusOr<bool> RecordReconciledBefore(PgConnection& conn,
+                                            const std::string& slot,
+                                            int64_t unix_us);
 
 }  // namespace outboxd
 

@@ -12,6 +12,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "pg/connection.h"
+#include "pg/publisher_state.h"
 #include "pipeline/delivery.h"
 #include "pipeline/republisher.h"
 #include "sources/outbox_table.h"
@@ -139,13 +140,26 @@ absl::Status Reconciler::Pass() {
             options_.created_at_column);
       }
     }
+    // Where an earlier process got to: the rows from there to this start
+    // are judged too, against Kafka.
+    ASSIGN_OR_RETURN(std::optional<int64_t> before,
+                     ReadReconciledBefore(*conn, options_.slot));
     start_us_ = now_us;
-    std::fill(lo_.begin(), lo_.end(), start_us_);
-    judged_before_.store(start_us_);
+    floor_us_ = std::min(before.value_or(now_us), now_us);
+    std::fill(lo_.begin(), lo_.end(), floor_us_);
+    judged_before_.store(floor_us_);
+    // A first start records its floor at once: a process killed before its
+    // window moves hands it on.
+    recorded_before_ = before.has_value() ? floor_us_ : INT64_MIN;
+    RecordJudged(*conn, floor_us_);
     spdlog::info(
-        "{}reconcile: every {}, rows created from {} UTC on, older than {}",
+        "{}reconcile: every {}, rows created from {} UTC on, older than {}{}",
         options_.name, absl::FormatDuration(options_.interval),
-        FormatUs(start_us_), absl::FormatDuration(options_.margin));
+        FormatUs(floor_us_), absl::FormatDuration(options_.margin),
+        floor_us_ < start_us_
+            ? absl::StrCat(" (those before ", FormatUs(start_us_),
+                           ", from an earlier process, judged against Kafka)")
+            : "");
     return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(
@@ -232,7 +246,7 @@ absl::Status Reconciler::Pass() {
     // The next window: from one margin before this one's end, or from the
     // oldest row not judged yet; once the missing rows are in Kafka.
     const int64_t next_lo =
-        std::max(start_us_, std::min(hi - margin_us, pending_min));
+        std::max(floor_us_, std::min(hi - margin_us, pending_min));
     if (missing_ids.empty()) {
       lo_[t] = next_lo;
       Judged(t, hi, *horizon);
@@ -267,6 +281,7 @@ absl::Status Reconciler::Pass() {
         events.push_back(std::move(*e));
       }
     }
+    ASSIGN_OR_RETURN(events, LeaveThoseInKafka(source, std::move(events)));
     if (events.empty()) {
       lo_[t] = next_lo;
       Judged(t, hi, *horizon);
@@ -295,12 +310,82 @@ absl::Status Reconciler::Pass() {
   }
   if (judged == std::numeric_limits<int64_t>::max()) judged = now_us;
   judged_before_.store(judged);
+  RecordJudged(*conn, judged);
   // Ids acknowledged before the oldest window's start (on this host's
   // clock, with slack) can no longer be asked about.
   options_.acknowledged->PruneBefore(
       absl::FromUnixMicros(judged) +
       (local_now - absl::FromUnixMicros(now_us)) - kClockSlack);
   return absl::OkStatus();
+}
+
+std::vector<std::string> Reconciler::TopicsOf(
+    const std::string& source, const std::vector<OutboxEvent>& events) const {
+  RecordBuilder records(options_.records);
+  records.SetSource(source);
+  std::vector<std::string> topics = {options_.records.dlq_topic};
+  for (OutboxEvent e : events) {
+    records.Prepare(e);
+    std::string topic = records.Route(e).topic;
+    if (std::find(topics.begin(), topics.end(), topic) == topics.end()) {
+      topics.push_back(std::move(topic));
+    }
+  }
+  return topics;
+}
+
+absl::StatusOr<std::vector<OutboxEvent>> Reconciler::LeaveThoseInKafka(
+    const std::string& source, std::vector<OutboxEvent> events) {
+  std::vector<OutboxEvent> earlier;
+  std::vector<OutboxEvent> later;
+  for (OutboxEvent& e : events) {
+    const bool before_start = e.commit_time_unix_ms * 1000 < start_us_;
+    (before_start ? earlier : later).push_back(std::move(e));
+  }
+  if (earlier.empty()) return later;
+  ReadBackRequest request;
+  request.brokers = options_.producer.brokers;
+  request.properties = options_.producer.properties;
+  request.topics = TopicsOf(source, earlier);
+  // The records' timestamps are the rows' commit times (reconciled ones:
+  // created_at), never before created_at.
+  request.since_unix_ms = earlier.front().commit_time_unix_ms;
+  for (const OutboxEvent& e : earlier) {
+    request.since_unix_ms =
+        std::min(request.since_unix_ms, e.commit_time_unix_ms);
+    request.ids.insert(e.id);
+  }
+  ASSIGN_OR_RETURN(absl::flat_hash_set<std::string> found,
+                   options_.read_back(request));
+  size_t absent = 0;
+  for (OutboxEvent& e : earlier) {
+    if (found.contains(e.id)) {
+      options_.acknowledged->Add(AcknowledgedIds::Hash(e.id));
+    } else {
+      later.push_back(std::move(e));
+      ++absent;
+    }
+  }
+  spdlog::info(
+      "{}reconcile: of {} rows created before this process started and not "
+      "acknowledged by it, Kafka holds {}",
+      options_.name, earlier.size(), earlier.size() - absent);
+  return later;
+}
+
+void Reconciler::RecordJudged(PgConnection& conn, int64_t judged) {
+  if (judged <= recorded_before_ || !record_judged_) return;
+  absl::StatusOr<bool> written =
+      RecordReconciledBefore(conn, options_.slot, judged);
+  if (!written.ok()) {
+    // Said once: a restart then judges from its own start.
+    spdlog::warn("{}reconcile: cannot keep its progress in {} ({})",
+                 options_.name, kPublisherStateTable,
+                 std::string(written.status().message()));
+    record_judged_ = false;
+    return;
+  }
+  if (*written) recorded_before_ = judged;  // else: no row yet, next pass
 }
 
 // Publishes `events` (found missing) with header outbox.reconciled; returns

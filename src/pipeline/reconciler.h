@@ -19,10 +19,15 @@
 //
 // The rule (docs/ARCHITECTURE.md, "The reconciler"): a row is judged only
 // when
-//   - its transaction began after the reconciler's start, taken on the
-//     server's clock once the stream streamed (created_at, the
-//     transaction's start, >= start): every acknowledgement of it is then
-//     in this process's AcknowledgedIds;
+//   - its transaction began at or after where judging began (created_at,
+//     the transaction's start, >= the floor): an earlier process's progress
+//     kept in outbox.publisher_state.reconciled_before, else this
+//     reconciler's start (server clock, once the stream streamed). A row
+//     from after the start has every acknowledgement in this process's
+//     AcknowledgedIds; one from before, not in them, may have been
+//     published by the earlier process: Kafka is asked (kafka/read_back.h,
+//     its routed topics and the dead-letter topic from the row's
+//     created_at on);
 //   - its xmin precedes the xmin horizon of the publisher state row
 //     (pg/publisher_state.h): its transaction committed before the WAL
 //     position of a sample taken at or before last_ack_lsn, which Kafka
@@ -57,19 +62,24 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/lsn.h"
 #include "kafka/producer.h"
+#include "kafka/read_back.h"
 #include "metrics/outboxd_metrics.h"
 #include "outbox/event.h"
 #include "outbox/row_to_event.h"
+#include "pg/connection.h"
 #include "pg/identifier.h"
 #include "pipeline/acknowledged_ids.h"
 #include "pipeline/record_builder.h"
@@ -98,6 +108,10 @@ struct ReconcilerOptions {
   AcknowledgedIds* acknowledged = nullptr;
   // outboxd_reconcile_missing_events_total of the stream; may be null.
   metrics::Counter* missing = nullptr;
+  // Which ids Kafka holds (kafka/read_back.h); a fake in tests.
+  std::function<absl::StatusOr<absl::flat_hash_set<std::string>>(
+      const ReadBackRequest&)>
+      read_back = FindIdsInKafka;
 };
 
 class Reconciler {
@@ -122,6 +136,16 @@ class Reconciler {
                            uint64_t& delivered);
   // Table `t`'s window up to `hi` was judged whole with `horizon`.
   void Judged(size_t t, int64_t hi, const std::string& horizon);
+  // Of `events` (not acknowledged by this process), those Kafka does not
+  // hold: an event created before this process started may have been
+  // published by an earlier one (Kafka is asked); a later one cannot.
+  absl::StatusOr<std::vector<OutboxEvent>> LeaveThoseInKafka(
+      const std::string& source, std::vector<OutboxEvent> events);
+  // The topics `events` go to, and the dead-letter topic.
+  std::vector<std::string> TopicsOf(
+      const std::string& source, const std::vector<OutboxEvent>& events) const;
+  // Keeps how far the table was judged in the publisher state row.
+  void RecordJudged(PgConnection& conn, int64_t judged);
 
   const ReconcilerOptions options_;
   absl::Notification stop_;
@@ -131,7 +155,12 @@ class Reconciler {
   std::vector<int64_t> lo_;  // per table, server unix us
   std::vector<bool> off_;    // per table: no created_at column
   int64_t start_us_ = 0;     // 0: not started
-  uint32_t rank_ = 0;        // positions of reconciled records
+  // Where judging began: an earlier process's reconciled_before, or the
+  // start.
+  int64_t floor_us_ = 0;
+  int64_t recorded_before_ = 0;  // last reconciled_before written
+  bool record_judged_ = true;    // false once writing it failed
+  uint32_t rank_ = 0;            // positions of reconciled records
   // Per table, the last pass that judged its window whole: the window's
   // end (0: none) and the horizon it judged with.
   std::vector<int64_t> judged_hi_;

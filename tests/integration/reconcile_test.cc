@@ -6,6 +6,7 @@
 // transaction, a rolled-back one, a row deleted in its own transaction or
 // normal traffic.
 #include <libpq-fe.h>
+#include <signal.h>
 
 #include <map>
 #include <set>
@@ -25,8 +26,9 @@ namespace {
 class ReconcileTest : public FaultTest {
  protected:
   // outboxd with a short reconciler; its metrics port.
-  int StartReconciling(size_t* n) {
-    *n = StartOutboxd({"--reconcile-interval=1s", "--reconcile-margin=2s",
+  int StartReconciling(size_t* n, const std::string& margin = "2s") {
+    *n = StartOutboxd({"--reconcile-interval=1s",
+                       absl::StrCat("--reconcile-margin=", margin),
                        "--metrics-address=127.0.0.1:0"});
     // The first pass takes the start: rows from then on are judged.
     EXPECT_TRUE(WaitForLog(*n, "reconcile: every")) << Log(*n);
@@ -205,6 +207,60 @@ TEST_F(ReconcileTest, NoFalseLossForLongTransactionsAndTraffic) {
        Read(prefix_ + "rec", 303, absl::Seconds(10), absl::Seconds(1))) {
     EXPECT_FALSE(r.Header("outbox.reconciled").has_value());
   }
+}
+
+// The part of the window a killed process had not judged yet: its
+// successor judges it from where the killed one got to
+// (outbox.publisher_state.reconciled_before), asking Kafka about the rows
+// that one may have published. The rows a publication without the table
+// skipped just before the kill are published late; the rows the killed
+// process published (one to the dead-letter topic) are not published
+// again.
+TEST_F(ReconcileTest, RowsSkippedJustBeforeAKillAreReconciledAfterIt) {
+  size_t first = 0;
+  // A long margin: the first process judges none of the rows below.
+  ASSERT_GT(StartReconciling(&first, "5m"), 0) << Log(first);
+  Insert(10);  // published by the first process
+  ASSERT_EQ(Count(Read(prefix_ + "rec", 10, absl::Seconds(30))).lost, 0u);
+  Insert(1, "no topic!");  // dead-lettered by it (an illegal topic name)
+  ASSERT_EQ(Read(prefix_ + "dlq", 1, absl::Seconds(30)).size(), 1u);
+  const std::set<std::string> published = OutboxIds();
+  ASSERT_TRUE(Exec("ALTER PUBLICATION outbox_pub DROP TABLE outbox").ok());
+  Insert(30);
+  std::set<std::string> skipped;
+  for (const std::string& id : OutboxIds()) {
+    if (!published.contains(id)) skipped.insert(id);
+  }
+  ASSERT_EQ(skipped.size(), 30u);
+  ASSERT_TRUE(Exec("ALTER PUBLICATION outbox_pub ADD TABLE outbox").ok());
+  Insert(5, "after");  // the stream has passed the gap once these arrive
+  ASSERT_EQ(Read(prefix_ + "after", 5, absl::Seconds(30)).size(), 5u);
+  Outboxd(first).Signal(SIGKILL);
+  ASSERT_TRUE(Outboxd(first).Wait(absl::Seconds(15)).has_value());
+
+  size_t second = 0;
+  const int port = StartReconciling(&second);
+  ASSERT_GT(port, 0) << Log(second);
+  std::vector<ConsumedRecord> records =
+      Read(prefix_ + "rec", 40, absl::Seconds(60), absl::Seconds(3));
+  std::set<std::string> expected = published;
+  expected.insert(skipped.begin(), skipped.end());
+  std::vector<ConsumedRecord> dead =
+      Read(prefix_ + "dlq", 2, absl::Seconds(2), absl::Seconds(1));
+  records.insert(records.end(), dead.begin(), dead.end());
+  const Tally t = CountIn(expected, records);
+  EXPECT_EQ(t.expected, 41u);
+  EXPECT_EQ(t.lost, 0u) << Log(second);
+  size_t reconciled = 0;
+  for (const ConsumedRecord& r : records) {
+    if (!r.Header("outbox.reconciled").has_value()) continue;
+    ++reconciled;
+    EXPECT_TRUE(skipped.contains(r.Header("id").value_or("")));
+  }
+  EXPECT_EQ(reconciled, 30u) << Log(second);
+  EXPECT_EQ(Missing(port), 30) << Log(second);
+  EXPECT_NE(Log(second).find("judged against Kafka"), std::string::npos)
+      << Log(second);
 }
 
 }  // namespace
