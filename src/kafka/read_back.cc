@@ -27,9 +27,9 @@ absl::StatusOr<PartitionListPtr> PartitionsAt(rd_kafka_t* rk,
                                               const ReadBackRequest& request,
                                               absl::Time deadline) {
   const rd_kafka_metadata_t* metadata = nullptr;
-  rd_kafka_resp_err_t err = rd_kafka_metadata(
-      rk, /*all_topics=*/1, nullptr, &metadata,
-      ToTimeoutMs(deadline - absl::Now()));
+  rd_kafka_resp_err_t err =
+      rd_kafka_metadata(rk, /*all_topics=*/1, nullptr, &metadata,
+                        ToTimeoutMs(deadline - absl::Now()));
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR) return Unavailable("metadata", err);
   PartitionListPtr list(rd_kafka_topic_partition_list_new(16));
   for (int i = 0; i < metadata->topic_cnt; ++i) {
@@ -38,8 +38,7 @@ absl::StatusOr<PartitionListPtr> PartitionsAt(rd_kafka_t* rk,
     for (const std::string& topic : request.topics) asked |= topic == t.topic;
     if (!asked || t.err != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
     for (int p = 0; p < t.partition_cnt; ++p) {
-      rd_kafka_topic_partition_list_add(list.get(), t.topic,
-                                        t.partitions[p].id)
+      rd_kafka_topic_partition_list_add(list.get(), t.topic, t.partitions[p].id)
           ->offset = request.since_unix_ms;
     }
   }
@@ -55,10 +54,10 @@ absl::Status ReadToEnd(rd_kafka_t* rk, int partitions,
   while (static_cast<int>(at_end.size()) < partitions &&
          found.size() < request.ids.size()) {
     if (absl::Now() > deadline) {
-      return absl::UnavailableError(absl::StrCat(
-          kContext, ": ", partitions - at_end.size(), " of ", partitions,
-          " partitions not read to their end within ",
-          absl::FormatDuration(request.timeout)));
+      return absl::UnavailableError(
+          absl::StrCat(kContext, ": ", partitions - at_end.size(), " of ",
+                       partitions, " partitions not read to their end within ",
+                       absl::FormatDuration(request.timeout)));
     }
     rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 200);
     if (m == nullptr) continue;
@@ -71,8 +70,7 @@ absl::Status ReadToEnd(rd_kafka_t* rk, int partitions,
       rd_kafka_headers_t* headers = nullptr;
       const void* value = nullptr;
       size_t size = 0;
-      if (rd_kafka_message_headers(m, &headers) ==
-              RD_KAFKA_RESP_ERR_NO_ERROR &&
+      if (rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR &&
           rd_kafka_header_get_last(headers, "id", &value, &size) ==
               RD_KAFKA_RESP_ERR_NO_ERROR &&
           value != nullptr) {
@@ -152,9 +150,9 @@ absl::StatusOr<absl::flat_hash_set<std::string>> FindIdsInKafka(
   absl::flat_hash_set<std::string> found;
   if (request.ids.empty() || request.topics.empty()) return found;
   const absl::Time deadline = absl::Now() + request.timeout;
-  ASSIGN_OR_RETURN(RdKafkaConfPtr conf,
-                   ReaderConf(request.brokers, request.properties,
-                              "outboxd-read-back"));
+  ASSIGN_OR_RETURN(
+      RdKafkaConfPtr conf,
+      ReaderConf(request.brokers, request.properties, "outboxd-read-back"));
   RETURN_IF_ERROR(SetProperty(conf.get(), "enable.partition.eof", "true"));
   char errstr[512];
   rd_kafka_t* rk =

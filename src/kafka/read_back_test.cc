@@ -26,8 +26,8 @@ class ReadBackTest : public ::testing::Test {
   }
 
   // Produces one record per (topic, id, timestamp) and waits for them.
-  void Produce(const std::vector<std::tuple<std::string, std::string,
-                                            int64_t>>& records) {
+  void Produce(const std::vector<std::tuple<std::string, std::string, int64_t>>&
+                   records) {
     ProducerOptions options;
     options.brokers = cluster_.bootstraps();
     auto producer = KafkaProducer::Create(
@@ -68,8 +68,8 @@ TEST_F(ReadBackTest, FindsTheIdsWrittenSinceTheTime) {
            {"orders", "b", now_ms_ + 5},
            {"outbox.dlq", "bad", now_ms_ + 7},
            {"orders", "c", now_ms_ + 9}});
-  auto found = FindIdsInKafka(Request({"orders", "outbox.dlq"},
-                                      {"old", "a", "b", "bad", "never"}));
+  auto found = FindIdsInKafka(
+      Request({"orders", "outbox.dlq"}, {"old", "a", "b", "bad", "never"}));
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_THAT(*found, UnorderedElementsAre("a", "b", "bad"));
 }
