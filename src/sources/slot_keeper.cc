@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
@@ -23,6 +24,10 @@ StartFailure ClassifyStartFailure(const absl::Status& status, bool recorded) {
   }
   if (HasSqlState(status, sqlstate::kObjectInUse)) {
     return StartFailure::kSlotTaken;
+  }
+  if (HasSqlState(status, sqlstate::kUndefinedObject) &&
+      absl::StrContains(status.message(), "replication slot")) {
+    return StartFailure::kSlotGone;
   }
   return StartFailure::kOther;
 }
@@ -175,6 +180,9 @@ absl::Status SlotKeeper::StartFailed(const absl::Status& status,
     case StartFailure::kSlotTaken:
       // Taken between the check and START_REPLICATION.
       return SlotTaken(std::move(conn));
+    case StartFailure::kSlotGone:
+      return absl::UnavailableError(absl::StrCat(
+          status.message(), " (dropped since it was checked: checked again)"));
     case StartFailure::kOther:
       break;
   }

@@ -68,6 +68,10 @@ enum class StartFailure {
   // Active in another process since the check (55006 object_in_use): this
   // instance waits as a standby.
   kSlotTaken,
+  // Gone since the check (42704 naming the replication slot: dropped in
+  // between): a reconnect inspects it again, and the slot-loss rules
+  // decide.
+  kSlotGone,
   kOther,  // anything else: returned as it is
 };
 // Pure. `recorded`: Acquire found a publisher state row.

@@ -31,6 +31,14 @@ TEST(ClassifyStartFailureTest, ObjectInUseIsASlotTaken) {
   EXPECT_EQ(ClassifyStartFailure(in_use, false), StartFailure::kSlotTaken);
 }
 
+TEST(ClassifyStartFailureTest, ASlotDroppedSinceTheCheckIsCheckedAgain) {
+  absl::Status gone = WithSqlState(
+      absl::FailedPreconditionError("replication slot \"s\" does not exist"),
+      sqlstate::kUndefinedObject);
+  EXPECT_EQ(ClassifyStartFailure(gone, true), StartFailure::kSlotGone);
+  EXPECT_EQ(ClassifyStartFailure(gone, false), StartFailure::kSlotGone);
+}
+
 TEST(ClassifyStartFailureTest, TextWithoutASqlStateDecidesNothing) {
   EXPECT_EQ(ClassifyStartFailure(absl::UnavailableError(
                                      "replication slot s is active for PID 42"),
