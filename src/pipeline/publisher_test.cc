@@ -4,12 +4,14 @@
 #include "pipeline/publisher.h"
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "common/wake_pipe.h"
@@ -62,6 +64,14 @@ SourceRead Commit(uint64_t p) {
 }
 SourceRead Of(OutboxEvent e) { return SourceRead{std::move(e), std::nullopt}; }
 SourceRead Of(InvalidEvent e) { return SourceRead{std::move(e), std::nullopt}; }
+
+// Scripts what `source` hands over after its next reconnect that has no
+// script yet: `reads`, in order (what it resends from its confirmed position).
+void ResendAfterReconnect(FakeSource& source, std::vector<SourceRead> reads) {
+  std::deque<FakeSource::Entry> again;
+  for (SourceRead& r : reads) again.push_back({absl::OkStatus(), std::move(r)});
+  source.after_reconnect.push_back(std::move(again));
+}
 
 class PublisherTest : public ::testing::Test {
  protected:
@@ -336,11 +346,7 @@ TEST_F(PublisherTest, AFatalProducerIsReplacedAndItsEventsResent) {
   source_.Add(Begin());
   source_.Add(Of(Event(100, 0, "a")));
   source_.Add(Commit(100));
-  std::deque<FakeSource::Entry> again;
-  for (SourceRead r : {Begin(), Of(Event(100, 0, "a")), Commit(100)}) {
-    again.push_back({absl::OkStatus(), std::move(r)});
-  }
-  source_.after_reconnect.push_back(std::move(again));
+  ResendAfterReconnect(source_, {Begin(), Of(Event(100, 0, "a")), Commit(100)});
   int sinks = 0;
   configure_sink_ = [&sinks](FakeSink& s) { s.hold_acks = ++sinks == 1; };
   on_tick_ = [&](FakeSource& s) {
@@ -360,11 +366,8 @@ TEST_F(PublisherTest, AFatalProducerIsReplacedAndItsEventsResent) {
 TEST_F(PublisherTest, AProducerFailingAgainAndAgainStops) {
   options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
   for (int i = 0; i < 5; ++i) {
-    std::deque<FakeSource::Entry> again;
-    for (SourceRead r : {Begin(), Of(Event(100, 0, "a")), Commit(100)}) {
-      again.push_back({absl::OkStatus(), std::move(r)});
-    }
-    source_.after_reconnect.push_back(std::move(again));
+    ResendAfterReconnect(source_,
+                         {Begin(), Of(Event(100, 0, "a")), Commit(100)});
   }
   source_.Add(Begin());
   source_.Add(Of(Event(100, 0, "a")));
@@ -917,12 +920,8 @@ TEST_F(ExactlyOncePublisherTest, AnAbortedTransactionIsResentInProcess) {
   source_.Add(Of(Event(100, 0, "a")));
   source_.Add(Of(Event(100, 1, "b")));
   source_.Add(Commit(100));
-  std::deque<FakeSource::Entry> again;
-  for (SourceRead r :
-       {Begin(), Of(Event(100, 0, "a")), Of(Event(100, 1, "b")), Commit(100)}) {
-    again.push_back({absl::OkStatus(), std::move(r)});
-  }
-  source_.after_reconnect.push_back(std::move(again));
+  ResendAfterReconnect(source_, {Begin(), Of(Event(100, 0, "a")),
+                                 Of(Event(100, 1, "b")), Commit(100)});
   on_tick_ = [&](FakeSource& s) {
     if (sink_->committed().empty()) EXPECT_EQ(s.durable, SourcePosition(0));
   };
@@ -1001,12 +1000,8 @@ TEST_F(PublisherTest, ReconnectAbandonsTheOpenTransactionAndTakesItAgain) {
   // transaction that is resent, and must be forgotten with it.
   source_.Add(SourceRead{std::monostate{}, SourcePosition(500)});
   source_.Fail(absl::UnavailableError("connection lost"));
-  std::deque<FakeSource::Entry> again;
-  for (SourceRead r :
-       {Begin(), Of(Event(100, 0, "a")), Of(Event(100, 1, "b")), Commit(100)}) {
-    again.push_back({absl::OkStatus(), std::move(r)});
-  }
-  source_.after_reconnect.push_back(std::move(again));
+  ResendAfterReconnect(source_, {Begin(), Of(Event(100, 0, "a")),
+                                 Of(Event(100, 1, "b")), Commit(100)});
   on_tick_ = [&](FakeSource& s) {
     // The first copy of "a" alone confirms nothing.
     if (s.connects == 2 && sink_->acknowledged().size() < 3) {
@@ -1032,12 +1027,9 @@ TEST_F(ExactlyOncePublisherTest, ReconnectCommitsFirstThenSkipsTheResent) {
   source_.Add(Of(Event(100, 0, "a")));
   source_.Add(Of(Event(100, 1, "b")));
   source_.Fail(absl::UnavailableError("connection lost"));
-  std::deque<FakeSource::Entry> again;
-  for (SourceRead r : {Begin(), Of(Event(100, 0, "a")), Of(Event(100, 1, "b")),
-                       Of(Event(100, 2, "c")), Commit(100)}) {
-    again.push_back({absl::OkStatus(), std::move(r)});
-  }
-  source_.after_reconnect.push_back(std::move(again));
+  ResendAfterReconnect(source_,
+                       {Begin(), Of(Event(100, 0, "a")), Of(Event(100, 1, "b")),
+                        Of(Event(100, 2, "c")), Commit(100)});
   ASSERT_TRUE(Run([](FakeSource& s) {
                 return s.script.empty() && s.connects == 2;
               }).ok());
@@ -1066,13 +1058,9 @@ TEST_F(ExactlyOncePublisherTest,
   source_.Add(Of(Event(600, 0, "a")));
   source_.Add(Commit(600));
   source_.Fail(absl::UnavailableError("connection lost"));
-  std::deque<FakeSource::Entry> again;
-  for (SourceRead r :
-       {Begin(), Of(Event(300, 0, "new1")), Of(Event(300, 1, "new2")),
-        Commit(300), Begin(), Of(Event(550, 0, "new3")), Commit(550)}) {
-    again.push_back({absl::OkStatus(), std::move(r)});
-  }
-  source_.after_reconnect.push_back(std::move(again));
+  ResendAfterReconnect(
+      source_, {Begin(), Of(Event(300, 0, "new1")), Of(Event(300, 1, "new2")),
+                Commit(300), Begin(), Of(Event(550, 0, "new3")), Commit(550)});
   source_.restart_on_reconnect.push_back(SourcePosition(200));
   ASSERT_TRUE(Run([](FakeSource& s) {
                 return s.script.empty() && s.connects == 2 &&
@@ -1204,11 +1192,7 @@ TEST_F(TwoSourcePublisherTest, ALostSourceReconnectsAloneWhileTheOtherFlows) {
     a_.connect_errors.push_back(absl::UnavailableError(
         "replication slot \"slot_a\" is active for PID 42"));
   }
-  std::deque<FakeSource::Entry> again;
-  for (SourceRead r : {Begin(), Of(Event(300, 0, "a2")), Commit(300)}) {
-    again.push_back({absl::OkStatus(), std::move(r)});
-  }
-  a_.after_reconnect.push_back(std::move(again));
+  ResendAfterReconnect(a_, {Begin(), Of(Event(300, 0, "a2")), Commit(300)});
   Script(b_, 900, 2, "b");
   bool b_durable_while_a_down = false;
   on_tick_both_ = [&] {
@@ -1335,12 +1319,9 @@ TEST_F(TwoSourcePublisherTest, AFailedDeliveryStopsOnlyItsSource) {
   };
   Script(a_, 100, 1, "a");
   Script(b_, 900, 2, "b");
-  std::deque<FakeSource::Entry> again;  // what b hands over once retried
-  for (SourceRead r : {Begin(), Of(Event(900, 0, "b0-again")),
-                       Of(Event(900, 1, "b1-again")), Commit(900)}) {
-    again.push_back({absl::OkStatus(), std::move(r)});
-  }
-  b_.after_reconnect.push_back(std::move(again));
+  // What b hands over once retried.
+  ResendAfterReconnect(b_, {Begin(), Of(Event(900, 0, "b0-again")),
+                            Of(Event(900, 1, "b1-again")), Commit(900)});
   bool a_flowed_while_b_failed = false;
   bool b_failed_seen = false;
   on_tick_both_ = [&] {
