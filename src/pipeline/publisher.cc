@@ -243,7 +243,8 @@ class Publisher::Impl final : public DeliveryHost {
     RETURN_IF_ERROR(recovery_.Rewound(delivery_->Check()));
     if (!st.connected()) return absl::OkStatus();  // rewound
     if (delivery_->CommitDue(now, st.AtBoundary())) {
-      RETURN_IF_ERROR(recovery_.Commit().status());
+      ASSIGN_OR_RETURN(const bool rewound, recovery_.Commit());
+      if (rewound) return absl::OkStatus();  // every session starts over
       if (!st.connected()) {
         return absl::UnavailableError(
             "source connection lost during a Kafka commit");

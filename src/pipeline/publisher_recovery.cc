@@ -34,8 +34,9 @@ absl::Status PublisherRecovery::Reconnect(SourceSession& st,
   spdlog::warn("{}{}; reconnecting", st.log_prefix(),
                std::string(cause.message()));
   st.Disconnect();
-  RETURN_IF_ERROR(Commit().status());
-  st.StartOver();
+  ASSIGN_OR_RETURN(const bool rewound, Commit());
+  // A rewind started every session over, this one too: one reconnect.
+  if (!rewound) st.StartOver();
   return absl::OkStatus();
 }
 

@@ -14,6 +14,9 @@
 //  - a failure of one source's own (IsolateOrStop): that source stops alone
 //    while the others go on, or the run stops.
 //
+// A source that starts over is one reconnect (outboxd_reconnects_total),
+// also when the commit before its reconnect aborts and rewinds it.
+//
 // Not thread-safe: the Publisher's loop thread only.
 #ifndef OUTBOXD_PIPELINE_PUBLISHER_RECOVERY_H_
 #define OUTBOXD_PIPELINE_PUBLISHER_RECOVERY_H_

@@ -929,6 +929,7 @@ TEST_F(ExactlyOncePublisherTest, AnAbortedTransactionIsResentInProcess) {
   EXPECT_EQ(failures, 1);
   EXPECT_EQ(final_.aborted, 1);
   EXPECT_EQ(source_.connects, 2);
+  EXPECT_EQ(metrics_.get().ForSource().reconnects->Value(), 1);
   ASSERT_EQ(final_.committed.size(), 2u);  // each exactly once
   EXPECT_EQ(final_.committed[0].key, "agg-a");
   EXPECT_EQ(final_.committed[1].key, "agg-b");
@@ -1043,6 +1044,63 @@ TEST_F(ExactlyOncePublisherTest, ReconnectCommitsFirstThenSkipsTheResent) {
   EXPECT_EQ(final_.committed[2].key, "agg-c");
   EXPECT_GE(stats_.transactions_committed, 2u);  // before reconnect, at stop
   EXPECT_EQ(source_.finished_at, SourcePosition(100));
+}
+
+// A Kafka commit that aborts (a delivery failed for a cause that may pass)
+// rewinds the source: one reconnect, whichever commit noticed it.
+class RewindingCommitTest : public ExactlyOncePublisherTest {
+ protected:
+  // "b"'s delivery fails once; the reports of a and b are held until a
+  // tick where the source is `in_transaction` or not, so that the commit
+  // after that tick is the first to see the failure.
+  void RunAbortedByACommit(bool in_transaction) {
+    options_.session.reconnect.initial_backoff = absl::Milliseconds(1);
+    options_.session.reconnect.max_backoff = absl::Milliseconds(1);
+    configure_sink_ = [this](FakeSink& s) {
+      s.hold_acks = true;
+      s.fail_delivery = [this](const FakeRecord& r) {
+        if (r.key != "agg-b" || failures_ > 0) return absl::OkStatus();
+        ++failures_;
+        return absl::DeadlineExceededError("message timed out");
+      };
+    };
+    on_tick_ = [in_transaction, this](FakeSource& s) {
+      if (sink_ != nullptr && sink_->queued() == 2 &&
+          s.in_transaction() == in_transaction) {
+        sink_->Release();
+      }
+    };
+    ResendAfterReconnect(source_, {Begin(), Of(Event(100, 0, "a")),
+                                   Of(Event(100, 1, "b")), Commit(100)});
+    ASSERT_TRUE(Run(DurableAt(100)).ok());
+    EXPECT_EQ(failures_, 1);
+    EXPECT_EQ(final_.aborted, 1);
+    EXPECT_EQ(source_.connects, 2);
+    EXPECT_EQ(source_.disconnects, 1);
+    EXPECT_EQ(metrics_.get().ForSource().reconnects->Value(), 1);
+    ASSERT_EQ(final_.committed.size(), 2u);  // each exactly once
+    EXPECT_EQ(final_.committed[0].key, "agg-a");
+    EXPECT_EQ(final_.committed[1].key, "agg-b");
+  }
+  int failures_ = 0;
+};
+
+// The commit before a reconnect (the connection was lost mid-transaction).
+TEST_F(RewindingCommitTest, ALostConnectionsCommitAbortsAndRewindsOnce) {
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Fail(absl::UnavailableError("connection lost"));
+  RunAbortedByACommit(/*in_transaction=*/true);
+}
+
+// The commit that was due at the source transaction's end.
+TEST_F(RewindingCommitTest, ADueCommitAbortsAndRewindsOnce) {
+  source_.Add(Begin());
+  source_.Add(Of(Event(100, 0, "a")));
+  source_.Add(Of(Event(100, 1, "b")));
+  source_.Add(Commit(100));
+  RunAbortedByACommit(/*in_transaction=*/false);
 }
 
 // The source reconnects to a server whose WAL went back (a restore, a
