@@ -65,6 +65,17 @@ SourceRead Commit(uint64_t p) {
 SourceRead Of(OutboxEvent e) { return SourceRead{std::move(e), std::nullopt}; }
 SourceRead Of(InvalidEvent e) { return SourceRead{std::move(e), std::nullopt}; }
 
+// Scripts one transaction committed at `lsn`: `events` events, with ids
+// `prefix`0, `prefix`1, ...
+void Script(FakeSource& source, uint64_t lsn, int events,
+            const std::string& prefix) {
+  source.Add(Begin());
+  for (int i = 0; i < events; ++i) {
+    source.Add(Of(Event(lsn, i, absl::StrCat(prefix, i))));
+  }
+  source.Add(Commit(lsn));
+}
+
 // Scripts what `source` hands over after its next reconnect that has no
 // script yet: `reads`, in order (what it resends from its confirmed position).
 void ResendAfterReconnect(FakeSource& source, std::vector<SourceRead> reads) {
@@ -87,15 +98,23 @@ class PublisherTest : public ::testing::Test {
         stop_pipe_.Notify();
       }
     };
+    return RunStreams({PublisherStream{&source_, ""}});
+  }
+
+  // Runs a Publisher of `streams` over a FakeSink (configure_sink_) until
+  // a tick stops it, or an error ends it.
+  absl::Status RunStreams(std::vector<PublisherStream> streams) {
     Publisher publisher(
-        options_, {PublisherStream{&source_, ""}}, metrics_.get(),
+        options_, std::move(streams), metrics_.get(),
         [this](const ProducerOptions& o,
                DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
           producer_options_ = o;
           auto sink = std::make_unique<FakeSink>(std::move(cb));
           sink_ = sink.get();
+          sink->use_event_fd = sink_event_fd_;
           sink->on_destroy = [this](const FakeSink& s) {
             final_.committed = s.committed();
+            final_.acknowledged = s.acknowledged();
             final_.aborted = s.transactions_aborted();
             final_.transactions = s.transactions_committed();
             sink_ = nullptr;
@@ -133,7 +152,8 @@ class PublisherTest : public ::testing::Test {
   PublisherOptions options_;
   RunMetrics metrics_;
   FakeSource source_;
-  FakeSink* sink_ = nullptr;  // owned by the publisher, gone after Run
+  FakeSink* sink_ = nullptr;    // owned by the publisher, gone after Run
+  bool sink_event_fd_ = false;  // FakeSink::use_event_fd
   std::function<void(FakeSink&)> configure_sink_;
   std::function<void(FakeSource&)> on_tick_;
   ProducerOptions producer_options_;
@@ -141,6 +161,7 @@ class PublisherTest : public ::testing::Test {
   // What the sink saw, kept when the publisher destroys it.
   struct {
     std::vector<FakeRecord> committed;
+    std::vector<FakeRecord> acknowledged;
     int aborted = 0;
     int transactions = 0;
   } final_;
@@ -264,11 +285,7 @@ TEST_F(PublisherTest, FullQueueStopsReadingUntilThereIsRoom) {
     s.capacity = 2;
     s.hold_acks = true;
   };
-  source_.Add(Begin());
-  for (uint32_t i = 0; i < 5; ++i) {
-    source_.Add(Of(Event(100, i, absl::StrCat("e", i))));
-  }
-  source_.Add(Commit(100));
+  Script(source_, 100, 5, "e");
   int reads_while_full = -1;
   bool released = false;
   on_tick_ = [&](FakeSource& s) {
@@ -639,11 +656,7 @@ TEST_F(WakingPublisherTest, StopWakesTheLoop) {
 }
 
 TEST_F(WakingPublisherTest, DrainsTheSourceThenServesThePerWakeupWorkOnce) {
-  source_.Add(Begin());
-  for (uint32_t i = 0; i < 100; ++i) {
-    source_.Add(Of(Event(100, i, absl::StrCat("e", i))));
-  }
-  source_.Add(Commit(100));
+  Script(source_, 100, 100, "e");
   ASSERT_TRUE(Run(DurableAt(100)).ok());
   EXPECT_EQ(stats_.events_acknowledged, 100u);
   // 102 items: read in one wakeup, so Durable (and the sink's Poll) ran a
@@ -657,11 +670,7 @@ TEST_F(WakingPublisherTest, BackpressureStopsReadingTheSource) {
     s.capacity = 2;
     s.hold_acks = true;
   };
-  source_.Add(Begin());
-  for (uint32_t i = 0; i < 5; ++i) {
-    source_.Add(Of(Event(100, i, absl::StrCat("e", i))));
-  }
-  source_.Add(Commit(100));
+  Script(source_, 100, 5, "e");
   // Due at once, every time: the loop wakes for the source's keep-alive
   // work while the sink is full.
   source_.next_due = absl::InfinitePast();
@@ -1142,6 +1151,7 @@ class TwoSourcePublisherTest : public PublisherTest {
     b_.source_identity = "7000000000000000001/db_b/slot_b";
     a_.UseWaitFd();
     b_.UseWaitFd();
+    sink_event_fd_ = true;
     options_.stop_fd = stop_pipe_.read_fd();
   }
 
@@ -1156,34 +1166,8 @@ class TwoSourcePublisherTest : public PublisherTest {
     };
     a_.on_tick = tick;
     b_.on_tick = tick;
-    Publisher publisher(
-        options_, {PublisherStream{&a_, "db_a"}, PublisherStream{&b_, "db_b"}},
-        metrics_.get(),
-        [this](const ProducerOptions&,
-               DeliveryCallback cb) -> absl::StatusOr<std::unique_ptr<Sink>> {
-          auto sink = std::make_unique<FakeSink>(std::move(cb));
-          sink_ = sink.get();
-          sink->use_event_fd = true;
-          sink->on_destroy = [this](const FakeSink& s) {
-            acknowledged_ = s.acknowledged();
-            sink_ = nullptr;
-          };
-          if (configure_sink_) configure_sink_(*sink);
-          return std::unique_ptr<Sink>(std::move(sink));
-        });
-    absl::Status s = publisher.Run(stop_);
-    stats_ = publisher.stats();
-    EXPECT_LE(ticks_, kMaxTicks) << "never stopped";
-    return s;
-  }
-
-  static void Script(FakeSource& s, uint64_t lsn, int events,
-                     const std::string& prefix) {
-    s.Add(Begin());
-    for (int i = 0; i < events; ++i) {
-      s.Add(Of(Event(lsn, i, absl::StrCat(prefix, i))));
-    }
-    s.Add(Commit(lsn));
+    return RunStreams(
+        {PublisherStream{&a_, "db_a"}, PublisherStream{&b_, "db_b"}});
   }
 
   FakeSource a_;
@@ -1192,7 +1176,6 @@ class TwoSourcePublisherTest : public PublisherTest {
   metrics::SourceMetrics& metrics_a_ = metrics_.get().ForSource("db_a");
   metrics::SourceMetrics& metrics_b_ = metrics_.get().ForSource("db_b");
   std::function<void()> on_tick_both_;
-  std::vector<FakeRecord> acknowledged_;
 };
 
 TEST_F(TwoSourcePublisherTest, EachSourceConfirmsOnlyItsOwnAcknowledgements) {
@@ -1223,9 +1206,9 @@ TEST_F(TwoSourcePublisherTest, EachSourceConfirmsOnlyItsOwnAcknowledgements) {
   EXPECT_EQ(b_.durable_seen, std::vector<SourcePosition>{SourcePosition(900)});
   EXPECT_EQ(a_.finished_at, SourcePosition(100));
   EXPECT_EQ(b_.finished_at, SourcePosition(900));
-  ASSERT_EQ(acknowledged_.size(), 5u);
+  ASSERT_EQ(final_.acknowledged.size(), 5u);
   int from_a = 0;
-  for (const FakeRecord& r : acknowledged_) {
+  for (const FakeRecord& r : final_.acknowledged) {
     // outbox.source tells the streams apart.
     if (r.Header("outbox.source") == a_.source_identity) {
       ++from_a;
@@ -1408,7 +1391,7 @@ TEST_F(TwoSourcePublisherTest, AFailedDeliveryStopsOnlyItsSource) {
   EXPECT_EQ(b_.disconnects, 1);
   EXPECT_EQ(metrics_b_.source_failed->Value(), 0);  // recovered
   std::set<std::string> keys;
-  for (const FakeRecord& r : acknowledged_) keys.insert(r.key);
+  for (const FakeRecord& r : final_.acknowledged) keys.insert(r.key);
   EXPECT_THAT(keys, ::testing::IsSupersetOf({"agg-a0", "agg-a-late0",
                                              "agg-b0-again", "agg-b1-again"}));
   EXPECT_FALSE(keys.contains("agg-b1"));
