@@ -14,6 +14,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "pipeline/event_producer.h"
+#include "pipeline/publisher_recovery.h"
 
 namespace outboxd {
 namespace {
@@ -44,9 +45,6 @@ constexpr size_t kMaxStreams = size_t{1} << (64 - kStreamShift);
 // How long a connect waits for the sink to be usable (a broker's answer,
 // the fixed topic's metadata) before streaming anyway.
 constexpr absl::Duration kSinkReadyTimeout = absl::Seconds(2);
-// Failed sinks replaced in a row (no event acknowledged between them)
-// before the run stops.
-constexpr int kMaxSinkReplacements = 3;
 
 // The timeout for ppoll(): nullptr (none) for an infinite wait. A wait
 // that ends within the same microsecond does not spin: at least 1 µs.
@@ -78,7 +76,12 @@ class Publisher::Impl final : public DeliveryHost {
                       : NewAtLeastOnceDelivery(*this)),
         producer_(options.on_invalid, *delivery_, stats_,
                   /*keep_refused=*/options.delivery !=
-                      DeliveryGuarantee::kExactlyOnce) {
+                      DeliveryGuarantee::kExactlyOnce),
+        recovery_(*delivery_, sessions_, sink_, [this] {
+          producer_.ForgetInFlight();
+          sink_.reset();
+          return CreateSink("");
+        }) {
     for (PublisherStream& spec : streams) {
       sessions_.push_back(std::make_unique<SourceSession>(
           *spec.source, metrics.ForSource(spec.name), spec.name,
@@ -100,6 +103,7 @@ class Publisher::Impl final : public DeliveryHost {
 
   absl::Status Run(const std::atomic<bool>& stop) {
     stop_ = &stop;
+    recovery_.set_stop(stop);
     if (sessions_.empty()) return absl::InvalidArgumentError("no source");
     if (sessions_.size() > kMaxStreams) {
       return absl::InvalidArgumentError(
@@ -185,25 +189,26 @@ class Publisher::Impl final : public DeliveryHost {
     while (!stop_->load(std::memory_order_relaxed)) {
       const absl::Time now = absl::Now();
       if (sink_ != nullptr) sink_->Poll(absl::ZeroDuration());
-      RETURN_IF_ERROR(ReplaceFailedSink());
-      RETURN_IF_ERROR(Rewound(delivery_->Check()));
+      RETURN_IF_ERROR(recovery_.ReplaceFailedSink());
+      RETURN_IF_ERROR(recovery_.Rewound(delivery_->Check()));
       bool more = false;
       for (const std::unique_ptr<SourceSession>& st : sessions_) {
         if (stop_->load(std::memory_order_relaxed)) break;
         if (!st->failed() && !st->tracker().failure().ok()) {
-          RETURN_IF_ERROR(IsolateOrStop(*st, st->tracker().failure()));
+          RETURN_IF_ERROR(
+              recovery_.IsolateOrStop(*st, st->tracker().failure()));
         }
         if (!st->connected()) {
           if (now < st->retry_at()) continue;
           if (st->failed() && !st->Recover(now)) continue;
           absl::Status s = st->AttemptConnect(steps_, *stop_);
-          if (!s.ok()) RETURN_IF_ERROR(IsolateOrStop(*st, s));
+          if (!s.ok()) RETURN_IF_ERROR(recovery_.IsolateOrStop(*st, s));
           if (st->connected()) more = true;  // read it at once
           continue;
         }
         absl::Status s = Wakeup(*st, now, next_progress);
-        if (!s.ok() && FailedSinkReplaceable()) {
-          RETURN_IF_ERROR(ReplaceFailedSink());  // every session rewound
+        if (!s.ok() && recovery_.FailedSinkReplaceable()) {
+          RETURN_IF_ERROR(recovery_.ReplaceFailedSink());  // all rewound
           more = true;
           break;
         }
@@ -211,18 +216,11 @@ class Publisher::Impl final : public DeliveryHost {
           if (st->drained == Drained::kMore) more = true;
           continue;
         }
-        if (!Reconnectable(*st, s)) {
-          RETURN_IF_ERROR(IsolateOrStop(*st, s));
+        if (!recovery_.Reconnectable(*st, s)) {
+          RETURN_IF_ERROR(recovery_.IsolateOrStop(*st, s));
           continue;
         }
-        // What the open Kafka transaction holds is committed first
-        // (exactly-once: the source resends from the confirmed position,
-        // and the checkpoint tells which of those events Kafka has).
-        spdlog::warn("{}{}; reconnecting", st->log_prefix(),
-                     std::string(s.message()));
-        st->Disconnect();
-        RETURN_IF_ERROR(Rewound(delivery_->Commit(absl::InfiniteFuture())));
-        st->StartOver();
+        RETURN_IF_ERROR(recovery_.Reconnect(*st, s));
         more = true;  // the first attempt is immediate
       }
       if (now >= next_progress) {
@@ -242,10 +240,11 @@ class Publisher::Impl final : public DeliveryHost {
   absl::Status Wakeup(SourceSession& st, absl::Time now,
                       absl::Time next_progress) {
     RETURN_IF_ERROR(st.source().Durable(st.confirmable()));
-    RETURN_IF_ERROR(Rewound(delivery_->Check()));
+    RETURN_IF_ERROR(recovery_.Rewound(delivery_->Check()));
     if (!st.connected()) return absl::OkStatus();  // rewound
     if (delivery_->CommitDue(now, st.AtBoundary())) {
-      RETURN_IF_ERROR(Rewound(delivery_->Commit(absl::InfiniteFuture())));
+      ASSIGN_OR_RETURN(const bool rewound, recovery_.Commit());
+      if (rewound) return absl::OkStatus();  // every session starts over
       if (!st.connected()) {
         return absl::UnavailableError(
             "source connection lost during a Kafka commit");
@@ -430,7 +429,7 @@ class Publisher::Impl final : public DeliveryHost {
     SourceSession* st = SessionOf(tagged);
     if (st == nullptr) return;
     if (!status.ok()) m_.delivery_errors->Increment();
-    if (status.ok()) sink_replacements_ = 0;
+    if (status.ok()) recovery_.Delivered();
     const uint64_t sequence = tagged & kSequenceMask;
     const bool alone = st->retrying_alone == sequence;
     if (alone) st->retrying_alone.reset();
@@ -453,8 +452,8 @@ class Publisher::Impl final : public DeliveryHost {
     delivery_->OnReport(tagged, std::move(status));
   }
 
-  // --- the sink and the sessions' failures
-  // --------------------------------------
+  // --- the sink
+  // --------------------------------------------------------------
 
   // `identity`: the first connected source's ("" when the delivery mode
   // does not need it).
@@ -507,68 +506,6 @@ class Publisher::Impl final : public DeliveryHost {
       }
       if (stop_->load()) return absl::CancelledError("stop requested");
     }
-    return absl::OkStatus();
-  }
-
-  // `s` of Delivery::Check or Commit: OK when the delivery dropped what
-  // was in flight to have it resent (Delivery::TakeRewind): every session
-  // then starts over from its confirmed position.
-  absl::Status Rewound(absl::Status s) {
-    if (s.ok() || !delivery_->TakeRewind()) return s;
-    spdlog::warn("{}", std::string(s.message()));
-    for (const std::unique_ptr<SourceSession>& st : sessions_) st->Rewind();
-    return absl::OkStatus();
-  }
-
-  // At-least-once: a producer that failed for good (librdkafka's fatal
-  // error, e.g. the idempotent producer's OUT_OF_ORDER_SEQUENCE_NUMBER
-  // after a broker died) is replaced by a new one, and every source starts
-  // over from its confirmed position: what the old one had in flight is
-  // resent (duplicates, never a loss). Its fatal error stops the run after
-  // kMaxSinkReplacements in a row, or where the delivery says a fatal
-  // error is a fencing.
-  bool FailedSinkReplaceable() const {
-    return sink_ != nullptr && !sink_->fatal_error().ok() &&
-           delivery_->ReplacesFailedSink();
-  }
-  absl::Status ReplaceFailedSink() {
-    if (!FailedSinkReplaceable()) return absl::OkStatus();
-    absl::Status fatal = sink_->fatal_error();
-    if (++sink_replacements_ > kMaxSinkReplacements) return fatal;
-    spdlog::error(
-        "the Kafka producer failed for good ({}); replacing it (attempt {} "
-        "of {}): every source resends from its confirmed position",
-        std::string(fatal.message()), sink_replacements_, kMaxSinkReplacements);
-    for (const std::unique_ptr<SourceSession>& st : sessions_) st->Rewind();
-    producer_.ForgetInFlight();
-    sink_.reset();
-    return CreateSink("");
-  }
-
-  // A lost connection, a restarting server or a slot active in another
-  // process; not a broken producer or a failed delivery.
-  bool Reconnectable(const SourceSession& st, const absl::Status& s) const {
-    if (!st.Reconnectable(s) || delivery_->failed()) return false;
-    return sink_ == nullptr || sink_->fatal_error().ok();
-  }
-
-  // A failure of a session's own that is not worth a reconnect (a failed
-  // delivery of its event, an invalid event under --on-invalid=fail, a lost
-  // slot under --on-slot-loss=fail, a refused login or a missing database)
-  // stops that source only while others go on and the shared producer is
-  // sound (SourceSession::Isolate); otherwise, or when no other source is
-  // left, it stops the run (returned).
-  absl::Status IsolateOrStop(SourceSession& st, absl::Status cause) {
-    if (sessions_.size() < 2 || !delivery_->IsolatesSources() ||
-        stop_->load() || sink_ == nullptr || !sink_->fatal_error().ok()) {
-      return cause;
-    }
-    bool others = false;
-    for (const auto& other : sessions_) {
-      if (other.get() != &st && !other->failed()) others = true;
-    }
-    if (!others) return cause;  // every source failed
-    st.Isolate(cause);
     return absl::OkStatus();
   }
 
@@ -639,8 +576,8 @@ class Publisher::Impl final : public DeliveryHost {
   SessionSteps steps_;
   EventProducer producer_;  // into sink_, destroyed after it
   std::unique_ptr<Sink> sink_;
-  bool sink_waited_ = false;   // WaitUntilSinkReady ran (once per run)
-  int sink_replacements_ = 0;  // in a row (ReplaceFailedSink)
+  PublisherRecovery recovery_;  // of sink_ and the sessions
+  bool sink_waited_ = false;    // WaitUntilSinkReady ran (once per run)
   const std::atomic<bool>* stop_ = nullptr;
   std::vector<pollfd> fds_;              // Sleep's, kept to avoid an allocation
   std::vector<SourceSession*> watched_;  // the sessions of fds_'s first

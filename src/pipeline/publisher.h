@@ -9,7 +9,9 @@
 // event becomes in Kafka, dead-letter records), pipeline/delivery.h (how a
 // record becomes acknowledged: at-least-once or Kafka transactions),
 // pipeline/source_session.h (one source: connect, backoff, tracker,
-// pending event, isolation). The source only connects, hands over
+// pending event, isolation), pipeline/publisher_recovery.h (how the run
+// goes on after a failure: reconnect, rewind, a new producer, isolate or
+// stop). The source only connects, hands over
 // transactions of events and is told how far they are durable
 // (sources/event_source.h).
 //
