@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -91,7 +92,12 @@ absl::StatusOr<std::optional<Checkpoint>> NewestCheckpoint(
       if (other_histories != nullptr) ++*other_histories;
       continue;
     }
-    if (!newest.has_value() || c->position > newest->position) {
+    // The last one written: its transaction committed last (a WAL that
+    // went back on the same timeline reuses the positions of a checkpoint
+    // the database no longer has), then the highest position.
+    if (!newest.has_value() ||
+        std::tie(c->commit_time_unix_ms, c->position) >
+            std::tie(newest->commit_time_unix_ms, newest->position)) {
       newest = *std::move(c);
     }
   }

@@ -38,7 +38,8 @@ std::string EncodeCheckpoint(const Checkpoint& checkpoint);
 absl::StatusOr<Checkpoint> DecodeCheckpoint(absl::string_view metadata);
 
 // The newest checkpoint of `source` and `history` among a group's
-// committed offsets; nullopt when there is none. Checkpoints of another
+// committed offsets (the one whose transaction committed last, then the
+// highest position); nullopt when there is none. Checkpoints of another
 // history are passed over (counted in `*other_histories` when given).
 // kFailedPrecondition when an offset carries another source's checkpoint or
 // no checkpoint at all: the group (named after the transactional id) is

@@ -66,6 +66,21 @@ TEST(CheckpointTest, TheNewestPositionOverEveryTopicWins) {
   EXPECT_EQ((*newest)->position, Pos(900, 1));
 }
 
+// A database whose WAL went back on the same timeline (a restore) reuses
+// positions: the checkpoint written last is the current history's, even
+// below an older one's position.
+TEST(CheckpointTest, TheCheckpointWrittenLastWinsOverAHigherOlderOne) {
+  Checkpoint before_restore{"s", Pos(900, 0), "", 1700000000000};
+  Checkpoint after_restore{"s", Pos(500, 1), "", 1700000090000};
+  std::vector<CommittedOffset> offsets = {
+      Offset("orders", 0, before_restore),
+      Offset("payments", 0, after_restore),
+  };
+  auto newest = NewestCheckpoint(offsets, "s", "g");
+  ASSERT_TRUE(newest.ok()) << newest.status();
+  EXPECT_EQ((*newest)->position, Pos(500, 1));
+}
+
 TEST(CheckpointTest, AnotherSourcesCheckpointIsAnErrorNotASkip) {
   // Two sources sharing one transactional id (and so one group): whatever
   // the positions, outboxd refuses rather than skip by another's position.

@@ -243,14 +243,24 @@ TEST_F(TransactionalTest, AnEventCommittedAfterTheCheckpointIsNeverSkipped) {
   EXPECT_EQ(c->commit_time_unix_ms, kCheckpointTime + 90000);
 }
 
-TEST_F(TransactionalTest, ACheckpointOfAnotherHistoryIsRefused) {
+// A checkpoint past the database's WAL (a restore): of a history the
+// database no longer has, never used to skip, and publishing goes on.
+TEST_F(TransactionalTest, ACheckpointPastTheWalIsNotUsedAndPublishingGoesOn) {
   auto d = Make();
   SeedCheckpoint(At(500));
-  absl::Status s =
-      Ready(*d, absl::FailedPreconditionError("past the database's WAL"));
-  EXPECT_FALSE(s.ok());
-  EXPECT_THAT(s.message(), HasSubstr("new --transactional-id"));
+  ASSERT_TRUE(
+      Ready(*d, absl::FailedPreconditionError("past the database's WAL")).ok());
   EXPECT_FALSE(d->Skips({At(1)}));  // never used to skip
+  EXPECT_FALSE(d->Skips({At(500)}));
+}
+
+// The check could not be made (the database did not answer): retried.
+TEST_F(TransactionalTest, ACheckpointThatCannotBeCheckedIsNotUsedYet) {
+  auto d = Make();
+  SeedCheckpoint(At(500));
+  absl::Status s = Ready(*d, absl::UnavailableError("connection refused"));
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_FALSE(d->Skips({At(1)}));
 }
 
 // A failover or restore to a server whose WAL went back: the checkpoint of

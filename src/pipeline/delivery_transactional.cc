@@ -289,14 +289,20 @@ absl::Status TransactionalDelivery::Prepare(
   }
   if (found.has_value()) {
     absl::Status c = check(found->position);
-    if (!c.ok()) {
+    if (absl::IsFailedPrecondition(c)) {
+      // Past the database's WAL: written in a history the database no
+      // longer has (restored, re-initialised). Never used to skip; the
+      // stream goes on from the slot (duplicates possible, no loss).
+      spdlog::warn(
+          "exactly-once: the checkpoint of transactional id {} is at {}, {}: "
+          "the database went back (a restore); not used to skip events "
+          "(the events the slot resends are published again)",
+          transactional_id_, Describe(found), std::string(c.message()));
+      found.reset();
+    } else if (!c.ok()) {
       return absl::Status(
-          c.code(),
-          absl::StrCat("the exactly-once checkpoint of transactional id ",
-                       transactional_id_, " is at ", Describe(found), ", ",
-                       c.message(),
-                       ": the database was restored or re-initialised; "
-                       "start with a new --transactional-id"));
+          c.code(), absl::StrCat("exactly-once: checking the checkpoint at ",
+                                 Describe(found), ": ", c.message()));
     }
   }
   checkpoint_ = found;
