@@ -200,6 +200,10 @@ ABSL_FLAG(absl::Duration, reconcile_interval, absl::Seconds(30),
 ABSL_FLAG(absl::Duration, reconcile_margin, absl::Minutes(1),
           "cdc: rows whose created_at is younger than this are not judged "
           "by the reconciler yet");
+ABSL_FLAG(int, reconcile_batch, 100000,
+          "cdc: the rows one reconciler pass fetches at most (its memory: "
+          "about 100 bytes a row); a window with more (after a long stop) is "
+          "judged over several passes that follow at once; 1 to 10000000");
 ABSL_FLAG(absl::Duration, reconnect_backoff_initial, absl::Milliseconds(100),
           "first wait before reconnecting to PostgreSQL after the "
           "connection is lost (replication, or the poller's with "
@@ -242,8 +246,8 @@ absl::Status RefuseFlagsOfOtherModes(const flags::ParsedCommandLine& cmd) {
          FLAGS_slot_metrics_interval, FLAGS_standby_poll_interval,
          FLAGS_message_prefix, FLAGS_on_slot_loss, FLAGS_failover_slot,
          FLAGS_republish_margin, FLAGS_reconcile_interval,
-         FLAGS_reconcile_margin, FLAGS_cleanup_after, FLAGS_transactional_id,
-         FLAGS_transaction_interval}));
+         FLAGS_reconcile_margin, FLAGS_reconcile_batch, FLAGS_cleanup_after,
+         FLAGS_transactional_id, FLAGS_transaction_interval}));
     if (source == "poll") {
       RETURN_IF_ERROR(
           flags::OnlyFor(cmd, "--source=notify", {FLAGS_notify_channel}));
@@ -314,6 +318,7 @@ OutboxdFlags ReadFlags(const flags::ParsedCommandLine& cmd) {
   f.republish_margin = absl::GetFlag(FLAGS_republish_margin);
   f.reconcile_interval = absl::GetFlag(FLAGS_reconcile_interval);
   f.reconcile_margin = absl::GetFlag(FLAGS_reconcile_margin);
+  f.reconcile_batch = absl::GetFlag(FLAGS_reconcile_batch);
   f.cleanup_after = absl::GetFlag(FLAGS_cleanup_after);
   f.status_interval = absl::GetFlag(FLAGS_status_interval);
   f.standby_poll_interval = absl::GetFlag(FLAGS_standby_poll_interval);
@@ -389,6 +394,7 @@ std::vector<std::unique_ptr<Reconciler>> StartReconcilers(
     o.name = s.name.empty() ? "" : absl::StrCat("[", s.name, "] ");
     o.interval = cdc.reconcile_interval;
     o.margin = cdc.reconcile_margin;
+    o.max_rows_per_pass = cdc.reconcile_batch;
     o.records = publisher.records;
     o.producer = publisher.producer;
     o.transactional = publisher.delivery == DeliveryGuarantee::kExactlyOnce;

@@ -331,6 +331,11 @@ absl::StatusOr<CdcOptions> CdcOptionsFromFlags(
       flags::CheckNotNegative("--reconcile-margin", f.reconcile_margin));
   o.reconcile_interval = f.reconcile_interval;
   o.reconcile_margin = f.reconcile_margin;
+  if (f.reconcile_batch < 1 || f.reconcile_batch > 10000000) {
+    return Invalid(absl::StrCat("--reconcile-batch must be between 1 and ",
+                                "10000000, not ", f.reconcile_batch));
+  }
+  o.reconcile_batch = f.reconcile_batch;
   RETURN_IF_ERROR(flags::CheckNotNegative("--slot-metrics-interval",
                                           f.slot_metrics_interval));
   o.slot_metrics_interval = f.slot_metrics_interval;

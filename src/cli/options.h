@@ -74,6 +74,7 @@ struct OutboxdFlags {
   absl::Duration republish_margin;
   absl::Duration reconcile_interval;
   absl::Duration reconcile_margin;
+  int reconcile_batch = 100000;
   absl::Duration cleanup_after;
   absl::Duration status_interval;
   absl::Duration standby_poll_interval;
@@ -109,6 +110,7 @@ struct CdcOptions {
   // none. Rows younger than the margin are not judged.
   absl::Duration reconcile_interval;
   absl::Duration reconcile_margin;
+  int reconcile_batch = 100000;  // rows a pass fetches at most
 };
 
 // Everything outboxd's flags make.

@@ -180,6 +180,8 @@ TEST(OptionsTest, EachBadValueIsOneLineNamingItsFlag) {
        "--slot and --publication must not be empty"},
       {[](auto& f) { f.on_slot_loss = "ignore"; }, "--on-slot-loss must be"},
       {[](auto& f) { f.failover_slot = "yes"; }, "--failover-slot must be"},
+      {[](auto& f) { f.reconcile_batch = 0; },
+       "--reconcile-batch must be between 1 and 10000000, not 0"},
       // The streams. One rule for slot names, whether --slot or
       // --slot_<database> makes it: lower case letters, digits and
       // underscores, at most 63 (outbox_slot_ + 52 characters is 64).

@@ -89,7 +89,9 @@ void Reconciler::Run() {
   // Its own name in top -H and /proc (the reconcile benchmark reads it).
   pthread_setname_np(pthread_self(), "reconciler");
   std::string last_error;
-  while (!stop_.WaitForNotificationWithTimeout(options_.interval)) {
+  while (!stop_.WaitForNotificationWithTimeout(behind_ ? absl::ZeroDuration()
+                                                       : options_.interval)) {
+    behind_ = false;
     absl::Status s = Pass();
     if (!s.ok() && !stopping_.load()) {
       // Logged once per distinct cause; retried next interval.
@@ -215,20 +217,39 @@ absl::Status Reconciler::Pass() {
     // The row's xmin precedes the horizon: age() is the distance back from
     // the current transaction id (wraparound-safe; a frozen xmin is
     // oldest of all).
+    const std::string select = absl::StrCat(
+        "SELECT ", q, ".", id, "::text, (age(", q,
+        ".xmin) > age(($3::xid8::text::numeric % 4294967296)"
+        "::text::xid))::text, (extract(epoch FROM ",
+        q, ".", created, ") * 1000000)::bigint::text", window, fresh);
+    // At most kMaxRowsPerPass rows (a window far behind, after a long
+    // stop): this pass's window then ends at the last row's created_at and
+    // the next pass follows at once. Rows of one transaction start are
+    // never split.
     ASSIGN_OR_RETURN(
         PgResult rows,
-        conn->ExecParams(
-            absl::StrCat("SELECT ", q, ".", id, "::text, (age(", q,
-                         ".xmin) > age(($3::xid8::text::numeric % 4294967296)"
-                         "::text::xid))::text, (extract(epoch FROM ",
-                         q, ".", created, ") * 1000000)::bigint::text", window,
-                         fresh),
-            params));
+        conn->ExecParams(absl::StrCat(select, " ORDER BY ", q, ".", created,
+                                      " LIMIT ", options_.max_rows_per_pass),
+                         params));
+    int64_t end = hi;
+    const int limit = options_.max_rows_per_pass;
+    if (PQntuples(rows.get()) == limit) {
+      const int64_t cut = Int(rows.get(), limit - 1, 2);
+      if (Int(rows.get(), 0, 2) < cut) {
+        end = cut;  // the rows at `cut` are the next pass's
+      } else {
+        // One transaction start holds them all: all of its rows.
+        end = cut + 1;
+        params[1] = absl::StrCat(end);
+        ASSIGN_OR_RETURN(rows, conn->ExecParams(select, params));
+      }
+    }
     const PGresult* r = rows.get();
     std::vector<uint64_t> hashes;
     std::vector<int> judged_rows;
     int64_t pending_min = std::numeric_limits<int64_t>::max();
     for (int i = 0; i < PQntuples(r); ++i) {
+      if (Int(r, i, 2) >= end) continue;  // the next pass's
       if (Field(r, i, 1) != "true") {
         pending_min = std::min(pending_min, Int(r, i, 2));
         continue;
@@ -238,6 +259,9 @@ absl::Status Reconciler::Pass() {
       hashes.push_back(AcknowledgedIds::Hash(*row_id));
       judged_rows.push_back(i);
     }
+    // More to judge at once, unless the pass judged nothing (rows waiting
+    // for the horizon fill the batch): then the interval.
+    if (end < hi && !judged_rows.empty()) behind_ = true;
     const std::vector<bool> acked = options_.acknowledged->ContainsEach(hashes);
     std::vector<std::string> missing_ids;
     for (size_t k = 0; k < acked.size(); ++k) {
@@ -246,10 +270,10 @@ absl::Status Reconciler::Pass() {
     // The next window: from one margin before this one's end, or from the
     // oldest row not judged yet; once the missing rows are in Kafka.
     const int64_t next_lo =
-        std::max(floor_us_, std::min(hi - margin_us, pending_min));
+        std::max(floor_us_, std::min(end - margin_us, pending_min));
     if (missing_ids.empty()) {
       lo_[t] = next_lo;
-      Judged(t, hi, *horizon);
+      Judged(t, end, *horizon);
       continue;
     }
 
@@ -263,7 +287,7 @@ absl::Status Reconciler::Pass() {
                          q, ".", created, ") * 1000000)::bigint::text", window,
                          " AND ", q, ".", id,
                          "::text = ANY($3::text[]) ORDER BY ", q, ".", created),
-            {absl::StrCat(lo), absl::StrCat(hi), ArrayLiteral(missing_ids)}));
+            {absl::StrCat(lo), absl::StrCat(end), ArrayLiteral(missing_ids)}));
     const PGresult* f = full.get();
     const std::string table_name = absl::StrCat(name.schema, ".", name.name);
     std::vector<RowCell> cells;
@@ -284,7 +308,7 @@ absl::Status Reconciler::Pass() {
     ASSIGN_OR_RETURN(events, LeaveThoseInKafka(source, std::move(events)));
     if (events.empty()) {
       lo_[t] = next_lo;
-      Judged(t, hi, *horizon);
+      Judged(t, end, *horizon);
       continue;
     }
     spdlog::error(
@@ -292,7 +316,7 @@ absl::Status Reconciler::Pass() {
         "never published (first id {}); publishing them late with header "
         "outbox.reconciled",
         options_.name, events.size(), name.ToString(), FormatUs(lo),
-        FormatUs(hi), events.front().id);
+        FormatUs(end), events.front().id);
     uint64_t delivered = 0;
     absl::Status published =
         PublishLate(source, confirmed, std::move(events), delivered);
@@ -302,7 +326,7 @@ absl::Status Reconciler::Pass() {
     if (options_.missing != nullptr) options_.missing->Increment(delivered);
     RETURN_IF_ERROR(published);
     lo_[t] = next_lo;
-    Judged(t, hi, *horizon);
+    Judged(t, end, *horizon);
   }
   int64_t judged = std::numeric_limits<int64_t>::max();
   for (size_t t = 0; t < lo_.size(); ++t) {

@@ -96,6 +96,10 @@ struct ReconcilerOptions {
   std::string name;
   absl::Duration interval = absl::Seconds(30);
   absl::Duration margin = absl::Minutes(1);
+  // --reconcile-batch: the rows a pass fetches at most (its memory, some
+  // 100 bytes a row); a window with more is judged over several passes,
+  // which then follow at once.
+  int max_rows_per_pass = 100000;
   RecordOptions records;  // as the streamed events'
   ProducerOptions producer;
   // --delivery=exactly-once: late records go into Kafka transactions of the
@@ -160,7 +164,10 @@ class Reconciler {
   int64_t floor_us_ = 0;
   int64_t recorded_before_ = 0;  // last reconciled_before written
   bool record_judged_ = true;    // false once writing it failed
-  uint32_t rank_ = 0;            // positions of reconciled records
+  // The last pass left rows of its window to the next
+  // (max_rows_per_pass): no wait before it.
+  bool behind_ = false;
+  uint32_t rank_ = 0;  // positions of reconciled records
   // Per table, the last pass that judged its window whole: the window's
   // end (0: none) and the horizon it judged with.
   std::vector<int64_t> judged_hi_;
