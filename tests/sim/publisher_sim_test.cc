@@ -924,7 +924,7 @@ TEST_F(PublisherSimTest, ExactlyOnceWithAWalThatGoesBack) {
   SimOptions options;
   options.force_mode = 1;
   options.wal_back_in_exactly_once = true;
-  const uint64_t count = EnvNumber("OUTBOXD_SIM_SCHEDULES").value_or(500);
+  const uint64_t count = EnvNumber("OUTBOXD_SIM_SCHEDULES").value_or(2000);
   const absl::Time start = absl::Now();
   Totals t = RunMany(1, count, options);
   PrintTotals(t, absl::Now() - start);
