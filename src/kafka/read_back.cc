@@ -16,9 +16,19 @@ namespace {
 
 constexpr absl::string_view kContext = "reading back from Kafka";
 
+bool NotAuthorized(rd_kafka_resp_err_t err) {
+  return err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+         err == RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED ||
+         err == RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED;
+}
+
+// kPermissionDenied for an authorization error (it will not pass by
+// itself), kUnavailable for anything else.
 absl::Status Unavailable(absl::string_view what, rd_kafka_resp_err_t err) {
-  return absl::UnavailableError(
-      absl::StrCat(kContext, ": ", what, ": ", rd_kafka_err2name(err)));
+  std::string message =
+      absl::StrCat(kContext, ": ", what, ": ", rd_kafka_err2name(err));
+  if (NotAuthorized(err)) return absl::PermissionDeniedError(message);
+  return absl::UnavailableError(message);
 }
 
 // Every partition of the asked topics that exist, each at offset
@@ -61,6 +71,12 @@ absl::Status ReadToEnd(rd_kafka_t* rk, int partitions,
     }
     rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 200);
     if (m == nullptr) continue;
+    if (NotAuthorized(m->err)) {
+      absl::Status denied = Unavailable(
+          m->rkt != nullptr ? rd_kafka_topic_name(m->rkt) : "fetch", m->err);
+      rd_kafka_message_destroy(m);
+      return denied;
+    }
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
       at_end[{rd_kafka_topic_name(m->rkt), m->partition}] = true;
     } else if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR &&

@@ -35,7 +35,8 @@ struct ReadBackRequest {
 // Which of `request.ids` the records carry in header `id`. Stops early once
 // every id is found. kUnavailable when the cluster did not answer or the
 // read did not reach every partition's end within the timeout (the caller
-// asks again later; nothing is guessed).
+// asks again later; nothing is guessed); kPermissionDenied when outboxd's
+// principal may not read (describe) a topic.
 absl::StatusOr<absl::flat_hash_set<std::string>> FindIdsInKafka(
     const ReadBackRequest& request);
 

@@ -88,6 +88,16 @@ TEST_F(ReadBackTest, ATopicThatDoesNotExistHoldsNothing) {
   EXPECT_TRUE(found->empty());
 }
 
+// A principal that may write the topics but not read them: an answer that
+// will not change, not a wait until the timeout.
+TEST_F(ReadBackTest, ATopicItMayNotReadIsPermissionDenied) {
+  Produce({{"orders", "a", now_ms_}});
+  cluster_.FailRequests(/*Fetch*/ 1, 100,
+                        RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED);
+  auto found = FindIdsInKafka(Request({"orders"}, {"a"}));
+  EXPECT_TRUE(absl::IsPermissionDenied(found.status())) << found.status();
+}
+
 TEST_F(ReadBackTest, AClusterThatDoesNotAnswerIsUnavailable) {
   ReadBackRequest r = Request({"orders"}, {"a"});
   cluster_.SetAllBrokersDown(1);

@@ -379,8 +379,22 @@ absl::StatusOr<std::vector<OutboxEvent>> Reconciler::LeaveThoseInKafka(
         std::min(request.since_unix_ms, e.commit_time_unix_ms);
     request.ids.insert(e.id);
   }
-  ASSIGN_OR_RETURN(absl::flat_hash_set<std::string> found,
-                   options_.read_back(request));
+  absl::StatusOr<absl::flat_hash_set<std::string>> read =
+      options_.read_back(request);
+  if (absl::IsPermissionDenied(read.status())) {
+    // An answer that will not change: judging these would stop the window
+    // (and the cleaner) for good. They are left to the slot, as without
+    // an earlier process's progress.
+    spdlog::warn(
+        "{}reconcile: {}; the rows created before this process started "
+        "that it did not acknowledge itself ({} now) are not judged (grant "
+        "outboxd's principal READ and DESCRIBE on its topics)",
+        options_.name, std::string(read.status().message()), earlier.size());
+    floor_us_ = std::max(floor_us_, start_us_);
+    return later;
+  }
+  RETURN_IF_ERROR(read.status());
+  const absl::flat_hash_set<std::string>& found = *read;
   size_t absent = 0;
   for (OutboxEvent& e : earlier) {
     if (found.contains(e.id)) {

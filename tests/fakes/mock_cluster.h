@@ -6,6 +6,7 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include <cstdint>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -42,6 +43,12 @@ class MockCluster {
     ASSERT_EQ(
         rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, 1),
         RD_KAFKA_RESP_ERR_NO_ERROR);
+  }
+  // The next `count` requests of `api_key` fail with `err`.
+  void FailRequests(int16_t api_key, int count, rd_kafka_resp_err_t err) {
+    for (int i = 0; i < count; ++i) {
+      rd_kafka_mock_push_request_errors(cluster_, api_key, 1, err);
+    }
   }
   void SetAllBrokersDown(int brokers) {
     for (int id = 1; id <= brokers; ++id) {

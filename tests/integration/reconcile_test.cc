@@ -268,5 +268,33 @@ TEST_F(ReconcileTest, RowsSkippedJustBeforeAKillAreReconciledAfterIt) {
       << Log(second);
 }
 
+// A principal that may not read the topics: Kafka cannot be asked about
+// the rows from before the restart. They are left to the slot, with one
+// warning naming the grant, and the reconciler goes on: a later
+// publication fault is still reconciled (the window is not stuck).
+TEST_F(ReconcileTest, TopicsItMayNotReadDoNotStopTheReconciler) {
+  size_t first = 0;
+  ASSERT_GT(StartReconciling(&first, "5m"), 0) << Log(first);
+  Insert(3);
+  ASSERT_EQ(Count(Read(prefix_ + "rec", 3, absl::Seconds(30))).lost, 0u);
+  Outboxd(first).Signal(SIGKILL);
+  ASSERT_TRUE(Outboxd(first).Wait(absl::Seconds(15)).has_value());
+
+  // Fetch (API key 1) refused: only the reconciler's read-back fetches.
+  ASSERT_TRUE(broker_->InjectError(1, "TOPIC_AUTHORIZATION_FAILED", 1000).ok());
+  size_t second = 0;
+  const int port = StartReconciling(&second);
+  ASSERT_GT(port, 0) << Log(second);
+  EXPECT_TRUE(WaitForLog(second, "are not judged (grant")) << Log(second);
+  ASSERT_TRUE(broker_->ClearErrors(1).ok());
+  ASSERT_TRUE(Exec("ALTER PUBLICATION outbox_pub DROP TABLE outbox").ok());
+  Insert(4, "later");
+  ASSERT_TRUE(Exec("ALTER PUBLICATION outbox_pub ADD TABLE outbox").ok());
+  std::vector<ConsumedRecord> later =
+      Read(prefix_ + "later", 4, absl::Seconds(60), absl::Seconds(3));
+  EXPECT_EQ(later.size(), 4u) << Log(second);
+  EXPECT_EQ(Missing(port), 4) << Log(second);
+}
+
 }  // namespace
 }  // namespace outboxd::testing
