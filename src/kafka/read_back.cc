@@ -2,9 +2,13 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <algorithm>
 #include <map>
+#include <string>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
@@ -120,6 +124,20 @@ absl::Status LookUpTimes(rd_kafka_t* rk, rd_kafka_topic_partition_list_t* list,
   return absl::OkStatus();
 }
 
+// The low and high watermarks of a partition, asked of the broker.
+absl::StatusOr<std::pair<int64_t, int64_t>> Watermarks(
+    rd_kafka_t* rk, const rd_kafka_topic_partition_t& tp, absl::Time deadline) {
+  int64_t low = 0;
+  int64_t high = 0;
+  rd_kafka_resp_err_t err =
+      rd_kafka_query_watermark_offsets(rk, tp.topic, tp.partition, &low, &high,
+                                       ToTimeoutMs(deadline - absl::Now()));
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return Unavailable(absl::StrCat(tp.topic, "[", tp.partition, "]"), err);
+  }
+  return std::make_pair(low, high);
+}
+
 // Where to start reading each partition of `at_times` (timestamps): the
 // first record at or after the time. "None" (-1) is checked by asking for
 // the time 0: a broker that has records but finds none even then does not
@@ -138,25 +156,97 @@ absl::StatusOr<PartitionListPtr> StartOffsets(
                                       tp.topic, tp.partition)
         ->offset = tp.offset < 0 ? 0 : tp.offset;
   }
+  // A read from the partition's first record may have missed records
+  // retention deleted (the time is older than what Kafka keeps).
+  for (int i = 0; i < start->cnt; ++i) {
+    const rd_kafka_topic_partition_t& tp = start->elems[i];
+    ASSIGN_OR_RETURN(auto marks, Watermarks(rk, tp, deadline));
+    if (marks.first > 0 && tp.offset == marks.first) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(kContext, ": ", tp.topic, "[", tp.partition,
+                       "] starts at offset ", marks.first,
+                       " with a record from after the time: records of the "
+                       "time may have been deleted (retention)"));
+    }
+  }
   if (none->cnt == 0) return start;
   RETURN_IF_ERROR(LookUpTimes(rk, none.get(), deadline));
   for (int i = 0; i < none->cnt; ++i) {
     const rd_kafka_topic_partition_t& tp = none->elems[i];
     if (tp.offset >= 0) continue;  // times work: nothing after the time
-    int64_t low = 0;
-    int64_t high = 0;
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
-        rk, tp.topic, tp.partition, &low, &high,
-        ToTimeoutMs(deadline - absl::Now()));
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-      return Unavailable(absl::StrCat(tp.topic, "[", tp.partition, "]"), err);
-    }
-    if (high > low) {
+    ASSIGN_OR_RETURN(auto marks, Watermarks(rk, tp, deadline));
+    if (marks.second > marks.first) {
       rd_kafka_topic_partition_list_add(start.get(), tp.topic, tp.partition)
-          ->offset = low;
+          ->offset = marks.first;
     }
   }
   return start;
+}
+
+// Kafka keeps only the newest record of a key in a compacted topic: what
+// it lacks then says nothing. kFailedPrecondition naming such a topic. A
+// broker that does not answer the question within a few seconds (a
+// principal without DescribeConfigs) is taken as not compacting; the dev
+// broker (librdkafka's mock cluster, which has no such request) is not
+// asked.
+absl::Status CheckNotCompacted(rd_kafka_t* rk,
+                               const std::vector<std::string>& topics,
+                               absl::Time deadline) {
+  char* cluster = rd_kafka_clusterid(rk, ToTimeoutMs(deadline - absl::Now()));
+  const bool mock =
+      cluster != nullptr && absl::StartsWith(cluster, "mockCluster");
+  if (cluster != nullptr) rd_kafka_mem_free(rk, cluster);
+  if (mock) return absl::OkStatus();
+  deadline = std::min(deadline, absl::Now() + absl::Seconds(10));
+  std::vector<rd_kafka_ConfigResource_t*> resources;
+  for (const std::string& t : topics) {
+    resources.push_back(
+        rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, t.c_str()));
+  }
+  rd_kafka_queue_t* queue = rd_kafka_queue_new(rk);
+  rd_kafka_AdminOptions_t* options =
+      rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+  char errstr[256];
+  rd_kafka_AdminOptions_set_request_timeout(
+      options, ToTimeoutMs(deadline - absl::Now()), errstr, sizeof(errstr));
+  rd_kafka_DescribeConfigs(rk, resources.data(), resources.size(), options,
+                           queue);
+  rd_kafka_event_t* event =
+      rd_kafka_queue_poll(queue, ToTimeoutMs(deadline - absl::Now()));
+  absl::Status status = absl::OkStatus();
+  const rd_kafka_DescribeConfigs_result_t* result =
+      event != nullptr && rd_kafka_event_error(event) == 0
+          ? rd_kafka_event_DescribeConfigs_result(event)
+          : nullptr;
+  size_t count = 0;
+  const rd_kafka_ConfigResource_t** described =
+      result != nullptr
+          ? rd_kafka_DescribeConfigs_result_resources(result, &count)
+          : nullptr;
+  for (size_t i = 0; i < count && status.ok(); ++i) {
+    if (rd_kafka_ConfigResource_error(described[i]) != 0) continue;
+    size_t n = 0;
+    const rd_kafka_ConfigEntry_t** entries =
+        rd_kafka_ConfigResource_configs(described[i], &n);
+    for (size_t e = 0; e < n; ++e) {
+      const char* value = rd_kafka_ConfigEntry_value(entries[e]);
+      if (absl::string_view(rd_kafka_ConfigEntry_name(entries[e])) ==
+              "cleanup.policy" &&
+          value != nullptr && absl::StrContains(value, "compact")) {
+        status = absl::FailedPreconditionError(absl::StrCat(
+            kContext, ": topic ", rd_kafka_ConfigResource_name(described[i]),
+            " is compacted (cleanup.policy=", value,
+            "): what it lacks may have been compacted away"));
+      }
+    }
+  }
+  if (event != nullptr) rd_kafka_event_destroy(event);
+  rd_kafka_AdminOptions_destroy(options);
+  rd_kafka_queue_destroy(queue);
+  for (rd_kafka_ConfigResource_t* r : resources) {
+    rd_kafka_ConfigResource_destroy(r);
+  }
+  return status;
 }
 
 }  // namespace
@@ -182,6 +272,7 @@ absl::StatusOr<absl::flat_hash_set<std::string>> FindIdsInKafka(
 
   ASSIGN_OR_RETURN(PartitionListPtr list, PartitionsAt(rk, request, deadline));
   if (list->cnt == 0) return found;
+  RETURN_IF_ERROR(CheckNotCompacted(rk, request.topics, deadline));
   ASSIGN_OR_RETURN(PartitionListPtr assigned,
                    StartOffsets(rk, *list, deadline));
   if (assigned->cnt == 0) return found;

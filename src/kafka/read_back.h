@@ -36,7 +36,9 @@ struct ReadBackRequest {
 // every id is found. kUnavailable when the cluster did not answer or the
 // read did not reach every partition's end within the timeout (the caller
 // asks again later; nothing is guessed); kPermissionDenied when outboxd's
-// principal may not read (describe) a topic.
+// principal may not read (describe) a topic; kFailedPrecondition when
+// Kafka's answer cannot be trusted: a compacted topic, or records of the
+// time possibly deleted by retention.
 absl::StatusOr<absl::flat_hash_set<std::string>> FindIdsInKafka(
     const ReadBackRequest& request);
 

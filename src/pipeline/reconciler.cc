@@ -381,15 +381,19 @@ absl::StatusOr<std::vector<OutboxEvent>> Reconciler::LeaveThoseInKafka(
   }
   absl::StatusOr<absl::flat_hash_set<std::string>> read =
       options_.read_back(request);
-  if (absl::IsPermissionDenied(read.status())) {
-    // An answer that will not change: judging these would stop the window
-    // (and the cleaner) for good. They are left to the slot, as without
-    // an earlier process's progress.
+  if (absl::IsPermissionDenied(read.status()) ||
+      absl::IsFailedPrecondition(read.status())) {
+    // An answer that will not change (not authorized; a compacted topic,
+    // retention): judging these would stop the window (and the cleaner)
+    // for good, or republish what Kafka dropped. They are left to the
+    // slot, as without an earlier process's progress.
     spdlog::warn(
         "{}reconcile: {}; the rows created before this process started "
-        "that it did not acknowledge itself ({} now) are not judged (grant "
-        "outboxd's principal READ and DESCRIBE on its topics)",
-        options_.name, std::string(read.status().message()), earlier.size());
+        "that it did not acknowledge itself ({} now) are not judged{}",
+        options_.name, std::string(read.status().message()), earlier.size(),
+        absl::IsPermissionDenied(read.status())
+            ? " (grant outboxd's principal READ and DESCRIBE on its topics)"
+            : "");
     floor_us_ = std::max(floor_us_, start_us_);
     return later;
   }

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
@@ -27,7 +28,10 @@
 #include "absl/time/time.h"
 #include "common/lsn.h"
 #include "gtest/gtest.h"
+#include "kafka/producer.h"
+#include "kafka/read_back.h"
 #include "nlohmann/json.hpp"
+#include "outbox/router.h"
 #include "tests/harness/child_process.h"
 #include "tests/harness/kafka_cluster.h"
 #include "tests/harness/kafka_reader.h"
@@ -335,6 +339,58 @@ TEST_F(LeaderFailureTest, KillTheBusiestLeaderLosesAndDuplicatesNothing) {
         << "confirmed_flush_lsn " << s << " passed an unacknowledged commit";
   }
   EXPECT_TRUE(outboxd_.back()->Running()) << Log(0);
+}
+
+// kafka/read_back against Apache Kafka: offsets for times find the first
+// record at or after the time, the ids from there on are found, and a
+// compacted topic (what it lacks may have been compacted away) is named
+// instead of answered.
+TEST_F(JavaAgreementTest, ReadBackFindsIdsAndRefusesACompactedTopic) {
+  const std::string plain = prefix_ + "readback";
+  const std::string compacted = prefix_ + "readback-compacted";
+  ASSERT_TRUE(kafka_->CreateTopic(plain, 3).ok());
+  ASSERT_TRUE(
+      kafka_->CreateTopic(compacted, 1, -1, {{"cleanup.policy", "compact"}})
+          .ok());
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  ProducerOptions options;
+  options.brokers = kafka_->bootstrap();
+  std::atomic<int> acked{0};
+  auto producer = KafkaProducer::Create(options, [&](uint64_t, absl::Status s) {
+    EXPECT_TRUE(s.ok()) << s;
+    ++acked;
+  });
+  ASSERT_TRUE(producer.ok()) << producer.status();
+  std::vector<std::tuple<std::string, std::string, int64_t>> records = {
+      {plain, "old", now_ms - 3600 * 1000},
+      {plain, "a", now_ms},
+      {plain, "b", now_ms + 3},
+      {compacted, "c", now_ms}};
+  for (const auto& [topic, id, timestamp] : records) {
+    KafkaRecord r;
+    r.topic = topic;
+    r.key = id;
+    r.value = absl::string_view("{}");
+    r.timestamp_ms = timestamp;
+    r.headers.emplace_back("id", id);
+    ASSERT_TRUE((*producer)->Produce(r, 0).ok());
+  }
+  ASSERT_TRUE((*producer)->Flush(absl::Seconds(60)).ok());
+  ASSERT_EQ(acked.load(), 4);
+
+  ReadBackRequest request;
+  request.brokers = kafka_->bootstrap();
+  request.topics = {plain};
+  request.since_unix_ms = now_ms - 1000;
+  request.ids = {"old", "a", "b", "never"};
+  auto found = FindIdsInKafka(request);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(*found, (absl::flat_hash_set<std::string>{"a", "b"}));
+
+  request.topics = {plain, compacted};
+  found = FindIdsInKafka(request);
+  EXPECT_TRUE(absl::IsFailedPrecondition(found.status())) << found.status();
+  EXPECT_NE(found.status().message().find("compacted"), std::string::npos);
 }
 
 }  // namespace
