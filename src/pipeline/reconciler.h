@@ -27,7 +27,9 @@
 //     AcknowledgedIds; one from before, not in them, may have been
 //     published by the earlier process: Kafka is asked (kafka/read_back.h,
 //     its routed topics and the dead-letter topic from the row's
-//     created_at on);
+//     created_at on; a topic it may not read, a compacted one or one
+//     whose retention took records of the time: left to the slot, with a
+//     warning);
 //   - its xmin precedes the xmin horizon of the publisher state row
 //     (pg/publisher_state.h): its transaction committed before the WAL
 //     position of a sample taken at or before last_ack_lsn, which Kafka
