@@ -8,8 +8,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "kafka/producer.h"
-#include "outbox/router.h"
+#include "tests/fakes/id_records.h"
 #include "tests/fakes/mock_cluster.h"
 
 namespace outboxd {
@@ -25,24 +24,10 @@ class ReadBackTest : public ::testing::Test {
     now_ms_ = absl::ToUnixMillis(absl::Now());
   }
 
-  // Produces one record per (topic, id, timestamp) and waits for them.
-  void Produce(const std::vector<std::tuple<std::string, std::string, int64_t>>&
-                   records) {
-    ProducerOptions options;
-    options.brokers = cluster_.bootstraps();
-    auto producer = KafkaProducer::Create(
-        options, [](uint64_t, absl::Status s) { ASSERT_TRUE(s.ok()) << s; });
-    ASSERT_TRUE(producer.ok()) << producer.status();
-    for (const auto& [topic, id, timestamp] : records) {
-      KafkaRecord r;
-      r.topic = topic;
-      r.key = id;
-      r.value = absl::string_view("{}");
-      r.timestamp_ms = timestamp;
-      r.headers.emplace_back(std::string(kHeaderId), id);
-      ASSERT_TRUE((*producer)->Produce(r, 0).ok());
-    }
-    ASSERT_TRUE((*producer)->Flush(absl::Seconds(20)).ok());
+  void Produce(const std::vector<IdRecord>& records) {
+    ASSERT_TRUE(
+        ProduceIdRecords(cluster_.bootstraps(), records, absl::Seconds(20))
+            .ok());
   }
 
   ReadBackRequest Request(std::vector<std::string> topics,

@@ -15,7 +15,6 @@
 #include <sstream>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
@@ -32,6 +31,7 @@
 #include "kafka/read_back.h"
 #include "nlohmann/json.hpp"
 #include "outbox/router.h"
+#include "tests/fakes/id_records.h"
 #include "tests/harness/child_process.h"
 #include "tests/harness/kafka_cluster.h"
 #include "tests/harness/kafka_reader.h"
@@ -353,30 +353,13 @@ TEST_F(JavaAgreementTest, ReadBackFindsIdsAndRefusesACompactedTopic) {
       kafka_->CreateTopic(compacted, 1, -1, {{"cleanup.policy", "compact"}})
           .ok());
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
-  ProducerOptions options;
-  options.brokers = kafka_->bootstrap();
-  std::atomic<int> acked{0};
-  auto producer = KafkaProducer::Create(options, [&](uint64_t, absl::Status s) {
-    EXPECT_TRUE(s.ok()) << s;
-    ++acked;
-  });
-  ASSERT_TRUE(producer.ok()) << producer.status();
-  std::vector<std::tuple<std::string, std::string, int64_t>> records = {
-      {plain, "old", now_ms - 3600 * 1000},
-      {plain, "a", now_ms},
-      {plain, "b", now_ms + 3},
-      {compacted, "c", now_ms}};
-  for (const auto& [topic, id, timestamp] : records) {
-    KafkaRecord r;
-    r.topic = topic;
-    r.key = id;
-    r.value = absl::string_view("{}");
-    r.timestamp_ms = timestamp;
-    r.headers.emplace_back("id", id);
-    ASSERT_TRUE((*producer)->Produce(r, 0).ok());
-  }
-  ASSERT_TRUE((*producer)->Flush(absl::Seconds(60)).ok());
-  ASSERT_EQ(acked.load(), 4);
+  ASSERT_TRUE(ProduceIdRecords(kafka_->bootstrap(),
+                               {{plain, "old", now_ms - 3600 * 1000},
+                                {plain, "a", now_ms},
+                                {plain, "b", now_ms + 3},
+                                {compacted, "c", now_ms}},
+                               absl::Seconds(60))
+                  .ok());
 
   ReadBackRequest request;
   request.brokers = kafka_->bootstrap();
