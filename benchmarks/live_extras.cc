@@ -16,6 +16,7 @@
 #include "benchmarks/bench_pg.h"
 #include "benchmarks/bench_proc.h"
 #include "benchmarks/bench_results.h"
+#include "benchmarks/live_publisher.h"
 #include "tests/harness/metrics_scrape.h"
 
 namespace outboxd::bench {
@@ -84,7 +85,7 @@ ProduceCounts ScrapeProduceCounts(const std::string& log_path) {
   return counts;
 }
 
-absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
+absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env, const Variant& v,
                                           const std::vector<std::string>& args,
                                           int rate, absl::Duration duration,
                                           int connections, int fetch_wait_ms,
@@ -103,11 +104,11 @@ absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
   cdc.name = "cdc";
   cdc.source = "cdc";
   const std::string log_name = absl::StrCat("outboxd-live-latency-", run_index);
-  auto outboxd =
-      env.StartOutboxd(ModeRunArgs(cdc, slot, topic, args), log_name);
+  auto outboxd = StartLivePublisher(env, v, ModeRunArgs(cdc, slot, topic, args),
+                                    slot, topic, log_name);
   if (!outboxd.ok()) return outboxd.status();
   testing::ChildProcess& child = **outboxd;
-  s = env.WaitSlotActive(slot, absl::Seconds(60));
+  s = WaitLiveStreaming(env, v, slot, child, log_name);
   if (s.ok()) {
     s = WaitForWarmup(
         env.AdminConnInfo(), "order", **recorder, absl::Seconds(60),
@@ -124,7 +125,7 @@ absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
   for (int64_t t : load->commit_ns) committed += t != 0;
   DrainReceipts(**recorder, committed, absl::Seconds(5), load_end_ns);
   (*recorder)->Stop();
-  (void)env.StopOutboxd(child);
+  (void)StopLivePublisher(env, v, child);
   env.DropSlot(slot);
   const LatencySample sample = MeasureLatencies(*load, **recorder);
   nlohmann::json j;
