@@ -283,7 +283,6 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   if (mode.source == "cdc") {
     s = WaitLiveStreaming(env, variant, slot, child, log_name);
     if (!s.ok()) return s;
-    walsender = WalsenderPid(env, slot);
   }
   s = env.pg().Exec("postgres", WarmupEventSql("order"));
   if (!s.ok()) return s;
@@ -296,6 +295,9 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   // Let the warm-up settle and librdkafka's statistics (every second)
   // count its requests.
   absl::SleepFor(absl::Milliseconds(1200));
+  // The walsender streaming now: the one seen while the slot was being
+  // created (active then too) may have exited since.
+  if (mode.source == "cdc") walsender = WalsenderPid(env, slot);
 
   auto pool = ConnectAll(env.AdminConnInfo(), connections);
   if (!pool.ok()) return pool.status();
