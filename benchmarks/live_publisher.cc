@@ -55,6 +55,8 @@ std::map<std::string, std::map<std::string, Figures>> Collect(
     Figures& f = by[l["target_rate"]][l["variant"]];
     f["p50_ms"].push_back(l["latency_ms"]["p50"]);
     f["p99_ms"].push_back(l["latency_ms"]["p99"]);
+    const double pressure = l.value("cpu_pressure_some", -1.0);
+    if (pressure >= 0) f["cpu_pressure_pct"].push_back(100 * pressure);
   }
   return by;
 }
@@ -147,11 +149,12 @@ nlohmann::json VsDebeziumSummary(const nlohmann::json& runs,
 std::string VsDebeziumMarkdown(const nlohmann::json& summary) {
   std::string md =
       "\nSide by side, per event (median of the CPU runs, range in "
-      "brackets; latency from the latency runs)\n\n| target/s | publisher | "
+      "brackets; latency, and the share of time some task waited for a CPU, "
+      "from the latency runs)\n\n| target/s | publisher | "
       "runs | publisher CPU µs | walsender µs | broker µs | whole path µs | "
       "whole path vs Debezium | produce requests/event | peak RSS MB | "
-      "p50 ms | p99 ms |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:"
-      "|---:|---:|\n";
+      "p50 ms | p99 ms | CPU pressure % |\n|---:|---|---:|---:|---:|---:|---:"
+      "|---:|---:|---:|---:|---:|---:|\n";
   for (const nlohmann::json& row : summary) {
     for (const auto& [name, s] : row["settings"].items()) {
       const nlohmann::json none = {{"median", -1.0}};
@@ -165,13 +168,13 @@ std::string VsDebeziumMarkdown(const nlohmann::json& summary) {
           &md,
           absl::StrFormat(
               "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s "
-              "|\n",
+              "| %s |\n",
               row["target_rate"].get<std::string>(), name, s["runs"].get<int>(),
               fig("publisher", 1), fig("walsender", 1), fig("broker", 1),
               fig("whole_path", 1),
               ratio > 0 ? absl::StrFormat("**%.2fx**", ratio) : "-",
               fig("requests_per_event", 3), fig("peak_rss_mb", 0),
-              fig("p50_ms", 1), fig("p99_ms", 1)));
+              fig("p50_ms", 1), fig("p99_ms", 1), fig("cpu_pressure_pct", 0)));
     }
   }
   return md;

@@ -33,10 +33,14 @@ bench_deps
 if [[ -n $vs_debezium ]]; then
   bench_build outboxd live_bench
   libs=$("$root/benchmarks/debezium/fetch.sh")
-  # The broker as run-vs-debezium.sh runs it (1 GB heap, full JIT), not
-  # the test rig's small C1-only JVM.
+  # The broker's JVM as kafka-server-start.sh runs it (1 GB heap, full JIT,
+  # G1 aiming at 20 ms pauses), not the test rig's small C1-only one with
+  # the serial collector, whose pauses reach the latency's tail
+  # (benchmarks/results/experiments/tail-apache.md).
   export KAFKA_HEAP=${KAFKA_HEAP:-1g}
-  export KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:TieredStopAtLevel=4}
+  export KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--Xms1g -XX:TieredStopAtLevel=4 \
+-XX:-UseSerialGC -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+-XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}
   bench_args=(--broker=apache --debezium --connect_libs="$libs"
     --connect_log4j="$root/benchmarks/debezium/log4j2.properties"
     --stem=live-vs-debezium --variants=outboxd: --rates=3000,8000
