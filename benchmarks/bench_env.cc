@@ -1,6 +1,7 @@
 #include "benchmarks/bench_env.h"
 
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -43,6 +44,17 @@ std::string ResultStem(const std::string& base, BrokerKind broker) {
 }
 
 namespace {
+
+// The broker JVM's settings (scripts/kafka-cluster.sh: KAFKA_HEAP,
+// KAFKA_JVM_OPTS after its own -XX:+UseSerialGC -XX:TieredStopAtLevel=1).
+std::string KafkaJvm() {
+  const char* heap = std::getenv("KAFKA_HEAP");
+  const char* opts = std::getenv("KAFKA_JVM_OPTS");
+  return absl::StrCat("JVM -Xmx", heap && *heap ? heap : "512m",
+                      " -XX:+UseSerialGC -XX:TieredStopAtLevel=1",
+                      opts && *opts ? absl::StrCat(" ", opts) : "",
+                      " (later options win)");
+}
 
 // The broker jar's version in the rig's folder (kafka_<scala>-<version>.jar),
 // "" if there is none.
@@ -216,10 +228,10 @@ absl::StatusOr<std::unique_ptr<BenchEnv>> BenchEnv::Start(
     std::ifstream pid_file(env->kafka_->dir() + "/node-0/pid");
     pid_file >> env->broker_pid_;
     const std::string version = KafkaVersion(env->kafka_->LibsDir());
-    env->broker_description_ =
-        absl::StrCat("Apache Kafka", version.empty() ? "" : " ", version,
-                     " (KRaft, JVM), 1 node, ", kPartitions,
-                     " partitions per topic, topics created up front");
+    env->broker_description_ = absl::StrCat(
+        "Apache Kafka", version.empty() ? "" : " ", version,
+        " (KRaft, JVM), 1 node, ", kPartitions,
+        " partitions per topic, topics created up front; ", KafkaJvm());
     std::cerr << "postmaster pid " << env->postmaster_pid_
               << ", Apache Kafka pid " << env->broker_pid_ << ", bootstrap "
               << env->bootstrap() << "\n";

@@ -28,7 +28,8 @@
 //
 // --variants compares outboxd settings in one run (alternated, --reps),
 // --warmup warms the broker first, --latency adds a latency run per
-// setting with a consumer (the CPU runs have none).
+// setting with a consumer (the CPU runs have none), --debezium adds
+// Debezium in Kafka Connect as one more setting (live_publisher.h).
 //
 // Writes <out>/live.json and live.md (live-apache.* with --broker=apache).
 // Measures only; asserts nothing.
@@ -64,6 +65,7 @@
 #include "benchmarks/bench_reconcile.h"
 #include "benchmarks/bench_results.h"
 #include "benchmarks/live_extras.h"
+#include "benchmarks/live_publisher.h"
 #include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::vector<std::string>, rates,
@@ -100,6 +102,13 @@ ABSL_FLAG(std::vector<std::string>, reconcile, {},
           "compare reconciler settings (off, default, <interval>, "
           "<interval>/<margin>) and write reconcile.{json,md}");
 ABSL_FLAG(int, repeat, 1, "rounds of the --reconcile settings");
+ABSL_FLAG(bool, debezium, false,
+          "Debezium (Kafka Connect, Outbox Event Router at its defaults) as "
+          "one more setting, on the same broker and load (--broker=apache)");
+ABSL_FLAG(std::string, connect_libs, "",
+          "with --debezium: the Kafka Connect + Debezium jars");
+ABSL_FLAG(std::string, connect_log4j, "",
+          "with --debezium: log4j2 configuration for Kafka Connect");
 ABSL_FLAG(absl::Duration, settle, absl::ZeroDuration(),
           "load time before the measured window");
 
@@ -262,7 +271,7 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
       absl::StrCat("outboxd-live-", mode.name, "-", rate_name, "-", run_index);
   const std::string log_path =
       absl::StrCat(env.work_dir(), "/", log_name, ".log");
-  auto outboxd = env.StartOutboxd(args, log_name);
+  auto outboxd = StartLivePublisher(env, variant, args, slot, topic, log_name);
   if (!outboxd.ok()) return outboxd.status();
   testing::ChildProcess& child = **outboxd;
   const pid_t pid = child.pid();
@@ -272,9 +281,8 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   // and the first batch are out of the measurement.
   pid_t walsender = -1;
   if (mode.source == "cdc") {
-    s = env.WaitSlotActive(slot, absl::Seconds(60));
+    s = WaitLiveStreaming(env, variant, slot, child, log_name);
     if (!s.ok()) return s;
-    walsender = WalsenderPid(env, slot);
   }
   s = env.pg().Exec("postgres", WarmupEventSql("order"));
   if (!s.ok()) return s;
@@ -287,6 +295,9 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   // Let the warm-up settle and librdkafka's statistics (every second)
   // count its requests.
   absl::SleepFor(absl::Milliseconds(1200));
+  // The walsender streaming now: the one seen while the slot was being
+  // created (active then too) may have exited since.
+  if (mode.source == "cdc") walsender = WalsenderPid(env, slot);
 
   auto pool = ConnectAll(env.AdminConnInfo(), connections);
   if (!pool.ok()) return pool.status();
@@ -331,7 +342,7 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   }
   absl::SleepFor(absl::Milliseconds(1200));  // the next statistics
   const ProduceCounts sent_after = ScrapeProduceCounts(log_path);
-  auto code = env.StopOutboxd(child);
+  auto code = StopLivePublisher(env, variant, child);
   if (mode.source == "cdc") env.DropSlot(slot);
 
   const double window_s = (after.at_ns - before.at_ns) / 1e9;
@@ -343,6 +354,7 @@ absl::StatusOr<nlohmann::json> RunOne(BenchEnv& env, const PublisherMode& mode,
   nlohmann::json j;
   j["mode"] = mode.name;
   j["variant"] = variant.name;
+  j["publisher"] = variant.debezium ? "debezium" : "outboxd";
   j["variant_args"] = variant.args;
   j["target_rate"] = rate_name;
   j["duration_s"] = absl::ToDoubleSeconds(duration);
@@ -432,9 +444,10 @@ void RunSetting(BenchEnv& env, const PublisherMode& mode, const Variant& v,
   if (rs != nullptr) (*r)["round"] = round;
   out.runs.push_back(*r);
   if (!absl::GetFlag(FLAGS_latency) || rate <= 0) return;
-  auto l = RunLatency(env, VariantArgs(v), rate, absl::GetFlag(FLAGS_duration),
-                      absl::GetFlag(FLAGS_connections),
-                      absl::GetFlag(FLAGS_fetch_wait_ms), run_index);
+  auto l =
+      RunLatency(env, v, VariantArgs(v), rate, absl::GetFlag(FLAGS_duration),
+                 absl::GetFlag(FLAGS_connections),
+                 absl::GetFlag(FLAGS_fetch_wait_ms), run_index);
   if (!l.ok()) {
     AddFailure(out.failures,
                absl::StrCat("latency ", mode.name, " ", v.name, " ", rate_name),
@@ -454,9 +467,21 @@ int Main(int argc, char** argv) {
       ParseModesAndRates(absl::GetFlag(FLAGS_modes), absl::GetFlag(FLAGS_rates),
                          /*allow_max=*/true);
   if (!plan) return kBadFlags;
-  const std::optional<std::vector<Variant>> variants =
+  std::optional<std::vector<Variant>> variants =
       ParseVariants(absl::GetFlag(FLAGS_variants));
   if (!variants || variants->empty()) return kBadFlags;
+  const bool debezium = absl::GetFlag(FLAGS_debezium);
+  if (debezium && (*broker != BrokerKind::kApache ||
+                   absl::GetFlag(FLAGS_connect_libs).empty())) {
+    std::cerr << "--debezium needs --broker=apache and --connect_libs "
+                 "(benchmarks/run-live.sh --vs-debezium sets them)\n";
+    return kBadFlags;
+  }
+  if (debezium) {
+    variants->push_back(DebeziumVariant({absl::GetFlag(FLAGS_connect_libs),
+                                         absl::GetFlag(FLAGS_connect_log4j),
+                                         {}}));
+  }
   auto settings = ParseReconcileSettings(absl::GetFlag(FLAGS_reconcile));
   if (!settings.ok()) {
     std::cerr << settings.status().message() << "\n";
@@ -536,6 +561,14 @@ int Main(int argc, char** argv) {
     doc["setup"]["order"] = "rounds of the settings, every other reversed";
     doc["summary"] = ReconcileSummary(*settings, runs);
   }
+  if (debezium) {
+    doc["setup"]["debezium"] =
+        "Kafka Connect standalone (file offset store), Debezium's PostgreSQL "
+        "connector and Outbox Event Router at their defaults, every record "
+        "routed to the run's topic; JVM -Xms256M -Xmx2G G1 "
+        "(connect-standalone.sh's); its own slot, like outboxd's";
+    doc["vs_debezium"] = VsDebeziumSummary(runs, results.latency);
+  }
   doc["runs"] = runs;
   doc["failures"] = results.failures;
   doc["latency"] = results.latency;
@@ -547,7 +580,9 @@ int Main(int argc, char** argv) {
           ? ReconcileMarkdown(env->broker_description(), doc["summary"], runs)
           : LiveMarkdown(env->broker_description(), runs, results.latency,
                          variants->size() > 1);
-  if (!WriteResults(stem, doc, md)) return 1;
+  const std::string side_by_side =
+      debezium ? VsDebeziumMarkdown(doc["vs_debezium"]) : "";
+  if (!WriteResults(stem, doc, md + side_by_side)) return 1;
   return results.failures.empty() && all_arrived ? 0 : 1;
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -16,6 +17,7 @@
 #include "benchmarks/bench_pg.h"
 #include "benchmarks/bench_proc.h"
 #include "benchmarks/bench_results.h"
+#include "benchmarks/live_publisher.h"
 #include "tests/harness/metrics_scrape.h"
 
 namespace outboxd::bench {
@@ -25,6 +27,26 @@ namespace {
 std::string Fig(const nlohmann::json& v, int decimals) {
   const double d = v.get<double>();
   return d < 0 ? "-" : absl::StrFormat("%.*f", decimals, d);
+}
+
+// The "some" line's total of /proc/pressure/cpu: µs during which at least
+// one runnable task waited for a CPU; -1 without PSI.
+double CpuPressureMicros() {
+  std::ifstream in("/proc/pressure/cpu");
+  std::string word;
+  while (in >> word) {
+    if (absl::StartsWith(word, "total=")) {
+      double v = -1;
+      return absl::SimpleAtod(word.substr(6), &v) ? v : -1;
+    }
+  }
+  return -1;
+}
+
+// The latency run's CPU pressure as a percentage, "-" when unknown.
+std::string Pressure(const nlohmann::json& l) {
+  const double p = l.value("cpu_pressure_some", -1.0);
+  return p < 0 ? "-" : absl::StrFormat("%.0f %%", 100 * p);
 }
 
 }  // namespace
@@ -84,7 +106,7 @@ ProduceCounts ScrapeProduceCounts(const std::string& log_path) {
   return counts;
 }
 
-absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
+absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env, const Variant& v,
                                           const std::vector<std::string>& args,
                                           int rate, absl::Duration duration,
                                           int connections, int fetch_wait_ms,
@@ -103,11 +125,11 @@ absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
   cdc.name = "cdc";
   cdc.source = "cdc";
   const std::string log_name = absl::StrCat("outboxd-live-latency-", run_index);
-  auto outboxd =
-      env.StartOutboxd(ModeRunArgs(cdc, slot, topic, args), log_name);
+  auto outboxd = StartLivePublisher(env, v, ModeRunArgs(cdc, slot, topic, args),
+                                    slot, topic, log_name);
   if (!outboxd.ok()) return outboxd.status();
   testing::ChildProcess& child = **outboxd;
-  s = env.WaitSlotActive(slot, absl::Seconds(60));
+  s = WaitLiveStreaming(env, v, slot, child, log_name);
   if (s.ok()) {
     s = WaitForWarmup(
         env.AdminConnInfo(), "order", **recorder, absl::Seconds(60),
@@ -116,15 +138,18 @@ absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
                      ".log)"));
   }
   if (!s.ok()) return s;
+  const double pressure0 = CpuPressureMicros();
+  const int64_t load_start_ns = NowNs();
   auto load = GenerateLoad(env.AdminConnInfo(), rate, events, connections,
                            OneEventTransactionSql);
   if (!load.ok()) return load.status();
   const int64_t load_end_ns = NowNs();
+  const double pressure1 = CpuPressureMicros();
   int64_t committed = 0;
   for (int64_t t : load->commit_ns) committed += t != 0;
   DrainReceipts(**recorder, committed, absl::Seconds(5), load_end_ns);
   (*recorder)->Stop();
-  (void)env.StopOutboxd(child);
+  (void)StopLivePublisher(env, v, child);
   env.DropSlot(slot);
   const LatencySample sample = MeasureLatencies(*load, **recorder);
   nlohmann::json j;
@@ -132,6 +157,11 @@ absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
   j["delivered"] = sample.delivered();
   j["committed_per_s"] = sample.committed_per_s();
   j["latency_ms"] = LatencyQuantiles(sample.sorted_ms);
+  // The share of the load's time in which some task waited for a CPU.
+  j["cpu_pressure_some"] =
+      pressure0 >= 0 && pressure1 >= 0
+          ? (pressure1 - pressure0) * 1e3 / (load_end_ns - load_start_ns)
+          : -1.0;
   return j;
 }
 
@@ -181,18 +211,20 @@ std::string LiveMarkdown(const std::string& broker, const nlohmann::json& runs,
   md +=
       "\nLatency, commit to consumer (runs of their own, with the consumer)"
       "\n\n| setting | target/s | committed/s | delivered | p50 ms | p90 ms "
-      "| p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+      "| p99 ms | max ms | CPU pressure |\n|---|---:|---:|---:|---:|---:|---:"
+      "|---:|---:|\n";
   for (const nlohmann::json& l : latency) {
     const nlohmann::json& q = l["latency_ms"];
     absl::StrAppend(
-        &md, absl::StrFormat("| %s | %s | %.0f | %d | %.1f | %.1f | %.1f | "
-                             "%.1f |\n",
-                             l["variant"].get<std::string>(),
-                             l["target_rate"].get<std::string>(),
-                             l["committed_per_s"].get<double>(),
-                             l["delivered"].get<int64_t>(),
-                             q["p50"].get<double>(), q["p90"].get<double>(),
-                             q["p99"].get<double>(), q["max"].get<double>()));
+        &md,
+        absl::StrFormat("| %s | %s | %.0f | %d | %.1f | %.1f | %.1f | "
+                        "%.1f | %s |\n",
+                        l["variant"].get<std::string>(),
+                        l["target_rate"].get<std::string>(),
+                        l["committed_per_s"].get<double>(),
+                        l["delivered"].get<int64_t>(), q["p50"].get<double>(),
+                        q["p90"].get<double>(), q["p99"].get<double>(),
+                        q["max"].get<double>(), Pressure(l)));
   }
   return md;
 }

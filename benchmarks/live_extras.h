@@ -17,14 +17,17 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "benchmarks/bench_env.h"
+#include "benchmarks/vs_debezium_rig.h"
 #include "nlohmann/json.hpp"
 
 namespace outboxd::bench {
 
-// One compared setting: a name and the outboxd flags it adds.
+// One compared setting: a name and the outboxd flags it adds, or
+// Debezium in Kafka Connect instead of outboxd (live_publisher.h).
 struct Variant {
   std::string name;
   std::vector<std::string> args;
+  std::optional<vs_debezium::RigOptions> debezium;
 };
 
 // "name:flag flag ..." (the flags separated by spaces, none for today's
@@ -50,11 +53,12 @@ struct ProduceCounts {
 };
 ProduceCounts ScrapeProduceCounts(const std::string& log_path);
 
-// A fresh outboxd with `args` on its own slot and topic; a consumer
+// A fresh publisher of `v` (outboxd with `args`) on its own slot and
+// topic; a consumer
 // (fetch.wait.max.ms `fetch_wait_ms`) records each event's receipt; events
 // at `rate` for `duration` over `connections`: commit-to-receipt p50, p90,
 // p99, max.
-absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env,
+absl::StatusOr<nlohmann::json> RunLatency(BenchEnv& env, const Variant& v,
                                           const std::vector<std::string>& args,
                                           int rate, absl::Duration duration,
                                           int connections, int fetch_wait_ms,

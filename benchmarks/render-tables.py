@@ -96,6 +96,16 @@ def table(name, n=0):
     return Table(t[n])
 
 
+def table_with(name, column):
+    """The one table of `name` that has `column`."""
+    found = [Table(t) for t in tables_of(read_result(name))
+             if column in cells(t[0])]
+    if len(found) != 1:
+        raise RenderError("%s: %d tables with a column %r" % (
+            name, len(found), column))
+    return found[0]
+
+
 def run_date(stem):
     """The date of the run that wrote `stem`.md, from its JSON."""
     doc = json.loads(read_result(stem + ".json"))
@@ -119,6 +129,23 @@ def summary(prefix):
     deb = table("vs-debezium.md", 0)
     dec = table("decoder.md")
     rec = table("reconcile.md")
+    side = table_with("live-vs-debezium-apache.md", "whole path vs Debezium")
+
+    def side_row(rate):
+        def of(who, col):
+            return side.cell({"target/s": rate, "publisher": who}, col)
+        return ("beside Debezium (Apache Kafka), live %s/s, one event per "
+                "transaction: CPU per event of the whole path (publisher + "
+                "walsender + broker); commit to consumer p50 / p99" % (
+                    "{:,}".format(int(rate))),
+                "outboxd %s µs, Debezium %s µs (**%s**); outboxd %s / %s ms, "
+                "Debezium %s / %s ms" % (
+                    of("outboxd", "whole path µs"),
+                    of("debezium", "whole path µs"),
+                    of("outboxd", "whole path vs Debezium").strip("*"),
+                    of("outboxd", "p50 ms"), of("outboxd", "p99 ms"),
+                    of("debezium", "p50 ms"), of("debezium", "p99 ms")),
+                link("live-vs-debezium-apache", prefix))
 
     def lat_cell(mode, rate, col):
         return lat.cell({"mode": mode, "offered/s": rate}, col)
@@ -183,6 +210,8 @@ def summary(prefix):
              deb.cell({"run": "outboxd"}, "events/s (start to last record)"),
              deb.cell({"run": "debezium"}, "events/s (start to last record)")),
          link("vs-debezium", prefix)),
+        side_row("3000"),
+        side_row("8000"),
         ("pgoutput decoder, outbox insert",
          "%s million messages/s" % dec.cell(
              {"benchmark": "BM_DecodeOutboxInsert"}, "million messages/s"),

@@ -46,6 +46,7 @@ bootstrap=$(KAFKA_HEAP=${KAFKA_HEAP:-1g} \
 echo "run-vs-debezium: Kafka at $bootstrap, logs in $work" >&2
 # The broker's JVM start-up loads the machine for a while: the guard waits.
 bench_guard
+broker_pid=$(<"$kafka_dir/node-0/pid")
 
 mkdir -p "$results"
 machine="$results/vs-debezium-machine.txt"
@@ -55,7 +56,7 @@ set +e
 "$root/build/vs_debezium_bench" --out="$results" --bootstrap="$bootstrap" \
   --connect_libs="$libs" \
   --connect_log4j="$root/benchmarks/debezium/log4j2.properties" \
-  --work_dir="$work/logs" "${args[@]}"
+  --work_dir="$work/logs" --broker_pid="$broker_pid" "${args[@]}"
 rc=$?
 set -e
 bench_finish "$machine" "$results/vs-debezium.json" "$results/vs-debezium.md" \

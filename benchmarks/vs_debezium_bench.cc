@@ -37,6 +37,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "benchmarks/bench_cli.h"
 #include "benchmarks/bench_env.h"
@@ -72,6 +73,12 @@ ABSL_FLAG(std::vector<std::string>, rates,
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(15),
           "latency: load time per (publisher, rate)");
 ABSL_FLAG(int, connections, 4, "latency: load generator connections");
+ABSL_FLAG(std::vector<std::string>, throughput_variants, {},
+          "throughput: outboxd settings, label:flags (flags separated by "
+          "spaces), run as outboxd-<label> in --throughput_runs, e.g. "
+          "lz4:--kafka-property=compression.type=lz4");
+ABSL_FLAG(int, broker_pid, -1,
+          "the Kafka node's process: its CPU per throughput run");
 ABSL_FLAG(absl::Duration, run_timeout, absl::Minutes(15),
           "throughput: give up on one run after this long");
 ABSL_FLAG(std::vector<std::string>, outboxd_args, {},
@@ -155,11 +162,22 @@ int Main(int argc, char** argv) {
     if (!(*e)["equal"].get<bool>()) rc = 1;
   }
   if (phases.count("throughput")) {
-    auto t = RunThroughput(
-        *env, rig,
-        {absl::GetFlag(FLAGS_events), absl::GetFlag(FLAGS_throughput_runs),
-         absl::GetFlag(FLAGS_run_timeout),
-         absl::GetFlag(FLAGS_pg_recvlogical)});
+    ThroughputOptions o{absl::GetFlag(FLAGS_events),
+                        absl::GetFlag(FLAGS_throughput_runs),
+                        absl::GetFlag(FLAGS_run_timeout),
+                        absl::GetFlag(FLAGS_pg_recvlogical),
+                        {},
+                        absl::GetFlag(FLAGS_broker_pid)};
+    for (const std::string& spec : absl::GetFlag(FLAGS_throughput_variants)) {
+      std::vector<std::string> kv =
+          absl::StrSplit(spec, absl::MaxSplits(':', 1));
+      if (kv.size() != 2) {
+        std::cerr << "bad --throughput_variants entry " << spec << "\n";
+        return kBadFlags;
+      }
+      o.variants[kv[0]] = absl::StrSplit(kv[1], ' ', absl::SkipEmpty());
+    }
+    auto t = RunThroughput(*env, rig, o);
     if (!t.ok()) {
       std::cerr << "throughput: " << t.status() << "\n";
       rc = 1;

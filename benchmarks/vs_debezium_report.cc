@@ -10,6 +10,43 @@
 
 namespace outboxd::bench::vs_debezium {
 
+namespace {
+
+// The backlog runs against pg_recvlogical, with the broker's CPU and the
+// produce requests (when measured: --broker_pid, outboxd's /metrics).
+std::string BrokerTable(const nlohmann::json& runs) {
+  double recv = 0;
+  bool broker = false;
+  for (const auto& r : runs) {
+    if (r["run"] == "pg_recvlogical" && r.contains("events_per_s"))
+      recv = r["events_per_s"].get<double>();
+    broker |= r.contains("broker_cpu_s");
+  }
+  if (!broker) return "";
+  std::string md =
+      "| run | events/s | / pg_recvlogical | CPU s | broker CPU s | broker "
+      "µs/event | produce requests | records/request |\n"
+      "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& r : runs) {
+    if (r["run"] == "pg_recvlogical") continue;
+    auto f = [&](const char* key, const char* fmt) -> std::string {
+      if (!r.contains(key) || r[key].is_null()) return "-";
+      return FormatDouble(fmt, r[key].get<double>());
+    };
+    const double rate = r.value("events_per_s", 0.0);
+    absl::StrAppend(&md, "| ", r["run"].get<std::string>(), " | ",
+                    f("events_per_s", "%.0f"), " | ",
+                    recv > 0 ? absl::StrFormat("%.2fx", rate / recv) : "-",
+                    " | ", f("cpu_s", "%.1f"), " | ", f("broker_cpu_s", "%.1f"),
+                    " | ", f("broker_cpu_us_per_event", "%.1f"), " | ",
+                    f("produce_requests", "%.0f"), " | ",
+                    f("records_per_request", "%.0f"), " |\n");
+  }
+  return md + "\n";
+}
+
+}  // namespace
+
 std::string Markdown(const nlohmann::json& doc) {
   std::string md;
   if (doc.contains("equality")) {
@@ -119,6 +156,7 @@ std::string Markdown(const nlohmann::json& doc) {
         "\n(\"outboxd / this\": outboxd's events/s divided by the run's, and "
         "for CPU and RSS outboxd's value divided by the run's: below 1 means "
         "outboxd used less.)\n\n";
+    md += BrokerTable(t["runs"]);
   }
   if (doc.contains("latency")) {
     md +=

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
@@ -20,6 +21,7 @@ std::vector<std::string> OutboxdArgs(const RigOptions& rig,
       absl::StrCat("--topic-prefix=", p.topic_prefix),
       absl::StrCat("--slot=", slot), "--metrics-address=127.0.0.1:0"};
   args.insert(args.end(), rig.outboxd_args.begin(), rig.outboxd_args.end());
+  args.insert(args.end(), p.outboxd_args.begin(), p.outboxd_args.end());
   return args;
 }
 
@@ -74,6 +76,10 @@ ConnectConfig DebeziumConfig(BenchEnv& env, const PublisherKind& p,
         {"transforms.outbox.route.topic.replacement",
          absl::StrCat(kTunedTopicPrefix, "${routedByValue}")});
   }
+  if (!p.route_topic.empty()) {
+    c.connector.push_back(
+        {"transforms.outbox.route.topic.replacement", p.route_topic});
+  }
   return c;
 }
 
@@ -85,14 +91,21 @@ std::string Quote(const std::string& s) {
 
 absl::StatusOr<PublisherKind> ParsePublisher(const std::string& name) {
   if (name == "outboxd") {
-    return PublisherKind{name, absl::StrCat(kOutboxdPrefix, "outbox.event."),
-                         false, false};
+    return PublisherKind{name,  absl::StrCat(kOutboxdPrefix, "outbox.event."),
+                         false, false,
+                         {},    ""};
+  }
+  if (absl::StartsWith(name, "outboxd-") && name.size() > 8) {
+    return PublisherKind{
+        name,  absl::StrCat(kOutboxdPrefix, name.substr(8), ".outbox.event."),
+        false, false,
+        {},    ""};
   }
   if (name == "debezium") {
-    return PublisherKind{name, kDebeziumTopicPrefix, true, false};
+    return PublisherKind{name, kDebeziumTopicPrefix, true, false, {}, ""};
   }
   if (name == "debezium-tuned") {
-    return PublisherKind{name, kTunedTopicPrefix, true, true};
+    return PublisherKind{name, kTunedTopicPrefix, true, true, {}, ""};
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown publisher ", name));
 }

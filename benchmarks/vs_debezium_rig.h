@@ -48,8 +48,16 @@ struct PublisherKind {
   std::string topic_prefix;  // prefix + aggregatetype = topic
   bool debezium = false;
   bool tuned = false;
+  // outboxd: flags after the rig's (a throughput variant's).
+  std::vector<std::string> outboxd_args;
+  // Debezium: every record to this topic instead of the EventRouter's
+  // outbox.event.<aggregatetype> ("" = the router's default).
+  std::string route_topic;
 };
 
+// outboxd, debezium, debezium-tuned, or outboxd-<label>: outboxd with a
+// variant's flags (the caller sets outboxd_args) under the topic prefix
+// outboxd.<label>.outbox.event.
 absl::StatusOr<PublisherKind> ParsePublisher(const std::string& name);
 
 // The slot of a run: `prefix` and the publisher's name with '_' for '-'.

@@ -2,12 +2,14 @@
 
 #include <iostream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "benchmarks/bench_kafka.h"
 #include "benchmarks/bench_pg.h"
 #include "benchmarks/bench_proc.h"
 #include "benchmarks/bench_results.h"
+#include "benchmarks/live_extras.h"
 
 namespace outboxd::bench::vs_debezium {
 namespace {
@@ -53,7 +55,7 @@ std::string SlotConfirmed(BenchEnv& env, const std::string& slot) {
 absl::StatusOr<nlohmann::json> RunPublisherBacklog(
     BenchEnv& env, const RigOptions& rig, const PublisherKind& p,
     const std::string& slot, int64_t events, const std::string& end_lsn,
-    absl::Duration run_timeout) {
+    absl::Duration run_timeout, pid_t broker_pid) {
   std::cerr << "== throughput: " << p.name << "\n";
   nlohmann::json j;
   j["run"] = p.name;
@@ -63,6 +65,7 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(
   auto probe = WatermarkProbe::Create(env.bootstrap());
   if (!probe.ok()) return probe.status();
   double pg_cpu0 = ClusterCpuSeconds(env.postmaster_pid());
+  const double broker_cpu0 = ProcessCpuSeconds(broker_pid);
   nlohmann::json settings;
   const int64_t t0 = NowNs();
   auto child = StartPublisher(env, rig, p, slot, log, &settings);
@@ -76,6 +79,11 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(
   const int64_t first = arrival.first_ns, done = arrival.done_ns;
   const double cpu = ProcessCpuSeconds(pid);
   const int64_t rss = PeakRssBytes(pid);
+  if (broker_pid > 0) {
+    const double broker = ProcessCpuSeconds(broker_pid) - broker_cpu0;
+    j["broker_cpu_s"] = broker;
+    j["broker_cpu_us_per_event"] = broker * 1e6 / events;
+  }
   j["records"] = arrival.last_total;
   if (done == 0) {
     j["error"] = absl::StrCat("only ", arrival.last_total, " of ", events,
@@ -131,6 +139,15 @@ absl::StatusOr<nlohmann::json> RunPublisherBacklog(
             .Query("postgres", absl::StrCat("SELECT pg_wal_lsn_diff('", end_lsn,
                                             "', '", settled_lsn, "')"))
             .value_or("?");
+  }
+  if (!p.debezium) {
+    absl::SleepFor(absl::Milliseconds(1200));  // the next statistics
+    const ProduceCounts sent =
+        ScrapeProduceCounts(absl::StrCat(env.work_dir(), "/", log, ".log"));
+    if (sent.requests > 0) {
+      j["produce_requests"] = sent.requests;
+      j["records_per_request"] = sent.records / sent.requests;
+    }
   }
   (void)StopPublisher(**child);
   env.DropSlot(slot);
@@ -205,8 +222,17 @@ absl::StatusOr<nlohmann::json> RunThroughput(BenchEnv& env,
       continue;
     }
     auto p = ParsePublisher(name);
+    if (!p.ok()) return p.status();
+    if (absl::StartsWith(name, "outboxd-")) {
+      auto v = options.variants.find(name.substr(8));
+      if (v == options.variants.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, ": no such --throughput_variants entry"));
+      }
+      p->outboxd_args = v->second;
+    }
     auto j = RunPublisherBacklog(env, rig, *p, slot, events, *end_lsn,
-                                 options.run_timeout);
+                                 options.run_timeout, options.broker_pid);
     if (!j.ok()) return j.status();
     doc["runs"].push_back(*j);
   }

@@ -7,7 +7,10 @@
 #ifndef OUTBOXD_BENCHMARKS_VS_DEBEZIUM_THROUGHPUT_H_
 #define OUTBOXD_BENCHMARKS_VS_DEBEZIUM_THROUGHPUT_H_
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -24,6 +27,9 @@ struct ThroughputOptions {
   std::vector<std::string> runs;  // pg_recvlogical and publishers, in order
   absl::Duration run_timeout;     // one run gives up after this long
   std::string pg_recvlogical;     // the binary
+  // outboxd-<label> runs: label -> outboxd flags (--throughput_variants).
+  std::map<std::string, std::vector<std::string>> variants;
+  pid_t broker_pid = -1;  // the Kafka node's JVM: its CPU per run
 };
 
 // {"backlog": ..., "runs": [...]}; a run that did not finish has "error".
