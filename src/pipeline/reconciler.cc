@@ -222,7 +222,7 @@ absl::Status Reconciler::Pass() {
         ".xmin) > age(($3::xid8::text::numeric % 4294967296)"
         "::text::xid))::text, (extract(epoch FROM ",
         q, ".", created, ") * 1000000)::bigint::text", window, fresh);
-    // At most kMaxRowsPerPass rows (a window far behind, after a long
+    // At most --reconcile-batch rows (a window far behind, after a long
     // stop): this pass's window then ends at the last row's created_at and
     // the next pass follows at once. Rows of one transaction start are
     // never split.
